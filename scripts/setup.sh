@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One-shot set-up of a fresh machine: system packages (Xvfb and the xcb libraries napari's
+# Qt canvas needs), a virtual environment in $VENV, the CPU build of torch, the package with
+# its compiled extension, and (with --test) the test-only dependencies.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+WITH_TEST=0
+[ "${1:-}" = "--test" ] && WITH_TEST=1
+
+if [ $WITH_TEST = 1 ]; then
+    apt_pkgs="xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0 libgl1 libegl1 libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libfontconfig1 libdbus-1-3"
+    missing=""
+    for p in $apt_pkgs; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+        if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else SUDO="none"; fi
+        if [ "$SUDO" = none ]; then
+            echo "setup: please install these system packages (the napari GUI tests need them):$missing" >&2
+        else
+            echo "setup: installing system packages:$missing"
+            $SUDO apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+        fi
+    fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; return "${PIPESTATUS[0]}"; }
+PIP="$VENV/bin/python -m pip"
+quiet $PIP install -q --upgrade pip setuptools wheel ninja
+# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    quiet $PIP install -q "$TORCH_SPEC"
+fi
+extras=""
+[ $WITH_TEST = 1 ] && extras="[testing]"
+# --no-build-isolation: build the extension against the torch installed above.
+quiet $PIP install -q --no-build-isolation -e ".$extras"
+"$VENV/bin/python" -c "import deltamic_core as d; print('deltamic_core', d.__version__, '- mesh_ft backends:', ', '.join(d.available_backends()))"
