@@ -1,0 +1,19 @@
+"""PSF/OTF models (contract in DEVELOPERS.md, section "psf").
+
+Every model is an :class:`torch.nn.Module` with physical, learnable parameters exposing
+``otf(grid, dtype, device)`` (OTF at the grid's rfft frequencies, OTF(0) = 1),
+``extent_um()`` (half-widths for padding) and ``psf(grid)`` (real-space preview, FFT order).
+"""
+from __future__ import annotations
+
+from ._base import PSFModel
+from .gaussian import GaussianPSF
+
+__all__ = ["PSFModel", "GaussianPSF", "psf_from_dict"]
+
+_REGISTRY = {"GaussianPSF": GaussianPSF}
+
+
+def psf_from_dict(d) -> PSFModel:
+    """Rebuild any PSF model from its ``as_dict()`` output."""
+    return PSFModel.from_dict(d)

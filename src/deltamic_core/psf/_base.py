@@ -1,0 +1,151 @@
+"""The PSF model interface shared by every point-spread-function model.
+
+A PSF model is an :class:`torch.nn.Module` whose learnable parameters are physical
+quantities (widths in micrometres, numerical aperture, depths, Zernike coefficients...).
+The renderer only ever asks for three things:
+
+- :meth:`PSFModel.otf`: the optical transfer function sampled at the rfft frequencies of an
+  :class:`~deltamic_core.grid.FFTGrid` (cycles/um, kernel exp(-2 pi i k.x)), for a PSF centred
+  at the origin, normalised so OTF(0) = 1;
+- :meth:`PSFModel.extent_um`: half-widths (z, y, x) outside which the PSF is negligible, so
+  the renderer can pad its FFT box and avoid wrap-around;
+- :meth:`PSFModel.psf`: the real-space PSF on a grid in FFT order (centre at index 0), as a
+  density in 1/um^3 (``psf.sum() * grid.voxel_volume_um3`` is ~1), for previews.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..grid import FFTGrid
+
+# Internal precision of every model: physical parameters and PSF/OTF arithmetic are float64;
+# the result is cast to the dtype the caller asks for (the cast is differentiable).
+PARAM_DTYPE = torch.float64
+
+
+def _positive(value, name: str) -> float:
+    """A finite, strictly positive scalar."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {v}")
+    return v
+
+
+def _nonnegative(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be non-negative and finite, got {v}")
+    return v
+
+
+def _finite(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _check_grid(grid) -> FFTGrid:
+    if not isinstance(grid, FFTGrid):
+        raise TypeError(f"grid must be a deltamic_core.grid.FFTGrid, got {type(grid).__name__}")
+    return grid
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
+
+
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex64 if dtype == torch.float32 else torch.complex128
+
+
+class PSFModel(nn.Module):
+    """Base class of the PSF/OTF models (see the module docstring for the contract).
+
+    Subclasses implement :meth:`otf`, :meth:`extent_um` and :meth:`as_dict`; :meth:`psf`
+    defaults to the inverse real FFT of the OTF divided by the voxel volume (the periodised,
+    band-limited PSF on that grid).
+    """
+
+    def _device(self, device) -> torch.device:
+        if device is not None:
+            return torch.device(device)
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def otf(self, grid: FFTGrid, dtype=torch.float32, device=None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, grid: FFTGrid, dtype=torch.float32, device=None) -> torch.Tensor:
+        """``model(grid)`` is ``model.otf(grid)`` (so ``torch.func.functional_call`` works)."""
+        return self.otf(grid, dtype=dtype, device=device)
+
+    def extent_um(self) -> tuple[float, float, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def psf(self, grid: FFTGrid, dtype=torch.float32, device=None) -> torch.Tensor:
+        """Real-space PSF on ``grid`` in FFT order, a density in 1/um^3.
+
+        Returns
+        -------
+        Tensor (Z, Y, X) of ``dtype``; ``psf.sum() * grid.voxel_volume_um3`` ~ 1.
+        """
+        grid = _check_grid(grid)
+        _check_dtype(dtype)
+        o = self.otf(grid, dtype=torch.float64, device=device)
+        h = torch.fft.irfftn(o, s=grid.shape) / grid.voxel_volume_um3
+        return h.to(dtype)
+
+    # -- reports and persistence ---------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line with the model name and its physical parameter values."""
+        d = self.as_dict()
+        kind = d.pop("type")
+        parts = []
+        for k, v in d.items():
+            parts.append(f"{k}={_fmt(v)}")
+        return f"{kind}(" + ", ".join(parts) + ")"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PSFModel":
+        """Rebuild a model from :meth:`as_dict` output (dispatching on ``d['type']``)."""
+        from . import _REGISTRY
+
+        if not isinstance(d, dict) or "type" not in d:
+            raise ValueError("d must be a dict produced by as_dict() with a 'type' key")
+        kind = d["type"]
+        target = _REGISTRY.get(kind)
+        if target is None:
+            raise ValueError(f"d['type'] names an unknown PSF model {kind!r}; known: {sorted(_REGISTRY)}")
+        if cls is not PSFModel and not issubclass(target, cls):
+            raise ValueError(f"d describes a {kind}, not a {cls.__name__}")
+        return target._from_dict(d)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+    return repr(v)
