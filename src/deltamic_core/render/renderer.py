@@ -1,0 +1,405 @@
+"""Differentiable fluorescence image of triangle meshes: a render plan built once, executed
+every iteration.
+
+Image formation
+---------------
+The microscope image of a fluorophore density u (here: surface densities on the mesh
+triangles, optionally plus the indicator of the enclosed volume) is
+
+    I(x) = g * (u conv h)(x) + b,
+
+h the PSF (integrating to 1), g the gain, b the background. The image voxel n has its centre
+at x_n = o + n * s (origin o, spacing s). Let P be a periodic box of N voxels (lengths L = N s,
+voxel volume v = s_z s_y s_x) containing the image, with voxel (0, 0, 0) at p. If the blurred
+object (the mesh grown by the PSF half-extent) fits in P without overlapping its own periodic
+copies over the image, the Fourier series of the periodised image gives, at the voxel centres,
+
+    I(p + m s) - b = (g / prod(L)) sum_k U(k) H(k) exp(2 pi i k . m s),    k = j / L,
+
+with U the transform of the object in coordinates relative to p (kernel exp(-2 pi i k.x)),
+H the OTF. Since prod(L) = v * prod(N), the sum is exactly ``irfftn(U * H / v, s=N)``
+(torch's irfftn carries the 1 / prod(N)). So there is no phase ramp, and no abs(): the
+object is real, its half spectrum is Hermitian, and irfftn returns a real image.
+Normalisation: the sum of the padded image times v is g * U(0) H(0) = g * (integral of u),
+e.g. g * area for a membrane of unit surface density.
+
+Only frequencies where |H| > threshold * max|H| (the "narrow band") are evaluated; the others
+are zero. Frequencies above the grid's Nyquist frequency are dropped: the image is the
+band-limited image of the object (exact when the PSF is sampled at or above Nyquist).
+
+Numerics: the mesh transform is evaluated for vertices relative to the box centre
+c = p + L / 2, which keeps the phases 2 pi k.x about twice smaller (and near zero for an object
+in the middle of the box); exp(-2 pi i k . L/2) = (-1)^(j_z + j_y + j_x) restores the transform
+relative to p exactly, and is folded into the per-band OTF factor.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .._checks import check_memory, check_same_device, check_vertices
+from ..grid import FFTGrid, GridBand
+from .plan import PaddedBox, band_from_otf, check_band_threshold, nyquist_otf, padded_box
+from .spectra import face_unit_normals, signed_volume, volume_spectrum_from_parts
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+# Bytes per (band frequency x face) pair a mesh_ft backend may hold at once, used only when the
+# meshft package does not provide its own estimate; the torch backend tiles its work, so the
+# true figure is bounded by its tile size, and this keeps the estimate conservative.
+_FALLBACK_PAIR_BYTES = 48
+_FALLBACK_TILE_PAIRS = 2**22
+
+
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex64 if dtype == torch.float32 else torch.complex128
+
+
+class Renderer:
+    """Render plan: padded FFT box, narrow band and OTF cache for one image geometry and PSF.
+
+    Build it once (it evaluates the OTF on the whole padded grid to choose the band) and call
+    :meth:`render` every iteration: per call the work is the mesh transform on the band, one
+    scatter into the half spectrum and one inverse real FFT of the padded box.
+
+    Parameters
+    ----------
+    shape : (3,) int
+        Image shape (Z, Y, X) in voxels.
+    spacing_um : float or (3,) float
+        Voxel size (z, y, x) in micrometres.
+    psf : deltamic_core.psf.PSFModel
+        PSF model (``otf(grid, dtype, device)``, ``extent_um()``). Its parameters may be
+        learnable: when any requires grad (and grad mode is on), the OTF is re-evaluated at
+        every render so the image is differentiable w.r.t. them; otherwise it is cached and
+        refreshed whenever a parameter or buffer changes in place.
+    origin_um : (3,) float
+        Centre of image voxel (0, 0, 0) in micrometres, (z, y, x).
+    band_threshold : float in [0, 1)
+        Keep the frequencies where |OTF| > band_threshold * max|OTF|.
+    backend : str
+        ``mesh_ft`` backend ("auto", "cpu", "cuda", "nufft", "torch").
+    dtype : torch.float32 or torch.float64
+        Precision of the transform, the FFT and the returned image.
+    device : str or torch.device
+        Where the plan lives; inputs must be on this device.
+    margin_um : float or (3,) float, optional
+        Extra padding beyond the PSF half-extent: lets a mesh stick out of the image by up to
+        about this much more before its blur would wrap around the periodic box.
+    max_memory_bytes : float, optional
+        Refuse plans/renders whose estimated working memory exceeds this (default: 80% of the
+        available memory, see :func:`deltamic_core._checks.check_memory`).
+
+    Attributes
+    ----------
+    grid : FFTGrid
+        The padded periodic box (same voxel lattice as the image).
+    image_grid : FFTGrid
+        The requested image box.
+    band : GridBand
+        The narrow band on ``grid``'s rfft half spectrum.
+    crop : tuple of slice
+        ``padded[crop]`` is the image.
+    nyquist_otf : float
+        max |OTF| on the highest sampled frequency of each axis, relative to max|OTF|; above
+        ``band_threshold`` the band is truncated by the voxel grid (PSF undersampled).
+    """
+
+    def __init__(self, shape, spacing_um, psf, origin_um=(0.0, 0.0, 0.0), *, band_threshold=1e-3,
+                 backend: str = "auto", dtype=torch.float32, device="cpu", margin_um=None,
+                 max_memory_bytes=None):
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if not (hasattr(psf, "otf") and hasattr(psf, "extent_um")):
+            raise TypeError(
+                f"psf must be a deltamic_core.psf.PSFModel (with otf() and extent_um()), got {type(psf).__name__}"
+            )
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string such as 'auto', got {backend!r}")
+        if max_memory_bytes is not None:
+            max_memory_bytes = float(max_memory_bytes)
+            if not max_memory_bytes > 0:
+                raise ValueError(f"max_memory_bytes must be positive, got {max_memory_bytes}")
+        self.psf = psf
+        self.dtype = dtype
+        self.complex_dtype = _complex_dtype(dtype)
+        self.device = torch.device(device)
+        self.backend = backend
+        self.max_memory_bytes = max_memory_bytes
+        self.band_threshold = check_band_threshold(band_threshold)
+        self._margin_um = margin_um
+        self.box: PaddedBox = padded_box(shape, spacing_um, origin_um, psf.extent_um(), margin_um)
+        self.grid: FFTGrid = self.box.grid
+        self.image_grid: FFTGrid = self.box.image
+        self.crop = self.box.crop
+        # The plan evaluates the OTF on the whole padded half spectrum: refuse absurd grids
+        # before that allocation.
+        check_memory(self._grid_bytes(plan=True), "the render plan (padded FFT grid)", self.max_memory_bytes)
+        self._otf_key = None
+        self._otf_band = None
+        self.update_band()
+
+    # ------------------------------------------------------------------ plan / band
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.image_grid.shape
+
+    @property
+    def spacing_um(self) -> tuple[float, float, float]:
+        return self.image_grid.spacing_um
+
+    @property
+    def origin_um(self) -> tuple[float, float, float]:
+        return self.image_grid.origin_um
+
+    def update_band(self, threshold=None, *, relax: float = 1.0) -> GridBand:
+        """Recompute the narrow band from the PSF's current OTF (call it after the PSF
+        parameters changed).
+
+        Parameters
+        ----------
+        threshold : float in [0, 1), optional
+            New relative threshold (default: the current ``band_threshold``); it becomes the
+            renderer's ``band_threshold``.
+        relax : float >= 1
+            Keep |OTF| > threshold / relax * max|OTF|: a margin so that a PSF that keeps
+            changing between band updates stays covered.
+
+        Returns
+        -------
+        GridBand
+        """
+        if threshold is not None:
+            self.band_threshold = check_band_threshold(threshold)
+        try:
+            relax = float(relax)
+        except (TypeError, ValueError):
+            raise TypeError(f"relax must be a number >= 1, got {relax!r}") from None
+        if not (math.isfinite(relax) and relax >= 1):
+            raise ValueError(f"relax must be a finite number >= 1, got {relax}")
+        with torch.no_grad():
+            otf = self.psf.otf(self.grid, dtype=torch.float64, device=self.device)
+        if tuple(otf.shape) != self.grid.rfft_shape:
+            raise ValueError(
+                f"psf.otf returned shape {tuple(otf.shape)}, expected the rfft shape {self.grid.rfft_shape}"
+            )
+        self.band = band_from_otf(self.grid, otf, self.band_threshold / relax)
+        self.nyquist_otf = nyquist_otf(otf)
+        del otf
+        if self.nyquist_otf > max(self.band_threshold, 1e-2):
+            warnings.warn(
+                f"the PSF is undersampled by spacing_um={self.spacing_um}: |OTF| reaches "
+                f"{self.nyquist_otf:.2g} of its maximum at the Nyquist frequency; the image is "
+                "band-limited to the grid (frequencies beyond Nyquist are dropped)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        blur = tuple(float(b) for b in self.psf.extent_um())
+        self.box = PaddedBox(self.box.image, self.box.grid, self.box.lo, blur)
+        self._wrap_lo, self._wrap_hi = self.box.wrap_free_bounds()
+        dev = self.device
+        self._flat = self.band.flat_index(dev)
+        self._freqs = self.band.freqs(dtype=self.dtype, device=dev).contiguous()
+        modes = self.band.signed_modes(dev)
+        # exp(-2 pi i k . L/2) = (-1)^(sum of mode numbers): undoes the box-centre shift
+        self._sign = (1 - 2 * (modes.sum(dim=1) % 2)).to(self.dtype)
+        k2 = (self._freqs.to(torch.float64) ** 2).sum(dim=1)
+        self._dc = k2 == 0
+        self._k2 = torch.where(self._dc, torch.ones_like(k2), k2).to(self.dtype)
+        self._centre = torch.tensor(
+            [p + 0.5 * L for p, L in zip(self.grid.origin_um, self.grid.extent_um)], dtype=torch.float64, device=dev
+        )
+        self._otf_key = None
+        self._otf_band = None
+        return self.band
+
+    # ------------------------------------------------------------------ OTF
+    def _psf_state_key(self):
+        tensors = list(self.psf.parameters()) + list(self.psf.buffers()) if hasattr(self.psf, "parameters") else []
+        return tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+
+    def _psf_needs_grad(self) -> bool:
+        if not torch.is_grad_enabled() or not hasattr(self.psf, "parameters"):
+            return False
+        return any(p.requires_grad for p in self.psf.parameters())
+
+    def _band_otf(self) -> torch.Tensor:
+        """OTF on the band times (-1)^modes / voxel volume: the factor that turns the centred
+        object spectrum into the image's half-spectrum coefficients."""
+        scale = self._sign / self.grid.voxel_volume_um3
+        if self._psf_needs_grad():
+            otf = self.psf.otf(self.grid, dtype=self.dtype, device=self.device)
+            return otf.reshape(-1)[self._flat] * scale
+        key = self._psf_state_key()
+        if self._otf_band is None or key != self._otf_key:
+            with torch.no_grad():
+                otf = self.psf.otf(self.grid, dtype=self.dtype, device=self.device)
+                self._otf_band = (otf.reshape(-1)[self._flat] * scale).contiguous()
+            self._otf_key = key
+        return self._otf_band
+
+    def otf_band(self) -> torch.Tensor:
+        """(K,) the PSF's OTF at the band frequencies (differentiable when the PSF is)."""
+        return self._band_otf() * (self._sign * self.grid.voxel_volume_um3)
+
+    # ------------------------------------------------------------------ memory
+    def _grid_bytes(self, plan: bool = False) -> float:
+        r = torch.finfo(self.dtype).bits // 8
+        c = 2 * r
+        n = math.prod(self.grid.shape)
+        n_r = math.prod(self.grid.rfft_shape)
+        if plan:
+            # OTF evaluated in float64 with a few full-size temporaries, plus the band mask
+            return n_r * (4 * 8 + 1)
+        # forward: scatter target + irfftn work buffer + real output; backward: the same again
+        return 2 * (2 * c * n_r + r * n)
+
+    def memory_estimate_bytes(self, n_faces: int = 0, n_verts: int = 0, *, volume: bool = False) -> float:
+        """Working memory (bytes) of one render + backward for a mesh of the given size: padded
+        grid complex buffers, band spectrum and OTF factor, and the mesh transform's
+        temporaries (one mesh_ft call, four with the volume term).
+        """
+        r = torch.finfo(self.dtype).bits // 8
+        c = 2 * r
+        K = len(self.band) if hasattr(self, "band") else math.prod(self.grid.rfft_shape)
+        calls = 4 if volume else 1
+        band = K * (3 * r + 8 + 2 * c) + 2 * calls * K * c  # freqs, index, otf, spectra (+grads)
+        mesh = self._meshft_bytes(int(n_faces), int(n_verts), K) * calls
+        return float(self._grid_bytes() + band + mesh)
+
+    def _meshft_bytes(self, n_faces: int, n_verts: int, K: int) -> float:
+        if n_faces == 0:
+            return 0.0
+        try:
+            from .. import meshft
+
+            est = getattr(meshft, "memory_estimate_bytes", None)
+            if est is not None:
+                return float(est(n_faces, K, dtype=self.dtype, backend=self.backend))
+        except Exception:  # noqa: BLE001 - fall back to the conservative estimate below
+            pass
+        r = torch.finfo(self.dtype).bits // 8
+        per_mesh = n_faces * 40 * r + n_verts * 12 * r
+        return per_mesh + min(K * n_faces, _FALLBACK_TILE_PAIRS) * _FALLBACK_PAIR_BYTES
+
+    # ------------------------------------------------------------------ execution
+    def _prepare(self, verts, faces, weights):
+        v = check_vertices(verts, "verts")
+        check_same_device([("verts", v), ("renderer (device=%s)" % self.device, self._flat)])
+        if isinstance(faces, torch.Tensor):
+            check_same_device([("faces", faces), ("verts", v)])
+        if weights is not None:
+            if not isinstance(weights, torch.Tensor):
+                weights = torch.as_tensor(weights)
+            check_same_device([("weights", weights), ("verts", v)])
+            if weights.dtype.is_floating_point:
+                weights = weights.to(self.dtype)
+        self._check_inside(v)
+        n_faces = int(faces.shape[0]) if hasattr(faces, "shape") and len(faces.shape) == 2 else 0
+        return v, weights, n_faces
+
+    def _check_inside(self, v: torch.Tensor) -> None:
+        with torch.no_grad():
+            lo = v.min(dim=0).values.to(torch.float64).cpu().tolist()
+            hi = v.max(dim=0).values.to(torch.float64).cpu().tolist()
+        for axis, name in enumerate("zyx"):
+            a, b = self._wrap_lo[axis], self._wrap_hi[axis]
+            if lo[axis] <= a or hi[axis] >= b:
+                raise ValueError(
+                    f"verts extend over {name} in [{lo[axis]:.4g}, {hi[axis]:.4g}] um, outside ({a:.4g}, {b:.4g}) um "
+                    f"where the padded FFT box can hold the blurred mesh: its image would wrap around. "
+                    "Crop the mesh, enlarge the image, or pass a larger margin_um"
+                )
+
+    def _centred_spectrum(self, v, faces, weights, volume_weight):
+        from ..meshft import mesh_ft
+
+        vc = (v.to(torch.float64) - self._centre).to(self.dtype)
+        spec = mesh_ft(vc, faces, self._freqs, weights, backend=self.backend)
+        if not _is_zero(volume_weight):
+            faces_t = torch.as_tensor(faces, device=v.device).long()
+            normals = face_unit_normals(vc, faces_t)
+            parts = [mesh_ft(vc, faces_t, self._freqs, normals[:, a].contiguous(), backend=self.backend)
+                     for a in range(3)]
+            chi = volume_spectrum_from_parts(parts, self._freqs, self._k2, self._dc, signed_volume(vc, faces_t))
+            spec = spec + volume_weight * chi
+        return spec
+
+    def spectrum(self, verts, faces, weights=None, *, volume_weight=0.0) -> torch.Tensor:
+        """Object spectrum on the band.
+
+        Parameters
+        ----------
+        verts : (V, 3) float tensor, um, (z, y, x)
+        faces : (F, 3) int tensor
+        weights : (F,) float tensor, optional
+            Surface density (intensity per um^2) of each triangle; default 1.
+        volume_weight : float or tensor
+            Density (per um^3) of the enclosed volume (needs a closed, outward-oriented mesh).
+
+        Returns
+        -------
+        (K,) complex tensor: U(k) at ``band.freqs()``, for coordinates relative to the padded
+        box origin ``grid.origin_um`` (the spectrum irfftn turns into the padded image).
+        """
+        v, weights, n_faces = self._prepare(verts, faces, weights)
+        self._check_render_memory(n_faces, v.shape[0], volume_weight)
+        return self._centred_spectrum(v, faces, weights, volume_weight) * self._sign
+
+    def render(self, verts, faces, weights=None, *, gain=1.0, background=0.0, volume_weight=0.0) -> torch.Tensor:
+        """Microscope image of the mesh.
+
+        Parameters
+        ----------
+        verts : (V, 3) float tensor, um, (z, y, x)
+            Vertex positions (cast to the renderer's dtype); differentiable.
+        faces : (F, 3) int tensor
+        weights : (F,) float tensor, optional
+            Surface density of each triangle (1 = one membrane, 2 = two apposed membranes);
+            differentiable.
+        gain : float or tensor
+            Multiplies the blurred object; differentiable.
+        background : float or tensor (broadcastable to the image)
+            Added to the image; differentiable.
+        volume_weight : float or tensor
+            Density of the enclosed volume (luminal/cytoplasmic signal); 0 skips the three
+            extra transforms it costs.
+
+        Returns
+        -------
+        (Z, Y, X) tensor of the renderer's dtype: g * (u conv h)(x_n) + b at the voxel
+        centres x_n = origin_um + n * spacing_um.
+        """
+        v, weights, n_faces = self._prepare(verts, faces, weights)
+        self._check_render_memory(n_faces, v.shape[0], volume_weight)
+        coeffs = self._centred_spectrum(v, faces, weights, volume_weight) * self._band_otf()
+        if not (isinstance(gain, (int, float)) and gain == 1):
+            coeffs = coeffs * gain
+        half = torch.zeros(math.prod(self.grid.rfft_shape), dtype=coeffs.dtype, device=coeffs.device)
+        half = half.index_put((self._flat,), coeffs).reshape(self.grid.rfft_shape)
+        padded = torch.fft.irfftn(half, s=self.grid.shape)
+        image = padded[self.crop]
+        if not (isinstance(background, (int, float)) and background == 0):
+            image = image + background
+        return image
+
+    def _check_render_memory(self, n_faces, n_verts, volume_weight) -> None:
+        key = (n_faces, n_verts, _is_zero(volume_weight))
+        if getattr(self, "_mem_ok", None) == key:
+            return
+        need = self.memory_estimate_bytes(n_faces, n_verts, volume=not _is_zero(volume_weight))
+        check_memory(need, f"rendering {n_faces} faces on a {self.grid.shape} padded grid", self.max_memory_bytes)
+        self._mem_ok = key
+
+    def __repr__(self) -> str:
+        return (
+            f"Renderer(shape={self.shape}, spacing_um={self.spacing_um}, origin_um={self.origin_um}, "
+            f"padded={self.grid.shape}, band={len(self.band)} ({100 * self.band.fraction:.2f}%), "
+            f"dtype={self.dtype}, backend={self.backend!r})"
+        )
+
+
+def _is_zero(x) -> bool:
+    return isinstance(x, (int, float)) and x == 0
