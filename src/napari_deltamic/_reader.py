@@ -1,0 +1,86 @@
+"""napari readers: TIFF stacks -> Image layers in um, cell meshes -> Surface layers in um.
+
+All parsing is done by ``deltamic_core.io``; this module only turns the results into layer data
+tuples.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._layers import SPACING_KEY, VOXEL_UNITS_KEY, mesh_to_layer_data
+
+IMAGE_SUFFIXES = (".tif", ".tiff")
+MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".vtk", ".rec")
+
+
+def _suffix(path) -> str:
+    return Path(str(path)).suffix.lower()
+
+
+def get_reader(path):
+    """Return a reader function for ``path`` (or for a list of paths), or None if not ours."""
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    if not paths:
+        return None
+    if all(_suffix(p) in IMAGE_SUFFIXES + MESH_SUFFIXES for p in paths):
+        return read_layers
+    return None
+
+
+def read_layers(path) -> list[tuple]:
+    """Read one or several files into a list of layer data tuples."""
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    out: list[tuple] = []
+    for p in paths:
+        if _suffix(p) in IMAGE_SUFFIXES:
+            out.append(read_image_layer(p))
+        else:
+            out.append(read_mesh_layer(p))
+    return out
+
+
+def read_image_layer(path) -> tuple:
+    """A TIFF stack as an Image layer whose ``scale`` is the voxel spacing in um.
+
+    A (Z, Y, X) stack gets scale (sz, sy, sx); a time series (T, Z, Y, X) gets (1, sz, sy, sx).
+    """
+    from deltamic_core.io import read_image
+
+    data, meta = read_image(path)
+    spacing = tuple(float(s) for s in meta.spacing_um)
+    if data.ndim == 4:
+        scale = (1.0,) + spacing
+        axis_labels = ("t", "z", "y", "x")
+    elif data.ndim == 3:
+        scale = spacing
+        axis_labels = ("z", "y", "x")
+    else:
+        raise ValueError(f"{path}: expected a (Z, Y, X) or (T, Z, Y, X) stack, got shape {data.shape}")
+    finite = data[np.isfinite(data)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    kwargs = {
+        "name": Path(str(path)).stem,
+        "scale": scale,
+        "axis_labels": axis_labels,
+        "metadata": {SPACING_KEY: spacing, "unit": getattr(meta, "unit", "um"), "axes": getattr(meta, "axes", None),
+                     "source": os.fspath(path)},
+        "contrast_limits": (lo, hi if hi > lo else lo + 1.0),
+    }
+    return (data, kwargs, "image")
+
+
+def read_mesh_layer(path) -> tuple:
+    """A mesh file as a Surface layer with vertices in um (z, y, x).
+
+    A ``.rec`` file without a spacing comment is in voxel units of its source stack; the layer is
+    flagged (``metadata["voxel_units"] = True``) so that the widget can place it on an image grid.
+    """
+    from deltamic_core.io import read_mesh
+
+    mesh = read_mesh(path)
+    in_voxels = _suffix(path) == ".rec" and mesh.metadata.get(SPACING_KEY) is None
+    extra = {"source": os.fspath(path), VOXEL_UNITS_KEY: bool(in_voxels)}
+    return mesh_to_layer_data(mesh, Path(str(path)).stem, extra_metadata=extra)

@@ -1,0 +1,174 @@
+"""Sample data: a synthetic 3-cell embryo rendered by the core from the bundled mesh.
+
+The stack is the membrane density of ``deltamic_core/data/Sample01_007.rec`` (shared membranes
+twice as bright as outer ones) blurred by an anisotropic Gaussian PSF, sampled on an anisotropic
+grid, with Poisson noise from a fixed seed. Rendering takes a few seconds, so the result is
+cached on disk (``$NAPARI_DELTAMIC_CACHE`` or the user cache dir), keyed by every parameter.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ._layers import SPACING_KEY, mesh_to_layer_data
+
+#: every parameter that changes the rendered stack (the cache key hashes all of them)
+EMBRYO_PARAMS = {
+    "mesh": "Sample01_007.rec",
+    "mesh_unit_um": 0.1,  # the .rec is in voxel units; 0.1 um per unit gives ~12 x 20 x 9 um
+    "spacing_um": (0.6, 0.3, 0.3),  # anisotropic: z step twice the pixel size
+    "sigma_um": (0.6, 0.25, 0.25),  # Gaussian PSF, elongated along the optical axis
+    "margin_um": 1.5,  # empty border around the embryo
+    "peak_photons": 60.0,  # expected counts at the brightest voxel
+    "background_photons": 5.0,
+    "seed": 7,
+    "version": 1,  # bump when the rendering recipe changes
+}
+
+
+def cache_dir() -> Path:
+    """Directory for cached sample stacks (``$NAPARI_DELTAMIC_CACHE`` overrides)."""
+    env = os.environ.get("NAPARI_DELTAMIC_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-deltamic"))
+
+
+def _cache_key(params: dict) -> str:
+    blob = json.dumps(params, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _save_npz_atomic(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp.npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def embryo_mesh(params: dict = EMBRYO_PARAMS):
+    """The bundled ground-truth mesh in um (z, y, x), shifted so the box starts at the origin.
+
+    Returns
+    -------
+    mesh : deltamic_core.mesh.Mesh
+        Vertices in um, with the embryo's bounding box starting at ``margin_um`` on every axis.
+    shape : (3,) tuple of int
+        The stack shape (Z, Y, X) that holds it with the margin.
+    """
+    from deltamic_core.io import read_mesh
+
+    ref = resources.files("deltamic_core") / "data" / params["mesh"]
+    with resources.as_file(ref) as path:
+        mesh = read_mesh(path, spacing_um=(params["mesh_unit_um"],) * 3)
+    spacing = np.asarray(params["spacing_um"], dtype=np.float64)
+    lo, hi = mesh.verts.min(axis=0), mesh.verts.max(axis=0)
+    verts = mesh.verts - lo + params["margin_um"]
+    shape = tuple(int(n) for n in np.ceil((hi - lo + 2 * params["margin_um"]) / spacing).astype(int) + 1)
+    return mesh.copy(verts=verts), shape
+
+
+def synthetic_embryo(params: dict = EMBRYO_PARAMS, *, use_cache: bool = True) -> dict:
+    """Render (or load from the cache) the synthetic embryo.
+
+    Returns
+    -------
+    dict with
+        ``image`` : (Z, Y, X) float32 photon counts;
+        ``spacing_um`` : (3,) voxel size (z, y, x) in um;
+        ``mesh`` : the ground-truth Mesh in um;
+        ``centroids_um`` : (n_cells, 3) cell centroids in um (z, y, x);
+        ``params`` : the parameters used.
+    """
+    mesh, shape = embryo_mesh(params)
+    spacing = tuple(float(s) for s in params["spacing_um"])
+    path = cache_dir() / f"embryo_{_cache_key(params)}.npz"
+    image = None
+    if use_cache and path.exists():
+        try:
+            with np.load(path) as z:
+                image = z["image"]
+            if image.shape != shape:
+                image = None
+        except (OSError, ValueError, KeyError):
+            image = None  # a corrupt cache entry is simply re-rendered
+    if image is None:
+        image = _render_embryo(mesh, shape, spacing, params)
+        if use_cache:
+            try:
+                _save_npz_atomic(path, image=image)
+            except OSError:
+                pass  # a read-only cache must not prevent loading the sample
+    from deltamic_core.geometry import measure
+
+    centroids = _centroids(measure(mesh), mesh)
+    return {"image": image, "spacing_um": spacing, "mesh": mesh, "centroids_um": centroids, "params": dict(params)}
+
+
+def _centroids(table, mesh) -> np.ndarray:
+    """(n_cells, 3) centroids from ``deltamic_core.geometry.measure``'s per-cell table."""
+    cells = table[0] if isinstance(table, tuple) else table
+    if isinstance(cells, dict):
+        cent = cells["centroid"] if "centroid" in cells else np.stack(
+            [cells["centroid_z"], cells["centroid_y"], cells["centroid_x"]], axis=1)
+        return np.asarray(cent, dtype=np.float64).reshape(-1, 3)
+    rows = list(cells)
+    return np.asarray([r["centroid"] if isinstance(r, dict) else r.centroid for r in rows], dtype=np.float64)
+
+
+def _render_embryo(mesh, shape, spacing, params) -> np.ndarray:
+    import torch
+
+    from deltamic_core.psf import GaussianPSF
+    from deltamic_core.render import Renderer
+
+    psf = GaussianPSF(sigma_um=tuple(params["sigma_um"]))
+    renderer = Renderer(shape, spacing, psf)
+    verts = torch.as_tensor(mesh.verts, dtype=torch.float32)
+    faces = torch.as_tensor(mesh.faces)
+    weights = torch.as_tensor(mesh.face_intensity(), dtype=torch.float32)
+    with torch.no_grad():
+        clean = renderer.render(verts, faces, weights).cpu().numpy().astype(np.float64)
+    clean = np.clip(clean, 0.0, None)
+    expected = params["background_photons"] + params["peak_photons"] * clean / clean.max()
+    rng = np.random.default_rng(params["seed"])
+    return rng.poisson(expected).astype(np.float32)
+
+
+def make_sample_data() -> list[tuple]:
+    """napari sample-data contribution: image (scale = spacing), ground-truth Surface, seeds."""
+    emb = synthetic_embryo()
+    spacing = emb["spacing_um"]
+    image = (
+        emb["image"],
+        {
+            "name": "embryo (synthetic)",
+            "scale": spacing,
+            "axis_labels": ("z", "y", "x"),
+            "metadata": {SPACING_KEY: spacing, "sample_params": emb["params"]},
+            "colormap": "gray",
+        },
+        "image",
+    )
+    truth = mesh_to_layer_data(emb["mesh"], "ground truth mesh", extra_metadata={"voxel_units": False})
+    truth[1]["visible"] = False  # the point of the sample is to find it
+    seeds = (
+        emb["centroids_um"],
+        {"name": "seeds", "size": 1.5, "face_color": "yellow", "metadata": {"unit": "um"}},
+        "points",
+    )
+    return [image, truth, seeds]
