@@ -1,0 +1,30 @@
+"""Shape inference: fit triangle meshes to 3D fluorescence stacks by differentiable rendering.
+
+Public names: :class:`FitConfig`, :class:`Fitter`, :class:`StepResult`, :class:`FitResult`;
+the parts (losses, photometric solve, large-steps preconditioner, vertex Adam) are exported
+for reuse and testing.
+"""
+from __future__ import annotations
+
+from .config import FitConfig
+from .fitter import FitDivergedError, FitResult, Fitter, StepResult, block_average
+from .losses import intensity_weight, poisson_nll, robust_normalise, solve_photometric, weighted_mse
+from .optim import VertexAdam
+from .precondition import LaplacianPreconditioner, mesh_laplacian
+
+__all__ = [
+    "FitConfig",
+    "Fitter",
+    "StepResult",
+    "FitResult",
+    "FitDivergedError",
+    "block_average",
+    "intensity_weight",
+    "robust_normalise",
+    "weighted_mse",
+    "poisson_nll",
+    "solve_photometric",
+    "LaplacianPreconditioner",
+    "mesh_laplacian",
+    "VertexAdam",
+]

@@ -1,0 +1,251 @@
+"""All the knobs of a fit in one validated dataclass."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from .optim import ADAM_KINDS
+from .precondition import LAPLACIAN_KINDS
+
+__all__ = ["FitConfig"]
+
+LOSSES = ("mse", "poisson")
+PHOTOMETRIC = ("solve", "learn")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _pos(name, v, *, allow_zero=False):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"FitConfig.{name} must be a number, got {v!r}") from None
+    if not math.isfinite(f) or f < 0 or (f == 0 and not allow_zero):
+        raise ValueError(f"FitConfig.{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {v!r}")
+    return f
+
+
+def _int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, (int,)) and not (isinstance(v, float) and v.is_integer()):
+        raise TypeError(f"FitConfig.{name} must be an integer, got {v!r}")
+    if int(v) < lo:
+        raise ValueError(f"FitConfig.{name} must be >= {lo}, got {v!r}")
+    return int(v)
+
+
+@dataclass
+class FitConfig:
+    """Settings of :class:`~deltamic_core.fit.Fitter`.
+
+    Optimisation
+    ------------
+    iterations : int or tuple of int
+        Iterations per coarse-to-fine level (an int applies to every level).
+    lr : float
+        Step size of the vertex optimiser in voxels of the current level per iteration (the
+        steps are Adam-normalised, so this is roughly how far the surface moves per step at
+        the start; it decays with ``lr_final_factor``).
+    lr_final_factor : float in (0, 1]
+        Cosine decay of the step size within each level down to ``lr * lr_final_factor``.
+    lambda_smooth, p, laplacian :
+        Large-steps preconditioner ``(I + lambda_smooth L)^p`` with ``L`` the ``laplacian``
+        ("uniform", "cotangent" or "robust"; "robust" works on non-manifold multi-cell meshes,
+        "uniform" on anything).
+    optimizer : {"uniform", "vector"}
+        Second-moment flavour of the vertex Adam (see :mod:`deltamic_core.fit.optim`).
+    betas : (float, float)
+    max_failures : int
+        Consecutive rolled-back steps (NaN/Inf loss, gradient or vertices) tolerated before
+        the fit raises; each halves the step size.
+    min_lr_factor : float
+        The step size is never halved below ``lr * min_lr_factor`` (the fit raises instead).
+    rel_tol : float
+        Early stop of a level when the loss improved by less than ``rel_tol`` (relative) over
+        the last ``patience`` iterations; 0 disables it.
+    patience : int
+
+    Data term
+    ---------
+    loss : {"mse", "poisson"}
+        Intensity-weighted MSE on the image normalised by robust percentiles, or Poisson
+        negative log-likelihood on the raw image (counts).
+    alpha : float >= 0
+        Intensity weighting exponent (0 = plain MSE). weight = floor + (1 - floor) * n^alpha.
+    weight_floor : float in [0, 1]
+    percentiles : (low, high)
+        Robust range used to normalise the image (and the weights).
+    poisson_floor : float
+        Lower bound of the expected counts in the Poisson loss (counts).
+    photometric : {"solve", "learn"}
+        Gain and background eliminated in closed form each step (weighted least squares,
+        positive gain) or learnt as parameters with ``photometric_lr``.
+    photometric_lr : float
+    volume_weight : float
+        Weight of the enclosed-volume (cytoplasm) signal relative to the membrane, passed to
+        the renderer.
+
+    PSF
+    ---
+    learn_psf : bool
+        Optimise the PSF model's parameters too (own Adam, ``psf_lr``, on their internal
+        log/physical parametrisation).
+    psf_lr : float
+    band_update_every : int
+        With a learnt PSF, rebuild the renderer's frequency band every this many iterations.
+
+    Mesh and levels
+    ---------------
+    levels : tuple of int
+        Coarse-to-fine image downsampling factors, e.g. (2, 1): block-average by 2 first, then
+        the full image. Must end with 1.
+    target_edge_um : float or None
+        Target edge length of isotropic remeshing at full resolution (scaled by the level's
+        factor on coarse levels). None keeps the input mesh's tessellation.
+    remesh_every : int
+        Remesh every this many iterations within a level (0 = only when changing level).
+
+    Rendering
+    ---------
+    band_threshold, backend, device, dtype :
+        Passed to :class:`deltamic_core.render.Renderer`. ``dtype`` is "float32" or "float64".
+    max_memory_bytes : int or None
+        Refuse renderer plans larger than this.
+    """
+
+    iterations: int | tuple = 150
+    lr: float = 0.3
+    lr_final_factor: float = 0.1
+    lambda_smooth: float = 10.0
+    p: int = 1
+    laplacian: str = "uniform"
+    optimizer: str = "uniform"
+    betas: tuple = (0.9, 0.999)
+    max_failures: int = 8
+    min_lr_factor: float = 1e-3
+    rel_tol: float = 0.0
+    patience: int = 20
+
+    loss: str = "mse"
+    alpha: float = 0.0
+    weight_floor: float = 0.05
+    percentiles: tuple = (1.0, 99.5)
+    poisson_floor: float = 1e-3
+    photometric: str = "solve"
+    photometric_lr: float = 0.02
+    volume_weight: float = 0.0
+
+    learn_psf: bool = False
+    psf_lr: float = 0.01
+    band_update_every: int = 10
+
+    levels: tuple = (2, 1)
+    target_edge_um: float | None = None
+    remesh_every: int = 0
+
+    band_threshold: float = 1e-3
+    backend: str = "auto"
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_memory_bytes: int | None = None
+
+    def __post_init__(self):
+        lv = self.levels
+        if isinstance(lv, (int, float)):
+            lv = (lv,)
+        try:
+            lv = tuple(_int("levels", v, 1) for v in lv)
+        except TypeError:
+            raise TypeError(f"FitConfig.levels must be a sequence of positive integers, got {self.levels!r}") from None
+        if not lv or lv[-1] != 1:
+            raise ValueError(f"FitConfig.levels must be non-empty and end with 1 (full resolution), got {self.levels!r}")
+        if any(a < b for a, b in zip(lv, lv[1:])):
+            raise ValueError(f"FitConfig.levels must be non-increasing (coarse to fine), got {self.levels!r}")
+        self.levels = lv
+        it = self.iterations
+        if isinstance(it, (list, tuple)):
+            if len(it) != len(lv):
+                raise ValueError(f"FitConfig.iterations has {len(it)} entries but there are {len(lv)} levels {lv}")
+            self.iterations = tuple(_int("iterations", v, 0) for v in it)
+        else:
+            self.iterations = _int("iterations", it, 0)
+        self.lr = _pos("lr", self.lr)
+        self.lr_final_factor = _pos("lr_final_factor", self.lr_final_factor)
+        if self.lr_final_factor > 1:
+            raise ValueError(f"FitConfig.lr_final_factor must be in (0, 1], got {self.lr_final_factor}")
+        self.lambda_smooth = _pos("lambda_smooth", self.lambda_smooth, allow_zero=True)
+        self.p = _int("p", self.p, 1)
+        if self.laplacian not in LAPLACIAN_KINDS:
+            raise ValueError(f"FitConfig.laplacian must be one of {LAPLACIAN_KINDS}, got {self.laplacian!r}")
+        if self.optimizer not in ADAM_KINDS:
+            raise ValueError(f"FitConfig.optimizer must be one of {ADAM_KINDS}, got {self.optimizer!r}")
+        b = tuple(float(x) for x in self.betas)
+        if len(b) != 2 or not all(0 <= x < 1 for x in b):
+            raise ValueError(f"FitConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = b
+        self.max_failures = _int("max_failures", self.max_failures, 1)
+        self.min_lr_factor = _pos("min_lr_factor", self.min_lr_factor)
+        self.rel_tol = _pos("rel_tol", self.rel_tol, allow_zero=True)
+        self.patience = _int("patience", self.patience, 1)
+        if self.loss not in LOSSES:
+            raise ValueError(f"FitConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        self.alpha = _pos("alpha", self.alpha, allow_zero=True)
+        self.weight_floor = _pos("weight_floor", self.weight_floor, allow_zero=True)
+        if self.weight_floor > 1:
+            raise ValueError(f"FitConfig.weight_floor must be in [0, 1], got {self.weight_floor}")
+        pc = tuple(float(x) for x in self.percentiles)
+        if len(pc) != 2 or not 0 <= pc[0] < pc[1] <= 100:
+            raise ValueError(f"FitConfig.percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles!r}")
+        self.percentiles = pc
+        self.poisson_floor = _pos("poisson_floor", self.poisson_floor)
+        if self.photometric not in PHOTOMETRIC:
+            raise ValueError(f"FitConfig.photometric must be one of {PHOTOMETRIC}, got {self.photometric!r}")
+        self.photometric_lr = _pos("photometric_lr", self.photometric_lr)
+        self.volume_weight = _pos("volume_weight", self.volume_weight, allow_zero=True)
+        if not isinstance(self.learn_psf, bool):
+            raise TypeError(f"FitConfig.learn_psf must be True or False, got {self.learn_psf!r}")
+        self.psf_lr = _pos("psf_lr", self.psf_lr)
+        self.band_update_every = _int("band_update_every", self.band_update_every, 1)
+        if self.target_edge_um is not None:
+            self.target_edge_um = _pos("target_edge_um", self.target_edge_um)
+        self.remesh_every = _int("remesh_every", self.remesh_every, 0)
+        if self.remesh_every and self.target_edge_um is None:
+            raise ValueError("FitConfig.remesh_every needs FitConfig.target_edge_um (the edge length to remesh to)")
+        self.band_threshold = _pos("band_threshold", self.band_threshold)
+        if self.band_threshold >= 1:
+            raise ValueError(f"FitConfig.band_threshold must be in (0, 1), got {self.band_threshold}")
+        if not isinstance(self.backend, str):
+            raise TypeError(f"FitConfig.backend must be a string, got {self.backend!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"FitConfig.device is not a valid torch device: {self.device!r}") from None
+        if isinstance(self.dtype, torch.dtype):
+            self.dtype = {v: k for k, v in DTYPES.items()}.get(self.dtype, str(self.dtype))
+        if self.dtype not in DTYPES:
+            raise ValueError(f"FitConfig.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.max_memory_bytes is not None:
+            self.max_memory_bytes = _int("max_memory_bytes", self.max_memory_bytes, 1)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def iterations_for_level(self, index: int) -> int:
+        it = self.iterations
+        return it[index] if isinstance(it, tuple) else it
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(self.iterations_for_level(i) for i in range(len(self.levels)))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown FitConfig fields: {unknown}")
+        return cls(**d)

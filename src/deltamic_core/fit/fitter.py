@@ -1,0 +1,579 @@
+"""The step-by-step shape-inference engine.
+
+A :class:`Fitter` deforms a triangle mesh (one or several cells) until its rendered image,
+``gain * (membrane density conv PSF) + background``, matches the observed stack. It is a
+state machine driven one step at a time (a GUI worker thread or a CLI loop calls
+:meth:`Fitter.step` or :meth:`Fitter.run`), with:
+
+- coarse-to-fine levels: the image block-averaged by each factor of ``config.levels`` (voxel
+  size scaled, grid origin moved to the block centres), a renderer plan per level;
+- the large-steps preconditioner: the optimiser moves ``u = (I + lambda L)^p x`` and the
+  vertices are recovered by a sparse Cholesky solve, rebuilt whenever the topology changes
+  (remeshing, level change);
+- gain and background eliminated in closed form every step (or learnt);
+- optional PSF learning with its own Adam;
+- rollback: a step whose loss, gradient or new vertices are not finite is undone (vertices and
+  every optimiser state restored) and the step size halved; after ``max_failures``
+  consecutive failures the fit raises. A NaN mesh is never returned.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .._checks import check_spacing, check_vector3
+from ..mesh import Mesh
+from .config import FitConfig
+from .losses import intensity_weight, poisson_nll, solve_photometric, weighted_mse, _quantiles
+from .optim import VertexAdam
+from .precondition import LaplacianPreconditioner
+
+__all__ = ["Fitter", "StepResult", "FitResult", "block_average", "FitDivergedError"]
+
+
+class FitDivergedError(RuntimeError):
+    """Raised when too many consecutive steps had to be rolled back."""
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`Fitter.step` produced.
+
+    Attributes
+    ----------
+    iteration : int
+        Global count of accepted steps so far (over all levels).
+    loss : float
+        Loss of the vertices *before* this step's update (NaN when ``rolled_back``).
+    verts : (V, 3) float64 ndarray, um (z, y, x): the vertices after the step.
+    faces : (F, 3) int64 ndarray
+    labels : (F, 2) int32 ndarray or None
+    psf_params : dict (``psf.as_dict()``)
+    gain, background : floats, in the units of the input image
+    level : int, index into ``config.levels``
+    factor : int, the downsampling factor of that level
+    lr : float, the step size used (um)
+    rolled_back : bool, True if the step was undone (vertices unchanged)
+    remeshed : bool, True if the topology changed after this step
+    """
+
+    iteration: int
+    loss: float
+    verts: np.ndarray
+    faces: np.ndarray
+    labels: np.ndarray | None
+    psf_params: dict
+    gain: float
+    background: float
+    level: int
+    factor: int = 1
+    lr: float = 0.0
+    rolled_back: bool = False
+    remeshed: bool = False
+
+
+@dataclass
+class FitResult:
+    """The outcome of a fit (also available mid-fit: the current state)."""
+
+    mesh: Mesh
+    loss_history: list
+    level_history: list
+    timings: dict
+    psf_params: dict
+    gain: float
+    background: float
+    backend: str
+    iterations: int
+    n_rollbacks: int
+    converged: bool
+    config: dict = field(default_factory=dict)
+
+
+def block_average(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean over ``factor``^3 blocks (trailing voxels that do not fill a block are dropped).
+
+    The voxel (i, j, l) of the result covers input voxels ``i*factor ... i*factor+factor-1``
+    (per axis), so its centre sits at ``origin + (i*factor + (factor-1)/2) * spacing``.
+    """
+    if factor == 1:
+        return image
+    nz, ny, nx = (s // factor for s in image.shape)
+    if min(nz, ny, nx) < 1:
+        raise ValueError(f"image of shape {tuple(image.shape)} is smaller than the downsampling factor {factor}")
+    x = image[: nz * factor, : ny * factor, : nx * factor]
+    return x.reshape(nz, factor, ny, factor, nx, factor).mean(dim=(1, 3, 5))
+
+
+class _BadStep(Exception):
+    pass
+
+
+@dataclass
+class _Level:
+    index: int
+    factor: int
+    shape: tuple
+    spacing_um: tuple
+    origin_um: tuple
+    observed: torch.Tensor  # in loss units (normalised for mse, counts for poisson)
+    weight: torch.Tensor | None
+    scale: float  # observed_input = observed * scale + offset
+    offset: float
+    renderer: object
+    n_iterations: int
+
+
+class Fitter:
+    """Fit a mesh to a 3D fluorescence image by differentiable rendering.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) array or tensor
+        The observed stack (any real dtype; raw counts for the Poisson loss).
+    spacing_um : float or 3 floats (z, y, x)
+        Voxel size in micrometres.
+    init_mesh : Mesh
+        Initial surface(s), vertices in um (z, y, x). With ``labels`` a multi-cell mesh.
+    psf : deltamic_core.psf.PSFModel
+        Point-spread function. The fitter works on a deep copy (the caller's model is not
+        modified, also with ``learn_psf``); the fitted model is ``Fitter.psf``.
+    config : FitConfig, optional
+    origin_um : 3 floats
+        Position (um) of the centre of voxel (0, 0, 0).
+    face_weights : (F,) array, optional
+        Membrane intensity per face; default ``init_mesh.face_intensity()`` (1 for outer
+        faces, 2 for faces shared by two cells). After a remesh the weights are recomputed
+        from the labels (custom weights cannot follow a change of topology).
+    """
+
+    def __init__(self, image, spacing_um, init_mesh: Mesh, psf, config: FitConfig | None = None,
+                 origin_um=(0.0, 0.0, 0.0), face_weights=None):
+        if config is None:
+            config = FitConfig()
+        if not isinstance(config, FitConfig):
+            raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+        if not isinstance(init_mesh, Mesh):
+            raise TypeError(f"init_mesh must be a deltamic_core.mesh.Mesh, got {type(init_mesh).__name__}")
+        if not isinstance(psf, torch.nn.Module) or not hasattr(psf, "otf"):
+            raise TypeError(f"psf must be a deltamic_core.psf.PSFModel, got {type(psf).__name__}")
+        if len(init_mesh.faces) == 0:
+            raise ValueError("init_mesh has no faces")
+        if not np.all(np.isfinite(init_mesh.verts)):
+            raise ValueError("init_mesh.verts contains NaN or Inf")
+        img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if img.ndim != 3:
+            raise ValueError(f"image must be a 3D (Z, Y, X) stack, got shape {img.shape}")
+        if not np.issubdtype(img.dtype, np.number) or np.iscomplexobj(img):
+            raise TypeError(f"image must be a real numeric array, got dtype {img.dtype}")
+        if not np.all(np.isfinite(img)):
+            raise ValueError("image contains NaN or Inf")
+        if config.loss == "poisson" and img.min() < 0:
+            raise ValueError("image has negative values: the Poisson loss needs counts (>= 0); use loss='mse' "
+                             "or remove the camera offset")
+        self.config = config
+        self.spacing_um = check_spacing(spacing_um, "spacing_um")
+        self.origin_um = check_vector3(origin_um, "origin_um")
+        self.device = torch.device(config.device)
+        self.dtype = config.torch_dtype
+        self._image = torch.as_tensor(img, dtype=torch.float32).to(self.device)
+        self.psf = copy.deepcopy(psf).to(self.device)
+        if face_weights is not None:
+            fw = np.asarray(face_weights, dtype=np.float64).reshape(-1)
+            if fw.shape != (len(init_mesh.faces),):
+                raise ValueError(f"face_weights must have one value per face ({len(init_mesh.faces)}), got {fw.shape}")
+            if not np.all(np.isfinite(fw)) or np.any(fw < 0):
+                raise ValueError("face_weights must be finite and non-negative")
+        else:
+            fw = None
+        self._mesh = init_mesh.copy()
+        self._custom_weights = fw
+
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._level: _Level | None = None
+        self._level_index = 0
+        self._level_iter = 0
+        self._iteration = 0
+        self._lr_scale = 1.0
+        self._consecutive_failures = 0
+        self._n_rollbacks = 0
+        self._done = False
+        self._converged = False
+        self._loss_history: list[float] = []
+        self._level_history: list[int] = []
+        self._timings = {"setup": 0.0, "render": 0.0, "backward": 0.0, "solve": 0.0, "remesh": 0.0, "total": 0.0}
+        self._gain = 1.0
+        self._background = 0.0
+        self._backend = config.backend
+
+        self._psf_opt = None
+        if config.learn_psf:
+            params = [p for p in self.psf.parameters() if p.requires_grad]
+            if not params:
+                raise ValueError("learn_psf=True but the PSF model has no learnable parameters")
+            self._psf_opt = torch.optim.Adam(params, lr=config.psf_lr)
+        else:
+            for p in self.psf.parameters():
+                p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ state access
+    @property
+    def iteration(self) -> int:
+        return self._iteration
+
+    @property
+    def done(self) -> bool:
+        """True when every level has run its iterations."""
+        return self._done
+
+    @property
+    def lr(self) -> float:
+        """The current (un-decayed) step size in um after any rollback halvings."""
+        factor = self._level.factor if self._level is not None else self.config.levels[self._level_index]
+        return self.config.lr * self._lr_scale * min(self.spacing_um) * factor
+
+    def current_mesh(self) -> Mesh:
+        """The current mesh (a copy), vertices in um."""
+        with self._lock:
+            m = self._mesh.copy()
+            if self._level is not None:
+                m.verts = self._x.detach().cpu().numpy().astype(np.float64)
+            return m
+
+    # ------------------------------------------------------------------ levels and topology
+    def _face_weights(self, mesh: Mesh) -> torch.Tensor:
+        if self._custom_weights is not None and len(self._custom_weights) == len(mesh.faces):
+            w = self._custom_weights
+        else:
+            w = mesh.face_intensity()
+        return torch.as_tensor(w, dtype=self.dtype, device=self.device)
+
+    def _remesh(self, mesh: Mesh, edge_um: float) -> Mesh:
+        from ..geometry import remesh
+
+        t0 = time.perf_counter()
+        out = remesh(mesh, edge_um)
+        self._timings["remesh"] += time.perf_counter() - t0
+        if not np.all(np.isfinite(out.verts)):
+            raise FloatingPointError("remesh produced non-finite vertices")
+        if self._custom_weights is not None and len(out.faces) != len(self._custom_weights):
+            self._custom_weights = None
+        return out
+
+    def _set_topology(self, mesh: Mesh) -> None:
+        """(Re)build everything that depends on the connectivity: weights, preconditioner,
+        optimiser state."""
+        cfg = self.config
+        self._mesh = mesh
+        self._faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=self.device)
+        self._weights = self._face_weights(mesh)
+        x0 = torch.as_tensor(mesh.verts, dtype=torch.float64, device=self.device)
+        t0 = time.perf_counter()
+        self._precond = LaplacianPreconditioner(mesh.verts, mesh.faces, cfg.lambda_smooth, cfg.p, cfg.laplacian)
+        self._timings["solve"] += time.perf_counter() - t0
+        self._u = self._precond.to_differential(x0)
+        self._x = self._precond.solve(self._u)
+        self._opt = VertexAdam(tuple(self._u.shape), lr=1.0, kind=cfg.optimizer, betas=cfg.betas,
+                               dtype=torch.float64, device=self.device)
+
+    def _build_level(self, index: int) -> _Level:
+        from ..render import Renderer
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        f = cfg.levels[index]
+        obs = block_average(self._image, f)
+        spacing = tuple(s * f for s in self.spacing_um)
+        origin = tuple(o + (f - 1) / 2.0 * s for o, s in zip(self.origin_um, self.spacing_um))
+        if cfg.loss == "mse":
+            # normalised so that loss values and float32 arithmetic are scale-free
+            lo, hi = _quantiles(obs, (cfg.percentiles[0] / 100.0, cfg.percentiles[1] / 100.0))
+            scale = hi - lo if hi > lo else 1.0
+            offset = lo
+            obs_l = ((obs - offset) / scale).to(self.dtype)
+        else:
+            # block averaging turns counts into means of f^3 counts: the sum keeps Poisson statistics
+            scale = 1.0 / f**3
+            offset = 0.0
+            obs_l = (obs * f**3).to(self.dtype)
+        weight = intensity_weight(obs_l, cfg.alpha, floor=cfg.weight_floor,
+                                  low_pct=cfg.percentiles[0], high_pct=cfg.percentiles[1])
+        renderer = Renderer(tuple(obs_l.shape), spacing, self.psf, origin_um=origin,
+                            band_threshold=cfg.band_threshold, backend=cfg.backend, dtype=self.dtype,
+                            device=self.device, max_memory_bytes=cfg.max_memory_bytes)
+        self._backend = str(getattr(renderer, "backend_name", getattr(renderer, "backend", cfg.backend)))
+        mesh = self.current_mesh() if self._level is not None else self._mesh
+        if cfg.target_edge_um is not None:
+            mesh = self._remesh(mesh, cfg.target_edge_um * f)
+        self._timings["setup"] += time.perf_counter() - t0
+        self._set_topology(mesh)
+        # a new level has a new step scale (its voxel size) and new photometric normalisation
+        self._lr_scale = 1.0
+        self._consecutive_failures = 0
+        self.__dict__.pop("_photo", None)
+        return _Level(index, f, tuple(obs_l.shape), spacing, origin, obs_l, weight, scale, offset, renderer,
+                      cfg.iterations_for_level(index))
+
+    def _advance_level_if_needed(self) -> bool:
+        """Enter the next level when the current one is finished; False when all are done."""
+        cfg = self.config
+        while True:
+            if self._level is None:
+                if self._level_index >= len(cfg.levels):
+                    return False
+                self._level = self._build_level(self._level_index)
+                self._level_iter = 0
+                self._recent = []
+            if self._level_iter < self._level.n_iterations and not self._level_converged():
+                return True
+            self._level_index += 1
+            if self._level_index >= len(cfg.levels):
+                self._done = True
+                return False
+            self._level = self._build_level_keep(self._level_index)
+
+    def _build_level_keep(self, index):
+        lvl = self._build_level(index)
+        self._level_iter = 0
+        self._recent = []
+        return lvl
+
+    def _level_converged(self) -> bool:
+        cfg = self.config
+        if cfg.rel_tol <= 0 or len(self._recent) <= cfg.patience:
+            return False
+        old, new = self._recent[-cfg.patience - 1], self._recent[-1]
+        conv = (old - new) <= cfg.rel_tol * abs(old)
+        if conv and self._level_index == len(cfg.levels) - 1:
+            self._converged = True
+        return conv
+
+    # ------------------------------------------------------------------ one step
+    def _lr_now(self) -> float:
+        cfg = self.config
+        n = max(self._level.n_iterations, 1)
+        t = min(self._level_iter / n, 1.0)
+        decay = cfg.lr_final_factor + (1 - cfg.lr_final_factor) * 0.5 * (1 + math.cos(math.pi * t))
+        return cfg.lr * self._lr_scale * min(self._level.spacing_um) * decay
+
+    def _snapshot(self) -> dict:
+        snap = {"u": self._u.clone(), "x": self._x.clone(), "opt": self._opt.state(),
+                "gain": self._gain, "background": self._background}
+        if self._psf_opt is not None:
+            snap["psf"] = copy.deepcopy(self.psf.state_dict())
+            snap["psf_opt"] = copy.deepcopy(self._psf_opt.state_dict())
+        return snap
+
+    def _restore(self, snap: dict) -> None:
+        self._u = snap["u"]
+        self._x = snap["x"]
+        self._opt.load_state(snap["opt"])
+        self._gain = snap["gain"]
+        self._background = snap["background"]
+        if "psf" in snap:
+            self.psf.load_state_dict(snap["psf"])
+            self._psf_opt.load_state_dict(snap["psf_opt"])
+
+    def _loss(self, rendered: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        lvl = self._level
+        if cfg.photometric == "solve" or not hasattr(self, "_photo"):
+            g, b = solve_photometric(rendered, lvl.observed, lvl.weight)
+            if cfg.photometric == "learn":
+                # initialise the learnt gain/background at their least-squares optimum
+                self._photo = torch.tensor([math.log(g), b], dtype=torch.float64, device=self.device,
+                                           requires_grad=True)
+                self._photo_opt = torch.optim.Adam([self._photo], lr=cfg.photometric_lr)
+        if cfg.photometric == "learn":
+            g_t = torch.exp(self._photo[0]).to(self.dtype)
+            b_t = self._photo[1].to(self.dtype)
+            g, b = float(g_t), float(b_t)
+        else:
+            g_t, b_t = g, b
+        model = g_t * rendered + b_t
+        self._gain = g * lvl.scale
+        self._background = b * lvl.scale + lvl.offset
+        if cfg.loss == "mse":
+            return weighted_mse(model, lvl.observed, lvl.weight)
+        return poisson_nll(model, lvl.observed, lvl.weight, floor=cfg.poisson_floor)
+
+    def _render(self, x: torch.Tensor) -> torch.Tensor:
+        return self._level.renderer.render(x.to(self.dtype), self._faces, self._weights,
+                                           volume_weight=self.config.volume_weight)
+
+    def _try_step(self, lr: float) -> float:
+        u = self._u.clone().requires_grad_(True)
+        if self._psf_opt is not None:
+            self._psf_opt.zero_grad(set_to_none=True)
+        if self.config.photometric == "learn" and hasattr(self, "_photo"):
+            self._photo_opt.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        x = self._precond.to_vertices(u)
+        rendered = self._render(x)
+        loss = self._loss(rendered)
+        t1 = time.perf_counter()
+        self._timings["render"] += t1 - t0
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise _BadStep("non-finite loss")
+        loss.backward()
+        self._timings["backward"] += time.perf_counter() - t1
+        grad = u.grad
+        if grad is None or not bool(torch.isfinite(grad).all()):
+            raise _BadStep("non-finite vertex gradient")
+        t2 = time.perf_counter()
+        self._opt.lr = lr
+        u_new = self._u + self._opt.direction(grad)
+        x_new = self._precond.solve(u_new)
+        self._timings["solve"] += time.perf_counter() - t2
+        if not bool(torch.isfinite(x_new).all()):
+            raise _BadStep("non-finite vertices")
+        if self._psf_opt is not None:
+            grads = [p.grad for p in self.psf.parameters() if p.requires_grad]
+            if any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
+                raise _BadStep("non-finite PSF gradient")
+            self._psf_opt.step()
+            if not all(bool(torch.isfinite(p).all()) for p in self.psf.parameters()):
+                raise _BadStep("non-finite PSF parameters")
+        if self.config.photometric == "learn":
+            if self._photo.grad is not None:
+                self._photo_opt.step()
+            if not bool(torch.isfinite(self._photo).all()):
+                raise _BadStep("non-finite gain/background")
+        self._u = u_new
+        self._x = x_new
+        return loss_value
+
+    def step(self) -> StepResult:
+        """Take one optimisation step (entering the next level first when the current one is
+        finished).
+
+        Returns
+        -------
+        StepResult. When the step had to be rolled back, ``rolled_back`` is True, the
+        vertices are those before the step and the step size has been halved.
+
+        Raises
+        ------
+        FitDivergedError
+            after ``config.max_failures`` consecutive rolled-back steps or when the step size
+            would fall below ``lr * min_lr_factor``.
+        RuntimeError
+            when the fit is already complete (check :attr:`done`).
+        """
+        with self._lock:
+            t_start = time.perf_counter()
+            if not self._advance_level_if_needed():
+                raise RuntimeError("the fit is complete: every level has run its iterations")
+            cfg = self.config
+            lr = self._lr_now()
+            snap = self._snapshot()
+            try:
+                loss_value = self._try_step(lr)
+            except (_BadStep, FloatingPointError) as exc:
+                self._restore(snap)
+                self._n_rollbacks += 1
+                self._consecutive_failures += 1
+                self._lr_scale *= 0.5
+                self._timings["total"] += time.perf_counter() - t_start
+                if self._consecutive_failures >= cfg.max_failures or self._lr_scale < cfg.min_lr_factor:
+                    raise FitDivergedError(
+                        f"fit diverged: {self._consecutive_failures} consecutive steps produced non-finite values "
+                        f"(last: {exc}); the step size is now {self._lr_scale:g} x lr. Lower FitConfig.lr or raise "
+                        "FitConfig.lambda_smooth") from None
+                return self._result_for(float("nan"), lr, rolled_back=True)
+            self._consecutive_failures = 0
+            self._iteration += 1
+            self._level_iter += 1
+            self._loss_history.append(loss_value)
+            self._level_history.append(self._level.index)
+            self._recent.append(loss_value)
+            if self._psf_opt is not None and self._level_iter % cfg.band_update_every == 0:
+                self._level.renderer.update_band()
+            remeshed = False
+            if cfg.remesh_every and self._level_iter % cfg.remesh_every == 0 \
+                    and self._level_iter < self._level.n_iterations:
+                mesh = self._remesh(self.current_mesh(), cfg.target_edge_um * self._level.factor)
+                self._set_topology(mesh)
+                remeshed = True
+            self._timings["total"] += time.perf_counter() - t_start
+            # look ahead so that `done` is accurate right after the last step
+            if self._level_iter >= self._level.n_iterations or self._level_converged():
+                if self._level_index == len(cfg.levels) - 1:
+                    self._done = True
+            return self._result_for(loss_value, lr, remeshed=remeshed)
+
+    def _result_for(self, loss_value, lr, *, rolled_back=False, remeshed=False) -> StepResult:
+        return StepResult(
+            iteration=self._iteration,
+            loss=loss_value,
+            verts=self._x.detach().cpu().numpy().astype(np.float64),
+            faces=self._mesh.faces.copy(),
+            labels=None if self._mesh.labels is None else self._mesh.labels.copy(),
+            psf_params=self._psf_params(),
+            gain=float(self._gain),
+            background=float(self._background),
+            level=self._level.index,
+            factor=self._level.factor,
+            lr=float(lr),
+            rolled_back=rolled_back,
+            remeshed=remeshed,
+        )
+
+    def _psf_params(self) -> dict:
+        if hasattr(self.psf, "as_dict"):
+            return self.psf.as_dict()
+        return {n: p.detach().cpu().numpy().tolist() for n, p in self.psf.named_parameters()}
+
+    # ------------------------------------------------------------------ driving
+    def run(self, n: int | None = None, callback: Callable[[StepResult], bool | None] | None = None) -> FitResult:
+        """Run up to ``n`` steps (default: until every level is done), or until :meth:`stop`
+        is called or ``callback(step_result)`` returns False. Calling ``run`` again resumes.
+
+        Returns
+        -------
+        FitResult of the current state.
+        """
+        if n is not None and (isinstance(n, bool) or int(n) != n or n < 0):
+            raise ValueError(f"n must be a non-negative integer or None, got {n!r}")
+        self._stop.clear()
+        taken = 0
+        while not self._done and (n is None or taken < n) and not self._stop.is_set():
+            res = self.step()
+            taken += 1
+            if callback is not None and callback(res) is False:
+                break
+        return self.result()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`run` to return after the current step (thread-safe)."""
+        self._stop.set()
+
+    def result(self) -> FitResult:
+        """The current state as a :class:`FitResult` (final after the last step)."""
+        with self._lock:
+            mesh = self.current_mesh()
+            mesh.metadata = dict(mesh.metadata)
+            mesh.metadata.update({"fit_iterations": self._iteration, "fit_loss": self._loss_history[-1:] or None})
+            return FitResult(
+                mesh=mesh,
+                loss_history=list(self._loss_history),
+                level_history=list(self._level_history),
+                timings=dict(self._timings),
+                psf_params=self._psf_params(),
+                gain=float(self._gain),
+                background=float(self._background),
+                backend=self._backend,
+                iterations=self._iteration,
+                n_rollbacks=self._n_rollbacks,
+                converged=self._converged or self._done,
+                config=self.config.as_dict(),
+            )

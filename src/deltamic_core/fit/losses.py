@@ -1,0 +1,190 @@
+"""Data terms of the fit and the closed-form photometric (gain, background) solve.
+
+The model image is ``gain * render + background`` where ``render`` is the blurred membrane
+density of the mesh. Gain and background are nuisance parameters: for a fixed render the
+weighted least-squares optimum is available in closed form, so they are eliminated every step
+(variable projection) instead of being learnt by gradient descent or, worse, guessed by min-max
+normalisation (which couples the fit to the two most extreme voxels of the image).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "robust_normalise",
+    "intensity_weight",
+    "weighted_mse",
+    "poisson_nll",
+    "solve_photometric",
+]
+
+
+def _quantiles(x: torch.Tensor, qs: tuple[float, float], max_samples: int = 2_000_000) -> tuple[float, float]:
+    """Percentiles of a large tensor; ``torch.quantile`` refuses more than 2**24 elements, so
+    very large images are subsampled on a fixed stride (deterministic)."""
+    flat = x.detach().reshape(-1)
+    if flat.numel() > max_samples:
+        stride = -(-flat.numel() // max_samples)
+        flat = flat[::stride]
+    q = torch.quantile(flat.to(torch.float64), torch.tensor(qs, dtype=torch.float64, device=flat.device))
+    return float(q[0]), float(q[1])
+
+
+def robust_normalise(observed: torch.Tensor, low_pct: float = 1.0, high_pct: float = 99.5) -> torch.Tensor:
+    """Map an image to [0, 1] by its ``low_pct`` and ``high_pct`` percentiles (clipped).
+
+    Parameters
+    ----------
+    observed : (Z, Y, X) tensor
+    low_pct, high_pct : float
+        Percentiles in [0, 100], ``low_pct < high_pct``.
+
+    Returns
+    -------
+    (Z, Y, X) tensor of the same dtype, values in [0, 1]. A constant image maps to zeros.
+    """
+    if not 0.0 <= low_pct < high_pct <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low_pct < high_pct <= 100, got ({low_pct}, {high_pct})")
+    lo, hi = _quantiles(observed, (low_pct / 100.0, high_pct / 100.0))
+    if not hi > lo:
+        return torch.zeros_like(observed)
+    return ((observed - lo) / (hi - lo)).clamp_(0.0, 1.0)
+
+
+def intensity_weight(
+    observed: torch.Tensor,
+    alpha: float,
+    *,
+    floor: float = 0.0,
+    low_pct: float = 1.0,
+    high_pct: float = 99.5,
+) -> torch.Tensor | None:
+    """Per-voxel weights that emphasise the bright membranes.
+
+    ``w = floor + (1 - floor) * n ** alpha`` with ``n`` the image normalised to [0, 1] by
+    robust percentiles (:func:`robust_normalise`). ``alpha = 0`` gives plain MSE (returns None,
+    meaning uniform weights). A positive ``floor`` keeps a penalty on rendering membrane where
+    the image is dark (with ``floor = 0`` the dark voxels would not constrain the fit at all).
+
+    Returns
+    -------
+    (Z, Y, X) tensor or None (uniform weights).
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
+    if alpha == 0:
+        return None
+    n = robust_normalise(observed, low_pct, high_pct)
+    return floor + (1.0 - floor) * n.pow(alpha)
+
+
+def weighted_mse(model: torch.Tensor, observed: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum(w * (model - observed)**2) / sum(w)`` (plain mean squared error when ``weight`` is None).
+
+    Parameters
+    ----------
+    model, observed : (Z, Y, X) tensors
+    weight : (Z, Y, X) tensor of non-negative weights, or None
+
+    Returns
+    -------
+    0-d tensor, differentiable w.r.t. ``model``.
+    """
+    if model.shape != observed.shape:
+        raise ValueError(f"model shape {tuple(model.shape)} differs from observed shape {tuple(observed.shape)}")
+    r2 = (model - observed).square()
+    if weight is None:
+        return r2.mean()
+    return (weight * r2).sum() / weight.sum().clamp_min(torch.finfo(r2.dtype).tiny)
+
+
+def poisson_nll(
+    model: torch.Tensor,
+    observed: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    floor: float = 1e-3,
+) -> torch.Tensor:
+    """Poisson negative log-likelihood per voxel, up to the model-independent ``log(obs!)``:
+    ``mean(m - obs * log(m))`` with ``m = max(model, floor)``.
+
+    The expected count must stay positive; band-limited renders ring slightly below zero, so
+    the model is floored (values below ``floor`` get no gradient, which pushes nothing the
+    wrong way). ``observed`` is in counts (photo-electrons), non-negative.
+
+    Returns
+    -------
+    0-d tensor (weighted mean when ``weight`` is given).
+    """
+    if model.shape != observed.shape:
+        raise ValueError(f"model shape {tuple(model.shape)} differs from observed shape {tuple(observed.shape)}")
+    if floor <= 0:
+        raise ValueError(f"floor must be positive, got {floor}")
+    m = model.clamp_min(floor)
+    nll = m - observed * torch.log(m)
+    if weight is None:
+        return nll.mean()
+    return (weight * nll).sum() / weight.sum().clamp_min(torch.finfo(nll.dtype).tiny)
+
+
+def solve_photometric(
+    rendered: torch.Tensor,
+    observed: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    min_gain: float = 1e-8,
+) -> tuple[float, float]:
+    """Weighted least-squares gain and background for ``observed ~ gain * rendered + background``.
+
+    Minimises ``sum(w * (g * r + b - o)**2)`` in closed form (accumulated in float64), with the
+    gain constrained to ``g >= min_gain * scale`` (``scale = std(o) / std(r)``): a membrane
+    cannot emit negative light. When the constraint is active the background is re-solved for
+    the clamped gain, which is the constrained optimum (the problem is a convex quadratic in b).
+
+    Parameters
+    ----------
+    rendered, observed : (Z, Y, X) tensors (gradients are not propagated: at the optimum the
+        loss is stationary in (g, b), so the vertex gradient needs no term through them).
+    weight : (Z, Y, X) non-negative tensor or None (uniform)
+    min_gain : float
+        Relative lower bound of the gain.
+
+    Returns
+    -------
+    (gain, background) : floats
+    """
+    if rendered.shape != observed.shape:
+        raise ValueError(f"rendered shape {tuple(rendered.shape)} differs from observed shape {tuple(observed.shape)}")
+    with torch.no_grad():
+        r = rendered.detach().to(torch.float64).reshape(-1)
+        o = observed.detach().to(torch.float64).reshape(-1)
+        if weight is None:
+            w_sum = float(r.numel())
+            r_mean = r.mean()
+            o_mean = o.mean()
+            dr = r - r_mean
+            do = o - o_mean
+            srr = float((dr * dr).sum())
+            sro = float((dr * do).sum())
+            soo = float((do * do).sum())
+        else:
+            w = weight.detach().to(torch.float64).reshape(-1)
+            w_sum = float(w.sum())
+            if not w_sum > 0:
+                raise ValueError("weight must have a positive sum")
+            r_mean = (w * r).sum() / w_sum
+            o_mean = (w * o).sum() / w_sum
+            dr = r - r_mean
+            do = o - o_mean
+            srr = float((w * dr * dr).sum())
+            sro = float((w * dr * do).sum())
+            soo = float((w * do * do).sum())
+        r_mean = float(r_mean)
+        o_mean = float(o_mean)
+    floor = min_gain * (max(soo, 1e-300) / max(srr, 1e-300)) ** 0.5
+    gain = sro / srr if srr > 0 else floor
+    gain = max(gain, floor)
+    background = o_mean - gain * r_mean
+    return gain, background

@@ -1,0 +1,294 @@
+"""The building blocks of the fit against independent references (numpy formulas, numpy
+lstsq, scipy spsolve, dense eigen-decompositions)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+from deltamic_core.fit import (
+    FitConfig,
+    LaplacianPreconditioner,
+    VertexAdam,
+    block_average,
+    intensity_weight,
+    mesh_laplacian,
+    poisson_nll,
+    robust_normalise,
+    solve_photometric,
+    weighted_mse,
+)
+
+
+def _icosphere(subdiv=2, radius=1.0):
+    """Small closed test mesh built here (independent of deltamic_core.geometry)."""
+    t = (1 + 5**0.5) / 2
+    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
+         (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
+         (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
+         (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    verts = [np.array(p, float) / np.linalg.norm(p) for p in v]
+    faces = f
+    for _ in range(subdiv):
+        cache = {}
+        new_faces = []
+
+        def mid(a, b):
+            key = (min(a, b), max(a, b))
+            if key not in cache:
+                m = verts[a] + verts[b]
+                verts.append(m / np.linalg.norm(m))
+                cache[key] = len(verts) - 1
+            return cache[key]
+
+        for a, b, c in faces:
+            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+            new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = new_faces
+    return np.array(verts) * radius, np.array(faces, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_robust_normalise_matches_numpy_percentiles():
+    rng = np.random.default_rng(0)
+    img = rng.gamma(2.0, 3.0, size=(8, 9, 10))
+    out = robust_normalise(torch.from_numpy(img), 2.0, 98.0).numpy()
+    lo, hi = np.percentile(img, [2.0, 98.0])
+    np.testing.assert_allclose(out, np.clip((img - lo) / (hi - lo), 0, 1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha,floor", [(1.0, 0.0), (2.0, 0.1), (0.5, 0.05)])
+def test_intensity_weight_is_floor_plus_normalised_power(alpha, floor):
+    rng = np.random.default_rng(1)
+    img = rng.normal(10, 3, size=(6, 7, 8))
+    w = intensity_weight(torch.from_numpy(img), alpha, floor=floor, low_pct=1, high_pct=99).numpy()
+    lo, hi = np.percentile(img, [1, 99])
+    n = np.clip((img - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(w, floor + (1 - floor) * n**alpha, rtol=1e-10, atol=1e-12)
+
+
+def test_intensity_weight_alpha_zero_means_uniform():
+    assert intensity_weight(torch.ones(3, 3, 3), 0.0) is None
+    with pytest.raises(ValueError, match="alpha"):
+        intensity_weight(torch.ones(3, 3, 3), -1.0)
+
+
+def test_weighted_mse_matches_numpy():
+    rng = np.random.default_rng(2)
+    m, o, w = rng.normal(size=(3, 5, 6, 7))
+    w = np.abs(w)
+    got = float(weighted_mse(torch.from_numpy(m), torch.from_numpy(o), torch.from_numpy(w)))
+    assert got == pytest.approx(np.sum(w * (m - o) ** 2) / np.sum(w), rel=1e-12)
+    got_plain = float(weighted_mse(torch.from_numpy(m), torch.from_numpy(o)))
+    assert got_plain == pytest.approx(np.mean((m - o) ** 2), rel=1e-12)
+
+
+def test_poisson_nll_matches_numpy_and_floors_the_model():
+    rng = np.random.default_rng(3)
+    lam = rng.uniform(0.5, 20, size=(4, 5, 6))
+    counts = rng.poisson(lam).astype(float)
+    model = lam.copy()
+    model[0, 0, :3] = [-1.0, 0.0, 1e-6]  # must be floored, not produce NaN
+    got = float(poisson_nll(torch.from_numpy(model), torch.from_numpy(counts), floor=1e-3))
+    m = np.maximum(model, 1e-3)
+    assert got == pytest.approx(np.mean(m - counts * np.log(m)), rel=1e-12)
+    # the minimiser over a constant model is the mean count (Poisson MLE)
+    grid = np.linspace(counts.mean() * 0.8, counts.mean() * 1.2, 401)
+    vals = [float(poisson_nll(torch.full(counts.shape, g, dtype=torch.float64), torch.from_numpy(counts))) for g in grid]
+    assert grid[int(np.argmin(vals))] == pytest.approx(counts.mean(), rel=2e-3)
+
+
+def test_poisson_nll_gradient_is_finite_with_negative_model():
+    model = torch.tensor([[[-2.0, 0.5, 3.0]]], dtype=torch.float64, requires_grad=True)
+    obs = torch.tensor([[[1.0, 2.0, 3.0]]], dtype=torch.float64)
+    poisson_nll(model, obs).backward()
+    assert torch.isfinite(model.grad).all()
+    assert model.grad[0, 0, 0] == 0  # floored voxel: no gradient pushing further down
+
+
+# ----------------------------------------------------------------------------- photometric solve
+@pytest.mark.parametrize("weighted", [False, True])
+def test_solve_photometric_matches_lstsq(weighted):
+    rng = np.random.default_rng(4)
+    r = rng.uniform(0, 1, size=(6, 7, 8))
+    o = 3.7 * r + 0.4 + 0.05 * rng.normal(size=r.shape)
+    w = rng.uniform(0.1, 2.0, size=r.shape) if weighted else np.ones_like(r)
+    g, b = solve_photometric(torch.from_numpy(r), torch.from_numpy(o),
+                             torch.from_numpy(w) if weighted else None)
+    sw = np.sqrt(w.ravel())
+    design = np.stack([r.ravel(), np.ones(r.size)], axis=1) * sw[:, None]
+    (g_ref, b_ref), *_ = np.linalg.lstsq(design, o.ravel() * sw, rcond=None)
+    assert g == pytest.approx(g_ref, rel=1e-9)
+    assert b == pytest.approx(b_ref, rel=1e-9, abs=1e-12)
+
+
+def test_solve_photometric_enforces_positive_gain():
+    rng = np.random.default_rng(5)
+    r = rng.uniform(0, 1, size=(5, 5, 5))
+    o = -2.0 * r + 5.0  # anti-correlated: unconstrained gain would be -2
+    g, b = solve_photometric(torch.from_numpy(r), torch.from_numpy(o))
+    assert 0 < g < 1e-6
+    # background is then the optimum for that gain: the mean residual
+    assert b == pytest.approx(np.mean(o - g * r), rel=1e-9)
+
+
+def test_solve_photometric_float32_inputs_accumulate_in_float64():
+    rng = np.random.default_rng(6)
+    r = rng.uniform(0, 1, size=(40, 40, 40)).astype(np.float32)
+    o = (2.0 * r + 1000.0).astype(np.float32)
+    g, b = solve_photometric(torch.from_numpy(r), torch.from_numpy(o))
+    assert g == pytest.approx(2.0, rel=1e-3)
+    assert b == pytest.approx(1000.0, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- preconditioner
+@pytest.mark.parametrize("kind", ["uniform", "cotangent", "robust"])
+def test_laplacian_is_symmetric_psd_with_zero_row_sums(kind):
+    v, f = _icosphere(2)
+    lap = mesh_laplacian(v, f, kind)
+    dense = lap.toarray()
+    np.testing.assert_allclose(dense, dense.T, atol=1e-10)
+    np.testing.assert_allclose(dense.sum(axis=1), 0, atol=1e-9)
+    assert np.linalg.eigvalsh(dense).min() > -1e-9
+
+
+def test_uniform_laplacian_is_degree_minus_adjacency():
+    v, f = _icosphere(1)
+    lap = mesh_laplacian(v, f, "uniform").toarray()
+    adj = np.zeros_like(lap)
+    for a, b, c in f:
+        for i, j in ((a, b), (b, c), (c, a)):
+            adj[i, j] = adj[j, i] = 1
+    np.testing.assert_array_equal(lap, np.diag(adj.sum(1)) - adj)
+
+
+@pytest.mark.parametrize("kind,p", [("uniform", 1), ("uniform", 2), ("cotangent", 1), ("robust", 3)])
+def test_preconditioner_solve_matches_spsolve(kind, p):
+    v, f = _icosphere(2, radius=5.0)
+    pc = LaplacianPreconditioner(v, f, lambda_smooth=3.0, p=p, kind=kind)
+    rng = np.random.default_rng(7)
+    b = rng.normal(size=(len(v), 3))
+    x = pc.solve(torch.from_numpy(b)).numpy()
+    lap = mesh_laplacian(v, f, kind)
+    if kind != "uniform":
+        d_uni = mesh_laplacian(v, f, "uniform").diagonal()
+        lap = lap * (d_uni.mean() / lap.diagonal().mean())
+    import scipy.sparse as sp
+
+    a1 = sp.identity(len(v)) + 3.0 * lap
+    a = a1
+    for _ in range(p - 1):
+        a = a @ a1
+    ref = np.stack([spla.spsolve(a.tocsc(), b[:, k]) for k in range(3)], axis=1)
+    np.testing.assert_allclose(x, ref, rtol=1e-9, atol=1e-10)
+    # round trip through the differential coordinates
+    u = pc.to_differential(torch.from_numpy(b))
+    np.testing.assert_allclose(pc.solve(u).numpy(), b, rtol=1e-9, atol=1e-9)
+
+
+def test_preconditioner_damps_high_frequencies_by_the_eigenvalue_factor():
+    v, f = _icosphere(2)
+    lam, p = 2.0, 2
+    pc = LaplacianPreconditioner(v, f, lambda_smooth=lam, p=p)
+    evals, evecs = np.linalg.eigh(mesh_laplacian(v, f).toarray())
+    for idx in (0, 5, len(evals) - 1):  # constant mode, a smooth mode, the roughest mode
+        vec = evecs[:, idx]
+        out = pc.solve(torch.from_numpy(np.stack([vec] * 3, 1))).numpy()[:, 0]
+        np.testing.assert_allclose(out, vec / (1 + lam * evals[idx]) ** p, atol=1e-10)
+    # translation passes unchanged; per-vertex noise is strongly damped
+    rng = np.random.default_rng(8)
+    shift = np.tile([0.3, -0.2, 1.0], (len(v), 1))
+    np.testing.assert_allclose(pc.solve(torch.from_numpy(shift)).numpy(), shift, atol=1e-10)
+    noise = rng.normal(size=(len(v), 3))
+    damped = pc.solve(torch.from_numpy(noise)).numpy()
+    assert np.linalg.norm(damped - damped.mean(0)) < 0.1 * np.linalg.norm(noise - noise.mean(0))
+
+
+def test_preconditioner_backward_is_the_same_solve():
+    v, f = _icosphere(1)
+    pc = LaplacianPreconditioner(v, f, lambda_smooth=1.5, p=1)
+    u = torch.randn(len(v), 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pc.to_vertices, (u,), eps=1e-6, atol=1e-8)
+
+
+def test_preconditioner_rejects_bad_arguments():
+    v, f = _icosphere(0)
+    with pytest.raises(ValueError, match="lambda_smooth"):
+        LaplacianPreconditioner(v, f, lambda_smooth=-1)
+    with pytest.raises(ValueError, match="p must"):
+        LaplacianPreconditioner(v, f, lambda_smooth=1, p=0)
+    with pytest.raises(ValueError, match="kind"):
+        LaplacianPreconditioner(v, f, lambda_smooth=1, kind="bogus")
+
+
+# ----------------------------------------------------------------------------- optimiser
+def _adam_reference(grads, lr, kind, b1=0.9, b2=0.999, eps=1e-8):
+    m1 = np.zeros_like(grads[0])
+    m2 = np.zeros_like(grads[0]) if kind == "uniform" else np.zeros(grads[0].shape[:1] + (1,))
+    steps = []
+    for t, g in enumerate(grads, 1):
+        m1 = b1 * m1 + (1 - b1) * g
+        m2 = b2 * m2 + (1 - b2) * (g**2 if kind == "uniform" else (g**2).sum(1, keepdims=True))
+        m1h, m2h = m1 / (1 - b1**t), m2 / (1 - b2**t)
+        denom = np.sqrt(m2h.max()) if kind == "uniform" else np.sqrt(m2h)
+        steps.append(-lr * m1h / (denom + eps))
+    return steps
+
+
+@pytest.mark.parametrize("kind", ["uniform", "vector"])
+def test_vertex_adam_matches_reference_recursion(kind):
+    rng = np.random.default_rng(9)
+    grads = [rng.normal(size=(20, 3)) * s for s in (1.0, 0.5, 2.0, 1.0)]
+    opt = VertexAdam((20, 3), lr=0.1, kind=kind)
+    ref = _adam_reference(grads, 0.1, kind)
+    for g, r in zip(grads, ref):
+        np.testing.assert_allclose(opt.direction(torch.from_numpy(g)).numpy(), r, rtol=1e-12, atol=1e-15)
+
+
+def test_uniform_adam_first_step_is_gradient_over_its_max():
+    g = torch.tensor([[1.0, -4.0, 2.0], [0.5, 0.0, 3.0]], dtype=torch.float64)
+    step = VertexAdam((2, 3), lr=0.2, kind="uniform").direction(g)
+    torch.testing.assert_close(step, -0.2 * g / 4.0, rtol=1e-6, atol=0)
+
+
+def test_vertex_adam_state_round_trip():
+    opt = VertexAdam((5, 3), lr=0.1)
+    opt.direction(torch.ones(5, 3, dtype=torch.float64))
+    s = opt.state()
+    a = opt.direction(torch.full((5, 3), 2.0, dtype=torch.float64))
+    opt.load_state(s)
+    b = opt.direction(torch.full((5, 3), 2.0, dtype=torch.float64))
+    torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- config and helpers
+@pytest.mark.parametrize("kwargs,field", [
+    ({"lr": 0}, "lr"), ({"lr": float("nan")}, "lr"), ({"iterations": -1}, "iterations"),
+    ({"levels": (1, 2)}, "levels"), ({"levels": (2,)}, "levels"), ({"loss": "l1"}, "loss"),
+    ({"alpha": -0.5}, "alpha"), ({"laplacian": "x"}, "laplacian"), ({"optimizer": "sgd"}, "optimizer"),
+    ({"dtype": "float16"}, "dtype"), ({"remesh_every": 5}, "remesh_every"), ({"p": 0}, "p"),
+    ({"iterations": (10, 10, 10), "levels": (2, 1)}, "iterations"), ({"band_threshold": 2}, "band_threshold"),
+])
+def test_fitconfig_rejects_bad_values_naming_the_field(kwargs, field):
+    with pytest.raises((ValueError, TypeError), match=field):
+        FitConfig(**kwargs)
+
+
+def test_fitconfig_round_trip_and_per_level_iterations():
+    cfg = FitConfig(iterations=(30, 70), levels=(2, 1), dtype=torch.float64)
+    assert cfg.dtype == "float64" and cfg.torch_dtype == torch.float64
+    assert cfg.total_iterations == 100 and cfg.iterations_for_level(1) == 70
+    assert FitConfig.from_dict(cfg.as_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        FitConfig.from_dict({"nope": 1})
+
+
+def test_block_average_matches_numpy():
+    rng = np.random.default_rng(10)
+    img = rng.normal(size=(7, 9, 10))
+    out = block_average(torch.from_numpy(img), 3).numpy()
+    ref = img[:6, :9, :9].reshape(2, 3, 3, 3, 3, 3).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    assert block_average(torch.from_numpy(img), 1) is not None
