@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from ._base import PSFModel
 from .gaussian import GaussianPSF
+from .gibson_lanni import GibsonLanniPSF
 
-__all__ = ["PSFModel", "GaussianPSF", "psf_from_dict"]
+__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "psf_from_dict"]
 
-_REGISTRY = {"GaussianPSF": GaussianPSF}
+_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF}
 
 
 def psf_from_dict(d) -> PSFModel:

@@ -112,6 +112,25 @@ class PSFModel(nn.Module):
         h = torch.fft.irfftn(o, s=grid.shape) / grid.voxel_volume_um3
         return h.to(dtype)
 
+    # -- positive physical parameters stored as logs ---------------------------------------
+    def _add_positive(self, name: str, value: float, learnable: bool) -> None:
+        """Store log(value) as ``log_<name>``: a Parameter when learnable, else a buffer."""
+        t = torch.log(torch.tensor(float(value), dtype=PARAM_DTYPE))
+        if learnable:
+            self.register_parameter("log_" + name, nn.Parameter(t))
+        else:
+            self.register_buffer("log_" + name, t)
+
+    def _add_real(self, name: str, value: float, learnable: bool) -> None:
+        t = torch.tensor(float(value), dtype=PARAM_DTYPE)
+        if learnable:
+            self.register_parameter(name + "_", nn.Parameter(t))
+        else:
+            self.register_buffer(name + "_", t)
+
+    def _pos(self, name: str) -> torch.Tensor:
+        return torch.exp(getattr(self, "log_" + name))
+
     # -- reports and persistence ---------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -139,6 +158,52 @@ class PSFModel(nn.Module):
         if cls is not PSFModel and not issubclass(target, cls):
             raise ValueError(f"d describes a {kind}, not a {cls.__name__}")
         return target._from_dict(d)
+
+
+class SampledPSFModel(PSFModel):
+    """A model whose PSF is evaluated numerically on a grid, and whose OTF is the DFT of
+    that PSF sampled finely enough to be alias free (see ``_sampling``).
+
+    Subclasses implement ``_band_limits()`` -> (axial, lateral) cut-off frequencies in
+    cycles/um and ``_intensity(fine_grid)`` -> un-normalised PSF samples (Z, Y, X) float64
+    in FFT order on ``fine_grid``.
+    """
+
+    oversampling: float = 1.0
+
+    def _fine_intensity(self, grid: FFTGrid, device=None):
+        from ._sampling import check_volume_memory, fine_grid, oversampling_factors
+
+        fz_cut, fr_cut = self._band_limits()
+        factors = oversampling_factors(grid, (fz_cut, fr_cut, fr_cut), self.oversampling)
+        fine = fine_grid(grid, factors)
+        check_volume_memory(fine.shape, 48, f"{type(self).__name__} on a {fine.shape} oversampled grid")
+        return self._intensity(fine, self._device(device)), factors, fine
+
+    def otf(self, grid: FFTGrid, dtype=torch.float32, device=None) -> torch.Tensor:
+        """OTF at ``grid``'s rfft frequencies, complex of ``grid.rfft_shape``, OTF(0) = 1.
+
+        The PSF is sampled on an oversampled copy of ``grid`` (same box, spacing divided by
+        the smallest integer that beats the Nyquist rate of the PSF's band limits), so the
+        result is the continuous OTF, not the aliased DFT of an undersampled PSF."""
+        from ._sampling import crop_spectrum
+
+        grid = _check_grid(grid)
+        _check_dtype(dtype)
+        inten, _, _ = self._fine_intensity(grid, device)
+        spec = crop_spectrum(torch.fft.rfftn(inten), grid)
+        spec = spec / spec[0, 0, 0].real
+        return spec.to(_complex_of(dtype))
+
+    def psf(self, grid: FFTGrid, dtype=torch.float32, device=None) -> torch.Tensor:
+        """Point samples of the PSF at ``grid``'s FFT-order coordinates, a density in 1/um^3
+        normalised by the PSF's integral over the box (computed on the alias-free fine grid),
+        so ``psf.sum() * voxel_volume`` is 1 when the grid samples the PSF finely."""
+        grid = _check_grid(grid)
+        _check_dtype(dtype)
+        inten, (mz, my, mx), fine = self._fine_intensity(grid, device)
+        total = inten.sum() * fine.voxel_volume_um3
+        return (inten[::mz, ::my, ::mx] / total).to(dtype)
 
 
 def _fmt(v) -> str:
