@@ -9,10 +9,12 @@ from __future__ import annotations
 from ._base import PSFModel
 from .gaussian import GaussianPSF
 from .gibson_lanni import GibsonLanniPSF
+from .hanser import HanserPSF
+from .zernike import noll_to_nm, zernike_noll
 
-__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "psf_from_dict"]
+__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "HanserPSF", "noll_to_nm", "zernike_noll", "psf_from_dict"]
 
-_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF}
+_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF, "HanserPSF": HanserPSF}
 
 
 def psf_from_dict(d) -> PSFModel:
