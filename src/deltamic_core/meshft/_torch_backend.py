@@ -1,0 +1,357 @@
+"""Pure-torch mesh Fourier transform: exact, runs on any device, bounded memory.
+
+The transform of one triangle (a, b, c) of area A at frequency k (cycles/um) is
+
+    integral_T exp(-2 pi i k.x) dS = 2A * f[pa, pb, pc],   f(z) = -exp(-i z),
+
+with pa = 2 pi k.a etc. and f[., ., .] the second divided difference (Hermite-Genocchi). The
+phases reach hundreds of radians while their differences inside a triangle are small, so every
+(frequency, triangle) pair is evaluated around the triangle's centroid g:
+
+    f[pa, pb, pc] = exp(-i theta) * f[x0, x1, x2],   theta = 2 pi k.g,  xj = 2 pi k.(vj - g),
+
+(shift invariance f[x + s] = exp(-i s) f[x]). The centred nodes xj are computed from centred
+coordinates (no cancellation of large phases) and sum to zero. The local divided difference uses
+
+* for a small spread s = max |xi - xj| < ``SERIES_SPREAD``, the Taylor series
+  f[x0, x1, x2] = sum_n (-i)^n h_n(x) / (n + 2)!, with h_n the complete homogeneous symmetric
+  polynomials (recurrence h_n = -e2 h_{n-2} + e3 h_{n-3} for nodes of zero sum);
+* otherwise the recursion on the extreme pair (p, q) and the middle node m,
+  f[p, m, q] = (f[p, m] - f[m, q]) / (xp - xq), where f[u, v] = i exp(-i (u+v)/2) sinc((u-v)/2)
+  is stable at any separation and the denominator is the spread itself.
+
+Gradients use d f[pa, pb, pc] / d pa = f[pa, pa, pb, pc] (third divided difference with a
+repeated node) from the same two formulations (series with (n + 3)!, or the extreme-pair
+recursion with f[u, u, v] = d/du f[u, v]), plus the gradient of the area.
+
+All arithmetic is float64 whatever the input dtype: on the torch path this costs little and
+makes float32 results exact to their own rounding. Work is tiled over (frequencies x faces) so
+the temporaries stay below ``max_bytes`` whatever K and F are.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+TWO_PI = 2.0 * math.pi
+
+#: spread of the centred phases (radians) below which the Taylor series is used.
+SERIES_SPREAD = 0.5
+#: |y| below which sinc'(y) uses its series (the closed form loses ~eps / y^2 relative).
+_DSINC_SERIES_Y = 0.1
+#: default bound on the temporaries of one tile, bytes.
+DEFAULT_MAX_BYTES = 256 * 2**20
+# float64 temporaries alive at once per (frequency, face) pair (measured upper bounds, with slack)
+_BYTES_PER_PAIR_FORWARD = 8 * 28
+_BYTES_PER_PAIR_BACKWARD = 8 * 60
+# tiles much larger than the caches only add memory traffic
+_MAX_PAIRS_PER_TILE = 1 << 18
+
+
+def _series_terms(spread: float, order: int, tol: float = 1e-17) -> int:
+    """Number of Taylor terms so that the tail is below ``tol`` relative.
+
+    Centred nodes satisfy |xj| <= 2 s / 3; |h_n| <= C(n + order, order) r^n, and
+    C(n + order, order) / (n + order)! = 1 / (order! n!), so the n-th term is at most
+    r^n / (order! n!) while the value is about 1 / order!.
+    """
+    r = 2.0 * spread / 3.0
+    n = 0
+    while r ** (n + 1) / math.factorial(n + 1) > tol:
+        n += 1
+    return n + 1
+
+
+_N3 = _series_terms(SERIES_SPREAD, 2)
+_N4 = _series_terms(SERIES_SPREAD, 3)
+# repeated node: |x0| <= 2 s / 3 too, so the same bound holds with one more factor <= 1
+_N4 = max(_N4, _N3) + 1
+_INV_FACT = [1.0 / math.factorial(n) for n in range(_N4 + 4)]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-face geometry
+# ---------------------------------------------------------------------------------------------
+class _FaceGeometry:
+    """float64 per-face quantities shared by forward and backward."""
+
+    def __init__(self, verts: torch.Tensor, faces: torch.Tensor):
+        v = verts.to(torch.float64)
+        a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+        g = (a + b + c) / 3.0
+        self.centroid = g
+        self.rel = (a - g, b - g, c - g)
+        n = torch.linalg.cross(b - a, c - a, dim=1)
+        nn = torch.linalg.vector_norm(n, dim=1)
+        # A cross product below the rounding noise of its own evaluation is a degenerate
+        # (collinear / repeated-vertex) triangle: zero area and exactly zero gradient.
+        scale = torch.linalg.vector_norm(b - a, dim=1) * torch.linalg.vector_norm(c - a, dim=1)
+        self.degenerate = nn <= 16.0 * torch.finfo(torch.float64).eps * scale
+        self.area = torch.where(self.degenerate, torch.zeros_like(nn), 0.5 * nn)
+        unit = n / torch.where(self.degenerate, torch.ones_like(nn), nn)[:, None]
+        unit = torch.where(self.degenerate[:, None], torch.zeros_like(unit), unit)
+        # grad_a A = 1/2 n_hat x (c - b), cyclic: half the opposite edge turned in-plane
+        self.grad_area = (
+            0.5 * torch.linalg.cross(unit, c - b, dim=1),
+            0.5 * torch.linalg.cross(unit, a - c, dim=1),
+            0.5 * torch.linalg.cross(unit, b - a, dim=1),
+        )
+
+    def tile(self, f0: int, f1: int):
+        return self.centroid[f0:f1], tuple(r[f0:f1] for r in self.rel)
+
+
+# ---------------------------------------------------------------------------------------------
+# local divided differences on one tile
+# ---------------------------------------------------------------------------------------------
+def _roles(x0, x1, x2):
+    """Order the nodes as (p, m, q) with (p, q) the most distant pair (cyclic in 0, 1, 2).
+
+    sel = 0: (p, m, q) = (0, 1, 2); sel = 1: (1, 2, 0); sel = 2: (2, 0, 1).
+    """
+    a02 = (x0 - x2).abs()
+    a10 = (x1 - x0).abs()
+    a21 = (x2 - x1).abs()
+    s0 = (a02 >= a10) & (a02 >= a21)
+    s1 = (~s0) & (a10 >= a21)
+    xp = torch.where(s0, x0, torch.where(s1, x1, x2))
+    xm = torch.where(s0, x1, torch.where(s1, x2, x0))
+    xq = torch.where(s0, x2, torch.where(s1, x0, x1))
+    spread = torch.maximum(torch.maximum(a02, a10), a21)
+    return s0, s1, xp, xm, xq, spread
+
+
+def _sinc(y):
+    return torch.sinc(y * (1.0 / math.pi))
+
+
+def _dsinc(y, s):
+    """d/dy sin(y)/y given s = sinc(y); series near 0 where the closed form cancels."""
+    y2 = y * y
+    # -y/3 + y^3/30 - y^5/840 + y^7/45360 - y^9/3991680: exact below _DSINC_SERIES_Y
+    poly = y * (-1.0 / 3.0 + y2 * (1.0 / 30.0 + y2 * (-1.0 / 840.0 + y2 * (1.0 / 45360.0 - y2 / 3991680.0))))
+    small = y.abs() < _DSINC_SERIES_Y
+    safe = torch.where(small, torch.ones_like(y), y)
+    return torch.where(small, poly, (torch.cos(y) - s) / safe)
+
+
+def _series_value(x0, x1, x2):
+    """f[x0, x1, x2] (centred nodes) by its Taylor series; returns (re, im) and (e2, e3)."""
+    e2 = x0 * x1 + x1 * x2 + x2 * x0
+    e3 = x0 * x1 * x2
+    h = [torch.ones_like(x0), torch.zeros_like(x0), -e2]
+    for n in range(3, _N4 + 1):
+        h.append(e3 * h[n - 3] - e2 * h[n - 2])
+    re = torch.zeros_like(x0)
+    im = torch.zeros_like(x0)
+    for n in range(_N3):
+        # (-i)^n: 1, -i, -1, i
+        term = h[n] * _INV_FACT[n + 2]
+        if n % 4 == 0:
+            re = re + term
+        elif n % 4 == 1:
+            im = im - term
+        elif n % 4 == 2:
+            re = re - term
+        else:
+            im = im + term
+    return re, im, h
+
+
+def _series_repeated(xr, h):
+    """f[xr, xr, x0, x1, x2]... i.e. the third divided difference f[xj, xj, xk, xl] by series.
+
+    H_n = h_n(xj, xj, xk, xl) = xj H_{n-1} + h_n(xj, xk, xl); value -i sum (-i)^n H_n / (n+3)!.
+    """
+    H = torch.ones_like(xr)
+    re = torch.zeros_like(xr)
+    im = torch.zeros_like(xr)
+    for n in range(_N4):
+        if n > 0:
+            H = xr * H + h[n]
+        term = H * _INV_FACT[n + 3]
+        # -i (-i)^n: -i, -1, i, 1
+        k = n % 4
+        if k == 0:
+            im = im - term
+        elif k == 1:
+            re = re - term
+        elif k == 2:
+            im = im + term
+        else:
+            re = re + term
+    return re, im
+
+
+def _tile_forward(k2, cen, rel):
+    """exp(-i theta) f[x0, x1, x2] for a tile: (re, im) of shape (Kt, Ft)."""
+    theta = k2 @ cen.T
+    x0, x1, x2 = (k2 @ r.T for r in rel)
+    s0, s1, xp, xm, xq, spread = _roles(x0, x1, x2)
+    den = xp - xq
+    small = spread < SERIES_SPREAD
+    den = torch.where(small, torch.ones_like(den), den)
+    # i exp(-i theta) f[p, m] with exp(-i (xp + xm)/2) = exp(i xq / 2)
+    ang_pm = theta - 0.5 * xq
+    ang_mq = theta - 0.5 * xp
+    s_pm = _sinc(0.5 * (xp - xm))
+    s_mq = _sinc(0.5 * (xm - xq))
+    # i exp(-i a) = sin a + i cos a
+    re = (torch.sin(ang_pm) * s_pm - torch.sin(ang_mq) * s_mq) / den
+    im = (torch.cos(ang_pm) * s_pm - torch.cos(ang_mq) * s_mq) / den
+    idx = small.reshape(-1).nonzero().squeeze(1)
+    if idx.numel():
+        xs = [x.reshape(-1)[idx] for x in (x0, x1, x2)]
+        sr, si, _ = _series_value(*xs)
+        th = theta.reshape(-1)[idx]
+        c, s = torch.cos(th), torch.sin(th)
+        re.view(-1).index_copy_(0, idx, c * sr + s * si)
+        im.view(-1).index_copy_(0, idx, c * si - s * sr)
+    return theta, (x0, x1, x2), (re, im)
+
+
+def _tile_backward(k2, cen, rel):
+    """exp(-i theta) times f[x0,x1,x2] and f[xj, xj, xk, xl] (j = 0, 1, 2) on a tile."""
+    theta = k2 @ cen.T
+    x0, x1, x2 = (k2 @ r.T for r in rel)
+    s0, s1, xp, xm, xq, spread = _roles(x0, x1, x2)
+    small = spread < SERIES_SPREAD
+    den = torch.where(small, torch.ones_like(xp), xp - xq)
+    inv = 1.0 / den
+    ang_pm = theta - 0.5 * xq
+    ang_mq = theta - 0.5 * xp
+    y_pm = 0.5 * (xp - xm)
+    y_mq = 0.5 * (xm - xq)
+    s_pm = _sinc(y_pm)
+    s_mq = _sinc(y_mq)
+    ds_pm = _dsinc(y_pm, s_pm)
+    ds_mq = _dsinc(y_mq, s_mq)
+    c_pm, n_pm = torch.cos(ang_pm), torch.sin(ang_pm)
+    c_mq, n_mq = torch.cos(ang_mq), torch.sin(ang_mq)
+    # F = i (A_pm S_pm - A_mq S_mq) / den, A = exp(-i ang) = c - i n
+    f_re = (n_pm * s_pm - n_mq * s_mq) * inv
+    f_im = (c_pm * s_pm - c_mq * s_mq) * inv
+    # psi(p;m) = A_pm (S + i S')/2, psi(m;p) = A_pm (S - i S')/2; likewise (m;q), (q;m)
+    # (c - i n)(S + i S') = (c S + n S') + i (c S' - n S)
+    a_re, a_im = c_pm * s_pm, n_pm * ds_pm
+    b_re, b_im = c_pm * ds_pm, n_pm * s_pm
+    pm_re, pm_im = 0.5 * (a_re + a_im), 0.5 * (b_re - b_im)  # psi(p;m)
+    mp_re, mp_im = 0.5 * (a_re - a_im), 0.5 * (-b_re - b_im)  # psi(m;p)
+    a_re, a_im = c_mq * s_mq, n_mq * ds_mq
+    b_re, b_im = c_mq * ds_mq, n_mq * s_mq
+    mq_re, mq_im = 0.5 * (a_re + a_im), 0.5 * (b_re - b_im)  # psi(m;q)
+    qm_re, qm_im = 0.5 * (a_re - a_im), 0.5 * (-b_re - b_im)  # psi(q;m)
+    dp = ((pm_re - f_re) * inv, (pm_im - f_im) * inv)
+    dq = ((f_re - qm_re) * inv, (f_im - qm_im) * inv)
+    dm = ((mp_re - mq_re) * inv, (mp_im - mq_im) * inv)
+    # back to corner order: sel 0 -> (p,m,q) = (0,1,2); 1 -> (1,2,0); 2 -> (2,0,1)
+    def pick(a, b, c):
+        return tuple(torch.where(s0, a[i], torch.where(s1, b[i], c[i])) for i in range(2))
+
+    d0 = pick(dp, dq, dm)
+    d1 = pick(dm, dp, dq)
+    d2 = pick(dq, dm, dp)
+    idx = small.reshape(-1).nonzero().squeeze(1)
+    if idx.numel():
+        xs = [x.reshape(-1)[idx] for x in (x0, x1, x2)]
+        sr, si, h = _series_value(*xs)
+        th = theta.reshape(-1)[idx]
+        c, s = torch.cos(th), torch.sin(th)
+
+        def put(dst, vr, vi):
+            # exp(-i theta) (vr + i vi)
+            dst[0].view(-1).index_copy_(0, idx, c * vr + s * vi)
+            dst[1].view(-1).index_copy_(0, idx, c * vi - s * vr)
+
+        put((f_re, f_im), sr, si)
+        for dst, xr in zip((d0, d1, d2), xs):
+            put(dst, *_series_repeated(xr, h))
+    return (f_re, f_im), (d0, d1, d2)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiling
+# ---------------------------------------------------------------------------------------------
+def _tiles(n_freq: int, n_face: int, bytes_per_pair: int, max_bytes: int):
+    pairs = max(1, min(_MAX_PAIRS_PER_TILE, max_bytes // bytes_per_pair))
+    ft = min(n_face, pairs)
+    kt = max(1, min(n_freq, pairs // ft))
+    for k0 in range(0, n_freq, kt):
+        for f0 in range(0, n_face, ft):
+            yield k0, min(n_freq, k0 + kt), f0, min(n_face, f0 + ft)
+
+
+def _complex_dtype(dtype):
+    return torch.complex64 if dtype == torch.float32 else torch.complex128
+
+
+def forward(verts, faces, weights, freqs, *, max_bytes: int = DEFAULT_MAX_BYTES):
+    """U(k) = sum_t w_t 2 A_t f[pa, pb, pc]; (K,) complex of the precision of ``verts``."""
+    geo = _FaceGeometry(verts, faces)
+    wa2 = 2.0 * weights.to(torch.float64) * geo.area
+    k2 = TWO_PI * freqs.to(torch.float64)
+    n_freq, n_face = k2.shape[0], faces.shape[0]
+    out_re = torch.zeros(n_freq, dtype=torch.float64, device=verts.device)
+    out_im = torch.zeros_like(out_re)
+    for k0, k1, f0, f1 in _tiles(n_freq, n_face, _BYTES_PER_PAIR_FORWARD, max_bytes):
+        cen, rel = geo.tile(f0, f1)
+        _, _, (re, im) = _tile_forward(k2[k0:k1], cen, rel)
+        w = wa2[f0:f1]
+        out_re[k0:k1] += re @ w
+        out_im[k0:k1] += im @ w
+    return torch.complex(out_re, out_im).to(_complex_dtype(verts.dtype))
+
+
+def backward(verts, faces, weights, freqs, grad_out, *, max_bytes: int = DEFAULT_MAX_BYTES):
+    """grad_theta = Re(sum_k conj(G_k) dU_k/dtheta) for theta = verts (V, 3) and weights (F,)."""
+    geo = _FaceGeometry(verts, faces)
+    w64 = weights.to(torch.float64)
+    k2 = TWO_PI * freqs.to(torch.float64)
+    g = grad_out.to(torch.complex128)
+    g_re, g_im = g.real.contiguous(), g.imag.contiguous()
+    n_freq, n_face = k2.shape[0], faces.shape[0]
+    dev = verts.device
+    # Re(conj(G) Z) = G_re Z_re + G_im Z_im, reduced over frequencies in float64 per face
+    re_f = torch.zeros(n_face, dtype=torch.float64, device=dev)
+    corner = [torch.zeros(n_face, 3, dtype=torch.float64, device=dev) for _ in range(3)]
+    for k0, k1, f0, f1 in _tiles(n_freq, n_face, _BYTES_PER_PAIR_BACKWARD, max_bytes):
+        cen, rel = geo.tile(f0, f1)
+        (f_re, f_im), ds = _tile_backward(k2[k0:k1], cen, rel)
+        gr, gi = g_re[k0:k1], g_im[k0:k1]
+        re_f[f0:f1] += gr @ f_re + gi @ f_im
+        kk = k2[k0:k1]
+        for j, (d_re, d_im) in enumerate(ds):
+            corner[j][f0:f1] += (d_re * gr[:, None] + d_im * gi[:, None]).T @ kk
+    grad_w = 2.0 * geo.area * re_f
+    scale_phase = (2.0 * w64 * geo.area)[:, None]
+    scale_area = (2.0 * w64 * re_f)[:, None]
+    grad_v = torch.zeros(verts.shape[0], 3, dtype=torch.float64, device=dev)
+    for j in range(3):
+        contrib = scale_phase * corner[j] + scale_area * geo.grad_area[j]
+        grad_v.index_add_(0, faces[:, j], contrib)
+    return grad_v.to(verts.dtype), grad_w.to(weights.dtype)
+
+
+class TorchBackend:
+    """Registry entry for the pure-torch implementation (any device, exact)."""
+
+    name = "torch"
+    needs_band = False
+    exact = True
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.max_bytes = int(max_bytes)
+
+    def memory_estimate_bytes(self, n_faces: int, n_freqs: int, dtype=torch.float32) -> float:  # noqa: ARG002
+        pairs = min(n_faces * n_freqs, _MAX_PAIRS_PER_TILE, self.max_bytes // _BYTES_PER_PAIR_BACKWARD)
+        return float(pairs * _BYTES_PER_PAIR_BACKWARD)
+
+    def supports(self, device) -> bool:  # noqa: ARG002 - every device torch runs on
+        return True
+
+    def forward(self, verts, faces, weights, freqs):
+        return forward(verts, faces, weights, freqs, max_bytes=self.max_bytes)
+
+    def backward(self, verts, faces, weights, freqs, grad_out):
+        return backward(verts, faces, weights, freqs, grad_out, max_bytes=self.max_bytes)
