@@ -198,3 +198,244 @@ def test_absurd_grid_is_refused_before_allocating():
 def test_undersampled_psf_warns():
     with pytest.warns(RuntimeWarning, match="undersampled"):
         Renderer((16, 16, 16), (0.5, 0.4, 0.4), GaussianPSF((0.6, 0.1, 0.1)))
+
+
+# ---------------------------------------------------------------------------------------
+# image formation against independent truth
+# ---------------------------------------------------------------------------------------
+_SPHERE_SIGMA = (0.7, 0.45, 0.45)
+
+
+def _sphere_case(dtype, threshold):
+    v, f = _sphere(3.0, 2, center=(0.13, -0.21, 0.07))
+    r = Renderer((16, 28, 28), (0.5, 0.3, 0.3), GaussianPSF(_SPHERE_SIGMA), origin_um=(-3.8, -4.0, -4.1),
+                 band_threshold=threshold, dtype=dtype)
+    img = r.render(v.to(dtype), f).detach().to(torch.float64).numpy()
+    ref = _real_space_blur(v.numpy(), f.numpy(), np.ones(len(f)), _SPHERE_SIGMA, _axes(r), n_sub=4)
+    return img, ref
+
+
+@needs_meshft
+@pytest.mark.slow
+def test_sphere_image_matches_real_space_gaussian_blur_float64():
+    img, ref = _sphere_case(torch.float64, 1e-8)
+    assert img.shape == (16, 28, 28)
+    err = np.abs(img - ref).max() / ref.max()
+    assert err < 1e-4, err  # measured 1.2e-5 (Nyquist truncation of the PSF tail)
+
+
+@needs_meshft
+@pytest.mark.slow
+def test_sphere_image_float32_default_band_is_accurate_to_the_threshold():
+    img, ref = _sphere_case(torch.float32, 1e-3)
+    err = np.abs(img - ref).max() / ref.max()
+    assert err < 2e-3, err  # measured 9.7e-4
+
+
+@needs_meshft
+def test_image_centroid_lands_at_the_mesh_centre_in_voxels_anisotropic():
+    spacing, origin = (0.5, 0.25, 0.2), (1.0, -2.0, 3.0)
+    centre = np.array([5.7, 1.4, 6.1])
+    v, f = _sphere(1.0, 0, center=centre)  # an icosahedron: its surface centroid is the centre
+    r = Renderer((20, 28, 32), spacing, GaussianPSF((0.6, 0.3, 0.25)), origin_um=origin,
+                 band_threshold=1e-5, dtype=torch.float64)
+    img = r.render(v, f).detach().numpy()
+    idx = np.meshgrid(*[np.arange(n) for n in img.shape], indexing="ij")
+    got = np.array([(img * i).sum() / img.sum() for i in idx])
+    want = (centre - np.array(origin)) / np.array(spacing)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+@needs_meshft
+def test_mesh_near_the_edge_does_not_wrap_around():
+    spacing, psf = (0.5, 0.25, 0.25), GaussianPSF((0.8, 0.4, 0.4))
+    # the sphere sticks out of the small image on the low z and the high y side
+    v, f = _sphere(1.0, 0, center=(0.2, 3.9, 1.9))
+    small = Renderer((10, 16, 16), spacing, psf, band_threshold=1e-6, dtype=torch.float64, margin_um=1.0)
+    big = Renderer((24, 40, 32), spacing, psf, origin_um=(-3.0, -2.0, -2.0), band_threshold=1e-6,
+                   dtype=torch.float64)
+    a = small.render(v, f).detach()
+    b = big.render(v, f).detach()[6:16, 8:24, 8:24]
+    assert float(a.max()) > 0.2 * float(b.max())  # the test sees real signal near the edge
+    assert float((a - b).abs().max()) < 1e-5 * float(b.max())
+
+
+@needs_meshft
+def test_integral_of_image_is_area_times_gain_and_volume_times_density():
+    v, f = _sphere(1.2, 0, center=(0.1, 0.2, -0.1))
+    # A well-sampled PSF (|OTF| ~1e-7 at Nyquist) and a low threshold: truncating the spectrum,
+    # at Nyquist or at the band edge, leaves ripples over the whole padded box that move part
+    # of the integral out of the crop (~1e-6 relative with threshold 1e-3 or an OTF of 1e-3
+    # at Nyquist). The padded image integrates to the area exactly whatever the band.
+    r = Renderer((24, 36, 36), (0.5, 0.25, 0.25), GaussianPSF((0.9, 0.5, 0.5)), origin_um=(-5.75, -4.4, -4.4),
+                 band_threshold=1e-8, dtype=torch.float64)
+    vv = math.prod(r.spacing_um)
+    img = r.render(v, f, gain=2.5).detach()
+    assert float(img.sum()) * vv == pytest.approx(2.5 * _area(v, f), rel=1e-7)
+    vol = float(trimesh.Trimesh(v.numpy(), f.numpy()).volume)
+    img_v = r.render(v, f, torch.zeros(len(f), dtype=torch.float64), volume_weight=3.0).detach()
+    assert float(img_v.sum()) * vv == pytest.approx(3.0 * vol, rel=1e-7)
+
+
+@needs_meshft
+def test_render_is_linear_in_weights_and_affine_in_gain_background():
+    v, f = _sphere(1.0, 1)
+    r = Renderer((10, 12, 12), (0.5, 0.3, 0.3), GaussianPSF((0.6, 0.4, 0.4)), origin_um=(-2.25, -1.65, -1.65),
+                 dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    w1, w2 = torch.rand(len(f), generator=g, dtype=torch.float64), torch.rand(len(f), generator=g, dtype=torch.float64)
+    i1, i2 = r.render(v, f, w1), r.render(v, f, w2)
+    torch.testing.assert_close(r.render(v, f, w1 + 2.0 * w2), i1 + 2.0 * i2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r.render(v, f, w1, gain=1.7, background=0.3), 1.7 * i1 + 0.3, rtol=1e-12, atol=1e-12)
+    ones = r.render(v, f)
+    torch.testing.assert_close(ones, r.render(v, f, torch.ones(len(f), dtype=torch.float64)))
+    r32 = Renderer((10, 12, 12), (0.5, 0.3, 0.3), GaussianPSF((0.6, 0.4, 0.4)), origin_um=(-2.25, -1.65, -1.65))
+    out32 = r32.render(v, f)  # float64 verts are cast to the plan's dtype
+    assert out32.dtype == torch.float32 and out32.shape == (10, 12, 12)
+    assert float((out32.double() - ones).abs().max()) < 1e-5 * float(ones.max())
+
+
+# ---------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------
+@needs_meshft
+def test_gradients_match_finite_differences():
+    v0, f = _sphere(1.0, 0, center=(0.05, -0.1, 0.07))
+    g = torch.Generator().manual_seed(1)
+    v0 = v0 + 0.05 * torch.randn(v0.shape, generator=g, dtype=torch.float64)  # break symmetry
+    psf = GaussianPSF((0.6, 0.4, 0.35))
+    r = Renderer((10, 12, 12), (0.5, 0.3, 0.3), psf, origin_um=(-2.25, -1.65, -1.65), band_threshold=1e-4,
+                 dtype=torch.float64)
+    target = torch.rand(r.shape, generator=g, dtype=torch.float64)
+    weights0 = 1.0 + torch.rand(len(f), generator=g, dtype=torch.float64)
+
+    def loss(v, w, gain, bg):
+        img = r.render(v, f, w, gain=gain, background=bg, volume_weight=0.4)
+        return ((img - target) ** 2).sum()
+
+    v = v0.clone().requires_grad_(True)
+    w = weights0.clone().requires_grad_(True)
+    gain = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    bg = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    L = loss(v, w, gain, bg)
+    L.backward()
+
+    def fd(fun, h=1e-6):
+        with torch.no_grad():
+            return (fun(h) - fun(-h)) / (2 * h)
+
+    d = torch.randn(v0.shape, generator=g, dtype=torch.float64)
+    num_v = fd(lambda h: loss(v0 + h * d, weights0, 1.3, 0.2))
+    assert float((v.grad * d).sum()) == pytest.approx(float(num_v), rel=1e-6)
+    e = torch.randn(len(f), generator=g, dtype=torch.float64)
+    num_w = fd(lambda h: loss(v0, weights0 + h * e, 1.3, 0.2))
+    assert float((w.grad * e).sum()) == pytest.approx(float(num_w), rel=1e-6)
+    assert float(gain.grad) == pytest.approx(float(fd(lambda h: loss(v0, weights0, 1.3 + h, 0.2))), rel=1e-6)
+    assert float(bg.grad) == pytest.approx(float(fd(lambda h: loss(v0, weights0, 1.3, 0.2 + h))), rel=1e-6)
+
+    # PSF parameters: analytic gradient with the OTF re-evaluated in the graph; finite
+    # differences through the cached path (in-place parameter changes must refresh the cache)
+    grad_psf = psf.log_diag.grad.clone()
+    base = psf.log_diag.detach().clone()
+    dp = torch.tensor([0.7, -0.4, 1.1], dtype=torch.float64)
+
+    def shifted(h):
+        with torch.no_grad():
+            psf.log_diag.copy_(base + h * dp)
+        return loss(v0, weights0, 1.3, 0.2)
+
+    num = fd(shifted)
+    with torch.no_grad():
+        psf.log_diag.copy_(base)
+    assert float((grad_psf * dp).sum()) == pytest.approx(float(num), rel=1e-6)
+
+
+@needs_meshft
+def test_psf_change_without_grad_refreshes_the_cached_otf():
+    v, f = _sphere(1.0, 1)
+    psf = GaussianPSF((0.6, 0.4, 0.4))
+    psf.requires_grad_(False)
+    r = Renderer((10, 12, 12), (0.5, 0.3, 0.3), psf, origin_um=(-2.25, -1.65, -1.65), dtype=torch.float64)
+    before = r.render(v, f)
+    with torch.no_grad():
+        psf.log_diag += 0.2
+    after = r.render(v, f)
+    psf.requires_grad_(True)  # now the OTF is evaluated afresh inside the graph
+    torch.testing.assert_close(after, r.render(v, f).detach(), rtol=1e-13, atol=1e-13)
+    assert float((after - before).abs().max()) > 1e-3 * float(before.max())
+
+
+# ---------------------------------------------------------------------------------------
+# volume (luminal) term
+# ---------------------------------------------------------------------------------------
+def _box_transform(freqs, lo, hi):
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    size, c = hi - lo, 0.5 * (lo + hi)
+    out = np.ones(len(freqs), dtype=complex)
+    for a in range(3):
+        out *= size[a] * np.sinc(freqs[:, a] * size[a]) * np.exp(-2j * np.pi * freqs[:, a] * c[a])
+    return out
+
+
+@needs_meshft
+def test_volume_spectrum_of_a_box_is_the_product_of_sincs():
+    lo, hi = (-0.9, -0.6, -0.5), (1.1, 0.7, 0.4)
+    v, f = _cube(lo, hi)
+    r = Renderer((12, 16, 16), (0.5, 0.25, 0.25), GaussianPSF((0.6, 0.3, 0.3)), origin_um=(-2.7, -1.9, -1.9),
+                 band_threshold=1e-3, dtype=torch.float64)
+    spec = r.spectrum(v, f, torch.zeros(len(f), dtype=torch.float64), volume_weight=1.0).detach().numpy()
+    k = r.band.freqs().numpy()
+    # spectrum() is relative to the padded box origin
+    p = np.asarray(r.grid.origin_um)
+    want = _box_transform(k, np.asarray(lo) - p, np.asarray(hi) - p)
+    assert np.abs(spec - want).max() < 1e-10 * np.prod(np.subtract(hi, lo))
+
+
+@needs_meshft
+def test_volume_spectrum_of_an_icosphere_approaches_the_ball():
+    R = 1.0
+    v, f = _sphere(R, 2, center=(0.3, -0.2, 0.1))
+    r = Renderer((8, 10, 10), (0.5, 0.4, 0.4), GaussianPSF((0.6, 0.5, 0.5)), origin_um=(-1.45, -1.9, -1.7),
+                 band_threshold=1e-2, dtype=torch.float64)
+    spec = r.spectrum(v, f, torch.zeros(len(f), dtype=torch.float64), volume_weight=1.0).detach().numpy()
+    k = r.band.freqs().numpy()
+    vol = float(trimesh.Trimesh(v.numpy(), f.numpy()).volume)
+    Req = (3 * vol / (4 * math.pi)) ** (1 / 3)  # ball of the polyhedron's volume
+    x = 2 * np.pi * np.linalg.norm(k, axis=1) * Req
+    xs = np.where(x == 0, 1.0, x)
+    ball = np.where(x == 0, 4 / 3 * np.pi * Req**3, 4 * np.pi * Req**3 * (np.sin(xs) - xs * np.cos(xs)) / xs**3)
+    c = np.array([0.3, -0.2, 0.1]) - np.asarray(r.grid.origin_um)
+    ball = ball * np.exp(-2j * np.pi * k @ c)
+    assert spec[np.argmin(np.linalg.norm(k, axis=1))].real == pytest.approx(vol, rel=1e-12)
+    assert np.abs(spec - ball).max() < 1e-2 * vol
+
+
+# ---------------------------------------------------------------------------------------
+# bad inputs at render time
+# ---------------------------------------------------------------------------------------
+@needs_meshft
+def test_mesh_that_would_wrap_around_is_refused():
+    r = Renderer((8, 8, 8), 0.25, GaussianPSF(0.3), dtype=torch.float64)
+    v, f = _sphere(1.0, 0, center=(1.0, 1.0, 1.0))
+    r.render(v, f)  # inside: fine
+    lo, hi = r._wrap_lo, r._wrap_hi
+    with pytest.raises(ValueError, match="wrap around"):
+        r.render(v + torch.tensor([0.0, 0.0, hi[2]]), f)
+    with pytest.raises(ValueError, match="wrap around"):
+        r.render(v + torch.tensor([lo[0] - 1.0, 0.0, 0.0]), f)
+
+
+@needs_meshft
+def test_bad_mesh_inputs_are_refused_with_named_errors():
+    r = Renderer((8, 8, 8), 0.25, GaussianPSF(0.3), dtype=torch.float64)
+    v, f = _sphere(0.5, 0, center=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="verts"):
+        r.render(v[:, :2], f)
+    with pytest.raises(ValueError, match="verts"):
+        r.render(v * float("nan"), f)
+    with pytest.raises(ValueError, match="faces"):
+        r.render(v, f + len(v))
+    with pytest.raises(ValueError, match="weights"):
+        r.render(v, f, torch.ones(len(f) + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="GiB"):
+        Renderer((8, 8, 8), 0.25, GaussianPSF(0.3), max_memory_bytes=1e4)

@@ -277,7 +277,7 @@ class Renderer:
 
             est = getattr(meshft, "memory_estimate_bytes", None)
             if est is not None:
-                return float(est(n_faces, K, dtype=self.dtype, backend=self.backend))
+                return float(est(n_faces, K, dtype=self.dtype, backend=self.backend, device=self.device))
         except Exception:  # noqa: BLE001 - fall back to the conservative estimate below
             pass
         r = torch.finfo(self.dtype).bits // 8
@@ -313,15 +313,25 @@ class Renderer:
                     "Crop the mesh, enlarge the image, or pass a larger margin_um"
                 )
 
+    def _freqs_arg(self):
+        """The band as the backend wants it: a precomputed (K, 3) tensor, or the GridBand for
+        backends that exploit the grid structure (never picked by "auto")."""
+        if self.backend == "auto":
+            return self._freqs
+        from ..meshft import get_backend
+
+        return self.band if getattr(get_backend(self.backend), "needs_band", False) else self._freqs
+
     def _centred_spectrum(self, v, faces, weights, volume_weight):
         from ..meshft import mesh_ft
 
         vc = (v.to(torch.float64) - self._centre).to(self.dtype)
-        spec = mesh_ft(vc, faces, self._freqs, weights, backend=self.backend)
+        freqs = self._freqs_arg()
+        spec = mesh_ft(vc, faces, freqs, weights, backend=self.backend)
         if not _is_zero(volume_weight):
             faces_t = torch.as_tensor(faces, device=v.device).long()
             normals = face_unit_normals(vc, faces_t)
-            parts = [mesh_ft(vc, faces_t, self._freqs, normals[:, a].contiguous(), backend=self.backend)
+            parts = [mesh_ft(vc, faces_t, freqs, normals[:, a].contiguous(), backend=self.backend)
                      for a in range(3)]
             chi = volume_spectrum_from_parts(parts, self._freqs, self._k2, self._dc, signed_volume(vc, faces_t))
             spec = spec + volume_weight * chi
