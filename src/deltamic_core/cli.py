@@ -500,7 +500,8 @@ def make_psf(args, spacing_um):
         cls = getattr(psfmod, "GibsonLanniPSF", None)
         if cls is None:
             raise CLIError("the Gibson-Lanni PSF model is not available in this installation")
-        kw = dict(na=args.na, wavelength_um=args.wavelength, ni=args.ni, ns=args.ns)
+        # the immersion medium is taken to be the one the objective was designed for (ni0 = ni)
+        kw = dict(na=args.na, wavelength_um=args.wavelength, ni=args.ni, ni0=args.ni, ns=args.ns)
         if args.depth is not None:
             kw["depth_um"] = args.depth
         return _construct(cls, kw)
@@ -791,9 +792,9 @@ def cmd_fit(args) -> int:
     check_replaceable(args.out)
     _check_device(args.device, args.backend)
     image, spacing = load_image(args.image, channel=args.channel, frame=args.frame, spacing=args.spacing)
-    init = initial_mesh(args, image, spacing)
     psf = make_psf(args, spacing)
     config = fit_config(args)
+    init = initial_mesh(args, image, spacing)
     res, report, _ = fit_to_directory(image, spacing, init, psf, config, args.out, command=args.argv,
                                    extra={"input": str(args.image)}, progress=not args.quiet)
     _print_fit_summary(report, args.out)
@@ -958,7 +959,9 @@ def cmd_fit_target(args) -> int:
     target, spacing, shape = place_target(raw, args.target_size, args.spacing, args.shape)
     check_inside(target.verts.min(0), target.verts.max(0), shape, spacing, what="the target mesh",
                  hint="enlarge --shape or reduce --target-size")
+    # the fit starts from the PSF that made the image (and refines it with --learn-psf)
     psf = make_psf(args, spacing)
+    config = fit_config(args)
     psf_truth = psf.as_dict() if hasattr(psf, "as_dict") else None
     image = render_mesh_image(target, shape, spacing, psf, noise=args.noise, photons=args.photons, seed=args.seed,
                               device=args.device, backend=args.backend)
@@ -971,8 +974,6 @@ def cmd_fit_target(args) -> int:
     radius = (3.0 * vol / (4.0 * math.pi)) ** (1.0 / 3.0)
     kw = _supported(geometry.seed_spheres, edge_um=args.edge) if args.edge is not None else {}
     init = geometry.seed_spheres(centroid[None], np.array([radius]), **kw)
-    # the fit starts from the PSF that made the image (and refines it with --learn-psf)
-    config = fit_config(args)
 
     def before_write(d: Path, res):
         dio.write_tiff(d / "image.tif", image, spacing)
@@ -1013,9 +1014,9 @@ def cmd_track(args) -> int:
     check_replaceable(args.out)
     _check_device(args.device, args.backend)
     stack, spacing = load_image(args.image, channel=args.channel, spacing=args.spacing, allow_time=True, what="STACK")
-    init = initial_mesh(args, stack[0], spacing)
     psf = make_psf(args, spacing)
     config = fit_config(args)
+    init = initial_mesh(args, stack[0], spacing)
     rows = track_stack(stack, spacing, init, psf, config, args.out, command=args.argv, progress=not args.quiet,
                        input_path=str(args.image))
     n_t = len({r["t"] for r in rows})

@@ -1,0 +1,259 @@
+"""The ``deltamic`` command line: render -> fit round trip, synthetic benchmark, bad inputs."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import trimesh
+
+from deltamic_core.cli import main
+
+SPACING = (0.8, 0.5, 0.5)  # anisotropic, as real stacks are
+SHAPE = (16, 24, 36)
+# two cells: centres (um, image frame) and radii
+CENTRES = np.array([[6.0, 6.0, 5.5], [6.0, 6.0, 12.0]])
+RADII = np.array([2.5, 2.0])
+
+
+def _sphere(centre, radius, subdivisions=3):
+    m = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+    m.vertices += np.asarray(centre)
+    return m
+
+
+def _run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _leftovers(root: Path):
+    """Hidden staging directories/files a failed run must not leave behind."""
+    return [p.name for p in root.iterdir() if ".partial-" in p.name or ".tmp" in p.name or ".old-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory):
+    """Two spheres as one .obj (um), its rendered image, and a seeds CSV (centres only)."""
+    d = tmp_path_factory.mktemp("truth")
+    meshes = [_sphere(c, r) for c, r in zip(CENTRES, RADII)]
+    trimesh.util.concatenate(meshes).export(d / "cells.obj")
+    with open(d / "seeds.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["z", "y", "x"])
+        w.writerows(CENTRES.tolist())
+    return {"dir": d, "mesh": d / "cells.obj", "seeds": d / "seeds.csv",
+            "volumes": np.array([m.volume for m in meshes])}
+
+
+@pytest.fixture(scope="module")
+def rendered(truth, tmp_path_factory):
+    d = tmp_path_factory.mktemp("render")
+    img = d / "cells.tif"
+    rc = main(["render", str(truth["mesh"]), "--shape", *map(str, SHAPE), "--spacing", *map(str, SPACING),
+               "--sigma", "0.8", "0.5", "0.5", "--out", str(img)])
+    assert rc == 0
+    return img
+
+
+def test_render_writes_a_calibrated_membrane_image(rendered):
+    from deltamic_core.io import read_image
+
+    image, meta = read_image(rendered)
+    assert image.shape == SHAPE
+    assert np.allclose(meta.spacing_um, SPACING)
+    assert np.all(np.isfinite(image)) and image.min() >= 0
+    # membranes are bright, the cell centres dark
+    z, y, x = (CENTRES[0] / SPACING).round().astype(int)
+    zm, ym, xm = ((CENTRES[0] + [0, 0, -RADII[0]]) / SPACING).round().astype(int)
+    assert image[zm, ym, xm] > 5 * image[z, y, x]
+
+
+@pytest.fixture(scope="module")
+def fitted(truth, rendered, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit") / "result"
+    rc = main(["fit", str(rendered), "--seeds", str(truth["seeds"]), "--sigma", "0.8", "0.5", "0.5",
+               "--iterations", "40", "--levels", "1", "--quiet", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_fit_from_seeds_recovers_both_cells(fitted, truth):
+    from deltamic_core.io import read_image, read_mesh
+
+    names = {p.name for p in fitted.iterdir()}
+    assert {"mesh.rec", "mesh.ply", "labels.tif", "measurements.csv", "contacts.csv", "report.json"} <= names
+    mesh = read_mesh(fitted / "mesh.rec")
+    assert mesh.labels is not None and set(np.unique(mesh.labels)) == {0, 1, 2}
+    labels, _ = read_image(fitted / "labels.tif")
+    assert labels.shape == SHAPE
+    assert set(np.unique(labels).astype(int)) == {0, 1, 2}
+    # label i is the cell of seed i: the seed's voxel carries it
+    for i, c in enumerate(CENTRES, start=1):
+        assert labels[tuple((c / SPACING).round().astype(int))] == i
+    with open(fitted / "measurements.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["cell"]) for r in rows] == [1, 2]
+    vols = np.array([float(r["volume_um3"]) for r in rows])
+    np.testing.assert_allclose(vols, truth["volumes"], rtol=0.05)
+    cents = np.array([[float(r[f"centroid_{a}_um"]) for a in "zyx"] for r in rows])
+    np.testing.assert_allclose(cents, CENTRES, atol=0.25)
+    rep = json.loads((fitted / "report.json").read_text())
+    for key in ("loss_history", "timings", "psf", "photometric", "backend", "versions", "command", "cells"):
+        assert key in rep
+    assert rep["loss_history"][-1] < rep["loss_history"][0]
+    assert rep["command"][:2] == ["deltamic", "fit"]
+
+
+def test_target_mesh_benchmark_reports_surface_distance(tmp_path, capsys):
+    ell = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    ell.vertices *= [1.0, 0.8, 0.6]
+    ell.export(tmp_path / "ellipsoid.obj")
+    out = tmp_path / "bench"
+    rc, stdout, _ = _run(["fit", "--target-mesh", tmp_path / "ellipsoid.obj", "--target-size", "6",
+                          "--spacing", "0.4", "0.4", "0.4", "--iterations", "40", "--levels", "1", "--quiet",
+                          "--out", out], capsys)
+    assert rc == 0
+    assert "surface distance" in stdout
+    rep = json.loads((out / "report.json").read_text())
+    d = rep["surface_distance"]
+    # the fit must do much better than the starting sphere, and land within a voxel
+    assert d["mean_um"] < 0.5 * d["initial_sphere"]["mean_um"]
+    assert d["mean_voxels"] < 0.5
+    assert d["hausdorff_um"] >= d["mean_um"]
+    assert (out / "image.tif").is_file() and (out / "target.ply").is_file()
+
+
+# ----------------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    good = np.random.default_rng(0).random((8, 10, 12)).astype(np.float32)
+    tifffile.imwrite(d / "good.tif", good, imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 0.8, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(d / "flat2d.tif", good[0])
+    nan = good.copy()
+    nan[2, 3, 4] = np.nan
+    tifffile.imwrite(d / "nan.tif", nan)
+    (d / "garbage.tif").write_bytes(b"this is not a tiff file at all")
+    (d / "seeds_nocol.csv").write_text("a,b,c\n1,2,3\n")
+    (d / "seeds_text.csv").write_text("z,y,x\n1,2,banana\n")
+    (d / "seeds_empty.csv").write_text("")
+    (d / "seeds_ok.csv").write_text("z,y,x\n3,2.5,3\n")
+    (d / "seeds_outside.csv").write_text("z,y,x\n3,2.5,300\n")
+    far = _sphere((100.0, 100.0, 100.0), 2.0, subdivisions=1)
+    far.export(d / "far.obj")
+    return d
+
+
+# case -> (argv, a word the message must contain: it must fail for the right reason)
+BAD_CASES = {
+    "missing image": (["fit", "{d}/nope.tif", "--seeds", "{d}/seeds_ok.csv"], "no such file"),
+    "unreadable image": (["fit", "{d}/garbage.tif", "--seeds", "{d}/seeds_ok.csv"], "garbage.tif"),
+    "2D image": (["fit", "{d}/flat2d.tif", "--seeds", "{d}/seeds_ok.csv", "--spacing", "1", "1", "1"], "2D"),
+    "NaN image": (["fit", "{d}/nan.tif", "--seeds", "{d}/seeds_ok.csv", "--spacing", "1", "1", "1"], "NaN"),
+    "mesh outside image": (["fit", "{d}/good.tif", "--init", "{d}/far.obj"], "outside the image"),
+    "seed outside image": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_outside.csv"], "outside the image"),
+    "CSV without z,y,x": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_nocol.csv"], "lacks column"),
+    "CSV with text": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_text.csv"], "line 2"),
+    "empty CSV": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_empty.csv"], "empty"),
+    "missing seeds file": (["fit", "{d}/good.tif", "--seeds", "{d}/none.csv"], "no such file"),
+    "no initial mesh": (["fit", "{d}/good.tif"], "exactly one of"),
+    "two initial meshes": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--init", "{d}/far.obj"],
+                           "exactly one of"),
+    "unknown option": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--colour", "red"], "--colour"),
+    "zero spacing": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--spacing", "0", "1", "1"],
+                     "positive"),
+    "negative spacing": (["render", "{d}/far.obj", "--shape", "8", "8", "8", "--spacing", "1", "-1", "1"],
+                         "positive"),
+    "render mesh outside": (["render", "{d}/far.obj", "--shape", "8", "8", "8", "--spacing", "1", "1", "1"],
+                            "outside the image"),
+    "gibson-lanni without optics": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--psf", "gibson-lanni"],
+                                    "--na"),
+    "unknown loss": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--loss", "l7"], "l7"),
+    "no command": ([], "command is required"),
+    "levels not ending at 1": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--levels", "2"], "--levels"),
+    "track with --frame": (["track", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--frame", "0"], "--frame"),
+    "frame of a 3D image": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--frame", "0"],
+                            "not a time series"),
+    "cuda without a GPU": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--device", "cuda"], "cuda"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_gives_one_line_error_and_no_output(case, bad_files, tmp_path, capsys):
+    if case == "cuda without a GPU":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    argv, expected = BAD_CASES[case]
+    out = tmp_path / "out.tif" if argv and argv[0] == "render" else tmp_path / "out"
+    argv = [a.format(d=bad_files) for a in argv]
+    if argv:
+        argv += ["--out", str(out)]
+    rc, stdout, stderr = _run(argv, capsys)
+    assert rc != 0
+    lines = stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("deltamic: error: ")]
+    assert len(errors) == 1, stderr
+    assert expected in errors[0], errors[0]
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_error_message_names_the_problem(bad_files, tmp_path, capsys):
+    rc, _, err = _run(["fit", f"{bad_files}/good.tif", "--init", f"{bad_files}/far.obj", "--out", tmp_path / "o"], capsys)
+    assert rc != 0 and "outside the image" in err
+    rc, _, err = _run(["fit", f"{bad_files}/nan.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", tmp_path / "o"], capsys)
+    assert "NaN" in err
+    rc, _, err = _run(["fit", f"{bad_files}/good.tif", "--seeds", f"{bad_files}/seeds_text.csv", "--out", tmp_path / "o"],
+                      capsys)
+    assert "line 2" in err
+
+
+def test_debug_shows_the_traceback(bad_files, tmp_path, capsys):
+    rc, _, err = _run(["--debug", "fit", f"{bad_files}/nope.tif", "--seeds", f"{bad_files}/seeds_ok.csv",
+                       "--out", tmp_path / "o"], capsys)
+    assert rc != 0 and "Traceback" in err
+
+
+def test_refuses_to_overwrite_a_foreign_directory(bad_files, tmp_path, capsys):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    rc, _, err = _run(["fit", f"{bad_files}/good.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", precious],
+                      capsys)
+    assert rc != 0 and "does not look like a deltamic output" in err
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_seed_radius_estimate_finds_the_membrane(rendered):
+    from deltamic_core.cli import estimate_seed_radii
+    from deltamic_core.io import read_image
+
+    image, _ = read_image(rendered)
+    r = estimate_seed_radii(image, SPACING, CENTRES)
+    # within a voxel of the true radii (the shell profile is binned at the xy pixel, 0.5 um)
+    np.testing.assert_allclose(r, RADII, atol=0.5)
+
+
+def test_installed_script_smoke(bad_files, tmp_path):
+    exe = shutil.which("deltamic", path=os.path.dirname(sys.executable))
+    assert exe is not None, "the deltamic console script is not installed"
+    ok = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "deltamic" in ok.stdout
+    bad = subprocess.run([exe, "fit", str(bad_files / "nope.tif"), "--seeds", str(bad_files / "seeds_ok.csv"),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("deltamic: error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
