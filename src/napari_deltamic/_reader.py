@@ -36,38 +36,57 @@ def read_layers(path) -> list[tuple]:
     out: list[tuple] = []
     for p in paths:
         if _suffix(p) in IMAGE_SUFFIXES:
-            out.append(read_image_layer(p))
+            out.extend(read_image_layer(p))
         else:
             out.append(read_mesh_layer(p))
     return out
 
 
-def read_image_layer(path) -> tuple:
-    """A TIFF stack as an Image layer whose ``scale`` is the voxel spacing in um.
+def read_image_layer(path) -> list[tuple]:
+    """A TIFF stack as Image layer(s) whose ``scale`` is the voxel spacing in um.
 
     A (Z, Y, X) stack gets scale (sz, sy, sx); a time series (T, Z, Y, X) gets (1, sz, sy, sx).
+    A multi-channel file gives one layer per channel.
     """
     from deltamic_core.io import read_image
 
-    data, meta = read_image(path)
+    try:
+        return [_image_tuple(path, *read_image(path))]
+    except ValueError as first_error:
+        # several channels: the core asks which one; napari shows them all, one layer each
+        try:
+            data, meta = read_image(path, channel=0)
+        except ValueError:
+            raise first_error from None
+        if len(meta.channel_names) < 2:
+            raise first_error from None
+        layers = [_image_tuple(path, data, meta)]
+        for c in range(1, len(meta.channel_names)):
+            layers.append(_image_tuple(path, *read_image(path, channel=c)))
+        return layers
+
+
+def _image_tuple(path, data, meta) -> tuple:
     spacing = tuple(float(s) for s in meta.spacing_um)
     if data.ndim == 4:
         scale = (1.0,) + spacing
         axis_labels = ("t", "z", "y", "x")
-    elif data.ndim == 3:
+    else:
         scale = spacing
         axis_labels = ("z", "y", "x")
-    else:
-        raise ValueError(f"{path}: expected a (Z, Y, X) or (T, Z, Y, X) stack, got shape {data.shape}")
+    name = Path(str(path)).stem
+    if meta.channel is not None:
+        name = f"{name} [{meta.channel_names[meta.channel]}]"
     finite = data[np.isfinite(data)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     kwargs = {
-        "name": Path(str(path)).stem,
+        "name": name,
         "scale": scale,
         "axis_labels": axis_labels,
-        "metadata": {SPACING_KEY: spacing, "unit": getattr(meta, "unit", "um"), "axes": getattr(meta, "axes", None),
-                     "source": os.fspath(path)},
+        "metadata": {SPACING_KEY: spacing, "spacing_source": meta.spacing_source, "unit": meta.unit,
+                     "axes": meta.axes, "source": os.fspath(path)},
         "contrast_limits": (lo, hi if hi > lo else lo + 1.0),
+        "blending": "additive",
     }
     return (data, kwargs, "image")
 
@@ -81,6 +100,7 @@ def read_mesh_layer(path) -> tuple:
     from deltamic_core.io import read_mesh
 
     mesh = read_mesh(path)
-    in_voxels = _suffix(path) == ".rec" and mesh.metadata.get(SPACING_KEY) is None
+    # voxel coordinates with no spacing anywhere (the core then assumed 1 um per voxel)
+    in_voxels = mesh.metadata.get("source_units") == "voxel" and mesh.metadata.get("spacing_source") == "default"
     extra = {"source": os.fspath(path), VOXEL_UNITS_KEY: bool(in_voxels)}
     return mesh_to_layer_data(mesh, Path(str(path)).stem, extra_metadata=extra)

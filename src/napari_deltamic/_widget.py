@@ -45,7 +45,6 @@ from ._layers import (
     image_spacing,
     layer_to_mesh,
     mesh_to_layer_data,
-    surface_kwargs,
     vertex_cell_ids,
 )
 from ._qt_helpers import LayerCombo, LossPlot, spin
@@ -86,19 +85,16 @@ def _guarded(method):
 class _Step:
     """What the worker hands to the main thread after each iteration (plain numpy, no tensors)."""
 
-    iteration: int  # 1-based
-    loss: float
+    iteration: int  # 1-based, over all levels
+    loss: float  # NaN when rolled back
     verts: np.ndarray  # (V, 3) um, world coordinates
     faces: np.ndarray  # (F, 3)
     labels: np.ndarray | None  # (F, 2) or None
+    level: int
+    rolled_back: bool
+    psf_params: dict  # the PSF model's as_dict() (changes with "learn PSF")
     seconds: float  # wall time of this iteration
     since_start: float  # wall time since Run was pressed (includes building the fit plan)
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.array(x, copy=True)
 
 
 class DeltaMicWidget(QWidget):
@@ -118,7 +114,6 @@ class DeltaMicWidget(QWidget):
         self._last_step: _Step | None = None
         self._last_update = 0.0
         self._fit_layer = None
-        self._fit_origin = np.zeros(3)
         self._run_started = 0.0
         self.first_update_s: float | None = None  # time from Run to the first surface update
         self.step_times: list[float] = []
@@ -215,36 +210,37 @@ class DeltaMicWidget(QWidget):
             self.sigma_boxes.append(b)
         return page
 
-    def _optics_rows(self, form: QFormLayout) -> dict:
+    def _optics_rows(self, form: QFormLayout, immersion_key: str) -> dict:
         boxes = {
-            "na": spin(1.2, 0.05, 1.7, decimals=3, tooltip="numerical aperture"),
-            "wavelength_um": spin(0.52, 0.2, 2.0, decimals=3, suffix="um", tooltip="emission wavelength"),
-            "n_immersion": spin(1.33, 1.0, 2.0, decimals=3, tooltip="refractive index of the immersion medium"),
+            "na": spin(1.4, 0.05, 1.7, decimals=3, tooltip="numerical aperture"),
+            "wavelength_um": spin(0.52, 0.2, 2.0, decimals=3, suffix="um", tooltip="emission wavelength in vacuum"),
+            immersion_key: spin(1.515, 1.0, 2.0, decimals=3, tooltip="refractive index of the immersion medium"),
         }
         form.addRow("NA", boxes["na"])
         form.addRow("wavelength", boxes["wavelength_um"])
-        form.addRow("n immersion", boxes["n_immersion"])
+        form.addRow("n immersion", boxes[immersion_key])
         return boxes
 
     def _gibson_lanni_page(self) -> QWidget:
         page = QWidget()
         form = QFormLayout(page)
         form.setContentsMargins(0, 0, 0, 0)
-        self.gl_boxes = self._optics_rows(form)
-        self.gl_boxes["n_sample"] = spin(1.33, 1.0, 2.0, decimals=3, tooltip="refractive index of the sample")
-        self.gl_boxes["depth_um"] = spin(0.0, 0.0, 500.0, decimals=2, suffix="um", tooltip="depth of the focal plane in the sample")
-        form.addRow("n sample", self.gl_boxes["n_sample"])
-        form.addRow("depth", self.gl_boxes["depth_um"])
+        self.gl_boxes = self._optics_rows(form, "ni")
+        self.gl_boxes["ns"] = spin(1.33, 1.0, 2.0, decimals=3, tooltip="refractive index of the sample")
+        self.gl_boxes["particle_depth_um"] = spin(0.0, 0.0, 500.0, decimals=2, suffix="um",
+                                                  tooltip="depth of the cells below the coverslip")
+        form.addRow("n sample", self.gl_boxes["ns"])
+        form.addRow("depth", self.gl_boxes["particle_depth_um"])
         return page
 
     def _hanser_page(self) -> QWidget:
         page = QWidget()
         form = QFormLayout(page)
         form.setContentsMargins(0, 0, 0, 0)
-        self.hanser_boxes = self._optics_rows(form)
+        self.hanser_boxes = self._optics_rows(form, "n_immersion")
         self.zernike_edit = QLineEdit()
         self.zernike_edit.setPlaceholderText("Noll: waves, e.g. 4: 0.1, 11: -0.05")
-        self.zernike_edit.setToolTip("Zernike coefficients of the pupil phase, by Noll index")
+        self.zernike_edit.setToolTip("Zernike coefficients of the pupil phase (waves), by Noll index")
         form.addRow("Zernike", self.zernike_edit)
         return page
 
@@ -263,10 +259,15 @@ class DeltaMicWidget(QWidget):
         self.iter_box = QSpinBox()
         self.iter_box.setRange(1, 100000)
         self.iter_box.setValue(100)
+        self.iter_box.setToolTip("iterations per resolution level")
         form.addRow("iterations", self.iter_box)
-        self.step_box = spin(0.05, 1e-5, 10.0, decimals=4, tooltip="optimiser step size")
+        self.coarse_box = QCheckBox("coarse-to-fine (2x binned image first)")
+        self.coarse_box.setChecked(True)
+        form.addRow(self.coarse_box)
+        self.step_box = spin(0.3, 1e-4, 10.0, decimals=3, suffix="voxel",
+                             tooltip="step size: roughly how far the surface moves per iteration at the start")
         form.addRow("step size", self.step_box)
-        self.smooth_box = spin(10.0, 0.0, 1e5, decimals=2, tooltip="smoothness weight lambda (Laplacian preconditioning)")
+        self.smooth_box = spin(10.0, 0.0, 1e5, decimals=2, tooltip="smoothness lambda of the large-steps preconditioner")
         form.addRow("smoothness (lambda)", self.smooth_box)
         self.loss_combo = QComboBox()
         form.addRow("loss", self.loss_combo)
@@ -298,19 +299,12 @@ class DeltaMicWidget(QWidget):
 
     def _fill_fit_choices(self) -> None:
         from deltamic_core.fit import FitConfig
+        from deltamic_core.fit.config import LOSSES
+        from deltamic_core.meshft import available_backends
 
-        losses = getattr(FitConfig, "LOSSES", None) or ("mse",)
-        self.loss_combo.addItems(list(losses))
-        default = getattr(FitConfig(), "loss", None)
-        if default in losses:
-            self.loss_combo.setCurrentText(default)
-        try:
-            from deltamic_core.meshft import available_backends
-
-            backends = list(available_backends())
-        except ImportError:
-            backends = []
-        self.backend_combo.addItems(["auto", *backends])
+        self.loss_combo.addItems(list(LOSSES))
+        self.loss_combo.setCurrentText(FitConfig().loss)
+        self.backend_combo.addItems(["auto", *available_backends()])
 
     def _build_results_group(self) -> QGroupBox:
         box = QGroupBox("Results")
@@ -465,7 +459,9 @@ class DeltaMicWidget(QWidget):
         if model == "Gaussian":
             return psf_mod.GaussianPSF(sigma_um=tuple(b.value() for b in self.sigma_boxes))
         if model == "Gibson-Lanni":
-            return psf_mod.GibsonLanniPSF(**{k: b.value() for k, b in self.gl_boxes.items()})
+            params = {k: b.value() for k, b in self.gl_boxes.items()}
+            # the objective is used with the immersion medium it was designed for
+            return psf_mod.GibsonLanniPSF(**params, ni0=params["ni"])
         if model == "Hanser + Zernike":
             params = {k: b.value() for k, b in self.hanser_boxes.items()}
             return psf_mod.HanserPSF(**params, zernike=parse_zernike(self.zernike_edit.text()))
@@ -510,14 +506,22 @@ class DeltaMicWidget(QWidget):
     # ------------------------------------------------------------------ fit
     def fit_config(self):
         """A ``deltamic_core.fit.FitConfig`` from the widget's settings."""
+        import torch
+
         from deltamic_core.fit import FitConfig
 
+        device = self.device_combo.currentText()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was chosen but torch sees no CUDA GPU: choose 'cpu' or 'auto'")
         return FitConfig(
-            n_iter=int(self.iter_box.value()),
+            iterations=int(self.iter_box.value()),
+            levels=(2, 1) if self.coarse_box.isChecked() else (1,),
             lr=float(self.step_box.value()),
-            smoothness=float(self.smooth_box.value()),
+            lambda_smooth=float(self.smooth_box.value()),
             loss=self.loss_combo.currentText(),
-            device=self.device_combo.currentText(),
+            device=device,
             backend=self.backend_combo.currentText(),
             learn_psf=bool(self.learn_psf.isChecked()),
         )
@@ -548,11 +552,8 @@ class DeltaMicWidget(QWidget):
         self._check_inside(mesh, vol.shape, spacing, origin)
         psf = self.make_psf()
         config = self.fit_config()
-        n_iter = int(self.iter_box.value())
+        n_iter = config.total_iterations
 
-        # the fit works in image coordinates (voxel (0,0,0) at the origin)
-        init = mesh.copy(verts=mesh.verts - origin)
-        self._fit_origin = origin
         self._fit_layer = self._show_mesh(mesh, self._fit_layer_name())
         self._last_step = None
         self.step_times = []
@@ -563,14 +564,14 @@ class DeltaMicWidget(QWidget):
         self.status_label.setText("building the render plan...")
         self._run_started = time.perf_counter()
         self._last_update = 0.0
-        self._start_worker(vol, spacing, init, psf, config, n_iter)
+        self._start_worker(vol, spacing, origin, mesh, psf, config)
         return self._worker
 
-    def _start_worker(self, vol, spacing, init, psf, config, n_iter) -> None:
+    def _start_worker(self, vol, spacing, origin, mesh, psf, config) -> None:
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_fit_steps, vol, spacing, init, psf, config, n_iter, self._fit_origin,
-                               self._run_started, _start_thread=False)
+        worker = create_worker(_fit_steps, vol, spacing, origin, mesh, psf, config, self._run_started,
+                               _start_thread=False)
         worker.yielded.connect(self._on_step)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -591,6 +592,10 @@ class DeltaMicWidget(QWidget):
 
     def _on_step(self, step: _Step) -> None:
         if self._closing:
+            return
+        if step.rolled_back:
+            # the core undid a step that produced NaN/Inf and halved the step size
+            self.status_label.setText(f"iteration {step.iteration}: step rolled back (non-finite), step size halved")
             return
         if not (math.isfinite(step.loss) and np.isfinite(step.verts).all()):
             self.stop_fit()
@@ -637,12 +642,23 @@ class DeltaMicWidget(QWidget):
             return
         if self._last_step is not None:
             self._apply_step(self._last_step)  # the last good mesh, also after Stop
-            self.status_label.setText(
-                f"done: {self._last_step.iteration} iterations, loss {self._last_step.loss:.4g}")
+            text = f"done: {self._last_step.iteration} iterations, loss {self._last_step.loss:.4g}"
+            if self.learn_psf.isChecked():
+                text += "\nlearned " + self._show_learned_psf(self._last_step.psf_params)
+            self.status_label.setText(text)
         else:
             self.status_label.setText("stopped before the first iteration")
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+
+    def _show_learned_psf(self, params: dict) -> str:
+        """Copy learned Gaussian widths back into the widget; describe any learned PSF."""
+        from deltamic_core.psf import psf_from_dict
+
+        if params.get("type") == "GaussianPSF" and self.psf_combo.currentText() == "Gaussian":
+            for box, v in zip(self.sigma_boxes, params["sigma_um"]):
+                box.setValue(float(v))
+        return psf_from_dict(params).describe()
 
     # ------------------------------------------------------------------ results
     def result_mesh(self):
@@ -779,25 +795,23 @@ class DeltaMicWidget(QWidget):
         super().closeEvent(event)
 
 
-def _fit_steps(vol, spacing, init_mesh, psf, config, n_iter, origin, t0):
-    """Worker body: build the Fitter, then yield one :class:`_Step` per iteration.
+def _fit_steps(vol, spacing, origin, init_mesh, psf, config, t0):
+    """Worker body: build the Fitter, then yield one :class:`_Step` per iteration until done.
 
-    Runs in a background thread; touches no layer. ``origin`` (um) is added back to the
-    vertices so the main thread receives world coordinates.
+    Runs in a background thread and touches no layer. Returning early (the worker's ``quit``)
+    leaves the last yielded mesh as the result.
     """
     from deltamic_core.fit import Fitter
 
-    fitter = Fitter(vol, spacing, init_mesh, psf, config)
-    origin = np.asarray(origin, dtype=np.float64)
-    for i in range(n_iter):
+    fitter = Fitter(vol, spacing, init_mesh, psf, config, origin_um=tuple(origin))
+    while not fitter.done:
         t_start = time.perf_counter()
         res = fitter.step()
-        verts = _to_numpy(res.verts).astype(np.float64) + origin
-        faces = _to_numpy(res.faces).astype(np.int64)
-        labels = getattr(res, "labels", None)
-        labels = None if labels is None else _to_numpy(labels).astype(np.int32)
         now = time.perf_counter()
-        yield _Step(i + 1, float(res.loss), verts, faces, labels, now - t_start, now - t0)
+        labels = None if res.labels is None else np.asarray(res.labels, dtype=np.int32)
+        yield _Step(int(res.iteration), float(res.loss), np.asarray(res.verts, dtype=np.float64),
+                    np.asarray(res.faces, dtype=np.int64), labels, int(res.level), bool(res.rolled_back),
+                    dict(res.psf_params), now - t_start, now - t0)
 
 
 def parse_zernike(text: str) -> dict[int, float]:
