@@ -189,3 +189,313 @@ def test_gaussian_from_optics_bad_input():
         GaussianPSF.from_optics(1.0, -0.5, 1.33)
     with pytest.raises(TypeError, match="grid must be"):
         GaussianPSF(0.3).otf((8, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------
+# shared helpers for the numerical models
+# ---------------------------------------------------------------------------------------
+from scipy import integrate  # noqa: E402
+
+from deltamic_core.psf import GibsonLanniPSF, HanserPSF, MeasuredPSF, noll_to_nm, psf_from_dict, zernike_noll  # noqa: E402
+from deltamic_core.psf._sampling import crop_spectrum  # noqa: E402
+
+
+def _gl_quad(na, lam, ni, ns, pz, z_rel, r, ng=1.515, tg=170.0, ti0=150.0):
+    """Gibson-Lanni intensity by adaptive quadrature (scipy), design = actual coverslip/immersion."""
+    k0 = 2 * np.pi / lam
+    ci = pz * (1 - ni / ns) + ni * (tg / ng + ti0 / ni - tg / ng)
+
+    def w(rho):
+        s2 = (na * rho) ** 2
+        c = lambda n: np.sqrt(complex(n * n - s2))  # noqa: E731
+        return (ci - (pz + z_rel)) * c(ni) + pz * c(ns) + tg * c(ng) - tg * c(ng) - ti0 * c(ni)
+
+    f = lambda rho: np.exp(1j * k0 * w(rho)) * special.j0(k0 * na * r * rho) * rho  # noqa: E731
+    pts = [ns / na] if ns < na else None
+    re = integrate.quad(lambda t: f(t).real, 0, 1, limit=4000, epsabs=1e-14, epsrel=1e-12, points=pts)[0]
+    im = integrate.quad(lambda t: f(t).imag, 0, 1, limit=4000, epsabs=1e-14, epsrel=1e-12, points=pts)[0]
+    return re * re + im * im
+
+
+# ---------------------------------------------------------------------------------------
+# Gibson-Lanni
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("na, ni, ns, pz", [
+    (1.3, 1.515, 1.515, 0.0),     # index matched
+    (1.4, 1.515, 1.33, 10.0),     # depth-induced spherical aberration, supercritical angles
+    (1.1, 1.33, 1.45, 15.0),      # water objective into a denser sample
+])
+def test_gibson_lanni_radial_integral_matches_adaptive_quadrature(na, ni, ns, pz):
+    lam = 0.55
+    model = GibsonLanniPSF(na=na, wavelength_um=lam, ni=ni, ni0=ni, ns=ns, particle_depth_um=pz)
+    pts = [(0.0, 0.0), (0.6, 0.0), (-1.2, 0.15), (1.5, 0.4), (2.5, 0.9), (-3.0, 0.3)]
+    z = torch.tensor([p[0] for p in pts], dtype=torch.float64)
+    r = torch.tensor(sorted({p[1] for p in pts}), dtype=torch.float64)
+    prof = model.radial_profile(z, r).detach().numpy()
+    mine = np.array([prof[i, list(r.numpy()).index(p[1])] for i, p in enumerate(pts)])
+    ref = np.array([_gl_quad(na, lam, ni, ns, pz, zz, rr) for zz, rr in pts])
+    scale = max(ref.max(), _gl_quad(na, lam, ni, ns, pz, 0.3, 0.0))
+    assert np.abs(mine - ref).max() / scale < 2e-4
+
+
+def test_gibson_lanni_psf_is_normalised_and_rfftn_matches_otf_when_well_sampled():
+    model = GibsonLanniPSF(na=1.2, wavelength_um=0.55, ni=1.33, ni0=1.33, ns=1.38, particle_depth_um=5.0)
+    grid = FFTGrid((32, 48, 48), (0.15, 0.05, 0.05))
+    assert model._fine_intensity(grid)[1] == (1, 1, 1)  # this grid needs no oversampling
+    h = model.psf(grid, dtype=torch.float64).detach()
+    assert float(h.sum()) * grid.voxel_volume_um3 == pytest.approx(1.0, abs=1e-9)
+    otf = model.otf(grid, dtype=torch.float64).detach()
+    assert otf.shape == grid.rfft_shape and otf.dtype == torch.complex128
+    assert complex(otf[0, 0, 0]) == pytest.approx(1.0, abs=1e-12)
+    assert float((torch.fft.rfftn(h) * grid.voxel_volume_um3 - otf).abs().max()) < 1e-9
+    assert model.otf(grid).dtype == torch.complex64
+    # the OTF vanishes beyond the lateral cut-off 2 NA / lambda
+    fz, fy, fx = grid.freq_grid()
+    kr = torch.sqrt(fy**2 + fx**2).expand_as(otf)
+    assert float(otf.abs()[kr > 1.02 * 2 * 1.2 / 0.55].max()) < 1e-3
+
+
+@pytest.mark.parametrize("model", [
+    GibsonLanniPSF(na=0.9, wavelength_um=0.5, ni=1.33, ni0=1.33, ns=1.33),
+    HanserPSF(0.9, 0.5, 1.33, {11: 0.1}),
+], ids=["gibson_lanni", "hanser"])
+def test_otf_of_an_undersampled_grid_is_alias_free(model):
+    coarse = FFTGrid((16, 24, 24), (0.6, 0.2, 0.2))          # 0.2 um > lambda / (4 NA) = 0.14 um
+    factors = model._fine_intensity(coarse)[1]
+    assert factors[1] > 1 and factors[2] > 1
+    finer = FFTGrid(tuple(n * 2 * f for n, f in zip(coarse.shape, factors)),
+                    tuple(s / (2 * f) for s, f in zip(coarse.spacing_um, factors)))
+    otf = model.otf(coarse, dtype=torch.float64).detach()
+    ref = crop_spectrum(model.otf(finer, dtype=torch.float64).detach(), coarse)
+    naive = torch.fft.rfftn(model.psf(coarse, dtype=torch.float64).detach())
+    naive = naive / naive[0, 0, 0]
+    err = float((otf - ref).abs().max())
+    # the residual is the PSF tail leaving the (small) box; the aliased DFT is 10x worse
+    assert err < 1e-2
+    assert float((naive - ref).abs().max()) > 5 * err
+
+
+def test_gibson_lanni_otf_gradients_match_finite_differences():
+    grid = FFTGrid((6, 8, 8), (0.3, 0.12, 0.12))
+    model = GibsonLanniPSF(na=1.2, wavelength_um=0.55, ni=1.33, ni0=1.33, ns=1.4, particle_depth_um=4.0)
+    assert {n for n, _ in model.named_parameters()} == {"log_na", "log_ns", "particle_depth_um_"}
+
+    def otf_of(log_na, log_ns, depth):
+        return torch.func.functional_call(
+            model, {"log_na": log_na, "log_ns": log_ns, "particle_depth_um_": depth}, (grid,), {"dtype": torch.float64})
+
+    args = tuple(t.detach().clone().requires_grad_(True) for t in (model.log_na, model.log_ns, model.particle_depth_um_))
+    assert torch.autograd.gradcheck(otf_of, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_gibson_lanni_extent_bounds_the_psf():
+    model = GibsonLanniPSF(na=1.3, wavelength_um=0.55, ni=1.515, ni0=1.515, ns=1.515, max_extent_um=(12, 8, 8))
+    ez, ey, ex = model.extent_um()
+    assert 0.5 < ez < 12 and 0.3 < ey < 8 and ey == ex
+    z = torch.linspace(-14.0, 14.0, 281, dtype=torch.float64)
+    r = torch.linspace(0.0, 9.0, 361, dtype=torch.float64)
+    h = model.radial_profile(z, r).detach()
+    peak = float(h.max())
+    assert float(h[z.abs() > ez].max()) < 1e-3 * peak
+    assert float(h[:, r > ey].max()) < 1.2e-3 * peak
+    # and it is tight: just inside it the PSF still reaches the threshold somewhere
+    assert float(h[(z.abs() > ez - 1.0) & (z.abs() <= ez)].max()) > 0.5e-3 * peak
+
+
+def test_gibson_lanni_bad_input():
+    with pytest.raises(ValueError, match="na must be smaller than the immersion index ni"):
+        GibsonLanniPSF(na=1.4, ni=1.33, ni0=1.515)
+    with pytest.raises(ValueError, match="particle_depth_um must be non-negative"):
+        GibsonLanniPSF(particle_depth_um=-1.0)
+    with pytest.raises(ValueError, match="ns must be positive"):
+        GibsonLanniPSF(ns=0.0)
+    with pytest.raises(ValueError, match="learn names unknown parameters"):
+        GibsonLanniPSF(learn=("sigma",))
+
+
+# ---------------------------------------------------------------------------------------
+# Zernike / Hanser
+# ---------------------------------------------------------------------------------------
+def test_noll_indices_and_polynomials_match_known_formulas():
+    rho = torch.linspace(0.0, 1.0, 7, dtype=torch.float64)[:, None]
+    phi = torch.linspace(-3.0, 3.0, 5, dtype=torch.float64)[None, :]
+    known = {
+        1: (0, 0, lambda r, p: torch.ones_like(r * p)),
+        2: (1, 1, lambda r, p: 2 * r * torch.cos(p)),
+        3: (1, -1, lambda r, p: 2 * r * torch.sin(p)),
+        4: (2, 0, lambda r, p: math.sqrt(3) * (2 * r**2 - 1) + 0 * p),
+        5: (2, -2, lambda r, p: math.sqrt(6) * r**2 * torch.sin(2 * p)),
+        6: (2, 2, lambda r, p: math.sqrt(6) * r**2 * torch.cos(2 * p)),
+        7: (3, -1, lambda r, p: math.sqrt(8) * (3 * r**3 - 2 * r) * torch.sin(p)),
+        8: (3, 1, lambda r, p: math.sqrt(8) * (3 * r**3 - 2 * r) * torch.cos(p)),
+        9: (3, -3, lambda r, p: math.sqrt(8) * r**3 * torch.sin(3 * p)),
+        10: (3, 3, lambda r, p: math.sqrt(8) * r**3 * torch.cos(3 * p)),
+        11: (4, 0, lambda r, p: math.sqrt(5) * (6 * r**4 - 6 * r**2 + 1) + 0 * p),
+        12: (4, 2, lambda r, p: math.sqrt(10) * (4 * r**4 - 3 * r**2) * torch.cos(2 * p)),
+        13: (4, -2, lambda r, p: math.sqrt(10) * (4 * r**4 - 3 * r**2) * torch.sin(2 * p)),
+        22: (6, 0, lambda r, p: math.sqrt(7) * (20 * r**6 - 30 * r**4 + 12 * r**2 - 1) + 0 * p),
+    }
+    for j, (n, m, f) in known.items():
+        assert noll_to_nm(j) == (n, m)
+        torch.testing.assert_close(zernike_noll(j, rho, phi), f(rho, phi), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="Noll index must be >= 1"):
+        noll_to_nm(0)
+
+
+def test_zernike_polynomials_are_orthonormal_over_the_disc():
+    # Gauss-Legendre in rho x uniform in phi integrates these polynomials exactly
+    x, w = np.polynomial.legendre.leggauss(24)
+    rho = torch.as_tensor(0.5 * (x + 1), dtype=torch.float64)[:, None]
+    wr = torch.as_tensor(0.5 * w, dtype=torch.float64)[:, None] * rho
+    phi = torch.linspace(0, 2 * math.pi, 65, dtype=torch.float64)[:-1][None, :]
+    js = range(1, 22)
+    zs = [zernike_noll(j, rho, phi) for j in js]
+    gram = torch.tensor([[float((a * b * wr).sum() * (2 * math.pi / 64) / math.pi) for b in zs] for a in zs])
+    torch.testing.assert_close(gram, torch.eye(len(zs), dtype=gram.dtype), atol=1e-12, rtol=0)
+
+
+def test_hanser_psf_normalised_symmetric_and_consistent_with_otf():
+    model = HanserPSF(1.2, 0.55, 1.33)
+    grid = FFTGrid((32, 64, 64), (0.15, 0.05, 0.05))
+    h = model.psf(grid, dtype=torch.float64).detach()
+    assert float(h.sum()) * grid.voxel_volume_um3 == pytest.approx(1.0, abs=1e-9)
+    assert tuple(np.unravel_index(int(h.argmax()), h.shape)) == (0, 0, 0)
+    # no aberration: symmetric under z -> -z and y -> -y (FFT order: index i <-> -i)
+    flip = lambda t, d: torch.roll(torch.flip(t, (d,)), 1, d)  # noqa: E731
+    torch.testing.assert_close(flip(h, 0), h, atol=1e-12 * float(h.max()), rtol=0)
+    torch.testing.assert_close(flip(h, 1), h, atol=1e-12 * float(h.max()), rtol=0)
+    otf = model.otf(grid, dtype=torch.float64).detach()
+    assert complex(otf[0, 0, 0]) == pytest.approx(1.0, abs=1e-12)
+    assert float((torch.fft.rfftn(h) * grid.voxel_volume_um3 - otf).abs().max()) < 1e-9
+
+
+def test_hanser_zernike_coma_breaks_lateral_symmetry_along_its_axis():
+    grid = FFTGrid((16, 48, 48), (0.2, 0.05, 0.05))
+    h = HanserPSF(1.2, 0.55, 1.33, {8: 0.25}).psf(grid, dtype=torch.float64).detach()  # x coma
+    flip = lambda t, d: torch.roll(torch.flip(t, (d,)), 1, d)  # noqa: E731
+    torch.testing.assert_close(flip(h, 1), h, atol=1e-12 * float(h.max()), rtol=0)   # y mirror kept
+    assert float((flip(h, 2) - h).abs().max()) > 0.05 * float(h.max())              # x mirror broken
+
+
+def test_hanser_gradients_wrt_zernike_and_na_match_finite_differences():
+    grid = FFTGrid((6, 12, 12), (0.3, 0.08, 0.08))
+    model = HanserPSF(1.1, 0.55, 1.33, {4: 0.1, 11: -0.05}, learn=("zernike", "na"))
+    assert {n for n, _ in model.named_parameters()} == {"zernike_waves", "log_na"}
+
+    def otf_of(coef, log_na):
+        return torch.func.functional_call(model, {"zernike_waves": coef, "log_na": log_na}, (grid,), {"dtype": torch.float64})
+
+    args = (model.zernike_waves.detach().clone().requires_grad_(True), model.log_na.detach().clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(otf_of, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_hanser_bad_input():
+    with pytest.raises(ValueError, match="na must be smaller than n_immersion"):
+        HanserPSF(1.4, 0.5, 1.33)
+    with pytest.raises(ValueError, match="zernike has a bad key"):
+        HanserPSF(1.0, 0.5, 1.33, {0: 0.1})
+    with pytest.raises(ValueError, match="apodization must be one of"):
+        HanserPSF(1.0, 0.5, 1.33, apodization="cosine")
+    with pytest.raises(TypeError, match="zernike must be a dict"):
+        HanserPSF(1.0, 0.5, 1.33, [0.1])
+
+
+# ---------------------------------------------------------------------------------------
+# Measured
+# ---------------------------------------------------------------------------------------
+def _synthetic_bead(rng, shape=(32, 48, 48), sigma_vox=(2.0, 1.5, 1.5), centre=(15.3, 21.6, 25.27),
+                    counts=3e5, background=30.0):
+    idx = np.indices(shape).astype(float)
+    g = np.exp(-0.5 * sum(((idx[i] - centre[i]) / sigma_vox[i]) ** 2 for i in range(3)))
+    return rng.poisson(background + counts * g / g.sum()).astype(np.float32)
+
+
+@pytest.mark.parametrize("background", [None, 30.0])
+def test_measured_psf_from_noisy_shifted_bead_is_centred_normalised_and_close_to_truth(background):
+    rng = np.random.default_rng(1)
+    spacing = (0.3, 0.1, 0.1)
+    sigma_vox = np.array([2.0, 1.5, 1.5])
+    centre = (15.3, 21.6, 25.27)
+    img = _synthetic_bead(rng, sigma_vox=tuple(sigma_vox), centre=centre)
+    model = MeasuredPSF.from_bead_image(img, spacing, background=background)
+    np.testing.assert_allclose(model.bead_centre_voxels, centre, atol=0.05)
+    cen_vox = np.array(model.centroid_um()) / np.array(spacing)
+    assert np.abs(cen_vox).max() < 0.05
+    grid = model.grid
+    assert float(model.samples.sum()) * grid.voxel_volume_um3 == pytest.approx(1.0, abs=1e-9)
+    truth = GaussianPSF(tuple(sigma_vox * np.array(spacing)))
+    t = truth.psf(grid, dtype=torch.float64).detach()
+    assert float((model.samples - t).abs().max() / t.max()) < 0.06
+    assert float((model.otf(grid, torch.float64) - truth.otf(grid, torch.float64)).abs().max()) < 0.03
+    # another renderer grid (other spacing and box): the DTFT resamples exactly
+    other = FFTGrid((40, 64, 64), (0.25, 0.08, 0.08))
+    assert float((model.otf(other, torch.float64) - truth.otf(other, torch.float64)).abs().max()) < 0.03
+    assert model.requires_grad_(False) is model and not list(model.parameters())
+
+
+def test_measured_otf_on_its_own_grid_is_the_rfftn_and_zero_beyond_its_band():
+    rng = np.random.default_rng(2)
+    arr = np.fft.ifftshift(rng.random((8, 10, 12)) ** 4)
+    model = MeasuredPSF(arr, (0.4, 0.2, 0.25))
+    grid = model.grid
+    ref = torch.fft.rfftn(model.samples) * grid.voxel_volume_um3
+    torch.testing.assert_close(model.otf(grid, torch.float64), ref, atol=1e-12, rtol=0)
+    finer = FFTGrid((16, 20, 24), (0.2, 0.1, 0.125))
+    o = model.otf(finer, torch.float64)
+    fz, fy, fx = finer.freq_grid()
+    outside = ((fz.abs() > 0.5 / 0.4 + 1e-9) | (fy.abs() > 0.5 / 0.2 + 1e-9) | (fx.abs() > 0.5 / 0.25 + 1e-9))
+    assert float(o[outside.expand_as(o)].abs().max()) == 0.0
+    # inside the band the finer grid's OTF equals the coarse one at the shared frequencies
+    torch.testing.assert_close(crop_spectrum(o, grid), ref, atol=1e-12, rtol=0)
+
+
+def test_measured_bad_input():
+    with pytest.raises(ValueError, match=r"image must be a 3D \(Z, Y, X\) array"):
+        MeasuredPSF.from_bead_image(np.ones((10, 10)), (0.1, 0.1, 0.1))
+    img = np.ones((8, 8, 8))
+    img[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="image contains NaN"):
+        MeasuredPSF.from_bead_image(img, (0.1, 0.1, 0.1))
+    noise = np.random.default_rng(3).poisson(50.0, (16, 16, 16)).astype(float)
+    with pytest.raises(ValueError, match="no bead above the noise"):
+        MeasuredPSF.from_bead_image(noise, (0.2, 0.1, 0.1), snr_threshold=50.0)
+    with pytest.raises(ValueError, match="psf must be non-negative"):
+        MeasuredPSF(-np.ones((4, 4, 4)), 0.1)
+    with pytest.raises(ValueError, match="spacing_um must be positive"):
+        MeasuredPSF.from_bead_image(np.ones((8, 8, 8)), (0.1, 0.0, 0.1))
+
+
+# ---------------------------------------------------------------------------------------
+# every model: the contract
+# ---------------------------------------------------------------------------------------
+def _all_models():
+    rng = np.random.default_rng(4)
+    return [
+        GaussianPSF((0.6, 0.15, 0.2)),
+        GibsonLanniPSF(na=1.0, wavelength_um=0.55, ni=1.33, ni0=1.33, ns=1.36, particle_depth_um=3.0),
+        HanserPSF(1.0, 0.55, 1.33, {5: 0.1, 11: 0.05}),
+        MeasuredPSF.from_bead_image(_synthetic_bead(rng, shape=(16, 24, 24), centre=(7.6, 11.2, 12.1)), (0.3, 0.1, 0.1)),
+    ]
+
+
+@pytest.mark.parametrize("model", _all_models(), ids=lambda m: type(m).__name__)
+def test_every_model_honours_the_contract(model):
+    grid = FFTGrid((12, 20, 18), (0.3, 0.1, 0.11))
+    otf = model.otf(grid)
+    assert otf.shape == grid.rfft_shape
+    assert otf.dtype in (torch.float32, torch.complex64)
+    assert abs(complex(otf[0, 0, 0]) - 1.0) < 1e-6
+    assert float(otf.abs().max()) <= 1.0 + 1e-5
+    h = model.psf(grid)
+    # (a measured PSF resampled by Fourier interpolation rings slightly below zero)
+    assert h.shape == grid.shape and h.dtype == torch.float32 and float(h.min()) >= -1e-2 * float(h.max())
+    ext = model.extent_um()
+    assert len(ext) == 3 and all(isinstance(e, float) and e > 0 for e in ext)
+    back = psf_from_dict(model.as_dict())
+    assert type(back) is type(model)
+    torch.testing.assert_close(back.otf(grid, torch.float64), model.otf(grid, torch.float64), atol=1e-12, rtol=0)
+    assert type(model).__name__ in model.describe()
+    model.requires_grad_(False)
+    assert not model.otf(grid).requires_grad
+    with pytest.raises(TypeError, match="dtype must be"):
+        model.otf(grid, dtype=torch.int32)

@@ -10,11 +10,12 @@ from ._base import PSFModel
 from .gaussian import GaussianPSF
 from .gibson_lanni import GibsonLanniPSF
 from .hanser import HanserPSF
+from .measured import MeasuredPSF
 from .zernike import noll_to_nm, zernike_noll
 
-__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "HanserPSF", "noll_to_nm", "zernike_noll", "psf_from_dict"]
+__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "HanserPSF", "MeasuredPSF", "noll_to_nm", "zernike_noll", "psf_from_dict"]
 
-_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF, "HanserPSF": HanserPSF}
+_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF, "HanserPSF": HanserPSF, "MeasuredPSF": MeasuredPSF}
 
 
 def psf_from_dict(d) -> PSFModel:

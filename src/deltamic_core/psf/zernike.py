@@ -46,8 +46,10 @@ def zernike_radial(n: int, m: int, rho: torch.Tensor) -> torch.Tensor:
 
 
 def zernike_noll(j: int, rho: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-    """Unit-RMS Zernike polynomial Z_j (Noll index) at polar coordinates (rho, phi)."""
+    """Unit-RMS Zernike polynomial Z_j (Noll index) at polar coordinates (rho, phi)
+    (broadcast together; rho in [0, 1], phi in radians from the x axis towards y)."""
     n, m = noll_to_nm(j)
+    rho, phi = torch.broadcast_tensors(rho, phi)
     radial = zernike_radial(n, m, rho)
     if m == 0:
         return math.sqrt(n + 1) * radial
