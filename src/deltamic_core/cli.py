@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads-per-worker", type=_positive_int, default=1,
                    help="torch threads per task (default 1)")
     _add_fit_options(b, batch=True)
+    for sp in (r, f, tr, b):  # accepted after the command too
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     return parser
 
 
@@ -212,8 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    import warnings
+
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     debug = "--debug" in argv
+    previous_showwarning = warnings.showwarning
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         parser = build_parser()
         try:
@@ -233,6 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _say_error(_one_line(exc))
         return exc.code if isinstance(exc, CLIError) else (EXIT_USAGE if isinstance(exc, (ValueError, TypeError, OSError)) else EXIT_FAILURE)
+    finally:
+        warnings.showwarning = previous_showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    # library warnings as one line each, in the command's voice (the source line is noise here)
+    _warn(" ".join(str(message).split()))
 
 
 def _say_error(msg: str) -> None:
