@@ -1,0 +1,370 @@
+// Per-element math of the mesh Fourier transform, shared by the CPU and CUDA kernels.
+//
+// The transform of a triangle (a, b, c) with area A at the frequency k (cycles/um) is
+//     integral_T exp(-2 pi i k.x) dS = 2 A f[pa, pb, pc],   pa = 2 pi k.a (radians),
+// with f(z) = -exp(-i z) and f[., ., .] its second divided difference (Hermite-Genocchi:
+// the mean of f'' = exp(-i z) over the triangle, times the simplex volume 1/2). The vertex
+// gradient needs d f[pa, pb, pc] / d pa = f[pa, pa, pb, pc], a third divided difference with a
+// repeated node, plus the gradient of the area.
+//
+// Everything here works on the phases RELATIVE to the first corner, p = pb - pa and
+// q = pc - pa (small numbers: a triangle is small compared to a wavelength or a few of them),
+// together with the per-vertex exponentials Ea = exp(-i pa), Eb, Ec. The caller computes those
+// once per vertex and frequency in double precision (a mesh has about half as many vertices as
+// faces, and the absolute phases reach hundreds of radians, which float cannot reduce
+// accurately); a divided difference of exp(-i z) is translation-covariant,
+// f[pa + x, pa + y, pa + z] = Ea f[x, y, z], so the relative phases carry all the cancellation.
+//
+// Two regimes, chosen per (face, frequency) so that both meet the accuracy target:
+//  * spread max(|p|, |q|, |p - q|) < kSpread: Taylor series about pa,
+//        f[0, p, q]       =      sum_m (-i)^m h_m(p, q)       / (m + 2)!
+//        f[0, 0, p, q]    = -i * sum_m (-i)^m h_m(p, q)       / (m + 3)!
+//        f[0, p, p, q]    = -i * sum_m (-i)^m h_m(p, p, q)    / (m + 3)!
+//    with h_m the complete homogeneous symmetric polynomials (zero nodes drop out); all real
+//    arithmetic, no transcendental function, no cancellation.
+//  * larger spread: recursive divided differences that only ever divide by a difference of
+//    order of the spread: for the closest pair (u, v) and the third node w,
+//        f[u, v, w] = (f[u, v] - f[v, w]) / (u - w),  |u - w| >= spread / 2,
+//    with f[x, y] = (Ex - Ey) / (y - x) or, when |y - x| < kPair, Ex times its series; and
+//        f[x, x, y, z] = (f[x, x, y] - f[x, y, z]) / (x - z)  with |x - z| >= |x - y|.
+//    The absolute error is a few eps (relative to f(0) = 1/2) instead of the eps / (d1 d2) of
+//    the textbook closed form.
+//
+// The header compiles as plain C++ (g++) and as CUDA (nvcc): MESHFT_HD expands to
+// __host__ __device__ only under nvcc, so the CPU tests exercise exactly the CUDA math.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define MESHFT_HD __host__ __device__
+#define MESHFT_UNROLL _Pragma("unroll")
+#else
+#define MESHFT_HD
+#define MESHFT_UNROLL
+#endif
+
+namespace meshft {
+
+// Minimal complex type: std::complex is not usable in device code, c10::complex drags in
+// torch headers; the kernels only need a handful of operations.
+template <typename T>
+struct Cplx {
+  T re;
+  T im;
+};
+
+template <typename T>
+MESHFT_HD inline Cplx<T> cadd(Cplx<T> a, Cplx<T> b) { return {a.re + b.re, a.im + b.im}; }
+template <typename T>
+MESHFT_HD inline Cplx<T> csub(Cplx<T> a, Cplx<T> b) { return {a.re - b.re, a.im - b.im}; }
+template <typename T>
+MESHFT_HD inline Cplx<T> cmul(Cplx<T> a, Cplx<T> b) {
+  return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
+}
+template <typename T>
+MESHFT_HD inline Cplx<T> cscale(Cplx<T> a, T s) { return {a.re * s, a.im * s}; }
+// i * a
+template <typename T>
+MESHFT_HD inline Cplx<T> cmul_i(Cplx<T> a) { return {-a.im, a.re}; }
+// Re(conj(g) * a): the PyTorch gradient convention for a real parameter and complex output.
+template <typename T>
+MESHFT_HD inline T re_conj_mul(Cplx<T> g, Cplx<T> a) { return g.re * a.re + g.im * a.im; }
+
+// 1 / n! for n = 0..27 (correctly rounded doubles).
+MESHFT_HD inline double inv_factorial(int n) {
+  switch (n) {
+    case 0: return 1.0;
+    case 1: return 1.0;
+    case 2: return 0.5;
+    case 3: return 0.16666666666666666;
+    case 4: return 0.041666666666666664;
+    case 5: return 0.008333333333333333;
+    case 6: return 0.001388888888888889;
+    case 7: return 0.0001984126984126984;
+    case 8: return 2.48015873015873e-05;
+    case 9: return 2.7557319223985893e-06;
+    case 10: return 2.755731922398589e-07;
+    case 11: return 2.505210838544172e-08;
+    case 12: return 2.08767569878681e-09;
+    case 13: return 1.6059043836821613e-10;
+    case 14: return 1.1470745597729725e-11;
+    case 15: return 7.647163731819816e-13;
+    case 16: return 4.779477332387385e-14;
+    case 17: return 2.8114572543455206e-15;
+    case 18: return 1.5619206968586225e-16;
+    case 19: return 8.22063524662433e-18;
+    case 20: return 4.110317623312165e-19;
+    case 21: return 1.9572941063391263e-20;
+    case 22: return 8.896791392450574e-22;
+    case 23: return 3.868170170630684e-23;
+    case 24: return 1.6117375710961184e-24;
+    case 25: return 6.446950284384474e-26;
+    case 26: return 2.4795962632247976e-27;
+    default: return 9.183689863795546e-29;
+  }
+}
+
+// Regime switches and series lengths per compute precision. A series in h_m(p, q) with
+// |p|, |q| < s has terms bounded by C(m + 2, 2) s^m / (m + 2)!, so the truncation index is
+// where that falls below the unit roundoff; the closed forms lose about eps / s^2.
+template <typename T>
+struct Tuning;
+
+template <>
+struct Tuning<float> {
+  MESHFT_HD static constexpr float spread() { return 1.0f; }  // triangle series below this
+  MESHFT_HD static constexpr float pair() { return 1.0f; }    // pair series below this
+  static constexpr int kTriTerms = 12;   // m = 0..11 of the triangle series
+  static constexpr int kPairTerms = 11;  // powers 0..10 of the pair series
+};
+
+template <>
+struct Tuning<double> {
+  MESHFT_HD static constexpr double spread() { return 1.0; }
+  MESHFT_HD static constexpr double pair() { return 1.0; }
+  static constexpr int kTriTerms = 20;
+  static constexpr int kPairTerms = 19;
+};
+
+template <typename T>
+MESHFT_HD inline T tabs(T x) { return x < T(0) ? -x : x; }
+
+template <typename T>
+MESHFT_HD inline T spread3(T p, T q) {
+  const T ap = tabs(p), aq = tabs(q), apq = tabs(p - q);
+  T s = ap > aq ? ap : aq;
+  return s > apq ? s : apq;
+}
+
+// ---------------------------------------------------------------------------------------
+// Series kernels (relative nodes, no exponential factor).
+
+// f[0, d] = (1 - exp(-i d)) / d = ((1 - cos d) / d, sin(d) / d)
+//         = i sum_n (-i)^n d^n / (n + 1)!
+template <typename T>
+MESHFT_HD inline Cplx<T> pair_series(T d) {
+  constexpr int N = Tuning<T>::kPairTerms;
+  const T d2 = d * d;
+  // Two Horner chains in d^2: the real part collects the odd powers d^n / (n + 1)! (the
+  // chain drops one factor d, restored at the end), the imaginary part the even powers; both
+  // alternate in sign starting from +.
+  T re = T(0), im = T(0);
+  MESHFT_UNROLL
+  for (int n = N - 1; n >= 0; --n) {
+    const T c = T(inv_factorial(n + 1));
+    const T sgn = ((n >> 1) & 1) ? T(-1) : T(1);
+    if (n & 1) {
+      re = re * d2 + sgn * c;  // accumulates odd n; the final * d below restores the power
+    } else {
+      im = im * d2 + sgn * c;
+    }
+  }
+  return {re * d, im};
+}
+
+// f[0, 0, d] = sum_n (-i)^n d^n / (n + 2)!, for f[x, x, y] with |x - y| small.
+template <typename T>
+MESHFT_HD inline Cplx<T> pair2_series(T d) {
+  constexpr int N = Tuning<T>::kPairTerms;
+  const T d2 = d * d;
+  T re = T(0), im = T(0);
+  MESHFT_UNROLL
+  for (int n = N - 1; n >= 0; --n) {
+    const T c = T(inv_factorial(n + 2));
+    if (n & 1) {
+      // (-i)^n for odd n: n = 1 -> -i, n = 3 -> +i
+      const T sgn = ((n >> 1) & 1) ? T(1) : T(-1);
+      im = im * d2 + sgn * c;
+    } else {
+      const T sgn = ((n >> 1) & 1) ? T(-1) : T(1);
+      re = re * d2 + sgn * c;
+    }
+  }
+  return {re, im * d};
+}
+
+// f[0, p, q] by its Taylor series (forward only).
+template <typename T>
+MESHFT_HD inline Cplx<T> tri_series(T p, T q) {
+  constexpr int N = Tuning<T>::kTriTerms;
+  const T e1 = p + q, e2 = p * q;
+  T hm2 = T(1), hm1 = e1;  // h_0, h_1
+  T re = T(inv_factorial(2));
+  T im = -e1 * T(inv_factorial(3));
+  MESHFT_UNROLL
+  for (int m = 2; m < N; ++m) {
+    const T h = e1 * hm1 - e2 * hm2;
+    const T t = h * T(inv_factorial(m + 2));
+    switch (m & 3) {
+      case 0: re += t; break;
+      case 1: im -= t; break;
+      case 2: re -= t; break;
+      default: im += t; break;
+    }
+    hm2 = hm1;
+    hm1 = h;
+  }
+  return {re, im};
+}
+
+// (-i)^m accumulation helper for the series sums.
+template <typename T>
+MESHFT_HD inline void acc_negi_pow(int m, T t, T& re, T& im) {
+  switch (m & 3) {
+    case 0: re += t; break;
+    case 1: im -= t; break;
+    case 2: re -= t; break;
+    default: im += t; break;
+  }
+}
+
+// All four local values by series: F0 = f[0,p,q], Fa = f[0,0,p,q], Fb = f[p,p,0,q],
+// Fc = f[q,q,0,p] (relative to exp(-i pa)).
+template <typename T>
+MESHFT_HD inline void tri_series_grad(T p, T q, Cplx<T>& F0, Cplx<T>& Fa, Cplx<T>& Fb,
+                                      Cplx<T>& Fc) {
+  constexpr int N = Tuning<T>::kTriTerms;
+  const T e1 = p + q, e2 = p * q;
+  T h = T(1), hm1 = T(0);   // h_m(p, q), h_{m-1}
+  T hb = T(1), hc = T(1);   // h_m(p, p, q), h_m(q, p, q)
+  T s2r = 0, s2i = 0, sar = 0, sai = 0, sbr = 0, sbi = 0, scr = 0, sci = 0;
+  MESHFT_UNROLL
+  for (int m = 0; m < N; ++m) {
+    if (m > 0) {
+      const T hn = e1 * h - e2 * hm1;
+      hm1 = h;
+      h = hn;
+      hb = h + p * hb;
+      hc = h + q * hc;
+    }
+    const T c2 = T(inv_factorial(m + 2)), c3 = T(inv_factorial(m + 3));
+    acc_negi_pow(m, h * c2, s2r, s2i);
+    acc_negi_pow(m, h * c3, sar, sai);
+    acc_negi_pow(m, hb * c3, sbr, sbi);
+    acc_negi_pow(m, hc * c3, scr, sci);
+  }
+  F0 = {s2r, s2i};
+  // times -i: (x + iy)(-i) = y - i x
+  Fa = {sai, -sar};
+  Fb = {sbi, -sbr};
+  Fc = {sci, -scr};
+}
+
+// ---------------------------------------------------------------------------------------
+// Recursive divided differences with exponentials (large spread). Node values x, y are
+// relative phases (radians, any common origin); Ex = exp(-i x_abs) are the absolute
+// exponentials. Every result carries the absolute phase.
+
+// f[x, y]
+template <typename T>
+MESHFT_HD inline Cplx<T> dd1(T x, Cplx<T> Ex, T y, Cplx<T> Ey) {
+  const T d = y - x;
+  if (tabs(d) < Tuning<T>::pair()) return cmul(Ex, pair_series(d));
+  return cscale(csub(Ex, Ey), T(1) / d);
+}
+
+// f[x, x, y]
+template <typename T>
+MESHFT_HD inline Cplx<T> dd2rep(T x, Cplx<T> Ex, T y, Cplx<T> Ey) {
+  const T d = y - x;
+  if (tabs(d) < Tuning<T>::pair()) return cmul(Ex, pair2_series(d));
+  // (f[x, x] - f[x, y]) / (x - y) with f[x, x] = f'(x) = i Ex
+  return cscale(csub(dd1(x, Ex, y, Ey), cmul_i(Ex)), T(1) / d);
+}
+
+// f[x, y, z] for a spread that is not small.
+template <typename T>
+MESHFT_HD inline Cplx<T> dd2(T x, Cplx<T> Ex, T y, Cplx<T> Ey, T z, Cplx<T> Ez) {
+  const T dxy = tabs(y - x), dxz = tabs(z - x), dyz = tabs(z - y);
+  // closest pair (u, v), far node w: f[u,v,w] = (f[u,v] - f[v,w]) / (u - w)
+  if (dxy <= dxz && dxy <= dyz) {
+    return cscale(csub(dd1(x, Ex, y, Ey), dd1(y, Ey, z, Ez)), T(1) / (x - z));
+  }
+  if (dxz <= dyz) {
+    return cscale(csub(dd1(x, Ex, z, Ez), dd1(z, Ez, y, Ey)), T(1) / (x - y));
+  }
+  return cscale(csub(dd1(y, Ey, z, Ez), dd1(z, Ez, x, Ex)), T(1) / (y - x));
+}
+
+// f[x, x, y, z] given F = f[x, y, z], for a spread that is not small (then one of y, z is at
+// least spread / 2 away from x).
+template <typename T>
+MESHFT_HD inline Cplx<T> dd3rep(T x, Cplx<T> Ex, T y, Cplx<T> Ey, T z, Cplx<T> Ez, Cplx<T> F) {
+  if (tabs(z - x) >= tabs(y - x)) {
+    return cscale(csub(dd2rep(x, Ex, y, Ey), F), T(1) / (x - z));
+  }
+  return cscale(csub(dd2rep(x, Ex, z, Ez), F), T(1) / (x - y));
+}
+
+// ---------------------------------------------------------------------------------------
+// Per (face, frequency) entry points.
+
+// f[pa, pb, pc] from p = pb - pa, q = pc - pa and the absolute exponentials.
+template <typename T>
+MESHFT_HD inline Cplx<T> tri_f(T p, T q, Cplx<T> Ea, Cplx<T> Eb, Cplx<T> Ec) {
+  if (spread3(p, q) < Tuning<T>::spread()) return cmul(Ea, tri_series(p, q));
+  return dd2(T(0), Ea, p, Eb, q, Ec);
+}
+
+// f[pa, pb, pc] and its partial derivatives with respect to pa, pb, pc
+// (f[pa,pa,pb,pc], f[pb,pb,pa,pc], f[pc,pc,pa,pb]).
+template <typename T>
+MESHFT_HD inline void tri_f_grad(T p, T q, Cplx<T> Ea, Cplx<T> Eb, Cplx<T> Ec, Cplx<T>& F0,
+                                 Cplx<T>& Fa, Cplx<T>& Fb, Cplx<T>& Fc) {
+  if (spread3(p, q) < Tuning<T>::spread()) {
+    Cplx<T> s0, sa, sb, sc;
+    tri_series_grad(p, q, s0, sa, sb, sc);
+    F0 = cmul(Ea, s0);
+    Fa = cmul(Ea, sa);
+    Fb = cmul(Ea, sb);
+    Fc = cmul(Ea, sc);
+    return;
+  }
+  F0 = dd2(T(0), Ea, p, Eb, q, Ec);
+  Fa = dd3rep(T(0), Ea, p, Eb, q, Ec, F0);
+  Fb = dd3rep(p, Eb, T(0), Ea, q, Ec, F0);
+  Fc = dd3rep(q, Ec, T(0), Ea, p, Eb, F0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Geometry (double precision: computed once per face).
+
+// Twice the area and the gradients of the area with respect to each corner:
+// grad_a A = |bc| / 2 * (unit in-plane normal of bc pointing towards a) = n_hat x (c - b) / 2.
+// A degenerate (zero-area) triangle gets zero area and exactly zero gradients.
+MESHFT_HD inline void area_grad(const double a[3], const double b[3], const double c[3],
+                                double& two_area, double ga[3], double gb[3], double gc[3]) {
+  const double u[3] = {b[0] - a[0], b[1] - a[1], b[2] - a[2]};
+  const double v[3] = {c[0] - a[0], c[1] - a[1], c[2] - a[2]};
+  const double n[3] = {u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2],
+                       u[0] * v[1] - u[1] * v[0]};
+  const double nn = sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
+  two_area = nn;
+  if (!(nn > 0.0)) {
+    for (int i = 0; i < 3; ++i) ga[i] = gb[i] = gc[i] = 0.0;
+    return;
+  }
+  const double h[3] = {0.5 * n[0] / nn, 0.5 * n[1] / nn, 0.5 * n[2] / nn};
+  const double ecb[3] = {c[0] - b[0], c[1] - b[1], c[2] - b[2]};
+  const double eac[3] = {a[0] - c[0], a[1] - c[1], a[2] - c[2]};
+  const double eba[3] = {b[0] - a[0], b[1] - a[1], b[2] - a[2]};
+  ga[0] = h[1] * ecb[2] - h[2] * ecb[1];
+  ga[1] = h[2] * ecb[0] - h[0] * ecb[2];
+  ga[2] = h[0] * ecb[1] - h[1] * ecb[0];
+  gb[0] = h[1] * eac[2] - h[2] * eac[1];
+  gb[1] = h[2] * eac[0] - h[0] * eac[2];
+  gb[2] = h[0] * eac[1] - h[1] * eac[0];
+  gc[0] = h[1] * eba[2] - h[2] * eba[1];
+  gc[1] = h[2] * eba[0] - h[0] * eba[2];
+  gc[2] = h[0] * eba[1] - h[1] * eba[0];
+}
+
+// exp(-i phi) of a double phase, rounded to T: the reduction modulo 2 pi is done in double
+// so phases of hundreds of radians keep full T accuracy.
+template <typename T>
+MESHFT_HD inline Cplx<T> expmi(double phi) {
+  return {T(cos(phi)), T(-sin(phi))};
+}
+
+}  // namespace meshft
