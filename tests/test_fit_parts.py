@@ -292,3 +292,61 @@ def test_block_average_matches_numpy():
     ref = img[:6, :9, :9].reshape(2, 3, 3, 3, 3, 3).mean(axis=(1, 3, 5))
     np.testing.assert_allclose(out, ref, rtol=1e-12)
     assert block_average(torch.from_numpy(img), 1) is not None
+
+
+# ----------------------------------------------------------------------------- rollback
+def _tiny_fitter(**cfg):
+    from deltamic_core.fit import Fitter
+    from deltamic_core.mesh import Mesh
+    from deltamic_core.psf import GaussianPSF
+
+    v, f = _icosphere(1, radius=2.5)
+    v = v + 6.0
+    z, y, x = np.meshgrid(*[np.arange(12.0)] * 3, indexing="ij")
+    r = np.sqrt((z - 6) ** 2 + (y - 6) ** 2 + (x - 6) ** 2)
+    img = np.exp(-((r - 3.0) ** 2) / 2.0)  # a blurred shell of radius 3
+    config = FitConfig(**{"iterations": 4, "levels": (1,), "backend": "torch", **cfg})
+    return Fitter(img, 1.0, Mesh(v, f), GaussianPSF(sigma_um=1.0), config)
+
+
+def test_nan_render_is_rolled_back_with_halved_step():
+    fitter = _tiny_fitter()
+    fitter.step()
+    before = fitter.current_mesh().verts
+    lr_before = fitter.lr
+    renderer = fitter._level.renderer
+    real_render = renderer.render
+    calls = {"n": 0}
+
+    def nan_once(*args, **kwargs):
+        calls["n"] += 1
+        out = real_render(*args, **kwargs)
+        return out * float("nan") if calls["n"] == 1 else out
+
+    renderer.render = nan_once
+    res = fitter.step()
+    assert res.rolled_back and np.isnan(res.loss)
+    np.testing.assert_array_equal(res.verts, before)
+    np.testing.assert_array_equal(fitter.current_mesh().verts, before)
+    assert fitter.lr == pytest.approx(lr_before / 2)
+    assert fitter.iteration == 1  # the failed step does not count
+    res = fitter.step()  # the retry succeeds and moves on
+    assert not res.rolled_back and np.isfinite(res.loss) and fitter.iteration == 2
+    final = fitter.run()
+    assert np.all(np.isfinite(final.mesh.verts)) and final.n_rollbacks == 1
+    assert all(np.isfinite(final.loss_history))
+
+
+def test_repeated_failures_raise_and_keep_a_finite_mesh():
+    from deltamic_core.fit import FitDivergedError
+
+    fitter = _tiny_fitter(max_failures=3)
+    fitter.step()
+    good = fitter.current_mesh().verts
+    renderer = fitter._level.renderer
+    renderer.render = lambda *a, **k: torch.full(renderer.shape, float("inf"))
+    fitter.step()
+    fitter.step()
+    with pytest.raises(FitDivergedError, match="diverged"):
+        fitter.step()
+    np.testing.assert_array_equal(fitter.result().mesh.verts, good)
