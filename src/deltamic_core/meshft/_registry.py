@@ -107,6 +107,9 @@ def _register_defaults() -> None:
     register_backend("torch", TorchBackend())
     for name, b in _native.backends().items():
         register_backend(name, b)
+    from .nufft_backend import NufftBackend  # approximate; listed only where finufft imports
+
+    register_backend("nufft", NufftBackend())
 
 
 _register_defaults()

@@ -114,6 +114,7 @@ class NufftBackend:
 
     name = "nufft"
     needs_band = True
+    exact = False
 
     def __init__(self, tol: float = 1e-6, nthreads: int | None = None):
         if not (0 < tol < 1):
