@@ -14,6 +14,7 @@ frequencies, exact up to the PSF tails that leave the box (the renderer pads the
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -76,13 +77,18 @@ def bessel_j0(x: torch.Tensor) -> torch.Tensor:
     return _BesselJ0.apply(x)
 
 
-def leggauss(n: int, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Legendre nodes and weights on [0, 1]."""
-    import numpy as np
+@functools.lru_cache(maxsize=64)
+def _leggauss_np(n: int):
+    from scipy.special import roots_legendre
 
-    x, w = np.polynomial.legendre.leggauss(int(n))
-    return (torch.as_tensor(0.5 * (x + 1.0), dtype=dtype, device=device),
-            torch.as_tensor(0.5 * w, dtype=dtype, device=device))
+    x, w = roots_legendre(int(n))
+    return 0.5 * (x + 1.0), 0.5 * w
+
+
+def leggauss(n: int, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Legendre nodes and weights on [0, 1] (cached per n)."""
+    x, w = _leggauss_np(int(n))
+    return torch.as_tensor(x, dtype=dtype, device=device), torch.as_tensor(w, dtype=dtype, device=device)
 
 
 def interp1d_uniform(y: torch.Tensor, step: float, x: torch.Tensor) -> torch.Tensor:
