@@ -54,7 +54,12 @@ def _check_freqs(freqs, verts: torch.Tensor):
     """(K, 3) tensor of verts' dtype/device, or a GridBand (converted, kept for band backends)."""
     if isinstance(freqs, GridBand):
         return freqs.freqs(dtype=verts.dtype, device=verts.device), freqs
-    k = as_tensor(freqs, "freqs")
+    if isinstance(freqs, torch.Tensor):
+        k = freqs
+    else:  # array-likes follow verts; only tensors must match exactly
+        k = as_tensor(freqs, "freqs")
+        if k.dtype.is_floating_point:
+            k = k.to(dtype=verts.dtype, device=verts.device)
     if k.ndim != 2 or k.shape[1] != 3:
         raise ValueError(f"freqs must have shape (K, 3) in cycles/um, (z, y, x) order, got {tuple(k.shape)}")
     if not k.dtype.is_floating_point:
@@ -72,7 +77,12 @@ def _check_freqs(freqs, verts: torch.Tensor):
 def _check_weights(weights, verts: torch.Tensor, n_faces: int) -> torch.Tensor:
     if weights is None:
         return torch.ones(n_faces, dtype=verts.dtype, device=verts.device)
-    w = as_tensor(weights, "weights")
+    if isinstance(weights, torch.Tensor):
+        w = weights
+    else:
+        w = as_tensor(weights, "weights")
+        if w.dtype.is_floating_point:
+            w = w.to(dtype=verts.dtype, device=verts.device)
     if w.ndim != 1 or w.shape[0] != n_faces:
         raise ValueError(f"weights must have shape (F,) = ({n_faces},), one intensity per face, got {tuple(w.shape)}")
     if not w.dtype.is_floating_point:
@@ -108,6 +118,10 @@ def mesh_ft(verts, faces, freqs, weights=None, *, backend: str = "auto") -> torc
         U(k) = sum_t w_t * integral_t exp(-2 pi i k.x) dS; U(0) = sum_t w_t * area_t (um^2).
     """
     v = check_vertices(verts, "verts")
+    if isinstance(faces, torch.Tensor):  # before check_faces reads the indices
+        check_same_device([("verts", v), ("faces", faces)])
+    else:
+        faces = as_tensor(faces, "faces").to(v.device)
     f = check_faces(faces, v.shape[0], "faces")
     check_same_device([("verts", v), ("faces", f)])
     k, band = _check_freqs(freqs, v)
