@@ -12,7 +12,6 @@ Surface layers hold vertices in um, so image and meshes overlay without further 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 import time
@@ -25,12 +24,14 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QStackedWidget,
     QTableWidget,
@@ -120,13 +121,22 @@ class DeltaMicWidget(QWidget):
         self.measurements: list[dict] = []
         self._measure_columns: list[str] = []
 
-        layout = QVBoxLayout(self)
+        # the controls scroll, so the dock fits small screens
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addWidget(self._build_image_group())
         layout.addWidget(self._build_seed_group())
         layout.addWidget(self._build_psf_group())
         layout.addWidget(self._build_fit_group())
         layout.addWidget(self._build_results_group())
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         self._on_image_changed()
         self._on_seed_source_changed()
         self._install_close_hooks()
@@ -141,12 +151,12 @@ class DeltaMicWidget(QWidget):
         row = QHBoxLayout()
         self.spacing_boxes = []
         for axis in "zyx":
-            b = spin(1.0, 1e-4, 1e4, decimals=4, suffix="um", tooltip=f"voxel size along {axis} (um)")
+            b = spin(1.0, 1e-3, 1e4, decimals=3, tooltip=f"voxel size along {axis} (um)")
             b.valueChanged.connect(self._on_spacing_edited)
             row.addWidget(QLabel(axis))
             row.addWidget(b)
             self.spacing_boxes.append(b)
-        form.addRow("spacing", row)
+        form.addRow("spacing (um)", row)
         return box
 
     def _build_seed_group(self) -> QGroupBox:
@@ -838,21 +848,22 @@ def parse_zernike(text: str) -> dict[int, float]:
     return out
 
 
-def measure_rows(result) -> list[dict]:
-    """Flatten ``deltamic_core.geometry.measure``'s output into table rows (one per cell)."""
-    cells, contacts = result if isinstance(result, tuple) else (result, None)
-    if isinstance(cells, dict):
-        keys = list(cells)
-        n = len(cells[keys[0]])
-        rows = [{k: _scalar(cells[k][i]) for k in keys} for i in range(n)]
-    else:
-        rows = [dict(dataclasses.asdict(r)) if dataclasses.is_dataclass(r) else dict(r) for r in cells]
+def measure_rows(table) -> list[dict]:
+    """One row per cell from ``deltamic_core.geometry.measure``'s table, plus its contacts.
+
+    The (n, 3) ``centroid`` column is dropped (its components are separate columns); each row
+    gets the total area shared with other cells and the list of neighbours with the areas.
+    """
+    contacts = getattr(table, "contacts", None) or {"cell_a": [], "cell_b": [], "area_um2": []}
+    rows = []
+    for row in table.rows():
+        row = {k: v for k, v in row.items() if k != "centroid"}
+        cell = row["cell"]
+        shared = []
+        for a, b, area in zip(contacts["cell_a"], contacts["cell_b"], contacts["area_um2"]):
+            if a == cell or b == cell:
+                shared.append((int(b if a == cell else a), float(area)))
+        row["contact_area_um2"] = float(sum(area for _, area in shared))
+        row["contacts"] = " ".join(f"{other}:{area:.3g}" for other, area in sorted(shared))
+        rows.append(row)
     return rows
-
-
-def _scalar(v):
-    if isinstance(v, (np.floating, float)):
-        return float(v)
-    if isinstance(v, (np.integer, int)):
-        return int(v)
-    return v
