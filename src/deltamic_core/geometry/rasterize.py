@@ -51,7 +51,7 @@ def _crossings(tri: np.ndarray, ni: int, nj: int):
     with np.errstate(invalid="ignore", divide="ignore"):
         s = (p0 * e2b - p1 * e2a) / det
         r = (e1a * p1 - e1b * p0) / det
-    hit = (det != 0) & (s >= 0) & (r >= 0) & (s + r <= 1)
+        hit = (det != 0) & (s >= 0) & (r >= 0) & (s + r <= 1)
     t, s, r, ii, jj = t[hit], s[hit], r[hit], ii[hit], jj[hit]
     x = tri[t, 0, 2] + s * (tri[t, 1, 2] - tri[t, 0, 2]) + r * (tri[t, 2, 2] - tri[t, 0, 2])
     return ii, jj, x

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from ..mesh import Mesh
-from .ops import _face_face_manifold_pairs, edges, face_areas, min_angles, orient_outward
+from .ops import _face_face_manifold_pairs, edges, face_areas, min_angles, offset_to_volume, orient_outward, signed_volume
 
 __all__ = ["remesh", "triangle_quality"]
 
@@ -126,7 +126,16 @@ def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iteratio
     return origin_of[fixed], new_v[len(fixed):], new_f, kept_faces
 
 
-def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = True) -> Mesh:
+def _keep_volume(new_v: np.ndarray, new_f: np.ndarray, target_signed: float) -> np.ndarray:
+    """Offset a closed patch (wound like its input) so its signed volume equals the input's."""
+    if target_signed == 0:
+        return new_v
+    outward = new_f if target_signed > 0 else new_f[:, [0, 2, 1]]
+    return offset_to_volume(Mesh(new_v, outward), abs(target_signed)).verts
+
+
+def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = True,
+           preserve_volume: bool = True) -> Mesh:
     """Isotropic remeshing to a target edge length, cell by cell (see the module docstring).
 
     Parameters
@@ -140,6 +149,10 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
         Botsch-Kobbelt iterations (split, collapse, flip, smooth, project).
     project : bool
         Project the new vertices back onto the input surface (keeps the shape).
+    preserve_volume : bool
+        Closed surfaces without junctions (separate cells, plain meshes) are offset along
+        their normals to keep their input volume: new vertices lie on the input's facets, so
+        without this every remesh of a convex cell shrinks it (about 2% at edge = R / 4).
 
     Returns
     -------
@@ -183,6 +196,8 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
             out_faces.append(patch_faces)
         else:
             fixed_global, new_v, new_f, kept_faces = result
+            if preserve_volume and len(fixed_global) == 0 and len(kept_faces) == 0:
+                new_v = _keep_volume(new_v, new_f, signed_volume(verts, patch_faces))
             index = np.concatenate([fixed_global, n_total + np.arange(len(new_v))])
             out_verts.append(new_v)
             n_total += len(new_v)
