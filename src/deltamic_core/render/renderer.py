@@ -139,7 +139,7 @@ class Renderer:
         check_memory(self._grid_bytes(plan=True), "the render plan (padded FFT grid)", self.max_memory_bytes)
         self._otf_key = None
         self._otf_band = None
-        self.update_band()
+        self.update_band(_stacklevel=3)
 
     # ------------------------------------------------------------------ plan / band
     @property
@@ -154,7 +154,7 @@ class Renderer:
     def origin_um(self) -> tuple[float, float, float]:
         return self.image_grid.origin_um
 
-    def update_band(self, threshold=None, *, relax: float = 1.0) -> GridBand:
+    def update_band(self, threshold=None, *, relax: float = 1.0, _stacklevel: int = 2) -> GridBand:
         """Recompute the narrow band from the PSF's current OTF (call it after the PSF
         parameters changed).
 
@@ -194,7 +194,7 @@ class Renderer:
                 f"{self.nyquist_otf:.2g} of its maximum at the Nyquist frequency; the image is "
                 "band-limited to the grid (frequencies beyond Nyquist are dropped)",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=_stacklevel,
             )
         blur = tuple(float(b) for b in self.psf.extent_um())
         self.box = PaddedBox(self.box.image, self.box.grid, self.box.lo, blur)
