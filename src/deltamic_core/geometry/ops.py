@@ -104,11 +104,21 @@ def signed_volume(verts, faces):
     return float(_tet_volumes(v, faces, v.mean(axis=0)).sum())
 
 
-def edges(faces) -> np.ndarray:
-    """Unique undirected edges (E, 2) int64, each row sorted (i < j)."""
+def edge_counts(faces) -> tuple[np.ndarray, np.ndarray]:
+    """Unique undirected edges (E, 2) (rows sorted, i < j) and how many faces use each."""
     f = np.asarray(faces, dtype=np.int64)
     e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    return np.unique(e, axis=0)
+    if len(e) == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    # one int64 key per edge: np.unique on 1D keys is far faster than on rows
+    n = int(e.max()) + 1
+    keys, counts = np.unique(e[:, 0] * n + e[:, 1], return_counts=True)
+    return np.stack([keys // n, keys % n], axis=1), counts
+
+
+def edges(faces) -> np.ndarray:
+    """Unique undirected edges (E, 2) int64, each row sorted (i < j)."""
+    return edge_counts(faces)[0]
 
 
 def edge_lengths(verts, faces_or_edges):
@@ -260,11 +270,15 @@ def _face_face_manifold_pairs(faces: np.ndarray):
     n = len(f)
     directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
     face_of = np.tile(np.arange(n), 3)
+    if n == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, bool)
     key = np.sort(directed, axis=1)
-    order = np.lexsort((key[:, 1], key[:, 0]))
+    key = key[:, 0] * (int(key.max()) + 1) + key[:, 1]
+    order = np.argsort(key, kind="stable")
     key_s = key[order]
     boundary = np.ones(len(order) + 1, dtype=bool)
-    boundary[1:-1] = np.any(key_s[1:] != key_s[:-1], axis=1)
+    boundary[1:-1] = key_s[1:] != key_s[:-1]
     starts = np.flatnonzero(boundary[:-1])
     counts = np.diff(np.flatnonzero(boundary))
     two = starts[counts == 2]

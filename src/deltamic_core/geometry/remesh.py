@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from ..mesh import Mesh
-from .ops import _face_face_manifold_pairs, edges, face_areas, min_angles, offset_to_volume, orient_outward, signed_volume
+from .ops import _face_face_manifold_pairs, edge_counts, edges, face_areas, min_angles, offset_to_volume, orient_outward, signed_volume
 
 __all__ = ["remesh", "triangle_quality"]
 
@@ -43,15 +43,13 @@ def triangle_quality(mesh: Mesh) -> dict:
 
 def _boundary_edges(faces: np.ndarray) -> np.ndarray:
     """Undirected edges used by exactly one face, (B, 2) sorted rows."""
-    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    uniq, counts = np.unique(e, axis=0, return_counts=True)
+    uniq, counts = edge_counts(faces)
     return uniq[counts == 1]
 
 
 def _nonmanifold_vertices(faces: np.ndarray, n_verts: int) -> np.ndarray:
     """Vertices on an edge with more than two faces, or whose faces do not form one fan."""
-    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    uniq, counts = np.unique(e, axis=0, return_counts=True)
+    uniq, counts = edge_counts(faces)
     bad = np.zeros(n_verts, dtype=bool)
     bad[uniq[counts > 2].reshape(-1)] = True
     n_faces = np.bincount(faces.reshape(-1), minlength=n_verts)

@@ -8,7 +8,6 @@ recorded in :attr:`ImageMeta.spacing_source` so callers can warn about the defau
 from __future__ import annotations
 
 import os
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +123,7 @@ def _imagej_spacing(tf) -> tuple[tuple[float, float, float] | None, str]:
     factor = unit_to_um(unit) if unit is not None else None
     if factor is None:
         return None, "pixel"
-    page = tf.pages.first
+    page = tf.pages[0]
     tags = page.tags
     sx = _resolution_to_size(tags["XResolution"].value) if "XResolution" in tags else None
     sy = _resolution_to_size(tags["YResolution"].value) if "YResolution" in tags else None
