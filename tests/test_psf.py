@@ -99,7 +99,7 @@ def test_gaussian_otf_gradient_wrt_sigma_matches_finite_differences():
         return torch.func.functional_call(model, {"log_diag": torch.log(sigma)}, (grid,), {"dtype": torch.float64})
 
     sigma = torch.tensor([0.9, 0.3, 0.25], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(otf_of_sigma, (sigma,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(otf_of_sigma, (sigma,), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
 def test_gaussian_full_covariance_gradient_matches_finite_differences():
@@ -113,7 +113,7 @@ def test_gaussian_full_covariance_gradient_matches_finite_differences():
 
     ld = model.log_diag.detach().clone().requires_grad_(True)
     od = model.offdiag.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(otf_of, (ld, od), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(otf_of, (ld, od), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
 def test_gaussian_parameters_are_learnable_and_freezable():
@@ -220,6 +220,7 @@ def _gl_quad(na, lam, ni, ns, pz, z_rel, r, ng=1.515, tg=170.0, ti0=150.0):
 # ---------------------------------------------------------------------------------------
 # Gibson-Lanni
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("na, ni, ns, pz", [
     (1.3, 1.515, 1.515, 0.0),     # index matched
     (1.4, 1.515, 1.33, 10.0),     # depth-induced spherical aberration, supercritical angles
@@ -287,6 +288,7 @@ def test_gibson_lanni_hankel_and_grid_otfs_agree_away_from_the_missing_cone():
     assert float((hankel - full).abs().max()) < 5e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [
     GibsonLanniPSF(na=0.9, wavelength_um=0.5, ni=1.33, ni0=1.33, ns=1.33),
     HanserPSF(0.9, 0.5, 1.33, {11: 0.1}),
@@ -307,6 +309,7 @@ def test_otf_of_an_undersampled_grid_is_alias_free(model):
     assert float((naive - ref).abs().max()) > 5 * err
 
 
+@pytest.mark.slow
 def test_gibson_lanni_otf_gradients_match_finite_differences():
     grid = FFTGrid((6, 8, 8), (0.3, 0.12, 0.12))
     model = GibsonLanniPSF(na=1.2, wavelength_um=0.55, ni=1.33, ni0=1.33, ns=1.4, particle_depth_um=4.0)
@@ -320,6 +323,21 @@ def test_gibson_lanni_otf_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(otf_of, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
+def test_gibson_lanni_psf_interpolates_the_radial_profile_accurately():
+    model = GibsonLanniPSF(na=1.3, wavelength_um=0.55, ni=1.515, ni0=1.515, ns=1.4, particle_depth_um=3.0)
+    grid = FFTGrid((8, 40, 40), (0.3, 0.065, 0.07))
+    h = model.psf(grid, dtype=torch.float64).detach()
+    z, y, x = grid.centred_coords()
+    iy, ix = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    sel = (iy * 7 + ix * 3) % 11 == 0             # a scatter of off-axis pixels
+    r = torch.sqrt(y[iy[sel]] ** 2 + x[ix[sel]] ** 2)
+    exact = model.radial_profile(z, r).detach()
+    got = h[:, iy[sel], ix[sel]]
+    scale = exact.max() / h.max()
+    assert float((got * scale - exact).abs().max() / exact.max()) < 2e-4
+
+
+@pytest.mark.slow
 def test_gibson_lanni_extent_bounds_the_psf():
     model = GibsonLanniPSF(na=1.3, wavelength_um=0.55, ni=1.515, ni0=1.515, ns=1.515, max_extent_um=(12, 8, 8))
     ez, ey, ex = model.extent_um()
@@ -409,6 +427,7 @@ def test_hanser_zernike_coma_breaks_lateral_symmetry_along_its_axis():
     assert float((flip(h, 2) - h).abs().max()) > 0.05 * float(h.max())              # x mirror broken
 
 
+@pytest.mark.slow
 def test_hanser_gradients_wrt_zernike_and_na_match_finite_differences():
     grid = FFTGrid((6, 12, 12), (0.3, 0.08, 0.08))
     model = HanserPSF(1.1, 0.55, 1.33, {4: 0.1, 11: -0.05}, learn=("zernike", "na"))
@@ -481,6 +500,15 @@ def test_measured_otf_on_its_own_grid_is_the_rfftn_and_zero_beyond_its_band():
     torch.testing.assert_close(crop_spectrum(o, grid), ref, atol=1e-12, rtol=0)
 
 
+def test_measured_as_dict_leaves_samples_out_unless_asked():
+    model = MeasuredPSF(np.fft.ifftshift(np.pad(np.ones((3, 3, 3)), 2)), (0.3, 0.1, 0.1))
+    d = model.as_dict()
+    assert "samples" not in d and d["shape"] == [7, 7, 7]
+    np.testing.assert_allclose(d["fwhm_um"], [0.9, 0.3, 0.3], rtol=1e-9)
+    with pytest.raises(ValueError, match="include_samples=True"):
+        psf_from_dict(d)
+
+
 def test_measured_bad_input():
     with pytest.raises(ValueError, match=r"image must be a 3D \(Z, Y, X\) array"):
         MeasuredPSF.from_bead_image(np.ones((10, 10)), (0.1, 0.1, 0.1))
@@ -523,7 +551,8 @@ def test_every_model_honours_the_contract(model):
     assert h.shape == grid.shape and h.dtype == torch.float32 and float(h.min()) >= -1e-2 * float(h.max())
     ext = model.extent_um()
     assert len(ext) == 3 and all(isinstance(e, float) and e > 0 for e in ext)
-    back = psf_from_dict(model.as_dict())
+    d = model.as_dict(include_samples=True) if isinstance(model, MeasuredPSF) else model.as_dict()
+    back = psf_from_dict(d)
     assert type(back) is type(model)
     torch.testing.assert_close(back.otf(grid, torch.float64), model.otf(grid, torch.float64), atol=1e-12, rtol=0)
     assert type(model).__name__ in model.describe()

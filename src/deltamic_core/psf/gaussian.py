@@ -145,9 +145,9 @@ class GaussianPSF(PSFModel):
         1/sigma^2 = 1/sigma_ex^2 + 1/sigma_em^2 (sigma / sqrt(2) when both wavelengths are
         equal). The excitation wavelength defaults to the emission wavelength.
 
-        The paraxial model is only an approximation at high NA (it widens the lateral and
-        shortens the axial width relative to vectorial models by a few tens of percent above
-        NA ~ 1); use :class:`GibsonLanniPSF` or :class:`HanserPSF` when that matters.
+        These are paraxial formulas: at high NA they are only indicative (Zhang et al. also
+        give non-paraxial fits); use :class:`GibsonLanniPSF` or :class:`HanserPSF`, or fit the
+        widths, when the PSF shape matters.
         """
         na = _positive(na, "na")
         lam = _positive(wavelength_um, "wavelength_um")

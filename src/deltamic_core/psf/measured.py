@@ -150,9 +150,16 @@ class MeasuredPSF(PSFModel):
         return tuple(float(np.abs(c[i]).max() + s) for c, i, s in zip(coords, nz, self.spacing_um))
 
     # -- reports -------------------------------------------------------------------------
-    def as_dict(self) -> dict[str, Any]:
-        return {"type": "MeasuredPSF", "spacing_um": list(self.spacing_um),
-                "shape": list(self.samples.shape), "samples": self.samples.detach().cpu().numpy().tolist()}
+    def as_dict(self, include_samples: bool = False) -> dict[str, Any]:
+        """Summary for reports (spacing, shape, FWHM, centroid); with ``include_samples`` also
+        the samples themselves (nested lists), so that ``from_dict`` can rebuild the model.
+        The samples are left out by default because reports are written every iteration."""
+        d: dict[str, Any] = {"type": "MeasuredPSF", "spacing_um": list(self.spacing_um),
+                             "shape": list(self.samples.shape), "fwhm_um": list(self.fwhm_um()),
+                             "centroid_um": list(self.centroid_um())}
+        if include_samples:
+            d["samples"] = self.samples.detach().cpu().numpy().tolist()
+        return d
 
     def describe(self) -> str:
         c = self.centroid_um()
@@ -161,6 +168,8 @@ class MeasuredPSF(PSFModel):
 
     @classmethod
     def _from_dict(cls, d: dict[str, Any]) -> "MeasuredPSF":
+        if "samples" not in d:
+            raise ValueError("d has no 'samples': write it with as_dict(include_samples=True) to rebuild a MeasuredPSF")
         return cls(np.asarray(d["samples"], dtype=float), d["spacing_um"])
 
     # -- diagnostics ---------------------------------------------------------------------
