@@ -9,7 +9,7 @@ import torch
 
 from ..grid import FFTGrid
 from ._base import PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _complex_of, _nonnegative, _positive
-from ._sampling import bessel_j0, crop_spectrum, interp1d_uniform, leggauss, oversampling_factors
+from ._sampling import bessel_j0, interp1d_uniform, leggauss, oversampling_factors
 
 _POSITIVE = ("na", "wavelength_um", "ni", "ni0", "ns", "ng", "ng0", "tg", "tg0", "ti0")
 
@@ -63,6 +63,11 @@ class GibsonLanniPSF(SampledPSFModel):
         energy per plane at any defocus, so a bound is needed).
     learn : names of the learnable parameters (others are fixed buffers); any of
         ``na, wavelength_um, ni, ni0, ns, ng, ng0, tg, tg0, ti0, particle_depth_um``.
+    otf_method : "hankel" (default) or "grid", see above. They differ only in the lateral
+        domain the PSF is integrated over (disc vs periodic box): for a widefield PSF, whose
+        far-defocused planes are wide and dim, that moves the OTF by a few percent at low
+        lateral frequencies and by < 1e-2 elsewhere (the renderer pads the box by
+        ``extent_um()``, which bounds the region where the PSF exceeds the threshold).
     """
 
     def __init__(self, na: float = 1.4, wavelength_um: float = 0.6, ni: float = 1.515, ni0: float = 1.515,

@@ -30,6 +30,8 @@ class HanserPSF(SampledPSFModel):
     disc on the frequency grid) or "soft" (linear ramp one frequency step wide, which
     makes the PSF differentiable w.r.t. NA and reduces staircase artefacts).
 
+    The defocus sign follows pyotf (exp(+2 pi i k_z z), inverse transform kernel
+    exp(+2 pi i k.x)); the aberration-free PSF is symmetric in z either way.
     The field is computed on an oversampled copy of the grid (the pupil must fit in the
     frequency box and the intensity must be alias free, see ``SampledPSFModel``).
 

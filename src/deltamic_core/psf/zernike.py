@@ -11,15 +11,16 @@ Z11 primary spherical = sqrt(5) (6 rho^4 - 6 rho^2 + 1).
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
 
 def noll_to_nm(j: int) -> tuple[int, int]:
     """Noll index j >= 1 -> (n, m) with m < 0 for the sin terms."""
-    if isinstance(j, bool) or not isinstance(j, (int,)) and not (hasattr(j, "__index__")):
+    if isinstance(j, bool) or not hasattr(j, "__index__"):
         raise TypeError(f"Noll index must be an integer, got {j!r}")
-    j = int(j)
+    j = operator.index(j)
     if j < 1:
         raise ValueError(f"Noll index must be >= 1, got {j}")
     n = 0
