@@ -1,0 +1,223 @@
+"""The deltaMic dock widget in a real (shown) napari viewer under Xvfb: a short real fit on the
+cropped sample embryo through the thread worker, Stop, close, results, and error reporting."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari_deltamic import _sample_data  # noqa: E402
+from napari_deltamic._widget import DeltaMicWidget, parse_zernike  # noqa: E402
+
+FIT_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="session")
+def embryo(tmp_path_factory):
+    """The sample embryo, rendered once per session into a private cache dir."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAPARI_DELTAMIC_CACHE", str(tmp_path_factory.mktemp("cache")))
+    try:
+        yield _sample_data.synthetic_embryo()
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Collect the error notifications the widget shows (instead of popping them up)."""
+    import napari.utils.notifications as notifications
+
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
+    return shown
+
+
+def _crop_one_cell(embryo, cell: int = 0, half_um: float = 5.5):
+    """A crop of the embryo stack around one cell's centroid; returns (crop, origin_um, centroid_um)."""
+    spacing = np.asarray(embryo["spacing_um"])
+    c = embryo["centroids_um"][cell]
+    lo = np.maximum(np.floor((c - half_um) / spacing).astype(int), 0)
+    hi = np.minimum(np.ceil((c + half_um) / spacing).astype(int) + 1, embryo["image"].shape)
+    crop = embryo["image"][lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    return crop, lo * spacing, c
+
+
+def _setup(viewer, embryo, iterations: int):
+    crop, origin, centroid = _crop_one_cell(embryo)
+    spacing = embryo["spacing_um"]
+    image = viewer.add_image(crop, name="crop", scale=spacing, translate=tuple(origin))
+    viewer.add_points(centroid[None], name="seeds", size=1.0)
+    w = DeltaMicWidget(viewer)
+    viewer.window.add_dock_widget(w, name="deltaMic")
+    w.image_combo.set_layer(image)
+    w.seed_source.setCurrentText("Points")
+    w.seed_combo.set_layer(viewer.layers["seeds"])
+    # the cell's equivalent radius is ~4.1 um: a seed of 3 um overlaps its membrane's blur
+    w.radius_box.setValue(3.0)
+    w.edge_box.setValue(1.5)  # ~100 triangles: keeps the test's iterations cheap
+    w.sigma_boxes[0].setValue(embryo["params"]["sigma_um"][0])
+    w.sigma_boxes[1].setValue(embryo["params"]["sigma_um"][1])
+    w.sigma_boxes[2].setValue(embryo["params"]["sigma_um"][2])
+    w.iter_box.setValue(iterations)
+    w.coarse_box.setChecked(False)
+    w.update_interval_s = 0.0  # update the layer after every iteration in the test
+    return w, image
+
+
+@pytest.mark.slow
+def test_short_fit_updates_surface_and_lowers_loss(make_napari_viewer, qtbot, embryo, errors, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    w, image = _setup(viewer, embryo, iterations=4)
+    w.run_button.click()
+    assert w.is_running and not w.run_button.isEnabled()
+    layer = viewer.layers["crop fit"]
+    v0 = np.array(layer.vertices, copy=True)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert errors == []
+    losses = w.loss_plot.values()
+    assert len(losses) == 4
+    assert np.all(np.diff(losses) < 0)
+    v1 = np.asarray(layer.vertices)
+    assert v1.shape == v0.shape and np.isfinite(v1).all()
+    assert np.abs(v1 - v0).max() > 1e-3  # the surface moved (um)
+    assert layer.metadata["fit_iteration"] == 4
+    assert w.first_update_s is not None and w.run_button.isEnabled()
+
+    # results: mesh export, instance labels on the image grid, measurements table and CSV
+    out = w.export_mesh(tmp_path / "fit.rec")
+    from deltamic_core.io import read_mesh
+
+    back = read_mesh(out)
+    np.testing.assert_allclose(back.verts, v1, atol=1e-4)
+    labels_layer = w.make_labels()
+    assert labels_layer.data.shape == image.data.shape
+    np.testing.assert_allclose(labels_layer.scale, image.scale)
+    np.testing.assert_allclose(labels_layer.translate, image.translate)
+    assert set(np.unique(labels_layer.data)) == {0, 1}
+    rows = w.measure()
+    assert len(rows) == 1 and w.table.rowCount() == 1
+    csv_path = w.save_csv(tmp_path / "cells.csv")
+    with open(csv_path, newline="") as fh:
+        read = list(csv.DictReader(fh))
+    assert len(read) == 1 and float(read[0]["volume_um3"]) > 0
+    assert errors == []
+
+
+@pytest.mark.slow
+def test_stop_mid_run_keeps_last_good_mesh(make_napari_viewer, qtbot, embryo, errors):
+    viewer = make_napari_viewer(show=True)
+    w, _ = _setup(viewer, embryo, iterations=500)
+    w.run_button.click()
+    qtbot.waitUntil(lambda: len(w.loss_plot.losses) >= 2, timeout=FIT_TIMEOUT_MS)
+    w.stop_button.click()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    n = w._last_step.iteration
+    assert 2 <= n < 500
+    layer = viewer.layers["crop fit"]
+    np.testing.assert_allclose(layer.vertices, w._last_step.verts.astype(np.float32))
+    assert np.isfinite(layer.vertices).all()
+    assert errors == []
+
+
+@pytest.mark.slow
+def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, embryo, errors):
+    viewer = make_napari_viewer(show=True)
+    w, _ = _setup(viewer, embryo, iterations=500)
+    w.run_button.click()
+    qtbot.waitUntil(lambda: len(w.loss_plot.losses) >= 1, timeout=FIT_TIMEOUT_MS)
+    assert w.shutdown(timeout_s=120)
+    assert not w.is_running
+    viewer.close()
+    assert errors == []
+
+
+def test_errors_are_reported_not_raised(make_napari_viewer, errors):
+    viewer = make_napari_viewer(show=True)
+    w = DeltaMicWidget(viewer)
+    w.run_fit()
+    assert errors and "no Image layer" in errors[-1]
+
+    viewer.add_image(np.zeros((20, 20), np.float32), name="flat")
+    w.run_fit()
+    assert "dimensions" in errors[-1]
+
+    viewer.layers.clear()
+    viewer.add_image(np.zeros((8, 16, 16), np.float32), name="vol", scale=(1.0, 0.5, 0.5))
+    viewer.add_points(np.zeros((0, 3)), name="none", ndim=3)
+    w.seed_source.setCurrentText("Points")
+    w.run_fit()
+    assert "no seeds" in errors[-1]
+
+    viewer.layers["none"].data = np.array([[100.0, 100.0, 100.0]])  # far outside the 8 x 8 x 8 um box
+    w.run_fit()
+    assert "outside the image" in errors[-1]
+    assert not w.is_running
+
+    w.psf_combo.setCurrentText("Hanser + Zernike")
+    w.zernike_edit.setText("4: abc")
+    w.preview()
+    assert "Zernike" in errors[-1]
+
+
+def test_psf_pages_and_spacing_follow_the_widget(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    w = DeltaMicWidget(viewer)
+    layer = viewer.add_image(np.zeros((4, 5, 6), np.float32), scale=(2.0, 0.5, 0.25))
+    assert w.spacing_um() == (2.0, 0.5, 0.25)
+    w.spacing_boxes[0].setValue(1.5)
+    assert tuple(layer.scale) == (1.5, 0.5, 0.25)
+    from deltamic_core.psf import GaussianPSF, GibsonLanniPSF, HanserPSF
+
+    for name, kind in [("Gaussian", GaussianPSF), ("Gibson-Lanni", GibsonLanniPSF), ("Hanser + Zernike", HanserPSF)]:
+        w.psf_combo.setCurrentText(name)
+        assert w.psf_pages.currentIndex() == w.psf_combo.currentIndex()
+        assert isinstance(w.make_psf(), kind)
+    w.zernike_edit.setText("4: 0.1, 11: -0.05")
+    assert w.make_psf().as_dict()["zernike"] in ({"4": 0.1, "11": -0.05}, {4: 0.1, 11: -0.05})
+
+
+def test_parse_zernike():
+    assert parse_zernike("") == {}
+    assert parse_zernike("4: 0.1; 11:-0.05") == {4: 0.1, 11: -0.05}
+    with pytest.raises(ValueError, match="Noll indices start at 1"):
+        parse_zernike("0: 1")
+    with pytest.raises(ValueError, match="noll: coefficient"):
+        parse_zernike("4 0.1")
+
+
+@pytest.mark.slow
+def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, qtbot, embryo, errors):
+    viewer = make_napari_viewer(show=True)
+    w, image = _setup(viewer, embryo, iterations=2)
+    w.run_button.click()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert errors == []
+    surface = viewer.layers["crop fit"]
+    viewer.layers["seeds"].visible = False
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (10.0, -35.0, 55.0)
+    viewer.reset_view()
+
+    def shot():
+        qtbot.wait(50)
+        return viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(np.float64)
+
+    both = shot()
+    surface.visible = False
+    image_only = shot()
+    surface.visible, image.visible = True, False
+    surface_only = shot()
+    image.visible = True
+    assert both.std() > 5.0, "the 3D view is blank"
+    # each layer contributes visibly: hiding it changes a noticeable part of the picture
+    assert np.mean(np.abs(both - image_only).sum(axis=-1) > 30) > 0.01, "the surface is not visible"
+    assert np.mean(np.abs(both - surface_only).sum(axis=-1) > 30) > 0.01, "the image is not visible"
+    # image and surface overlay in world coordinates (um): the surface sits inside the image box
+    lo, hi = image.extent.world
+    voxel = np.asarray(image.scale)
+    assert np.all(surface.vertices >= lo - voxel) and np.all(surface.vertices <= hi + voxel)
