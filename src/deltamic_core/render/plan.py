@@ -140,14 +140,77 @@ def band_from_otf(grid: FFTGrid, otf: torch.Tensor, threshold: float) -> GridBan
     return GridBand.from_mask(grid, mask)
 
 
-def nyquist_otf(otf: torch.Tensor) -> float:
-    """Largest |OTF| on the highest sampled frequency of each axis, relative to max|OTF|.
+def oversampled_grid(grid: FFTGrid, factor) -> FFTGrid:
+    """The grid with the same box (lengths L, origin) and ``factor`` times more voxels per
+    axis: its frequencies j / L extend ``factor`` times beyond ``grid``'s Nyquist frequency."""
+    q = tuple(int(f) for f in factor)
+    return FFTGrid(tuple(n * f for n, f in zip(grid.shape, q)),
+                   tuple(s / f for s, f in zip(grid.spacing_um, q)), grid.origin_um)
 
-    Large values mean the PSF is undersampled by the voxel grid: frequencies beyond Nyquist are
-    dropped (not aliased) by the renderer.
-    """
+
+def boundary_otf(otf: torch.Tensor) -> tuple[float, float, float]:
+    """max |OTF| on the highest frequency of each axis of an rfft half spectrum, relative to
+    max |OTF|: (z, y, x)."""
     mag = otf.detach().abs()
     peak = float(mag.max())
     nz, ny, _ = mag.shape
-    edges = [mag[nz // 2].max(), mag[:, ny // 2].max(), mag[:, :, -1].max()]
-    return float(max(float(e) for e in edges)) / peak if peak > 0 else float("nan")
+    edges = (mag[nz // 2].max(), mag[:, ny // 2].max(), mag[:, :, -1].max())
+    return tuple(float(e) / peak if peak > 0 else float("nan") for e in edges)
+
+
+def nyquist_otf(otf: torch.Tensor) -> float:
+    """Largest |OTF| on the highest sampled frequency of any axis, relative to max|OTF|.
+
+    Large values mean the PSF is undersampled by the voxel grid.
+    """
+    return max(boundary_otf(otf))
+
+
+@dataclass(frozen=True, eq=False)
+class AliasFold:
+    """Where each band frequency lands in the image grid's half spectrum.
+
+    Point samples of a continuous image at the voxel centres see every frequency k + j / s
+    (j integer) at the image-grid frequency k: the half-spectrum coefficient of bin b is the sum
+    of the continuous spectrum over all frequencies m / L with m = b (mod N). A band frequency
+    m (on the half spectrum of a finer grid of the same box, m_x >= 0) therefore adds its
+    coefficient to bin ``m mod N`` when that bin lies in the image grid's half spectrum
+    (``direct``), and, the image being real, the conjugate coefficient (the value at -m) to bin
+    ``-m mod N`` when that one does (``mirror``; only for m_x > 0, since m_x = 0 frequencies
+    come in +/- pairs within the band already).
+
+    direct_sel, mirror_sel : (Kd,), (Km,) int64 positions in the band
+    direct_bin, mirror_bin : (Kd,), (Km,) int64 flat indices into the image grid's rfft shape
+    """
+
+    direct_sel: torch.Tensor
+    direct_bin: torch.Tensor
+    mirror_sel: torch.Tensor
+    mirror_bin: torch.Tensor
+
+    def to(self, device) -> "AliasFold":
+        return AliasFold(*(t.to(device) for t in (self.direct_sel, self.direct_bin, self.mirror_sel, self.mirror_bin)))
+
+
+def alias_fold(band: GridBand, grid: FFTGrid, *, mirror: bool = True) -> AliasFold:
+    """Targets of ``band`` (on a grid with the same box as ``grid``) in ``grid``'s half spectrum.
+
+    With ``mirror=False`` (no folding: the band lies on ``grid`` itself) every band entry maps
+    to its own bin.
+    """
+    n = torch.tensor(grid.shape, dtype=torch.int64)
+    nz, ny, nxh = grid.rfft_shape
+    m = band.signed_modes()
+
+    def bins(modes):
+        b = torch.remainder(modes, n)
+        return b, (b[:, 0] * ny + b[:, 1]) * nxh + b[:, 2]
+
+    b, flat = bins(m)
+    direct = torch.nonzero(b[:, 2] < nxh).reshape(-1)
+    if not mirror:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return AliasFold(direct, flat[direct], empty, empty)
+    bm, flat_m = bins(-m)
+    mir = torch.nonzero((bm[:, 2] < nxh) & (m[:, 2] > 0)).reshape(-1)
+    return AliasFold(direct, flat[direct], mir, flat_m[mir])

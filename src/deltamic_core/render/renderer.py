@@ -24,8 +24,17 @@ Normalisation: the sum of the padded image times v is g * U(0) H(0) = g * (integ
 e.g. g * area for a membrane of unit surface density.
 
 Only frequencies where |H| > threshold * max|H| (the "narrow band") are evaluated; the others
-are zero. Frequencies above the grid's Nyquist frequency are dropped: the image is the
-band-limited image of the object (exact when the PSF is sampled at or above Nyquist).
+are zero.
+
+Undersampled PSFs (|H| still significant at the grid's Nyquist frequency, common laterally):
+point samples of the continuous image see every frequency k + j / s at the grid frequency k
+(aliasing). The series above then runs over all k = j / L, and the coefficient of the
+half-spectrum bin b is the sum of U H over the frequencies j = b (mod N). With
+``fold_aliases=True`` (default) the band is taken on an oversampled grid of the same box (the
+OTF evaluated up to q times the Nyquist frequency per axis, q the smallest factor where it
+falls below the threshold) and folded onto the image grid: the samples are then exact (no
+Gibbs ringing, no negative lobes from truncating the spectrum). ``fold_aliases=False`` drops the
+frequencies beyond Nyquist instead (the band-limited image).
 
 Numerics: the mesh transform is evaluated for vertices relative to the box centre
 c = p + L / 2, which keeps the phases 2 pi k.x about twice smaller (and near zero for an object
@@ -39,9 +48,10 @@ import warnings
 
 import torch
 
-from .._checks import check_memory, check_same_device, check_vertices
+from .._checks import as_tensor, check_memory, check_same_device, check_vertices
 from ..grid import FFTGrid, GridBand
-from .plan import PaddedBox, band_from_otf, check_band_threshold, nyquist_otf, padded_box
+from .plan import (PaddedBox, alias_fold, band_from_otf, boundary_otf, check_band_threshold, oversampled_grid,
+                   padded_box)
 from .spectra import face_unit_normals, signed_volume, volume_spectrum_from_parts
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -91,6 +101,11 @@ class Renderer:
     max_memory_bytes : float, optional
         Refuse plans/renders whose estimated working memory exceeds this (default: 80% of the
         available memory, see :func:`deltamic_core._checks.check_memory`).
+    fold_aliases : bool
+        Exact point sampling of an undersampled PSF by folding the frequencies beyond the
+        grid's Nyquist frequency (see the module docstring); False drops them.
+    max_oversampling : int
+        Largest oversampling factor per axis used to find those frequencies.
 
     Attributes
     ----------
@@ -99,17 +114,20 @@ class Renderer:
     image_grid : FFTGrid
         The requested image box.
     band : GridBand
-        The narrow band on ``grid``'s rfft half spectrum.
+        The narrow band: the evaluated frequencies, on the rfft half spectrum of ``band.grid``
+        (``grid`` itself, or the oversampled grid of the same box when aliases are folded).
+    oversampling : tuple of int
+        Oversampling factor (z, y, x) of ``band.grid`` relative to ``grid`` (1 = no aliasing).
     crop : tuple of slice
         ``padded[crop]`` is the image.
     nyquist_otf : float
         max |OTF| on the highest sampled frequency of each axis, relative to max|OTF|; above
-        ``band_threshold`` the band is truncated by the voxel grid (PSF undersampled).
+        ``band_threshold`` the PSF is undersampled by the voxel grid.
     """
 
     def __init__(self, shape, spacing_um, psf, origin_um=(0.0, 0.0, 0.0), *, band_threshold=1e-3,
                  backend: str = "auto", dtype=torch.float32, device="cpu", margin_um=None,
-                 max_memory_bytes=None):
+                 max_memory_bytes=None, fold_aliases: bool = True, max_oversampling: int = 8):
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if not (hasattr(psf, "otf") and hasattr(psf, "extent_um")):
@@ -129,13 +147,19 @@ class Renderer:
         self.backend = backend
         self.max_memory_bytes = max_memory_bytes
         self.band_threshold = check_band_threshold(band_threshold)
+        if not isinstance(fold_aliases, bool):
+            raise TypeError(f"fold_aliases must be True or False, got {fold_aliases!r}")
+        self.fold_aliases = fold_aliases
+        if isinstance(max_oversampling, bool) or not isinstance(max_oversampling, int) or max_oversampling < 1:
+            raise ValueError(f"max_oversampling must be an integer >= 1, got {max_oversampling!r}")
+        self.max_oversampling = max_oversampling
         self._margin_um = margin_um
         self.box: PaddedBox = padded_box(shape, spacing_um, origin_um, psf.extent_um(), margin_um)
         self.grid: FFTGrid = self.box.grid
         self.image_grid: FFTGrid = self.box.image
         self.crop = self.box.crop
         # The plan evaluates the OTF on the whole padded half spectrum: refuse absurd grids
-        # before that allocation.
+        # before that allocation (and again for each oversampled grid, in update_band).
         check_memory(self._grid_bytes(plan=True), "the render plan (padded FFT grid)", self.max_memory_bytes)
         self._otf_key = None
         self._otf_band = None
@@ -179,28 +203,57 @@ class Renderer:
             raise TypeError(f"relax must be a number >= 1, got {relax!r}") from None
         if not (math.isfinite(relax) and relax >= 1):
             raise ValueError(f"relax must be a finite number >= 1, got {relax}")
-        with torch.no_grad():
-            otf = self.psf.otf(self.grid, dtype=torch.float64, device=self.device)
-        if tuple(otf.shape) != self.grid.rfft_shape:
-            raise ValueError(
-                f"psf.otf returned shape {tuple(otf.shape)}, expected the rfft shape {self.grid.rfft_shape}"
-            )
-        self.band = band_from_otf(self.grid, otf, self.band_threshold / relax)
-        self.nyquist_otf = nyquist_otf(otf)
+        thr = self.band_threshold / relax
+        q = [1, 1, 1]
+        while True:
+            fine = oversampled_grid(self.grid, q)
+            check_memory(self._grid_bytes(plan=True, grid=fine), f"the render plan (OTF on a {fine.shape} grid)",
+                         self.max_memory_bytes)
+            with torch.no_grad():
+                otf = self.psf.otf(fine, dtype=torch.float64, device=self.device)
+            if tuple(otf.shape) != fine.rfft_shape:
+                raise ValueError(
+                    f"psf.otf returned shape {tuple(otf.shape)}, expected the rfft shape {fine.rfft_shape}"
+                )
+            edges = boundary_otf(otf)
+            if q == [1, 1, 1]:
+                self.nyquist_otf = max(edges)
+            if not self.fold_aliases:
+                break
+            grow = [a for a in range(3) if edges[a] > thr and q[a] < self.max_oversampling]
+            if not grow:
+                break
+            for a in grow:
+                q[a] += 1
+            del otf
+        self.oversampling = tuple(q)
+        self.band = band_from_otf(fine, otf, thr)
         del otf
-        if self.nyquist_otf > max(self.band_threshold, 1e-2):
+        if not self.fold_aliases and self.nyquist_otf > max(self.band_threshold, 1e-2):
             warnings.warn(
                 f"the PSF is undersampled by spacing_um={self.spacing_um}: |OTF| reaches "
-                f"{self.nyquist_otf:.2g} of its maximum at the Nyquist frequency; the image is "
-                "band-limited to the grid (frequencies beyond Nyquist are dropped)",
+                f"{self.nyquist_otf:.2g} of its maximum at the Nyquist frequency; with fold_aliases=False the "
+                "image is band-limited to the grid (frequencies beyond Nyquist are dropped)",
                 RuntimeWarning,
                 stacklevel=_stacklevel,
             )
+        elif self.fold_aliases and max(edges) > thr:
+            warnings.warn(
+                f"the OTF is still {max(edges):.2g} of its maximum at {self.max_oversampling}x the Nyquist "
+                f"frequency of spacing_um={self.spacing_um}: frequencies beyond are dropped (raise "
+                "max_oversampling or band_threshold)",
+                RuntimeWarning,
+                stacklevel=_stacklevel,
+            )
+        fold = alias_fold(self.band, self.grid, mirror=self.fold_aliases)
         blur = tuple(float(b) for b in self.psf.extent_um())
         self.box = PaddedBox(self.box.image, self.box.grid, self.box.lo, blur)
         self._wrap_lo, self._wrap_hi = self.box.wrap_free_bounds()
         dev = self.device
-        self._flat = self.band.flat_index(dev)
+        self._gather = self.band.flat_index(dev)  # band -> OTF grid (the oversampled grid)
+        self._fold = fold.to(dev)
+        # on the image grid itself every band entry has its own bin: one index_put, no gathers
+        self._identity = self.oversampling == (1, 1, 1) and len(fold.mirror_sel) == 0
         self._freqs = self.band.freqs(dtype=self.dtype, device=dev).contiguous()
         modes = self.band.signed_modes(dev)
         # exp(-2 pi i k . L/2) = (-1)^(sum of mode numbers): undoes the box-centre shift
@@ -230,13 +283,13 @@ class Renderer:
         object spectrum into the image's half-spectrum coefficients."""
         scale = self._sign / self.grid.voxel_volume_um3
         if self._psf_needs_grad():
-            otf = self.psf.otf(self.grid, dtype=self.dtype, device=self.device)
-            return otf.reshape(-1)[self._flat] * scale
+            otf = self.psf.otf(self.band.grid, dtype=self.dtype, device=self.device)
+            return otf.reshape(-1)[self._gather] * scale
         key = self._psf_state_key()
         if self._otf_band is None or key != self._otf_key:
             with torch.no_grad():
-                otf = self.psf.otf(self.grid, dtype=self.dtype, device=self.device)
-                self._otf_band = (otf.reshape(-1)[self._flat] * scale).contiguous()
+                otf = self.psf.otf(self.band.grid, dtype=self.dtype, device=self.device)
+                self._otf_band = (otf.reshape(-1)[self._gather] * scale).contiguous()
             self._otf_key = key
         return self._otf_band
 
@@ -245,16 +298,20 @@ class Renderer:
         return self._band_otf() * (self._sign * self.grid.voxel_volume_um3)
 
     # ------------------------------------------------------------------ memory
-    def _grid_bytes(self, plan: bool = False) -> float:
+    def _grid_bytes(self, plan: bool = False, grid: FFTGrid | None = None) -> float:
         r = torch.finfo(self.dtype).bits // 8
         c = 2 * r
-        n = math.prod(self.grid.shape)
-        n_r = math.prod(self.grid.rfft_shape)
         if plan:
             # OTF evaluated in float64 with a few full-size temporaries, plus the band mask
-            return n_r * (4 * 8 + 1)
+            return math.prod((grid or self.grid).rfft_shape) * (4 * 8 + 1)
+        n = math.prod(self.grid.shape)
+        n_r = math.prod(self.grid.rfft_shape)
         # forward: scatter target + irfftn work buffer + real output; backward: the same again
-        return 2 * (2 * c * n_r + r * n)
+        total = 2 * (2 * c * n_r + r * n)
+        band_grid = getattr(getattr(self, "band", None), "grid", self.grid)
+        if any(p.requires_grad for p in getattr(self.psf, "parameters", lambda: [])()):
+            total += 2 * c * math.prod(band_grid.rfft_shape)  # OTF re-evaluated in the graph
+        return total
 
     def memory_estimate_bytes(self, n_faces: int = 0, n_verts: int = 0, *, volume: bool = False) -> float:
         """Working memory (bytes) of one render + backward for a mesh of the given size: padded
@@ -286,19 +343,23 @@ class Renderer:
 
     # ------------------------------------------------------------------ execution
     def _prepare(self, verts, faces, weights):
+        if isinstance(verts, torch.Tensor):  # before any value is read from a foreign device
+            check_same_device([("verts", verts), (f"the renderer (device={self.device})", self._gather)])
         v = check_vertices(verts, "verts")
-        check_same_device([("verts", v), ("renderer (device=%s)" % self.device, self._flat)])
-        if isinstance(faces, torch.Tensor):
-            check_same_device([("faces", faces), ("verts", v)])
+        if v.device != self.device:
+            v = v.to(self.device)
+        # array-likes are placed on the plan's device; tensors must already be there
+        faces = as_tensor(faces, "faces", device=None if isinstance(faces, torch.Tensor) else self.device)
+        check_same_device([("faces", faces), ("verts", v)])
         if weights is not None:
             if not isinstance(weights, torch.Tensor):
-                weights = torch.as_tensor(weights)
+                weights = as_tensor(weights, "weights", device=self.device)
             check_same_device([("weights", weights), ("verts", v)])
             if weights.dtype.is_floating_point:
                 weights = weights.to(self.dtype)
         self._check_inside(v)
-        n_faces = int(faces.shape[0]) if hasattr(faces, "shape") and len(faces.shape) == 2 else 0
-        return v, weights, n_faces
+        n_faces = int(faces.shape[0]) if faces.ndim == 2 else 0
+        return v, faces, weights, n_faces
 
     def _check_inside(self, v: torch.Tensor) -> None:
         with torch.no_grad():
@@ -329,7 +390,7 @@ class Renderer:
         freqs = self._freqs_arg()
         spec = mesh_ft(vc, faces, freqs, weights, backend=self.backend)
         if not _is_zero(volume_weight):
-            faces_t = torch.as_tensor(faces, device=v.device).long()
+            faces_t = faces.long()
             normals = face_unit_normals(vc, faces_t)
             parts = [mesh_ft(vc, faces_t, freqs, normals[:, a].contiguous(), backend=self.backend)
                      for a in range(3)]
@@ -352,9 +413,11 @@ class Renderer:
         Returns
         -------
         (K,) complex tensor: U(k) at ``band.freqs()``, for coordinates relative to the padded
-        box origin ``grid.origin_um`` (the spectrum irfftn turns into the padded image).
+        box origin ``grid.origin_um``. Times ``otf_band()`` / voxel volume, folded onto the
+        half spectrum of ``grid`` (identity without aliasing), irfftn turns it into the padded
+        image.
         """
-        v, weights, n_faces = self._prepare(verts, faces, weights)
+        v, faces, weights, n_faces = self._prepare(verts, faces, weights)
         self._check_render_memory(n_faces, v.shape[0], volume_weight)
         return self._centred_spectrum(v, faces, weights, volume_weight) * self._sign
 
@@ -382,13 +445,22 @@ class Renderer:
         (Z, Y, X) tensor of the renderer's dtype: g * (u conv h)(x_n) + b at the voxel
         centres x_n = origin_um + n * spacing_um.
         """
-        v, weights, n_faces = self._prepare(verts, faces, weights)
+        v, faces, weights, n_faces = self._prepare(verts, faces, weights)
         self._check_render_memory(n_faces, v.shape[0], volume_weight)
         coeffs = self._centred_spectrum(v, faces, weights, volume_weight) * self._band_otf()
         if not (isinstance(gain, (int, float)) and gain == 1):
             coeffs = coeffs * gain
+        # in place on a fresh buffer: autograd-safe, no copy
         half = torch.zeros(math.prod(self.grid.rfft_shape), dtype=coeffs.dtype, device=coeffs.device)
-        half = half.index_put((self._flat,), coeffs).reshape(self.grid.rfft_shape)
+        fold = self._fold
+        if self._identity:
+            half.index_put_((fold.direct_bin,), coeffs)
+        else:
+            # aliases of one bin add up; frequencies with k_x < 0 enter as conjugates
+            half.index_add_(0, fold.direct_bin, coeffs[fold.direct_sel])
+            if len(fold.mirror_sel):
+                half.index_add_(0, fold.mirror_bin, coeffs[fold.mirror_sel].conj())
+        half = half.reshape(self.grid.rfft_shape)
         padded = torch.fft.irfftn(half, s=self.grid.shape)
         image = padded[self.crop]
         if not (isinstance(background, (int, float)) and background == 0):
@@ -406,7 +478,7 @@ class Renderer:
     def __repr__(self) -> str:
         return (
             f"Renderer(shape={self.shape}, spacing_um={self.spacing_um}, origin_um={self.origin_um}, "
-            f"padded={self.grid.shape}, band={len(self.band)} ({100 * self.band.fraction:.2f}%), "
+            f"padded={self.grid.shape}, oversampling={self.oversampling}, band={len(self.band)}, "
             f"dtype={self.dtype}, backend={self.backend!r})"
         )
 
