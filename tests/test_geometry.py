@@ -435,3 +435,51 @@ def test_embryo_measurements_and_contacts(embryo):
     assert table.contacts["area_um2"].tolist() == c["area_um2"].tolist()
     rows = table.rows()
     assert rows[0]["cell"] == 1 and isinstance(rows[0]["volume_um3"], float)
+
+
+def _split_ellipsoid(shape=(40, 44, 48)):
+    """Three cells from one ellipsoid cut by the planes x = 24 and z = 22 (ids 1, 2, 5)."""
+    z, y, x = np.indices(shape)
+    lab = np.zeros(shape, np.int32)
+    lab[((z - 20) / 12.0) ** 2 + ((y - 22) / 14.0) ** 2 + ((x - 24) / 18.0) ** 2 <= 1] = 1
+    lab[(lab == 1) & (x >= 24)] = 2
+    lab[(lab == 1) & (z >= 22)] = 5
+    return lab
+
+
+def _voxel_face_area(lab, a, b, spacing):
+    sz, sy, sx = spacing
+    area = 0.0
+    for d, face in enumerate((sy * sx, sz * sx, sz * sy)):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[d], hi[d] = slice(0, -1), slice(1, None)
+        A, B = lab[tuple(lo)], lab[tuple(hi)]
+        area += np.count_nonzero(((A == a) & (B == b)) | ((A == b) & (B == a))) * face
+    return area
+
+
+def test_meshes_from_labels_shared_membranes():
+    lab = _split_ellipsoid()
+    spacing = (0.8, 0.4, 0.4)
+    mesh = meshes_from_labels(lab, spacing, edge_um=0.8, shared=True)
+    assert mesh.cell_ids.tolist() == [1, 2, 5]
+    for c in (1, 2, 5):
+        assert len(_boundary_edges(cell_faces(mesh, c))) == 0  # every cell closed
+    # the membrane between 1 and 2 is one sheet used by both cells, not two copies
+    between = ((mesh.labels == [1, 2]) | (mesh.labels == [2, 1])).all(axis=1)
+    assert between.sum() > 0
+    faces_1 = set(map(tuple, np.sort(cell_faces(mesh, 1), axis=1).tolist()))
+    faces_2 = set(map(tuple, np.sort(cell_faces(mesh, 2), axis=1).tolist()))
+    assert faces_1 & faces_2 == set(map(tuple, np.sort(mesh.faces[between], axis=1).tolist()))
+    table = measure(mesh)
+    for cell, vol in zip(table["cell"], table["volume_um3"]):
+        assert vol == pytest.approx(np.count_nonzero(lab == cell) * np.prod(spacing), rel=0.02)
+    # flat interfaces: their area is the voxel-face area (up to the rounded rim at the junction)
+    c = contacts(mesh)
+    for a, b, area in zip(c["cell_a"], c["cell_b"], c["area_um2"]):
+        assert area == pytest.approx(_voxel_face_area(lab, a, b, spacing), rel=0.06)
+    back = label_image(mesh, lab.shape, spacing)
+    for cell in (1, 2, 5):
+        iou = np.count_nonzero((lab == cell) & (back == cell)) / np.count_nonzero((lab == cell) | (back == cell))
+        assert iou >= 0.95, (cell, iou)

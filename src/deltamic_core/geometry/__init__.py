@@ -20,6 +20,7 @@ from .measure import Measurements, contact_matrix, contacts, measure
 from .rasterize import inside_mask, label_image
 from .remesh import remesh, triangle_quality
 from .seed import icosphere, meshes_from_labels, seed_spheres
+from .surface_nets import surface_nets
 
 __all__ = [
     "face_areas",
@@ -40,6 +41,7 @@ __all__ = [
     "icosphere",
     "seed_spheres",
     "meshes_from_labels",
+    "surface_nets",
     "remesh",
     "triangle_quality",
     "measure",

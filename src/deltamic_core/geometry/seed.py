@@ -7,6 +7,7 @@ from .._checks import check_spacing, check_vector3
 from ..mesh import Mesh
 from .ops import merge_meshes, offset_to_volume, signed_volume
 from .remesh import remesh
+from .surface_nets import surface_nets
 
 __all__ = ["icosphere", "seed_spheres", "meshes_from_labels"]
 
@@ -104,7 +105,7 @@ def seed_spheres(centers_um, radii_um, subdivisions: int = 3, *, edge_um: float 
 
 
 def meshes_from_labels(label_image, spacing_um, edge_um: float | None = None, *,
-                       smooth_voxels: float = 0.5) -> Mesh:
+                       smooth_voxels: float = 0.5, shared: bool = False) -> Mesh:
     """One closed surface per label of a label image, as a multi-cell Mesh.
 
     Each label's binary mask (cropped to its bounding box and padded) is lightly smoothed,
@@ -126,6 +127,11 @@ def meshes_from_labels(label_image, spacing_um, edge_um: float | None = None, *,
     smooth_voxels : float
         Gaussian smoothing of each mask before triangulation, in voxels (0 = none: the
         surface then follows the voxel staircase).
+    shared : bool
+        Build one multi-material mesh instead, where the membrane between two touching cells
+        is a single sheet of faces labelled (a, b) (multi-label surface nets, see
+        :mod:`deltamic_core.geometry.surface_nets`), then remesh it patch by patch
+        (junction lines keep their voxel-scale sampling). ``smooth_voxels`` is not used.
     """
     from scipy import ndimage
     from skimage.measure import marching_cubes
@@ -142,9 +148,16 @@ def meshes_from_labels(label_image, spacing_um, edge_um: float | None = None, *,
     edge = float(2.0 * spacing.min()) if edge_um is None else _positive(edge_um, "edge_um")
     if smooth_voxels < 0:
         raise ValueError(f"smooth_voxels must be >= 0, got {smooth_voxels}")
+    if lab.size and lab.min() < 0:
+        raise ValueError(f"label_image has negative labels (min {lab.min()}); 0 is background, cells > 0")
     objects = ndimage.find_objects(lab.astype(np.int64, copy=False))
     if not any(o is not None for o in objects):
         raise ValueError("label_image contains no labels (all zero)")
+    if shared:
+        mesh = remesh(surface_nets(lab, tuple(spacing)), edge)
+        mesh.metadata = {"kind": "meshes_from_labels", "spacing_um": tuple(spacing.tolist()), "edge_um": edge,
+                         "cell_ids": [int(c) for c in mesh.cell_ids], "shared": True}
+        return mesh
     pad = 2 + int(np.ceil(3 * smooth_voxels))
     surfaces, ids = [], []
     for index, box in enumerate(objects):
