@@ -109,6 +109,9 @@ class FitConfig:
     ---------
     band_threshold, backend, device, dtype :
         Passed to :class:`deltamic_core.render.Renderer`. ``dtype`` is "float32" or "float64".
+    fold_aliases : bool
+        Exact point sampling of a PSF that the voxel grid undersamples (the renderer folds the
+        frequencies beyond Nyquist) at full resolution; coarse levels never fold.
     max_memory_bytes : int or None
         Refuse renderer plans larger than this.
     """
@@ -147,6 +150,7 @@ class FitConfig:
     backend: str = "auto"
     device: str = "cpu"
     dtype: str = "float32"
+    fold_aliases: bool = True
     max_memory_bytes: int | None = None
 
     def __post_init__(self):
@@ -224,6 +228,8 @@ class FitConfig:
             self.dtype = {v: k for k, v in DTYPES.items()}.get(self.dtype, str(self.dtype))
         if self.dtype not in DTYPES:
             raise ValueError(f"FitConfig.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.fold_aliases, bool):
+            raise TypeError(f"FitConfig.fold_aliases must be True or False, got {self.fold_aliases!r}")
         if self.max_memory_bytes is not None:
             self.max_memory_bytes = _int("max_memory_bytes", self.max_memory_bytes, 1)
 

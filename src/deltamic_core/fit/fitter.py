@@ -306,9 +306,13 @@ class Fitter:
             obs_l = (obs * f**3).to(self.dtype)
         weight = intensity_weight(obs_l, cfg.alpha, floor=cfg.weight_floor,
                                   low_pct=cfg.percentiles[0], high_pct=cfg.percentiles[1])
+        # Coarse levels are a cheap approximation (the block average is itself a low-pass
+        # filter): they drop the PSF's frequencies beyond their Nyquist limit instead of folding
+        # them, which would oversample the band and cost as much as the full resolution.
         renderer = Renderer(tuple(obs_l.shape), spacing, self.psf, origin_um=origin,
                             band_threshold=cfg.band_threshold, backend=cfg.backend, dtype=self.dtype,
-                            device=self.device, max_memory_bytes=cfg.max_memory_bytes)
+                            device=self.device, max_memory_bytes=cfg.max_memory_bytes,
+                            fold_aliases=cfg.fold_aliases and f == 1)
         self._backend = str(getattr(renderer, "backend_name", getattr(renderer, "backend", cfg.backend)))
         mesh = self.current_mesh() if self._level is not None else self._mesh
         if cfg.target_edge_um is not None:

@@ -1,0 +1,195 @@
+"""End-to-end behaviour of the Fitter on small synthetic stacks with known answers.
+
+The sphere image is the closed-form blur of a spherical shell by an isotropic Gaussian (no
+renderer involved), so recovering its radius and centre checks the whole chain (renderer,
+photometric solve, preconditioned optimiser, coarse-to-fine) against analytic truth.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from deltamic_core.fit import FitConfig, Fitter
+from deltamic_core.geometry import icosphere
+from deltamic_core.mesh import Mesh
+from deltamic_core.psf import GaussianPSF
+
+SPACING = 1.0
+SHAPE = (16, 16, 16)
+CENTRE = np.array([7.6, 8.1, 7.9])
+R0 = 4.0
+SIGMA = 0.9
+
+
+def shell_image(shape, spacing, centre, radius, sigma):
+    """Exact image of a uniform spherical shell (unit surface density) blurred by an isotropic
+    Gaussian: the radial profile R / (r sigma sqrt(2 pi)) [g(r - R) - g(r + R)]."""
+    axes = [np.arange(n) * spacing for n in shape]
+    z, y, x = np.meshgrid(*axes, indexing="ij")
+    r = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+    r = np.maximum(r, 1e-9)
+    g = lambda d: np.exp(-(d**2) / (2 * sigma**2))  # noqa: E731
+    return radius / (r * sigma * np.sqrt(2 * np.pi)) * (g(r - radius) - g(r + radius))
+
+
+def fit_sphere_lstsq(points):
+    """Algebraic least-squares sphere: |p|^2 = 2 c.p + (r^2 - |c|^2)."""
+    a = np.c_[2 * points, np.ones(len(points))]
+    sol, *_ = np.linalg.lstsq(a, (points**2).sum(1), rcond=None)
+    c = sol[:3]
+    return c, np.sqrt(sol[3] + c @ c)
+
+
+def mesh_volume(verts, faces):
+    a, b, c = (verts[faces[:, i]] for i in range(3))
+    return abs(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+def ellipsoid_distance(points, axes):
+    """Exact Euclidean distance from points to an axis-aligned ellipsoid centred at 0: the
+    closest point is x_i = p_i a_i^2 / (a_i^2 + t), with t solving sum (p_i a_i / (a_i^2 + t))^2 = 1
+    (monotone in t; bisection)."""
+    a2 = np.asarray(axes, float) ** 2
+    p = np.asarray(points, float)
+    h = lambda t: ((p * np.sqrt(a2) / (a2 + t[:, None])) ** 2).sum(1) - 1  # noqa: E731
+    lo = np.full(len(p), -a2.min() + 1e-12)
+    hi = np.full(len(p), np.linalg.norm(p, axis=1) * np.sqrt(a2.max()) + 1.0)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        pos = h(mid) > 0
+        lo = np.where(pos, mid, lo)
+        hi = np.where(pos, hi, mid)
+    t = 0.5 * (lo + hi)
+    closest = p * a2 / (a2 + t[:, None])
+    return np.linalg.norm(p - closest, axis=1)
+
+
+@pytest.fixture(scope="module")
+def sphere_fit():
+    img = 100.0 * shell_image(SHAPE, SPACING, CENTRE, R0, SIGMA) + 10.0
+    init = icosphere(CENTRE + np.array([1.0, 0.0, 0.0]), 0.7 * R0, subdivisions=2)
+    cfg = FitConfig(levels=(2, 1), iterations=(25, 40))
+    fitter = Fitter(img, SPACING, init, GaussianPSF(sigma_um=SIGMA), cfg)
+    return fitter.run()
+
+
+def test_sphere_radius_and_centre_are_recovered(sphere_fit):
+    verts = sphere_fit.mesh.verts
+    assert np.all(np.isfinite(verts))
+    c, r = fit_sphere_lstsq(verts)
+    # the vertices of an inscribed polyhedron sit slightly outside the best-fitting smooth
+    # surface; the mean over faces of a sphere's chord offset is far below 2%.
+    assert abs(r / R0 - 1) < 0.02, r
+    assert np.linalg.norm(c - CENTRE) < 0.1, c - CENTRE
+
+
+def test_sphere_loss_decreases(sphere_fit):
+    h = np.asarray(sphere_fit.loss_history)
+    levels = np.asarray(sphere_fit.level_history)
+    fine = h[levels == levels.max()]
+    coarse = h[levels == levels.min()]
+    assert coarse[-1] < 0.1 * coarse[0]
+    assert fine[-1] <= fine[0]
+    assert sphere_fit.gain > 0 and sphere_fit.iterations == 65
+    assert sphere_fit.backend
+
+
+def test_ellipsoid_from_sphere_mean_distance_below_half_voxel():
+    from deltamic_core.render import Renderer
+
+    axes = np.array([3.0, 4.5, 3.5])
+    psf = GaussianPSF(sigma_um=(1.2, 0.8, 0.8))
+    fine = icosphere((0, 0, 0), 1.0, subdivisions=4)
+    truth = Mesh(fine.verts * axes + CENTRE, fine.faces)
+    rend = Renderer(SHAPE, SPACING, psf, dtype=torch.float64)
+    img = rend.render(torch.as_tensor(truth.verts), torch.as_tensor(truth.faces)).numpy() * 50 + 5
+    init = icosphere(CENTRE, 3.0, subdivisions=2)
+    res = Fitter(img, SPACING, init, psf, FitConfig(levels=(2, 1), iterations=(25, 40))).run()
+    d = ellipsoid_distance(res.mesh.verts - CENTRE, axes)
+    assert d.mean() < 0.5 * SPACING, d.mean()
+    vol_true = 4 / 3 * np.pi * axes.prod()
+    assert abs(mesh_volume(res.mesh.verts, res.mesh.faces) / vol_true - 1) < 0.05
+
+
+def _small_fitter(iterations=(4, 4)):
+    img = 100.0 * shell_image(SHAPE, SPACING, CENTRE, R0, SIGMA) + 10.0
+    init = icosphere(CENTRE, 0.8 * R0, subdivisions=1)
+    return Fitter(img, SPACING, init, GaussianPSF(sigma_um=SIGMA), FitConfig(levels=(2, 1), iterations=iterations))
+
+
+def test_stop_and_resume_matches_an_uninterrupted_run():
+    ref = _small_fitter().run()
+    fitter = _small_fitter()
+    seen = []
+
+    def cb(step):
+        seen.append(step.iteration)
+        if step.iteration == 3:
+            fitter.stop()
+
+    part = fitter.run(callback=cb)
+    assert part.iterations == 3 and seen == [1, 2, 3] and not fitter.done
+    part = fitter.run(n=2)  # explicit count, crossing into the next level
+    assert part.iterations == 5 and part.level_history == [0, 0, 0, 0, 1]
+    final = fitter.run(callback=lambda s: None)
+    assert fitter.done and final.iterations == 8
+    np.testing.assert_allclose(final.loss_history, ref.loss_history, rtol=1e-6)
+    np.testing.assert_allclose(final.mesh.verts, ref.mesh.verts, atol=1e-9)
+    with pytest.raises(RuntimeError, match="complete"):
+        fitter.step()
+
+
+def test_callback_false_and_stop_from_another_thread():
+    fitter = _small_fitter(iterations=(50, 50))
+    res = fitter.run(callback=lambda s: s.iteration < 2)
+    assert res.iterations == 2
+    started = threading.Event()
+    out = {}
+
+    def worker():
+        out["res"] = fitter.run(callback=lambda s: started.set())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert started.wait(60)
+    fitter.stop()
+    t.join(60)
+    assert not t.is_alive()
+    assert 2 < out["res"].iterations < 100
+    assert np.all(np.isfinite(out["res"].mesh.verts))
+
+
+@pytest.mark.slow
+def test_learn_psf_recovers_gaussian_sigma():
+    true_sigma = 1.0
+    img = 200.0 * shell_image(SHAPE, SPACING, CENTRE, R0, true_sigma) + 5.0
+    init = icosphere(CENTRE, R0, subdivisions=2)
+    cfg = FitConfig(levels=(1,), iterations=60, learn_psf=True, psf_lr=0.02, lr=0.1)
+    res = Fitter(img, SPACING, init, GaussianPSF(sigma_um=0.8 * true_sigma), cfg).run()
+    sigma = np.asarray(res.psf_params["sigma_um"], float)
+    np.testing.assert_allclose(sigma, true_sigma, rtol=0.10)
+
+
+def test_fitter_rejects_bad_arguments():
+    init = icosphere(CENTRE, 3.0, subdivisions=1)
+    img = np.zeros(SHAPE)
+    psf = GaussianPSF(sigma_um=1.0)
+    with pytest.raises(ValueError, match="3D"):
+        Fitter(np.zeros((4, 4)), 1.0, init, psf)
+    with pytest.raises(ValueError, match="NaN"):
+        Fitter(np.full(SHAPE, np.nan), 1.0, init, psf)
+    with pytest.raises(ValueError, match="spacing_um"):
+        Fitter(img, (1.0, -1.0, 1.0), init, psf)
+    with pytest.raises(TypeError, match="init_mesh"):
+        Fitter(img, 1.0, (init.verts, init.faces), psf)
+    with pytest.raises(TypeError, match="psf"):
+        Fitter(img, 1.0, init, "gaussian")
+    with pytest.raises(TypeError, match="config"):
+        Fitter(img, 1.0, init, psf, {"lr": 1})
+    with pytest.raises(ValueError, match="face_weights"):
+        Fitter(img, 1.0, init, psf, face_weights=np.ones(3))
+    with pytest.raises(ValueError, match="negative"):
+        Fitter(img - 1.0, 1.0, init, psf, FitConfig(loss="poisson"))
