@@ -254,6 +254,7 @@ class Renderer:
         self._fold = fold.to(dev)
         # on the image grid itself every band entry has its own bin: one index_put, no gathers
         self._identity = self.oversampling == (1, 1, 1) and len(fold.mirror_sel) == 0
+        self._direct_all = len(fold.direct_sel) == len(self.band)  # then direct_sel is arange(K)
         self._freqs = self.band.freqs(dtype=self.dtype, device=dev).contiguous()
         modes = self.band.signed_modes(dev)
         # exp(-2 pi i k . L/2) = (-1)^(sum of mode numbers): undoes the box-centre shift
@@ -457,7 +458,7 @@ class Renderer:
             half.index_put_((fold.direct_bin,), coeffs)
         else:
             # aliases of one bin add up; frequencies with k_x < 0 enter as conjugates
-            half.index_add_(0, fold.direct_bin, coeffs[fold.direct_sel])
+            half.index_add_(0, fold.direct_bin, coeffs if self._direct_all else coeffs[fold.direct_sel])
             if len(fold.mirror_sel):
                 half.index_add_(0, fold.mirror_bin, coeffs[fold.mirror_sel].conj())
         half = half.reshape(self.grid.rfft_shape)
