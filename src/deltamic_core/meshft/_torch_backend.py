@@ -46,7 +46,7 @@ DEFAULT_MAX_BYTES = 256 * 2**20
 _BYTES_PER_PAIR_FORWARD = 8 * 28
 _BYTES_PER_PAIR_BACKWARD = 8 * 60
 # tiles much larger than the caches only add memory traffic
-_MAX_PAIRS_PER_TILE = 1 << 18
+_MAX_PAIRS_PER_TILE = 1 << 16
 
 
 def _series_terms(spread: float, order: int, tol: float = 1e-17) -> int:
@@ -98,46 +98,55 @@ class _FaceGeometry:
             0.5 * torch.linalg.cross(unit, b - a, dim=1),
         )
 
+        # (3, F) layouts: a tile's phases are (Kt, 3) @ (3, Ft) products
+        self.centroid_t = g.T.contiguous()
+        self.rel_t = tuple(r.T.contiguous() for r in self.rel)
+
     def tile(self, f0: int, f1: int):
-        return self.centroid[f0:f1], tuple(r[f0:f1] for r in self.rel)
+        return self.centroid_t[:, f0:f1], tuple(r[:, f0:f1] for r in self.rel_t)
 
 
 # ---------------------------------------------------------------------------------------------
 # local divided differences on one tile
 # ---------------------------------------------------------------------------------------------
-def _roles(x0, x1, x2):
-    """Order the nodes as (p, m, q) with (p, q) the most distant pair (cyclic in 0, 1, 2).
+def _nodes(k2, cen, rel):
+    """theta = 2 pi k.g and the centred nodes xj = 2 pi k.(vj - g), each (Kt, Ft).
 
-    sel = 0: (p, m, q) = (0, 1, 2); sel = 1: (1, 2, 0); sel = 2: (2, 0, 1).
-    """
-    a02 = (x0 - x2).abs()
-    a10 = (x1 - x0).abs()
-    a21 = (x2 - x1).abs()
-    s0 = (a02 >= a10) & (a02 >= a21)
-    s1 = (~s0) & (a10 >= a21)
-    xp = torch.where(s0, x0, torch.where(s1, x1, x2))
-    xm = torch.where(s0, x1, torch.where(s1, x2, x0))
-    xq = torch.where(s0, x2, torch.where(s1, x0, x1))
-    spread = torch.maximum(torch.maximum(a02, a10), a21)
-    return s0, s1, xp, xm, xq, spread
+    k2: (Kt, 3) 2 pi k; cen: (3, Ft) centroids; rel: three (3, Ft) corner offsets."""
+    return k2 @ cen, tuple(k2 @ r for r in rel)
+
+
+def _sorted_nodes(x0, x1, x2):
+    """(xp, xm, xq) = (max, median, min): (p, q) is the most distant pair, so the recursion
+    divides by the spread xp - xq itself. Min/max only (no branches, exact)."""
+    lo01 = torch.minimum(x0, x1)
+    hi01 = torch.maximum(x0, x1)
+    xp = torch.maximum(hi01, x2)
+    xq = torch.minimum(lo01, x2)
+    xm = torch.maximum(lo01, torch.minimum(hi01, x2))
+    return xp, xm, xq
 
 
 def _sinc(y):
-    return torch.sinc(y * (1.0 / math.pi))
+    # torch.sinc is not vectorised on CPU; sin(y) / y is exact to rounding, 0/0 -> 1
+    return torch.nan_to_num_(torch.sin(y).div_(y), nan=1.0)
 
 
 def _dsinc(y, s):
-    """d/dy sin(y)/y given s = sinc(y); series near 0 where the closed form cancels."""
-    y2 = y * y
-    # -y/3 + y^3/30 - y^5/840 + y^7/45360 - y^9/3991680: exact below _DSINC_SERIES_Y
-    poly = y * (-1.0 / 3.0 + y2 * (1.0 / 30.0 + y2 * (-1.0 / 840.0 + y2 * (1.0 / 45360.0 - y2 / 3991680.0))))
-    small = y.abs() < _DSINC_SERIES_Y
-    safe = torch.where(small, torch.ones_like(y), y)
-    return torch.where(small, poly, (torch.cos(y) - s) / safe)
+    """d/dy sin(y)/y given s = sinc(y); series near 0 where (cos y - s) / y cancels."""
+    d = (torch.cos(y) - s).div_(y)
+    idx = (y.abs() < _DSINC_SERIES_Y).view(-1).nonzero().squeeze(1)
+    if idx.numel():
+        t = y.reshape(-1)[idx]
+        t2 = t * t
+        # -y/3 + y^3/30 - y^5/840 + y^7/45360 - y^9/3991680: exact to rounding for |y| < 0.1
+        poly = t * (-1.0 / 3.0 + t2 * (1.0 / 30.0 + t2 * (-1.0 / 840.0 + t2 * (1.0 / 45360.0 - t2 / 3991680.0))))
+        d.view(-1).index_copy_(0, idx, poly)
+    return d
 
 
 def _series_value(x0, x1, x2):
-    """f[x0, x1, x2] (centred nodes) by its Taylor series; returns (re, im) and (e2, e3)."""
+    """f[x0, x1, x2] (centred nodes) by its Taylor series; returns (re, im) and the h_n."""
     e2 = x0 * x1 + x1 * x2 + x2 * x0
     e3 = x0 * x1 * x2
     h = [torch.ones_like(x0), torch.zeros_like(x0), -e2]
@@ -160,9 +169,9 @@ def _series_value(x0, x1, x2):
 
 
 def _series_repeated(xr, h):
-    """f[xr, xr, x0, x1, x2]... i.e. the third divided difference f[xj, xj, xk, xl] by series.
+    """f[xj, xj, xk, xl] by its series, from h_n = h_n(xj, xk, xl).
 
-    H_n = h_n(xj, xj, xk, xl) = xj H_{n-1} + h_n(xj, xk, xl); value -i sum (-i)^n H_n / (n+3)!.
+    H_n = h_n(xj, xj, xk, xl) = xj H_{n-1} + h_n; value -i sum (-i)^n H_n / (n+3)!.
     """
     H = torch.ones_like(xr)
     re = torch.zeros_like(xr)
@@ -184,23 +193,27 @@ def _series_repeated(xr, h):
     return re, im
 
 
+def _small_spread(den):
+    """Flat indices of the pairs evaluated by series; clamps den in place so it can divide."""
+    idx = (den < SERIES_SPREAD).view(-1).nonzero().squeeze(1)
+    den.clamp_min_(SERIES_SPREAD)  # exact where the recursion is used
+    return idx
+
+
 def _tile_forward(k2, cen, rel):
-    """exp(-i theta) f[x0, x1, x2] for a tile: (re, im) of shape (Kt, Ft)."""
-    theta = k2 @ cen.T
-    x0, x1, x2 = (k2 @ r.T for r in rel)
-    s0, s1, xp, xm, xq, spread = _roles(x0, x1, x2)
+    """exp(-i theta) f[x0, x1, x2] on a tile: (re, im), each (Kt, Ft)."""
+    theta, (x0, x1, x2) = _nodes(k2, cen, rel)
+    xp, xm, xq = _sorted_nodes(x0, x1, x2)
     den = xp - xq
-    small = spread < SERIES_SPREAD
-    den = torch.where(small, torch.ones_like(den), den)
-    # i exp(-i theta) f[p, m] with exp(-i (xp + xm)/2) = exp(i xq / 2)
-    ang_pm = theta - 0.5 * xq
-    ang_mq = theta - 0.5 * xp
-    s_pm = _sinc(0.5 * (xp - xm))
-    s_mq = _sinc(0.5 * (xm - xq))
+    idx = _small_spread(den)
+    # i exp(-i theta) f[p, m]: exp(-i (xp + xm)/2) = exp(i xq / 2) as the nodes sum to zero
+    ang_pm = torch.add(theta, xq, alpha=-0.5)
+    ang_mq = torch.add(theta, xp, alpha=-0.5)
+    s_pm = _sinc((xp - xm).mul_(0.5))
+    s_mq = _sinc((xm - xq).mul_(0.5))
     # i exp(-i a) = sin a + i cos a
-    re = (torch.sin(ang_pm) * s_pm - torch.sin(ang_mq) * s_mq) / den
-    im = (torch.cos(ang_pm) * s_pm - torch.cos(ang_mq) * s_mq) / den
-    idx = small.reshape(-1).nonzero().squeeze(1)
+    re = (torch.sin(ang_pm).mul_(s_pm) - torch.sin(ang_mq).mul_(s_mq)).div_(den)
+    im = (torch.cos(ang_pm).mul_(s_pm) - torch.cos(ang_mq).mul_(s_mq)).div_(den)
     if idx.numel():
         xs = [x.reshape(-1)[idx] for x in (x0, x1, x2)]
         sr, si, _ = _series_value(*xs)
@@ -208,51 +221,55 @@ def _tile_forward(k2, cen, rel):
         c, s = torch.cos(th), torch.sin(th)
         re.view(-1).index_copy_(0, idx, c * sr + s * si)
         im.view(-1).index_copy_(0, idx, c * si - s * sr)
-    return theta, (x0, x1, x2), (re, im)
+    return re, im
 
 
 def _tile_backward(k2, cen, rel):
-    """exp(-i theta) times f[x0,x1,x2] and f[xj, xj, xk, xl] (j = 0, 1, 2) on a tile."""
-    theta = k2 @ cen.T
-    x0, x1, x2 = (k2 @ r.T for r in rel)
-    s0, s1, xp, xm, xq, spread = _roles(x0, x1, x2)
-    small = spread < SERIES_SPREAD
-    den = torch.where(small, torch.ones_like(xp), xp - xq)
-    inv = 1.0 / den
-    ang_pm = theta - 0.5 * xq
-    ang_mq = theta - 0.5 * xp
-    y_pm = 0.5 * (xp - xm)
-    y_mq = 0.5 * (xm - xq)
+    """exp(-i theta) times f[x0, x1, x2] and f[xj, xj, xk, xl] (j = 0, 1, 2) on a tile."""
+    theta, (x0, x1, x2) = _nodes(k2, cen, rel)
+    xp, xm, xq = _sorted_nodes(x0, x1, x2)
+    den = xp - xq
+    idx = _small_spread(den)
+    inv = den.reciprocal_()
+    ang_pm = torch.add(theta, xq, alpha=-0.5)
+    ang_mq = torch.add(theta, xp, alpha=-0.5)
+    y_pm = (xp - xm).mul_(0.5)
+    y_mq = (xm - xq).mul_(0.5)
     s_pm = _sinc(y_pm)
     s_mq = _sinc(y_mq)
     ds_pm = _dsinc(y_pm, s_pm)
     ds_mq = _dsinc(y_mq, s_mq)
     c_pm, n_pm = torch.cos(ang_pm), torch.sin(ang_pm)
     c_mq, n_mq = torch.cos(ang_mq), torch.sin(ang_mq)
-    # F = i (A_pm S_pm - A_mq S_mq) / den, A = exp(-i ang) = c - i n
-    f_re = (n_pm * s_pm - n_mq * s_mq) * inv
-    f_im = (c_pm * s_pm - c_mq * s_mq) * inv
-    # psi(p;m) = A_pm (S + i S')/2, psi(m;p) = A_pm (S - i S')/2; likewise (m;q), (q;m)
-    # (c - i n)(S + i S') = (c S + n S') + i (c S' - n S)
+    # F = i (A_pm S_pm - A_mq S_mq) / den with A = exp(-i ang) = c - i n
+    f_re = (n_pm * s_pm - n_mq * s_mq).mul_(inv)
+    f_im = (c_pm * s_pm - c_mq * s_mq).mul_(inv)
+    # f[u, u, v] = d/du f[u, v] = A (S + i S') / 2 and f[v, v, u] = A (S - i S') / 2, with
+    # (c - i n)(S +- i S') = (c S +- n S') + i (+-c S' - n S)
     a_re, a_im = c_pm * s_pm, n_pm * ds_pm
     b_re, b_im = c_pm * ds_pm, n_pm * s_pm
-    pm_re, pm_im = 0.5 * (a_re + a_im), 0.5 * (b_re - b_im)  # psi(p;m)
-    mp_re, mp_im = 0.5 * (a_re - a_im), 0.5 * (-b_re - b_im)  # psi(m;p)
+    pm = (0.5 * (a_re + a_im), 0.5 * (b_re - b_im))  # f[p, p, m]
+    mp = (0.5 * (a_re - a_im), -0.5 * (b_re + b_im))  # f[m, m, p]
     a_re, a_im = c_mq * s_mq, n_mq * ds_mq
     b_re, b_im = c_mq * ds_mq, n_mq * s_mq
-    mq_re, mq_im = 0.5 * (a_re + a_im), 0.5 * (b_re - b_im)  # psi(m;q)
-    qm_re, qm_im = 0.5 * (a_re - a_im), 0.5 * (-b_re - b_im)  # psi(q;m)
-    dp = ((pm_re - f_re) * inv, (pm_im - f_im) * inv)
-    dq = ((f_re - qm_re) * inv, (f_im - qm_im) * inv)
-    dm = ((mp_re - mq_re) * inv, (mp_im - mq_im) * inv)
-    # back to corner order: sel 0 -> (p,m,q) = (0,1,2); 1 -> (1,2,0); 2 -> (2,0,1)
-    def pick(a, b, c):
-        return tuple(torch.where(s0, a[i], torch.where(s1, b[i], c[i])) for i in range(2))
-
-    d0 = pick(dp, dq, dm)
-    d1 = pick(dm, dp, dq)
-    d2 = pick(dq, dm, dp)
-    idx = small.reshape(-1).nonzero().squeeze(1)
+    mq = (0.5 * (a_re + a_im), 0.5 * (b_re - b_im))  # f[m, m, q]
+    qm = (0.5 * (a_re - a_im), -0.5 * (b_re + b_im))  # f[q, q, m]
+    # f[p,p,m,q] = (f[p,p,m] - F) / (xp - xq), f[q,q,m,p] = (F - f[q,q,m]) / (xp - xq),
+    # f[m,m,p,q] = (f[m,m,p] - f[m,m,q]) / (xp - xq)
+    dp = ((pm[0] - f_re).mul_(inv), (pm[1] - f_im).mul_(inv))
+    dq = ((f_re - qm[0]).mul_(inv), (f_im - qm[1]).mul_(inv))
+    dm = ((mp[0] - mq[0]).mul_(inv), (mp[1] - mq[1]).mul_(inv))
+    # a corner's derivative depends only on its node's value: pick by value (ties are harmless,
+    # the tied roles then denote the same divided difference)
+    # (blend with 0/1 masks: torch.where is not vectorised on CPU and costs 3x more)
+    dpm = (dp[0] - dm[0], dp[1] - dm[1])
+    dqm = (dq[0] - dm[0], dq[1] - dm[1])
+    corners = []
+    for xj in (x0, x1, x2):
+        is_p = (xj == xp).to(xj.dtype)
+        is_q = (xj == xq).to(xj.dtype)
+        is_q.mul_(1.0 - is_p)  # all three nodes equal: count the corner once
+        corners.append(tuple(torch.addcmul(torch.addcmul(dm[i], is_p, dpm[i]), is_q, dqm[i]) for i in range(2)))
     if idx.numel():
         xs = [x.reshape(-1)[idx] for x in (x0, x1, x2)]
         sr, si, h = _series_value(*xs)
@@ -265,10 +282,9 @@ def _tile_backward(k2, cen, rel):
             dst[1].view(-1).index_copy_(0, idx, c * vi - s * vr)
 
         put((f_re, f_im), sr, si)
-        for dst, xr in zip((d0, d1, d2), xs):
+        for dst, xr in zip(corners, xs):
             put(dst, *_series_repeated(xr, h))
-    return (f_re, f_im), (d0, d1, d2)
-
+    return (f_re, f_im), tuple(corners)
 
 # ---------------------------------------------------------------------------------------------
 # tiling
@@ -296,7 +312,7 @@ def forward(verts, faces, weights, freqs, *, max_bytes: int = DEFAULT_MAX_BYTES)
     out_im = torch.zeros_like(out_re)
     for k0, k1, f0, f1 in _tiles(n_freq, n_face, _BYTES_PER_PAIR_FORWARD, max_bytes):
         cen, rel = geo.tile(f0, f1)
-        _, _, (re, im) = _tile_forward(k2[k0:k1], cen, rel)
+        re, im = _tile_forward(k2[k0:k1], cen, rel)
         w = wa2[f0:f1]
         out_re[k0:k1] += re @ w
         out_im[k0:k1] += im @ w
