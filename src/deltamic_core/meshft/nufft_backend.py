@@ -26,7 +26,6 @@ box of size L: k = m / L, so exp(-2 pi i k.x) = exp(-i m (2 pi x / L))).
 """
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 
 import numpy as np
@@ -121,7 +120,7 @@ class NufftBackend:
             raise ValueError(f"tol must be in (0, 1), got {tol}")
         self.tol = float(tol)
         self.nthreads = nthreads
-        self._lock = threading.Lock()
+        self._cache: dict = {}
         self.last_n_points = 0
 
     @staticmethod
@@ -143,7 +142,7 @@ class NufftBackend:
         area = torch.where(area2 > 0, 0.5 * torch.sqrt(safe), torch.zeros_like(area2))
         strength = weights * area
 
-        kmax = band.freqs(torch.float64).abs().amax(0).numpy()  # (3,) cycles/um per axis
+        kmax = self._band_info(band)["kmax"]  # (3,) cycles/um per axis
         span = (e.detach().abs().to(torch.float64).cpu().numpy() @ kmax).max(1) * 2 * np.pi
         order = rule_order(span, self.tol)
         sub = np.ones_like(order)
@@ -164,20 +163,37 @@ class NufftBackend:
             ss.append((strength[idx, None] * w_t[None, :]).reshape(-1))
         return torch.cat(xs), torch.cat(ss)
 
-    @staticmethod
-    def _modes(band):
-        m = band.signed_modes().numpy()
-        lo = m.min(0)
-        n_modes = tuple(int(x) for x in (m.max(0) - lo + 1))
-        shift = lo + np.array(n_modes) // 2  # finufft (modeord=0) index i <-> mode i - N//2
-        return m, lo, n_modes, shift
+    def _band_info(self, band):
+        """Per-band constants (mode window, gather positions, frequencies), cached: a render
+        plan reuses one band for many iterations."""
+        key = (id(band), len(band))
+        info = self._cache.get(key)
+        if info is None or info["band"] is not band:
+            m = band.signed_modes().numpy()
+            lo = m.min(0)
+            n_modes = tuple(int(x) for x in (m.max(0) - lo + 1))
+            k = band.freqs(torch.float64).numpy()
+            info = {
+                "band": band,
+                "pos": tuple(np.ascontiguousarray(c) for c in (m - lo).T),
+                "n_modes": n_modes,
+                # finufft (modeord=0) index i <-> mode i - N//2: shift the window onto our modes
+                "shift": lo + np.array(n_modes) // 2,
+                "k": k,
+                "kmax": np.abs(k).max(0),
+                "box": np.asarray(band.grid.extent_um, dtype=np.float64),
+            }
+            self._cache = {key: info}  # keep only the current band
+        return info
 
-    def _scaled(self, x, band):
-        """Points as angles 2 pi x / L wrapped to [-pi, pi) (float64 numpy, one array per axis)."""
-        box = np.asarray(band.grid.extent_um, dtype=np.float64)
-        f = x.detach().to(torch.float64).cpu().numpy() / box
-        f = f - np.floor(f + 0.5)
-        return [np.ascontiguousarray(2 * np.pi * f[:, a]) for a in range(3)]
+    def _angles(self, x, info, real_dtype):
+        """Points as angles 2 pi x / L wrapped to [-pi, pi), one array per axis, and the phase
+        exp(-i shift.angle) that moves finufft's centred mode window onto the band's modes."""
+        f = x.detach().to(torch.float64).cpu().numpy() / info["box"]
+        f -= np.floor(f + 0.5)
+        f *= 2 * np.pi
+        phase = np.exp(-1j * (f @ info["shift"].astype(np.float64)))
+        return [np.ascontiguousarray(f[:, a], dtype=real_dtype) for a in range(3)], phase
 
     def _plan(self, kind, n_modes, n_trans, dtype):
         complex_dtype = "complex128" if dtype == torch.float64 else "complex64"
@@ -188,41 +204,37 @@ class NufftBackend:
 
     # ------------------------------------------------------------------ passes
     def forward(self, verts, faces, weights, band):
+        info = self._band_info(band)
         with torch.no_grad():
             x, s = self._points(verts, faces, weights, band)
         self.last_n_points = int(x.shape[0])
-        ang = self._scaled(x, band)
-        m, lo, n_modes, shift = self._modes(band)
-        np_c = np.complex128 if verts.dtype == torch.float64 else np.complex64
-        # shift the mode window: exp(-i m.x) = exp(-i shift.x) exp(-i (m - shift).x)
-        c = s.detach().cpu().numpy().astype(np.float64) * np.exp(-1j * sum(sh * a for sh, a in zip(shift, ang)))
-        plan = self._plan(1, n_modes, 1, verts.dtype)
-        plan.setpts(*[a.astype(np.float64 if np_c == np.complex128 else np.float32) for a in ang])
-        grid = plan.execute(c.astype(np_c))
-        out = grid[tuple((m - lo).T)]
-        return torch.from_numpy(np.ascontiguousarray(out)).to(verts.device)
+        real_np, complex_np = _np_dtypes(verts.dtype)
+        ang, phase = self._angles(x, info, real_np)
+        c = (s.detach().cpu().numpy().astype(np.float64) * phase).astype(complex_np)
+        plan = self._plan(1, info["n_modes"], 1, verts.dtype)
+        plan.setpts(*ang)
+        out = plan.execute(c)[info["pos"]]
+        return torch.from_numpy(out).to(verts.device)
 
     def backward(self, verts, faces, weights, band, grad_out):
+        info = self._band_info(band)
+        real_np, complex_np = _np_dtypes(verts.dtype)
         with torch.enable_grad():
             v = verts.detach().requires_grad_(True)
             w = weights.detach().requires_grad_(True)
             x, s = self._points(v, faces, w, band)
-            ang = self._scaled(x, band)
-            m, lo, n_modes, shift = self._modes(band)
-            np_c = np.complex128 if verts.dtype == torch.float64 else np.complex64
-            k = band.freqs(torch.float64).numpy()
-            g = np.conj(grad_out.detach().cpu().numpy().astype(np.complex128))
-            f = np.zeros((4,) + n_modes, dtype=np.complex128)
-            pos = tuple((m - lo).T)
+            ang, phase = self._angles(x, info, real_np)
+            g = np.conj(grad_out.detach().cpu().numpy())
+            f = np.zeros((4,) + info["n_modes"], dtype=complex_np)
+            pos = info["pos"]
             f[0][pos] = g
             for a in range(3):
-                f[a + 1][pos] = g * (-2j * np.pi * k[:, a])
-            plan = self._plan(2, n_modes, 4, verts.dtype)
-            plan.setpts(*[a_.astype(np.float64 if np_c == np.complex128 else np.float32) for a_ in ang])
-            vals = plan.execute(f.astype(np_c)).astype(np.complex128)  # (4, P)
-            vals *= np.exp(-1j * sum(sh * a_ for sh, a_ in zip(shift, ang)))[None, :]
-            sv = s.detach().cpu().numpy().astype(np.float64)
-            grad_x = torch.from_numpy((sv[:, None] * vals[1:].real.T)).to(x)
+                f[a + 1][pos] = g * (-2j * np.pi * info["k"][:, a])
+            plan = self._plan(2, info["n_modes"], 4, verts.dtype)
+            plan.setpts(*ang)
+            vals = plan.execute(f) * phase[None, :]  # (4, P): S and H_z, H_y, H_x at the points
+            sv = s.detach().cpu().numpy()
+            grad_x = torch.from_numpy(np.ascontiguousarray(vals[1:].real.T) * sv[:, None]).to(x)
             grad_s = torch.from_numpy(np.ascontiguousarray(vals[0].real)).to(s)
             gv, gw = torch.autograd.grad((x, s), (v, w), (grad_x, grad_s), allow_unused=True)
         if gv is None:
@@ -230,3 +242,7 @@ class NufftBackend:
         if gw is None:
             gw = torch.zeros_like(weights)
         return gv, gw
+
+
+def _np_dtypes(dtype):
+    return (np.float64, np.complex128) if dtype == torch.float64 else (np.float32, np.complex64)
