@@ -34,6 +34,7 @@ from deltamic_core.geometry import (
     signed_volume,
     triangle_quality,
     vertex_face_adjacency,
+    volumes_by_label,
 )
 from deltamic_core.geometry.remesh import _boundary_edges
 from deltamic_core.io import read_mesh
@@ -124,6 +125,27 @@ def test_torch_volume_gradient_matches_finite_differences():
         minus[i, k] -= eps
         fd = (signed_volume(plus, s.faces) - signed_volume(minus, s.faces)) / (2 * eps)
         assert grad[i, k].item() == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+def test_volumes_by_label_numpy_torch_and_gradient(embryo):
+    fixed = orient_outward(embryo)
+    expected = cell_volumes(fixed)
+    vols = volumes_by_label(fixed.verts, fixed.faces, fixed.labels)
+    for c, v in expected.items():
+        assert vols[c] == pytest.approx(v, rel=1e-10)
+    assert vols[0] == pytest.approx(-sum(expected.values()), rel=1e-10)
+    v = torch.tensor(fixed.verts, requires_grad=True)
+    vt = volumes_by_label(v, torch.tensor(fixed.faces), torch.tensor(fixed.labels))
+    np.testing.assert_allclose(vt.detach().numpy(), vols, rtol=1e-12)
+    (grad,) = torch.autograd.grad(vt[2], v)
+    i = int(fixed.faces[fixed.labels[:, 1] == 2][0, 0])  # a vertex of cell 2
+    for k in range(3):
+        plus, minus = fixed.verts.copy(), fixed.verts.copy()
+        plus[i, k] += 1e-4
+        minus[i, k] -= 1e-4
+        fd = (volumes_by_label(plus, fixed.faces, fixed.labels)[2]
+              - volumes_by_label(minus, fixed.faces, fixed.labels)[2]) / 2e-4
+        assert grad[i, k].item() == pytest.approx(fd, rel=1e-5)
 
 
 def test_edges_adjacency_and_min_angles_on_icosahedron():
@@ -435,6 +457,9 @@ def test_embryo_measurements_and_contacts(embryo):
     assert table.contacts["area_um2"].tolist() == c["area_um2"].tolist()
     rows = table.rows()
     assert rows[0]["cell"] == 1 and isinstance(rows[0]["volume_um3"], float)
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(table)
+    assert frame.shape == (3, 8) and frame["volume_um3"].tolist() == table["volume_um3"].tolist()
 
 
 def _split_ellipsoid(shape=(40, 44, 48)):

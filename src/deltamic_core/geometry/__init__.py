@@ -15,6 +15,7 @@ from .ops import (
     orient_outward,
     signed_volume,
     vertex_face_adjacency,
+    volumes_by_label,
 )
 from .measure import Measurements, contact_matrix, contacts, measure
 from .rasterize import inside_mask, label_image
@@ -35,6 +36,7 @@ __all__ = [
     "cell_surface",
     "cell_volumes",
     "merge_meshes",
+    "volumes_by_label",
     "offset_to_volume",
     "orient_outward",
     "orient_consistently",

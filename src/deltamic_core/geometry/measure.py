@@ -48,7 +48,7 @@ def measure(mesh: Mesh) -> Measurements:
         Columns ``cell`` (int ids), ``volume_um3``, ``area_um2``, ``sphericity`` =
         pi^(1/3) (6 V)^(2/3) / A (1 for a sphere), ``centroid_z_um``, ``centroid_y_um``,
         ``centroid_x_um`` (centre of mass of the enclosed volume), plus a ``centroid`` column
-        of (n, 3) rows; ``.contacts`` holds :func:`contacts`.
+        of (z, y, x) tuples; ``.contacts`` holds :func:`contacts`.
 
     Notes
     -----
@@ -89,7 +89,8 @@ def measure(mesh: Mesh) -> Measurements:
         centroid_z_um=cent[:, 0],
         centroid_y_um=cent[:, 1],
         centroid_x_um=cent[:, 2],
-        centroid=cent,
+        # a 1D column of (z, y, x) tuples, so that pandas.DataFrame(table) accepts it
+        centroid=[tuple(c) for c in cent.tolist()],
     )
     table.contacts = contacts(mesh)
     return table

@@ -30,6 +30,7 @@ __all__ = [
     "cell_surface",
     "cell_volumes",
     "merge_meshes",
+    "volumes_by_label",
     "offset_to_volume",
     "orient_outward",
     "orient_consistently",
@@ -219,6 +220,37 @@ def offset_to_volume(surface: Mesh, target_um3: float) -> Mesh:
         return surface.copy(metadata={})
     offset = (target_um3 - vol) / area
     return Mesh(verts + offset * vn, faces)
+
+
+def volumes_by_label(verts, faces, labels, n_labels: int | None = None):
+    """Signed volume enclosed by each label, differentiable with torch inputs.
+
+    Parameters
+    ----------
+    verts : (V, 3) array or tensor, um
+    faces : (F, 3) int
+    labels : (F, 2) int, normal from labels[:, 0] into labels[:, 1]
+    n_labels : int, optional
+        Length of the result (default: largest label + 1).
+
+    Returns
+    -------
+    (n_labels,) array or tensor, um^3
+        Entry c is the volume of cell c (positive when the winding follows the labels); entry 0
+        (the outside) is minus the total. Vertices are taken relative to their mean, which
+        leaves closed cells' volumes unchanged and limits cancellation.
+    """
+    if _is_torch(verts):
+        lab = torch.as_tensor(labels, device=verts.device).long()
+        n = int(lab.max()) + 1 if n_labels is None else int(n_labels)
+        tet = _tet_volumes(verts, faces, verts.detach().mean(dim=0))
+        out = torch.zeros(n, dtype=verts.dtype, device=verts.device)
+        return out.index_add(0, lab[:, 0], tet).index_add(0, lab[:, 1], -tet)
+    lab = np.asarray(labels, dtype=np.int64)
+    v = np.asarray(verts, dtype=np.float64)
+    n = int(lab.max()) + 1 if n_labels is None else int(n_labels)
+    tet = _tet_volumes(v, faces, v.mean(axis=0))
+    return np.bincount(lab[:, 0], tet, minlength=n) - np.bincount(lab[:, 1], tet, minlength=n)
 
 
 def merge_meshes(meshes, *, relabel: bool = True) -> Mesh:

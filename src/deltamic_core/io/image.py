@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +96,6 @@ class ImageMeta:
     channel_names: tuple[str, ...] = ()
     path: str = ""
     dtype: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
