@@ -97,17 +97,6 @@ def _axes(r):
     return [np.asarray(o + s * np.arange(n)) for o, s, n in zip(r.origin_um, r.spacing_um, r.shape)]
 
 
-def _meshft_available():
-    try:
-        from deltamic_core.meshft import mesh_ft  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
-needs_meshft = pytest.mark.skipif(not _meshft_available(), reason="deltamic_core.meshft not available yet")
-
-
 # ---------------------------------------------------------------------------------------
 # plan: padding, crop, band
 # ---------------------------------------------------------------------------------------
@@ -229,7 +218,6 @@ def _sphere_case(dtype, threshold):
     return img, ref
 
 
-@needs_meshft
 @pytest.mark.slow
 def test_sphere_image_matches_real_space_gaussian_blur_float64():
     img, ref = _sphere_case(torch.float64, 1e-8)
@@ -238,7 +226,6 @@ def test_sphere_image_matches_real_space_gaussian_blur_float64():
     assert err < 1e-4, err  # measured 1.2e-5 (Nyquist truncation of the PSF tail)
 
 
-@needs_meshft
 @pytest.mark.slow
 def test_sphere_image_float32_default_band_is_accurate_to_the_threshold():
     img, ref = _sphere_case(torch.float32, 1e-3)
@@ -246,7 +233,6 @@ def test_sphere_image_float32_default_band_is_accurate_to_the_threshold():
     assert err < 2e-3, err  # measured 9.7e-4
 
 
-@needs_meshft
 def test_image_centroid_lands_at_the_mesh_centre_in_voxels_anisotropic():
     spacing, origin = (0.5, 0.25, 0.2), (1.0, -2.0, 3.0)
     centre = np.array([5.7, 1.4, 6.1])
@@ -260,7 +246,6 @@ def test_image_centroid_lands_at_the_mesh_centre_in_voxels_anisotropic():
     np.testing.assert_allclose(got, want, atol=1e-4)  # measured 8e-6 voxel
 
 
-@needs_meshft
 def test_mesh_near_the_edge_does_not_wrap_around():
     spacing, psf = (0.5, 0.25, 0.25), GaussianPSF((0.8, 0.4, 0.4))
     # the sphere sticks out of the small image on the low z and the high y side
@@ -274,7 +259,6 @@ def test_mesh_near_the_edge_does_not_wrap_around():
     assert float((a - b).abs().max()) < 1e-6 * float(b.max())  # measured 4e-8
 
 
-@needs_meshft
 def test_integral_of_image_is_area_times_gain_and_volume_times_density():
     v, f = _sphere(1.2, 0, center=(0.1, 0.2, -0.1))
     # A well-sampled PSF (|OTF| ~1e-7 at Nyquist) and a low threshold: truncating the spectrum,
@@ -291,9 +275,8 @@ def test_integral_of_image_is_area_times_gain_and_volume_times_density():
     assert float(img_v.sum()) * vv == pytest.approx(3.0 * vol, rel=1e-7)
 
 
-@needs_meshft
 def test_render_is_linear_in_weights_and_affine_in_gain_background():
-    v, f = _sphere(1.0, 1)
+    v, f = _sphere(1.0, 0)
     r = Renderer((10, 12, 12), (0.5, 0.3, 0.3), GaussianPSF((0.6, 0.4, 0.4)), origin_um=(-2.25, -1.65, -1.65),
                  dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
@@ -312,14 +295,15 @@ def test_render_is_linear_in_weights_and_affine_in_gain_background():
 # ---------------------------------------------------------------------------------------
 # gradients
 # ---------------------------------------------------------------------------------------
-@needs_meshft
+@pytest.mark.slow
 def test_gradients_match_finite_differences():
     v0, f = _sphere(1.0, 0, center=(0.05, -0.1, 0.07))
     g = torch.Generator().manual_seed(1)
     v0 = v0 + 0.05 * torch.randn(v0.shape, generator=g, dtype=torch.float64)  # break symmetry
-    psf = GaussianPSF((0.6, 0.4, 0.35))
+    psf = GaussianPSF((0.6, 0.4, 0.2))  # undersampled along x: exercises the alias folding too
     r = Renderer((10, 12, 12), (0.5, 0.3, 0.3), psf, origin_um=(-2.25, -1.65, -1.65), band_threshold=1e-4,
                  dtype=torch.float64)
+    assert r.oversampling[2] > 1 and len(r._fold.mirror_sel) > 0
     target = torch.rand(r.shape, generator=g, dtype=torch.float64)
     weights0 = 1.0 + torch.rand(len(f), generator=g, dtype=torch.float64)
 
@@ -364,7 +348,6 @@ def test_gradients_match_finite_differences():
     assert float((grad_psf * dp).sum()) == pytest.approx(float(num), rel=1e-6)
 
 
-@needs_meshft
 def test_psf_change_without_grad_refreshes_the_cached_otf():
     v, f = _sphere(1.0, 1)
     psf = GaussianPSF((0.6, 0.4, 0.4))
@@ -391,7 +374,6 @@ def _box_transform(freqs, lo, hi):
     return out
 
 
-@needs_meshft
 def test_volume_spectrum_of_a_box_is_the_product_of_sincs():
     lo, hi = (-0.9, -0.6, -0.5), (1.1, 0.7, 0.4)
     v, f = _cube(lo, hi)
@@ -405,7 +387,6 @@ def test_volume_spectrum_of_a_box_is_the_product_of_sincs():
     assert np.abs(spec - want).max() < 1e-10 * np.prod(np.subtract(hi, lo))
 
 
-@needs_meshft
 def test_volume_spectrum_of_an_icosphere_approaches_the_ball():
     R = 1.0
     v, f = _sphere(R, 2, center=(0.3, -0.2, 0.1))
@@ -427,7 +408,6 @@ def test_volume_spectrum_of_an_icosphere_approaches_the_ball():
 # ---------------------------------------------------------------------------------------
 # bad inputs at render time
 # ---------------------------------------------------------------------------------------
-@needs_meshft
 def test_mesh_that_would_wrap_around_is_refused():
     r = Renderer((8, 8, 8), 0.25, GaussianPSF(0.3), dtype=torch.float64)
     v, f = _sphere(1.0, 0, center=(1.0, 1.0, 1.0))
@@ -439,7 +419,6 @@ def test_mesh_that_would_wrap_around_is_refused():
         r.render(v + torch.tensor([lo[0] - 1.0, 0.0, 0.0]), f)
 
 
-@needs_meshft
 def test_bad_mesh_inputs_are_refused_with_named_errors():
     r = Renderer((8, 8, 8), 0.25, GaussianPSF(0.3), dtype=torch.float64)
     v, f = _sphere(0.5, 0, center=(1.0, 1.0, 1.0))
@@ -462,7 +441,6 @@ def test_bad_mesh_inputs_are_refused_with_named_errors():
 # ---------------------------------------------------------------------------------------
 # undersampled PSF: exact point samples by alias folding
 # ---------------------------------------------------------------------------------------
-@needs_meshft
 def test_undersampled_psf_image_matches_real_space_blur_when_aliases_are_folded():
     sigma, spacing = (0.5, 0.2, 0.2), (0.5, 0.3, 0.3)  # |OTF| ~0.1 at the lateral Nyquist frequency
     v, f = _sphere(1.5, 1, center=(0.11, -0.07, 0.05))
