@@ -172,6 +172,8 @@ def test_bad_psf_and_dtype_are_refused():
         Renderer((8, 8, 8), 0.2, psf=object())
     with pytest.raises(TypeError, match="dtype"):
         Renderer((8, 8, 8), 0.2, GaussianPSF(0.3), dtype=torch.float16)
+    with pytest.raises(ValueError, match="backend"):
+        Renderer((8, 8, 8), 0.2, GaussianPSF(0.3), backend="no-such-backend")
 
 
 def test_absurd_grid_is_refused_before_allocating():

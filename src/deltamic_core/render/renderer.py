@@ -136,6 +136,10 @@ class Renderer:
             )
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string such as 'auto', got {backend!r}")
+        if backend != "auto":
+            from ..meshft import get_backend
+
+            get_backend(backend)  # unknown/unavailable names fail here, not at the first render
         if max_memory_bytes is not None:
             max_memory_bytes = float(max_memory_bytes)
             if not max_memory_bytes > 0:
@@ -177,6 +181,16 @@ class Renderer:
     @property
     def origin_um(self) -> tuple[float, float, float]:
         return self.image_grid.origin_um
+
+    @property
+    def backend_name(self) -> str:
+        """The mesh_ft backend that ``backend`` resolves to on this device (e.g. "cpu")."""
+        try:
+            from ..meshft._registry import resolve
+
+            return resolve(self.backend, self.device, announce=False)[0]
+        except Exception:  # noqa: BLE001 - reporting only
+            return self.backend
 
     def update_band(self, threshold=None, *, relax: float = 1.0, _stacklevel: int = 2) -> GridBand:
         """Recompute the narrow band from the PSF's current OTF (call it after the PSF
@@ -480,7 +494,7 @@ class Renderer:
         return (
             f"Renderer(shape={self.shape}, spacing_um={self.spacing_um}, origin_um={self.origin_um}, "
             f"padded={self.grid.shape}, oversampling={self.oversampling}, band={len(self.band)}, "
-            f"dtype={self.dtype}, backend={self.backend!r})"
+            f"dtype={self.dtype}, backend={self.backend_name!r})"
         )
 
 
