@@ -455,3 +455,18 @@ def test_undersampled_psf_image_matches_real_space_blur_when_aliases_are_folded(
     truncated = Renderer((13, 19, 19), spacing, GaussianPSF(sigma), fold_aliases=False, **kw)
     err_trunc = np.abs(truncated.render(v, f).detach().numpy() - ref).max() / ref.max()
     assert err_trunc > 1e-2  # dropping the aliases is visibly wrong here (measured 2.8%)
+
+
+def test_update_band_follows_a_changed_psf():
+    psf = GaussianPSF((0.6, 0.3, 0.3))
+    r = Renderer((12, 16, 16), (0.5, 0.25, 0.25), psf, band_threshold=1e-3, dtype=torch.float64)
+    n0 = len(r.band)
+    with torch.no_grad():
+        psf.log_diag -= math.log(2.0)  # half the width: twice the bandwidth per axis
+    r.update_band()
+    fresh = Renderer((12, 16, 16), (0.5, 0.25, 0.25), psf, band_threshold=1e-3, dtype=torch.float64,
+                     margin_um=[4 * 0.6 - 4 * 0.3, 4 * 0.3 - 4 * 0.15, 4 * 0.3 - 4 * 0.15])
+    assert fresh.grid.shape == r.grid.shape  # same padded box, so the bands are comparable
+    assert r.oversampling == fresh.oversampling and r.oversampling != (1, 1, 1)
+    assert torch.equal(r.band.index, fresh.band.index)
+    assert len(r.band) > 2 * n0

@@ -477,7 +477,7 @@ class Renderer:
                 half.index_add_(0, fold.mirror_bin, coeffs[fold.mirror_sel].conj())
         half = half.reshape(self.grid.rfft_shape)
         padded = torch.fft.irfftn(half, s=self.grid.shape)
-        image = padded[self.crop]
+        image = padded[self.crop].contiguous()  # a plain array for callers (view(), numpy, I/O)
         if not (isinstance(background, (int, float)) and background == 0):
             image = image + background
         return image
