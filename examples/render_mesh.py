@@ -126,7 +126,7 @@ def main(argv=None) -> None:
             print(f"warning: {w.message}")
     t_plan = time.perf_counter() - t0
     print(f"plan: image {renderer.shape} voxels of {_fmt(spacing)} um, padded FFT box {renderer.grid.shape}, "
-          f"band {len(renderer.band)} frequencies ({100 * renderer.band.fraction:.1f}% of the half spectrum), "
+          f"band {len(renderer.band)} frequencies (oversampling {renderer.oversampling}), "
           f"{len(renderer.band) * len(mesh.faces) / 1e6:.0f} M (frequency, face) pairs, "
           f"estimated memory {renderer.memory_estimate_bytes(len(mesh.faces), len(mesh.verts)) / 2**20:.0f} MiB; "
           f"{t_plan:.2f} s")
