@@ -7,8 +7,9 @@ still share exactly the same junction vertices and edges afterwards and the resu
 back without cracks: shared membranes stay shared. Separate closed cells (e.g. seeds) have no
 boundary and are remeshed freely.
 
-Limitation: junction lines keep their input sampling (their vertices and edges are not moved,
-split or collapsed); only the patch interiors reach the target edge length.
+Junction lines are resampled beforehand on the whole mesh (long junction edges split, short
+ones collapsed, see :mod:`deltamic_core.geometry._junctions`), so they approach the target
+edge length too; their vertices are otherwise not moved (no smoothing along the junction).
 
 gpytoolbox's C++ remesher can crash the interpreter on inconsistent input (we observed
 segmentation faults on patches with inconsistently wound faces), so every patch is checked
@@ -20,9 +21,22 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..mesh import Mesh
-from .ops import _face_face_manifold_pairs, edge_counts, edges, face_areas, min_angles, offset_to_volume, orient_outward, signed_volume
+from ._junctions import resample_junctions as _resample_junctions
+from .ops import (
+    _face_face_manifold_pairs,
+    edge_counts,
+    edges,
+    face_areas,
+    face_normals,
+    min_angles,
+    offset_to_volume,
+    orient_outward,
+    signed_volume,
+    volumes_by_label,
+)
 
 __all__ = ["remesh", "triangle_quality"]
 
@@ -61,6 +75,34 @@ def _nonmanifold_vertices(faces: np.ndarray, n_verts: int) -> np.ndarray:
     used = n_faces > 0
     bad |= used & ~(interior_ok | boundary_ok)
     return np.flatnonzero(bad)
+
+
+def _relax_slivers(v: np.ndarray, f: np.ndarray, n_fixed: int, min_angle_deg: float = 20.0,
+                   passes: int = 3) -> np.ndarray:
+    """Move free vertices of sliver triangles to the mean of their neighbours.
+
+    Near a crumpled fixed boundary the remesher's projection can put a free vertex on a
+    boundary edge (a zero-area triangle); a few local umbrella steps repair that.
+    """
+    if len(f) == 0:
+        return v
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(len(v), len(v))).tocsr()
+    adj = ((adj + adj.T) > 0).astype(np.float64)
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    v = v.copy()
+    for _ in range(passes):
+        bad = min_angles(v, f) < min_angle_deg
+        if not bad.any():
+            break
+        move = np.zeros(len(v), dtype=bool)
+        move[f[bad].reshape(-1)] = True
+        move[:n_fixed] = False
+        if not move.any():
+            break
+        mean = (adj @ v) / np.maximum(deg, 1)[:, None]
+        v[move] = mean[move]
+    return v
 
 
 def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iterations: int, project: bool):
@@ -106,7 +148,7 @@ def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iteratio
     except (ValueError, RuntimeError, MemoryError):
         return None
     new_f = np.asarray(new_f, dtype=np.int64)
-    new_v = np.asarray(new_v, dtype=np.float64)
+    new_v = _relax_slivers(np.asarray(new_v, dtype=np.float64), new_f, len(fixed))
     if (
         len(new_f) == 0
         or not np.all(np.isfinite(new_v))
@@ -132,8 +174,35 @@ def _keep_volume(new_v: np.ndarray, new_f: np.ndarray, target_signed: float) -> 
     return offset_to_volume(Mesh(new_v, outward), abs(target_signed)).verts
 
 
+def _restore_cell_volumes(verts, faces, labels, outer_free: dict, target: np.ndarray, passes: int = 3):
+    """Offset the free vertices of each cell's outer patch along its outward normals so that
+    the cell keeps its volume (shared membranes and junctions are not moved)."""
+    verts = verts.copy()
+    for _ in range(passes):
+        current = volumes_by_label(verts, faces, labels, len(target))
+        for cell, free in outer_free.items():
+            sel = (labels[:, 0] == 0) & (labels[:, 1] == cell)
+            f = faces[sel]
+            n = -face_normals(verts, f, unit=False)  # (0, cell) faces point into the cell
+            vn = np.zeros_like(verts)
+            for k in range(3):
+                np.add.at(vn, f[:, k], n)
+            moving = np.zeros(len(verts), dtype=bool)
+            moving[free] = True
+            # area that actually moves: each face weighted by its share of free corners
+            share = moving[f].sum(axis=1) / 3.0
+            area = float((0.5 * np.linalg.norm(n, axis=1) * share).sum())
+            length = np.linalg.norm(vn[free], axis=1, keepdims=True)
+            if area <= 0 or not np.any(length > 0):
+                continue
+            d = (target[cell] - current[cell]) / area
+            unit = np.divide(vn[free], length, out=np.zeros_like(vn[free]), where=length > 0)
+            verts[free] += d * unit
+    return verts
+
+
 def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = True,
-           preserve_volume: bool = True) -> Mesh:
+           preserve_volume: bool = True, resample_junctions: bool = True) -> Mesh:
     """Isotropic remeshing to a target edge length, cell by cell (see the module docstring).
 
     Parameters
@@ -148,9 +217,14 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
     project : bool
         Project the new vertices back onto the input surface (keeps the shape).
     preserve_volume : bool
-        Closed surfaces without junctions (separate cells, plain meshes) are offset along
-        their normals to keep their input volume: new vertices lie on the input's facets, so
-        without this every remesh of a convex cell shrinks it (about 2% at edge = R / 4).
+        Keep every cell's volume: new vertices lie on the input's facets, so without this each
+        remesh shrinks convex cells (about 2% at edge = R / 4). Closed surfaces without
+        junctions are offset along their normals; in a multi-material mesh the free vertices
+        of each cell's outer membrane (0, cell) are (shared membranes and junctions stay put).
+    resample_junctions : bool
+        First split long and collapse short junction edges (where three regions meet) towards
+        ``edge_um``, on the whole mesh so that adjacent patches stay stitched (see
+        :mod:`deltamic_core.geometry._junctions`).
 
     Returns
     -------
@@ -179,10 +253,13 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
     labels = fixed_mesh.labels if not plain else np.tile(np.array([[1, 0]], np.int32), (len(mesh.faces), 1))
     faces = fixed_mesh.faces
     verts = fixed_mesh.verts
+    if resample_junctions and not plain:
+        verts, faces, labels = _resample_junctions(verts, faces, labels, edge_um)
     pair_key = labels[:, 0].astype(np.int64) * (int(labels.max()) + 1) + labels[:, 1]
 
     out_verts = [verts]  # original vertices first; unused ones are dropped at the end
     out_faces, out_labels, skipped = [], [], []
+    outer_free = {}  # cell -> indices of the free (new) vertices of its outer patch (0, cell)
     n_total = len(verts)
     for key in np.unique(pair_key):
         sel = pair_key == key
@@ -197,6 +274,8 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
             if preserve_volume and len(fixed_global) == 0 and len(kept_faces) == 0:
                 new_v = _keep_volume(new_v, new_f, signed_volume(verts, patch_faces))
             index = np.concatenate([fixed_global, n_total + np.arange(len(new_v))])
+            if not plain and pair[0] == 0 and pair[1] > 0 and len(fixed_global) > 0:
+                outer_free[int(pair[1])] = n_total + np.arange(len(new_v))
             out_verts.append(new_v)
             n_total += len(new_v)
             out_faces.append(np.concatenate([index[new_f], kept_faces]))
@@ -209,6 +288,10 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
         )
     all_v = np.concatenate(out_verts)
     all_f = np.concatenate(out_faces)
+    all_l = np.concatenate(out_labels).astype(np.int32)
+    if preserve_volume and outer_free:
+        target = volumes_by_label(fixed_mesh.verts, fixed_mesh.faces, fixed_mesh.labels, int(all_l.max()) + 1)
+        all_v = _restore_cell_volumes(all_v, all_f, all_l, outer_free, target)
     used = np.zeros(len(all_v), dtype=bool)
     used[all_f.reshape(-1)] = True
     new_index = np.cumsum(used) - 1
@@ -217,6 +300,6 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
     return Mesh(
         all_v[used],
         new_index[all_f],
-        None if plain else np.concatenate(out_labels).astype(np.int32),
+        None if plain else all_l,
         metadata,
     )
