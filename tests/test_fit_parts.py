@@ -350,3 +350,24 @@ def test_repeated_failures_raise_and_keep_a_finite_mesh():
     with pytest.raises(FitDivergedError, match="diverged"):
         fitter.step()
     np.testing.assert_array_equal(fitter.result().mesh.verts, good)
+
+
+def test_block_averaged_psf_is_otf_times_mean_of_sample_phases():
+    from deltamic_core.fit import BlockAveragedPSF
+    from deltamic_core.grid import FFTGrid
+    from deltamic_core.psf import GaussianPSF
+
+    inner = GaussianPSF(sigma_um=(0.9, 0.5, 0.4))
+    f, s = 3, (0.5, 0.3, 0.3)
+    wrapped = BlockAveragedPSF(inner, f, s)
+    grid = FFTGrid((10, 12, 14), tuple(x * f for x in s))
+    got = wrapped.otf(grid, dtype=torch.float64).detach().numpy()
+    base = inner.otf(grid, dtype=torch.float64).detach().numpy()
+    box = np.ones_like(base, dtype=complex)
+    for axis, k in enumerate(grid.freq_grid()):
+        offsets = (np.arange(f) - (f - 1) / 2) * s[axis]
+        box = box * np.mean([np.exp(-2j * np.pi * k.numpy() * o) for o in offsets], axis=0)
+    np.testing.assert_allclose(got, base * box.real, atol=1e-12)
+    assert np.abs(box.imag).max() < 1e-12  # centred block: real transfer function
+    assert wrapped.extent_um()[0] > inner.extent_um()[0]
+    assert wrapped.as_dict() == inner.as_dict()

@@ -7,7 +7,8 @@ for reuse and testing.
 from __future__ import annotations
 
 from .config import FitConfig
-from .fitter import FitDivergedError, FitResult, Fitter, StepResult, block_average
+from .fitter import FitDivergedError, FitResult, Fitter, StepResult
+from .levels import BlockAveragedPSF, block_average
 from .losses import intensity_weight, poisson_nll, robust_normalise, solve_photometric, weighted_mse
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner, mesh_laplacian
@@ -19,6 +20,7 @@ __all__ = [
     "FitResult",
     "FitDivergedError",
     "block_average",
+    "BlockAveragedPSF",
     "intensity_weight",
     "robust_normalise",
     "weighted_mse",

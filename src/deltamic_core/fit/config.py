@@ -48,6 +48,9 @@ class FitConfig:
         the start; it decays with ``lr_final_factor``).
     lr_final_factor : float in (0, 1]
         Cosine decay of the step size within each level down to ``lr * lr_final_factor``.
+    refine_lr_factor : float in (0, 1]
+        Levels after the first start from ``lr * refine_lr_factor``: they begin close to the
+        answer, and a full-size first step of a fresh optimiser overshoots.
     lambda_smooth, p, laplacian :
         Large-steps preconditioner ``(I + lambda_smooth L)^p`` with ``L`` the ``laplacian``
         ("uniform", "cotangent" or "robust"; "robust" works on non-manifold multi-cell meshes,
@@ -119,11 +122,12 @@ class FitConfig:
     iterations: int | tuple = 150
     lr: float = 0.3
     lr_final_factor: float = 0.1
+    refine_lr_factor: float = 0.5
     lambda_smooth: float = 10.0
     p: int = 1
     laplacian: str = "uniform"
     optimizer: str = "uniform"
-    betas: tuple = (0.9, 0.999)
+    betas: tuple = (0.8, 0.999)
     max_failures: int = 8
     min_lr_factor: float = 1e-3
     rel_tol: float = 0.0
@@ -177,6 +181,9 @@ class FitConfig:
         self.lr_final_factor = _pos("lr_final_factor", self.lr_final_factor)
         if self.lr_final_factor > 1:
             raise ValueError(f"FitConfig.lr_final_factor must be in (0, 1], got {self.lr_final_factor}")
+        self.refine_lr_factor = _pos("refine_lr_factor", self.refine_lr_factor)
+        if self.refine_lr_factor > 1:
+            raise ValueError(f"FitConfig.refine_lr_factor must be in (0, 1], got {self.refine_lr_factor}")
         self.lambda_smooth = _pos("lambda_smooth", self.lambda_smooth, allow_zero=True)
         self.p = _int("p", self.p, 1)
         if self.laplacian not in LAPLACIAN_KINDS:

@@ -32,10 +32,11 @@ from .._checks import check_spacing, check_vector3
 from ..mesh import Mesh
 from .config import FitConfig
 from .losses import intensity_weight, poisson_nll, solve_photometric, weighted_mse, _quantiles
+from .levels import BlockAveragedPSF, block_average
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner
 
-__all__ = ["Fitter", "StepResult", "FitResult", "block_average", "FitDivergedError"]
+__all__ = ["Fitter", "StepResult", "FitResult", "FitDivergedError"]
 
 
 class FitDivergedError(RuntimeError):
@@ -95,21 +96,6 @@ class FitResult:
     n_rollbacks: int
     converged: bool
     config: dict = field(default_factory=dict)
-
-
-def block_average(image: torch.Tensor, factor: int) -> torch.Tensor:
-    """Mean over ``factor``^3 blocks (trailing voxels that do not fill a block are dropped).
-
-    The voxel (i, j, l) of the result covers input voxels ``i*factor ... i*factor+factor-1``
-    (per axis), so its centre sits at ``origin + (i*factor + (factor-1)/2) * spacing``.
-    """
-    if factor == 1:
-        return image
-    nz, ny, nx = (s // factor for s in image.shape)
-    if min(nz, ny, nx) < 1:
-        raise ValueError(f"image of shape {tuple(image.shape)} is smaller than the downsampling factor {factor}")
-    x = image[: nz * factor, : ny * factor, : nx * factor]
-    return x.reshape(nz, factor, ny, factor, nx, factor).mean(dim=(1, 3, 5))
 
 
 class _BadStep(Exception):
@@ -237,8 +223,9 @@ class Fitter:
     @property
     def lr(self) -> float:
         """The current (un-decayed) step size in um after any rollback halvings."""
-        factor = self._level.factor if self._level is not None else self.config.levels[self._level_index]
-        return self.config.lr * self._lr_scale * min(self.spacing_um) * factor
+        index = self._level.index if self._level is not None else self._level_index
+        start = 1.0 if index == 0 else self.config.refine_lr_factor
+        return self.config.lr * start * self._lr_scale * min(self.spacing_um) * self.config.levels[index]
 
     def current_mesh(self) -> Mesh:
         """The current mesh (a copy), vertices in um."""
@@ -309,7 +296,8 @@ class Fitter:
         # Coarse levels are a cheap approximation (the block average is itself a low-pass
         # filter): they drop the PSF's frequencies beyond their Nyquist limit instead of folding
         # them, which would oversample the band and cost as much as the full resolution.
-        renderer = Renderer(tuple(obs_l.shape), spacing, self.psf, origin_um=origin,
+        level_psf = self.psf if f == 1 else BlockAveragedPSF(self.psf, f, self.spacing_um)
+        renderer = Renderer(tuple(obs_l.shape), spacing, level_psf, origin_um=origin,
                             band_threshold=cfg.band_threshold, backend=cfg.backend, dtype=self.dtype,
                             device=self.device, max_memory_bytes=cfg.max_memory_bytes,
                             fold_aliases=cfg.fold_aliases and f == 1)
@@ -366,7 +354,8 @@ class Fitter:
         n = max(self._level.n_iterations, 1)
         t = min(self._level_iter / n, 1.0)
         decay = cfg.lr_final_factor + (1 - cfg.lr_final_factor) * 0.5 * (1 + math.cos(math.pi * t))
-        return cfg.lr * self._lr_scale * min(self._level.spacing_um) * decay
+        start = 1.0 if self._level.index == 0 else cfg.refine_lr_factor
+        return cfg.lr * start * self._lr_scale * min(self._level.spacing_um) * decay
 
     def _snapshot(self) -> dict:
         snap = {"u": self._u.clone(), "x": self._x.clone(), "opt": self._opt.state(),
