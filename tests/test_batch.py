@@ -48,7 +48,7 @@ def inputs(tmp_path_factory):
 def _fit_args(out, d, threads):
     return build_parser().parse_args(["batch", str(d / "small.tif"), str(d / "large.tif"), str(d / "broken.tif"),
                                       "--out", str(out), "--seeds", str(d / "{stem}.csv"), "--iterations", "12",
-                                      "--levels", "1", "--quiet", "--threads-per-worker", str(threads)])
+                                      "--levels", "1", "--edge", "1.0", "--quiet", "--threads-per-worker", str(threads)])
 
 
 def test_batch_isolates_a_failure_and_resumes(client, inputs, tmp_path, capsys):
@@ -81,7 +81,7 @@ def test_batch_isolates_a_failure_and_resumes(client, inputs, tmp_path, capsys):
     stamps = {n: (out / n / "report.json").stat().st_mtime_ns for n in ("small", "large")}
     rc = main(["batch", str(inputs / "small.tif"), str(inputs / "large.tif"), str(inputs / "broken.tif"),
                "--out", str(out), "--seeds", str(inputs / "{stem}.csv"), "--iterations", "12", "--levels", "1",
-               "--quiet", "--scheduler", client.scheduler.address])
+               "--edge", "1.0", "--quiet", "--scheduler", client.scheduler.address])
     stdout = capsys.readouterr().out
     assert rc != 0  # the broken item still fails
     assert "0 done, 2 skipped, 1 failed" in stdout

@@ -116,9 +116,9 @@ def fit_item(item: BatchItem, item_dir: str, fit_args) -> dict:
     from . import cli
 
     image, spacing = cli.load_image(item.path, channel=fit_args.channel, frame=item.frame, spacing=fit_args.spacing)
-    init = cli.initial_mesh(fit_args, image, spacing, stem=Path(item.path).name.split(".")[0])
     psf = cli.make_psf(fit_args, spacing)
     config = cli.fit_config(fit_args)
+    init = cli.initial_mesh(fit_args, image, spacing, stem=Path(item.path).name.split(".")[0], psf=psf)
     _, report, _ = cli.fit_to_directory(image, spacing, init, psf, config, item_dir,
                                      command=getattr(fit_args, "argv", None),
                                      extra={"input": item.path, "frame": item.frame, "item": item.name},

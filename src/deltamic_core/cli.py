@@ -423,21 +423,38 @@ def read_seeds(path) -> tuple[np.ndarray, np.ndarray | None]:
     return c, np.asarray(radii, dtype=np.float64)
 
 
-def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray) -> np.ndarray:
+def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur_um=None) -> np.ndarray:
     """Initial sphere radius (um) for each seed of a membrane image.
 
     The membrane around a seed is where the shell-averaged intensity peaks: the image is
-    averaged over spherical shells (one voxel thick) around each seed out to 0.75 x the
+    averaged over spherical shells (half a voxel thick) around each seed out to 0.75 x the
     distance to the nearest other seed (touching cells meet at half that distance), and the
-    radius of the brightest shell is taken. When no interior peak exists (e.g. no membrane
-    signal) the radius falls back to a third of the nearest-neighbour distance (a quarter of
-    the smallest image extent for a single seed). Radii are capped at 0.45 x the
-    nearest-neighbour distance so the initial spheres never overlap.
+    peak radius r is located to sub-shell precision. Blurring a spherical shell of radius R
+    with a Gaussian of width s moves the peak of its radial profile inwards, to
+    r ~ R - s^2 / R (the 1/r spreading of the blurred shell), so R = r + s^2 / r is returned,
+    with s^2 the mean of ``blur_um**2`` over the axes (default: one voxel per axis, the CLI's
+    default PSF). When no interior peak exists (e.g. no membrane signal) the radius falls back
+    to a third of the nearest-neighbour distance (a quarter of the smallest image extent for
+    a single seed). Radii are capped at 0.45 x the nearest-neighbour distance so the initial
+    spheres never overlap.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) array
+    spacing_um : (3,) float
+    centres : (n, 3) float, um, image frame
+    blur_um : (3,) float, optional
+        Standard deviation (z, y, x) of the PSF in um.
+
+    Returns
+    -------
+    (n,) float radii in um.
     """
     from scipy.ndimage import uniform_filter1d
     from scipy.spatial import cKDTree
 
     sp = np.asarray(spacing_um, dtype=float)
+    s2 = float(np.mean(np.square(sp if blur_um is None else np.asarray(blur_um, dtype=float))))
     shape = np.asarray(image.shape)
     extent = shape * sp
     n = len(centres)
@@ -445,7 +462,7 @@ def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray) -> n
         nn = cKDTree(centres).query(centres, k=2)[0][:, 1]
     else:
         nn = np.array([np.inf])
-    step = float(sp.min())
+    step = 0.5 * float(sp.min())  # half-voxel shells, then a sub-shell peak
     out = np.empty(n)
     for i, c in enumerate(centres):
         rmax = float(min(0.75 * nn[i], 0.5 * extent.max()))
@@ -463,15 +480,24 @@ def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray) -> n
         prof[valid] = sums[valid] / counts[valid]
         ok = np.isfinite(prof)
         prof = np.interp(np.arange(len(prof)), np.flatnonzero(ok), prof[ok]) if ok.any() else prof
-        prof = uniform_filter1d(prof, 3, mode="nearest")
-        first = int(np.ceil(2.0 * sp.max() / step))  # shells this small are a few voxels: too noisy
+        smooth = uniform_filter1d(prof, 3, mode="nearest")  # to find the peak robustly in noise
+        first = int(np.ceil(sp.max() / step))  # shells within a voxel hold a handful of voxels: too noisy
         est = None
         if len(prof) > first + 2:
-            k = first + int(np.argmax(prof[first:]))
-            tail = prof[first:]
+            tail = smooth[first:]
+            ks = first + int(np.argmax(tail))
+            # refine on the raw profile (smoothing flattens a peak a few shells wide)
+            lo_k, hi_k = max(ks - 1, 1), min(ks + 2, len(prof) - 1)
+            k = lo_k + int(np.argmax(prof[lo_k:hi_k]))
             # an interior maximum clearly above the shell-average baseline
-            if k < len(prof) - 1 and prof[k] > np.median(tail) + 0.25 * (tail.max() - tail.min()):
-                est = (k + 0.5) * step
+            if 1 <= k < len(prof) - 1 and ks < len(prof) - 1 and \
+                    smooth[ks] > np.median(tail) + 0.25 * (tail.max() - tail.min()):
+                # parabola through the peak shell and its neighbours
+                a, b, c = prof[k - 1], prof[k], prof[k + 1]
+                curv = a - 2 * b + c
+                shift = 0.5 * (a - c) / curv if curv < 0 else 0.0
+                r_peak = (k + 0.5 + float(np.clip(shift, -0.5, 0.5))) * step
+                est = r_peak + s2 / r_peak
         if est is None:
             est = nn[i] / 3.0 if np.isfinite(nn[i]) else 0.25 * float(extent.min())
         out[i] = min(est, 0.45 * nn[i]) if np.isfinite(nn[i]) else est
@@ -581,7 +607,16 @@ def _count_init(args) -> int:
     return sum(v is not None for v in (args.init, args.seeds, args.labels))
 
 
-def initial_mesh(args, image: np.ndarray, spacing_um, *, stem: str | None = None):
+def psf_width_um(psf) -> tuple[float, float, float]:
+    """Standard deviation (z, y, x) of a PSF model in um: exact for a Gaussian, else about a
+    quarter of its half-extent (where the model is negligible, ~4 sigma)."""
+    sig = getattr(psf, "sigma_um", None)
+    if sig is not None:
+        return tuple(float(v) for v in np.asarray(sig.detach().cpu() if hasattr(sig, "detach") else sig).reshape(3))
+    return tuple(0.25 * float(e) for e in psf.extent_um())
+
+
+def initial_mesh(args, image: np.ndarray, spacing_um, *, stem: str | None = None, psf=None):
     """The starting mesh from --init, --seeds or --labels, in um, validated against the image."""
     from . import geometry
 
@@ -595,7 +630,8 @@ def initial_mesh(args, image: np.ndarray, spacing_um, *, stem: str | None = None
         centres, radii = read_seeds(path(args.seeds))
         check_inside(centres.min(0), centres.max(0), shape, spacing_um, what="a seed", hint="seeds are in um; check --spacing")
         if radii is None:
-            radii = estimate_seed_radii(image if image.ndim == 3 else image[0], spacing_um, centres)
+            radii = estimate_seed_radii(image if image.ndim == 3 else image[0], spacing_um, centres,
+                                        blur_um=psf_width_um(psf) if psf is not None else None)
         kw = {}
         if getattr(args, "edge", None) is not None:
             kw = _supported(geometry.seed_spheres, edge_um=args.edge)
@@ -727,7 +763,7 @@ def fit_report(res, psf, config, timings: dict, command=None, extra: dict | None
         "psf": psf.as_dict() if hasattr(psf, "as_dict") else repr(psf),
         "photometric": {k: _maybe_float(getattr(res, k, None)) for k in ("gain", "background")
                         if getattr(res, k, None) is not None},
-        "backend": getattr(res, "backend", None) or getattr(config, "backend", None),
+        "backend": _resolved_backend(getattr(res, "backend", None) or getattr(config, "backend", "auto"), config),
         "config": dataclasses.asdict(config),
         "versions": versions(),
     }
@@ -740,6 +776,20 @@ def fit_report(res, psf, config, timings: dict, command=None, extra: dict | None
     if extra:
         report.update(extra)
     return report
+
+
+def _resolved_backend(name: str, config) -> str:
+    """The mesh transform backend that actually ran ("auto" resolved, as the renderer does)."""
+    if name != "auto":
+        return name
+    try:
+        import torch
+
+        from .meshft._registry import resolve
+
+        return resolve("auto", torch.device(getattr(config, "device", "cpu")), announce=False)[0]
+    except Exception:  # noqa: BLE001 - a report detail, never worth failing a finished fit
+        return name
 
 
 def _maybe_float(v):
@@ -808,7 +858,7 @@ def cmd_fit(args) -> int:
     image, spacing = load_image(args.image, channel=args.channel, frame=args.frame, spacing=args.spacing)
     psf = make_psf(args, spacing)
     config = fit_config(args)
-    init = initial_mesh(args, image, spacing)
+    init = initial_mesh(args, image, spacing, psf=psf)
     res, report, _ = fit_to_directory(image, spacing, init, psf, config, args.out, command=args.argv,
                                    extra={"input": str(args.image)}, progress=not args.quiet)
     _print_fit_summary(report, args.out)
@@ -1030,7 +1080,7 @@ def cmd_track(args) -> int:
     stack, spacing = load_image(args.image, channel=args.channel, spacing=args.spacing, allow_time=True, what="STACK")
     psf = make_psf(args, spacing)
     config = fit_config(args)
-    init = initial_mesh(args, stack[0], spacing)
+    init = initial_mesh(args, stack[0], spacing, psf=psf)
     rows = track_stack(stack, spacing, init, psf, config, args.out, command=args.argv, progress=not args.quiet,
                        input_path=str(args.image))
     n_t = len({r["t"] for r in rows})
