@@ -470,3 +470,24 @@ def test_update_band_follows_a_changed_psf():
     assert r.oversampling == fresh.oversampling and r.oversampling != (1, 1, 1)
     assert torch.equal(r.band.index, fresh.band.index)
     assert len(r.band) > 2 * n0
+
+
+@pytest.mark.slow
+def test_render_mesh_example_writes_tiff_and_png(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import tifffile
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "render_mesh.py"
+    spec = importlib.util.spec_from_file_location("render_mesh_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # a very coarse, cheap configuration: the point is the plumbing, not the picture
+    module.main(["--out", str(tmp_path), "--spacing", "3", "3", "3", "--sigma", "2.5", "2.5", "2.5",
+                 "--threshold", "1e-2"])
+    out = capsys.readouterr().out
+    assert "band" in out and "render:" in out
+    img = tifffile.imread(tmp_path / "embryo_render.tif")
+    assert img.ndim == 3 and img.dtype == np.float32 and float(img.max()) > 0
+    assert (tmp_path / "embryo_render.png").stat().st_size > 1000
