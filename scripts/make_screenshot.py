@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=30, help="iterations per resolution level")
-    parser.add_argument("--radius", type=float, default=3.0, help="seed sphere radius (um)")
+    parser.add_argument("--radius", type=float, default=2.5, help="seed sphere radius (um)")
+    parser.add_argument("--edge", type=float, default=1.0, help="seed triangle edge length (um)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot_widget.png")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on the fit after this many seconds")
     args = parser.parse_args(argv)
@@ -60,6 +61,7 @@ def _run(args) -> int:
     widget.seed_source.setCurrentText("Points")
     widget.seed_combo.set_layer(viewer.layers["seeds"])
     widget.radius_box.setValue(args.radius)
+    widget.edge_box.setValue(args.edge)
     sample = image.metadata["sample_params"]
     for box, s in zip(widget.sigma_boxes, sample["sigma_um"]):
         box.setValue(s)
@@ -90,9 +92,10 @@ def _run(args) -> int:
 
     viewer.layers["seeds"].visible = False
     viewer.dims.ndisplay = 3
-    viewer.camera.angles = (10.0, -35.0, 55.0)
     viewer.reset_view()
-    viewer.camera.zoom *= 1.15
+    viewer.camera.angles = (-20.0, 30.0, 120.0)
+    viewer.camera.zoom *= 1.1
+    _close_notifications(viewer)
     image.contrast_limits = (float(np.percentile(image.data, 1)), float(np.percentile(image.data, 99.9)))
     for _ in range(20):
         app.processEvents()
@@ -103,6 +106,14 @@ def _run(args) -> int:
     print(f"wrote {args.out} ({shot.shape[1]} x {shot.shape[0]})")
     viewer.close()
     return 0
+
+
+def _close_notifications(viewer) -> None:
+    """Close notification toasts (e.g. napari's PyQt5 deprecation notice) so they stay out of the picture."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
 
 
 def _write_png_atomic(path: Path, rgba) -> None:

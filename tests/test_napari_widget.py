@@ -20,7 +20,8 @@ FIT_TIMEOUT_MS = 180_000
 def embryo(tmp_path_factory):
     """The sample embryo, rendered once per session into a private cache dir."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("NAPARI_DELTAMIC_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # shared with test_napari_sample.py: the stack is rendered once per test session
+    mp.setenv("NAPARI_DELTAMIC_CACHE", str(tmp_path_factory.getbasetemp() / "deltamic-sample-cache"))
     try:
         yield _sample_data.synthetic_embryo()
     finally:
@@ -130,10 +131,42 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, embryo, 
     w, _ = _setup(viewer, embryo, iterations=500)
     w.run_button.click()
     qtbot.waitUntil(lambda: len(w.loss_plot.losses) >= 1, timeout=FIT_TIMEOUT_MS)
-    assert w.shutdown(timeout_s=120)
+    worker = w._worker
+    viewer.close()  # the widget's close hook quits the worker and waits for its thread
     assert not w.is_running
-    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=FIT_TIMEOUT_MS)
+    assert len(w.loss_plot.losses) < 500
     assert errors == []
+
+
+def test_preview_renders_the_seeds_on_the_image_grid(make_napari_viewer, qtbot, embryo, errors):
+    viewer = make_napari_viewer(show=True)
+    w, image = _setup(viewer, embryo, iterations=1)
+    worker = w.preview()
+    with qtbot.waitSignal(worker.finished, timeout=FIT_TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: "crop preview" in viewer.layers, timeout=10_000)
+    preview = viewer.layers["crop preview"]
+    assert preview.data.shape == image.data.shape
+    np.testing.assert_allclose(preview.scale, image.scale)
+    np.testing.assert_allclose(preview.translate, image.translate)
+    # a membrane of unit density blurred by a normalised PSF: the voxel sum times the voxel
+    # volume is the membrane area inside the box (the seed sphere lies well inside the crop)
+    area = 4 * np.pi * 3.0**2
+    total = preview.data.sum() * np.prod(image.scale)
+    assert total == pytest.approx(area, rel=0.1)
+    assert errors == []
+
+
+@pytest.mark.slow
+def test_out_of_memory_estimate_is_reported(make_napari_viewer, qtbot, embryo, errors, monkeypatch):
+    viewer = make_napari_viewer(show=True)
+    w, _ = _setup(viewer, embryo, iterations=3)
+    monkeypatch.setenv("DELTAMIC_MAX_MEMORY_GB", "1e-6")  # ~1 kB allowed
+    w.run_button.click()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert errors and "GiB" in errors[-1]
+    assert w.run_button.isEnabled()
 
 
 def test_errors_are_reported_not_raised(make_napari_viewer, errors):
@@ -200,8 +233,8 @@ def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, qtb
     surface = viewer.layers["crop fit"]
     viewer.layers["seeds"].visible = False
     viewer.dims.ndisplay = 3
-    viewer.camera.angles = (10.0, -35.0, 55.0)
     viewer.reset_view()
+    viewer.camera.angles = (-20.0, 30.0, 120.0)
 
     def shot():
         qtbot.wait(50)

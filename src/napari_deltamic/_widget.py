@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -264,20 +265,24 @@ class DeltaMicWidget(QWidget):
         return page
 
     def _build_fit_group(self) -> QGroupBox:
+        from deltamic_core.fit import FitConfig
+
+        defaults = FitConfig()  # the widget starts from the core's defaults
         box = QGroupBox("Fit")
         form = QFormLayout(box)
         self.iter_box = QSpinBox()
         self.iter_box.setRange(1, 100000)
-        self.iter_box.setValue(100)
+        self.iter_box.setValue(defaults.iterations_for_level(0))
         self.iter_box.setToolTip("iterations per resolution level")
         form.addRow("iterations", self.iter_box)
         self.coarse_box = QCheckBox("coarse-to-fine (2x binned image first)")
-        self.coarse_box.setChecked(True)
+        self.coarse_box.setChecked(len(defaults.levels) > 1)
         form.addRow(self.coarse_box)
-        self.step_box = spin(0.3, 1e-4, 10.0, decimals=3, suffix="voxel",
+        self.step_box = spin(defaults.lr, 1e-4, 10.0, decimals=3, suffix="voxel",
                              tooltip="step size: roughly how far the surface moves per iteration at the start")
         form.addRow("step size", self.step_box)
-        self.smooth_box = spin(10.0, 0.0, 1e5, decimals=2, tooltip="smoothness lambda of the large-steps preconditioner")
+        self.smooth_box = spin(defaults.lambda_smooth, 0.0, 1e5, decimals=2,
+                               tooltip="smoothness lambda of the large-steps preconditioner")
         form.addRow("smoothness (lambda)", self.smooth_box)
         self.loss_combo = QComboBox()
         form.addRow("loss", self.loss_combo)
@@ -374,10 +379,14 @@ class DeltaMicWidget(QWidget):
 
     def _image_volume(self, layer) -> np.ndarray:
         """The (Z, Y, X) float32 volume to fit: the current time point of a time series."""
+        from deltamic_core._checks import check_memory
+
         data = layer.data
         if layer.ndim == 4:
             t = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim == 4 else 0
             data = data[t]
+        # lazy (dask/zarr) layers: refuse before materialising a volume that cannot fit
+        check_memory(4.0 * float(np.prod(data.shape[-3:])), f"image layer {layer.name!r} as float32")
         vol = np.asarray(data, dtype=np.float32)
         if not np.isfinite(vol).all():
             raise ValueError(f"image layer {layer.name!r} contains NaN or Inf voxels")
@@ -491,27 +500,39 @@ class DeltaMicWidget(QWidget):
 
     @_guarded
     def preview(self, *args):
-        """Render the current mesh with the current PSF on the image grid, as an Image layer."""
-        import torch
+        """Render the current mesh with the current PSF on the image grid, as an Image layer.
 
-        from deltamic_core.render import Renderer
+        The render runs in a worker thread; the layer appears when it is done. Returns the worker.
+        """
+        from napari.qt.threading import create_worker
 
         image = self._image_layer()
         mesh = self._current_mesh()
         spacing = self.spacing_um()
+        origin = image_origin(image)
         shape = tuple(image.data.shape[-3:])
-        renderer = Renderer(shape, spacing, self.make_psf(), origin_um=image_origin(image),
-                            backend=self.backend_combo.currentText())
-        with torch.no_grad():
-            out = renderer.render(torch.as_tensor(mesh.verts, dtype=torch.float32), torch.as_tensor(mesh.faces),
-                                  torch.as_tensor(mesh.face_intensity(), dtype=torch.float32))
-        rendered = out.cpu().numpy()
+        worker = create_worker(_render_preview, mesh, shape, spacing, origin, self.make_psf(),
+                               self.backend_combo.currentText(), _start_thread=False)
         name = f"{image.name} preview"
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = rendered
-            return self.viewer.layers[name]
-        return self.viewer.add_image(rendered, name=name, scale=spacing, translate=image_origin(image),
-                                     colormap="magenta", blending="additive")
+
+        def show(rendered):
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = rendered
+            else:
+                self.viewer.add_image(rendered, name=name, scale=spacing, translate=origin,
+                                      colormap="magenta", blending="additive")
+            self.preview_button.setEnabled(True)
+
+        def failed(exc):
+            self.preview_button.setEnabled(True)
+            _show_error(f"preview failed: {exc}")
+
+        worker.returned.connect(show)
+        worker.errored.connect(failed)
+        self.preview_button.setEnabled(False)
+        self._preview_worker = worker
+        worker.start()
+        return worker
 
     # ------------------------------------------------------------------ fit
     def fit_config(self):
@@ -763,18 +784,21 @@ class DeltaMicWidget(QWidget):
 
     # ------------------------------------------------------------------ shutdown
     def _install_close_hooks(self) -> None:
-        try:
-            qt_window = self.viewer.window._qt_window
-        except AttributeError:  # headless viewer (show=False without a window): nothing to hook
-            return
-        qt_window.destroyed.connect(self.shutdown_now)
+        """Stop the fit when the viewer's window closes (children get no closeEvent of their own)."""
         from qtpy.QtWidgets import QApplication
 
+        try:
+            qt_window = self.viewer.window._qt_window
+        except AttributeError:  # no Qt window (headless viewer): nothing to watch
+            qt_window = None
+        if qt_window is not None:
+            self._close_watcher = _CloseWatcher(self.shutdown_now, qt_window)
+            qt_window.installEventFilter(self._close_watcher)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown_now)
 
-    def shutdown(self, timeout_s: float = 30.0) -> bool:
+    def shutdown(self, timeout_s: float = 60.0) -> bool:
         """Stop a running fit and wait for its thread to end (processing Qt events meanwhile).
 
         Returns True if no fit is running any more.
@@ -803,6 +827,32 @@ class DeltaMicWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
         super().closeEvent(event)
+
+
+class _CloseWatcher(QObject):
+    """Event filter calling ``callback`` when the watched window receives a Close event."""
+
+    def __init__(self, callback, parent):
+        super().__init__(parent)
+        self._callback = callback
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if event.type() == QEvent.Close:
+            self._callback()
+        return False
+
+
+def _render_preview(mesh, shape, spacing, origin, psf, backend) -> np.ndarray:
+    """Worker body of Preview: the noise-free image of ``mesh`` (membrane intensities) on the grid."""
+    import torch
+
+    from deltamic_core.render import Renderer
+
+    renderer = Renderer(shape, spacing, psf, origin_um=origin, backend=backend)
+    with torch.no_grad():
+        out = renderer.render(torch.as_tensor(mesh.verts, dtype=torch.float32), torch.as_tensor(mesh.faces),
+                              torch.as_tensor(mesh.face_intensity(), dtype=torch.float32))
+    return out.cpu().numpy()
 
 
 def _fit_steps(vol, spacing, origin, init_mesh, psf, config, t0):

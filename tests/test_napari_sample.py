@@ -1,0 +1,88 @@
+"""The sample-data contribution: the synthetic 3-cell embryo rendered by the core."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_deltamic import _sample_data
+
+
+@pytest.fixture
+def cache(tmp_path_factory, monkeypatch):
+    # one directory per test session: the stack is rendered once and reused by every test
+    path = tmp_path_factory.getbasetemp() / "deltamic-sample-cache"
+    monkeypatch.setenv("NAPARI_DELTAMIC_CACHE", str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_sample_layers_shapes_and_scale(cache):
+    layers = _sample_data.make_sample_data()
+    assert [kind for _, _, kind in layers] == ["image", "surface", "points"]
+    (image, ikw, _), (surface, skw, _), (points, pkw, _) = layers
+    params = _sample_data.EMBRYO_PARAMS
+    assert image.ndim == 3 and image.dtype == np.float32
+    assert tuple(ikw["scale"]) == tuple(params["spacing_um"])
+    assert ikw["scale"][0] > ikw["scale"][1], "the sample is meant to have anisotropic voxels"
+    verts, faces, values = surface
+    assert set(np.unique(values).astype(int)) == {1, 2, 3}
+    assert skw["metadata"]["labels"].shape == (len(faces), 2)
+    assert points.shape == (3, 3)
+    # the mesh (um) lies inside the stack's extent (um), with the margin
+    extent = (np.asarray(image.shape) - 1) * np.asarray(ikw["scale"])
+    assert np.all(verts.min(axis=0) >= params["margin_um"] - 1e-6)
+    assert np.all(verts.max(axis=0) <= extent)
+    # Poisson counts: non-negative integers
+    assert image.min() >= 0 and np.all(image == np.round(image))
+    # cached: a second call loads the same stack from disk
+    assert len(list(cache.glob("embryo_*.npz"))) == 1
+    again = _sample_data.make_sample_data()[0][0]
+    np.testing.assert_array_equal(again, image)
+
+
+@pytest.mark.slow
+def test_sample_brightness_sits_on_the_membranes(cache):
+    from scipy.spatial import cKDTree
+
+    emb = _sample_data.synthetic_embryo()
+    image, spacing, mesh = emb["image"], np.asarray(emb["spacing_um"]), emb["mesh"]
+    # densely sample the surface (vertices + face centres) and measure voxel-to-membrane distances
+    pts = np.concatenate([mesh.verts, mesh.verts[mesh.faces].mean(axis=1)])
+    tree = cKDTree(pts)
+    idx = np.argwhere(np.ones(image.shape, bool))
+    dist, _ = tree.query(idx * spacing)
+    dist = dist.reshape(image.shape)
+    sigma_z = _sample_data.EMBRYO_PARAMS["sigma_um"][0]
+    bright = image >= np.percentile(image, 99)
+    far = dist > 3 * sigma_z
+    assert np.median(dist[bright]) < sigma_z
+    # far from any membrane only the background (+ noise) remains
+    bg = _sample_data.EMBRYO_PARAMS["background_photons"]
+    assert abs(image[far].mean() - bg) < 0.5 * bg
+    assert image[bright].mean() > 5 * bg
+
+
+def test_cache_key_depends_on_every_parameter():
+    base = dict(_sample_data.EMBRYO_PARAMS)
+    keys = {_sample_data._cache_key(base)}
+    for name in base:
+        changed = dict(base)
+        changed[name] = (base[name], "x")  # any change of any value
+        keys.add(_sample_data._cache_key(changed))
+    assert len(keys) == len(base) + 1
+
+
+@pytest.mark.slow
+@pytest.mark.gui
+def test_open_sample_through_napari(make_napari_viewer, cache):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-deltamic", "embryo")
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["embryo (synthetic)", "ground truth mesh", "seeds"]
+    image, surface, seeds = viewer.layers
+    np.testing.assert_allclose(image.scale, _sample_data.EMBRYO_PARAMS["spacing_um"])
+    np.testing.assert_allclose(surface.scale, 1.0)
+    # image (scale = spacing) and surface (um) overlay in world coordinates
+    lo, hi = image.extent.world
+    assert np.all(surface.vertices >= lo) and np.all(surface.vertices <= hi)
+    assert len(seeds.data) == 3
