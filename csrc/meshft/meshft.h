@@ -12,7 +12,7 @@
 // Validation happens in bindings.cpp; the functions below assume valid input.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 

@@ -1,21 +1,25 @@
 // CPU (OpenMP) kernels of the mesh Fourier transform. The per-element math is in
 // meshft_math.h (shared with the CUDA kernels); this file only organises the loops.
 //
-// Both directions work on tiles of kTile frequencies. For a tile, the absolute phase
+// Both directions work on tiles of kTile frequencies ("lanes"). For a tile, the absolute phase
 // phi_v = 2 pi k.v (double) and exp(-i phi_v) (compute precision T) of every vertex are
-// tabulated once, vertex-major ([v][j]) so that a face reads three short contiguous rows.
-// Relative phases p = phi_b - phi_a are formed in double and rounded to T, so their error is
-// relative to p itself, not to the hundreds of radians of the absolute phases.
+// tabulated once, vertex-major and as separate arrays, so that a face reads short contiguous
+// rows. Relative phases p = phi_b - phi_a are formed in double and rounded to T, so their error
+// is relative to p itself, not to the hundreds of radians of the absolute phases. Per face, the
+// series is evaluated for all lanes in straight-line code the compiler vectorises; lanes whose
+// phase spread needs the recursive formulas are redone one by one.
 //
-// forward : threads own tiles of frequencies (each with its private tables) and loop over all
+// forward : threads own tiles of frequencies (each with private tables) and loop over all
 //           faces, accumulating U(k) in double. No reduction across threads.
 // backward: tiles are processed one after the other; the table of a tile is built by all
 //           threads together, then threads own faces and accumulate, per face, the frequency
-//           sums R = sum_k Re(conj(G) f) and V_corner = sum_k Re(conj(G) f_corner) k in
-//           double. Corner gradients are gathered to the vertices serially (deterministic,
-//           no atomics).
+//           sums R = sum_k Re(conj(G) f) and V_corner = sum_k Re(conj(G) f_corner) k (in T
+//           within a tile, in double across tiles). Corner gradients are gathered to the
+//           vertices serially (deterministic, no atomics). Results do not depend on the number
+//           of threads.
 #include <ATen/Parallel.h>
 #include <omp.h>
+#include <torch/extension.h>  // pybind11::gil_scoped_release
 
 #include <algorithm>
 #include <cmath>
@@ -28,7 +32,7 @@ namespace meshft {
 namespace {
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
-constexpr int64_t kTile = 32;
+constexpr int64_t kTile = 32;  // frequencies per tile (lanes)
 
 // Per-face geometry in double: corner indices, twice the area, and the area gradients.
 struct FaceGeom {
@@ -58,24 +62,168 @@ std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_
   return geom;
 }
 
-// Fill the tables of frequencies [k0, k0 + kn) for vertices [v0, v1).
+// Per-vertex tables of n_sub frequency tiles: for each tile, vertex-major rows of kTile lanes,
+// structure of arrays.
 template <typename T>
-inline void fill_tables(const T* verts, const T* freqs, int64_t k0, int64_t kn, int64_t v0,
-                        int64_t v1, double* phi, Cplx<T>* ex) {
+struct TileTables {
+  int64_t V;
+  std::vector<double> phi;  // 2 pi k.v
+  std::vector<T> ere, eim;  // exp(-i phi)
+  TileTables(int64_t V_, int64_t n_sub)
+      : V(V_),
+        phi(static_cast<size_t>(n_sub * V_ * kTile)),
+        ere(static_cast<size_t>(n_sub * V_ * kTile)),
+        eim(static_cast<size_t>(n_sub * V_ * kTile)) {}
+};
+
+template <typename T>
+struct TileView {
+  double* phi;
+  T* ere;
+  T* eim;
+};
+
+template <typename T>
+inline TileView<T> view(TileTables<T>& tab, int64_t sub) {
+  const int64_t off = sub * tab.V * kTile;
+  return {tab.phi.data() + off, tab.ere.data() + off, tab.eim.data() + off};
+}
+
+// 2 pi k of one tile in double, structure of arrays (lanes past kn: k = 0).
+struct TileFreqs {
+  double x[kTile], y[kTile], z[kTile];
+};
+
+template <typename T>
+inline void tile_freqs(const T* freqs, int64_t k0, int64_t kn, TileFreqs& tf) {
+  for (int64_t j = 0; j < kTile; ++j) {
+    const bool in = j < kn;
+    tf.x[j] = in ? kTwoPi * double(freqs[3 * (k0 + j)]) : 0.0;
+    tf.y[j] = in ? kTwoPi * double(freqs[3 * (k0 + j) + 1]) : 0.0;
+    tf.z[j] = in ? kTwoPi * double(freqs[3 * (k0 + j) + 2]) : 0.0;
+  }
+}
+
+// Fill the tables of one tile for vertices [v0, v1) (a vectorised loop over the lanes).
+template <typename T>
+inline void fill_tables(const T* verts, const TileFreqs& tf, int64_t v0, int64_t v1,
+                        TileView<T> tab) {
   for (int64_t v = v0; v < v1; ++v) {
     const double x = verts[3 * v], y = verts[3 * v + 1], z = verts[3 * v + 2];
-    double* prow = phi + v * kTile;
-    Cplx<T>* erow = ex + v * kTile;
-    for (int64_t j = 0; j < kn; ++j) {
-      const T* k = freqs + 3 * (k0 + j);
-      const double ph = kTwoPi * (double(k[0]) * x + double(k[1]) * y + double(k[2]) * z);
+    double* __restrict__ prow = tab.phi + v * kTile;
+    T* __restrict__ rrow = tab.ere + v * kTile;
+    T* __restrict__ irow = tab.eim + v * kTile;
+    for (int64_t j = 0; j < kTile; ++j) {
+      const double ph = tf.x[j] * x + tf.y[j] * y + tf.z[j] * z;
+      const Cplx<T> e = expmi<T>(ph);
       prow[j] = ph;
-      erow[j] = expmi<T>(ph);
+      rrow[j] = e.re;
+      irow[j] = e.im;
     }
-    for (int64_t j = kn; j < kTile; ++j) {  // padding lanes: harmless values
-      prow[j] = 0.0;
-      erow[j] = {T(1), T(0)};
-    }
+  }
+}
+
+// Fixed-order sum of one tile of lanes: kTile / 8 terms per lane in T, then 8 in double.
+template <typename T>
+inline double lane_sum(const T* v) {
+  static_assert(kTile % 8 == 0, "kTile must be a multiple of 8");
+  T t[8];
+  for (int l = 0; l < 8; ++l) t[l] = v[l];
+  for (int64_t j0 = 8; j0 < kTile; j0 += 8)
+    for (int l = 0; l < 8; ++l) t[l] += v[j0 + l];
+  double s = 0.0;
+  for (int l = 0; l < 8; ++l) s += double(t[l]);
+  return s;
+}
+
+// Values of one face over a full tile of frequencies, in three passes: (1) relative phases and
+// the series for every lane, straight-line code that the compiler vectorises across lanes;
+// (2) the lanes whose phase spread is too large for the series are recomputed one by one with
+// the recursive divided differences (rare for small triangles and low frequencies);
+// (3) the caller consumes the lanes, again vectorised.
+template <typename T>
+struct FaceLanes {
+  T p[kTile], q[kTile];
+  T f0r[kTile], f0i[kTile];
+  T far_[kTile], fai[kTile], fbr[kTile], fbi[kTile], fcr[kTile], fci[kTile];
+};
+
+template <typename T>
+inline void face_values(const TileView<T>& tab, int64_t a, int64_t b, int64_t c,
+                        FaceLanes<T>& L) {
+  const double* pa = tab.phi + a * kTile;
+  const double* pb = tab.phi + b * kTile;
+  const double* pc = tab.phi + c * kTile;
+  const T* ar = tab.ere + a * kTile;
+  const T* ai = tab.eim + a * kTile;
+  int any_large = 0;
+  for (int64_t j = 0; j < kTile; ++j) {
+    const T p = T(pb[j] - pa[j]);
+    const T q = T(pc[j] - pa[j]);
+    L.p[j] = p;
+    L.q[j] = q;
+    any_large |= int(spread3(p, q) >= Tuning<T>::spread());
+    const Cplx<T> s = tri_series(p, q);
+    L.f0r[j] = ar[j] * s.re - ai[j] * s.im;
+    L.f0i[j] = ar[j] * s.im + ai[j] * s.re;
+  }
+  if (!any_large) return;
+  const T* br = tab.ere + b * kTile;
+  const T* bi = tab.eim + b * kTile;
+  const T* cr = tab.ere + c * kTile;
+  const T* ci = tab.eim + c * kTile;
+  for (int64_t j = 0; j < kTile; ++j) {
+    if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
+    const Cplx<T> f = dd2<T>(T(0), {ar[j], ai[j]}, L.p[j], {br[j], bi[j]}, L.q[j], {cr[j], ci[j]});
+    L.f0r[j] = f.re;
+    L.f0i[j] = f.im;
+  }
+}
+
+template <typename T>
+inline void face_values_grad(const TileView<T>& tab, int64_t a, int64_t b, int64_t c,
+                             FaceLanes<T>& L) {
+  const double* pa = tab.phi + a * kTile;
+  const double* pb = tab.phi + b * kTile;
+  const double* pc = tab.phi + c * kTile;
+  const T* ar = tab.ere + a * kTile;
+  const T* ai = tab.eim + a * kTile;
+  int any_large = 0;
+  for (int64_t j = 0; j < kTile; ++j) {
+    const T p = T(pb[j] - pa[j]);
+    const T q = T(pc[j] - pa[j]);
+    L.p[j] = p;
+    L.q[j] = q;
+    any_large |= int(spread3(p, q) >= Tuning<T>::spread());
+    Cplx<T> s0, sa, sb, sc;
+    tri_series_grad(p, q, s0, sa, sb, sc);
+    const T er = ar[j], ei = ai[j];
+    L.f0r[j] = er * s0.re - ei * s0.im;
+    L.f0i[j] = er * s0.im + ei * s0.re;
+    L.far_[j] = er * sa.re - ei * sa.im;
+    L.fai[j] = er * sa.im + ei * sa.re;
+    L.fbr[j] = er * sb.re - ei * sb.im;
+    L.fbi[j] = er * sb.im + ei * sb.re;
+    L.fcr[j] = er * sc.re - ei * sc.im;
+    L.fci[j] = er * sc.im + ei * sc.re;
+  }
+  if (!any_large) return;
+  const T* br = tab.ere + b * kTile;
+  const T* bi = tab.eim + b * kTile;
+  const T* cr = tab.ere + c * kTile;
+  const T* ci = tab.eim + c * kTile;
+  for (int64_t j = 0; j < kTile; ++j) {
+    if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
+    Cplx<T> f0, fa, fb, fc;
+    tri_f_grad<T>(L.p[j], L.q[j], {ar[j], ai[j]}, {br[j], bi[j]}, {cr[j], ci[j]}, f0, fa, fb, fc);
+    L.f0r[j] = f0.re;
+    L.f0i[j] = f0.im;
+    L.far_[j] = fa.re;
+    L.fai[j] = fa.im;
+    L.fbr[j] = fb.re;
+    L.fbi[j] = fb.im;
+    L.fcr[j] = fc.re;
+    L.fci[j] = fc.im;
   }
 }
 
@@ -101,30 +249,25 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
 
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<double> phi(static_cast<size_t>(V * kTile));
-    std::vector<Cplx<T>> ex(static_cast<size_t>(V * kTile));
+    TileTables<T> tables(V, 1);
+    const TileView<T> tab = view(tables, 0);
+    FaceLanes<T> L;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < n_tiles; ++tile) {
       const int64_t k0 = tile * kTile;
       const int64_t kn = std::min(kTile, K - k0);
-      fill_tables(verts, freqs, k0, kn, 0, V, phi.data(), ex.data());
+      TileFreqs tf;
+      tile_freqs(freqs, k0, kn, tf);
+      fill_tables(verts, tf, 0, V, tab);
       double acc_re[kTile], acc_im[kTile];
       for (int64_t j = 0; j < kTile; ++j) acc_re[j] = acc_im[j] = 0.0;
       for (int64_t i = 0; i < n_live; ++i) {
         const FaceGeom& g = geom[live[i]];
+        face_values(tab, g.a, g.b, g.c, L);
         const double s = w2a[i];
-        const double* pa = phi.data() + g.a * kTile;
-        const double* pb = phi.data() + g.b * kTile;
-        const double* pc = phi.data() + g.c * kTile;
-        const Cplx<T>* ea = ex.data() + g.a * kTile;
-        const Cplx<T>* eb = ex.data() + g.b * kTile;
-        const Cplx<T>* ec = ex.data() + g.c * kTile;
-        for (int64_t j = 0; j < kn; ++j) {
-          const T p = T(pb[j] - pa[j]);
-          const T q = T(pc[j] - pa[j]);
-          const Cplx<T> f = tri_f<T>(p, q, ea[j], eb[j], ec[j]);
-          acc_re[j] += s * double(f.re);
-          acc_im[j] += s * double(f.im);
+        for (int64_t j = 0; j < kTile; ++j) {
+          acc_re[j] += s * double(L.f0r[j]);
+          acc_im[j] += s * double(L.f0i[j]);
         }
       }
       for (int64_t j = 0; j < kn; ++j) out[k0 + j] = c10::complex<T>(T(acc_re[j]), T(acc_im[j]));
@@ -152,62 +295,79 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
   }
   const int64_t n_live = static_cast<int64_t>(live.size());
   std::vector<FaceAcc> acc(static_cast<size_t>(n_live), FaceAcc{0.0, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}});
-  std::vector<double> phi(static_cast<size_t>(V * kTile));
-  std::vector<Cplx<T>> ex(static_cast<size_t>(V * kTile));
+  // Tables for kBlock tiles at a time: fewer barriers (they are expensive on a busy machine).
+  constexpr int64_t kBlock = 8;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
+  const int64_t n_blocks = (n_tiles + kBlock - 1) / kBlock;
+  TileTables<T> tables(V, std::min(kBlock, n_tiles));
   const int nt = std::max(1, at::get_num_threads());
 
 #pragma omp parallel num_threads(nt)
   {
-    for (int64_t tile = 0; tile < n_tiles; ++tile) {
-      const int64_t k0 = tile * kTile;
-      const int64_t kn = std::min(kTile, K - k0);
+    FaceLanes<T> L;
+    std::vector<T> kx(kBlock * kTile), ky(kBlock * kTile), kz(kBlock * kTile);
+    std::vector<T> gr(kBlock * kTile), gi(kBlock * kTile);
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int64_t t0 = blk * kBlock;
+      const int64_t nsub = std::min(kBlock, n_tiles - t0);
+      TileFreqs tf[kBlock];
+      for (int64_t sub = 0; sub < nsub; ++sub) {
+        const int64_t k0 = (t0 + sub) * kTile;
+        tile_freqs(freqs, k0, std::min(kTile, K - k0), tf[sub]);
+      }
 #pragma omp for schedule(static)
       for (int64_t v = 0; v < V; ++v) {
-        fill_tables(verts, freqs, k0, kn, v, v + 1, phi.data(), ex.data());
+        for (int64_t sub = 0; sub < nsub; ++sub) fill_tables(verts, tf[sub], v, v + 1, view(tables, sub));
       }
       // implicit barrier: the tables are complete
-      T kx[kTile], ky[kTile], kz[kTile];
-      Cplx<T> gc[kTile];
-      for (int64_t j = 0; j < kn; ++j) {
-        kx[j] = freqs[3 * (k0 + j)];
-        ky[j] = freqs[3 * (k0 + j) + 1];
-        kz[j] = freqs[3 * (k0 + j) + 2];
-        gc[j] = {grad_out[k0 + j].real(), grad_out[k0 + j].imag()};
+      for (int64_t j = 0; j < nsub * kTile; ++j) {
+        const int64_t k = t0 * kTile + j;
+        const bool in = k < K;  // padding lanes get G = 0: they add nothing
+        kx[j] = in ? freqs[3 * k] : T(0);
+        ky[j] = in ? freqs[3 * k + 1] : T(0);
+        kz[j] = in ? freqs[3 * k + 2] : T(0);
+        gr[j] = in ? grad_out[k].real() : T(0);
+        gi[j] = in ? grad_out[k].imag() : T(0);
       }
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < n_live; ++i) {
         const FaceGeom& g = geom[live[i]];
-        const double* pa = phi.data() + g.a * kTile;
-        const double* pb = phi.data() + g.b * kTile;
-        const double* pc = phi.data() + g.c * kTile;
-        const Cplx<T>* ea = ex.data() + g.a * kTile;
-        const Cplx<T>* eb = ex.data() + g.b * kTile;
-        const Cplx<T>* ec = ex.data() + g.c * kTile;
-        double r = 0.0, va0 = 0.0, va1 = 0.0, va2 = 0.0, vb0 = 0.0, vb1 = 0.0, vb2 = 0.0,
-               vc0 = 0.0, vc1 = 0.0, vc2 = 0.0;
-        for (int64_t j = 0; j < kn; ++j) {
-          const T p = T(pb[j] - pa[j]);
-          const T q = T(pc[j] - pa[j]);
-          Cplx<T> f0, fa, fb, fc;
-          tri_f_grad<T>(p, q, ea[j], eb[j], ec[j], f0, fa, fb, fc);
-          const double g0 = re_conj_mul(gc[j], f0);
-          const double gA = re_conj_mul(gc[j], fa);
-          const double gB = re_conj_mul(gc[j], fb);
-          const double gC = re_conj_mul(gc[j], fc);
-          const double k0d = kx[j], k1d = ky[j], k2d = kz[j];
-          r += g0;
-          va0 += gA * k0d; va1 += gA * k1d; va2 += gA * k2d;
-          vb0 += gB * k0d; vb1 += gB * k1d; vb2 += gB * k2d;
-          vc0 += gC * k0d; vc1 += gC * k1d; vc2 += gC * k2d;
+        double d[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t sub = 0; sub < nsub; ++sub) {
+          face_values_grad(view(tables, sub), g.a, g.b, g.c, L);
+          const T* KX = kx.data() + sub * kTile;
+          const T* KY = ky.data() + sub * kTile;
+          const T* KZ = kz.data() + sub * kTile;
+          const T* GR = gr.data() + sub * kTile;
+          const T* GI = gi.data() + sub * kTile;
+          T w[10][kTile];
+          for (int64_t j = 0; j < kTile; ++j) {
+            const T g0 = GR[j] * L.f0r[j] + GI[j] * L.f0i[j];  // Re(conj(G) f)
+            const T gA = GR[j] * L.far_[j] + GI[j] * L.fai[j];
+            const T gB = GR[j] * L.fbr[j] + GI[j] * L.fbi[j];
+            const T gC = GR[j] * L.fcr[j] + GI[j] * L.fci[j];
+            w[0][j] = g0;
+            w[1][j] = gA * KX[j];
+            w[2][j] = gA * KY[j];
+            w[3][j] = gA * KZ[j];
+            w[4][j] = gB * KX[j];
+            w[5][j] = gB * KY[j];
+            w[6][j] = gB * KZ[j];
+            w[7][j] = gC * KX[j];
+            w[8][j] = gC * KY[j];
+            w[9][j] = gC * KZ[j];
+          }
+          for (int n = 0; n < 10; ++n) d[n] += lane_sum(w[n]);
         }
         FaceAcc& A = acc[i];
-        A.r += r;
-        A.va[0] += va0; A.va[1] += va1; A.va[2] += va2;
-        A.vb[0] += vb0; A.vb[1] += vb1; A.vb[2] += vb2;
-        A.vc[0] += vc0; A.vc[1] += vc1; A.vc[2] += vc2;
+        A.r += d[0];
+        for (int e = 0; e < 3; ++e) {
+          A.va[e] += d[1 + e];
+          A.vb[e] += d[4 + e];
+          A.vc[e] += d[7 + e];
+        }
       }
-      // implicit barrier before the next tile overwrites the tables
+      // implicit barrier before the next block overwrites the tables
     }
   }
 

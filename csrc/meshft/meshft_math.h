@@ -39,6 +39,9 @@
 #if defined(__CUDACC__)
 #define MESHFT_HD __host__ __device__
 #define MESHFT_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__)
+#define MESHFT_HD
+#define MESHFT_UNROLL _Pragma("GCC unroll 32")
 #else
 #define MESHFT_HD
 #define MESHFT_UNROLL
@@ -113,17 +116,17 @@ struct Tuning;
 
 template <>
 struct Tuning<float> {
-  MESHFT_HD static constexpr float spread() { return 1.0f; }  // triangle series below this
+  MESHFT_HD static constexpr float spread() { return 1.5f; }  // triangle series below this
   MESHFT_HD static constexpr float pair() { return 1.0f; }    // pair series below this
-  static constexpr int kTriTerms = 12;   // m = 0..11 of the triangle series
+  static constexpr int kTriTerms = 14;   // m = 0..13 of the triangle series
   static constexpr int kPairTerms = 11;  // powers 0..10 of the pair series
 };
 
 template <>
 struct Tuning<double> {
-  MESHFT_HD static constexpr double spread() { return 1.0; }
+  MESHFT_HD static constexpr double spread() { return 1.5; }
   MESHFT_HD static constexpr double pair() { return 1.0; }
-  static constexpr int kTriTerms = 20;
+  static constexpr int kTriTerms = 24;
   static constexpr int kPairTerms = 19;
 };
 
@@ -228,16 +231,17 @@ MESHFT_HD inline void tri_series_grad(T p, T q, Cplx<T>& F0, Cplx<T>& Fa, Cplx<T
   const T e1 = p + q, e2 = p * q;
   T h = T(1), hm1 = T(0);   // h_m(p, q), h_{m-1}
   T hb = T(1), hc = T(1);   // h_m(p, p, q), h_m(q, p, q)
-  T s2r = 0, s2i = 0, sar = 0, sai = 0, sbr = 0, sbi = 0, scr = 0, sci = 0;
+  // m = 0: every h_0 is 1
+  T s2r = T(inv_factorial(2)), s2i = T(0);
+  T sar = T(inv_factorial(3)), sai = T(0);
+  T sbr = sar, sbi = T(0), scr = sar, sci = T(0);
   MESHFT_UNROLL
-  for (int m = 0; m < N; ++m) {
-    if (m > 0) {
-      const T hn = e1 * h - e2 * hm1;
-      hm1 = h;
-      h = hn;
-      hb = h + p * hb;
-      hc = h + q * hc;
-    }
+  for (int m = 1; m < N; ++m) {
+    const T hn = e1 * h - e2 * hm1;
+    hm1 = h;
+    h = hn;
+    hb = h + p * hb;
+    hc = h + q * hc;
     const T c2 = T(inv_factorial(m + 2)), c3 = T(inv_factorial(m + 3));
     acc_negi_pow(m, h * c2, s2r, s2i);
     acc_negi_pow(m, h * c3, sar, sai);
@@ -360,11 +364,48 @@ MESHFT_HD inline void area_grad(const double a[3], const double b[3], const doub
   gc[2] = h[0] * eba[1] - h[1] * eba[0];
 }
 
-// exp(-i phi) of a double phase, rounded to T: the reduction modulo 2 pi is done in double
-// so phases of hundreds of radians keep full T accuracy.
+// exp(-i phi) of a double phase phi, rounded to T. The reduction is done in double, so phases
+// of hundreds of radians keep full T accuracy.
 template <typename T>
-MESHFT_HD inline Cplx<T> expmi(double phi) {
-  return {T(cos(phi)), T(-sin(phi))};
+MESHFT_HD inline Cplx<T> expmi(double phi);
+
+template <>
+MESHFT_HD inline Cplx<double> expmi<double>(double phi) {
+  return {cos(phi), -sin(phi)};
+}
+
+// float: quadrant reduction r = phi - n pi/2 in double (|r| <= pi/4), r rounded to float with
+// a first-order correction for what the rounding lost, then Taylor polynomials in float
+// (truncation < 2e-9 on [-pi/4, pi/4]) and the quadrant rotation. Branch-free, so the CPU
+// vertex-table loop vectorises; within about one float ulp of the exact value.
+template <>
+MESHFT_HD inline Cplx<float> expmi<float>(double phi) {
+  const double two_over_pi = 0.63661977236758134307553505349006;
+  const double pi_over_2 = 1.5707963267948966192313216916398;
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  const double n = (phi * two_over_pi + shifter) - shifter;
+  const double r = phi - n * pi_over_2;
+  const float rf = static_cast<float>(r);
+  const float dr = static_cast<float>(r - static_cast<double>(rf));
+  const float r2 = rf * rf;
+  float s = 1.0f / 362880.0f;
+  s = s * r2 - 1.0f / 5040.0f;
+  s = s * r2 + 1.0f / 120.0f;
+  s = s * r2 - 1.0f / 6.0f;
+  s = (s * r2) * rf + rf;
+  float c = -1.0f / 3628800.0f;
+  c = c * r2 + 1.0f / 40320.0f;
+  c = c * r2 - 1.0f / 720.0f;
+  c = c * r2 + 1.0f / 24.0f;
+  c = c * r2 - 0.5f;
+  c = c * r2 + 1.0f;
+  const float sc = s + c * dr;  // sin(r + dr), cos(r + dr) to first order in dr
+  const float cc = c - s * dr;
+  // cos(phi) and sin(phi) from the quadrant q = n mod 4
+  const int q = static_cast<int>(n) & 3;
+  const float cos_phi = q == 0 ? cc : (q == 1 ? -sc : (q == 2 ? -cc : sc));
+  const float sin_phi = q == 0 ? sc : (q == 1 ? cc : (q == 2 ? -sc : -cc));
+  return {cos_phi, -sin_phi};
 }
 
 }  // namespace meshft

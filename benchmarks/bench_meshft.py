@@ -1,0 +1,233 @@
+"""Speed and memory of the mesh Fourier transform (forward + backward).
+
+Workload: a 2,562-vertex (5,120-face) icosphere of radius 10 um at the centre of a box of
+0.5 um voxels; the frequencies are the 1.4% of the box's rfft grid with the smallest |k| (the
+narrow band of a compact PSF). Compared:
+
+* ``dense``: a pure-torch formulation that materialises (frequencies x faces) complex matrices
+  and differentiates through them with autograd (the approach of the public reference
+  implementation: Lagrange closed form, a low-order series where phases nearly coincide);
+* every backend of ``deltamic_core.meshft`` available here (``cpu`` = native extension,
+  ``torch`` = the exact pure-torch backend, tiled), with 1 and 2 threads;
+* the native ``cpu`` backend on 128^3 and 256^3 boxes (same voxel size, same sphere), which the
+  dense formulation cannot hold in memory (its requirement is extrapolated and printed).
+
+Each measurement runs in a fresh subprocess so that its peak resident memory
+(``ru_maxrss``) is its own; the memory reported is that peak minus the process's resident size
+just before the transform (torch itself, the mesh and the frequencies), i.e. what the transform
+needs. Run: ``.venv/bin/python benchmarks/bench_meshft.py`` (about 2-4 minutes on 2 cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+BAND_FRACTION = 0.014
+SPACING_UM = 0.5
+RADIUS_UM = 10.0
+SUBDIVISIONS = 4  # 2,562 vertices, 5,120 faces
+
+
+# ----------------------------------------------------------------------------------------
+# Work done inside the child process
+
+
+def _workload(n: int, dtype_name: str = "float32"):
+    import numpy as np
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    verts, faces = _icosphere(SUBDIVISIONS)
+    centre = np.full(3, n * SPACING_UM / 2)
+    verts = torch.tensor(verts * RADIUS_UM + centre, dtype=dtype)
+    faces = torch.tensor(faces, dtype=torch.int64)
+    kz = torch.fft.fftfreq(n, SPACING_UM, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(n, SPACING_UM, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(kz, kz, kx, indexing="ij"), dim=-1).reshape(-1, 3)
+    n_band = int(round(BAND_FRACTION * grid.shape[0]))
+    order = torch.argsort(grid.norm(dim=1), stable=True)[:n_band]
+    freqs = grid[order].to(dtype).contiguous()
+    return verts, faces, freqs
+
+
+def _icosphere(subdivisions: int):
+    import numpy as np
+
+    t = (1.0 + 5.0**0.5) / 2.0
+    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t),
+         (0, -1, -t), (0, 1, -t), (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4),
+         (11, 10, 2), (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8),
+         (3, 8, 9), (4, 9, 5), (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    verts = [np.array(p, float) / np.linalg.norm(p) for p in v]
+    faces = f
+    for _ in range(subdivisions):
+        cache: dict = {}
+
+        def mid(i, j):
+            key = (min(i, j), max(i, j))
+            if key not in cache:
+                m = verts[i] + verts[j]
+                verts.append(m / np.linalg.norm(m))
+                cache[key] = len(verts) - 1
+            return cache[key]
+
+        new = []
+        for a, b, c in faces:
+            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+            new += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = new
+    return np.array(verts), np.array(faces, np.int64)
+
+
+def _dense_mesh_ft(verts, faces, freqs):
+    """(K, F) matrices end to end, differentiated by autograd (no analytic backward)."""
+    import torch
+
+    two_pi = 2 * torch.pi
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    two_area = torch.linalg.cross(b - a, c - a).norm(dim=1)             # (F,)
+    phase = two_pi * freqs @ verts.T                                     # (K, V)
+    pa, pb, pc = phase[:, faces[:, 0]], phase[:, faces[:, 1]], phase[:, faces[:, 2]]  # (K, F)
+    ea, eb, ec = torch.exp(-1j * pa), torch.exp(-1j * pb), torch.exp(-1j * pc)
+    dab, dac, dbc = pa - pb, pa - pc, pb - pc
+    tol = 1e-3
+    small = (dab.abs() < tol) | (dac.abs() < tol) | (dbc.abs() < tol)
+    one = torch.ones_like(dab)
+    sab, sac, sbc = (torch.where(small, one, d) for d in (dab, dac, dbc))
+    closed = -(ea / (sab * sac) - eb / (sab * sbc) + ec / (sac * sbc))
+    m = (pa + pb + pc) / 3                                               # 2nd-order series
+    ya, yb, yc = pa - m, pb - m, pc - m
+    h2 = ya * ya + yb * yb + yc * yc + ya * yb + ya * yc + yb * yc
+    series = torch.exp(-1j * m) * (0.5 - h2 / 24)
+    f = torch.where(small, series, closed)
+    return (two_area * f).sum(dim=1)
+
+
+def _child(cfg: dict) -> dict:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    verts, faces, freqs = _workload(cfg["n"])
+    weights = torch.ones(faces.shape[0], dtype=verts.dtype)
+    grad_seed = torch.randn(freqs.shape[0], dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+
+    if cfg["impl"] == "dense":
+        def run_forward():
+            return _dense_mesh_ft(verts.requires_grad_(True), faces, freqs)
+    else:
+        from deltamic_core.meshft import mesh_ft
+
+        def run_forward():
+            return mesh_ft(verts.requires_grad_(True), faces, freqs, weights, backend=cfg["impl"])
+
+    # warm-up on a tiny problem (library loading, thread pool), excluded from the baseline
+    small = freqs[:8]
+    if cfg["impl"] == "dense":
+        _dense_mesh_ft(verts.requires_grad_(True), faces, small).abs().sum().backward()
+    else:
+        mesh_ft(verts.requires_grad_(True), faces, small, weights, backend=cfg["impl"]).abs().sum().backward()
+    verts.grad = None
+    base_kb = _current_rss_kb()
+
+    t0 = time.perf_counter()
+    out = run_forward()
+    t1 = time.perf_counter()
+    (grad_seed.conj() * out).real.sum().backward()
+    t2 = time.perf_counter()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "peak_mb": peak_kb / 1024,
+            "extra_mb": max(peak_kb - base_kb, 0) / 1024, "K": int(freqs.shape[0]),
+            "F": int(faces.shape[0]), "V": int(verts.shape[0])}
+
+
+def _current_rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# Driver
+
+
+def _run(impl: str, n: int, threads: int) -> dict:
+    cfg = {"impl": impl, "n": n, "threads": threads}
+    code = f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); " \
+           f"import bench_meshft as b; print('RESULT' + json.dumps(b._child({cfg!r})))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    for line in res.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[len("RESULT"):])
+    raise RuntimeError(f"{impl} n={n} threads={threads} failed:\n{res.stderr[-3000:]}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="skip the 1-thread and 256^3 runs")
+    args = ap.parse_args(argv)
+
+    from deltamic_core.meshft import available_backends
+
+    backends = [b for b in ("cpu", "torch") if b in available_backends()]
+    print(f"backends available here: {available_backends()} (benchmarked: {backends})")
+    rows = []
+
+    def record(impl, n, threads):
+        r = _run(impl, n, threads)
+        pairs = r["K"] * r["F"]
+        r.update(impl=impl, n=n, threads=threads, pairs=pairs,
+                 fwd_pps=pairs / r["forward_s"], bwd_pps=pairs / r["backward_s"])
+        rows.append(r)
+        print(f"  {impl:6s} {n:4d}^3 threads={threads}: K={r['K']:7d} F={r['F']}  forward {r['forward_s']:8.3f} s"
+              f"  backward {r['backward_s']:8.3f} s  +{r['extra_mb']:8.1f} MB (peak RSS {r['peak_mb']:.0f} MB)",
+              flush=True)
+        return r
+
+    print("\n64^3 box, 0.5 um voxels, 1.4% band, 2,562-vertex sphere of radius 10 um")
+    dense = record("dense", 64, 2)
+    per_backend = {}
+    for b in backends:
+        for threads in ((1, 2) if not args.quick else (2,)):
+            per_backend[(b, threads)] = record(b, 64, threads)
+
+    if "cpu" in backends:
+        for n in ((128, 256) if not args.quick else (128,)):
+            record("cpu", n, 2)
+
+    print("\nSummary")
+    print(f"{'impl':8s} {'box':>5s} {'thr':>3s} {'K':>7s} {'fwd s':>9s} {'bwd s':>9s} {'fwd Mpairs/s':>13s}"
+          f" {'bwd Mpairs/s':>13s} {'extra MB':>9s}")
+    for r in rows:
+        print(f"{r['impl']:8s} {r['n']:5d} {r['threads']:3d} {r['K']:7d} {r['forward_s']:9.3f} {r['backward_s']:9.3f}"
+              f" {r['fwd_pps'] / 1e6:13.2f} {r['bwd_pps'] / 1e6:13.2f} {r['extra_mb']:9.1f}")
+
+    dense_t = dense["forward_s"] + dense["backward_s"]
+    bytes_per_pair = dense["extra_mb"] * 2**20 / dense["pairs"]
+    print(f"\ndense formulation: {bytes_per_pair:.0f} bytes and "
+          f"{1e9 * dense_t / dense['pairs']:.0f} ns per (frequency x face) pair (forward + backward)")
+    for b in backends:
+        r = per_backend.get((b, 2))
+        if r is None:
+            continue
+        t = r["forward_s"] + r["backward_s"]
+        mem_ratio = r["extra_mb"] / dense["extra_mb"] if dense["extra_mb"] > 0 else float("nan")
+        print(f"{b:6s} vs dense (64^3, 2 threads): {dense_t / t:7.1f}x faster (target >= 100x for cpu), "
+              f"memory {r['extra_mb']:.1f} MB vs {dense['extra_mb']:.1f} MB = 1/{1 / mem_ratio:.0f} "
+              f"(target <= 1/20); peak RSS incl. torch {r['peak_mb']:.0f} MB vs {dense['peak_mb']:.0f} MB")
+    for r in rows:
+        if r["impl"] == "cpu" and r["n"] > 64:
+            need = bytes_per_pair * r["pairs"] / 2**30
+            print(f"cpu {r['n']}^3: {r['pairs'] / 1e6:.0f} M pairs in {r['forward_s'] + r['backward_s']:.2f} s "
+                  f"using {r['extra_mb']:.0f} MB; the dense formulation would need ~{need:.0f} GB")
+
+
+if __name__ == "__main__":
+    main()
