@@ -15,9 +15,12 @@ once, which keeps every patch that shares a junction consistent:
 """
 from __future__ import annotations
 
-import numpy as np
+import math
 
-__all__ = ["resample_junctions"]
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["resample_junctions", "relieve_junction_fans"]
 
 
 def _junction_edges(faces: np.ndarray, patch: np.ndarray) -> np.ndarray:
@@ -97,6 +100,67 @@ def _normal(v, f):
     return np.cross(v[f[1]] - v[f[0]], v[f[2]] - v[f[0]])
 
 
+class _Collapser:
+    """Edge collapses on a triangle soup with shared vertices, with safety checks."""
+
+    def __init__(self, verts, faces):
+        self.verts = verts.copy()
+        self.faces = faces.copy()
+        self.alive = np.ones(len(faces), dtype=bool)
+        incidence = sp.csr_matrix(
+            (np.ones(faces.size, dtype=np.int8), (faces.reshape(-1), np.repeat(np.arange(len(faces)), 3))),
+            shape=(len(verts), len(faces)),
+        )
+        self._indptr, self._indices = incidence.indptr, incidence.indices
+        self._vert_faces: dict[int, set] = {}
+        self.touched: set = set()
+
+    def faces_of(self, v: int) -> set:
+        if v not in self._vert_faces:
+            rows = self._indices[self._indptr[v]:self._indptr[v + 1]]
+            self._vert_faces[v] = {int(fi) for fi in rows if self.alive[fi]}
+        return self._vert_faces[v]
+
+    def collapse(self, u: int, v: int, target: np.ndarray, h_max: float) -> bool:
+        """Merge u into v, placing v at ``target``; refuse (return False) if unsafe."""
+        faces, verts = self.faces, self.verts
+        fu, fv = self.faces_of(u), self.faces_of(v)
+        shared = fu & fv
+        if not shared:
+            return False
+        opposite = set()
+        for fi in shared:
+            opposite.update(x for x in faces[fi].tolist() if x != u and x != v)
+        nbr_u = {x for fi in fu for x in faces[fi].tolist()} - {u, v}
+        nbr_v = {x for fi in fv for x in faces[fi].tolist()} - {u, v}
+        if nbr_u & nbr_v != opposite:
+            return False  # link condition: collapsing would glue two sheets together
+        # like Botsch-Kobbelt: never create an edge longer than the split threshold
+        if np.any(np.linalg.norm(verts[list(nbr_u | nbr_v)] - target, axis=1) > h_max):
+            return False
+        changed = []
+        for fi in (fu | fv) - shared:
+            old = faces[fi]
+            p0, p1, p2 = (target if x in (u, v) else verts[x] for x in old.tolist())
+            before = _normal(verts, old)
+            after = np.cross(p1 - p0, p2 - p0)
+            if np.dot(before, after) <= 0 or np.linalg.norm(after) < 1e-3 * np.linalg.norm(before):
+                return False  # a face would flip or degenerate
+            changed.append((fi, np.where(old == u, v, old)))
+        verts[v] = target
+        for fi, new in changed:
+            faces[fi] = new
+        for fi in shared:
+            self.alive[fi] = False
+            for x in faces[fi].tolist():
+                if x in self._vert_faces:
+                    self._vert_faces[x].discard(fi)
+        self._vert_faces[v] = (fu | fv) - shared
+        self._vert_faces[u] = set()
+        self.touched.update((u, v))
+        return True
+
+
 def _collapse_short(verts, faces, labels, patch, h_min, h_max):
     junction = _junction_edges(faces, patch)
     if len(junction) == 0:
@@ -105,66 +169,111 @@ def _collapse_short(verts, faces, labels, patch, h_min, h_max):
     short = junction[length < h_min]
     if len(short) == 0:
         return verts, faces, labels, patch
-    verts = verts.copy()
-    faces = faces.copy()
-    alive = np.ones(len(faces), dtype=bool)
-    jdeg = np.bincount(junction.reshape(-1), minlength=len(verts))
-    corner = jdeg != 2
-    involved = np.unique(short)
-    vert_faces = {int(v): set() for v in involved.tolist()}
-    for fi, row in enumerate(faces.tolist()):
-        for v in row:
-            if v in vert_faces:
-                vert_faces[v].add(fi)
-    merged_into = {}
+    corner = np.bincount(junction.reshape(-1), minlength=len(verts)) != 2
+    state = _Collapser(verts, faces)
     for (u, v) in short[np.argsort(length[length < h_min])].tolist():
-        if u in merged_into or v in merged_into:
-            continue  # an end already moved or vanished this pass
+        if u in state.touched or v in state.touched:
+            continue  # an end already moved or vanished in this pass
         if corner[u] and corner[v]:
             continue
         if corner[u]:
             u, v = v, u  # u (removed) must be an ordinary junction vertex
-        fu, fv = vert_faces[u], vert_faces[v]
-        shared = fu & fv
-        if not shared:
-            continue
-        opposite = set()
-        for fi in shared:
-            opposite.update(x for x in faces[fi].tolist() if x != u and x != v)
-        nbr_u = {x for fi in fu for x in faces[fi].tolist()} - {u, v}
-        nbr_v = {x for fi in fv for x in faces[fi].tolist()} - {u, v}
-        if nbr_u & nbr_v != opposite:
-            continue  # link condition: collapsing would glue two sheets together
-        target = verts[v] if corner[v] else 0.5 * (verts[u] + verts[v])
-        # like Botsch-Kobbelt: never create an edge longer than the split threshold
-        if np.any(np.linalg.norm(verts[list(nbr_u | nbr_v)] - target, axis=1) > h_max):
-            continue
-        ok = True
-        changed = []
-        for fi in (fu | fv) - shared:
-            old = faces[fi]
-            p0, p1, p2 = (target if x in (u, v) else verts[x] for x in old.tolist())
-            before = _normal(verts, old)
-            after = np.cross(p1 - p0, p2 - p0)
-            if np.dot(before, after) <= 0 or np.linalg.norm(after) < 1e-3 * np.linalg.norm(before):
-                ok = False
-                break
-            changed.append((fi, np.where(old == u, v, old)))
-        if not ok:
-            continue
-        verts[v] = target
-        for fi, new in changed:
-            faces[fi] = new
-        for fi in shared:
-            alive[fi] = False
-        vert_faces[v] = (fu | fv) - shared
-        for fi in shared:
-            for x in faces[fi].tolist():
-                if x in vert_faces:
-                    vert_faces[x].discard(fi)
-        merged_into[u] = v
-        merged_into[v] = v
-    return verts, faces[alive], labels[alive], patch[alive]
+        target = state.verts[v] if corner[v] else 0.5 * (state.verts[u] + state.verts[v])
+        state.collapse(u, v, target, h_max)
+    alive = state.alive
+    return state.verts, state.faces[alive], labels[alive], patch[alive]
+
+
+def _min_angle(p0, p1, p2) -> float:
+    """Smallest angle (degrees) of one triangle given as 3-tuples (plain Python: called in loops)."""
+    def ang(a, b, c):
+        e1 = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
+        e2 = (c[0] - a[0], c[1] - a[1], c[2] - a[2])
+        d = math.sqrt((e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2) * (e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2))
+        if d == 0:
+            return 0.0
+        cos = (e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2]) / d
+        return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+
+    return min(ang(p0, p1, p2), ang(p1, p2, p0), ang(p2, p0, p1))
+
+
+def _face_min_angles(verts, faces) -> np.ndarray:
+    corners = verts[faces]
+    out = np.full(len(faces), 180.0)
+    for k in range(3):
+        e1 = corners[:, (k + 1) % 3] - corners[:, k]
+        e2 = corners[:, (k + 2) % 3] - corners[:, k]
+        d = np.linalg.norm(e1, axis=1) * np.linalg.norm(e2, axis=1)
+        cos = np.divide((e1 * e2).sum(axis=1), d, out=np.ones(len(d)), where=d > 0)
+        out = np.minimum(out, np.degrees(np.arccos(np.clip(cos, -1, 1))))
+    return out
+
+
+def relieve_junction_fans(verts, faces, labels, edge_um: float, min_angle_deg: float = 20.0, passes: int = 3):
+    """Flip edges around junction vertices where their fans are crowded with thin triangles.
+
+    The patch-wise remesher cannot collapse or (apparently) flip enough edges that end on the
+    fixed junction lines, so a junction vertex can keep a fan of thin triangles. Each interior
+    edge (j, a) of a patch, with j on a junction and both its faces in the patch, is flipped to
+    the other diagonal of its quad when that raises the smaller of the two triangles' smallest
+    angles, the quad stays unfolded and the new edge does not exist yet. Flips move no vertex.
+    """
+    lab = labels.astype(np.int64)
+    patch = lab[:, 0] * (int(lab.max()) + 1) + lab[:, 1]
+    junction = _junction_edges(faces, patch)
+    if len(junction) == 0:
+        return verts, faces, labels
+    on_junction = np.zeros(len(verts), dtype=bool)
+    on_junction[junction.reshape(-1)] = True
+    faces = faces.copy()
+    pts = verts.tolist()
+    for _ in range(passes):
+        face_min = _face_min_angles(verts, faces)
+        # directed edge (a, b) -> face; an interior patch edge has both directions in one patch
+        half, uses = {}, {}
+        # every face around an edge that ends on a junction contains that junction vertex
+        near = np.flatnonzero(on_junction[faces].any(axis=1))
+        for fi, (x, y, z) in zip(near.tolist(), faces[near].tolist()):
+            for e in ((x, y), (y, z), (z, x)):
+                half[e] = fi
+                key = (min(e), max(e))
+                uses[key] = uses.get(key, 0) + 1
+        n_v = len(verts)
+        e_all = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+        edge_keys = set((e_all[:, 0] * n_v + e_all[:, 1]).tolist())  # every edge of the mesh
+        flips = 0
+        touched = set()
+        for (a, b), f1 in list(half.items()):
+            if not (on_junction[a] or on_junction[b]) or uses.get((min(a, b), max(a, b))) != 2:
+                continue  # only edges at a junction vertex, used by exactly two faces
+            f2 = half.get((b, a))
+            if f2 is None or f1 in touched or f2 in touched or patch[f1] != patch[f2]:
+                continue
+            old = min(face_min[f1], face_min[f2])
+            if old >= min_angle_deg:
+                continue
+            c = next(x for x in faces[f1].tolist() if x != a and x != b)  # f1 = (a, b, c)
+            d = next(x for x in faces[f2].tolist() if x != a and x != b)  # f2 = (b, a, d)
+            if c == d or min(c, d) * n_v + max(c, d) in edge_keys:
+                continue
+            pa, pb, pc, pd = pts[a], pts[b], pts[c], pts[d]
+            new = min(_min_angle(pa, pd, pc), _min_angle(pd, pb, pc))  # (a, d, c), (d, b, c)
+            if new <= old + 1.0:
+                continue
+            va, vb, vc, vd = verts[a], verts[b], verts[c], verts[d]
+            n_old = np.cross(vb - va, vc - va) + np.cross(va - vb, vd - vb)
+            if np.dot(np.cross(vd - va, vc - va), n_old) <= 0 or np.dot(np.cross(vb - vd, vc - vd), n_old) <= 0:
+                continue  # the quad is folded: flipping would turn a face over
+            faces[f1] = (a, d, c)
+            faces[f2] = (d, b, c)
+            edge_keys.discard(min(a, b) * n_v + max(a, b))
+            edge_keys.add(min(c, d) * n_v + max(c, d))
+            touched.update((f1, f2))
+            flips += 1
+        if flips == 0:
+            break
+    return verts, faces, labels
 
 
 def resample_junctions(verts: np.ndarray, faces: np.ndarray, labels: np.ndarray, edge_um: float):

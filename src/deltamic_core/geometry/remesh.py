@@ -10,6 +10,9 @@ boundary and are remeshed freely.
 Junction lines are resampled beforehand on the whole mesh (long junction edges split, short
 ones collapsed, see :mod:`deltamic_core.geometry._junctions`), so they approach the target
 edge length too; their vertices are otherwise not moved (no smoothing along the junction).
+Since the remesher cannot collapse edges ending on the fixed junctions, crowded fans of thin
+triangles around junction vertices are relieved afterwards by collapsing free vertices into
+them (same safety checks).
 
 gpytoolbox's C++ remesher can crash the interpreter on inconsistent input (we observed
 segmentation faults on patches with inconsistently wound faces), so every patch is checked
@@ -24,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..mesh import Mesh
+from ._junctions import relieve_junction_fans as _relieve_junction_fans
 from ._junctions import resample_junctions as _resample_junctions
 from .ops import (
     _face_face_manifold_pairs,
@@ -289,6 +293,8 @@ def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = 
     all_v = np.concatenate(out_verts)
     all_f = np.concatenate(out_faces)
     all_l = np.concatenate(out_labels).astype(np.int32)
+    if resample_junctions and not plain:
+        all_v, all_f, all_l = _relieve_junction_fans(all_v, all_f, all_l, edge_um)
     if preserve_volume and outer_free:
         target = volumes_by_label(fixed_mesh.verts, fixed_mesh.faces, fixed_mesh.labels, int(all_l.max()) + 1)
         all_v = _restore_cell_volumes(all_v, all_f, all_l, outer_free, target)
