@@ -363,6 +363,9 @@ class Fitter:
         if self._psf_opt is not None:
             snap["psf"] = copy.deepcopy(self.psf.state_dict())
             snap["psf_opt"] = copy.deepcopy(self._psf_opt.state_dict())
+        if hasattr(self, "_photo"):
+            snap["photo"] = self._photo.detach().clone()
+            snap["photo_opt"] = copy.deepcopy(self._photo_opt.state_dict())
         return snap
 
     def _restore(self, snap: dict) -> None:
@@ -374,6 +377,13 @@ class Fitter:
         if "psf" in snap:
             self.psf.load_state_dict(snap["psf"])
             self._psf_opt.load_state_dict(snap["psf_opt"])
+        if "photo" in snap:
+            with torch.no_grad():
+                self._photo.copy_(snap["photo"])
+            self._photo_opt.load_state_dict(snap["photo_opt"])
+        elif hasattr(self, "_photo"):
+            # created by the failed step itself: start again from the closed-form values
+            del self._photo, self._photo_opt
 
     def _loss(self, rendered: torch.Tensor) -> torch.Tensor:
         cfg = self.config
