@@ -396,15 +396,17 @@ def test_remesh_improves_bad_triangles_and_keeps_shape():
     assert len(_boundary_edges(out.faces)) == 0
 
 
-def _patch_nonmanifold_edges(mesh) -> int:
-    """Edges used by more than two faces of one interface patch (folds; 0 for a clean mesh)."""
+def _fold_length(mesh) -> float:
+    """Total length of the edges used by more than two faces of one interface patch (folds;
+    0 for a clean mesh, the bundled embryo has one)."""
     from deltamic_core.geometry.ops import edge_counts
 
     pairs = np.sort(mesh.labels, axis=1)
-    total = 0
+    total = 0.0
     for pair in np.unique(pairs, axis=0):
-        _, counts = edge_counts(mesh.faces[(pairs == pair).all(axis=1)])
-        total += int(np.count_nonzero(counts > 2))
+        e, counts = edge_counts(mesh.faces[(pairs == pair).all(axis=1)])
+        e = e[counts > 2]
+        total += float(np.linalg.norm(mesh.verts[e[:, 0]] - mesh.verts[e[:, 1]], axis=1).sum())
     return total
 
 
@@ -425,7 +427,7 @@ def test_remesh_multicell_embryo_keeps_shared_membranes(embryo):
     assert out.cell_ids.tolist() == [1, 2, 3]
     for c in (1, 2, 3):
         assert len(_boundary_edges(cell_faces(out, c))) == 0  # each cell still closed
-    assert _patch_nonmanifold_edges(out) <= _patch_nonmanifold_edges(embryo)  # no new folds
+    assert _fold_length(out) <= _fold_length(embryo) + 1e-9  # no new folds (the old one may be split)
     # junction lines (where three regions meet) were resampled towards the target too
     lab = out.labels.astype(np.int64)
     junction = _junction_edges(out.faces, lab[:, 0] * 10 + lab[:, 1])
