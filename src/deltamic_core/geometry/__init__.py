@@ -1,4 +1,17 @@
-"""Mesh geometry: elementary operations, seeding, remeshing, measurements, rasterisation."""
+"""Mesh geometry: elementary operations, seeding, remeshing, measurements, rasterisation.
+
+Everything works on :class:`~deltamic_core.mesh.Mesh` (vertices in um, (z, y, x) columns, faces
+labelled (l1, l2) with the normal pointing from l1 into l2; a plain mesh is one outward cell).
+
+- :mod:`.ops`: areas, normals, volumes (NumPy or differentiable torch), edges, adjacency,
+  per-cell surfaces, orientation repair (``orient_outward``), ``merge_meshes``.
+- :mod:`.seed`: ``icosphere``, ``seed_spheres``, ``meshes_from_labels`` (one closed surface per
+  label, or with ``shared=True`` one multi-material mesh from :mod:`.surface_nets`).
+- :mod:`.remesh`: isotropic remeshing per interface patch with junction resampling
+  (:mod:`._junctions`), volume preservation and ``triangle_quality``.
+- :mod:`.measure`: ``measure`` (volume, area, sphericity, centroid per cell), ``contacts``.
+- :mod:`.rasterize`: ``label_image`` (ray parity along x, per cell bounding box).
+"""
 from .ops import (
     cell_faces,
     cell_surface,

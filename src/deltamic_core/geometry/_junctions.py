@@ -12,6 +12,9 @@ once, which keeps every patch that shares a junction consistent:
   other end if that is a junction corner), provided the link condition holds (the vertices
   adjacent to both ends are exactly the faces' third corners, so no fold is created) and no
   face around the ends flips or degenerates, and no edge longer than 4/3 of the target appears.
+
+After the patches are remeshed, :func:`relieve_junction_fans` flips edges at junction vertices
+whose fans the remesher left crowded with thin triangles.
 """
 from __future__ import annotations
 
