@@ -77,7 +77,10 @@ def _run(args) -> int:
         app.processEvents()
         time.sleep(0.02)
     if widget.is_running:
-        widget.shutdown()
+        widget.stop_fit()  # Stop button: ends after the current iteration, keeps the last mesh
+        while widget.is_running:
+            app.processEvents()
+            time.sleep(0.02)
         print(f"fit did not finish within {args.timeout} s; stopped it", file=sys.stderr)
     total = time.perf_counter() - t0
     steps = np.asarray(widget.step_times)
@@ -94,9 +97,7 @@ def _run(args) -> int:
     viewer.dims.ndisplay = 3
     viewer.reset_view()
     viewer.camera.angles = (-20.0, 30.0, 120.0)
-    viewer.camera.zoom *= 1.1
     _close_notifications(viewer)
-    image.contrast_limits = (float(np.percentile(image.data, 1)), float(np.percentile(image.data, 99.9)))
     for _ in range(20):
         app.processEvents()
         time.sleep(0.02)

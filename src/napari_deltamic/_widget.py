@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -112,6 +113,7 @@ class DeltaMicWidget(QWidget):
         self.viewer = napari_viewer
         self._layers = napari.layers
         self._worker = None
+        self._fit_holder: dict = {}
         self._closing = False
         self._last_step: _Step | None = None
         self._last_update = 0.0
@@ -601,11 +603,15 @@ class DeltaMicWidget(QWidget):
     def _start_worker(self, vol, spacing, origin, mesh, psf, config) -> None:
         from napari.qt.threading import create_worker
 
+        self._fit_holder = {}
         worker = create_worker(_fit_steps, vol, spacing, origin, mesh, psf, config, self._run_started,
-                               _start_thread=False)
+                               self._fit_holder, _start_thread=False)
         worker.yielded.connect(self._on_step)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
+        # set from the worker thread itself, so shutdown() can wait without an event loop
+        self._thread_done = threading.Event()
+        worker.finished.connect(self._thread_done.set, Qt.DirectConnection)
         self._worker = worker
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
@@ -669,6 +675,7 @@ class DeltaMicWidget(QWidget):
 
     def _on_finished(self) -> None:
         self._worker = None
+        self._fit_holder.clear()  # release the Fitter (solver, render plan) now
         if self._closing:
             return
         if self._last_step is not None:
@@ -799,27 +806,26 @@ class DeltaMicWidget(QWidget):
             app.aboutToQuit.connect(self.shutdown_now)
 
     def shutdown(self, timeout_s: float = 60.0) -> bool:
-        """Stop a running fit and wait for its thread to end (processing Qt events meanwhile).
+        """Stop a running fit and wait (up to ``timeout_s``) for its thread to end.
 
+        Safe inside the viewer's close sequence: it processes no Qt events (napari is deleting
+        its widgets then); it blocks on the worker thread's own finished flag instead.
         Returns True if no fit is running any more.
         """
-        from qtpy.QtWidgets import QApplication
-
         self._closing = True
         worker = self._worker
         if worker is None:
             return True
-        for sig, slot in ((worker.yielded, self._on_step),):
-            try:
-                sig.disconnect(slot)
-            except (TypeError, RuntimeError):
-                pass
+        try:
+            worker.yielded.disconnect(self._on_step)
+        except (TypeError, RuntimeError):
+            pass
         worker.quit()
-        deadline = time.perf_counter() + timeout_s
-        while self._worker is not None and time.perf_counter() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        return self._worker is None
+        if self._thread_done.wait(timeout_s):
+            self._worker = None
+            self._fit_holder.clear()
+            return True
+        return False
 
     def shutdown_now(self, *args) -> None:
         self.shutdown()
@@ -855,23 +861,26 @@ def _render_preview(mesh, shape, spacing, origin, psf, backend) -> np.ndarray:
     return out.cpu().numpy()
 
 
-def _fit_steps(vol, spacing, origin, init_mesh, psf, config, t0):
+def _fit_steps(vol, spacing, origin, init_mesh, psf, config, t0, holder: dict):
     """Worker body: build the Fitter, then yield one :class:`_Step` per iteration until done.
 
-    Runs in a background thread and touches no layer. Returning early (the worker's ``quit``)
-    leaves the last yielded mesh as the result.
+    Runs in a background thread and touches no layer. The Fitter lives only in ``holder``
+    (no local reference survives a ``yield``), so the widget can release it, with its solver
+    and render plan, by clearing ``holder`` even while the quit generator stays suspended.
     """
     from deltamic_core.fit import Fitter
 
-    fitter = Fitter(vol, spacing, init_mesh, psf, config, origin_um=tuple(origin))
-    while not fitter.done:
+    holder["fitter"] = Fitter(vol, spacing, init_mesh, psf, config, origin_um=tuple(origin))
+    while "fitter" in holder and not holder["fitter"].done:
         t_start = time.perf_counter()
-        res = fitter.step()
+        res = holder["fitter"].step()
         now = time.perf_counter()
         labels = None if res.labels is None else np.asarray(res.labels, dtype=np.int32)
-        yield _Step(int(res.iteration), float(res.loss), np.asarray(res.verts, dtype=np.float64),
-                    np.asarray(res.faces, dtype=np.int64), labels, int(res.level), bool(res.rolled_back),
-                    dict(res.psf_params), now - t_start, now - t0)
+        step = _Step(int(res.iteration), float(res.loss), np.asarray(res.verts, dtype=np.float64),
+                     np.asarray(res.faces, dtype=np.int64), labels, int(res.level), bool(res.rolled_back),
+                     dict(res.psf_params), now - t_start, now - t0)
+        del res
+        yield step
 
 
 def parse_zernike(text: str) -> dict[int, float]:
