@@ -176,7 +176,12 @@ def main(argv=None):
     cfg = FitConfig(**kw)
     fitter = Fitter(image, spacing, init, GaussianPSF(sigma_um=tuple(args.sigma)), cfg, origin_um=origin)
     t0 = time.perf_counter()
-    res = fitter.run()
+    def progress(step):
+        if step.iteration % 10 == 0:
+            print(f"  iteration {step.iteration} level {step.level} loss {step.loss:.6g} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    res = fitter.run(callback=progress)
     t_fit = time.perf_counter() - t0
     fitted = res.mesh
     fit_meas = measure(fitted)

@@ -116,7 +116,7 @@ def test_ellipsoid_from_sphere_mean_distance_below_half_voxel():
     fine = icosphere((0, 0, 0), 1.0, subdivisions=4)
     truth = Mesh(fine.verts * axes + CENTRE, fine.faces)
     rend = Renderer(SHAPE, SPACING, psf, dtype=torch.float64)
-    img = rend.render(torch.as_tensor(truth.verts), torch.as_tensor(truth.faces)).numpy() * 50 + 5
+    img = rend.render(torch.as_tensor(truth.verts), torch.as_tensor(truth.faces)).detach().numpy() * 50 + 5
     init = icosphere(CENTRE, 3.0, subdivisions=2)
     res = Fitter(img, SPACING, init, psf, FitConfig(levels=(2, 1), iterations=(30, 20))).run()
     d = ellipsoid_distance(res.mesh.verts - CENTRE, axes)

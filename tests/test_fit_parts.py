@@ -305,7 +305,7 @@ def _tiny_fitter(**cfg):
     z, y, x = np.meshgrid(*[np.arange(12.0)] * 3, indexing="ij")
     r = np.sqrt((z - 6) ** 2 + (y - 6) ** 2 + (x - 6) ** 2)
     img = np.exp(-((r - 3.0) ** 2) / 2.0)  # a blurred shell of radius 3
-    config = FitConfig(**{"iterations": 4, "levels": (1,), "backend": "torch", **cfg})
+    config = FitConfig(**{"iterations": 4, "levels": (1,), **cfg})
     return Fitter(img, 1.0, Mesh(v, f), GaussianPSF(sigma_um=1.0), config)
 
 

@@ -439,6 +439,14 @@ class Fitter:
         self._timings["solve"] += time.perf_counter() - t2
         if not bool(torch.isfinite(x_new).all()):
             raise _BadStep("non-finite vertices")
+        # a vertex pushed out of the renderer's wrap-free box would make the next render
+        # fail: treat it like a divergent step (roll back, smaller steps)
+        inside = getattr(self._level.renderer, "_check_inside", None)
+        if inside is not None:
+            try:
+                inside(x_new.to(self.dtype))
+            except ValueError as exc:
+                raise _BadStep(str(exc)) from None
         if self._psf_opt is not None:
             grads = [p.grad for p in self.psf.parameters() if p.requires_grad]
             if any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
