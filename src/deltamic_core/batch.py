@@ -25,10 +25,10 @@ a scheduler with workers from a login node and point ``deltamic batch`` at it::
     from dask_jobqueue import SLURMCluster
     cluster = SLURMCluster(
         queue="cpu", account="myproject",
-        cores=8, processes=1,            # one dask worker per job, 8 cores for torch
+        cores=2, processes=2,    # 2 dask workers per job, one task slot each (dask threads = cores / processes)
+        job_cpu=16,              # but book 16 CPUs: 8 torch threads for each of the two fits
         memory="32GB", walltime="04:00:00",
         job_script_prologue=["export OMP_NUM_THREADS=1"],
-        worker_extra_args=["--nthreads", "1"],   # one fit at a time per worker
     )
     cluster.scale(jobs=10)
     print(cluster.scheduler_address)     # e.g. tcp://10.0.0.5:8786
