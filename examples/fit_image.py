@@ -43,32 +43,32 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.quick:
-        spacing, shape, scale, iterations, subdiv = (0.8, 0.5, 0.5), (14, 22, 34), 0.6, (15, 25), 2
+        spacing, shape, scale, iterations, subdiv, edge = (1.0, 0.75, 0.75), (12, 16, 26), 0.7, (10, 25), 2, 1.0
     else:
-        spacing, shape, scale, iterations, subdiv = (0.6, 0.25, 0.25), (40, 72, 112), 1.0, (60, 100), 3
+        spacing, shape, scale, iterations, subdiv, edge = (0.5, 0.25, 0.25), (28, 48, 80), 1.0, (60, 100), 3, 0.5
     # two cells side by side along x, slightly flattened in z as cells on a coverslip are
     extent = np.asarray(shape) * spacing
     semi = np.array([[2.6, 3.2, 3.6], [2.4, 3.0, 3.0]]) * scale
     centres = np.array([[extent[0] / 2, extent[1] / 2, extent[2] / 2 - 4.2 * scale],
                         [extent[0] / 2, extent[1] / 2 + 0.4 * scale, extent[2] / 2 + 3.6 * scale]])
-    cells = [ellipsoid(c, s, subdiv + 1) for c, s in zip(centres, semi)]
+    cells = [ellipsoid(c, s, subdiv) for c, s in zip(centres, semi)]
     truth = Mesh(np.concatenate([cells[0].vertices, cells[1].vertices]),
                  np.concatenate([cells[0].faces, cells[1].faces + len(cells[0].vertices)]))
     true_volumes = [c.volume for c in cells]
 
-    # confocal, water objective NA 1.0, GFP emission: sigma_z ~ 0.5 um, sigma_xy ~ 0.08 um; the
-    # image is sampled coarser than that, so the voxel (not the optics) limits the resolution
-    psf = GaussianPSF.from_optics(na=1.0, wavelength_um=0.51, n_immersion=1.33, confocal=True)
+    # sigma = one voxel per axis, the command line's default (a Nyquist-sampled stack); with
+    # known optics use GaussianPSF.from_optics(na=..., wavelength_um=..., n_immersion=...)
+    psf = GaussianPSF(sigma_um=spacing)
     t0 = time.perf_counter()
     image = render_mesh_image(truth, shape, spacing, psf, noise="poisson", photons=50.0, background=2.0, seed=1)
     print(f"rendered {shape} voxels of {spacing} um in {time.perf_counter() - t0:.1f} s, PSF {psf.describe()}")
 
     # the segmentation starts from the seeds only: centres known, radii estimated from the image
-    radii = estimate_seed_radii(image, spacing, centres)
-    init = geometry.seed_spheres(centres, radii)
+    radii = estimate_seed_radii(image, spacing, centres, blur_um=spacing)
+    init = geometry.seed_spheres(centres, radii, edge_um=edge)
     print("seed radii (um): " + ", ".join(f"{r:.2f}" for r in radii))
 
-    config = FitConfig(iterations=iterations, levels=(2, 1), loss="poisson")
+    config = FitConfig(iterations=iterations, levels=(2, 1), loss="poisson", target_edge_um=edge)
     fitter = Fitter(image, spacing, init, psf, config)
     t0 = time.perf_counter()
 

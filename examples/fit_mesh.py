@@ -35,15 +35,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="coarse grid, few iterations (for tests)")
     ap.add_argument("--mesh", type=Path, default=COW, help="target mesh (default: the bundled cow)")
-    ap.add_argument("--size", type=float, default=12.0, help="largest extent of the target in um")
+    ap.add_argument("--size", type=float, default=12.0, help="largest extent of the target in um (6 with --quick)")
     ap.add_argument("--out", type=Path, default=None, help="write fitted.ply and target.ply here")
     args = ap.parse_args(argv)
 
     if args.quick:
-        spacing, iterations, levels, edge = 0.6, (20, 30), (2, 1), None
+        size, spacing, iterations, levels, edge = 6.0, 0.6, (15, 25), (2, 1), 0.8
     else:
-        spacing, iterations, levels, edge = 0.25, (150, 250), (2, 1), 0.4
-    target, spacing3, shape = place_target(read_mesh(args.mesh), args.size, spacing)
+        size, spacing, iterations, levels, edge = args.size, 0.25, (150, 250), (2, 1), 0.4
+    target, spacing3, shape = place_target(read_mesh(args.mesh), size, spacing)
     psf = GaussianPSF(sigma_um=tuple(spacing3))  # sigma = one voxel: the CLI's default
     t0 = time.perf_counter()
     image = render_mesh_image(target, shape, spacing3, psf)
@@ -53,7 +53,7 @@ def main(argv=None):
     row = measurement_rows(target)[0][0]
     centroid = np.array([row["centroid_z_um"], row["centroid_y_um"], row["centroid_x_um"]])
     radius = (3 * abs(row["volume_um3"]) / (4 * math.pi)) ** (1 / 3)
-    sphere = geometry.seed_spheres(centroid[None], np.array([radius]))
+    sphere = geometry.seed_spheres(centroid[None], np.array([radius]), edge_um=edge)
     start = surface_distance(sphere, target)
     print(f"initial sphere r = {radius:.2f} um: mean distance {start['mean_um']:.3f} um, "
           f"Hausdorff {start['hausdorff_um']:.3f} um")

@@ -28,12 +28,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.quick:
-        spacing, shape, radius, iterations = (0.5, 0.25, 0.25), (20, 36, 36), 2.5, 60
+        spacing, shape, radius, iterations, edge = (0.6, 0.3, 0.3), (14, 24, 24), 2.0, 40, 0.6
     else:
-        spacing, shape, radius, iterations = (0.3, 0.1, 0.1), (40, 80, 80), 2.5, 200
-    true_sigma = np.array([0.7, 0.25, 0.25])  # um, (z, y, x)
+        spacing, shape, radius, iterations, edge = (0.3, 0.1, 0.1), (40, 80, 80), 2.5, 200, 0.3
+    true_sigma = np.array([0.7, 0.3, 0.3])  # um, (z, y, x)
     centre = 0.5 * (np.asarray(shape) - 1) * spacing
-    shell = geometry.seed_spheres(centre[None], np.array([radius]))
+    shell = geometry.seed_spheres(centre[None], np.array([radius]), edge_um=edge)
     image = render_mesh_image(shell, shape, spacing, GaussianPSF(sigma_um=tuple(true_sigma)),
                               noise="poisson", photons=200.0, seed=3)
 

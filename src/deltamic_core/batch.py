@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .outputs import ERROR_NAME, REPORT_NAME, atomic_write_text, is_complete, staged_directory, write_csv
+from .outputs import ERROR_NAME, atomic_write_text, is_complete, staged_directory, write_csv
 
 
 @dataclass(frozen=True)
@@ -307,5 +307,4 @@ def format_summary(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BatchItem", "expand_items", "fit_item", "run_tasks", "run_batch", "format_summary", "write_error",
-           "REPORT_NAME"]
+__all__ = ["BatchItem", "expand_items", "fit_item", "run_tasks", "run_batch", "format_summary", "write_error"]

@@ -116,7 +116,7 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
     init.add_argument("--init", metavar="MESH", help="initial mesh (.rec .obj .ply .stl .off .vtk)")
     init.add_argument("--seeds", metavar="CSV",
                       help="seeds CSV with header z,y,x[,radius] in um (radius estimated when absent)")
-    init.add_argument("--labels", metavar="TIF", help="label image (0 = background) to start from")
+    init.add_argument("--labels", metavar="TIF", help="label image to start from (0 = background; cell ids = labels)")
     if batch:
         init.description = ("in batch mode '{stem}' in these paths is replaced by each input's file "
                             "name without extension")
