@@ -254,3 +254,77 @@ def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, qtb
     lo, hi = image.extent.world
     voxel = np.asarray(image.scale)
     assert np.all(surface.vertices >= lo - voxel) and np.all(surface.vertices <= hi + voxel)
+
+
+def test_place_rec_mesh_on_image_grid(make_napari_viewer, errors):
+    from importlib import resources
+
+    viewer = make_napari_viewer(show=True)
+    with resources.as_file(resources.files("deltamic_core") / "data" / "Sample01_007.rec") as rec:
+        viewer.open(str(rec), plugin="napari-deltamic")  # through napari and the npe2 manifest
+    surface = viewer.layers["Sample01_007"]
+    raw = np.array(surface.vertices, dtype=np.float64)
+    spacing, origin = (0.5, 0.2, 0.2), (1.0, 2.0, 3.0)
+    viewer.add_image(np.zeros((4, 4, 4), np.uint8), name="stack", scale=spacing, translate=origin)
+    w = DeltaMicWidget(viewer)
+    w.image_combo.set_layer(viewer.layers["stack"])
+    w.seed_source.setCurrentText("Surface")
+    w.seed_combo.set_layer(surface)
+    with pytest.raises(ValueError, match="voxel units"):
+        w.seed_mesh()  # a voxel-unit mesh must be placed first
+    w.place_button.click()
+    assert errors == []
+    np.testing.assert_allclose(surface.vertices, raw * spacing + origin, rtol=1e-6, atol=1e-4)
+    assert surface.metadata["voxel_units"] is False
+    mesh = w.seed_mesh()
+    assert mesh.labels is not None and mesh.n_cells == 3  # the cell labels survive
+
+
+def test_seeds_from_labels_layer_follow_its_scale(make_napari_viewer, errors):
+    viewer = make_napari_viewer(show=True)
+    spacing = np.array([1.0, 0.5, 0.5])
+    zz, yy, xx = np.indices((16, 32, 32)) * spacing[:, None, None, None]
+    centre, radius = np.array([8.0, 8.0, 8.0]), 4.0
+    ball = ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2).astype(np.int32)
+    viewer.add_labels(ball * 5, name="cells", scale=tuple(spacing))
+    w = DeltaMicWidget(viewer)
+    w.seed_source.setCurrentText("Labels")
+    w.seed_combo.set_layer(viewer.layers["cells"])
+    w.edge_box.setValue(1.0)
+    layer = w.create_initial_mesh()
+    assert errors == []
+    r = np.linalg.norm(np.asarray(layer.vertices) - centre, axis=1)
+    assert abs(np.median(r) - radius) < 0.6  # within about one voxel of the ball's surface (um)
+    assert set(np.unique(layer.metadata["labels"])) == {0, 5}  # label ids are kept
+
+
+def test_measured_psf_from_a_bead_layer(make_napari_viewer, errors):
+    from deltamic_core.psf import MeasuredPSF
+
+    viewer = make_napari_viewer(show=True)
+    spacing = np.array([0.4, 0.1, 0.1])
+    z, y, x = (np.indices((21, 41, 41)) - np.array([10, 20, 20])[:, None, None, None]) * spacing[:, None, None, None]
+    bead = 1000 * np.exp(-(z**2 / (2 * 0.6**2) + (y**2 + x**2) / (2 * 0.2**2))) + 10
+    viewer.add_image(bead.astype(np.float32), name="bead", scale=tuple(spacing))
+    w = DeltaMicWidget(viewer)
+    w.psf_combo.setCurrentText("Measured (Image layer)")
+    w.bead_combo.set_layer(viewer.layers["bead"])
+    psf = w.make_psf()
+    assert isinstance(psf, MeasuredPSF)
+    assert errors == []
+
+
+@pytest.mark.slow
+def test_learn_psf_reports_and_copies_back_the_learned_widths(make_napari_viewer, qtbot, embryo, errors):
+    viewer = make_napari_viewer(show=True)
+    w, _ = _setup(viewer, embryo, iterations=3)
+    w.learn_psf.setChecked(True)
+    w.sigma_boxes[1].setValue(0.6)  # start from a wrong lateral width
+    before = [b.value() for b in w.sigma_boxes]
+    w.run_button.click()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert errors == []
+    assert "learned GaussianPSF" in w.status_label.text()
+    after = [b.value() for b in w.sigma_boxes]
+    assert after != before
+    assert w._last_step.psf_params["sigma_um"] == pytest.approx(after, abs=1e-3)

@@ -1,0 +1,6 @@
+"""napari-deltamic: the napari plugin of deltaMic (readers, writer, sample data, fit widget).
+
+Contributions are declared in ``napari.yaml`` (npe2) and imported lazily by napari; this
+package holds no computation: meshes, PSFs, rendering and fitting come from ``deltamic_core``.
+"""
+__version__ = "0.1.0"
