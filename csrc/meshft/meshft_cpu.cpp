@@ -11,12 +11,15 @@
 //
 // forward : threads own tiles of frequencies (each with private tables) and loop over all
 //           faces, accumulating U(k) in double. No reduction across threads.
-// backward: tiles are processed one after the other; the table of a tile is built by all
-//           threads together, then threads own faces and accumulate, per face, the frequency
-//           sums R = sum_k Re(conj(G) f) and V_corner = sum_k Re(conj(G) f_corner) k (in T
-//           within a tile, in double across tiles). Corner gradients are gathered to the
+// backward: threads own contiguous ranges of faces, tabulate the vertices those faces use
+//           (a few tiles at a time) and accumulate, per face, the frequency sums
+//           R = sum_k Re(conj(G) f) and V_corner = sum_k Re(conj(G) f_corner) k (in T within
+//           a tile, in double across tiles). No barriers. Corner gradients are gathered to the
 //           vertices serially (deterministic, no atomics). Results do not depend on the number
 //           of threads.
+//
+// The loops live in meshft_cpu_kernels.h, compiled twice (AVX2 and baseline x86-64) and chosen
+// at run time, so the extension stays portable without giving up 8-wide vectors.
 #include <ATen/Parallel.h>
 #include <omp.h>
 #include <torch/extension.h>  // pybind11::gil_scoped_release
