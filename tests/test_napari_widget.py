@@ -276,6 +276,10 @@ def test_place_rec_mesh_on_image_grid(make_napari_viewer, errors):
     assert errors == []
     np.testing.assert_allclose(surface.vertices, raw * spacing + origin, rtol=1e-6, atol=1e-4)
     assert surface.metadata["voxel_units"] is False
+    w.place_button.click()  # a second click must not scale twice
+    assert "already in um" in errors[-1]
+    np.testing.assert_allclose(surface.vertices, raw * spacing + origin, rtol=1e-6, atol=1e-4)
+    errors.clear()
     mesh = w.seed_mesh()
     assert mesh.labels is not None and mesh.n_cells == 3  # the cell labels survive
 

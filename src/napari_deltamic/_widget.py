@@ -448,6 +448,8 @@ class DeltaMicWidget(QWidget):
         layer = self.seed_combo.layer() if self.seed_source.currentText() == "Surface" else None
         if layer is None:
             raise ValueError("choose a Surface layer as the seed source first")
+        if layer.metadata.get(VOXEL_UNITS_KEY) is False:
+            raise ValueError(f"Surface layer {layer.name!r} is already in um (placed or read with a spacing)")
         image = self._image_layer()
         spacing = np.asarray(self.spacing_um())
         origin = np.asarray(image_origin(image))
