@@ -84,7 +84,7 @@ def _rel_l2(a, b):
 
 def _grads(backend, verts, faces, freqs, dtype, G):
     dev = device_of(backend)
-    v = verts.to(dtype=dtype, device=dev).requires_grad_(True)
+    v = verts.detach().to(dtype=dtype, device=dev).clone().requires_grad_(True)
     w = torch.ones(len(faces), dtype=dtype, device=dev, requires_grad=True)
     U = mesh_ft(v, faces.to(dev), freqs.to(dtype=dtype, device=dev), w, backend=backend)
     U.backward(G.to(dtype=U.dtype, device=dev))

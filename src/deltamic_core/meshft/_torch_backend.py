@@ -63,11 +63,25 @@ def _series_terms(spread: float, order: int, tol: float = 1e-17) -> int:
     return n + 1
 
 
-_N3 = _series_terms(SERIES_SPREAD, 2)
-_N4 = _series_terms(SERIES_SPREAD, 3)
-# repeated node: |x0| <= 2 s / 3 too, so the same bound holds with one more factor <= 1
-_N4 = max(_N4, _N3) + 1
-_INV_FACT = [1.0 / math.factorial(n) for n in range(_N4 + 4)]
+_N_MAX = _series_terms(1.0, 2) + 1
+_INV_FACT = [1.0 / math.factorial(n) for n in range(_N_MAX + 4)]
+
+
+def _n_terms(spread: float) -> int:
+    """Terms for the largest spread of a tile's series pairs (fewer for tiny triangles).
+    The repeated-node sums get one more (|xj| <= 2 s / 3 holds for the repeated node too)."""
+    bucket = 2.0 ** math.ceil(math.log2(max(spread, 1e-12)))
+    return _series_terms_cached(bucket)
+
+
+_terms_cache: dict = {}
+
+
+def _series_terms_cached(bucket: float) -> int:
+    n = _terms_cache.get(bucket)
+    if n is None:
+        n = _terms_cache[bucket] = min(_N_MAX, _series_terms(bucket, 2))
+    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,16 +159,16 @@ def _dsinc(y, s):
     return d
 
 
-def _series_value(x0, x1, x2):
-    """f[x0, x1, x2] (centred nodes) by its Taylor series; returns (re, im) and the h_n."""
+def _series_value(x0, x1, x2, n3):
+    """f[x0, x1, x2] (centred nodes) by its Taylor series (n3 terms); returns (re, im), h_n."""
     e2 = x0 * x1 + x1 * x2 + x2 * x0
     e3 = x0 * x1 * x2
     h = [torch.ones_like(x0), torch.zeros_like(x0), -e2]
-    for n in range(3, _N4 + 1):
+    for n in range(3, n3 + 1):
         h.append(e3 * h[n - 3] - e2 * h[n - 2])
     re = torch.zeros_like(x0)
     im = torch.zeros_like(x0)
-    for n in range(_N3):
+    for n in range(n3):
         # (-i)^n: 1, -i, -1, i
         term = h[n] * _INV_FACT[n + 2]
         if n % 4 == 0:
@@ -176,7 +190,7 @@ def _series_repeated(xr, h):
     H = torch.ones_like(xr)
     re = torch.zeros_like(xr)
     im = torch.zeros_like(xr)
-    for n in range(_N4):
+    for n in range(len(h) - 1):
         if n > 0:
             H = xr * H + h[n]
         term = H * _INV_FACT[n + 3]
@@ -194,10 +208,12 @@ def _series_repeated(xr, h):
 
 
 def _small_spread(den):
-    """Flat indices of the pairs evaluated by series; clamps den in place so it can divide."""
+    """Flat indices of the pairs evaluated by series and their number of terms; clamps den
+    in place so it can divide."""
     idx = (den < SERIES_SPREAD).view(-1).nonzero().squeeze(1)
+    n3 = _n_terms(float(den.view(-1)[idx].max())) if idx.numel() else 0
     den.clamp_min_(SERIES_SPREAD)  # exact where the recursion is used
-    return idx
+    return idx, n3
 
 
 def _tile_forward(k2, cen, rel):
@@ -205,7 +221,7 @@ def _tile_forward(k2, cen, rel):
     theta, (x0, x1, x2) = _nodes(k2, cen, rel)
     xp, xm, xq = _sorted_nodes(x0, x1, x2)
     den = xp - xq
-    idx = _small_spread(den)
+    idx, n3 = _small_spread(den)
     # i exp(-i theta) f[p, m]: exp(-i (xp + xm)/2) = exp(i xq / 2) as the nodes sum to zero
     ang_pm = torch.add(theta, xq, alpha=-0.5)
     ang_mq = torch.add(theta, xp, alpha=-0.5)
@@ -216,7 +232,7 @@ def _tile_forward(k2, cen, rel):
     im = (torch.cos(ang_pm).mul_(s_pm) - torch.cos(ang_mq).mul_(s_mq)).div_(den)
     if idx.numel():
         xs = [x.reshape(-1)[idx] for x in (x0, x1, x2)]
-        sr, si, _ = _series_value(*xs)
+        sr, si, _ = _series_value(*xs, n3)
         th = theta.reshape(-1)[idx]
         c, s = torch.cos(th), torch.sin(th)
         re.view(-1).index_copy_(0, idx, c * sr + s * si)
@@ -229,7 +245,7 @@ def _tile_backward(k2, cen, rel):
     theta, (x0, x1, x2) = _nodes(k2, cen, rel)
     xp, xm, xq = _sorted_nodes(x0, x1, x2)
     den = xp - xq
-    idx = _small_spread(den)
+    idx, n3 = _small_spread(den)
     inv = den.reciprocal_()
     ang_pm = torch.add(theta, xq, alpha=-0.5)
     ang_mq = torch.add(theta, xp, alpha=-0.5)
@@ -272,7 +288,7 @@ def _tile_backward(k2, cen, rel):
         corners.append(tuple(torch.addcmul(torch.addcmul(dm[i], is_p, dpm[i]), is_q, dqm[i]) for i in range(2)))
     if idx.numel():
         xs = [x.reshape(-1)[idx] for x in (x0, x1, x2)]
-        sr, si, h = _series_value(*xs)
+        sr, si, h = _series_value(*xs, n3)
         th = theta.reshape(-1)[idx]
         c, s = torch.cos(th), torch.sin(th)
 
