@@ -35,12 +35,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="coarse grid, few iterations (for tests)")
     ap.add_argument("--mesh", type=Path, default=COW, help="target mesh (default: the bundled cow)")
-    ap.add_argument("--size", type=float, default=12.0, help="largest extent of the target in um (6 with --quick)")
+    ap.add_argument("--size", type=float, default=12.0, help="largest extent of the target in um (8 with --quick)")
     ap.add_argument("--out", type=Path, default=None, help="write fitted.ply and target.ply here")
     args = ap.parse_args(argv)
 
     if args.quick:
-        size, spacing, iterations, levels, edge = 6.0, 0.6, (15, 25), (2, 1), 0.8
+        size, spacing, iterations, levels, edge = 8.0, 0.6, (20, 30), (2, 1), 0.7
     else:
         size, spacing, iterations, levels, edge = args.size, 0.25, (150, 250), (2, 1), 0.4
     target, spacing3, shape = place_target(read_mesh(args.mesh), size, spacing)
