@@ -116,6 +116,7 @@ def test_fit_from_seeds_recovers_both_cells(fitted, truth):
     assert rep["command"][:2] == ["deltamic", "fit"]
 
 
+@pytest.mark.slow
 def test_target_mesh_benchmark_reports_surface_distance(tmp_path, capsys):
     ell = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
     ell.vertices *= [1.0, 0.8, 0.6]
@@ -268,6 +269,7 @@ def test_installed_script_smoke(bad_files, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_track_follows_a_growing_cell_and_resumes(tmp_path, capsys):
     spacing, shape = (1.0, 0.75, 0.75), (12, 16, 16)
     centre = np.array([5.5, 5.6, 5.6])
