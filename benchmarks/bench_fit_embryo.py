@@ -16,6 +16,13 @@ size), IoU of the voxel label images (``deltamic_core.geometry.label_image``), a
 volume error. Targets: distance <= 0.3 voxel, IoU >= 0.95, volume error <= 2%.
 
 Usage: ``python benchmarks/bench_fit_embryo.py [--spacing 0.5 0.25 0.25] [--iterations 40 80]``.
+
+Cost: one iteration is (band frequencies) x (faces) pairs forward and backward; the band grows
+with the box volume and 1 / (sigma_z sigma_y sigma_x). Measured on the shared 2-core machine
+(2026-11-25, native "cpu" backend, heavily loaded): the full 0.5/0.25 um grid with a realistic
+PSF has a ~1e5-4e5 frequency band and one render of the 4,055-face ground truth alone took
+85 s, so the fit cannot meet 60 s there; a coarse run that finishes:
+``--scale 0.2 --spacing 1 1 1 --sigma 1.5 1 1 --edge 2.5 --iterations 40 8``.
 """
 from __future__ import annotations
 
