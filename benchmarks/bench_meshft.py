@@ -13,7 +13,7 @@ narrow band of a compact PSF). Compared:
   dense formulation cannot hold in memory (its requirement is extrapolated and printed).
 
 Each measurement runs in a fresh subprocess so that its peak resident memory
-(``ru_maxrss``) is its own; the memory reported is that peak minus the process's resident size
+(``VmHWM``) is its own; the memory reported is that peak minus the process's resident size
 just before the transform (torch itself, the mesh and the frequencies), i.e. what the transform
 needs. Run: ``.venv/bin/python benchmarks/bench_meshft.py`` (3-6 minutes on 2 idle cores;
 ``--quick`` for a shorter run). Timings on a machine shared with other jobs are noisy: compare
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -119,8 +120,6 @@ def _dense_mesh_ft(verts, faces, freqs):
 
 
 def _child(cfg: dict) -> dict:
-    import resource
-
     import torch
 
     torch.set_num_threads(cfg["threads"])
@@ -151,18 +150,28 @@ def _child(cfg: dict) -> dict:
     t1 = time.perf_counter()
     (grad_seed.conj() * out).real.sum().backward()
     t2 = time.perf_counter()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _peak_rss_kb()
     return {"forward_s": t1 - t0, "backward_s": t2 - t1, "peak_mb": peak_kb / 1024,
             "extra_mb": max(peak_kb - base_kb, 0) / 1024, "K": int(freqs.shape[0]),
             "F": int(faces.shape[0]), "V": int(verts.shape[0])}
 
 
-def _current_rss_kb() -> int:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def _current_rss_kb() -> int:
+    return _status_kb("VmRSS")
+
+
+def _peak_rss_kb() -> int:
+    # VmHWM belongs to this process image; ru_maxrss would also count the parent's resident
+    # size at fork time (Linux keeps it across exec), which is large after building a band.
+    return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # ----------------------------------------------------------------------------------------
