@@ -127,12 +127,12 @@ def main():
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     t0 = time.perf_counter()
     with torch.no_grad():
-        xq, s = nufft._points(verts, faces, weights, r_nu.band)
+        xq, s, _ = nufft._points(verts, faces, weights, r_nu.band)
     t1 = time.perf_counter()
     nufft.forward(verts, faces, weights, r_nu.band)
     t2 = time.perf_counter()
     print(f"quadrature points: {t1 - t0:.3f} s; nufft forward alone: {t2 - t1:.3f} s; "
-          f"{xq.shape[0]} points ({xq.shape[0] / len(faces):.0f} per face)")
+          f"{xq.shape[1]} points ({xq.shape[1] / len(faces):.0f} per face)")
     nufft.tol = default_tol
 
 

@@ -131,19 +131,10 @@ class NufftBackend:
         return finufft is not None and torch.device(device).type == "cpu"
 
     # ------------------------------------------------------------------ geometry
-    def _points(self, verts, faces, weights, band):
-        """Quadrature points (P, 3) and real strengths (P,), differentiable w.r.t. verts/weights."""
-        tri = verts[faces]  # (F, 3, 3)
-        e = torch.stack([tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 1], tri[:, 0] - tri[:, 2]], 1)
-        cross = torch.linalg.cross(e[:, 0], -e[:, 2])
-        area2 = (cross * cross).sum(-1)
-        # zero-area triangles: area 0 and a zero (not NaN) gradient
-        safe = torch.where(area2 > 0, area2, torch.ones_like(area2))
-        area = torch.where(area2 > 0, 0.5 * torch.sqrt(safe), torch.zeros_like(area2))
-        strength = weights * area
-
-        kmax = self._band_info(band)["kmax"]  # (3,) cycles/um per axis
-        span = (e.detach().abs().to(torch.float64).cpu().numpy() @ kmax).max(1) * 2 * np.pi
+    def _groups(self, tri, band):
+        """Faces grouped by quadrature rule: list of (face indices, barycentrics (Q, 3), weights (Q,))."""
+        e = (tri[:, [1, 2, 0]] - tri).detach().abs().to(torch.float64).cpu().numpy()  # (F, 3 edges, 3)
+        span = (e @ self._band_info(band)["kmax"]).max(1) * 2 * np.pi
         order = rule_order(span, self.tol)
         sub = np.ones_like(order)
         too_big = order > MAX_ORDER
@@ -152,16 +143,62 @@ class NufftBackend:
             top = _THETA_MAX[min(int(np.searchsorted(-_TOLS, -self.tol)), len(_TOLS) - 1)][-1]
             sub[too_big] = np.ceil(span[too_big] / top).astype(int)
             order[too_big] = MAX_ORDER
-        xs, ss = [], []
         keys = order * 1000 + sub
+        groups = []
         for key in np.unique(keys):
-            idx = torch.from_numpy(np.nonzero(keys == key)[0]).to(verts.device)
+            idx = torch.from_numpy(np.nonzero(keys == key)[0]).to(tri.device)
             lam, w = _subdivided_rule(int(key // 1000), int(key % 1000))
-            lam_t = torch.as_tensor(lam, dtype=verts.dtype, device=verts.device)
-            w_t = torch.as_tensor(w, dtype=verts.dtype, device=verts.device)
-            xs.append(torch.einsum("qc,fcd->fqd", lam_t, tri[idx]).reshape(-1, 3))
-            ss.append((strength[idx, None] * w_t[None, :]).reshape(-1))
-        return torch.cat(xs), torch.cat(ss)
+            groups.append((idx, torch.as_tensor(lam, dtype=tri.dtype, device=tri.device),
+                           torch.as_tensor(w, dtype=tri.dtype, device=tri.device)))
+        return groups
+
+    @staticmethod
+    def _areas(tri):
+        """Triangle areas and unit normals (zero for zero-area triangles: zero gradient)."""
+        n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        norm = n.norm(dim=1)
+        unit = torch.where(norm[:, None] > 0, n / torch.where(norm > 0, norm, 1.0)[:, None], 0.0)
+        return 0.5 * norm, unit
+
+    def _points(self, verts, faces, weights, band):
+        """Quadrature points as (3, P) (axis-major, as finufft wants them), real strengths (P,),
+        and the layout needed to chain gradients back (groups, areas, normals)."""
+        tri = verts[faces]  # (F, 3 corners, 3 axes)
+        area, unit = self._areas(tri)
+        strength = weights * area
+        groups = self._groups(tri, band)
+        xs, ss = [], []
+        for idx, lam, w in groups:
+            t = tri[idx]  # (Fg, 3, 3)
+            # x[d, f, q] = sum_c t[f, c, d] lam[q, c]: one GEMM with a length-3 inner dimension
+            x = (t.transpose(1, 2).reshape(-1, 3) @ lam.T).reshape(len(idx), 3, -1).permute(1, 0, 2)
+            xs.append(x.reshape(3, -1))
+            ss.append((strength[idx, None] * w[None, :]).reshape(-1))
+        return torch.cat(xs, 1), torch.cat(ss), (tri, groups, area, unit)
+
+    @staticmethod
+    def _chain(faces, weights, n_verts, layout, grad_x, grad_s):
+        """Vertex and weight gradients from gradients at the points: grad_x (3, P), grad_s (P,)."""
+        tri, groups, area, unit = layout
+        grad_tri = torch.zeros_like(tri)
+        grad_ws = torch.zeros_like(area)  # d loss / d (w_t A_t)
+        start = 0
+        for idx, lam, w in groups:
+            q = lam.shape[0]
+            stop = start + len(idx) * q
+            gx = grad_x[:, start:stop].reshape(3, len(idx), q)
+            # d x[d, f, q] / d t[f, c, d] = lam[q, c]
+            grad_tri[idx] += (gx.reshape(-1, q) @ lam).reshape(3, len(idx), 3).permute(1, 2, 0)
+            grad_ws[idx] = grad_s[start:stop].reshape(len(idx), q) @ w
+            start = stop
+        grad_w = grad_ws * area
+        grad_area = grad_ws * weights
+        # dA/da = (b - c) x n / 2, cyclically; zero for degenerate triangles (unit = 0)
+        opp = tri[:, [1, 2, 0]] - tri[:, [2, 0, 1]]
+        grad_tri += 0.5 * grad_area[:, None, None] * torch.linalg.cross(opp, unit[:, None, :].expand_as(opp), dim=2)
+        grad_v = torch.zeros((n_verts, 3), dtype=tri.dtype, device=tri.device)
+        grad_v.index_add_(0, faces.reshape(-1), grad_tri.reshape(-1, 3))
+        return grad_v, grad_w
 
     def _band_info(self, band):
         """Per-band constants (mode window, gather positions, frequencies), cached: a render
@@ -189,11 +226,11 @@ class NufftBackend:
     def _angles(self, x, info, real_dtype):
         """Points as angles 2 pi x / L wrapped to [-pi, pi), one array per axis, and the phase
         exp(-i shift.angle) that moves finufft's centred mode window onto the band's modes."""
-        f = x.detach().to(torch.float64).cpu().numpy() / info["box"]
+        f = x.detach().to(torch.float64).cpu().numpy() / info["box"][:, None]
         f -= np.floor(f + 0.5)
         f *= 2 * np.pi
-        phase = np.exp(-1j * (f @ info["shift"].astype(np.float64)))
-        return [np.ascontiguousarray(f[:, a], dtype=real_dtype) for a in range(3)], phase
+        phase = np.exp(-1j * (info["shift"].astype(np.float64) @ f))
+        return [np.ascontiguousarray(f[a], dtype=real_dtype) for a in range(3)], phase
 
     def _plan(self, kind, n_modes, n_trans, dtype):
         complex_dtype = "complex128" if dtype == torch.float64 else "complex64"
@@ -206,8 +243,8 @@ class NufftBackend:
     def forward(self, verts, faces, weights, band):
         info = self._band_info(band)
         with torch.no_grad():
-            x, s = self._points(verts, faces, weights, band)
-        self.last_n_points = int(x.shape[0])
+            x, s, _ = self._points(verts, faces, weights, band)
+        self.last_n_points = int(x.shape[1])
         real_np, complex_np = _np_dtypes(verts.dtype)
         ang, phase = self._angles(x, info, real_np)
         c = (s.detach().cpu().numpy().astype(np.float64) * phase).astype(complex_np)
@@ -219,10 +256,8 @@ class NufftBackend:
     def backward(self, verts, faces, weights, band, grad_out):
         info = self._band_info(band)
         real_np, complex_np = _np_dtypes(verts.dtype)
-        with torch.enable_grad():
-            v = verts.detach().requires_grad_(True)
-            w = weights.detach().requires_grad_(True)
-            x, s = self._points(v, faces, w, band)
+        with torch.no_grad():
+            x, s, layout = self._points(verts, faces, weights, band)
             ang, phase = self._angles(x, info, real_np)
             g = np.conj(grad_out.detach().cpu().numpy())
             f = np.zeros((4,) + info["n_modes"], dtype=complex_np)
@@ -233,15 +268,9 @@ class NufftBackend:
             plan = self._plan(2, info["n_modes"], 4, verts.dtype)
             plan.setpts(*ang)
             vals = plan.execute(f) * phase[None, :]  # (4, P): S and H_z, H_y, H_x at the points
-            sv = s.detach().cpu().numpy()
-            grad_x = torch.from_numpy(np.ascontiguousarray(vals[1:].real.T) * sv[:, None]).to(x)
+            grad_x = torch.from_numpy(np.ascontiguousarray(vals[1:].real)).to(x) * s[None, :]
             grad_s = torch.from_numpy(np.ascontiguousarray(vals[0].real)).to(s)
-            gv, gw = torch.autograd.grad((x, s), (v, w), (grad_x, grad_s), allow_unused=True)
-        if gv is None:
-            gv = torch.zeros_like(verts)
-        if gw is None:
-            gw = torch.zeros_like(weights)
-        return gv, gw
+            return self._chain(faces, weights, verts.shape[0], layout, grad_x, grad_s)
 
 
 def _np_dtypes(dtype):
