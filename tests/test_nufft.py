@@ -163,3 +163,21 @@ def test_bad_tolerance_and_missing_band_are_clear_errors():
     verts, faces, weights, band = _sphere_case(torch.float64, radius=2.0, level=1)
     with pytest.raises(ValueError, match="GridBand|band"):
         mesh_ft(verts, faces, band.freqs(), weights, backend="nufft")
+
+
+def test_renderer_auto_switches_to_nufft_above_the_size_threshold(monkeypatch):
+    from deltamic_core.psf import GaussianPSF
+    from deltamic_core.render import Renderer
+
+    verts, faces, weights, _ = _sphere_case(torch.float64, radius=3.0, level=2)
+    psf = GaussianPSF(sigma_um=(0.8, 0.4, 0.4)).requires_grad_(False)
+    shape, spacing = (32, 32, 32), 0.5
+    exact = Renderer(shape, spacing, psf, backend=EXACT, dtype=torch.float64).render(verts, faces, weights)
+    auto = Renderer(shape, spacing, psf, backend="auto", dtype=torch.float64)
+    monkeypatch.setenv("DELTAMIC_NUFFT_MIN_PAIRS", "1e12")
+    auto.render(verts, faces, weights)
+    assert auto.backend_name in ("cpu", "torch")
+    monkeypatch.setenv("DELTAMIC_NUFFT_MIN_PAIRS", "1")
+    img = auto.render(verts, faces, weights)
+    assert auto.backend_name == "nufft"
+    assert float((img - exact).norm() / exact.norm()) < 1e-5

@@ -26,6 +26,7 @@ box of size L: k = m / L, so exp(-2 pi i k.x) = exp(-i m (2 pi x / L))).
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -56,6 +57,19 @@ _THETA_MAX = np.array(
     ]
 )
 MAX_ORDER = _THETA_MAX.shape[1]
+
+# "auto" in the renderer switches to this backend on the CPU above this many (band frequency x
+# face) pairs per pass. Measured by benchmarks/bench_nufft.py on the 2-core reference machine:
+# see the crossover it prints; override with DELTAMIC_NUFFT_MIN_PAIRS.
+NUFFT_MIN_PAIRS = 2e7
+
+
+def prefer_nufft(device, n_freqs: int, n_faces: int) -> bool:
+    """Whether "auto" should use the NUFFT backend for this problem size on ``device``."""
+    if finufft is None or torch.device(device).type != "cpu":
+        return False
+    threshold = float(os.environ.get("DELTAMIC_NUFFT_MIN_PAIRS", NUFFT_MIN_PAIRS))
+    return float(n_freqs) * float(n_faces) >= threshold
 
 
 @lru_cache(maxsize=None)

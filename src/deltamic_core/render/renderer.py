@@ -167,6 +167,7 @@ class Renderer:
         check_memory(self._grid_bytes(plan=True), "the render plan (padded FFT grid)", self.max_memory_bytes)
         self._otf_key = None
         self._otf_band = None
+        self._last_backend = None
         self.update_band(_stacklevel=3)
 
     # ------------------------------------------------------------------ plan / band
@@ -184,7 +185,10 @@ class Renderer:
 
     @property
     def backend_name(self) -> str:
-        """The mesh_ft backend that ``backend`` resolves to on this device (e.g. "cpu")."""
+        """The mesh_ft backend that ``backend`` resolves to on this device (e.g. "cpu"; with
+        "auto", the one the last render used, since the choice depends on the face count)."""
+        if self._last_backend is not None:
+            return self._last_backend
         try:
             from ..meshft._registry import resolve
 
@@ -389,25 +393,38 @@ class Renderer:
                     "Crop the mesh, enlarge the image, or pass a larger margin_um"
                 )
 
-    def _freqs_arg(self):
+    def _backend_for(self, n_faces: int) -> str:
+        """The mesh_ft backend for a mesh of ``n_faces``: an explicit choice is kept; "auto"
+        takes the approximate NUFFT backend on the CPU when the exact cost (band frequencies x
+        faces) is large (see :func:`deltamic_core.meshft.nufft_backend.prefer_nufft`)."""
+        if self.backend != "auto":
+            return self.backend
+        from ..meshft.nufft_backend import prefer_nufft
+
+        return "nufft" if prefer_nufft(self.device, len(self.band), n_faces) else "auto"
+
+    def _freqs_arg(self, backend: str):
         """The band as the backend wants it: a precomputed (K, 3) tensor, or the GridBand for
-        backends that exploit the grid structure (never picked by "auto")."""
-        if self.backend == "auto":
+        backends that exploit the grid structure."""
+        if backend == "auto":
             return self._freqs
         from ..meshft import get_backend
 
-        return self.band if getattr(get_backend(self.backend), "needs_band", False) else self._freqs
+        return self.band if getattr(get_backend(backend), "needs_band", False) else self._freqs
 
     def _centred_spectrum(self, v, faces, weights, volume_weight):
         from ..meshft import mesh_ft
+        from ..meshft._registry import resolve
 
         vc = (v.to(torch.float64) - self._centre).to(self.dtype)
-        freqs = self._freqs_arg()
-        spec = mesh_ft(vc, faces, freqs, weights, backend=self.backend)
+        backend = self._backend_for(faces.shape[0])
+        self._last_backend = resolve(backend, self.device, announce=False)[0]
+        freqs = self._freqs_arg(backend)
+        spec = mesh_ft(vc, faces, freqs, weights, backend=backend)
         if not _is_zero(volume_weight):
             faces_t = faces.long()
             normals = face_unit_normals(vc, faces_t)
-            parts = [mesh_ft(vc, faces_t, freqs, normals[:, a].contiguous(), backend=self.backend)
+            parts = [mesh_ft(vc, faces_t, freqs, normals[:, a].contiguous(), backend=backend)
                      for a in range(3)]
             chi = volume_spectrum_from_parts(parts, self._freqs, self._k2, self._dc, signed_volume(vc, faces_t))
             spec = spec + volume_weight * chi
