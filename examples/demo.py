@@ -57,13 +57,12 @@ def overview_png(path, image, labels):
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
     for ax, (img, lab, (sr, sc), title) in zip(axes, views):
-        extent = (0, img.shape[1] * sc, img.shape[0] * sr, 0)
-        ax.imshow(img, cmap="gray", extent=extent, interpolation="nearest")
+        # pixel coordinates for both the image and the contours; the aspect shows physical size
+        ax.imshow(img, cmap="gray", interpolation="nearest", aspect=sr / sc)
         for cell in np.unique(lab[lab > 0]):
-            ax.contour((lab == cell).astype(float), levels=[0.5], extent=(0, img.shape[1] * sc, 0, img.shape[0] * sr),
-                       origin="upper", colors=[plt.cm.tab10(int(cell) % 10)], linewidths=1.2)
-        ax.set_title(title)
-        ax.set_xlabel("um")
+            ax.contour((lab == cell).astype(float), levels=[0.5], colors=[plt.cm.tab10(int(cell) % 10)],
+                       linewidths=1.2)
+        ax.set_title(f"{title}, voxels")
     fig.suptitle("synthetic embryo stack with the fitted cells (deltamic fit)")
     fig.tight_layout()
     with atomic_write(path, mode="path") as tmp:
