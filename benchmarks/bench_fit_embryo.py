@@ -125,7 +125,9 @@ def main(argv=None):
     ap.add_argument("--background", type=float, default=5.0, help="expected background counts")
     ap.add_argument("--margin", type=float, default=3.0, help="um of image around the embryo")
     ap.add_argument("--edge", type=float, default=None, help="seed/remesh edge length (um); default 4 x xy voxel")
-    ap.add_argument("--seed-frac", type=float, default=0.6, help="seed radius / equivalent cell radius")
+    ap.add_argument("--seed-frac", type=float, default=0.0,
+                    help="seed radius / equivalent cell radius; 0 (default): estimate the radii from the image "
+                         "as `deltamic fit --seeds` does (deltamic_core.cli.estimate_seed_radii)")
     ap.add_argument("--iterations", type=int, nargs="+", default=None, help="per level")
     ap.add_argument("--levels", type=int, nargs="+", default=None)
     ap.add_argument("--loss", default="poisson")
@@ -170,7 +172,15 @@ def main(argv=None):
     # fit from spheres
     edge = args.edge if args.edge is not None else 4 * voxel_um
     r_eq = np.array([(3 * vol_true[c] / (4 * np.pi)) ** (1 / 3) for c in cells])
-    init = seed_spheres(centroids, args.seed_frac * r_eq, edge_um=edge)
+    if args.seed_frac > 0:
+        radii = args.seed_frac * r_eq
+    else:
+        from deltamic_core.cli import estimate_seed_radii
+
+        radii = estimate_seed_radii(image, spacing, np.asarray(centroids) - np.asarray(origin), blur_um=args.sigma)
+    print("seed radii (um): " + ", ".join(f"{r:.2f}" for r in radii) + " vs equivalent radii " +
+          ", ".join(f"{r:.2f}" for r in r_eq))
+    init = seed_spheres(centroids, radii, edge_um=edge)
     kw = {"loss": args.loss, "backend": args.backend}
     if args.iterations:
         kw["iterations"] = tuple(args.iterations) if len(args.iterations) > 1 else args.iterations[0]
