@@ -39,8 +39,8 @@ std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_
 template <typename T>
 struct TileTables {
   int64_t V;
-  std::vector<double> phi;  // 2 pi k.v
-  std::vector<T> ere, eim;  // exp(-i phi)
+  std::vector<double> phi;       // 2 pi k.v
+  std::vector<double> ere, eim;  // exp(-i phi), in double whatever T: see fill_tables
   TileTables(int64_t V_, int64_t n_sub)
       : V(V_),
         phi(static_cast<size_t>(n_sub * V_ * kTile)),
@@ -51,8 +51,8 @@ struct TileTables {
 template <typename T>
 struct TileView {
   double* phi;
-  T* ere;
-  T* eim;
+  double* ere;
+  double* eim;
 };
 
 template <typename T>
@@ -76,6 +76,21 @@ inline void tile_freqs(const T* freqs, int64_t k0, int64_t kn, TileFreqs& tf) {
   }
 }
 
+// The exponentials are kept in double even for T = float: the float accuracy contract
+// (3e-7 |U(0)|, about 2.5 float ulp of f(0) = 1/2) cannot afford a rounded exp(-i pa) times a
+// rounded series times a float complex product, nor the recursive divided differences of the
+// large-spread lanes in float (they divide differences of rounded exponentials by the spread,
+// which amplified the rounding to 3e-7 |U(0)| at spreads just above the series switch).
+// For float the branch-free double polynomial (vectorises); for double the libm functions.
+template <typename T>
+inline Cplx<double> expmi_table(double ph) {
+  return expmi_poly(ph);
+}
+template <>
+inline Cplx<double> expmi_table<double>(double ph) {
+  return expmi<double>(ph);
+}
+
 // Fill the tables of one tile for vertices [v0, v1) (a vectorised loop over the lanes).
 template <typename T>
 inline void fill_tables(const T* verts, const TileFreqs& tf, int64_t v0, int64_t v1,
@@ -83,11 +98,11 @@ inline void fill_tables(const T* verts, const TileFreqs& tf, int64_t v0, int64_t
   for (int64_t v = v0; v < v1; ++v) {
     const double x = verts[3 * v], y = verts[3 * v + 1], z = verts[3 * v + 2];
     double* __restrict__ prow = tab.phi + v * kTile;
-    T* __restrict__ rrow = tab.ere + v * kTile;
-    T* __restrict__ irow = tab.eim + v * kTile;
+    double* __restrict__ rrow = tab.ere + v * kTile;
+    double* __restrict__ irow = tab.eim + v * kTile;
     for (int64_t j = 0; j < kTile; ++j) {
       const double ph = tf.x[j] * x + tf.y[j] * y + tf.z[j] * z;
-      const Cplx<T> e = expmi<T>(ph);
+      const Cplx<double> e = expmi_table<T>(ph);
       prow[j] = ph;
       rrow[j] = e.re;
       irow[j] = e.im;
@@ -117,8 +132,47 @@ template <typename T>
 struct FaceLanes {
   T p[kTile], q[kTile];
   T f0r[kTile], f0i[kTile];
+  double ur[kTile], ui[kTile];  // forward: f[pa, pb, pc] with its absolute phase, in double
   T far_[kTile], fai[kTile], fbr[kTile], fbi[kTile];
 };
+
+// f[0, x1, x2] times exp(-i pa) for a large spread, in double for every T (see expmi_table),
+// the recursion of dd2 written without branches so that the loop over the lanes vectorises
+// (on a typical mesh at |k| of a few cycles/um most lanes take this path): the closest pair
+// (u, v) and the far node w are picked by selects, and both forms of each first difference
+// are computed and one kept (the discarded one may be inf/nan: harmless, it is not used).
+// For T = float the pair series keeps the float length (truncation 2e-9 relative).
+template <typename T>
+inline Cplx<double> pair_dd(double x, Cplx<double> Ex, double y, Cplx<double> Ey) {
+  const double d = y - x;
+  const Cplx<double> ser = cmul(Ex, pair_series<double, Tuning<T>::kPairTerms>(d));
+  const double inv = 1.0 / d;
+  const Cplx<double> quo = {(Ex.re - Ey.re) * inv, (Ex.im - Ey.im) * inv};
+  const bool near = tabs(d) < Tuning<T>::pair();
+  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
+}
+
+template <typename T>
+inline Cplx<double> dd2_lanes(double x1, double x2, Cplx<double> E0, Cplx<double> E1,
+                              Cplx<double> E2) {
+  const double d01 = tabs(x1), d02 = tabs(x2), d12 = tabs(x2 - x1);
+  // bitwise & | (not && ||): short-circuit operators are control flow, which stops the
+  // vectoriser
+  const bool ca = (d01 <= d02) & (d01 <= d12);  // (0, 1) closest
+  const bool cb = (!ca) & (d02 <= d12);          // (0, 2) closest
+  const bool u0 = ca | cb;
+  // u = 0 unless (1, 2) is the closest pair; v = 1 if (0, 1), else 2; w the remaining node
+  const double u = u0 ? 0.0 : x1;
+  const Cplx<double> Eu = {u0 ? E0.re : E1.re, u0 ? E0.im : E1.im};
+  const double v = ca ? x1 : x2;
+  const Cplx<double> Ev = {ca ? E1.re : E2.re, ca ? E1.im : E2.im};
+  const double w = ca ? x2 : (cb ? x1 : 0.0);
+  const Cplx<double> Ew = {ca ? E2.re : (cb ? E1.re : E0.re), ca ? E2.im : (cb ? E1.im : E0.im)};
+  const Cplx<double> fuv = pair_dd<T>(u, Eu, v, Ev);
+  const Cplx<double> fvw = pair_dd<T>(v, Ev, w, Ew);
+  const double inv = 1.0 / (u - w);
+  return {(fuv.re - fvw.re) * inv, (fuv.im - fvw.im) * inv};
+}
 
 template <typename T>
 inline void face_values(const TileView<T>& tab, int64_t a, int64_t b, int64_t c,
@@ -126,8 +180,8 @@ inline void face_values(const TileView<T>& tab, int64_t a, int64_t b, int64_t c,
   const double* pa = tab.phi + a * kTile;
   const double* pb = tab.phi + b * kTile;
   const double* pc = tab.phi + c * kTile;
-  const T* ar = tab.ere + a * kTile;
-  const T* ai = tab.eim + a * kTile;
+  const double* ar = tab.ere + a * kTile;
+  const double* ai = tab.eim + a * kTile;
   int any_large = 0;
   for (int64_t j = 0; j < kTile; ++j) {
     const T p = T(pb[j] - pa[j]);
@@ -136,19 +190,21 @@ inline void face_values(const TileView<T>& tab, int64_t a, int64_t b, int64_t c,
     L.q[j] = q;
     any_large |= int(spread3(p, q) >= Tuning<T>::spread());
     const Cplx<T> s = tri_series(p, q);
-    L.f0r[j] = ar[j] * s.re - ai[j] * s.im;
-    L.f0i[j] = ar[j] * s.im + ai[j] * s.re;
+    // the series is rounded once per term; the product with exp(-i pa) is formed in double
+    L.ur[j] = ar[j] * double(s.re) - ai[j] * double(s.im);
+    L.ui[j] = ar[j] * double(s.im) + ai[j] * double(s.re);
   }
   if (!any_large) return;
-  const T* br = tab.ere + b * kTile;
-  const T* bi = tab.eim + b * kTile;
-  const T* cr = tab.ere + c * kTile;
-  const T* ci = tab.eim + c * kTile;
+  const double* br = tab.ere + b * kTile;
+  const double* bi = tab.eim + b * kTile;
+  const double* cr = tab.ere + c * kTile;
+  const double* ci = tab.eim + c * kTile;
   for (int64_t j = 0; j < kTile; ++j) {
-    if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
-    const Cplx<T> f = dd2<T>(T(0), {ar[j], ai[j]}, L.p[j], {br[j], bi[j]}, L.q[j], {cr[j], ci[j]});
-    L.f0r[j] = f.re;
-    L.f0i[j] = f.im;
+    const Cplx<double> f = dd2_lanes<T>(pb[j] - pa[j], pc[j] - pa[j], {ar[j], ai[j]},
+                                        {br[j], bi[j]}, {cr[j], ci[j]});
+    const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
+    L.ur[j] = large ? f.re : L.ur[j];
+    L.ui[j] = large ? f.im : L.ui[j];
   }
 }
 
@@ -178,20 +234,22 @@ inline void face_values_grad(const TileView<T>& tab, int64_t a, int64_t b, int64
     L.fbi[j] = sb.im;
   }
   if (!any_large) return;
-  const T* ar = tab.ere + a * kTile;
-  const T* ai = tab.eim + a * kTile;
-  const T* br = tab.ere + b * kTile;
-  const T* bi = tab.eim + b * kTile;
-  const T* cr = tab.ere + c * kTile;
-  const T* ci = tab.eim + c * kTile;
+  const double* ar = tab.ere + a * kTile;
+  const double* ai = tab.eim + a * kTile;
+  const double* br = tab.ere + b * kTile;
+  const double* bi = tab.eim + b * kTile;
+  const double* cr = tab.ere + c * kTile;
+  const double* ci = tab.eim + c * kTile;
   for (int64_t j = 0; j < kTile; ++j) {
     if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
     // exponentials relative to corner a: exp(-i p) = Eb conj(Ea), exp(-i q) = Ec conj(Ea)
-    const Cplx<T> ea_conj = {ar[j], -ai[j]};
+    const Cplx<double> ea_conj = {ar[j], -ai[j]};
+    const Cplx<double> eb = cmul(Cplx<double>{br[j], bi[j]}, ea_conj);
+    const Cplx<double> ec = cmul(Cplx<double>{cr[j], ci[j]}, ea_conj);
     const Cplx<T> one = {T(1), T(0)};
     Cplx<T> f0, fa, fb, fc;
-    tri_f_grad<T>(L.p[j], L.q[j], one, cmul(Cplx<T>{br[j], bi[j]}, ea_conj),
-                  cmul(Cplx<T>{cr[j], ci[j]}, ea_conj), f0, fa, fb, fc);
+    tri_f_grad<T>(L.p[j], L.q[j], one, Cplx<T>{T(eb.re), T(eb.im)}, Cplx<T>{T(ec.re), T(ec.im)},
+                  f0, fa, fb, fc);
     L.f0r[j] = f0.re;
     L.f0i[j] = f0.im;
     L.far_[j] = fa.re;
@@ -240,8 +298,8 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
         face_values(tab, g.a, g.b, g.c, L);
         const double s = w2a[i];
         for (int64_t j = 0; j < kTile; ++j) {
-          acc_re[j] += s * double(L.f0r[j]);
-          acc_im[j] += s * double(L.f0i[j]);
+          acc_re[j] += s * L.ur[j];
+          acc_im[j] += s * L.ui[j];
         }
       }
       for (int64_t j = 0; j < kn; ++j) out[k0 + j] = c10::complex<T>(T(acc_re[j]), T(acc_im[j]));
@@ -276,7 +334,7 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
   // whatever the number of threads.
   constexpr int64_t kBlockMax = 8;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
-  const int64_t row_bytes = kTile * int64_t(sizeof(double) + 2 * sizeof(T));
+  const int64_t row_bytes = kTile * int64_t(3 * sizeof(double));
   const int64_t kBlock = std::max<int64_t>(
       1, std::min<int64_t>({kBlockMax, n_tiles, (int64_t(16) << 20) / std::max<int64_t>(1, V * row_bytes)}));
   const int64_t n_blocks = (n_tiles + kBlock - 1) / kBlock;
@@ -326,8 +384,8 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
         for (int64_t sub = 0; sub < nsub; ++sub) {
           face_values_grad(view(tables, sub), g.a, g.b, g.c, L);
           const TileView<T> tv = view(tables, sub);
-          const T* AR = tv.ere + g.a * kTile;
-          const T* AI = tv.eim + g.a * kTile;
+          const double* AR = tv.ere + g.a * kTile;
+          const double* AI = tv.eim + g.a * kTile;
           const T* KX = kx.data() + sub * kTile;
           const T* KY = ky.data() + sub * kTile;
           const T* KZ = kz.data() + sub * kTile;
@@ -336,8 +394,9 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
           T w[10][kTile];
           for (int64_t j = 0; j < kTile; ++j) {
             // H = conj(G) exp(-i pa); Re(conj(G) exp(-i pa) F) = Re(H F)
-            const T hr = GR[j] * AR[j] + GI[j] * AI[j];
-            const T hi = GR[j] * AI[j] - GI[j] * AR[j];
+            const T ar = T(AR[j]), ai = T(AI[j]);
+            const T hr = GR[j] * ar + GI[j] * ai;
+            const T hi = GR[j] * ai - GI[j] * ar;
             const T g0 = hr * L.f0r[j] - hi * L.f0i[j];
             const T gA = hr * L.far_[j] - hi * L.fai[j];
             const T gB = hr * L.fbr[j] - hi * L.fbi[j];

@@ -145,9 +145,10 @@ MESHFT_HD inline T spread3(T p, T q) {
 
 // f[0, d] = (1 - exp(-i d)) / d = ((1 - cos d) / d, sin(d) / d)
 //         = i sum_n (-i)^n d^n / (n + 1)!
-template <typename T>
+// N: number of terms (the default suits arithmetic and accuracy in T; the CPU float kernels
+// evaluate it in double with the float length).
+template <typename T, int N = Tuning<T>::kPairTerms>
 MESHFT_HD inline Cplx<T> pair_series(T d) {
-  constexpr int N = Tuning<T>::kPairTerms;
   const T d2 = d * d;
   // Two Horner chains in d^2: the real part collects the odd powers d^n / (n + 1)! (the
   // chain drops one factor d, restored at the end), the imaginary part the even powers; both
@@ -401,38 +402,48 @@ MESHFT_HD inline Cplx<double> expmi<double>(double phi) {
   return {cos(phi), -sin(phi)};
 }
 
-// float: quadrant reduction r = phi - n pi/2 in double (|r| <= pi/4), r rounded to float with
-// a first-order correction for what the rounding lost, then Taylor polynomials in float
-// (truncation < 2e-9 on [-pi/4, pi/4]) and the quadrant rotation. Branch-free, so the CPU
-// vertex-table loop vectorises; within about one float ulp of the exact value.
-template <>
-MESHFT_HD inline Cplx<float> expmi<float>(double phi) {
+// float: quadrant reduction r = phi - n pi/2 (|r| <= pi/4), Taylor polynomials and the
+// quadrant rotation, all in double (truncation < 1e-14 on [-pi/4, pi/4]), then ONE rounding to
+// float. The result is the correctly rounded value except in the rare double-rounding ties,
+// i.e. within 0.5 float ulp (+1e-14): the float accuracy contract has a budget of about 2.5
+// ulp of f(0) in total, and a float polynomial (~1.6 ulp here) used most of it. Branch-free,
+// so the CPU vertex-table loop still vectorises (4 double lanes instead of 8 floats: the tables
+// cost O(V K), a small part of the O(F K) face work).
+// exp(-i phi) in double by the branch-free polynomial (about 1e-15 absolute), for vectorised
+// loops: a libm cos/sin call does not vectorise.
+MESHFT_HD inline Cplx<double> expmi_poly(double phi) {
   const double two_over_pi = 0.63661977236758134307553505349006;
   const double pi_over_2 = 1.5707963267948966192313216916398;
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
   const double n = (phi * two_over_pi + shifter) - shifter;
   const double r = phi - n * pi_over_2;
-  const float rf = static_cast<float>(r);
-  const float dr = static_cast<float>(r - static_cast<double>(rf));
-  const float r2 = rf * rf;
-  float s = 1.0f / 362880.0f;
-  s = s * r2 - 1.0f / 5040.0f;
-  s = s * r2 + 1.0f / 120.0f;
-  s = s * r2 - 1.0f / 6.0f;
-  s = (s * r2) * rf + rf;
-  float c = -1.0f / 3628800.0f;
-  c = c * r2 + 1.0f / 40320.0f;
-  c = c * r2 - 1.0f / 720.0f;
-  c = c * r2 + 1.0f / 24.0f;
-  c = c * r2 - 0.5f;
-  c = c * r2 + 1.0f;
-  const float sc = s + c * dr;  // sin(r + dr), cos(r + dr) to first order in dr
-  const float cc = c - s * dr;
+  const double r2 = r * r;
+  double s = 1.0 / 6227020800.0;  // 1/13!
+  s = s * r2 - 1.0 / 39916800.0;
+  s = s * r2 + 1.0 / 362880.0;
+  s = s * r2 - 1.0 / 5040.0;
+  s = s * r2 + 1.0 / 120.0;
+  s = s * r2 - 1.0 / 6.0;
+  s = (s * r2) * r + r;
+  double c = 1.0 / 87178291200.0;  // 1/14!
+  c = c * r2 - 1.0 / 479001600.0;
+  c = c * r2 + 1.0 / 3628800.0;
+  c = c * r2 - 1.0 / 40320.0;
+  c = c * r2 + 1.0 / 720.0;
+  c = c * r2 - 1.0 / 24.0;
+  c = c * r2 + 0.5;
+  c = 1.0 - c * r2;
   // cos(phi) and sin(phi) from the quadrant q = n mod 4
   const int q = static_cast<int>(n) & 3;
-  const float cos_phi = q == 0 ? cc : (q == 1 ? -sc : (q == 2 ? -cc : sc));
-  const float sin_phi = q == 0 ? sc : (q == 1 ? cc : (q == 2 ? -sc : -cc));
+  const double cos_phi = q == 0 ? c : (q == 1 ? -s : (q == 2 ? -c : s));
+  const double sin_phi = q == 0 ? s : (q == 1 ? c : (q == 2 ? -s : -c));
   return {cos_phi, -sin_phi};
+}
+
+template <>
+MESHFT_HD inline Cplx<float> expmi<float>(double phi) {
+  const Cplx<double> e = expmi_poly(phi);
+  return {static_cast<float>(e.re), static_cast<float>(e.im)};
 }
 
 }  // namespace meshft
