@@ -34,32 +34,12 @@ mpmath = pytest.importorskip("mpmath")
 
 
 def _icosphere(subdivisions: int, radius: float, centre) -> tuple[np.ndarray, np.ndarray]:
-    """Unit icosahedron subdivided by edge midpoints, projected to the sphere."""
-    t = (1.0 + 5.0**0.5) / 2.0
-    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t),
-         (0, -1, -t), (0, 1, -t), (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4),
-         (11, 10, 2), (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8),
-         (3, 8, 9), (4, 9, 5), (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]
-    verts = [np.array(p, float) / np.linalg.norm(p) for p in v]
-    faces = f
-    for _ in range(subdivisions):
-        cache: dict = {}
+    """Icosphere (trimesh) scaled and moved."""
+    import trimesh
 
-        def mid(i, j):
-            key = (min(i, j), max(i, j))
-            if key not in cache:
-                m = verts[i] + verts[j]
-                verts.append(m / np.linalg.norm(m))
-                cache[key] = len(verts) - 1
-            return cache[key]
-
-        new = []
-        for a, b, c in faces:
-            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
-            new += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
-        faces = new
-    return np.array(verts) * radius + np.asarray(centre, float), np.array(faces, np.int64)
+    ico = trimesh.creation.icosphere(subdivisions=subdivisions, radius=1.0)
+    verts = np.asarray(ico.vertices, dtype=np.float64) * radius + np.asarray(centre, float)
+    return verts, np.asarray(ico.faces, dtype=np.int64)
 
 
 def _mp_triangle(a, b, c, k):
