@@ -27,6 +27,25 @@ from ..grid import FFTGrid
 PARAM_DTYPE = torch.float64
 
 
+def _sampling_settings(oversampling, extent_threshold, max_extent_um) -> tuple[float, float, tuple]:
+    """Validated sampling knobs shared by the models computed on a grid (Gibson-Lanni, Hanser):
+    oversampling >= 1, extent_threshold in (0, 1), max_extent_um three positive numbers."""
+    import numpy as np
+
+    over = _positive(oversampling, "oversampling")
+    if over < 1:
+        raise ValueError(f"oversampling must be >= 1, got {over}")
+    thr = _positive(extent_threshold, "extent_threshold")
+    if thr >= 1:
+        raise ValueError(f"extent_threshold must be in (0, 1), got {thr}")
+    me = np.asarray(max_extent_um, dtype=float).reshape(-1)
+    if me.size == 1:
+        me = np.repeat(me, 3)
+    if me.size != 3 or not np.all(np.isfinite(me)) or np.any(me <= 0):
+        raise ValueError(f"max_extent_um must be three positive numbers (z, y, x), got {max_extent_um!r}")
+    return over, thr, tuple(float(v) for v in me)
+
+
 def _positive(value, name: str) -> float:
     """A finite, strictly positive scalar."""
     try:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..grid import FFTGrid
-from ._base import PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _complex_of, _nonnegative, _positive
+from ._base import _sampling_settings, PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _complex_of, _nonnegative, _positive
 from ._sampling import bessel_j0, interp1d_uniform, leggauss, oversampling_factors
 
 _POSITIVE = ("na", "wavelength_um", "ni", "ni0", "ns", "ng", "ng0", "tg", "tg0", "ti0")
@@ -93,18 +93,8 @@ class GibsonLanniPSF(SampledPSFModel):
         for k in _POSITIVE:
             self._add_positive(k, checked[k], k in learn)
         self._add_real("particle_depth_um", depth, "particle_depth_um" in learn)
-        self.oversampling = _positive(oversampling, "oversampling")
-        if self.oversampling < 1:
-            raise ValueError(f"oversampling must be >= 1, got {self.oversampling}")
-        self.extent_threshold = _positive(extent_threshold, "extent_threshold")
-        if self.extent_threshold >= 1:
-            raise ValueError(f"extent_threshold must be in (0, 1), got {self.extent_threshold}")
-        me = np.asarray(max_extent_um, dtype=float).reshape(-1)
-        if me.size == 1:
-            me = np.repeat(me, 3)
-        if me.size != 3 or not np.all(np.isfinite(me)) or np.any(me <= 0):
-            raise ValueError(f"max_extent_um must be three positive numbers (z, y, x), got {max_extent_um!r}")
-        self.max_extent_um = tuple(float(v) for v in me)
+        self.oversampling, self.extent_threshold, self.max_extent_um = _sampling_settings(
+            oversampling, extent_threshold, max_extent_um)
         self._extent_cache: tuple | None = None
 
     # physical parameters (differentiable tensors)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..grid import FFTGrid
-from ._base import PARAM_DTYPE, SampledPSFModel, _finite, _positive
+from ._base import _sampling_settings, PARAM_DTYPE, SampledPSFModel, _finite, _positive
 from .zernike import noll_to_nm, zernike_noll
 
 _APODIZATIONS = ("sine", "herschel", "none")
@@ -85,18 +85,8 @@ class HanserPSF(SampledPSFModel):
         if pupil_edge not in ("soft", "hard"):
             raise ValueError(f"pupil_edge must be 'soft' or 'hard', got {pupil_edge!r}")
         self.apodization, self.pupil_edge = apodization, pupil_edge
-        self.oversampling = _positive(oversampling, "oversampling")
-        if self.oversampling < 1:
-            raise ValueError(f"oversampling must be >= 1, got {self.oversampling}")
-        self.extent_threshold = _positive(extent_threshold, "extent_threshold")
-        if self.extent_threshold >= 1:
-            raise ValueError(f"extent_threshold must be in (0, 1), got {self.extent_threshold}")
-        me = np.asarray(max_extent_um, dtype=float).reshape(-1)
-        if me.size == 1:
-            me = np.repeat(me, 3)
-        if me.size != 3 or not np.all(np.isfinite(me)) or np.any(me <= 0):
-            raise ValueError(f"max_extent_um must be three positive numbers (z, y, x), got {max_extent_um!r}")
-        self.max_extent_um = tuple(float(v) for v in me)
+        self.oversampling, self.extent_threshold, self.max_extent_um = _sampling_settings(
+            oversampling, extent_threshold, max_extent_um)
         self._extent_cache: tuple | None = None
 
     na = property(lambda self: self._pos("na"))
