@@ -185,7 +185,8 @@ def test_icosphere_approaches_sphere_transform(backend):
     knorm = np.linspace(0.0, 1.5, 24)
     out = run(backend, verts, faces, d * knorm[:, None])
     assert abs(out[0] - a_poly) <= 1e-12 * a_poly
-    bound = a_poly * 2 * math.pi * knorm * delta + (4 * math.pi * R**2 - a_poly)
+    # (+ the rounding allowed at k = 0 above: at k = 0 the bound is attained exactly)
+    bound = a_poly * 2 * math.pi * knorm * delta + (4 * math.pi * R**2 - a_poly) + 1e-12 * a_poly
     err = np.abs(out - sphere_ft(knorm, R))
     assert np.all(err <= bound), (err / bound).max()
     assert np.all(np.abs(out.imag) <= 1e-9 * a_poly)  # centred, symmetric: real transform

@@ -1,14 +1,22 @@
 // Loops of the CPU kernels. Deliberately WITHOUT an include guard and without includes:
-// meshft_cpu.cpp includes this file twice, into namespaces compiled for AVX2 and for the
-// baseline x86-64 ISA, and picks one at run time. The arithmetic is identical in both (no
-// FP contraction under -std=c++17, no reassociation), so the results do not depend on it.
+// meshft_cpu.cpp includes this file twice, into namespaces compiled for AVX2+FMA and for the
+// baseline x86-64 ISA, and picks one at run time. The source is identical; the AVX2 clone may
+// contract a * b + c into fused multiply-adds, so the two differ by roundings (both meet the
+// accuracy contracts; tests run both).
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
 constexpr int64_t kTile = 32;  // frequencies per tile (lanes)
 
-// Per-face geometry in double: corner indices, twice the area, and the area gradients.
+static_assert(SeriesLength<float>::max_r(SeriesLength<float>::kCount - 1) >= Tuning<float>::spread(),
+              "the longest float series must cover the whole series regime");
+static_assert(SeriesLength<double>::max_r(SeriesLength<double>::kCount - 1) >= Tuning<double>::spread(),
+              "the longest double series must cover the whole series regime");
+
+// Per-face geometry in double: corner indices, edge vectors from the first corner, twice the
+// area and the area gradients.
 struct FaceGeom {
   int64_t a, b, c;
+  double e1[3], e2[3];  // b - a, c - a (exact in double for float vertices)
   double two_area;
   double ga[3], gb[3], gc[3];  // gradients of A (not 2A) w.r.t. each corner
 };
@@ -22,43 +30,46 @@ std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_
       g.a = faces[3 * t];
       g.b = faces[3 * t + 1];
       g.c = faces[3 * t + 2];
-      const double a[3] = {double(verts[3 * g.a]), double(verts[3 * g.a + 1]),
-                           double(verts[3 * g.a + 2])};
-      const double b[3] = {double(verts[3 * g.b]), double(verts[3 * g.b + 1]),
-                           double(verts[3 * g.b + 2])};
-      const double c[3] = {double(verts[3 * g.c]), double(verts[3 * g.c + 1]),
-                           double(verts[3 * g.c + 2])};
+      double a[3], b[3], c[3];
+      for (int d = 0; d < 3; ++d) {
+        a[d] = double(verts[3 * g.a + d]);
+        b[d] = double(verts[3 * g.b + d]);
+        c[d] = double(verts[3 * g.c + d]);
+        g.e1[d] = b[d] - a[d];
+        g.e2[d] = c[d] - a[d];
+      }
       area_grad(a, b, c, g.two_area, g.ga, g.gb, g.gc);
     }
   });
   return geom;
 }
 
-// Per-vertex tables of n_sub frequency tiles: for each tile, vertex-major rows of kTile lanes,
-// structure of arrays.
-template <typename T>
-struct TileTables {
-  int64_t V;
-  std::vector<double> phi;       // 2 pi k.v
-  std::vector<double> ere, eim;  // exp(-i phi), in double whatever T: see fill_tables
-  TileTables(int64_t V_, int64_t n_sub)
-      : V(V_),
-        phi(static_cast<size_t>(n_sub * V_ * kTile)),
-        ere(static_cast<size_t>(n_sub * V_ * kTile)),
-        eim(static_cast<size_t>(n_sub * V_ * kTile)) {}
+// The faces that take part, ordered by their first corner (the "anchor"): a face's value is
+// exp(-i phi_a) times a function of its relative phases only, so the faces sharing an anchor
+// are summed first and multiplied by the anchor's exponential once. The relative phases come
+// from the edge vectors, so no per-vertex table is read in the hot loop (the tables of the
+// previous kernels were megabytes, read in mesh order: cache misses dominated).
+struct AnchorGroups {
+  std::vector<int64_t> face;   // face indices, grouped by anchor (stable within a group)
+  std::vector<int64_t> start;  // group g is face[start[g] .. start[g + 1])
 };
 
-template <typename T>
-struct TileView {
-  double* phi;
-  double* ere;
-  double* eim;
-};
-
-template <typename T>
-inline TileView<T> view(TileTables<T>& tab, int64_t sub) {
-  const int64_t off = sub * tab.V * kTile;
-  return {tab.phi.data() + off, tab.ere.data() + off, tab.eim.data() + off};
+template <typename Keep>
+AnchorGroups group_by_anchor(const std::vector<FaceGeom>& geom, int64_t V, Keep keep) {
+  AnchorGroups G;
+  std::vector<int64_t> count(static_cast<size_t>(V) + 1, 0);
+  const int64_t F = static_cast<int64_t>(geom.size());
+  for (int64_t t = 0; t < F; ++t)
+    if (keep(t)) ++count[geom[t].a + 1];
+  for (int64_t v = 0; v < V; ++v) count[v + 1] += count[v];
+  G.face.resize(static_cast<size_t>(count[V]));
+  std::vector<int64_t> next(count.begin(), count.end() - 1);
+  for (int64_t t = 0; t < F; ++t)
+    if (keep(t)) G.face[next[geom[t].a]++] = t;
+  for (int64_t v = 0; v < V; ++v)
+    if (count[v + 1] > count[v]) G.start.push_back(count[v]);
+  G.start.push_back(count[V]);
+  return G;
 }
 
 // 2 pi k of one tile in double, structure of arrays (lanes past kn: k = 0).
@@ -76,12 +87,10 @@ inline void tile_freqs(const T* freqs, int64_t k0, int64_t kn, TileFreqs& tf) {
   }
 }
 
-// The exponentials are kept in double even for T = float: the float accuracy contract
-// (3e-7 |U(0)|, about 2.5 float ulp of f(0) = 1/2) cannot afford a rounded exp(-i pa) times a
-// rounded series times a float complex product, nor the recursive divided differences of the
-// large-spread lanes in float (they divide differences of rounded exponentials by the spread,
-// which amplified the rounding to 3e-7 |U(0)| at spreads just above the series switch).
-// For float the branch-free double polynomial (vectorises); for double the libm functions.
+// The anchor exponentials exp(-i 2 pi k.a) are formed in double even for T = float: the float
+// accuracy contract (3e-7 |U(0)|, about 2.5 float ulp of f(0) = 1/2) cannot afford a rounded
+// exp(-i pa) times a rounded series times a float complex product. For float the branch-free
+// double polynomial (vectorises); for double the libm functions.
 template <typename T>
 inline Cplx<double> expmi_table(double ph) {
   return expmi_poly(ph);
@@ -89,25 +98,6 @@ inline Cplx<double> expmi_table(double ph) {
 template <>
 inline Cplx<double> expmi_table<double>(double ph) {
   return expmi<double>(ph);
-}
-
-// Fill the tables of one tile for vertices [v0, v1) (a vectorised loop over the lanes).
-template <typename T>
-inline void fill_tables(const T* verts, const TileFreqs& tf, int64_t v0, int64_t v1,
-                        TileView<T> tab) {
-  for (int64_t v = v0; v < v1; ++v) {
-    const double x = verts[3 * v], y = verts[3 * v + 1], z = verts[3 * v + 2];
-    double* __restrict__ prow = tab.phi + v * kTile;
-    double* __restrict__ rrow = tab.ere + v * kTile;
-    double* __restrict__ irow = tab.eim + v * kTile;
-    for (int64_t j = 0; j < kTile; ++j) {
-      const double ph = tf.x[j] * x + tf.y[j] * y + tf.z[j] * z;
-      const Cplx<double> e = expmi_table<T>(ph);
-      prow[j] = ph;
-      rrow[j] = e.re;
-      irow[j] = e.im;
-    }
-  }
 }
 
 // Fixed-order sum of one tile of lanes: kTile / 8 terms per lane in T, then 8 in double.
@@ -123,139 +113,100 @@ inline double lane_sum(const T* v) {
   return s;
 }
 
-// Values of one face over a full tile of frequencies, in three passes: (1) relative phases and
-// the series for every lane, straight-line code that the compiler vectorises across lanes;
-// (2) the lanes whose phase spread is too large for the series are recomputed one by one with
-// the recursive divided differences (rare for small triangles and low frequencies);
-// (3) the caller consumes the lanes, again vectorised.
+// Relative phases of one face over a tile: p = 2 pi k.(b - a), q = 2 pi k.(c - a) in double
+// (kept for the large-spread lanes) and rounded to T, whether any lane needs the recursive
+// formulas, and the largest max(|p|, |q|) of the series lanes (it sets the series length).
 template <typename T>
 struct FaceLanes {
+  double pd[kTile], qd[kTile];
   T p[kTile], q[kTile];
-  T f0r[kTile], f0i[kTile];
-  double ur[kTile], ui[kTile];  // forward: f[pa, pb, pc] with its absolute phase, in double
-  T far_[kTile], fai[kTile], fbr[kTile], fbi[kTile];
+  int any_large;
+  T rmax;
 };
 
-// f[0, x1, x2] times exp(-i pa) for a large spread, in double for every T (see expmi_table),
-// the recursion of dd2 written without branches so that the loop over the lanes vectorises
-// (on a typical mesh at |k| of a few cycles/um most lanes take this path): the closest pair
-// (u, v) and the far node w are picked by selects, and both forms of each first difference
-// are computed and one kept (the discarded one may be inf/nan: harmless, it is not used).
-// For T = float the pair series keeps the float length (truncation 2e-9 relative).
 template <typename T>
-inline Cplx<double> pair_dd(double x, Cplx<double> Ex, double y, Cplx<double> Ey) {
-  const double d = y - x;
-  const Cplx<double> ser = cmul(Ex, pair_series<double, Tuning<T>::kPairTerms>(d));
-  const double inv = 1.0 / d;
-  const Cplx<double> quo = {(Ex.re - Ey.re) * inv, (Ex.im - Ey.im) * inv};
-  const bool near = tabs(d) < Tuning<T>::pair();
-  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
+inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L) {
+  // The largest r is reduced on the bit patterns: for non-negative floats the unsigned integer
+  // order is the numeric order, and an integer max reduction vectorises, a floating one does
+  // not (without -ffast-math the compiler must keep the NaN semantics of a ? : select).
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  const double e1x = g.e1[0], e1y = g.e1[1], e1z = g.e1[2];
+  const double e2x = g.e2[0], e2y = g.e2[1], e2z = g.e2[2];
+  constexpr Bits kMagnitude = ~(Bits(1) << (8 * sizeof(T) - 1));
+  Bits any_large = 0, rbits = 0;
+  for (int64_t j = 0; j < kTile; ++j) {
+    const double pd = tf.x[j] * e1x + tf.y[j] * e1y + tf.z[j] * e1z;
+    const double qd = tf.x[j] * e2x + tf.y[j] * e2y + tf.z[j] * e2z;
+    L.pd[j] = pd;
+    L.qd[j] = qd;
+    L.p[j] = T(pd);
+    L.q[j] = T(qd);
+  }
+  // (a separate loop, on bit patterns: the compiler vectorises neither these reductions next
+  // to the double arithmetic above nor a floating-point max reduction)
+  Bits thr_bits;
+  const T thr = Tuning<T>::spread();
+  std::memcpy(&thr_bits, &thr, sizeof(T));
+  for (int64_t j = 0; j < kTile; ++j) {
+    const T p = L.p[j], q = L.q[j];
+    const T ap = tabs(p), aq = tabs(q), apq = tabs(p - q);
+    const T r = ap > aq ? ap : aq;
+    const T s = r > apq ? r : apq;
+    Bits rb, sb;
+    std::memcpy(&rb, &r, sizeof(T));
+    std::memcpy(&sb, &s, sizeof(T));
+    rb &= kMagnitude;  // tabs(-0.0) is -0.0: clear the sign bit
+    sb &= kMagnitude;
+    const Bits large = sb >= thr_bits ? ~Bits(0) : Bits(0);
+    any_large |= large;
+    const Bits rm = rb & ~large;  // series lanes only
+    rbits = rbits > rm ? rbits : rm;
+  }
+  L.any_large = any_large != 0;
+  std::memcpy(&L.rmax, &rbits, sizeof(T));
 }
 
-template <typename T>
-inline Cplx<double> dd2_lanes(double x1, double x2, Cplx<double> E0, Cplx<double> E1,
-                              Cplx<double> E2) {
-  const double d01 = tabs(x1), d02 = tabs(x2), d12 = tabs(x2 - x1);
-  // bitwise & | (not && ||): short-circuit operators are control flow, which stops the
-  // vectoriser
-  const bool ca = (d01 <= d02) & (d01 <= d12);  // (0, 1) closest
-  const bool cb = (!ca) & (d02 <= d12);          // (0, 2) closest
-  const bool u0 = ca | cb;
-  // u = 0 unless (1, 2) is the closest pair; v = 1 if (0, 1), else 2; w the remaining node
-  const double u = u0 ? 0.0 : x1;
-  const Cplx<double> Eu = {u0 ? E0.re : E1.re, u0 ? E0.im : E1.im};
-  const double v = ca ? x1 : x2;
-  const Cplx<double> Ev = {ca ? E1.re : E2.re, ca ? E1.im : E2.im};
-  const double w = ca ? x2 : (cb ? x1 : 0.0);
-  const Cplx<double> Ew = {ca ? E2.re : (cb ? E1.re : E0.re), ca ? E2.im : (cb ? E1.im : E0.im)};
-  const Cplx<double> fuv = pair_dd<T>(u, Eu, v, Ev);
-  const Cplx<double> fvw = pair_dd<T>(v, Ev, w, Ew);
-  const double inv = 1.0 / (u - w);
-  return {(fuv.re - fvw.re) * inv, (fuv.im - fvw.im) * inv};
+// Calls fn(std::integral_constant<int, N>) with the shortest series length N that is accurate
+// for nodes up to r (see SeriesLength in meshft_math.h).
+template <typename T, typename Fn>
+inline void with_series_length(T r, Fn&& fn) {
+  using SL = SeriesLength<T>;
+  static_assert(SL::kCount == 4, "update the dispatch below");
+  if (r <= SL::max_r(0)) return fn(std::integral_constant<int, SL::kTerms[0]>{});
+  if (r <= SL::max_r(1)) return fn(std::integral_constant<int, SL::kTerms[1]>{});
+  if (r <= SL::max_r(2)) return fn(std::integral_constant<int, SL::kTerms[2]>{});
+  return fn(std::integral_constant<int, SL::kTerms[3]>{});
 }
 
+// Forward: adds s * f[0, p, q] (relative to the anchor) of one face to the group sums.
+// Series lanes in T (straight-line code, vectorised across lanes), then the rare lanes whose
+// spread needs the recursion are redone one by one in double.
 template <typename T>
-inline void face_values(const TileView<T>& tab, int64_t a, int64_t b, int64_t c,
-                        FaceLanes<T>& L) {
-  const double* pa = tab.phi + a * kTile;
-  const double* pb = tab.phi + b * kTile;
-  const double* pc = tab.phi + c * kTile;
-  const double* ar = tab.ere + a * kTile;
-  const double* ai = tab.eim + a * kTile;
-  int any_large = 0;
-  for (int64_t j = 0; j < kTile; ++j) {
-    const T p = T(pb[j] - pa[j]);
-    const T q = T(pc[j] - pa[j]);
-    L.p[j] = p;
-    L.q[j] = q;
-    any_large |= int(spread3(p, q) >= Tuning<T>::spread());
-    const Cplx<T> s = tri_series(p, q);
-    // the series is rounded once per term; the product with exp(-i pa) is formed in double
-    L.ur[j] = ar[j] * double(s.re) - ai[j] * double(s.im);
-    L.ui[j] = ar[j] * double(s.im) + ai[j] * double(s.re);
+inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceLanes<T>& L,
+                         double* __restrict__ gs_re, double* __restrict__ gs_im) {
+  face_phases(tf, g, L);
+  double ur[kTile], ui[kTile];
+  with_series_length(L.rmax, [&](auto n) {
+    constexpr int N = decltype(n)::value;
+    for (int64_t j = 0; j < kTile; ++j) {
+      const Cplx<T> v = tri_series<T, N>(L.p[j], L.q[j]);
+      ur[j] = double(v.re);
+      ui[j] = double(v.im);
+    }
+  });
+  if (L.any_large) {
+    for (int64_t j = 0; j < kTile; ++j) {
+      if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
+      const Cplx<double> one = {1.0, 0.0};
+      const Cplx<double> f = dd2(0.0, one, L.pd[j], expmi<double>(L.pd[j]), L.qd[j],
+                                 expmi<double>(L.qd[j]));
+      ur[j] = f.re;
+      ui[j] = f.im;
+    }
   }
-  if (!any_large) return;
-  const double* br = tab.ere + b * kTile;
-  const double* bi = tab.eim + b * kTile;
-  const double* cr = tab.ere + c * kTile;
-  const double* ci = tab.eim + c * kTile;
   for (int64_t j = 0; j < kTile; ++j) {
-    const Cplx<double> f = dd2_lanes<T>(pb[j] - pa[j], pc[j] - pa[j], {ar[j], ai[j]},
-                                        {br[j], bi[j]}, {cr[j], ci[j]});
-    const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
-    L.ur[j] = large ? f.re : L.ur[j];
-    L.ui[j] = large ? f.im : L.ui[j];
-  }
-}
-
-// Backward values of one face over a tile, RELATIVE to exp(-i pa) (the caller folds exp(-i pa)
-// into conj(G) once per lane): F0 = f[0,p,q], Fa = f[0,0,p,q], Fb = f[p,p,0,q]; the third
-// corner's value is -i F0 - Fa - Fb.
-template <typename T>
-inline void face_values_grad(const TileView<T>& tab, int64_t a, int64_t b, int64_t c,
-                             FaceLanes<T>& L) {
-  const double* pa = tab.phi + a * kTile;
-  const double* pb = tab.phi + b * kTile;
-  const double* pc = tab.phi + c * kTile;
-  int any_large = 0;
-  for (int64_t j = 0; j < kTile; ++j) {
-    const T p = T(pb[j] - pa[j]);
-    const T q = T(pc[j] - pa[j]);
-    L.p[j] = p;
-    L.q[j] = q;
-    any_large |= int(spread3(p, q) >= Tuning<T>::spread());
-    Cplx<T> s0, sa, sb;
-    tri_series_grad_ab(p, q, s0, sa, sb);
-    L.f0r[j] = s0.re;
-    L.f0i[j] = s0.im;
-    L.far_[j] = sa.re;
-    L.fai[j] = sa.im;
-    L.fbr[j] = sb.re;
-    L.fbi[j] = sb.im;
-  }
-  if (!any_large) return;
-  const double* ar = tab.ere + a * kTile;
-  const double* ai = tab.eim + a * kTile;
-  const double* br = tab.ere + b * kTile;
-  const double* bi = tab.eim + b * kTile;
-  const double* cr = tab.ere + c * kTile;
-  const double* ci = tab.eim + c * kTile;
-  for (int64_t j = 0; j < kTile; ++j) {
-    if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
-    // exponentials relative to corner a: exp(-i p) = Eb conj(Ea), exp(-i q) = Ec conj(Ea)
-    const Cplx<double> ea_conj = {ar[j], -ai[j]};
-    const Cplx<double> eb = cmul(Cplx<double>{br[j], bi[j]}, ea_conj);
-    const Cplx<double> ec = cmul(Cplx<double>{cr[j], ci[j]}, ea_conj);
-    const Cplx<T> one = {T(1), T(0)};
-    Cplx<T> f0, fa, fb, fc;
-    tri_f_grad<T>(L.p[j], L.q[j], one, Cplx<T>{T(eb.re), T(eb.im)}, Cplx<T>{T(ec.re), T(ec.im)},
-                  f0, fa, fb, fc);
-    L.f0r[j] = f0.re;
-    L.f0i[j] = f0.im;
-    L.far_[j] = fa.re;
-    L.fai[j] = fa.im;
-    L.fbr[j] = fb.re;
-    L.fbi[j] = fb.im;
+    gs_re[j] += s * ur[j];
+    gs_im[j] += s * ui[j];
   }
 }
 
@@ -264,25 +215,15 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
                     int64_t V, int64_t F, int64_t K, c10::complex<T>* out) {
   const std::vector<FaceGeom> geom = face_geometry(verts, faces, F);
   // w * 2A per face; faces that contribute nothing are dropped from the hot loop.
-  std::vector<int64_t> live;
-  std::vector<double> w2a;
-  live.reserve(F);
-  w2a.reserve(F);
-  for (int64_t t = 0; t < F; ++t) {
-    const double s = double(weights[t]) * geom[t].two_area;
-    if (s != 0.0) {
-      live.push_back(t);
-      w2a.push_back(s);
-    }
-  }
-  const int64_t n_live = static_cast<int64_t>(live.size());
+  std::vector<double> w2a(static_cast<size_t>(F));
+  for (int64_t t = 0; t < F; ++t) w2a[t] = double(weights[t]) * geom[t].two_area;
+  const AnchorGroups G = group_by_anchor(geom, V, [&](int64_t t) { return w2a[t] != 0.0; });
+  const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
   const int nt = std::max(1, std::min<int>(at::get_num_threads(), int(n_tiles)));
 
 #pragma omp parallel num_threads(nt)
   {
-    TileTables<T> tables(V, 1);
-    const TileView<T> tab = view(tables, 0);
     FaceLanes<T> L;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < n_tiles; ++tile) {
@@ -290,20 +231,83 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
       const int64_t kn = std::min(kTile, K - k0);
       TileFreqs tf;
       tile_freqs(freqs, k0, kn, tf);
-      fill_tables(verts, tf, 0, V, tab);
       double acc_re[kTile], acc_im[kTile];
       for (int64_t j = 0; j < kTile; ++j) acc_re[j] = acc_im[j] = 0.0;
-      for (int64_t i = 0; i < n_live; ++i) {
-        const FaceGeom& g = geom[live[i]];
-        face_values(tab, g.a, g.b, g.c, L);
-        const double s = w2a[i];
+      for (int64_t gi = 0; gi < n_groups; ++gi) {
+        double gs_re[kTile], gs_im[kTile];
+        for (int64_t j = 0; j < kTile; ++j) gs_re[j] = gs_im[j] = 0.0;
+        for (int64_t i = G.start[gi]; i < G.start[gi + 1]; ++i) {
+          const int64_t t = G.face[i];
+          face_forward(tf, geom[t], w2a[t], L, gs_re, gs_im);
+        }
+        const int64_t a = geom[G.face[G.start[gi]]].a;
+        const double ax = verts[3 * a], ay = verts[3 * a + 1], az = verts[3 * a + 2];
         for (int64_t j = 0; j < kTile; ++j) {
-          acc_re[j] += s * L.ur[j];
-          acc_im[j] += s * L.ui[j];
+          const Cplx<double> e = expmi_table<T>(tf.x[j] * ax + tf.y[j] * ay + tf.z[j] * az);
+          acc_re[j] += e.re * gs_re[j] - e.im * gs_im[j];
+          acc_im[j] += e.re * gs_im[j] + e.im * gs_re[j];
         }
       }
       for (int64_t j = 0; j < kn; ++j) out[k0 + j] = c10::complex<T>(T(acc_re[j]), T(acc_im[j]));
     }
+  }
+}
+
+// Backward: one face over one tile. H = conj(G) exp(-i pa) per lane (computed once per anchor
+// group); F0 = f[0,p,q], Fa = f[0,0,p,q], Fb = f[p,p,0,q] relative to exp(-i pa), the third
+// corner's value being -i F0 - Fa - Fb. Adds, per lane, Re(H F0) to acc[0] and
+// Re(H F_corner) k to acc[1..9].
+template <typename T>
+inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __restrict__ hr,
+                          const T* __restrict__ hi, const T* __restrict__ KX,
+                          const T* __restrict__ KY, const T* __restrict__ KZ, FaceLanes<T>& L,
+                          T (*__restrict__ acc)[kTile]) {
+  face_phases(tf, g, L);
+  T f0r[kTile], f0i[kTile], far_[kTile], fai[kTile], fbr[kTile], fbi[kTile];
+  with_series_length(L.rmax, [&](auto n) {
+    constexpr int N = decltype(n)::value;
+    for (int64_t j = 0; j < kTile; ++j) {
+      Cplx<T> s0, sa, sb;
+      tri_series_grad_ab<T, N>(L.p[j], L.q[j], s0, sa, sb);
+      f0r[j] = s0.re;
+      f0i[j] = s0.im;
+      far_[j] = sa.re;
+      fai[j] = sa.im;
+      fbr[j] = sb.re;
+      fbi[j] = sb.im;
+    }
+  });
+  if (L.any_large) {
+    for (int64_t j = 0; j < kTile; ++j) {
+      if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
+      // relative exponentials straight from the double relative phases
+      const Cplx<T> one = {T(1), T(0)};
+      Cplx<T> f0, fa, fb, fc;
+      tri_f_grad<T>(L.p[j], L.q[j], one, expmi<T>(L.pd[j]), expmi<T>(L.qd[j]), f0, fa, fb, fc);
+      f0r[j] = f0.re;
+      f0i[j] = f0.im;
+      far_[j] = fa.re;
+      fai[j] = fa.im;
+      fbr[j] = fb.re;
+      fbi[j] = fb.im;
+    }
+  }
+  for (int64_t j = 0; j < kTile; ++j) {
+    const T g0 = hr[j] * f0r[j] - hi[j] * f0i[j];
+    const T gA = hr[j] * far_[j] - hi[j] * fai[j];
+    const T gB = hr[j] * fbr[j] - hi[j] * fbi[j];
+    // third corner: Re(H (-i F0 - Fa - Fb)) = Im(H F0) - gA - gB
+    const T gC = (hr[j] * f0i[j] + hi[j] * f0r[j]) - gA - gB;
+    acc[0][j] += g0;
+    acc[1][j] += gA * KX[j];
+    acc[2][j] += gA * KY[j];
+    acc[3][j] += gA * KZ[j];
+    acc[4][j] += gB * KX[j];
+    acc[5][j] += gB * KY[j];
+    acc[6][j] += gB * KZ[j];
+    acc[7][j] += gC * KX[j];
+    acc[8][j] += gC * KY[j];
+    acc[9][j] += gC * KZ[j];
   }
 }
 
@@ -320,45 +324,36 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
                      const c10::complex<T>* grad_out, int64_t V, int64_t F, int64_t K,
                      T* grad_verts, T* grad_weights) {
   const std::vector<FaceGeom> geom = face_geometry(verts, faces, F);
-  std::vector<int64_t> live;  // non-degenerate faces; the others have exactly zero gradient
-  live.reserve(F);
-  for (int64_t t = 0; t < F; ++t) {
-    if (geom[t].two_area > 0.0) live.push_back(t);
-  }
-  const int64_t n_live = static_cast<int64_t>(live.size());
+  // non-degenerate faces; the others have exactly zero gradient
+  const AnchorGroups G = group_by_anchor(geom, V, [&](int64_t t) { return geom[t].two_area > 0.0; });
+  const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
+  const int64_t n_live = static_cast<int64_t>(G.face.size());
   std::vector<FaceAcc> acc(static_cast<size_t>(n_live), FaceAcc{0.0, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}});
-  // Each thread owns a contiguous range of faces and tabulates, kBlock tiles at a time, only
-  // the vertices its faces use (rows of a private, globally indexed table). Threads never wait
-  // for each other (barriers are costly on a busy machine), the vertices shared by two ranges
-  // are tabulated twice (a few percent), and every face's sums are formed in the same order
-  // whatever the number of threads.
-  constexpr int64_t kBlockMax = 8;
+  // Each thread owns a contiguous range of anchor groups (about equal numbers of faces) and
+  // walks the frequencies in blocks of kBlock tiles, preparing each block privately: threads
+  // never wait for each other (barriers are costly on a busy machine), and every face's sums
+  // are formed in the same order whatever the number of threads. Per face and block, the
+  // lanes accumulate in T over at most kBlock terms, then go to double.
+  constexpr int64_t kBlock = 16;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
-  const int64_t row_bytes = kTile * int64_t(3 * sizeof(double));
-  const int64_t kBlock = std::max<int64_t>(
-      1, std::min<int64_t>({kBlockMax, n_tiles, (int64_t(16) << 20) / std::max<int64_t>(1, V * row_bytes)}));
   const int64_t n_blocks = (n_tiles + kBlock - 1) / kBlock;
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_live / 64 + 1)));
 
 #pragma omp parallel num_threads(nt)
   {
     const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t i_begin = n_live * tid / nth, i_end = n_live * (tid + 1) / nth;
-    std::vector<int64_t> my_verts;
-    {
-      std::vector<char> used(static_cast<size_t>(V), 0);
-      for (int64_t i = i_begin; i < i_end; ++i) {
-        const FaceGeom& g = geom[live[i]];
-        used[g.a] = used[g.b] = used[g.c] = 1;
-      }
-      for (int64_t v = 0; v < V; ++v)
-        if (used[v]) my_verts.push_back(v);
-    }
-    TileTables<T> tables(V, kBlock);
+    // groups [g_begin, g_end): those whose first face falls in this thread's share of faces
+    const int64_t f_begin = n_live * tid / nth, f_end = n_live * (tid + 1) / nth;
+    const auto first_at_or_after = [&](int64_t f) {
+      return int64_t(std::lower_bound(G.start.begin(), G.start.end() - 1, f) - G.start.begin());
+    };
+    const int64_t g_begin = first_at_or_after(f_begin), g_end = first_at_or_after(f_end);
     FaceLanes<T> L;
-    std::vector<T> kx(kBlock * kTile), ky(kBlock * kTile), kz(kBlock * kTile);
-    std::vector<T> gr(kBlock * kTile), gi(kBlock * kTile);
     std::vector<TileFreqs> tf(static_cast<size_t>(kBlock));
+    std::vector<T> kx(kBlock * kTile), ky(kBlock * kTile), kz(kBlock * kTile);
+    std::vector<double> gr(kBlock * kTile), gi(kBlock * kTile);
+    std::vector<T> hr(kBlock * kTile), hi(kBlock * kTile);
+    alignas(64) T lanes[10][kTile];
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
       const int64_t t0 = blk * kBlock;
       const int64_t nsub = std::min(kBlock, n_tiles - t0);
@@ -366,61 +361,47 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
         const int64_t k0 = (t0 + sub) * kTile;
         tile_freqs(freqs, k0, std::min(kTile, K - k0), tf[sub]);
       }
-      for (const int64_t v : my_verts) {
-        for (int64_t sub = 0; sub < nsub; ++sub) fill_tables(verts, tf[sub], v, v + 1, view(tables, sub));
-      }
       for (int64_t j = 0; j < nsub * kTile; ++j) {
         const int64_t k = t0 * kTile + j;
         const bool in = k < K;  // padding lanes get G = 0: they add nothing
         kx[j] = in ? freqs[3 * k] : T(0);
         ky[j] = in ? freqs[3 * k + 1] : T(0);
         kz[j] = in ? freqs[3 * k + 2] : T(0);
-        gr[j] = in ? grad_out[k].real() : T(0);
-        gi[j] = in ? grad_out[k].imag() : T(0);
+        gr[j] = in ? double(grad_out[k].real()) : 0.0;
+        gi[j] = in ? double(grad_out[k].imag()) : 0.0;
       }
-      for (int64_t i = i_begin; i < i_end; ++i) {
-        const FaceGeom& g = geom[live[i]];
-        double d[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t gidx = g_begin; gidx < g_end; ++gidx) {
+        const int64_t a = geom[G.face[G.start[gidx]]].a;
+        const double ax = verts[3 * a], ay = verts[3 * a + 1], az = verts[3 * a + 2];
         for (int64_t sub = 0; sub < nsub; ++sub) {
-          face_values_grad(view(tables, sub), g.a, g.b, g.c, L);
-          const TileView<T> tv = view(tables, sub);
-          const double* AR = tv.ere + g.a * kTile;
-          const double* AI = tv.eim + g.a * kTile;
-          const T* KX = kx.data() + sub * kTile;
-          const T* KY = ky.data() + sub * kTile;
-          const T* KZ = kz.data() + sub * kTile;
-          const T* GR = gr.data() + sub * kTile;
-          const T* GI = gi.data() + sub * kTile;
-          T w[10][kTile];
+          const TileFreqs& f = tf[sub];
+          T* HR = hr.data() + sub * kTile;
+          T* HI = hi.data() + sub * kTile;
+          const double* GR = gr.data() + sub * kTile;
+          const double* GI = gi.data() + sub * kTile;
           for (int64_t j = 0; j < kTile; ++j) {
-            // H = conj(G) exp(-i pa); Re(conj(G) exp(-i pa) F) = Re(H F)
-            const T ar = T(AR[j]), ai = T(AI[j]);
-            const T hr = GR[j] * ar + GI[j] * ai;
-            const T hi = GR[j] * ai - GI[j] * ar;
-            const T g0 = hr * L.f0r[j] - hi * L.f0i[j];
-            const T gA = hr * L.far_[j] - hi * L.fai[j];
-            const T gB = hr * L.fbr[j] - hi * L.fbi[j];
-            // third corner: Re(H (-i F0 - Fa - Fb)) = Im(H F0) - gA - gB
-            const T gC = (hr * L.f0i[j] + hi * L.f0r[j]) - gA - gB;
-            w[0][j] = g0;
-            w[1][j] = gA * KX[j];
-            w[2][j] = gA * KY[j];
-            w[3][j] = gA * KZ[j];
-            w[4][j] = gB * KX[j];
-            w[5][j] = gB * KY[j];
-            w[6][j] = gB * KZ[j];
-            w[7][j] = gC * KX[j];
-            w[8][j] = gC * KY[j];
-            w[9][j] = gC * KZ[j];
+            // H = conj(G) exp(-i pa): Re(conj(G) exp(-i pa) F) = Re(H F)
+            const Cplx<double> e = expmi_table<T>(f.x[j] * ax + f.y[j] * ay + f.z[j] * az);
+            HR[j] = T(GR[j] * e.re + GI[j] * e.im);
+            HI[j] = T(GR[j] * e.im - GI[j] * e.re);
           }
-          for (int n = 0; n < 10; ++n) d[n] += lane_sum(w[n]);
         }
-        FaceAcc& A = acc[i];
-        A.r += d[0];
-        for (int e = 0; e < 3; ++e) {
-          A.va[e] += d[1 + e];
-          A.vb[e] += d[4 + e];
-          A.vc[e] += d[7 + e];
+        for (int64_t i = G.start[gidx]; i < G.start[gidx + 1]; ++i) {
+          const FaceGeom& g = geom[G.face[i]];
+          for (int n = 0; n < 10; ++n)
+            for (int64_t j = 0; j < kTile; ++j) lanes[n][j] = T(0);
+          for (int64_t sub = 0; sub < nsub; ++sub) {
+            const int64_t o = sub * kTile;
+            face_backward(tf[sub], g, hr.data() + o, hi.data() + o, kx.data() + o, ky.data() + o,
+                          kz.data() + o, L, lanes);
+          }
+          FaceAcc& A = acc[i];
+          A.r += lane_sum(lanes[0]);
+          for (int e = 0; e < 3; ++e) {
+            A.va[e] += lane_sum(lanes[1 + e]);
+            A.vb[e] += lane_sum(lanes[4 + e]);
+            A.vc[e] += lane_sum(lanes[7 + e]);
+          }
         }
       }
     }
@@ -430,7 +411,7 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
   std::vector<double> gv(static_cast<size_t>(3 * V), 0.0);
   for (int64_t t = 0; t < F; ++t) grad_weights[t] = T(0);
   for (int64_t i = 0; i < n_live; ++i) {
-    const int64_t t = live[i];
+    const int64_t t = G.face[i];
     const FaceGeom& g = geom[t];
     const FaceAcc& A = acc[i];
     const double w = double(weights[t]);
@@ -445,4 +426,3 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
   }
   for (int64_t i = 0; i < 3 * V; ++i) grad_verts[i] = T(gv[i]);
 }
-

@@ -130,6 +130,34 @@ struct Tuning<double> {
   static constexpr int kPairTerms = 19;
 };
 
+// Shorter series for smaller nodes. With r = max(|p|, |q|), h_m(p, q) <= (m + 1) r^m, so the
+// first omitted term of f[0, p, q] is at most (N + 1) r^N / (N + 2)! (those of f[0, 0, p, q] and
+// f[p, p, 0, q] are smaller: (N + 1) / (N + 3)! and (N + 1)(N + 2) / 2 / (N + 3)!), and the
+// rest of the tail adds less than 10%. SeriesLength<T>::kMaxR[i] is the largest r for which
+// kTerms[i] terms keep that below half an ulp of f(0) = 1/2 (2^-25 for float, 2^-54 for
+// double), rounded down; the last entry covers every r below the regime switch (r <= spread).
+// The CPU kernels pick the length per (face, tile of frequencies) from the tile's largest r.
+template <typename T>
+struct SeriesLength;
+
+template <>
+struct SeriesLength<float> {
+  static constexpr int kCount = 4;
+  static constexpr int kTerms[kCount] = {6, 8, 10, 12};
+  MESHFT_HD static constexpr float max_r(int i) {
+    return i == 0 ? 0.23f : (i == 1 ? 0.56f : (i == 2 ? 1.01f : 1.54f));
+  }
+};
+
+template <>
+struct SeriesLength<double> {
+  static constexpr int kCount = 4;
+  static constexpr int kTerms[kCount] = {10, 14, 18, 22};
+  MESHFT_HD static constexpr double max_r(int i) {
+    return i == 0 ? 0.136 : (i == 1 ? 0.505 : (i == 2 ? 1.109 : 1.90));
+  }
+};
+
 template <typename T>
 MESHFT_HD inline T tabs(T x) { return x < T(0) ? -x : x; }
 
@@ -188,10 +216,9 @@ MESHFT_HD inline Cplx<T> pair2_series(T d) {
   return {re, im * d};
 }
 
-// f[0, p, q] by its Taylor series (forward only).
-template <typename T>
+// f[0, p, q] by its Taylor series (forward only), N terms (m = 0..N-1).
+template <typename T, int N = Tuning<T>::kTriTerms>
 MESHFT_HD inline Cplx<T> tri_series(T p, T q) {
-  constexpr int N = Tuning<T>::kTriTerms;
   const T e1 = p + q, e2 = p * q;
   T hm2 = T(1), hm1 = e1;  // h_0, h_1
   T re = T(inv_factorial(2));
@@ -259,9 +286,8 @@ MESHFT_HD inline void tri_series_grad(T p, T q, Cplx<T>& F0, Cplx<T>& Fa, Cplx<T
 // F0 = f[0,p,q], Fa = f[0,0,p,q], Fb = f[p,p,0,q] by series (relative to exp(-i pa)); the third
 // corner follows from translation invariance, Fa + Fb + Fc = -i F0, which saves a quarter of
 // the work.
-template <typename T>
+template <typename T, int N = Tuning<T>::kTriTerms>
 MESHFT_HD inline void tri_series_grad_ab(T p, T q, Cplx<T>& F0, Cplx<T>& Fa, Cplx<T>& Fb) {
-  constexpr int N = Tuning<T>::kTriTerms;
   const T e1 = p + q, e2 = p * q;
   T h = T(1), hm1 = T(0), hb = T(1);
   T s2r = T(inv_factorial(2)), s2i = T(0);
