@@ -102,6 +102,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("meshft_backward", &meshft_backward, py::arg("verts"), py::arg("faces"),
         py::arg("weights"), py::arg("freqs"), py::arg("grad_out"),
         "(grad_verts (V,3), grad_weights (F,)) with grad = Re(sum_k conj(grad_out_k) dU_k/dtheta).");
+  m.def("cpu_isa", &meshft::cpu_isa,
+        "The clone of the CPU kernels in use: 'avx2+fma' or 'baseline' (DELTAMIC_MESHFT_ISA=baseline).");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -23,6 +23,9 @@ at::Tensor forward_cpu(const at::Tensor& verts, const at::Tensor& faces, const a
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& verts, const at::Tensor& faces,
                                                 const at::Tensor& weights, const at::Tensor& freqs,
                                                 const at::Tensor& grad_out);
+// Which compiled clone of the CPU kernels runs: "avx2+fma" or "baseline"
+// (DELTAMIC_MESHFT_ISA=baseline forces the latter).
+const char* cpu_isa();
 
 #ifdef WITH_CUDA
 at::Tensor forward_cuda(const at::Tensor& verts, const at::Tensor& faces,

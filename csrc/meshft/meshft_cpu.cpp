@@ -95,6 +95,8 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
 
 }  // namespace
 
+const char* cpu_isa() { return use_avx2() ? "avx2+fma" : "baseline"; }
+
 at::Tensor forward_cpu(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& weights,
                        const at::Tensor& freqs) {
   const int64_t V = verts.size(0), F = faces.size(0), K = freqs.size(0);

@@ -5,7 +5,7 @@
 // accuracy contracts; tests run both).
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
-constexpr int64_t kTile = 32;  // frequencies per tile (lanes)
+constexpr int64_t kTile = 64;  // frequencies per tile (lanes)
 
 static_assert(SeriesLength<float>::max_r(SeriesLength<float>::kCount - 1) >= Tuning<float>::spread(),
               "the longest float series must cover the whole series regime");
@@ -21,15 +21,38 @@ struct FaceGeom {
   double ga[3], gb[3], gc[3];  // gradients of A (not 2A) w.r.t. each corner
 };
 
+// Twice the area of each face in the given corner order (the area does not depend on the
+// rotation; this is only used to decide which faces take part before choosing anchors).
 template <typename T>
-std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_t F) {
+std::vector<double> face_two_areas(const T* verts, const int64_t* faces, int64_t F) {
+  std::vector<double> out(static_cast<size_t>(F));
+  at::parallel_for(0, F, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      double a[3], b[3], c[3], ga[3], gb[3], gc[3];
+      for (int d = 0; d < 3; ++d) {
+        a[d] = double(verts[3 * faces[3 * t] + d]);
+        b[d] = double(verts[3 * faces[3 * t + 1] + d]);
+        c[d] = double(verts[3 * faces[3 * t + 2] + d]);
+      }
+      area_grad(a, b, c, out[t], ga, gb, gc);
+    }
+  });
+  return out;
+}
+
+// Corner order of each face: rotated (cyclically, which keeps the orientation) so that its
+// anchor comes first; see choose_anchors.
+template <typename T>
+std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_t F,
+                                    const std::vector<uint8_t>& rot) {
   std::vector<FaceGeom> geom(static_cast<size_t>(F));
   at::parallel_for(0, F, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       FaceGeom& g = geom[t];
-      g.a = faces[3 * t];
-      g.b = faces[3 * t + 1];
-      g.c = faces[3 * t + 2];
+      const int r = rot.empty() ? 0 : rot[t];
+      g.a = faces[3 * t + r];
+      g.b = faces[3 * t + (r + 1) % 3];
+      g.c = faces[3 * t + (r + 2) % 3];
       double a[3], b[3], c[3];
       for (int d = 0; d < 3; ++d) {
         a[d] = double(verts[3 * g.a + d]);
@@ -42,6 +65,39 @@ std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_
     }
   });
   return geom;
+}
+
+// Few anchors, many faces each: the anchor's exponentials cost as much as a few faces' series.
+// Greedy cover: vertices by decreasing number of faces; a vertex becomes an anchor if one of
+// its faces has no anchor yet, and takes all such faces. On a regular triangulation about a
+// third of the vertices become anchors, with ~6 faces each (vs ~2 per first corner). Returns
+// the rotation of each face that puts its anchor first. Only the faces kept count (so that
+// faces which contribute nothing change nothing, not even roundings). Deterministic.
+template <typename Keep>
+std::vector<uint8_t> choose_anchors(const int64_t* faces, int64_t F, int64_t V, Keep keep) {
+  std::vector<int64_t> deg(static_cast<size_t>(V) + 1, 0);
+  for (int64_t i = 0; i < 3 * F; ++i)
+    if (keep(i / 3)) ++deg[faces[i] + 1];
+  std::vector<int64_t> order(static_cast<size_t>(V));
+  for (int64_t v = 0; v < V; ++v) order[v] = v;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return deg[x + 1] > deg[y + 1]; });
+  for (int64_t v = 0; v < V; ++v) deg[v + 1] += deg[v];  // CSR offsets of vertex -> faces
+  std::vector<int64_t> inc(static_cast<size_t>(3 * F));
+  std::vector<int64_t> next(deg.begin(), deg.end() - 1);
+  for (int64_t i = 0; i < 3 * F; ++i)
+    if (keep(i / 3)) inc[next[faces[i]]++] = i;  // face corner slots
+  std::vector<uint8_t> rot(static_cast<size_t>(F), 0);
+  std::vector<char> done(static_cast<size_t>(F), 0);
+  for (const int64_t v : order) {
+    for (int64_t s = deg[v]; s < deg[v + 1]; ++s) {
+      const int64_t t = inc[s] / 3;
+      if (done[t]) continue;
+      done[t] = 1;
+      rot[t] = uint8_t(inc[s] % 3);
+    }
+  }
+  return rot;
 }
 
 // The faces that take part, ordered by their first corner (the "anchor"): a face's value is
@@ -113,16 +169,22 @@ inline double lane_sum(const T* v) {
   return s;
 }
 
-// Relative phases of one face over a tile: p = 2 pi k.(b - a), q = 2 pi k.(c - a) in double
-// (kept for the large-spread lanes) and rounded to T, whether any lane needs the recursive
-// formulas, and the largest max(|p|, |q|) of the series lanes (it sets the series length).
+// Relative phases of one face over a tile: p = 2 pi k.(b - a), q = 2 pi k.(c - a) formed in
+// double and rounded to T, whether any lane needs the recursive formulas, and the largest
+// max(|p|, |q|) of the series lanes (it sets the series length).
 template <typename T>
 struct FaceLanes {
-  double pd[kTile], qd[kTile];
   T p[kTile], q[kTile];
   int any_large;
   T rmax;
 };
+
+// The double relative phases of one lane (the same expression as in face_phases).
+inline void phases_double(const TileFreqs& tf, const FaceGeom& g, int64_t j, double& pd,
+                          double& qd) {
+  pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
+  qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
+}
 
 template <typename T>
 inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L) {
@@ -137,8 +199,6 @@ inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L)
   for (int64_t j = 0; j < kTile; ++j) {
     const double pd = tf.x[j] * e1x + tf.y[j] * e1y + tf.z[j] * e1z;
     const double qd = tf.x[j] * e2x + tf.y[j] * e2y + tf.z[j] * e2z;
-    L.pd[j] = pd;
-    L.qd[j] = qd;
     L.p[j] = T(pd);
     L.q[j] = T(qd);
   }
@@ -185,6 +245,17 @@ template <typename T>
 inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceLanes<T>& L,
                          double* __restrict__ gs_re, double* __restrict__ gs_im) {
   face_phases(tf, g, L);
+  if (!L.any_large) {  // the common case, fused: series straight into the group sums
+    with_series_length(L.rmax, [&](auto n) {
+      constexpr int N = decltype(n)::value;
+      for (int64_t j = 0; j < kTile; ++j) {
+        const Cplx<T> v = tri_series<T, N>(L.p[j], L.q[j]);
+        gs_re[j] += s * double(v.re);
+        gs_im[j] += s * double(v.im);
+      }
+    });
+    return;
+  }
   double ur[kTile], ui[kTile];
   with_series_length(L.rmax, [&](auto n) {
     constexpr int N = decltype(n)::value;
@@ -194,12 +265,13 @@ inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceL
       ui[j] = double(v.im);
     }
   });
-  if (L.any_large) {
+  {
     for (int64_t j = 0; j < kTile; ++j) {
       if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
       const Cplx<double> one = {1.0, 0.0};
-      const Cplx<double> f = dd2(0.0, one, L.pd[j], expmi<double>(L.pd[j]), L.qd[j],
-                                 expmi<double>(L.qd[j]));
+      double pd, qd;
+      phases_double(tf, g, j, pd, qd);
+      const Cplx<double> f = dd2(0.0, one, pd, expmi<double>(pd), qd, expmi<double>(qd));
       ur[j] = f.re;
       ui[j] = f.im;
     }
@@ -213,10 +285,12 @@ inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceL
 template <typename T>
 void forward_kernel(const T* verts, const int64_t* faces, const T* weights, const T* freqs,
                     int64_t V, int64_t F, int64_t K, c10::complex<T>* out) {
-  const std::vector<FaceGeom> geom = face_geometry(verts, faces, F);
   // w * 2A per face; faces that contribute nothing are dropped from the hot loop.
+  const std::vector<double> two_area = face_two_areas(verts, faces, F);
   std::vector<double> w2a(static_cast<size_t>(F));
-  for (int64_t t = 0; t < F; ++t) w2a[t] = double(weights[t]) * geom[t].two_area;
+  for (int64_t t = 0; t < F; ++t) w2a[t] = double(weights[t]) * two_area[t];
+  const std::vector<FaceGeom> geom = face_geometry(
+      verts, faces, F, choose_anchors(faces, F, V, [&](int64_t t) { return w2a[t] != 0.0; }));
   const AnchorGroups G = group_by_anchor(geom, V, [&](int64_t t) { return w2a[t] != 0.0; });
   const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
@@ -253,6 +327,27 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
   }
 }
 
+// Backward, one lane: g0 = Re(H F0) and g_corner = Re(H F_corner) k added to acc[0..9][j]
+// (the third corner's Re(H (-i F0 - Fa - Fb)) = Im(H F0) - gA - gB).
+template <typename T>
+inline void accumulate_lane(T hr, T hi, Cplx<T> f0, Cplx<T> fa, Cplx<T> fb, T kx, T ky, T kz,
+                            T (*__restrict__ acc)[kTile], int64_t j) {
+  const T g0 = hr * f0.re - hi * f0.im;
+  const T gA = hr * fa.re - hi * fa.im;
+  const T gB = hr * fb.re - hi * fb.im;
+  const T gC = (hr * f0.im + hi * f0.re) - gA - gB;
+  acc[0][j] += g0;
+  acc[1][j] += gA * kx;
+  acc[2][j] += gA * ky;
+  acc[3][j] += gA * kz;
+  acc[4][j] += gB * kx;
+  acc[5][j] += gB * ky;
+  acc[6][j] += gB * kz;
+  acc[7][j] += gC * kx;
+  acc[8][j] += gC * ky;
+  acc[9][j] += gC * kz;
+}
+
 // Backward: one face over one tile. H = conj(G) exp(-i pa) per lane (computed once per anchor
 // group); F0 = f[0,p,q], Fa = f[0,0,p,q], Fb = f[p,p,0,q] relative to exp(-i pa), the third
 // corner's value being -i F0 - Fa - Fb. Adds, per lane, Re(H F0) to acc[0] and
@@ -283,7 +378,9 @@ inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __res
       // relative exponentials straight from the double relative phases
       const Cplx<T> one = {T(1), T(0)};
       Cplx<T> f0, fa, fb, fc;
-      tri_f_grad<T>(L.p[j], L.q[j], one, expmi<T>(L.pd[j]), expmi<T>(L.qd[j]), f0, fa, fb, fc);
+      double pd, qd;
+      phases_double(tf, g, j, pd, qd);
+      tri_f_grad<T>(L.p[j], L.q[j], one, expmi<T>(pd), expmi<T>(qd), f0, fa, fb, fc);
       f0r[j] = f0.re;
       f0i[j] = f0.im;
       far_[j] = fa.re;
@@ -293,21 +390,8 @@ inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __res
     }
   }
   for (int64_t j = 0; j < kTile; ++j) {
-    const T g0 = hr[j] * f0r[j] - hi[j] * f0i[j];
-    const T gA = hr[j] * far_[j] - hi[j] * fai[j];
-    const T gB = hr[j] * fbr[j] - hi[j] * fbi[j];
-    // third corner: Re(H (-i F0 - Fa - Fb)) = Im(H F0) - gA - gB
-    const T gC = (hr[j] * f0i[j] + hi[j] * f0r[j]) - gA - gB;
-    acc[0][j] += g0;
-    acc[1][j] += gA * KX[j];
-    acc[2][j] += gA * KY[j];
-    acc[3][j] += gA * KZ[j];
-    acc[4][j] += gB * KX[j];
-    acc[5][j] += gB * KY[j];
-    acc[6][j] += gB * KZ[j];
-    acc[7][j] += gC * KX[j];
-    acc[8][j] += gC * KY[j];
-    acc[9][j] += gC * KZ[j];
+    accumulate_lane(hr[j], hi[j], Cplx<T>{f0r[j], f0i[j]}, Cplx<T>{far_[j], fai[j]},
+                    Cplx<T>{fbr[j], fbi[j]}, KX[j], KY[j], KZ[j], acc, j);
   }
 }
 
@@ -323,7 +407,9 @@ template <typename T>
 void backward_kernel(const T* verts, const int64_t* faces, const T* weights, const T* freqs,
                      const c10::complex<T>* grad_out, int64_t V, int64_t F, int64_t K,
                      T* grad_verts, T* grad_weights) {
-  const std::vector<FaceGeom> geom = face_geometry(verts, faces, F);
+  const std::vector<double> two_area = face_two_areas(verts, faces, F);
+  const std::vector<FaceGeom> geom = face_geometry(
+      verts, faces, F, choose_anchors(faces, F, V, [&](int64_t t) { return two_area[t] > 0.0; }));
   // non-degenerate faces; the others have exactly zero gradient
   const AnchorGroups G = group_by_anchor(geom, V, [&](int64_t t) { return geom[t].two_area > 0.0; });
   const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
