@@ -169,6 +169,96 @@ inline double lane_sum(const T* v) {
   return s;
 }
 
+// ---------------------------------------------------------------------------------------
+// Large-spread lanes without branches, so that the loops over lanes vectorise (at |k| of a few
+// cycles/um and micrometre triangles most pairs are in this regime). Same recursions as
+// dd2/dd2rep/dd3rep in meshft_math.h, arranged for selects instead of branches:
+//  * the three nodes are sorted by a network of compare-exchanges; for sorted x0 <= x1 <= x2
+//    the median is in the closest pair, so f[x0, x1, x2] = (f[x0, x1] - f[x1, x2]) / (x0 - x2)
+//    divides only by the full spread (>= the regime switch);
+//  * f[x, y] is the series or the quotient, both computed and one selected (the unused one may
+//    be inf or nan: it is discarded, and nothing traps).
+
+template <typename U>
+inline void cswap_lane(U& x, Cplx<U>& Ex, U& y, Cplx<U>& Ey) {
+  const bool sw = x > y;
+  const U lo = sw ? y : x, hi = sw ? x : y;
+  const Cplx<U> Elo = {sw ? Ey.re : Ex.re, sw ? Ey.im : Ex.im};
+  const Cplx<U> Ehi = {sw ? Ex.re : Ey.re, sw ? Ex.im : Ey.im};
+  x = lo;
+  y = hi;
+  Ex = Elo;
+  Ey = Ehi;
+}
+
+// f[x, y] (N terms of the pair series below the pair switch)
+template <typename U, int N>
+inline Cplx<U> pair_dd_lane(U x, Cplx<U> Ex, U y, Cplx<U> Ey) {
+  const U d = y - x;
+  const Cplx<U> ser = cmul(Ex, pair_series<U, N>(d));
+  const U inv = U(1) / d;
+  const Cplx<U> quo = {(Ex.re - Ey.re) * inv, (Ex.im - Ey.im) * inv};
+  const bool near = tabs(d) < U(Tuning<U>::pair());
+  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
+}
+
+// f[0, p, q] from the relative exponentials Ep = exp(-i p), Eq = exp(-i q).
+template <typename U, int N>
+inline Cplx<U> dd2_lane(U p, U q, Cplx<U> Ep, Cplx<U> Eq) {
+  U x0 = U(0), x1 = p, x2 = q;
+  Cplx<U> E0 = {U(1), U(0)}, E1 = Ep, E2 = Eq;
+  cswap_lane(x0, E0, x1, E1);
+  cswap_lane(x1, E1, x2, E2);
+  cswap_lane(x0, E0, x1, E1);
+  const Cplx<U> f01 = pair_dd_lane<U, N>(x0, E0, x1, E1);
+  const Cplx<U> f12 = pair_dd_lane<U, N>(x1, E1, x2, E2);
+  const U inv = U(1) / (x0 - x2);
+  return {(f01.re - f12.re) * inv, (f01.im - f12.im) * inv};
+}
+
+// f[x, x, x + d] / Ex: the pair2 series or (f[x, x + d] / Ex - i) / d, f[x, x + d] / Ex being
+// f[0, d] = (1 - exp(-i d)) / d.
+template <typename U>
+inline Cplx<U> rep_dd_lane(U d, Cplx<U> Ed_rel) {
+  const Cplx<U> ser = pair2_series<U>(d);
+  const U inv = U(1) / d;
+  // f[0, d] = (1 - Ed) / d, then (f[0, d] - i) / d
+  const U f0d_re = (U(1) - Ed_rel.re) * inv, f0d_im = (-Ed_rel.im) * inv;
+  const Cplx<U> quo = {f0d_re * inv, (f0d_im - U(1)) * inv};
+  const bool near = tabs(d) < U(Tuning<U>::pair());
+  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
+}
+
+// F0 = f[0, p, q], Fa = f[0, 0, p, q], Fb = f[p, p, 0, q], relative to exp(-i pa), for a large
+// spread. f[x, x, y, z] = (f[x, x, y] - F0) / (x - z) with z the node farther from x (at least
+// half the spread away).
+template <typename U>
+inline void tri_grad_lane(U p, U q, Cplx<U> Ep, Cplx<U> Eq, Cplx<U>& F0, Cplx<U>& Fa,
+                          Cplx<U>& Fb) {
+  F0 = dd2_lane<U, Tuning<U>::kPairTerms>(p, q, Ep, Eq);
+  {  // corner a = 0: other nodes p, q
+    const bool q_far = tabs(q) >= tabs(p);
+    const U y = q_far ? p : q, z = q_far ? q : p;
+    const Cplx<U> Ey = {q_far ? Ep.re : Eq.re, q_far ? Ep.im : Eq.im};
+    const Cplx<U> r = rep_dd_lane(y, Ey);  // f[0, 0, y] (E0 = 1)
+    const U inv = U(1) / (U(0) - z);
+    Fa = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
+  }
+  {  // corner b = p: other nodes 0 and q, at distances p and q - p
+    const U d0 = -p, dq = q - p;
+    const bool q_far = tabs(dq) >= tabs(d0);
+    const U y = q_far ? d0 : dq;   // the nearer node, relative to p
+    const U z = q_far ? q : U(0);  // the farther node (absolute)
+    // exp(-i (y)) relative to p: exp(i p) = conj(Ep), exp(-i (q - p)) = Eq conj(Ep)
+    const Cplx<U> Ep_conj = {Ep.re, -Ep.im};
+    const Cplx<U> Eqp = cmul(Eq, Ep_conj);
+    const Cplx<U> Ey = {q_far ? Ep_conj.re : Eqp.re, q_far ? Ep_conj.im : Eqp.im};
+    const Cplx<U> r = cmul(Ep, rep_dd_lane(y, Ey));  // f[p, p, p + y]
+    const U inv = U(1) / (p - z);
+    Fb = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
+  }
+}
+
 // Relative phases of one face over a tile: p = 2 pi k.(b - a), q = 2 pi k.(c - a) formed in
 // double and rounded to T, whether any lane needs the recursive formulas, and the largest
 // max(|p|, |q|) of the series lanes (it sets the series length).
@@ -176,15 +266,9 @@ template <typename T>
 struct FaceLanes {
   T p[kTile], q[kTile];
   int any_large;
+  int all_large;  // then the series is skipped
   T rmax;
 };
-
-// The double relative phases of one lane (the same expression as in face_phases).
-inline void phases_double(const TileFreqs& tf, const FaceGeom& g, int64_t j, double& pd,
-                          double& qd) {
-  pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
-  qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
-}
 
 template <typename T>
 inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L) {
@@ -195,7 +279,7 @@ inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L)
   const double e1x = g.e1[0], e1y = g.e1[1], e1z = g.e1[2];
   const double e2x = g.e2[0], e2y = g.e2[1], e2z = g.e2[2];
   constexpr Bits kMagnitude = ~(Bits(1) << (8 * sizeof(T) - 1));
-  Bits any_large = 0, rbits = 0;
+  Bits any_large = 0, all_large = ~Bits(0), rbits = 0;
   for (int64_t j = 0; j < kTile; ++j) {
     const double pd = tf.x[j] * e1x + tf.y[j] * e1y + tf.z[j] * e1z;
     const double qd = tf.x[j] * e2x + tf.y[j] * e2y + tf.z[j] * e2z;
@@ -219,10 +303,12 @@ inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L)
     sb &= kMagnitude;
     const Bits large = sb >= thr_bits ? ~Bits(0) : Bits(0);
     any_large |= large;
+    all_large &= large;
     const Bits rm = rb & ~large;  // series lanes only
     rbits = rbits > rm ? rbits : rm;
   }
   L.any_large = any_large != 0;
+  L.all_large = all_large != 0;
   std::memcpy(&L.rmax, &rbits, sizeof(T));
 }
 
@@ -257,7 +343,9 @@ inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceL
     return;
   }
   double ur[kTile], ui[kTile];
-  with_series_length(L.rmax, [&](auto n) {
+  if (L.all_large) {  // (the selects below read them: zero, not indeterminate)
+    for (int64_t j = 0; j < kTile; ++j) ur[j] = ui[j] = 0.0;
+  } else with_series_length(L.rmax, [&](auto n) {
     constexpr int N = decltype(n)::value;
     for (int64_t j = 0; j < kTile; ++j) {
       const Cplx<T> v = tri_series<T, N>(L.p[j], L.q[j]);
@@ -265,16 +353,15 @@ inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceL
       ui[j] = double(v.im);
     }
   });
-  {
-    for (int64_t j = 0; j < kTile; ++j) {
-      if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
-      const Cplx<double> one = {1.0, 0.0};
-      double pd, qd;
-      phases_double(tf, g, j, pd, qd);
-      const Cplx<double> f = dd2(0.0, one, pd, expmi<double>(pd), qd, expmi<double>(qd));
-      ur[j] = f.re;
-      ui[j] = f.im;
-    }
+  // the large lanes, in double (see expmi_table), all lanes computed and the large ones kept
+  for (int64_t j = 0; j < kTile; ++j) {
+    const double pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
+    const double qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
+    const Cplx<double> f =
+        dd2_lane<double, Tuning<T>::kPairTerms>(pd, qd, expmi_poly(pd), expmi_poly(qd));
+    const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
+    ur[j] = large ? f.re : ur[j];
+    ui[j] = large ? f.im : ui[j];
   }
   for (int64_t j = 0; j < kTile; ++j) {
     gs_re[j] += s * ur[j];
@@ -359,7 +446,9 @@ inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __res
                           T (*__restrict__ acc)[kTile]) {
   face_phases(tf, g, L);
   T f0r[kTile], f0i[kTile], far_[kTile], fai[kTile], fbr[kTile], fbi[kTile];
-  with_series_length(L.rmax, [&](auto n) {
+  if (L.all_large) {  // (the selects below read them: zero, not indeterminate)
+    for (int64_t j = 0; j < kTile; ++j) f0r[j] = f0i[j] = far_[j] = fai[j] = fbr[j] = fbi[j] = T(0);
+  } else with_series_length(L.rmax, [&](auto n) {
     constexpr int N = decltype(n)::value;
     for (int64_t j = 0; j < kTile; ++j) {
       Cplx<T> s0, sa, sb;
@@ -373,20 +462,21 @@ inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __res
     }
   });
   if (L.any_large) {
+    // in T, like the series (the gradient contract is 1e-4 relative), all lanes computed
     for (int64_t j = 0; j < kTile; ++j) {
-      if (spread3(L.p[j], L.q[j]) < Tuning<T>::spread()) continue;
-      // relative exponentials straight from the double relative phases
-      const Cplx<T> one = {T(1), T(0)};
-      Cplx<T> f0, fa, fb, fc;
-      double pd, qd;
-      phases_double(tf, g, j, pd, qd);
-      tri_f_grad<T>(L.p[j], L.q[j], one, expmi<T>(pd), expmi<T>(qd), f0, fa, fb, fc);
-      f0r[j] = f0.re;
-      f0i[j] = f0.im;
-      far_[j] = fa.re;
-      fai[j] = fa.im;
-      fbr[j] = fb.re;
-      fbi[j] = fb.im;
+      const double pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
+      const double qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
+      const Cplx<double> ep = expmi_poly(pd), eq = expmi_poly(qd);
+      Cplx<T> f0, fa, fb;
+      tri_grad_lane<T>(L.p[j], L.q[j], Cplx<T>{T(ep.re), T(ep.im)}, Cplx<T>{T(eq.re), T(eq.im)}, f0,
+                       fa, fb);
+      const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
+      f0r[j] = large ? f0.re : f0r[j];
+      f0i[j] = large ? f0.im : f0i[j];
+      far_[j] = large ? fa.re : far_[j];
+      fai[j] = large ? fa.im : fai[j];
+      fbr[j] = large ? fb.re : fbr[j];
+      fbi[j] = large ? fb.im : fbi[j];
     }
   }
   for (int64_t j = 0; j < kTile; ++j) {
