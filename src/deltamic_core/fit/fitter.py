@@ -32,7 +32,7 @@ from .._checks import check_spacing, check_vector3
 from ..mesh import Mesh
 from .config import FitConfig
 from .losses import intensity_weight, poisson_nll, solve_photometric, weighted_mse, _quantiles
-from .levels import BlockAveragedPSF, block_average
+from .levels import BlockAveragedPSF, block_average, gaussian_blur
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner
 
@@ -199,6 +199,7 @@ class Fitter:
         self._gain = 1.0
         self._background = 0.0
         self._backend = config.backend
+        self._shared_done = False
 
         self._psf_opt = None
         if config.learn_psf:
@@ -255,6 +256,43 @@ class Fitter:
             self._custom_weights = None
         return out
 
+    def _share_membranes(self, mesh: Mesh) -> Mesh | None:
+        """One multi-material mesh (shared membranes as single sheets) for separate closed
+        cells that touch, or None when there is nothing to merge (see
+        ``FitConfig.share_membranes``)."""
+        from ..geometry import label_image, meshes_from_labels
+        from ..geometry.ops import edge_lengths
+
+        if mesh.labels is None or len(mesh.cell_ids) < 2 or bool((mesh.labels > 0).all(axis=1).any()):
+            return None
+        if self._custom_weights is not None:
+            return None  # custom weights cannot follow a change of topology
+        t0 = time.perf_counter()
+        shape = tuple(self._image.shape)
+        lab = label_image(mesh, shape, self.spacing_um, self.origin_um)
+        ids = np.unique(lab[lab > 0])
+        # touching = face-adjacent voxels of two different cells
+        touch = False
+        for axis in range(3):
+            a = np.moveaxis(lab, axis, 0)
+            p, q = a[1:], a[:-1]
+            if bool(((p != q) & (p > 0) & (q > 0)).any()):
+                touch = True
+                break
+        if len(ids) < 2 or not touch or len(ids) != len(mesh.cell_ids):
+            self._timings["remesh"] += time.perf_counter() - t0
+            return None  # a cell vanished on the grid (too small): keep the separate surfaces
+        edge = self.config.target_edge_um
+        if edge is None:
+            edge = float(np.mean(edge_lengths(mesh.verts, mesh.faces)))
+        out = meshes_from_labels(lab, self.spacing_um, edge, shared=True)
+        # the label image is in the frame whose voxel (0, 0, 0) is at the origin
+        out = out.copy(verts=out.verts + np.asarray(self.origin_um))
+        self._timings["remesh"] += time.perf_counter() - t0
+        if not np.all(np.isfinite(out.verts)) or len(out.faces) == 0:
+            return None
+        return out
+
     def _set_topology(self, mesh: Mesh) -> None:
         """(Re)build everything that depends on the connectivity: weights, preconditioner,
         optimiser state."""
@@ -279,6 +317,8 @@ class Fitter:
         f = cfg.levels[index]
         obs = block_average(self._image, f)
         spacing = tuple(s * f for s in self.spacing_um)
+        blur_um = cfg.coarse_blur * f * min(self.spacing_um) if f > 1 else 0.0
+        obs = gaussian_blur(obs, blur_um, spacing)
         origin = tuple(o + (f - 1) / 2.0 * s for o, s in zip(self.origin_um, self.spacing_um))
         if cfg.loss == "mse":
             # normalised so that loss values and float32 arithmetic are scale-free
@@ -296,14 +336,20 @@ class Fitter:
         # Coarse levels are a cheap approximation (the block average is itself a low-pass
         # filter): they drop the PSF's frequencies beyond their Nyquist limit instead of folding
         # them, which would oversample the band and cost as much as the full resolution.
-        level_psf = self.psf if f == 1 else BlockAveragedPSF(self.psf, f, self.spacing_um)
+        level_psf = self.psf if f == 1 else BlockAveragedPSF(self.psf, f, self.spacing_um, blur_um)
         renderer = Renderer(tuple(obs_l.shape), spacing, level_psf, origin_um=origin,
                             band_threshold=cfg.band_threshold, backend=cfg.backend, dtype=self.dtype,
                             device=self.device, max_memory_bytes=cfg.max_memory_bytes,
                             fold_aliases=cfg.fold_aliases and f == 1)
         self._backend = str(getattr(renderer, "backend_name", getattr(renderer, "backend", cfg.backend)))
         mesh = self.current_mesh() if self._level is not None else self._mesh
-        if cfg.target_edge_um is not None:
+        rebuilt = False
+        if cfg.share_membranes and index > 0 and not self._shared_done:
+            self._shared_done = True
+            shared = self._share_membranes(mesh)
+            if shared is not None:
+                mesh, rebuilt = shared, True
+        if cfg.target_edge_um is not None and not rebuilt:
             mesh = self._remesh(mesh, cfg.target_edge_um * f)
         self._timings["setup"] += time.perf_counter() - t0
         self._set_topology(mesh)
@@ -409,8 +455,11 @@ class Fitter:
         return poisson_nll(model, lvl.observed, lvl.weight, floor=cfg.poisson_floor)
 
     def _render(self, x: torch.Tensor) -> torch.Tensor:
-        return self._level.renderer.render(x.to(self.dtype), self._faces, self._weights,
-                                           volume_weight=self.config.volume_weight)
+        out = self._level.renderer.render(x.to(self.dtype), self._faces, self._weights,
+                                          volume_weight=self.config.volume_weight)
+        # with backend "auto" the renderer picks per call (it depends on the face count)
+        self._backend = str(getattr(self._level.renderer, "backend_name", self._backend))
+        return out
 
     def _try_step(self, lr: float) -> float:
         u = self._u.clone().requires_grad_(True)
@@ -518,7 +567,8 @@ class Fitter:
             self._timings["total"] += time.perf_counter() - t_start
             # look ahead so that `done` is accurate right after the last step
             if self._level_iter >= self._level.n_iterations or self._level_converged():
-                if self._level_index == len(cfg.levels) - 1:
+                later = range(self._level_index + 1, len(cfg.levels))
+                if all(cfg.iterations_for_level(i) == 0 for i in later):
                     self._done = True
             return self._result_for(loss_value, lr, remeshed=remeshed)
 
