@@ -130,9 +130,9 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
     g.add_argument("--mesh-units", choices=("um", "voxel"), default=None,
                    help="units of the --init mesh (default: um, voxel for .rec)")
     g.add_argument("--iterations", type=_positive_int, default=None,
-                   help="iterations per resolution level (default: the fitter's, 150)")
+                   help="iterations per resolution level (default: the fitter's, 80 / 120 / 20 at factors 4 / 2 / 1)")
     g.add_argument("--levels", type=_positive_int, nargs="+", default=None, metavar="F",
-                   help="coarse-to-fine downsampling factors ending with 1 (default: 2 1)")
+                   help="coarse-to-fine downsampling factors ending with 1 (default: 4 2 1)")
     g.add_argument("--loss", choices=("mse", "poisson"), default=None, help="data term")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--backend", default="auto", help="mesh Fourier transform backend (default: auto)")

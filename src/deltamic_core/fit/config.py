@@ -40,8 +40,11 @@ class FitConfig:
 
     Optimisation
     ------------
-    iterations : int or tuple of int
-        Iterations per coarse-to-fine level (an int applies to every level).
+    iterations : int, tuple of int or None
+        Iterations per coarse-to-fine level (an int applies to every level). None (default):
+        by the level's factor, 80 at factor >= 3, 120 at factor 2 and 20 at full resolution:
+        the cheap blurred coarse levels do the bulk of the shape change and full resolution,
+        where one iteration costs ~10-50x more, only polishes.
     lr : float
         Step size of the vertex optimiser in voxels of the current level per iteration (the
         steps are Adam-normalised, so this is roughly how far the surface moves per step at
@@ -50,7 +53,8 @@ class FitConfig:
         Cosine decay of the step size within each level down to ``lr * lr_final_factor``.
     refine_lr_factor : float in (0, 1]
         Levels after the first start from ``lr * refine_lr_factor``: they begin close to the
-        answer, and a full-size first step of a fresh optimiser overshoots.
+        answer, and a full-size first step of a fresh optimiser overshoots (except the level
+        after a ``share_membranes`` rebuild, whose mesh is only voxel-accurate).
     lambda_smooth, p, laplacian :
         Large-steps preconditioner ``(I + lambda_smooth L)^p`` with ``L`` the ``laplacian``
         ("uniform", "cotangent" or "robust"; "robust" works on non-manifold multi-cell meshes,
@@ -100,8 +104,8 @@ class FitConfig:
     Mesh and levels
     ---------------
     levels : tuple of int
-        Coarse-to-fine image downsampling factors, e.g. (2, 1): block-average by 2 first, then
-        the full image. Must end with 1.
+        Coarse-to-fine image downsampling factors, e.g. (4, 2, 1) (default): block-average by
+        4 first, then by 2, then the full image. Must end with 1.
     target_edge_um : float or None
         Target edge length of isotropic remeshing at full resolution (scaled by the level's
         factor on coarse levels). None keeps the input mesh's tessellation.
@@ -113,7 +117,9 @@ class FitConfig:
         voxel size (factor x the smallest spacing). The model stays exact for the blurred
         data, and the data term then reaches membranes a few of those voxels away from the
         current surface (a seed sphere is typically micrometres off, far beyond the reach of
-        a sub-micrometre PSF). 0 = plain block averaging. Never applied at full resolution.
+        a sub-micrometre PSF). 0 = plain block averaging. Never applied at full resolution,
+        and capped at 1/16 of the image's smallest side (the blur extends the image beyond
+        its borders by their values, a guess that must stay a small part of the box).
     share_membranes : bool
         When the first level ends, rebuild a mesh of separate closed cells (e.g. seed spheres)
         whose cells now touch as one multi-material mesh: the current cells are rasterised on
@@ -137,7 +143,7 @@ class FitConfig:
         Refuse renderer plans larger than this.
     """
 
-    iterations: int | tuple = 150
+    iterations: int | tuple | None = None
     lr: float = 0.3
     lr_final_factor: float = 0.1
     refine_lr_factor: float = 0.5
@@ -164,11 +170,11 @@ class FitConfig:
     psf_lr: float = 0.01
     band_update_every: int = 10
 
-    levels: tuple = (2, 1)
+    levels: tuple = (4, 2, 1)
     target_edge_um: float | None = None
     remesh_every: int = 0
-    coarse_blur: float = 0.0
-    share_membranes: bool = False
+    coarse_blur: float = 2.0
+    share_membranes: bool = True
 
     band_threshold: float = 1e-3
     backend: str = "auto"
@@ -191,6 +197,8 @@ class FitConfig:
             raise ValueError(f"FitConfig.levels must be non-increasing (coarse to fine), got {self.levels!r}")
         self.levels = lv
         it = self.iterations
+        if it is None:
+            it = tuple(20 if f == 1 else (120 if f == 2 else 80) for f in lv)
         if isinstance(it, (list, tuple)):
             if len(it) != len(lv):
                 raise ValueError(f"FitConfig.iterations has {len(it)} entries but there are {len(lv)} levels {lv}")

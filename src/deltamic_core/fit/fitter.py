@@ -200,6 +200,7 @@ class Fitter:
         self._background = 0.0
         self._backend = config.backend
         self._shared_done = False
+        self._level_rebuilt = False
 
         self._psf_opt = None
         if config.learn_psf:
@@ -225,8 +226,14 @@ class Fitter:
     def lr(self) -> float:
         """The current (un-decayed) step size in um after any rollback halvings."""
         index = self._level.index if self._level is not None else self._level_index
-        start = 1.0 if index == 0 else self.config.refine_lr_factor
+        start = 1.0 if index == 0 or self._level_rebuilt else self.config.refine_lr_factor
         return self.config.lr * start * self._lr_scale * min(self.spacing_um) * self.config.levels[index]
+
+    @property
+    def renderer(self):
+        """The current level's :class:`~deltamic_core.render.Renderer` (None before the first
+        step); e.g. ``len(fitter.renderer.band)`` is the number of band frequencies."""
+        return None if self._level is None else self._level.renderer
 
     def current_mesh(self) -> Mesh:
         """The current mesh (a copy), vertices in um."""
@@ -318,6 +325,9 @@ class Fitter:
         obs = block_average(self._image, f)
         spacing = tuple(s * f for s in self.spacing_um)
         blur_um = cfg.coarse_blur * f * min(self.spacing_um) if f > 1 else 0.0
+        # the image beyond the box is unknown (extended by its border values): keep the blur's
+        # reach (4 sigma) within a quarter of the smallest side so that guess stays marginal
+        blur_um = min(blur_um, min(n * s for n, s in zip(self._image.shape, self.spacing_um)) / 16.0)
         obs = gaussian_blur(obs, blur_um, spacing)
         origin = tuple(o + (f - 1) / 2.0 * s for o, s in zip(self.origin_um, self.spacing_um))
         if cfg.loss == "mse":
@@ -349,6 +359,8 @@ class Fitter:
             shared = self._share_membranes(mesh)
             if shared is not None:
                 mesh, rebuilt = shared, True
+        # a rebuilt mesh is only voxel-accurate: it needs full-size steps, not a refinement's
+        self._level_rebuilt = rebuilt
         if cfg.target_edge_um is not None and not rebuilt:
             mesh = self._remesh(mesh, cfg.target_edge_um * f)
         self._timings["setup"] += time.perf_counter() - t0
@@ -400,7 +412,7 @@ class Fitter:
         n = max(self._level.n_iterations, 1)
         t = min(self._level_iter / n, 1.0)
         decay = cfg.lr_final_factor + (1 - cfg.lr_final_factor) * 0.5 * (1 + math.cos(math.pi * t))
-        start = 1.0 if self._level.index == 0 else cfg.refine_lr_factor
+        start = 1.0 if self._level.index == 0 or self._level_rebuilt else cfg.refine_lr_factor
         return cfg.lr * start * self._lr_scale * min(self._level.spacing_um) * decay
 
     def _snapshot(self) -> dict:
