@@ -1,22 +1,25 @@
 // CPU (OpenMP) kernels of the mesh Fourier transform. The per-element math is in
 // meshft_math.h (shared with the CUDA kernels); this file only organises the loops.
 //
-// Both directions work on tiles of kTile frequencies ("lanes"). For a tile, the absolute phase
-// phi_v = 2 pi k.v (double) and exp(-i phi_v) (compute precision T) of every vertex are
-// tabulated once, vertex-major and as separate arrays, so that a face reads short contiguous
-// rows. Relative phases p = phi_b - phi_a are formed in double and rounded to T, so their error
-// is relative to p itself, not to the hundreds of radians of the absolute phases. Per face, the
-// series is evaluated for all lanes in straight-line code the compiler vectorises; lanes whose
-// phase spread needs the recursive formulas are redone one by one.
+// Both directions work on tiles of kTile frequencies ("lanes"). A face's value is
+// exp(-i phi_a) f[0, p, q] with the relative phases p = 2 pi k.(b - a), q = 2 pi k.(c - a)
+// formed in double from the face's edge vectors (exact differences of the vertices) and
+// rounded to T, so their error is relative to p itself, not to the hundreds of radians of the
+// absolute phases. Faces are grouped by an "anchor" corner chosen greedily so that a third of
+// the vertices anchor ~6 faces each; per group and tile, the anchor's exp(-i phi_a) is formed
+// once in double. No per-vertex tables: the hot loop reads only the tile's frequencies and the
+// face's geometry (the previous version's tables were megabytes read in mesh order, and cache
+// misses dominated). Per face, the series (length chosen per tile from the largest phase
+// there) runs over all lanes in straight-line code the compiler vectorises; when some lanes
+// need the recursive formulas, those are computed branch-free for all lanes and selected.
 //
-// forward : threads own tiles of frequencies (each with private tables) and loop over all
-//           faces, accumulating U(k) in double. No reduction across threads.
-// backward: threads own contiguous ranges of faces, tabulate the vertices those faces use
-//           (a few tiles at a time) and accumulate, per face, the frequency sums
-//           R = sum_k Re(conj(G) f) and V_corner = sum_k Re(conj(G) f_corner) k (in T within
-//           a tile, in double across tiles). No barriers. Corner gradients are gathered to the
-//           vertices serially (deterministic, no atomics). Results do not depend on the number
-//           of threads.
+// forward : threads own tiles of frequencies and loop over all anchor groups, accumulating
+//           U(k) in double. No reduction across threads.
+// backward: threads own contiguous ranges of anchor groups and walk the frequencies in blocks,
+//           accumulating, per face, R = sum_k Re(conj(G) f) and
+//           V_corner = sum_k Re(conj(G) f_corner) k (in T within a block, in double across
+//           blocks). No barriers. Corner gradients are gathered to the vertices serially
+//           (deterministic, no atomics). Results do not depend on the number of threads.
 //
 // The loops live in meshft_cpu_kernels.h, compiled twice (AVX2+FMA and baseline x86-64) and chosen
 // at run time, so the extension stays portable without giving up 8-wide vectors.

@@ -148,11 +148,11 @@ inline void tile_freqs(const T* freqs, int64_t k0, int64_t kn, TileFreqs& tf) {
 // exp(-i pa) times a rounded series times a float complex product. For float the branch-free
 // double polynomial (vectorises); for double the libm functions.
 template <typename T>
-inline Cplx<double> expmi_table(double ph) {
+inline Cplx<double> expmi_anchor(double ph) {
   return expmi_poly(ph);
 }
 template <>
-inline Cplx<double> expmi_table<double>(double ph) {
+inline Cplx<double> expmi_anchor<double>(double ph) {
   return expmi<double>(ph);
 }
 
@@ -353,7 +353,7 @@ inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceL
       ui[j] = double(v.im);
     }
   });
-  // the large lanes, in double (see expmi_table), all lanes computed and the large ones kept
+  // the large lanes, in double (see expmi_anchor), all lanes computed and the large ones kept
   for (int64_t j = 0; j < kTile; ++j) {
     const double pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
     const double qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
@@ -404,7 +404,7 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
         const int64_t a = geom[G.face[G.start[gi]]].a;
         const double ax = verts[3 * a], ay = verts[3 * a + 1], az = verts[3 * a + 2];
         for (int64_t j = 0; j < kTile; ++j) {
-          const Cplx<double> e = expmi_table<T>(tf.x[j] * ax + tf.y[j] * ay + tf.z[j] * az);
+          const Cplx<double> e = expmi_anchor<T>(tf.x[j] * ax + tf.y[j] * ay + tf.z[j] * az);
           acc_re[j] += e.re * gs_re[j] - e.im * gs_im[j];
           acc_im[j] += e.re * gs_im[j] + e.im * gs_re[j];
         }
@@ -557,7 +557,7 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
           const double* GI = gi.data() + sub * kTile;
           for (int64_t j = 0; j < kTile; ++j) {
             // H = conj(G) exp(-i pa): Re(conj(G) exp(-i pa) F) = Re(H F)
-            const Cplx<double> e = expmi_table<T>(f.x[j] * ax + f.y[j] * ay + f.z[j] * az);
+            const Cplx<double> e = expmi_anchor<T>(f.x[j] * ax + f.y[j] * ay + f.z[j] * az);
             HR[j] = T(GR[j] * e.re + GI[j] * e.im);
             HI[j] = T(GR[j] * e.im - GI[j] * e.re);
           }

@@ -428,15 +428,12 @@ MESHFT_HD inline Cplx<double> expmi<double>(double phi) {
   return {cos(phi), -sin(phi)};
 }
 
-// float: quadrant reduction r = phi - n pi/2 (|r| <= pi/4), Taylor polynomials and the
-// quadrant rotation, all in double (truncation < 1e-14 on [-pi/4, pi/4]), then ONE rounding to
-// float. The result is the correctly rounded value except in the rare double-rounding ties,
-// i.e. within 0.5 float ulp (+1e-14): the float accuracy contract has a budget of about 2.5
-// ulp of f(0) in total, and a float polynomial (~1.6 ulp here) used most of it. Branch-free,
-// so the CPU vertex-table loop still vectorises (4 double lanes instead of 8 floats: the tables
-// cost O(V K), a small part of the O(F K) face work).
-// exp(-i phi) in double by the branch-free polynomial (about 1e-15 absolute), for vectorised
-// loops: a libm cos/sin call does not vectorise.
+// exp(-i phi) in double by a branch-free polynomial, for vectorised loops (a libm cos/sin call
+// does not vectorise): quadrant reduction r = phi - n pi/2 (|r| <= pi/4), Taylor polynomials
+// (truncation < 1e-14 on [-pi/4, pi/4]) and the quadrant rotation; about 1e-15 absolute for
+// the phases met here. Used for the CPU kernels' anchor and relative exponentials, and (via
+// expmi<float>) rounded once to float: within 0.5 float ulp (+1e-14), where a float polynomial
+// (~1.6 ulp) would use most of the float accuracy budget (about 2.5 ulp of f(0)).
 MESHFT_HD inline Cplx<double> expmi_poly(double phi) {
   const double two_over_pi = 0.63661977236758134307553505349006;
   const double pi_over_2 = 1.5707963267948966192313216916398;
