@@ -147,10 +147,10 @@ class FitConfig:
     lr: float = 0.3
     lr_final_factor: float = 0.1
     refine_lr_factor: float = 0.5
-    lambda_smooth: float = 10.0
+    lambda_smooth: float = 3.0
     p: int = 1
     laplacian: str = "uniform"
-    optimizer: str = "uniform"
+    optimizer: str = "vector"
     betas: tuple = (0.8, 0.999)
     max_failures: int = 8
     min_lr_factor: float = 1e-3
