@@ -17,7 +17,7 @@ Metrics per cell: symmetric mean surface distance (in um and in units of the sma
 size), IoU of the voxel label images (``deltamic_core.geometry.label_image``), and the relative
 volume error. Targets: distance <= 0.3 voxel, IoU >= 0.95, volume error <= 2%.
 
-Usage: ``python benchmarks/bench_fit_embryo.py [--threads 1] [--iterations 80 120 20]``.
+Usage: ``python benchmarks/bench_fit_embryo.py [--threads 1] [--iterations 80 120 10]``.
 
 Measured 2026-11-25 on the shared 2-core machine, default configuration (50 x 31 x 24 um
 embryo, image 74 x 226 x 119 voxels of 0.5/0.25/0.25 um, PSF sigma 0.6/0.25/0.25 um, 60/5
@@ -36,8 +36,10 @@ scale-space levels (4, 2, 1), blur 2 voxels, 80/60/0   1.00/0.75/0.79       0.92
 + vector Adam, lambda 10, 80/120/0                     0.45/0.29/0.34       0.969/0.984/0.979    -0.4/+0.0/-0.0         200     35 s
 + vector Adam, lambda 3, 80/120/0                      0.29/0.21/0.24       0.981/0.990/0.986    -0.1/+0.1/+0.1         200     77 s (b)
 + vector Adam, lambda 1, 80/120/0                      0.23/0.18/0.21       0.987/0.992/0.989    -0.0/+0.1/+0.1         200     58 s (b)
-**defaults** (vector, lambda 3, 80/120/20), 1 thread   0.25/0.19/0.21       0.984/0.991/0.988    -0.1/+0.0/+0.0         220    115 s (b)
-**defaults**, ``--threads 2``                          0.24/0.19/0.21       0.985/0.991/0.988    -0.1/+0.0/-0.0         220     67 s
+vector, lambda 3, 80/120/20, 1 thread                  0.25/0.19/0.21       0.984/0.991/0.988    -0.1/+0.0/+0.0         220    115 s (b)
+vector, lambda 3, 80/120/20, 2 threads (quiet, c)      0.24/0.19/0.21       0.985/0.991/0.988    -0.1/+0.0/-0.0         220     66 s
+vector, lambda 3, 80/80/20, 2 threads (d)              0.26/0.20/0.22       0.983/0.991/0.987    -0.1/+0.0/-0.0         180     52 s
+**defaults** (80/120/10), 2 threads (quiet, c)         0.26/0.20/0.22       0.984/0.991/0.987    -0.1/+0.0/+0.0         210     52 s
 watershed + marching cubes (same image)                0.29/0.28/0.29       0.987/0.990/0.987    -0.3/-0.3/-0.4           -      2 s
 =====================================================  ===================  ===================  ====================  ======  =======
 
@@ -48,14 +50,16 @@ error of those spheres, which lie inside their cells. Its metric phase did not f
 The first three fit rows blurred the factor-4 level by 2.0 um; the later ones by 1.86 um (the
 blur is now capped at 1/16 of the image's smallest side, 29.75 um here).
 
-The 2-thread run: load average 0.4 at the start and 1.5 at the end (another engineer's
-benchmarks share the machine); level 0 (factor 4, band 1.3e4 frequencies) 80 iterations in
-5 s, level 1 (factor 2, band 5.7e4) 120 in 37 s, full resolution (band 1.0e6, NUFFT backend,
-4,807 faces) 20 in 25 s. Per-cell accuracy targets are met with margin, and the fit is more
-accurate than the watershed baseline in distance (0.21 vs 0.29 voxel) at the same IoU and
-lower volume error; the wall time goal (<= 60 s) is missed by ~7 s (67 s), and the full
-resolution costs ~1.3 s per iteration, so it only polishes (the last 20 iterations move the
-mean distance from 0.24 to 0.21 voxel).
+(d) 2 threads, with benchmarks/bench_nufft.py running alongside.
+(c) 2 threads on an otherwise idle machine (load average < 1), after the native kernel
+speed-up of the same day. The 80/120/20 run: level 0 (factor 4, band 1.3e4 frequencies) 80
+iterations in 6 s, level 1 (factor 2, band 5.7e4, NUFFT backend) 120 in 35 s, full resolution
+(band 1.0e6, NUFFT backend, 4,807 faces) 20 in 25 s. Full resolution costs ~1.3-2 s per
+iteration and only polishes (20 iterations: 0.22 -> 0.21 voxel mean distance), so the default
+spends 10 there: all accuracy targets are met with margin in 52 s (goal <= 60 s; 10 full-resolution
+iterations in 12 s), and the fit is
+more accurate than the watershed baseline in distance (0.22 vs 0.29 voxel) and volume, at the
+same IoU.
 
 What limited the old default: (1) the seed spheres are micrometres inside the membranes, beyond
 the reach of a 0.25 um PSF, so the rendered spheres anticorrelate with the image, the

@@ -130,7 +130,7 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
     g.add_argument("--mesh-units", choices=("um", "voxel"), default=None,
                    help="units of the --init mesh (default: um, voxel for .rec)")
     g.add_argument("--iterations", type=_positive_int, default=None,
-                   help="iterations per resolution level (default: the fitter's, 80 / 120 / 20 at factors 4 / 2 / 1)")
+                   help="iterations per resolution level (default: the fitter's, 80 / 120 / 10 at factors 4 / 2 / 1)")
     g.add_argument("--levels", type=_positive_int, nargs="+", default=None, metavar="F",
                    help="coarse-to-fine downsampling factors ending with 1 (default: 4 2 1)")
     g.add_argument("--loss", choices=("mse", "poisson"), default=None, help="data term")

@@ -42,7 +42,7 @@ class FitConfig:
     ------------
     iterations : int, tuple of int or None
         Iterations per coarse-to-fine level (an int applies to every level). None (default):
-        by the level's factor, 80 at factor >= 3, 120 at factor 2 and 20 at full resolution:
+        by the level's factor, 80 at factor >= 3, 120 at factor 2 and 10 at full resolution:
         the cheap blurred coarse levels do the bulk of the shape change and full resolution,
         where one iteration costs ~10-50x more, only polishes.
     lr : float
@@ -198,7 +198,7 @@ class FitConfig:
         self.levels = lv
         it = self.iterations
         if it is None:
-            it = tuple(20 if f == 1 else (120 if f == 2 else 80) for f in lv)
+            it = tuple(10 if f == 1 else (120 if f == 2 else 80) for f in lv)
         if isinstance(it, (list, tuple)):
             if len(it) != len(lv):
                 raise ValueError(f"FitConfig.iterations has {len(it)} entries but there are {len(lv)} levels {lv}")
