@@ -21,50 +21,61 @@ struct FaceGeom {
   double ga[3], gb[3], gc[3];  // gradients of A (not 2A) w.r.t. each corner
 };
 
-// Twice the area of each face in the given corner order (the area does not depend on the
-// rotation; this is only used to decide which faces take part before choosing anchors).
 template <typename T>
-std::vector<double> face_two_areas(const T* verts, const int64_t* faces, int64_t F) {
-  std::vector<double> out(static_cast<size_t>(F));
-  at::parallel_for(0, F, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      double a[3], b[3], c[3], ga[3], gb[3], gc[3];
-      for (int d = 0; d < 3; ++d) {
-        a[d] = double(verts[3 * faces[3 * t] + d]);
-        b[d] = double(verts[3 * faces[3 * t + 1] + d]);
-        c[d] = double(verts[3 * faces[3 * t + 2] + d]);
-      }
-      area_grad(a, b, c, out[t], ga, gb, gc);
-    }
-  });
-  return out;
+inline void set_edges(const T* verts, FaceGeom& g) {
+  for (int d = 0; d < 3; ++d) {
+    const double a = double(verts[3 * g.a + d]);
+    g.e1[d] = double(verts[3 * g.b + d]) - a;
+    g.e2[d] = double(verts[3 * g.c + d]) - a;
+  }
 }
 
-// Corner order of each face: rotated (cyclically, which keeps the orientation) so that its
-// anchor comes first; see choose_anchors.
+// Geometry of every face in its given corner order.
 template <typename T>
-std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_t F,
-                                    const std::vector<uint8_t>& rot) {
+std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_t F) {
   std::vector<FaceGeom> geom(static_cast<size_t>(F));
   at::parallel_for(0, F, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       FaceGeom& g = geom[t];
-      const int r = rot.empty() ? 0 : rot[t];
-      g.a = faces[3 * t + r];
-      g.b = faces[3 * t + (r + 1) % 3];
-      g.c = faces[3 * t + (r + 2) % 3];
+      g.a = faces[3 * t];
+      g.b = faces[3 * t + 1];
+      g.c = faces[3 * t + 2];
       double a[3], b[3], c[3];
       for (int d = 0; d < 3; ++d) {
         a[d] = double(verts[3 * g.a + d]);
         b[d] = double(verts[3 * g.b + d]);
         c[d] = double(verts[3 * g.c + d]);
-        g.e1[d] = b[d] - a[d];
-        g.e2[d] = c[d] - a[d];
       }
       area_grad(a, b, c, g.two_area, g.ga, g.gb, g.gc);
+      set_edges(verts, g);
     }
   });
   return geom;
+}
+
+// Rotates each face's corners cyclically by rot[t] (which keeps the orientation and the area)
+// so that its anchor comes first; see choose_anchors.
+template <typename T>
+void rotate_to_anchors(const T* verts, const std::vector<uint8_t>& rot, std::vector<FaceGeom>& geom) {
+  const int64_t F = static_cast<int64_t>(geom.size());
+  at::parallel_for(0, F, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      FaceGeom& g = geom[t];
+      for (int r = 0; r < rot[t]; ++r) {  // (a, b, c) -> (b, c, a)
+        const int64_t a = g.a;
+        g.a = g.b;
+        g.b = g.c;
+        g.c = a;
+        for (int d = 0; d < 3; ++d) {
+          const double ga = g.ga[d];
+          g.ga[d] = g.gb[d];
+          g.gb[d] = g.gc[d];
+          g.gc[d] = ga;
+        }
+      }
+      if (rot[t] != 0) set_edges(verts, g);
+    }
+  });
 }
 
 // Few anchors, many faces each: the anchor's exponentials cost as much as a few faces' series.
@@ -169,96 +180,6 @@ inline double lane_sum(const T* v) {
   return s;
 }
 
-// ---------------------------------------------------------------------------------------
-// Large-spread lanes without branches, so that the loops over lanes vectorise (at |k| of a few
-// cycles/um and micrometre triangles most pairs are in this regime). Same recursions as
-// dd2/dd2rep/dd3rep in meshft_math.h, arranged for selects instead of branches:
-//  * the three nodes are sorted by a network of compare-exchanges; for sorted x0 <= x1 <= x2
-//    the median is in the closest pair, so f[x0, x1, x2] = (f[x0, x1] - f[x1, x2]) / (x0 - x2)
-//    divides only by the full spread (>= the regime switch);
-//  * f[x, y] is the series or the quotient, both computed and one selected (the unused one may
-//    be inf or nan: it is discarded, and nothing traps).
-
-template <typename U>
-inline void cswap_lane(U& x, Cplx<U>& Ex, U& y, Cplx<U>& Ey) {
-  const bool sw = x > y;
-  const U lo = sw ? y : x, hi = sw ? x : y;
-  const Cplx<U> Elo = {sw ? Ey.re : Ex.re, sw ? Ey.im : Ex.im};
-  const Cplx<U> Ehi = {sw ? Ex.re : Ey.re, sw ? Ex.im : Ey.im};
-  x = lo;
-  y = hi;
-  Ex = Elo;
-  Ey = Ehi;
-}
-
-// f[x, y] (N terms of the pair series below the pair switch)
-template <typename U, int N>
-inline Cplx<U> pair_dd_lane(U x, Cplx<U> Ex, U y, Cplx<U> Ey) {
-  const U d = y - x;
-  const Cplx<U> ser = cmul(Ex, pair_series<U, N>(d));
-  const U inv = U(1) / d;
-  const Cplx<U> quo = {(Ex.re - Ey.re) * inv, (Ex.im - Ey.im) * inv};
-  const bool near = tabs(d) < U(Tuning<U>::pair());
-  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
-}
-
-// f[0, p, q] from the relative exponentials Ep = exp(-i p), Eq = exp(-i q).
-template <typename U, int N>
-inline Cplx<U> dd2_lane(U p, U q, Cplx<U> Ep, Cplx<U> Eq) {
-  U x0 = U(0), x1 = p, x2 = q;
-  Cplx<U> E0 = {U(1), U(0)}, E1 = Ep, E2 = Eq;
-  cswap_lane(x0, E0, x1, E1);
-  cswap_lane(x1, E1, x2, E2);
-  cswap_lane(x0, E0, x1, E1);
-  const Cplx<U> f01 = pair_dd_lane<U, N>(x0, E0, x1, E1);
-  const Cplx<U> f12 = pair_dd_lane<U, N>(x1, E1, x2, E2);
-  const U inv = U(1) / (x0 - x2);
-  return {(f01.re - f12.re) * inv, (f01.im - f12.im) * inv};
-}
-
-// f[x, x, x + d] / Ex: the pair2 series or (f[x, x + d] / Ex - i) / d, f[x, x + d] / Ex being
-// f[0, d] = (1 - exp(-i d)) / d.
-template <typename U>
-inline Cplx<U> rep_dd_lane(U d, Cplx<U> Ed_rel) {
-  const Cplx<U> ser = pair2_series<U>(d);
-  const U inv = U(1) / d;
-  // f[0, d] = (1 - Ed) / d, then (f[0, d] - i) / d
-  const U f0d_re = (U(1) - Ed_rel.re) * inv, f0d_im = (-Ed_rel.im) * inv;
-  const Cplx<U> quo = {f0d_re * inv, (f0d_im - U(1)) * inv};
-  const bool near = tabs(d) < U(Tuning<U>::pair());
-  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
-}
-
-// F0 = f[0, p, q], Fa = f[0, 0, p, q], Fb = f[p, p, 0, q], relative to exp(-i pa), for a large
-// spread. f[x, x, y, z] = (f[x, x, y] - F0) / (x - z) with z the node farther from x (at least
-// half the spread away).
-template <typename U>
-inline void tri_grad_lane(U p, U q, Cplx<U> Ep, Cplx<U> Eq, Cplx<U>& F0, Cplx<U>& Fa,
-                          Cplx<U>& Fb) {
-  F0 = dd2_lane<U, Tuning<U>::kPairTerms>(p, q, Ep, Eq);
-  {  // corner a = 0: other nodes p, q
-    const bool q_far = tabs(q) >= tabs(p);
-    const U y = q_far ? p : q, z = q_far ? q : p;
-    const Cplx<U> Ey = {q_far ? Ep.re : Eq.re, q_far ? Ep.im : Eq.im};
-    const Cplx<U> r = rep_dd_lane(y, Ey);  // f[0, 0, y] (E0 = 1)
-    const U inv = U(1) / (U(0) - z);
-    Fa = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
-  }
-  {  // corner b = p: other nodes 0 and q, at distances p and q - p
-    const U d0 = -p, dq = q - p;
-    const bool q_far = tabs(dq) >= tabs(d0);
-    const U y = q_far ? d0 : dq;   // the nearer node, relative to p
-    const U z = q_far ? q : U(0);  // the farther node (absolute)
-    // exp(-i (y)) relative to p: exp(i p) = conj(Ep), exp(-i (q - p)) = Eq conj(Ep)
-    const Cplx<U> Ep_conj = {Ep.re, -Ep.im};
-    const Cplx<U> Eqp = cmul(Eq, Ep_conj);
-    const Cplx<U> Ey = {q_far ? Ep_conj.re : Eqp.re, q_far ? Ep_conj.im : Eqp.im};
-    const Cplx<U> r = cmul(Ep, rep_dd_lane(y, Ey));  // f[p, p, p + y]
-    const U inv = U(1) / (p - z);
-    Fb = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
-  }
-}
-
 // Relative phases of one face over a tile: p = 2 pi k.(b - a), q = 2 pi k.(c - a) formed in
 // double and rounded to T, whether any lane needs the recursive formulas, and the largest
 // max(|p|, |q|) of the series lanes (it sets the series length).
@@ -270,19 +191,23 @@ struct FaceLanes {
   T rmax;
 };
 
+// The double relative phases of lane j (one expression for the series and large-spread paths).
+inline void rel_phases(const TileFreqs& tf, const FaceGeom& g, int64_t j, double& pd, double& qd) {
+  pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
+  qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
+}
+
 template <typename T>
 inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L) {
   // The largest r is reduced on the bit patterns: for non-negative floats the unsigned integer
   // order is the numeric order, and an integer max reduction vectorises, a floating one does
   // not (without -ffast-math the compiler must keep the NaN semantics of a ? : select).
   using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  const double e1x = g.e1[0], e1y = g.e1[1], e1z = g.e1[2];
-  const double e2x = g.e2[0], e2y = g.e2[1], e2z = g.e2[2];
   constexpr Bits kMagnitude = ~(Bits(1) << (8 * sizeof(T) - 1));
   Bits any_large = 0, all_large = ~Bits(0), rbits = 0;
   for (int64_t j = 0; j < kTile; ++j) {
-    const double pd = tf.x[j] * e1x + tf.y[j] * e1y + tf.z[j] * e1z;
-    const double qd = tf.x[j] * e2x + tf.y[j] * e2y + tf.z[j] * e2z;
+    double pd, qd;
+    rel_phases(tf, g, j, pd, qd);
     L.p[j] = T(pd);
     L.q[j] = T(qd);
   }
@@ -325,23 +250,12 @@ inline void with_series_length(T r, Fn&& fn) {
 }
 
 // Forward: adds s * f[0, p, q] (relative to the anchor) of one face to the group sums.
-// Series lanes in T (straight-line code, vectorised across lanes), then the rare lanes whose
-// spread needs the recursion are redone one by one in double.
+// Series lanes in T, then, if some lanes' spread needs the recursion, the branch-free
+// recursion for every lane in double and a select (both loops vectorise across lanes).
 template <typename T>
 inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceLanes<T>& L,
                          double* __restrict__ gs_re, double* __restrict__ gs_im) {
   face_phases(tf, g, L);
-  if (!L.any_large) {  // the common case, fused: series straight into the group sums
-    with_series_length(L.rmax, [&](auto n) {
-      constexpr int N = decltype(n)::value;
-      for (int64_t j = 0; j < kTile; ++j) {
-        const Cplx<T> v = tri_series<T, N>(L.p[j], L.q[j]);
-        gs_re[j] += s * double(v.re);
-        gs_im[j] += s * double(v.im);
-      }
-    });
-    return;
-  }
   double ur[kTile], ui[kTile];
   if (L.all_large) {  // (the selects below read them: zero, not indeterminate)
     for (int64_t j = 0; j < kTile; ++j) ur[j] = ui[j] = 0.0;
@@ -353,15 +267,18 @@ inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceL
       ui[j] = double(v.im);
     }
   });
-  // the large lanes, in double (see expmi_anchor), all lanes computed and the large ones kept
-  for (int64_t j = 0; j < kTile; ++j) {
-    const double pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
-    const double qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
-    const Cplx<double> f =
-        dd2_lane<double, Tuning<T>::kPairTerms>(pd, qd, expmi_poly(pd), expmi_poly(qd));
-    const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
-    ur[j] = large ? f.re : ur[j];
-    ui[j] = large ? f.im : ui[j];
+  if (L.any_large) {
+    // in double (see expmi_anchor), all lanes computed and the large ones kept
+    const Cplx<double> one = {1.0, 0.0};
+    for (int64_t j = 0; j < kTile; ++j) {
+      double pd, qd;
+      rel_phases(tf, g, j, pd, qd);
+      const Cplx<double> f =
+          dd2_sorted<double, Tuning<T>::kPairTerms>(pd, qd, one, expmi_poly(pd), expmi_poly(qd));
+      const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
+      ur[j] = large ? f.re : ur[j];
+      ui[j] = large ? f.im : ui[j];
+    }
   }
   for (int64_t j = 0; j < kTile; ++j) {
     gs_re[j] += s * ur[j];
@@ -373,12 +290,12 @@ template <typename T>
 void forward_kernel(const T* verts, const int64_t* faces, const T* weights, const T* freqs,
                     int64_t V, int64_t F, int64_t K, c10::complex<T>* out) {
   // w * 2A per face; faces that contribute nothing are dropped from the hot loop.
-  const std::vector<double> two_area = face_two_areas(verts, faces, F);
+  std::vector<FaceGeom> geom = face_geometry(verts, faces, F);
   std::vector<double> w2a(static_cast<size_t>(F));
-  for (int64_t t = 0; t < F; ++t) w2a[t] = double(weights[t]) * two_area[t];
-  const std::vector<FaceGeom> geom = face_geometry(
-      verts, faces, F, choose_anchors(faces, F, V, [&](int64_t t) { return w2a[t] != 0.0; }));
-  const AnchorGroups G = group_by_anchor(geom, V, [&](int64_t t) { return w2a[t] != 0.0; });
+  for (int64_t t = 0; t < F; ++t) w2a[t] = double(weights[t]) * geom[t].two_area;
+  const auto live = [&](int64_t t) { return w2a[t] != 0.0; };
+  rotate_to_anchors(verts, choose_anchors(faces, F, V, live), geom);
+  const AnchorGroups G = group_by_anchor(geom, V, live);
   const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
   const int nt = std::max(1, std::min<int>(at::get_num_threads(), int(n_tiles)));
@@ -426,11 +343,8 @@ inline Cplx<double> expmi_grad<double>(double phi) {
 }
 template <>
 inline Cplx<float> expmi_grad<float>(double phi) {
-  const double two_over_pi = 0.63661977236758134307553505349006;
-  const double pi_over_2 = 1.5707963267948966192313216916398;
-  const double shifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
-  const double n = (phi * two_over_pi + shifter) - shifter;
-  const float r = float(phi - n * pi_over_2);
+  int q;
+  const float r = float(quadrant_reduce(phi, q));
   const float r2 = r * r;
   float sn = 1.0f / 362880.0f;  // 1/9!
   sn = sn * r2 - 1.0f / 5040.0f;
@@ -443,10 +357,7 @@ inline Cplx<float> expmi_grad<float>(double phi) {
   cs = cs * r2 - 1.0f / 24.0f;
   cs = cs * r2 + 0.5f;
   cs = 1.0f - cs * r2;
-  const int q = static_cast<int>(n) & 3;
-  const float cos_phi = q == 0 ? cs : (q == 1 ? -sn : (q == 2 ? -cs : sn));
-  const float sin_phi = q == 0 ? sn : (q == 1 ? cs : (q == 2 ? -sn : -cs));
-  return {cos_phi, -sin_phi};
+  return quadrant_rotate(q, cs, sn);
 }
 
 // Backward, one lane: g0 = Re(H F0) and g_corner = Re(H F_corner) k added to acc[0..9][j]
@@ -499,10 +410,10 @@ inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __res
   if (L.any_large) {
     // in T, like the series (the gradient contract is 1e-4 relative), all lanes computed
     for (int64_t j = 0; j < kTile; ++j) {
-      const double pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
-      const double qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
+      double pd, qd;
+      rel_phases(tf, g, j, pd, qd);
       Cplx<T> f0, fa, fb;
-      tri_grad_lane<T>(L.p[j], L.q[j], expmi_grad<T>(pd), expmi_grad<T>(qd), f0, fa, fb);
+      tri_grad_large<T>(L.p[j], L.q[j], expmi_grad<T>(pd), expmi_grad<T>(qd), f0, fa, fb);
       const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
       f0r[j] = large ? f0.re : f0r[j];
       f0i[j] = large ? f0.im : f0i[j];
@@ -530,11 +441,11 @@ template <typename T>
 void backward_kernel(const T* verts, const int64_t* faces, const T* weights, const T* freqs,
                      const c10::complex<T>* grad_out, int64_t V, int64_t F, int64_t K,
                      T* grad_verts, T* grad_weights) {
-  const std::vector<double> two_area = face_two_areas(verts, faces, F);
-  const std::vector<FaceGeom> geom = face_geometry(
-      verts, faces, F, choose_anchors(faces, F, V, [&](int64_t t) { return two_area[t] > 0.0; }));
+  std::vector<FaceGeom> geom = face_geometry(verts, faces, F);
   // non-degenerate faces; the others have exactly zero gradient
-  const AnchorGroups G = group_by_anchor(geom, V, [&](int64_t t) { return geom[t].two_area > 0.0; });
+  const auto live = [&](int64_t t) { return geom[t].two_area > 0.0; };
+  rotate_to_anchors(verts, choose_anchors(faces, F, V, live), geom);
+  const AnchorGroups G = group_by_anchor(geom, V, live);
   const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
   const int64_t n_live = static_cast<int64_t>(G.face.size());
   std::vector<FaceAcc> acc(static_cast<size_t>(n_live), FaceAcc{0.0, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}});

@@ -23,8 +23,9 @@
 //    with h_m the complete homogeneous symmetric polynomials (zero nodes drop out); all real
 //    arithmetic, no transcendental function, no cancellation.
 //  * larger spread: recursive divided differences that only ever divide by a difference of
-//    order of the spread: for the closest pair (u, v) and the third node w,
-//        f[u, v, w] = (f[u, v] - f[v, w]) / (u - w),  |u - w| >= spread / 2,
+//    order of the spread: for the nodes sorted, x0 <= x1 <= x2 (the median is in the closest
+//    pair),
+//        f[x0, x1, x2] = (f[x0, x1] - f[x1, x2]) / (x0 - x2),  |x0 - x2| = spread,
 //    with f[x, y] = (Ex - Ey) / (y - x) or, when |y - x| < kPair, Ex times its series; and
 //        f[x, x, y, z] = (f[x, x, y] - f[x, y, z]) / (x - z)  with |x - z| >= |x - y|.
 //    The absolute error is a few eps (relative to f(0) = 1/2) instead of the eps / (d1 d2) of
@@ -250,39 +251,6 @@ MESHFT_HD inline void acc_negi_pow(int m, T t, T& re, T& im) {
   }
 }
 
-// All four local values by series: F0 = f[0,p,q], Fa = f[0,0,p,q], Fb = f[p,p,0,q],
-// Fc = f[q,q,0,p] (relative to exp(-i pa)).
-template <typename T>
-MESHFT_HD inline void tri_series_grad(T p, T q, Cplx<T>& F0, Cplx<T>& Fa, Cplx<T>& Fb,
-                                      Cplx<T>& Fc) {
-  constexpr int N = Tuning<T>::kTriTerms;
-  const T e1 = p + q, e2 = p * q;
-  T h = T(1), hm1 = T(0);   // h_m(p, q), h_{m-1}
-  T hb = T(1), hc = T(1);   // h_m(p, p, q), h_m(q, p, q)
-  // m = 0: every h_0 is 1
-  T s2r = T(inv_factorial(2)), s2i = T(0);
-  T sar = T(inv_factorial(3)), sai = T(0);
-  T sbr = sar, sbi = T(0), scr = sar, sci = T(0);
-  MESHFT_UNROLL
-  for (int m = 1; m < N; ++m) {
-    const T hn = e1 * h - e2 * hm1;
-    hm1 = h;
-    h = hn;
-    hb = h + p * hb;
-    hc = h + q * hc;
-    const T c2 = T(inv_factorial(m + 2)), c3 = T(inv_factorial(m + 3));
-    acc_negi_pow(m, h * c2, s2r, s2i);
-    acc_negi_pow(m, h * c3, sar, sai);
-    acc_negi_pow(m, hb * c3, sbr, sbi);
-    acc_negi_pow(m, hc * c3, scr, sci);
-  }
-  F0 = {s2r, s2i};
-  // times -i: (x + iy)(-i) = y - i x
-  Fa = {sai, -sar};
-  Fb = {sbi, -sbr};
-  Fc = {sci, -scr};
-}
-
 // F0 = f[0,p,q], Fa = f[0,0,p,q], Fb = f[p,p,0,q] by series (relative to exp(-i pa)); the third
 // corner follows from translation invariance, Fa + Fb + Fc = -i F0, which saves a quarter of
 // the work.
@@ -310,79 +278,126 @@ MESHFT_HD inline void tri_series_grad_ab(T p, T q, Cplx<T>& F0, Cplx<T>& Fa, Cpl
 }
 
 // ---------------------------------------------------------------------------------------
-// Recursive divided differences with exponentials (large spread). Node values x, y are
-// relative phases (radians, any common origin); Ex = exp(-i x_abs) are the absolute
-// exponentials. Every result carries the absolute phase.
+// Divided differences with exponentials (large spread), written with selects instead of
+// branches so that loops over frequencies vectorise on the CPU (and warps do not diverge on the
+// GPU): both sides of each choice are computed and one is kept (the unused one may be inf or
+// nan; it is discarded, and nothing traps: the CPU build uses -fno-trapping-math so that the
+// compiler may evaluate a division whose result is discarded).
+//  * the three nodes are sorted by a network of compare-exchanges; for sorted x0 <= x1 <= x2
+//    the median is in the closest pair, so f[x0, x1, x2] = (f[x0, x1] - f[x1, x2]) / (x0 - x2)
+//    divides only by the full spread (>= the regime switch);
+//  * f[x, y] is Ex times the pair series below the pair switch, else (Ex - Ey) / (y - x);
+//  * f[x, x, y, z] = (f[x, x, y] - f[x, y, z]) / (x - z) with z the node farther from x (at
+//    least half the spread away), f[x, x, y] by its series or (f[x, y] - i Ex) / (y - x).
+// The absolute error is a few eps (relative to f(0) = 1/2) instead of the eps / (d1 d2) of the
+// textbook closed form.
 
-// f[x, y]
-template <typename T>
-MESHFT_HD inline Cplx<T> dd1(T x, Cplx<T> Ex, T y, Cplx<T> Ey) {
-  const T d = y - x;
-  if (tabs(d) < Tuning<T>::pair()) return cmul(Ex, pair_series(d));
-  return cscale(csub(Ex, Ey), T(1) / d);
+template <typename U>
+MESHFT_HD inline void cswap_nodes(U& x, Cplx<U>& Ex, U& y, Cplx<U>& Ey) {
+  const bool sw = x > y;
+  const U lo = sw ? y : x, hi = sw ? x : y;
+  const Cplx<U> Elo = {sw ? Ey.re : Ex.re, sw ? Ey.im : Ex.im};
+  const Cplx<U> Ehi = {sw ? Ex.re : Ey.re, sw ? Ex.im : Ey.im};
+  x = lo;
+  y = hi;
+  Ex = Elo;
+  Ey = Ehi;
 }
 
-// f[x, x, y]
-template <typename T>
-MESHFT_HD inline Cplx<T> dd2rep(T x, Cplx<T> Ex, T y, Cplx<T> Ey) {
-  const T d = y - x;
-  if (tabs(d) < Tuning<T>::pair()) return cmul(Ex, pair2_series(d));
-  // (f[x, x] - f[x, y]) / (x - y) with f[x, x] = f'(x) = i Ex
-  return cscale(csub(dd1(x, Ex, y, Ey), cmul_i(Ex)), T(1) / d);
+// f[x, y] (N terms of the pair series below the pair switch)
+template <typename U, int N = Tuning<U>::kPairTerms>
+MESHFT_HD inline Cplx<U> pair_dd(U x, Cplx<U> Ex, U y, Cplx<U> Ey) {
+  const U d = y - x;
+  const Cplx<U> ser = cmul(Ex, pair_series<U, N>(d));
+  const U inv = U(1) / d;
+  const Cplx<U> quo = {(Ex.re - Ey.re) * inv, (Ex.im - Ey.im) * inv};
+  const bool near = tabs(d) < U(Tuning<U>::pair());
+  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
 }
 
-// f[x, y, z] for a spread that is not small.
-template <typename T>
-MESHFT_HD inline Cplx<T> dd2(T x, Cplx<T> Ex, T y, Cplx<T> Ey, T z, Cplx<T> Ez) {
-  const T dxy = tabs(y - x), dxz = tabs(z - x), dyz = tabs(z - y);
-  // closest pair (u, v), far node w: f[u,v,w] = (f[u,v] - f[v,w]) / (u - w)
-  if (dxy <= dxz && dxy <= dyz) {
-    return cscale(csub(dd1(x, Ex, y, Ey), dd1(y, Ey, z, Ez)), T(1) / (x - z));
-  }
-  if (dxz <= dyz) {
-    return cscale(csub(dd1(x, Ex, z, Ez), dd1(z, Ez, y, Ey)), T(1) / (x - y));
-  }
-  return cscale(csub(dd1(y, Ey, z, Ez), dd1(z, Ez, x, Ex)), T(1) / (y - x));
+// f[0, p, q] for the nodes 0, p, q with exponentials E0, Ep, Eq (absolute or relative to any
+// common origin; the result carries the same phase).
+template <typename U, int N = Tuning<U>::kPairTerms>
+MESHFT_HD inline Cplx<U> dd2_sorted(U p, U q, Cplx<U> E0, Cplx<U> Ep, Cplx<U> Eq) {
+  U x0 = U(0), x1 = p, x2 = q;
+  cswap_nodes(x0, E0, x1, Ep);
+  cswap_nodes(x1, Ep, x2, Eq);
+  cswap_nodes(x0, E0, x1, Ep);
+  const Cplx<U> f01 = pair_dd<U, N>(x0, E0, x1, Ep);
+  const Cplx<U> f12 = pair_dd<U, N>(x1, Ep, x2, Eq);
+  const U inv = U(1) / (x0 - x2);
+  return {(f01.re - f12.re) * inv, (f01.im - f12.im) * inv};
 }
 
-// f[x, x, y, z] given F = f[x, y, z], for a spread that is not small (then one of y, z is at
-// least spread / 2 away from x).
-template <typename T>
-MESHFT_HD inline Cplx<T> dd3rep(T x, Cplx<T> Ex, T y, Cplx<T> Ey, T z, Cplx<T> Ez, Cplx<T> F) {
-  if (tabs(z - x) >= tabs(y - x)) {
-    return cscale(csub(dd2rep(x, Ex, y, Ey), F), T(1) / (x - z));
+// f[x, x, x + d] / Ex from the relative exponential Ed = exp(-i d): the pair2 series, or
+// (f[0, d] - i) / d with f[0, d] = (1 - Ed) / d.
+template <typename U>
+MESHFT_HD inline Cplx<U> rep_dd(U d, Cplx<U> Ed) {
+  const Cplx<U> ser = pair2_series<U>(d);
+  const U inv = U(1) / d;
+  const U f0d_re = (U(1) - Ed.re) * inv, f0d_im = (-Ed.im) * inv;
+  const Cplx<U> quo = {f0d_re * inv, (f0d_im - U(1)) * inv};
+  const bool near = tabs(d) < U(Tuning<U>::pair());
+  return {near ? ser.re : quo.re, near ? ser.im : quo.im};
+}
+
+// F0 = f[0, p, q], Fa = f[0, 0, p, q], Fb = f[p, p, 0, q] for a large spread, from the
+// relative exponentials Ep = exp(-i p), Eq = exp(-i q) (results relative to exp(-i pa)).
+template <typename U>
+MESHFT_HD inline void tri_grad_large(U p, U q, Cplx<U> Ep, Cplx<U> Eq, Cplx<U>& F0, Cplx<U>& Fa,
+                                     Cplx<U>& Fb) {
+  F0 = dd2_sorted<U>(p, q, Cplx<U>{U(1), U(0)}, Ep, Eq);
+  {  // corner a = 0: other nodes p, q
+    const bool q_far = tabs(q) >= tabs(p);
+    const U y = q_far ? p : q, z = q_far ? q : p;
+    const Cplx<U> Ey = {q_far ? Ep.re : Eq.re, q_far ? Ep.im : Eq.im};
+    const Cplx<U> r = rep_dd(y, Ey);  // f[0, 0, y] (E0 = 1)
+    const U inv = U(1) / (U(0) - z);
+    Fa = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
   }
-  return cscale(csub(dd2rep(x, Ex, z, Ez), F), T(1) / (x - y));
+  {  // corner b = p: other nodes 0 and q, at distances p and q - p
+    const U d0 = -p, dq = q - p;
+    const bool q_far = tabs(dq) >= tabs(d0);
+    const U y = q_far ? d0 : dq;   // the nearer node, relative to p
+    const U z = q_far ? q : U(0);  // the farther node (absolute)
+    // exp(-i y) relative to p: exp(i p) = conj(Ep), exp(-i (q - p)) = Eq conj(Ep)
+    const Cplx<U> Ep_conj = {Ep.re, -Ep.im};
+    const Cplx<U> Eqp = cmul(Eq, Ep_conj);
+    const Cplx<U> Ey = {q_far ? Ep_conj.re : Eqp.re, q_far ? Ep_conj.im : Eqp.im};
+    const Cplx<U> r = cmul(Ep, rep_dd(y, Ey));  // f[p, p, p + y]
+    const U inv = U(1) / (p - z);
+    Fb = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
+  }
 }
 
 // ---------------------------------------------------------------------------------------
-// Per (face, frequency) entry points.
+// Per (face, frequency) entry points (the CUDA kernels use these; the CPU kernels call the
+// pieces above lane-wise, see meshft_cpu_kernels.h).
 
 // f[pa, pb, pc] from p = pb - pa, q = pc - pa and the absolute exponentials.
 template <typename T>
 MESHFT_HD inline Cplx<T> tri_f(T p, T q, Cplx<T> Ea, Cplx<T> Eb, Cplx<T> Ec) {
   if (spread3(p, q) < Tuning<T>::spread()) return cmul(Ea, tri_series(p, q));
-  return dd2(T(0), Ea, p, Eb, q, Ec);
+  return dd2_sorted<T>(p, q, Ea, Eb, Ec);
 }
 
 // f[pa, pb, pc] and its partial derivatives with respect to pa, pb, pc
-// (f[pa,pa,pb,pc], f[pb,pb,pa,pc], f[pc,pc,pa,pb]).
+// (f[pa,pa,pb,pc], f[pb,pb,pa,pc], f[pc,pc,pa,pb]); the third from translation invariance,
+// Fa + Fb + Fc = -i F0.
 template <typename T>
 MESHFT_HD inline void tri_f_grad(T p, T q, Cplx<T> Ea, Cplx<T> Eb, Cplx<T> Ec, Cplx<T>& F0,
                                  Cplx<T>& Fa, Cplx<T>& Fb, Cplx<T>& Fc) {
+  Cplx<T> s0, sa, sb;
   if (spread3(p, q) < Tuning<T>::spread()) {
-    Cplx<T> s0, sa, sb, sc;
-    tri_series_grad(p, q, s0, sa, sb, sc);
-    F0 = cmul(Ea, s0);
-    Fa = cmul(Ea, sa);
-    Fb = cmul(Ea, sb);
-    Fc = cmul(Ea, sc);
-    return;
+    tri_series_grad_ab(p, q, s0, sa, sb);
+  } else {
+    const Cplx<T> ea_conj = {Ea.re, -Ea.im};
+    tri_grad_large(p, q, cmul(Eb, ea_conj), cmul(Ec, ea_conj), s0, sa, sb);
   }
-  F0 = dd2(T(0), Ea, p, Eb, q, Ec);
-  Fa = dd3rep(T(0), Ea, p, Eb, q, Ec, F0);
-  Fb = dd3rep(p, Eb, T(0), Ea, q, Ec, F0);
-  Fc = dd3rep(q, Ec, T(0), Ea, p, Eb, F0);
+  F0 = cmul(Ea, s0);
+  Fa = cmul(Ea, sa);
+  Fb = cmul(Ea, sb);
+  Fc = csub(csub(cmul_i(cscale(F0, T(-1))), Fa), Fb);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -434,12 +449,28 @@ MESHFT_HD inline Cplx<double> expmi<double>(double phi) {
 // the phases met here. Used for the CPU kernels' anchor and relative exponentials, and (via
 // expmi<float>) rounded once to float: within 0.5 float ulp (+1e-14), where a float polynomial
 // (~1.6 ulp) would use most of the float accuracy budget (about 2.5 ulp of f(0)).
-MESHFT_HD inline Cplx<double> expmi_poly(double phi) {
+// phi = n pi/2 + r with |r| <= pi/4, in double; quadrant = n mod 4. Shared by the double
+// polynomial below and the CPU backward's float one.
+MESHFT_HD inline double quadrant_reduce(double phi, int& quadrant) {
   const double two_over_pi = 0.63661977236758134307553505349006;
   const double pi_over_2 = 1.5707963267948966192313216916398;
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
   const double n = (phi * two_over_pi + shifter) - shifter;
-  const double r = phi - n * pi_over_2;
+  quadrant = static_cast<int>(n) & 3;
+  return phi - n * pi_over_2;
+}
+
+// exp(-i phi) from cos(r), sin(r) of the reduced phase and the quadrant.
+template <typename U>
+MESHFT_HD inline Cplx<U> quadrant_rotate(int q, U c, U s) {
+  const U cos_phi = q == 0 ? c : (q == 1 ? -s : (q == 2 ? -c : s));
+  const U sin_phi = q == 0 ? s : (q == 1 ? c : (q == 2 ? -s : -c));
+  return {cos_phi, -sin_phi};
+}
+
+MESHFT_HD inline Cplx<double> expmi_poly(double phi) {
+  int q;
+  const double r = quadrant_reduce(phi, q);
   const double r2 = r * r;
   double s = 1.0 / 6227020800.0;  // 1/13!
   s = s * r2 - 1.0 / 39916800.0;
@@ -456,11 +487,7 @@ MESHFT_HD inline Cplx<double> expmi_poly(double phi) {
   c = c * r2 - 1.0 / 24.0;
   c = c * r2 + 0.5;
   c = 1.0 - c * r2;
-  // cos(phi) and sin(phi) from the quadrant q = n mod 4
-  const int q = static_cast<int>(n) & 3;
-  const double cos_phi = q == 0 ? c : (q == 1 ? -s : (q == 2 ? -c : s));
-  const double sin_phi = q == 0 ? s : (q == 1 ? c : (q == 2 ? -s : -c));
-  return {cos_phi, -sin_phi};
+  return quadrant_rotate(q, c, s);
 }
 
 template <>
