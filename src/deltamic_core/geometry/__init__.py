@@ -11,6 +11,8 @@ labelled (l1, l2) with the normal pointing from l1 into l2; a plain mesh is one 
   (:mod:`._junctions`), volume preservation and ``triangle_quality``.
 - :mod:`.measure`: ``measure`` (volume, area, sphericity, centroid per cell), ``contacts``.
 - :mod:`.rasterize`: ``label_image`` (ray parity along x, per cell bounding box).
+- :mod:`.mechanics`: ``mechanics`` (per-vertex mean/Gaussian curvature per interface, contact
+  angles on triple lines, Young-Dupre tensions, Laplace pressures).
 """
 from .ops import (
     cell_faces,
@@ -31,6 +33,7 @@ from .ops import (
     volumes_by_label,
 )
 from .measure import Measurements, contact_matrix, contacts, measure
+from .mechanics import MechanicsResult, mechanics
 from .rasterize import inside_mask, label_image
 from .remesh import remesh, triangle_quality
 from .seed import icosphere, meshes_from_labels, seed_spheres
@@ -63,6 +66,8 @@ __all__ = [
     "contacts",
     "contact_matrix",
     "Measurements",
+    "mechanics",
+    "MechanicsResult",
     "label_image",
     "inside_mask",
 ]
