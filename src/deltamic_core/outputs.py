@@ -9,6 +9,13 @@ A fit (from the command line, a batch task or a time-lapse frame) produces one d
     DIR/contacts.csv       one row per pair of touching cells: shared area
     DIR/report.json        loss history, timings, PSF parameters, versions, command line
 
+and, with the mechanics analysis (:func:`write_mechanics_outputs`)::
+
+    DIR/mechanics.csv      one row per interface: curvature, relative tension, pressures, residuals
+    DIR/junctions.csv      one row per triple line: contact angle of each of its three regions
+    DIR/curvature.csv      one row per (vertex, interface): mean and Gaussian curvature
+    DIR/mesh.ply           then carries vertex properties mean_curvature, gaussian_curvature
+
 Everything is written into a hidden sibling directory first and renamed into place at the end
 (:func:`staged_directory`), with ``report.json`` written last: a directory that holds a
 ``report.json`` is complete, which is what batch and time-lapse runs test to resume.
@@ -36,7 +43,8 @@ ERROR_NAME = "error.txt"
 # Files a deltamic run may leave in a directory: an existing directory holding only these (or
 # nothing) may be replaced; anything else belongs to the user and is never deleted.
 _OWN_FILES = {"mesh.rec", "mesh.ply", "labels.tif", "measurements.csv", "contacts.csv",
-              REPORT_NAME, ERROR_NAME, "image.tif", "target.ply", "tracks.csv", "summary.csv"}
+              REPORT_NAME, ERROR_NAME, "image.tif", "target.ply", "tracks.csv", "summary.csv",
+              "mechanics.csv", "junctions.csv", "curvature.csv"}
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
@@ -281,3 +289,36 @@ def _contact_row(r: Mapping) -> dict:
     if a is None and "cells" in r:
         a, b = r["cells"]
     return {"cell_a": int(a), "cell_b": int(b), "area_um2": float(_pick(r, "area_um2", "area"))}
+
+
+def write_mechanics_outputs(out_dir: str | os.PathLike, mesh: Mesh, result=None, **options) -> dict:
+    """Write mechanics.csv, junctions.csv, curvature.csv and mesh.ply with curvature properties.
+
+    ``result`` is a :class:`deltamic_core.geometry.mechanics.MechanicsResult` of ``mesh``
+    (computed with ``options`` passed to :func:`~deltamic_core.geometry.mechanics.mechanics`
+    when not given). Vertex indices in curvature.csv are those of mesh.ply. Returns a summary
+    for report.json (per-cell pressures, residuals, units and conventions).
+    """
+    from . import io as dio
+    from .geometry.mechanics import (CURVATURE_COLUMNS, INTERFACE_COLUMNS, JUNCTION_COLUMNS,
+                                     mechanics)
+
+    if result is None:
+        result = mechanics(mesh, **options)
+    out = Path(out_dir)
+    write_csv(out / "mechanics.csv", result.rows("interfaces"), INTERFACE_COLUMNS)
+    write_csv(out / "junctions.csv", result.rows("junctions"), JUNCTION_COLUMNS)
+    write_csv(out / "curvature.csv", result.rows("curvature"), CURVATURE_COLUMNS)
+    dio.write_mesh(out / "mesh.ply", mesh, vertex_properties={
+        "mean_curvature": np.nan_to_num(result.vertex_mean_curvature),
+        "gaussian_curvature": np.nan_to_num(result.vertex_gaussian_curvature)})
+    return {
+        "conventions": "interface (a, b), a < b: normal from b into a; mean curvature H > 0 when it bulges "
+                       "into a; Laplace p_b - p_a = 2 tension H; tensions relative (mean 1 per connected "
+                       "group unless fixed), pressures in tension units per um, medium (0) at 0",
+        "force_residual_rms": result.residual_rms,
+        "n_triple_points": int(len(result.points["vertex"])),
+        "pressures": {int(c): float(p) for c, p in zip(result.cells["cell"], result.cells["pressure"])},
+        "tensions": [{"cell_a": int(a), "cell_b": int(b), "tension": float(t)} for a, b, t in
+                     zip(result.interfaces["cell_a"], result.interfaces["cell_b"], result.interfaces["tension"])],
+    }

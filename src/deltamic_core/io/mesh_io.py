@@ -107,6 +107,7 @@ def _load_trimesh(path: str, suffix: str):
     return coords, faces, labels
 
 
+
 def _load_meshio(path: str):
     import meshio
 
@@ -287,9 +288,10 @@ def read_mesh(
 # --------------------------------------------------------------------------------------------
 
 
-def _write_ply(fh, coords, faces, labels) -> None:
+def _write_ply(fh, coords, faces, labels, vertex_properties=None) -> None:
     # Written by hand: trimesh stores PLY vertices as float32 and meshio drops face properties;
     # this keeps float64 coordinates and the per-face labels.
+    props = dict(vertex_properties or {})
     header = [
         "ply",
         "format binary_little_endian 1.0",
@@ -298,6 +300,17 @@ def _write_ply(fh, coords, faces, labels) -> None:
         "property double x",
         "property double y",
         "property double z",
+    ]
+    vfields = [("x", "<f8"), ("y", "<f8"), ("z", "<f8")]
+    for name, values in props.items():
+        if not name.isidentifier() or name in ("x", "y", "z"):
+            raise ValueError(f"vertex property name {name!r} must be a plain identifier other than x, y, z")
+        if np.shape(values) != (len(coords),):
+            raise ValueError(f"vertex property {name!r} must have one value per vertex ({len(coords)}), "
+                             f"got shape {np.shape(values)}")
+        header.append(f"property double {name}")
+        vfields.append((name, "<f8"))
+    header += [
         f"element face {len(faces)}",
         "property list uchar int vertex_indices",
     ]
@@ -315,7 +328,15 @@ def _write_ply(fh, coords, faces, labels) -> None:
         record["label1"] = labels[:, 0]
         record["label2"] = labels[:, 1]
     fh.write(("\n".join(header) + "\n").encode("ascii"))
-    fh.write(np.ascontiguousarray(coords, dtype="<f8").tobytes())
+    if props:
+        vrec = np.empty(len(coords), dtype=np.dtype(vfields))
+        for k, axis in enumerate("xyz"):
+            vrec[axis] = coords[:, k]
+        for name, values in props.items():
+            vrec[name] = np.asarray(values, dtype=np.float64)
+        fh.write(vrec.tobytes())
+    else:
+        fh.write(np.ascontiguousarray(coords, dtype="<f8").tobytes())
     fh.write(record.tobytes())
 
 
@@ -326,6 +347,7 @@ def write_mesh(
     *,
     axis_order: str = "zyx",
     binary: bool = False,
+    vertex_properties: dict | None = None,
 ) -> None:
     """Write ``mesh`` atomically; the format follows the extension.
 
@@ -346,6 +368,10 @@ def write_mesh(
     binary : bool
         Binary ``.rec`` (other formats: PLY, STL and VTK are always written binary, OBJ and OFF
         as text with round-trip precision).
+    vertex_properties : dict {name: (V,) floats}, optional
+        Per-vertex scalars (e.g. curvatures) written as extra double vertex properties of a
+        ``.ply`` file (other formats refuse them), after x, y, z (so any PLY reader, e.g.
+        trimesh, meshio or ParaView, sees them); ``read_mesh`` reads the geometry and labels.
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a deltamic_core.mesh.Mesh, got {type(mesh).__name__}")
@@ -383,9 +409,11 @@ def write_mesh(
             f"{suffix} files cannot store the per-face labels; use .rec, .ply or .vtk to keep them",
             stacklevel=2,
         )
+    if vertex_properties and suffix != ".ply":
+        raise ValueError(f"vertex properties can only be written to .ply files, not {suffix}")
     if suffix == ".ply":
         with atomic_write(path, "wb") as fh:
-            _write_ply(fh, coords, faces, labels)
+            _write_ply(fh, coords, faces, labels, vertex_properties)
     elif suffix == ".stl":
         import trimesh
 
