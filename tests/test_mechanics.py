@@ -262,3 +262,39 @@ def test_mechanics_outputs_round_trip(tmp_path):
         from deltamic_core.io import write_mesh
 
         write_mesh(tmp_path / "x.obj", mesh, vertex_properties={"h": np.zeros(len(v))})
+
+
+def test_interface_surfaces_colour_each_interface_by_its_own_values():
+    from deltamic_core.geometry.mechanics import interface_surfaces
+
+    v, f, lab, _ = doublet_from_tensions(1.0, 1.3, 0.8, rho=RHO, n_ring=32)
+    mesh = Mesh(v, f, lab)
+    r = mechanics(mesh)
+    s = interface_surfaces(mesh, r)
+    assert len(s["verts"]) == len(v) + 2 * 32 and len(s["faces"]) == len(f)
+    # the same triangles (face order kept, winding possibly reversed), now on split vertices
+    assert np.array_equal(np.sort(s["vertex"][s["faces"]], axis=1), np.sort(f, axis=1))
+    assert np.array_equal(s["verts"], v[s["vertex"]])
+    for p, (a, b) in enumerate(zip(r.interfaces["cell_a"], r.interfaces["cell_b"])):
+        fv = s["faces"][s["face_interface"] == p].reshape(-1)
+        assert np.all(s["cell_a"][fv] == a) and np.all(s["cell_b"][fv] == b)
+        assert np.allclose(s["tension"][fv], r.interfaces["tension"][p])
+
+
+@pytest.mark.gui
+def test_mechanics_layer_in_a_viewer(make_napari_viewer):
+    from napari_deltamic._mechanics import mechanics_layer_data
+
+    v, f, lab, _ = doublet_from_tensions(1.0, 1.3, 0.8, rho=RHO, n_ring=24)
+    mesh = Mesh(v, f, lab)
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, kind = mechanics_layer_data(mesh, color_by="tension")
+    assert kind == "surface"
+    layer = viewer.add_surface(data, **kwargs)
+    assert list(layer.features.columns) == ["interface", "vertex", "mean_curvature_per_um",
+                                            "gaussian_curvature_per_um2", "tension"]
+    assert len(layer.features) == len(layer.vertices)
+    t = layer.features.groupby("interface")["tension"].first()
+    assert t["1-2"] < t["0-1"] < t["0-2"]  # tensions 0.8 < 1 < 1.3
+    with pytest.raises(ValueError, match="color_by must be one of"):
+        mechanics_layer_data(mesh, color_by="pressure")

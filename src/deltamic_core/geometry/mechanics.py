@@ -64,6 +64,7 @@ __all__ = [
     "infer_tensions",
     "infer_pressures",
     "split_interfaces",
+    "interface_surfaces",
     "INTERFACE_COLUMNS",
     "JUNCTION_COLUMNS",
     "CURVATURE_COLUMNS",
@@ -658,3 +659,35 @@ def _junction_table(pts, verts):
             cols["length_um"].append(float(w.sum()))
             cols["force_residual"].append(float(np.sqrt(np.sum(w * pts["residual"][hit] ** 2) / w.sum())))
     return {k: np.asarray(v) for k, v in cols.items()}
+
+
+def interface_surfaces(mesh: Mesh, result: MechanicsResult | None = None) -> dict:
+    """The mesh split along its triple lines, one vertex copy per interface, for display.
+
+    Each interface keeps its own copy of the junction vertices, so values that differ between
+    interfaces (curvature, tension) colour each interface exactly. Vertex ``i`` of the result is
+    row ``i`` of ``result.curvature``.
+
+    Returns a dict: ``verts`` (N, 3), ``faces`` (F, 3) wound by the module convention,
+    ``vertex`` (N,) index into ``mesh.verts``, ``cell_a``/``cell_b`` (N,), ``mean_curvature``,
+    ``gaussian_curvature``, ``tension`` (N,) and ``face_interface`` (F,).
+    """
+    if result is None:
+        result = mechanics(mesh)
+    faces, pairs, face_if = split_interfaces(mesh)
+    cur = result.curvature
+    rows_a, rows_b = cur["cell_a"], cur["cell_b"]
+    new_faces = np.empty_like(faces)
+    tension_of = {}
+    for p, (a, b) in enumerate(pairs.tolist()):
+        block = np.flatnonzero((rows_a == a) & (rows_b == b))
+        tension_of[(a, b)] = result.interfaces["tension"][p]
+        sel = face_if == p
+        local = np.searchsorted(cur["vertex"][block], faces[sel])
+        new_faces[sel] = block[local]
+    tension = np.array([tension_of[(int(a), int(b))] for a, b in zip(rows_a, rows_b)])
+    return {"verts": mesh.verts[cur["vertex"]], "faces": new_faces, "vertex": cur["vertex"].copy(),
+            "cell_a": rows_a.copy(), "cell_b": rows_b.copy(),
+            "mean_curvature": cur["mean_curvature_per_um"].copy(),
+            "gaussian_curvature": cur["gaussian_curvature_per_um2"].copy(), "tension": tension,
+            "face_interface": face_if}
