@@ -7,7 +7,7 @@ density 1 on outer faces, 2 on faces shared by two cells) with a Gaussian PSF, s
 corrupted by Poisson noise, on anisotropic voxels ``--spacing`` (z, y, x).
 
 Fit: spheres at the true cell centroids, radii estimated from the image
-(:func:`deltamic_core.cli.estimate_seed_radii`, as ``deltamic fit --seeds`` does; ``--seed-frac``
+(:func:`deltamic_core.pipeline.estimate_seed_radii`, as ``deltamic fit --seeds`` does; ``--seed-frac``
 uses a fraction of the true equivalent radius instead), default
 :class:`~deltamic_core.fit.FitConfig` with the Poisson loss unless told otherwise. Baseline:
 seeded watershed (``skimage.segmentation.watershed`` on the smoothed image, markers at the same
@@ -176,7 +176,7 @@ def main(argv=None):
     ap.add_argument("--edge", type=float, default=None, help="seed/remesh edge length (um); default 4 x xy voxel")
     ap.add_argument("--seed-frac", type=float, default=0.0,
                     help="seed radius / equivalent cell radius; 0 (default): estimate the radii from the image "
-                         "as `deltamic fit --seeds` does (deltamic_core.cli.estimate_seed_radii)")
+                         "as `deltamic fit --seeds` does (deltamic_core.pipeline.estimate_seed_radii)")
     ap.add_argument("--iterations", type=int, nargs="+", default=None, help="per level")
     ap.add_argument("--levels", type=int, nargs="+", default=None)
     ap.add_argument("--loss", default="poisson")
@@ -224,7 +224,7 @@ def main(argv=None):
     if args.seed_frac > 0:
         radii = args.seed_frac * r_eq
     else:
-        from deltamic_core.cli import estimate_seed_radii
+        from deltamic_core.pipeline import estimate_seed_radii
 
         radii = estimate_seed_radii(image, spacing, np.asarray(centroids) - np.asarray(origin), blur_um=args.sigma)
     print("seed radii (um): " + ", ".join(f"{r:.2f}" for r in radii) + " vs equivalent radii " +

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deltamic_core import cli, geometry
+from deltamic_core import cli, geometry, pipeline
 from deltamic_core.io import atomic_write, read_mesh, write_tiff
 from deltamic_core.psf import GaussianPSF
 
@@ -81,7 +81,7 @@ def main(argv=None):
 
     mesh, shape = truth_mesh()
     psf = GaussianPSF(sigma_um=SIGMA).requires_grad_(False)
-    image = cli.render_mesh_image(mesh, shape, SPACING, psf, noise="poisson", photons=60.0, background=5.0, seed=1)
+    image = pipeline.render_mesh_image(mesh, shape, SPACING, psf, noise="poisson", photons=60.0, background=5.0, seed=1)
     write_tiff(out / "embryo.tif", image, SPACING)
     table = geometry.measure(mesh)
     with atomic_write(out / "seeds.csv", mode="w") as fh:

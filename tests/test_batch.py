@@ -9,8 +9,9 @@ import pytest
 import tifffile
 import trimesh
 
-from deltamic_core.batch import BatchItem, expand_items, fit_item, format_summary, run_tasks
-from deltamic_core.cli import build_parser, main, render_mesh_image
+from deltamic_core.pipeline.batch import BatchItem, expand_items, fit_item, format_summary, run_tasks
+from deltamic_core.cli import build_parser, job_from_args, main
+from deltamic_core.pipeline import render_mesh_image
 from deltamic_core.mesh import Mesh
 from deltamic_core.psf import GaussianPSF
 
@@ -56,7 +57,7 @@ def test_batch_isolates_a_failure_and_resumes(client, inputs, tmp_path, capsys):
     args = _fit_args(out, inputs, threads=2)
     items = expand_items(args.inputs)
     assert [it.name for it in items] == ["small", "large", "broken"]
-    res = run_tasks(fit_item, items, out, kwargs={"fit_args": args}, client=client, threads_per_worker=2, log=None)
+    res = run_tasks(fit_item, items, out, kwargs={"job": job_from_args(args)}, client=client, threads_per_worker=2, log=None)
     status = {r["item"]: r for r in res}
     assert [status[n]["status"] for n in ("small", "large", "broken")] == ["ok", "ok", "failed"]
     for n in ("small", "large"):

@@ -233,7 +233,7 @@ def test_mechanics_outputs_round_trip(tmp_path):
 
     import trimesh
 
-    from deltamic_core.outputs import write_mechanics_outputs
+    from deltamic_core.pipeline.outputs import write_mechanics_outputs
 
     v, f, lab, _ = doublet_from_tensions(1.0, 1.3, 0.8, rho=RHO, n_ring=32)
     mesh = Mesh(v, f, lab)

@@ -122,22 +122,12 @@ def synthetic_embryo(params: dict = EMBRYO_PARAMS, *, use_cache: bool = True) ->
 
 
 def _render_embryo(mesh, shape, spacing, params) -> np.ndarray:
-    import torch
-
+    from deltamic_core.pipeline import render_mesh_image
     from deltamic_core.psf import GaussianPSF
-    from deltamic_core.render import Renderer
 
-    psf = GaussianPSF(sigma_um=tuple(params["sigma_um"]))
-    renderer = Renderer(shape, spacing, psf)
-    verts = torch.as_tensor(mesh.verts, dtype=torch.float32)
-    faces = torch.as_tensor(mesh.faces)
-    weights = torch.as_tensor(mesh.face_intensity(), dtype=torch.float32)
-    with torch.no_grad():
-        clean = renderer.render(verts, faces, weights).cpu().numpy().astype(np.float64)
-    clean = np.clip(clean, 0.0, None)
-    expected = params["background_photons"] + params["peak_photons"] * clean / clean.max()
-    rng = np.random.default_rng(params["seed"])
-    return rng.poisson(expected).astype(np.float32)
+    return render_mesh_image(mesh, shape, spacing, GaussianPSF(sigma_um=tuple(params["sigma_um"])), noise="poisson",
+                             photons=params["peak_photons"], background=params["background_photons"],
+                             seed=params["seed"])
 
 
 def make_sample_data() -> list[tuple]:

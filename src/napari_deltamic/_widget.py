@@ -11,8 +11,6 @@ Surface layers hold vertices in um, so image and meshes overlay without further 
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import threading
 import time
@@ -223,36 +221,36 @@ class DeltaMicWidget(QWidget):
             self.sigma_boxes.append(b)
         return page
 
-    def _optics_rows(self, form: QFormLayout, immersion_key: str) -> dict:
+    def _optics_rows(self, form: QFormLayout) -> dict:
         boxes = {
             "na": spin(1.4, 0.05, 1.7, decimals=3, tooltip="numerical aperture"),
             "wavelength_um": spin(0.52, 0.2, 2.0, decimals=3, suffix="um", tooltip="emission wavelength in vacuum"),
-            immersion_key: spin(1.515, 1.0, 2.0, decimals=3, tooltip="refractive index of the immersion medium"),
+            "n_immersion": spin(1.515, 1.0, 2.0, decimals=3, tooltip="refractive index of the immersion medium"),
         }
         form.addRow("NA", boxes["na"])
         form.addRow("wavelength", boxes["wavelength_um"])
-        form.addRow("n immersion", boxes[immersion_key])
+        form.addRow("n immersion", boxes["n_immersion"])
         return boxes
 
     def _gibson_lanni_page(self) -> QWidget:
         page = QWidget()
         form = QFormLayout(page)
         form.setContentsMargins(0, 0, 0, 0)
-        self.gl_boxes = self._optics_rows(form, "ni")
-        self.gl_boxes["ns"] = spin(1.33, 1.0, 2.0, decimals=3, tooltip="refractive index of the sample")
-        self.gl_boxes["particle_depth_um"] = spin(0.0, 0.0, 500.0, decimals=2, suffix="um",
+        self.gl_boxes = self._optics_rows(form)
+        self.gl_boxes["n_sample"] = spin(1.33, 1.0, 2.0, decimals=3, tooltip="refractive index of the sample")
+        self.gl_boxes["depth_um"] = spin(0.0, 0.0, 500.0, decimals=2, suffix="um",
                                                   tooltip="depth of the cells below the coverslip")
-        form.addRow("n sample", self.gl_boxes["ns"])
-        form.addRow("depth", self.gl_boxes["particle_depth_um"])
+        form.addRow("n sample", self.gl_boxes["n_sample"])
+        form.addRow("depth", self.gl_boxes["depth_um"])
         return page
 
     def _hanser_page(self) -> QWidget:
         page = QWidget()
         form = QFormLayout(page)
         form.setContentsMargins(0, 0, 0, 0)
-        self.hanser_boxes = self._optics_rows(form, "n_immersion")
+        self.hanser_boxes = self._optics_rows(form)
         self.zernike_edit = QLineEdit()
-        self.zernike_edit.setPlaceholderText("Noll: waves, e.g. 4: 0.1, 11: -0.05")
+        self.zernike_edit.setPlaceholderText("NOLL=WAVES, e.g. 4=0.1 11=-0.05")
         self.zernike_edit.setToolTip("Zernike coefficients of the pupil phase (waves), by Noll index")
         form.addRow("Zernike", self.zernike_edit)
         return page
@@ -474,26 +472,34 @@ class DeltaMicWidget(QWidget):
         return self.viewer.add_surface(data, **kwargs)
 
     # ------------------------------------------------------------------ PSF
-    def make_psf(self):
-        """The PSF model chosen in the widget, built by ``deltamic_core.psf``."""
-        from deltamic_core import psf as psf_mod
+    def psf_spec(self):
+        """The PSF chosen in the widget as the pipeline's PSFSpec (the CLI's --psf options)."""
+        from deltamic_core.pipeline import PSFSpec
 
         model = self.psf_combo.currentText()
+        learn = bool(self.learn_psf.isChecked())
         if model == "Gaussian":
-            return psf_mod.GaussianPSF(sigma_um=tuple(b.value() for b in self.sigma_boxes))
+            return PSFSpec("gaussian", {"sigma_um": tuple(b.value() for b in self.sigma_boxes)}, learn)
         if model == "Gibson-Lanni":
-            params = {k: b.value() for k, b in self.gl_boxes.items()}
-            # the objective is used with the immersion medium it was designed for
-            return psf_mod.GibsonLanniPSF(**params, ni0=params["ni"])
-        if model == "Hanser + Zernike":
-            params = {k: b.value() for k, b in self.hanser_boxes.items()}
-            return psf_mod.HanserPSF(**params, zernike=parse_zernike(self.zernike_edit.text()))
+            return PSFSpec("gibson-lanni", {k: b.value() for k, b in self.gl_boxes.items()}, learn)
+        params = {k: b.value() for k, b in self.hanser_boxes.items()}
+        if self.zernike_edit.text().strip():
+            params["zernike"] = self.zernike_edit.text()
+        return PSFSpec("hanser", params, learn)
+
+    def make_psf(self):
+        """The PSF model chosen in the widget, built by the pipeline's ``make_psf``."""
+        from deltamic_core import pipeline
+        from deltamic_core.psf import MeasuredPSF
+
+        if self.psf_combo.currentText() != "Measured (Image layer)":
+            return pipeline.make_psf(self.psf_spec(), self.spacing_um())
         bead = self.bead_combo.layer()
         if bead is None:
             raise ValueError("measured PSF: choose an Image layer holding a bead image")
         if bead.ndim != 3:
             raise ValueError(f"measured PSF: bead image {bead.name!r} has {bead.ndim} dimensions, (Z, Y, X) needed")
-        return psf_mod.MeasuredPSF.from_bead_image(np.asarray(bead.data, dtype=np.float32), image_spacing(bead))
+        return MeasuredPSF.from_bead_image(np.asarray(bead.data, dtype=np.float32), image_spacing(bead))
 
     def _current_mesh(self):
         """The mesh to preview: the fit layer if present, else the seeds."""
@@ -748,9 +754,9 @@ class DeltaMicWidget(QWidget):
     @_guarded
     def measure(self, *args):
         """Per-cell volume, area, sphericity and contacts of the fitted mesh, shown in the table."""
-        from deltamic_core.geometry import measure
+        from deltamic_core.pipeline.outputs import cell_table
 
-        rows = measure_rows(measure(self.result_mesh()))
+        rows = cell_table(self.result_mesh())
         self.measurements = rows
         self._fill_table(rows)
         return rows
@@ -771,17 +777,11 @@ class DeltaMicWidget(QWidget):
 
     def save_csv(self, path) -> str:
         """Write the measurements table to ``path`` as CSV (atomically)."""
-        from deltamic_core.io import atomic_write
+        from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS, write_csv
 
         if not self.measurements:
             raise ValueError("no measurements yet: press Measure first")
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self._measure_columns)
-        writer.writeheader()
-        for row in self.measurements:
-            writer.writerow(row)
-        with atomic_write(path, "w") as fh:
-            fh.write(buf.getvalue())
+        write_csv(path, self.measurements, CELL_TABLE_COLUMNS)
         return str(path)
 
     @_guarded
@@ -852,15 +852,9 @@ class _CloseWatcher(QObject):
 
 def _render_preview(mesh, shape, spacing, origin, psf, backend) -> np.ndarray:
     """Worker body of Preview: the noise-free image of ``mesh`` (membrane intensities) on the grid."""
-    import torch
+    from deltamic_core.pipeline import render_mesh_image
 
-    from deltamic_core.render import Renderer
-
-    renderer = Renderer(shape, spacing, psf, origin_um=origin, backend=backend)
-    with torch.no_grad():
-        out = renderer.render(torch.as_tensor(mesh.verts, dtype=torch.float32), torch.as_tensor(mesh.faces),
-                              torch.as_tensor(mesh.face_intensity(), dtype=torch.float32))
-    return out.cpu().numpy()
+    return render_mesh_image(mesh, shape, spacing, psf, origin, backend=backend)
 
 
 def _fit_steps(vol, spacing, origin, init_mesh, psf, config, t0, holder: dict):
@@ -883,48 +877,3 @@ def _fit_steps(vol, spacing, origin, init_mesh, psf, config, t0, holder: dict):
                      dict(res.psf_params), now - t_start, now - t0)
         del res
         yield step
-
-
-def parse_zernike(text: str) -> dict[int, float]:
-    """``"4: 0.1, 11: -0.05"`` -> ``{4: 0.1, 11: -0.05}`` (Noll index: coefficient)."""
-    out: dict[int, float] = {}
-    text = text.strip()
-    if not text:
-        return out
-    for item in text.replace(";", ",").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition(":")
-        if not sep:
-            raise ValueError(f"Zernike: expected 'noll: coefficient', got {item!r}")
-        try:
-            noll = int(key)
-            coeff = float(value)
-        except ValueError:
-            raise ValueError(f"Zernike: cannot read {item!r} as 'integer: number'") from None
-        if noll < 1:
-            raise ValueError(f"Zernike: Noll indices start at 1, got {noll}")
-        out[noll] = coeff
-    return out
-
-
-def measure_rows(table) -> list[dict]:
-    """One row per cell from ``deltamic_core.geometry.measure``'s table, plus its contacts.
-
-    The (n, 3) ``centroid`` column is dropped (its components are separate columns); each row
-    gets the total area shared with other cells and the list of neighbours with the areas.
-    """
-    contacts = getattr(table, "contacts", None) or {"cell_a": [], "cell_b": [], "area_um2": []}
-    rows = []
-    for row in table.rows():
-        row = {k: v for k, v in row.items() if k != "centroid"}
-        cell = row["cell"]
-        shared = []
-        for a, b, area in zip(contacts["cell_a"], contacts["cell_b"], contacts["area_um2"]):
-            if a == cell or b == cell:
-                shared.append((int(b if a == cell else a), float(area)))
-        row["contact_area_um2"] = float(sum(area for _, area in shared))
-        row["contacts"] = " ".join(f"{other}:{area:.3g}" for other, area in sorted(shared))
-        rows.append(row)
-    return rows

@@ -41,13 +41,9 @@ class _MeshFT(torch.autograd.Function):
         if not (need_v or need_w):
             return None, None, None, None, None, None
         arg = ctx.arg if ctx.backend.needs_band else freqs
-        grad_out = grad_out.to(_complex_of(verts.dtype)).contiguous()
+        grad_out = grad_out.to(verts.dtype.to_complex()).contiguous()
         gv, gw = ctx.backend.backward(verts, faces, weights, arg, grad_out)
         return (gv if need_v else None), (gw if need_w else None), None, None, None, None
-
-
-def _complex_of(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
 
 
 def _check_freqs(freqs, verts: torch.Tensor):
@@ -133,7 +129,7 @@ def mesh_ft(verts, faces, freqs, weights=None, *, backend: str = "auto") -> torc
         raise ValueError(f"backend: {name!r} needs freqs given as a GridBand (grid frequencies), got a tensor")
     if k.shape[0] == 0:
         # an empty transform, still connected to the graph so backward() works
-        return (v.sum() * 0 + w.sum() * 0).to(_complex_of(v.dtype)).expand(0).clone()
+        return (v.sum() * 0 + w.sum() * 0).to(v.dtype.to_complex()).expand(0).clone()
     return _MeshFT.apply(v.contiguous(), w.contiguous(), f.contiguous(), k.contiguous(), band, b)
 
 

@@ -314,10 +314,6 @@ def _tiles(n_freq: int, n_face: int, bytes_per_pair: int, max_bytes: int):
             yield k0, min(n_freq, k0 + kt), f0, min(n_face, f0 + ft)
 
 
-def _complex_dtype(dtype):
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
-
-
 def forward(verts, faces, weights, freqs, *, max_bytes: int = DEFAULT_MAX_BYTES):
     """U(k) = sum_t w_t 2 A_t f[pa, pb, pc]; (K,) complex of the precision of ``verts``."""
     geo = _FaceGeometry(verts, faces)
@@ -332,7 +328,7 @@ def forward(verts, faces, weights, freqs, *, max_bytes: int = DEFAULT_MAX_BYTES)
         w = wa2[f0:f1]
         out_re[k0:k1] += re @ w
         out_im[k0:k1] += im @ w
-    return torch.complex(out_re, out_im).to(_complex_dtype(verts.dtype))
+    return torch.complex(out_re, out_im).to(verts.dtype.to_complex())
 
 
 def backward(verts, faces, weights, freqs, grad_out, *, max_bytes: int = DEFAULT_MAX_BYTES):

@@ -89,10 +89,6 @@ def _check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _complex_of(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
-
-
 class PSFModel(nn.Module):
     """Base class of the PSF/OTF models (see the module docstring for the contract).
 
@@ -212,7 +208,7 @@ class SampledPSFModel(PSFModel):
         inten, _, _ = self._fine_intensity(grid, device)
         spec = crop_spectrum(torch.fft.rfftn(inten), grid)
         spec = spec / spec[0, 0, 0].real
-        return spec.to(_complex_of(dtype))
+        return spec.to(dtype.to_complex())
 
     def psf(self, grid: FFTGrid, dtype=torch.float32, device=None) -> torch.Tensor:
         """Point samples of the PSF at ``grid``'s FFT-order coordinates, a density in 1/um^3

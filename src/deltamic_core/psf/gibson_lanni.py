@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..grid import FFTGrid
-from ._base import _sampling_settings, PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _complex_of, _nonnegative, _positive
+from ._base import _sampling_settings, PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _nonnegative, _positive
 from ._sampling import bessel_j0, interp1d_uniform, leggauss, oversampling_factors
 
 _POSITIVE = ("na", "wavelength_um", "ni", "ni0", "ns", "ng", "ng0", "tg", "tg0", "ti0")
@@ -233,7 +233,7 @@ class GibsonLanniPSF(SampledPSFModel):
         out = interp1d_uniform(spec, dk, kr)                               # (Nz, Ny, Nxh)
         # the scalar PSF's OTF is exactly zero beyond 2 NA / lambda
         out = torch.where((kr <= self._band_limits()[1])[None], out, torch.zeros((), dtype=out.dtype, device=dev))
-        return out.to(_complex_of(dtype))
+        return out.to(dtype.to_complex())
 
     def psf(self, grid: FFTGrid, dtype=torch.float32, device=None) -> torch.Tensor:
         """PSF samples at ``grid``'s FFT-order coordinates, a density in 1/um^3 normalised

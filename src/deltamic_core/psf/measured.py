@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from .._checks import check_spacing
 from ..grid import FFTGrid
-from ._base import PARAM_DTYPE, PSFModel, _check_dtype, _check_grid, _complex_of
+from ._base import PARAM_DTYPE, PSFModel, _check_dtype, _check_grid
 
 
 class MeasuredPSF(PSFModel):
@@ -140,7 +140,7 @@ class MeasuredPSF(PSFModel):
         out = torch.einsum("abx,by->ayx", out, kernel(fy, cy, sy))
         out = torch.einsum("ayx,az->zyx", out, kernel(fz, cz, sz))
         out = out * (sz * sy * sx)
-        return out.to(_complex_of(dtype))
+        return out.to(dtype.to_complex())
 
     def extent_um(self) -> tuple[float, float, float]:
         """Half-widths of the stored samples' support (where they are > 0), plus one voxel."""

@@ -63,10 +63,6 @@ _FALLBACK_PAIR_BYTES = 48
 _FALLBACK_TILE_PAIRS = 2**22
 
 
-def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
-
-
 class Renderer:
     """Render plan: padded FFT box, narrow band and OTF cache for one image geometry and PSF.
 
@@ -146,7 +142,7 @@ class Renderer:
                 raise ValueError(f"max_memory_bytes must be positive, got {max_memory_bytes}")
         self.psf = psf
         self.dtype = dtype
-        self.complex_dtype = _complex_dtype(dtype)
+        self.complex_dtype = dtype.to_complex()
         self.device = torch.device(device)
         self.backend = backend
         self.max_memory_bytes = max_memory_bytes

@@ -3,7 +3,7 @@
 Cells keep their labels from frame to frame (the mesh fitted at t, with its labels, is the
 initial mesh at t + 1), so the label is the track identity. Outputs::
 
-    OUT/t0000/ ... OUT/tNNNN/   one fit's outputs directory per frame (see deltamic_core.outputs)
+    OUT/t0000/ ... OUT/tNNNN/   one fit's outputs directory per frame (see deltamic_core.pipeline.outputs)
     OUT/tracks.csv              cell, t, volume_um3, area_um2, sphericity, centroid (z, y, x) um
     OUT/report.json             per-frame losses and timings, written last
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .mesh import Mesh
+from ..mesh import Mesh
 from .outputs import REPORT_NAME, is_complete, write_csv, write_json
 
 TRACK_COLUMNS = ("cell", "t", "volume_um3", "area_um2", "sphericity", "centroid_z_um", "centroid_y_um", "centroid_x_um")
@@ -50,9 +50,8 @@ def track_stack(stack: np.ndarray, spacing_um, init_mesh: Mesh, psf, config, out
     -------
     list of dict: the rows of ``tracks.csv``.
     """
-    from .cli import fit_to_directory
-    from .io import read_mesh
-    from .outputs import _records
+    from ..io import read_mesh
+    from .run import fit_and_write
 
     stack = np.asarray(stack)
     if stack.ndim != 4:
@@ -74,14 +73,14 @@ def track_stack(stack: np.ndarray, spacing_um, init_mesh: Mesh, psf, config, out
             cells = rep.get("cells", [])
             frames.append({"t": t, "resumed": True, "final_loss": rep.get("final_loss")})
         else:
-            _, rep, psf = fit_to_directory(stack[t], spacing_um, mesh, psf, config, fdir, command=command,
+            _, rep, psf = fit_and_write(stack[t], spacing_um, mesh, psf, config, fdir, command=command,
                                       extra={"input": input_path, "frame": t}, progress=progress,
                                       desc=f"t={t}/{stack.shape[0] - 1}")
             mesh = _fitted_mesh(fdir, spacing_um)
             cells = rep["cells"]
             frames.append({"t": t, "final_loss": rep.get("final_loss"), "timings": rep.get("timings"),
                            "iterations": rep.get("iterations")})
-        for c in _records(cells):
+        for c in cells:
             rows.append({"cell": c["cell"], "t": t, **{k: c[k] for k in TRACK_COLUMNS[2:] if k in c}})
     write_csv(out / "tracks.csv", rows, TRACK_COLUMNS)
     from .outputs import versions
@@ -95,6 +94,23 @@ def track_stack(stack: np.ndarray, spacing_um, init_mesh: Mesh, psf, config, out
 def _fitted_mesh(fdir: Path, spacing_um) -> Mesh:
     # the next frame starts from what was written, so a resumed run and an uninterrupted one
     # start every frame from identical meshes
-    from .io import read_mesh
+    from ..io import read_mesh
 
     return read_mesh(fdir / "mesh.rec", spacing_um=tuple(spacing_um))
+
+
+def track_job(job) -> list[dict]:
+    """Fit every frame of the TZYX image of ``job`` (a FitJob without ``frame``) into ``job.out``."""
+    from .inputs import initial_mesh, load_image
+    from .outputs import check_replaceable
+    from .psfspec import make_psf
+    from .run import check_device
+
+    check_replaceable(job.out)
+    check_device(job.device, job.backend)
+    stack, spacing = load_image(job.image, channel=job.channel, spacing=job.spacing_um, allow_time=True, what="STACK")
+    psf = make_psf(job.psf, spacing)
+    config = job.fit_config()
+    init = initial_mesh(job.init, stack[0], spacing, psf=psf, edge_um=job.edge_um)
+    return track_stack(stack, spacing, init, psf, config, job.out, command=job.command, progress=job.progress,
+                       input_path=str(job.image))

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .errors import one_line
 from .outputs import ERROR_NAME, atomic_write_text, is_complete, staged_directory, write_csv
 
 
@@ -111,18 +112,15 @@ def _time_points(path: Path) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # the task
 # ---------------------------------------------------------------------------------------------
-def fit_item(item: BatchItem, item_dir: str, fit_args) -> dict:
-    """Fit one item with the options of ``deltamic fit`` (an argparse namespace) into ``item_dir``."""
-    from . import cli
+def fit_item(item: BatchItem, item_dir: str, job) -> dict:
+    """Fit one item with the options of ``job`` (a :class:`~deltamic_core.pipeline.FitJob`;
+    ``{stem}`` in its init path becomes the item's stem) into ``item_dir``."""
+    from .run import fit_and_write, prepare
 
-    image, spacing = cli.load_image(item.path, channel=fit_args.channel, frame=item.frame, spacing=fit_args.spacing)
-    psf = cli.make_psf(fit_args, spacing)
-    config = cli.fit_config(fit_args)
-    init = cli.initial_mesh(fit_args, image, spacing, stem=Path(item.path).name.split(".")[0], psf=psf)
-    _, report, _ = cli.fit_to_directory(image, spacing, init, psf, config, item_dir,
-                                     command=getattr(fit_args, "argv", None),
-                                     extra={"input": item.path, "frame": item.frame, "item": item.name},
-                                     progress=False)
+    p = prepare(job.for_item(item.path, item.frame, item.stem))
+    _, report, _ = fit_and_write(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, item_dir,
+                                 origin_um=p.origin_um, command=job.command,
+                                 extra={"input": item.path, "frame": item.frame, "item": item.name}, progress=False)
     return {"n_cells": report["n_cells"], "final_loss": report.get("final_loss")}
 
 
@@ -142,16 +140,10 @@ def _run_item(func: Callable, item: BatchItem, item_dir: str, threads: int, kwar
         status.update(func(item, item_dir, **kwargs) or {})
     except Exception as exc:  # noqa: BLE001 - failure isolation: every error becomes a status
         status["status"] = "failed"
-        status["error"] = _one_line(exc)
+        status["error"] = one_line(exc)
         write_error(item_dir, status["error"], traceback.format_exc())
     status["seconds"] = time.perf_counter() - t0
     return status
-
-
-def _one_line(exc: BaseException) -> str:
-    from .cli import _one_line as one_line
-
-    return one_line(exc)
 
 
 def write_error(item_dir: str | os.PathLike, message: str, details: str = "") -> None:
@@ -172,7 +164,7 @@ def run_tasks(func: Callable, items: Sequence[BatchItem], out_dir: str | os.Path
     ----------
     func : callable
         Importable (picklable) function writing ``item_dir`` (with ``report.json`` last, e.g.
-        through :func:`deltamic_core.outputs.staged_directory`); returns a dict merged into the
+        through :func:`deltamic_core.pipeline.outputs.staged_directory`); returns a dict merged into the
         item's status, or raises.
     items : sequence of BatchItem
     out_dir : path
@@ -271,7 +263,7 @@ def _submit_all(client, func, items, out: Path, threads: int, kwargs: dict, log)
         try:
             st = fut.result()
         except Exception as exc:  # noqa: BLE001 - a worker died or the task could not run
-            msg = _one_line(exc)
+            msg = one_line(exc)
             st = {"item": it.name, "status": "failed", "seconds": 0.0, "error": msg}
             try:
                 write_error(out / it.name, msg, "".join(traceback.format_exception(exc)))
@@ -284,14 +276,11 @@ def _submit_all(client, func, items, out: Path, threads: int, kwargs: dict, log)
     return done
 
 
-def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, fit_args, **kwargs) -> list[dict]:
-    """Fit every input (and every time point of TZYX inputs) with ``deltamic fit`` options.
-
-    ``fit_args`` is the argparse namespace of the fit options (see :mod:`deltamic_core.cli`);
-    other keyword arguments go to :func:`run_tasks`.
-    """
+def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, job, **kwargs) -> list[dict]:
+    """Fit every input (and every time point of TZYX inputs) with the options of ``job``
+    (a :class:`~deltamic_core.pipeline.FitJob`); other keyword arguments go to :func:`run_tasks`."""
     items = expand_items(inputs)
-    return run_tasks(fit_item, items, out_dir, kwargs={"fit_args": fit_args}, **kwargs)
+    return run_tasks(fit_item, items, out_dir, kwargs={"job": job}, **kwargs)
 
 
 def format_summary(results: Sequence[dict]) -> str:

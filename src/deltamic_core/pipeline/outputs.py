@@ -36,7 +36,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .mesh import Mesh
+from ..mesh import Mesh
 
 REPORT_NAME = "report.json"
 ERROR_NAME = "error.txt"
@@ -114,7 +114,7 @@ def staged_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file through a temporary name and ``os.replace``."""
-    from .io import atomic_write
+    from ..io import atomic_write
 
     with atomic_write(path, "w") as fh:
         fh.write(text)
@@ -159,7 +159,7 @@ def versions() -> dict:
     import scipy
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     out = {"deltamic": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "scipy": scipy.__version__, "platform": platform.platform()}
@@ -205,7 +205,7 @@ def write_fit_outputs(out_dir: str | os.PathLike, mesh: Mesh, *, shape: Sequence
     """
     import time
 
-    from . import io as dio
+    from .. import io as dio
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -213,7 +213,7 @@ def write_fit_outputs(out_dir: str | os.PathLike, mesh: Mesh, *, shape: Sequence
     dio.write_mesh(out / "mesh.rec", mesh, spacing_um=tuple(spacing_um))
     dio.write_mesh(out / "mesh.ply", mesh)
     if labels is None:
-        from .geometry import label_image
+        from ..geometry import label_image
 
         labels = label_image(mesh, tuple(shape), tuple(spacing_um), tuple(origin_um))
     dio.write_tiff(out / "labels.tif", np.asarray(labels, dtype=np.int32), tuple(spacing_um))
@@ -234,61 +234,32 @@ def write_fit_outputs(out_dir: str | os.PathLike, mesh: Mesh, *, shape: Sequence
 
 
 def measurement_rows(mesh: Mesh) -> tuple[list[dict], list[dict]]:
-    """Per-cell and per-contact rows from :func:`deltamic_core.geometry.measure`."""
-    from . import geometry
+    """Per-cell rows (:data:`MEASUREMENT_COLUMNS`) and per-contact rows (:data:`CONTACT_COLUMNS`)
+    of :func:`deltamic_core.geometry.measure`."""
+    from .. import geometry
 
     table = geometry.measure(mesh)
-    cells, contacts = _split_measure(table)
+    cells = [{k: row[k] for k in MEASUREMENT_COLUMNS} for row in table.rows()]
+    c = table.contacts
+    contacts = [{"cell_a": int(a), "cell_b": int(b), "area_um2": float(area)}
+                for a, b, area in zip(c["cell_a"], c["cell_b"], c["area_um2"])]
     return cells, contacts
 
 
-def _split_measure(table) -> tuple[list[dict], list[dict]]:
-    # geometry.measure returns per-cell records plus contacts; normalise to our column names
-    if isinstance(table, tuple) and len(table) == 2:
-        cells, contacts = table
-    elif isinstance(table, Mapping) and "cells" in table:
-        cells, contacts = table["cells"], table.get("contacts", [])
-    else:
-        cells, contacts = table, getattr(table, "contacts", [])
-    return [_cell_row(r) for r in _records(cells)], [_contact_row(r) for r in _records(contacts)]
+CELL_TABLE_COLUMNS = MEASUREMENT_COLUMNS + ("contact_area_um2", "contacts")
 
 
-def _records(obj) -> list[dict]:
-    if obj is None:
-        return []
-    if hasattr(obj, "to_dict"):  # a pandas DataFrame
-        return obj.to_dict("records")
-    if isinstance(obj, Mapping):
-        keys = list(obj)
-        n = len(obj[keys[0]]) if keys else 0
-        return [{k: obj[k][i] for k in keys} for i in range(n)]
-    return [dict(r) if isinstance(r, Mapping) else dict(vars(r)) for r in obj]
-
-
-def _pick(row: Mapping, *names, default=None):
-    for n in names:
-        if n in row:
-            return row[n]
-    return default
-
-
-def _cell_row(r: Mapping) -> dict:
-    c = _pick(r, "centroid_um", "centroid")
-    cz, cy, cx = (c if c is not None else (_pick(r, "centroid_z_um", "centroid_z"), _pick(r, "centroid_y_um", "centroid_y"),
-                                           _pick(r, "centroid_x_um", "centroid_x")))
-    return {"cell": int(_pick(r, "cell", "label", "id")),
-            "volume_um3": float(_pick(r, "volume_um3", "volume")),
-            "area_um2": float(_pick(r, "area_um2", "area")),
-            "sphericity": float(_pick(r, "sphericity")),
-            "centroid_z_um": float(cz), "centroid_y_um": float(cy), "centroid_x_um": float(cx)}
-
-
-def _contact_row(r: Mapping) -> dict:
-    a = _pick(r, "cell_a", "a", "l1", "label_a")
-    b = _pick(r, "cell_b", "b", "l2", "label_b")
-    if a is None and "cells" in r:
-        a, b = r["cells"]
-    return {"cell_a": int(a), "cell_b": int(b), "area_um2": float(_pick(r, "area_um2", "area"))}
+def cell_table(mesh: Mesh) -> list[dict]:
+    """One row per cell (:data:`CELL_TABLE_COLUMNS`): the measurements plus the total area shared
+    with other cells and the neighbours as ``"cell:area ..."`` (the widget's table)."""
+    cells, contacts = measurement_rows(mesh)
+    rows = []
+    for row in cells:
+        shared = sorted((c["cell_b"] if c["cell_a"] == row["cell"] else c["cell_a"], c["area_um2"])
+                        for c in contacts if row["cell"] in (c["cell_a"], c["cell_b"]))
+        rows.append({**row, "contact_area_um2": float(sum(a for _, a in shared)),
+                     "contacts": " ".join(f"{other}:{area:.3g}" for other, area in shared)})
+    return rows
 
 
 def write_mechanics_outputs(out_dir: str | os.PathLike, mesh: Mesh, result=None, **options) -> dict:
@@ -299,9 +270,8 @@ def write_mechanics_outputs(out_dir: str | os.PathLike, mesh: Mesh, result=None,
     when not given). Vertex indices in curvature.csv are those of mesh.ply. Returns a summary
     for report.json (per-cell pressures, residuals, units and conventions).
     """
-    from . import io as dio
-    from .geometry.mechanics import (CURVATURE_COLUMNS, INTERFACE_COLUMNS, JUNCTION_COLUMNS,
-                                     mechanics)
+    from .. import io as dio
+    from ..geometry.mechanics import CURVATURE_COLUMNS, INTERFACE_COLUMNS, JUNCTION_COLUMNS, mechanics
 
     if result is None:
         result = mechanics(mesh, **options)

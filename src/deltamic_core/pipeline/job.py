@@ -1,0 +1,97 @@
+""":class:`FitJob`: everything one fit needs, as plain picklable data.
+
+The command line (:mod:`deltamic_core.cli`), the napari widget and batch tasks all describe a
+fit as a ``FitJob`` and hand it to :func:`deltamic_core.pipeline.run` or
+:func:`~deltamic_core.pipeline.fit_to_directory`; options left at ``None`` take the fitter's
+defaults (:class:`deltamic_core.fit.FitConfig`), so every front end fits the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .inputs import InitSpec
+from .psfspec import PSFSpec
+
+#: FitJob field -> the command-line option (messages name what the user can change)
+OPTION = {"iterations": "--iterations", "levels": "--levels", "loss": "--loss", "edge_um": "--edge",
+          "device": "--device", "backend": "--backend", "channel": "--channel", "frame": "--frame",
+          "spacing_um": "--spacing"}
+
+
+@dataclass
+class FitJob:
+    """One fit: image, initial meshes, PSF, fit options, where to compute and where to write.
+
+    Attributes
+    ----------
+    image : path of the image file (ZYX, TZYX with ``frame``), or None with ``image_data``
+    image_data : (Z, Y, X) array instead of a file (then ``spacing_um`` is required)
+    spacing_um : voxel size (z, y, x) in um; overrides the file's metadata
+    origin_um : centre of voxel (0, 0, 0) in um
+    channel, frame : channel index of a multi-channel file; time point of a TZYX file
+    init : :class:`InitSpec` (mesh, seeds or labels)
+    psf : :class:`PSFSpec` (model, parameters, learn flag)
+    iterations, levels, loss, edge_um, lr, lambda_smooth : FitConfig fields (None: default)
+    config : further FitConfig fields by name
+    device, backend : "cpu"/"cuda", mesh Fourier transform backend ("auto")
+    threads : torch threads for the fit (None: leave torch's setting)
+    out : output directory; overwrite : may replace an earlier result there
+    command : the command line that made the job (for report.json)
+    progress : show a progress bar
+    """
+
+    image: str | None = None
+    image_data: np.ndarray | None = None
+    spacing_um: tuple | None = None
+    origin_um: tuple = (0.0, 0.0, 0.0)
+    channel: int | None = None
+    frame: int | None = None
+    init: InitSpec | None = None
+    psf: PSFSpec = field(default_factory=PSFSpec)
+    iterations: int | None = None
+    levels: tuple | None = None
+    loss: str | None = None
+    edge_um: float | None = None
+    lr: float | None = None
+    lambda_smooth: float | None = None
+    config: dict = field(default_factory=dict)
+    device: str = "cpu"
+    backend: str = "auto"
+    threads: int | None = None
+    out: str | None = None
+    overwrite: bool = False
+    command: list | None = None
+    progress: bool = True
+
+    def replace(self, **changes) -> "FitJob":
+        return dataclasses.replace(self, **changes)
+
+    def for_item(self, path: str, frame: int | None, stem: str) -> "FitJob":
+        """The job of one batch item: its file and frame, ``{stem}`` substituted in the init path."""
+        return self.replace(image=str(path), frame=frame, init=self.init.for_stem(stem) if self.init else None)
+
+    def fit_config(self):
+        """The :class:`~deltamic_core.fit.FitConfig` of this job (unset options keep the defaults)."""
+        from ..fit import FitConfig
+
+        kw = {"learn_psf": bool(self.psf.learn), "device": self.device, "backend": self.backend}
+        for name, cfg_name in (("iterations", "iterations"), ("loss", "loss"), ("edge_um", "target_edge_um"),
+                               ("lr", "lr"), ("lambda_smooth", "lambda_smooth")):
+            if getattr(self, name) is not None:
+                kw[cfg_name] = getattr(self, name)
+        if self.levels is not None:
+            kw["levels"] = tuple(self.levels)
+        kw.update(self.config)
+        names = {f.name for f in dataclasses.fields(FitConfig)}
+        unknown = sorted(k for k in kw if k not in names)
+        if unknown:
+            raise InputError(f"unknown fit option(s): {', '.join(unknown)}")
+        try:
+            return FitConfig(**kw)
+        except (TypeError, ValueError) as exc:
+            # FitConfig names its fields; say it in command-line terms
+            raise InputError(str(exc).replace("FitConfig.levels", "--levels").replace("FitConfig.", "fit option ")) from None

@@ -1,0 +1,253 @@
+"""Running a :class:`~deltamic_core.pipeline.job.FitJob`: check everything, fit, write.
+
+:func:`prepare` reads and checks every input (before any work), :func:`fit_steps` drives the
+:class:`~deltamic_core.fit.Fitter` one step at a time (the napari widget's worker),
+:func:`run` fits to completion, :func:`fit_to_directory` also writes the outputs directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FitFailedError, InputError
+from .inputs import initial_mesh, load_image
+from .job import FitJob
+from .psfspec import make_psf
+
+
+def check_device(device: str, backend: str) -> None:
+    """Refuse a device torch cannot use or a mesh-transform backend that is not installed."""
+    import torch
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but torch sees no CUDA device (use --device cpu)")
+    if backend != "auto":
+        from ..meshft import available_backends
+
+        have = available_backends()
+        if backend not in have:
+            raise InputError(f"--backend {backend!r} is not available here; available: {', '.join(have)} or auto")
+
+
+@dataclass
+class Prepared:
+    """The checked inputs of a fit, ready for the Fitter."""
+
+    image: np.ndarray  # (Z, Y, X) float32
+    spacing_um: tuple
+    origin_um: tuple
+    psf: object
+    config: object
+    init_mesh: object
+    job: FitJob
+
+
+def prepare(job: FitJob) -> Prepared:
+    """Read and check every input of ``job`` (raises :class:`InputError` before any work)."""
+    from .._checks import check_spacing, check_vector3
+
+    if job.init is None:
+        raise InputError("give exactly one of --init MESH, --seeds CSV or --labels TIF")
+    check_device(job.device, job.backend)
+    if job.image_data is not None:
+        if job.spacing_um is None:
+            raise InputError("an in-memory image needs its voxel size (spacing_um)")
+        image = _check_array(job.image_data)
+        spacing = check_spacing(job.spacing_um, "--spacing")
+    else:
+        image, spacing = load_image(job.image, channel=job.channel, frame=job.frame, spacing=job.spacing_um)
+    origin = check_vector3(job.origin_um, "origin_um")
+    psf = make_psf(job.psf, spacing)
+    config = job.fit_config()
+    init = initial_mesh(job.init, image, spacing, psf=psf, edge_um=job.edge_um, origin_um=origin)
+    return Prepared(image, spacing, origin, psf, config, init, job)
+
+
+def _check_array(data) -> np.ndarray:
+    image = np.asarray(data, dtype=np.float32)
+    if image.ndim != 3:
+        raise InputError(f"the image must be a 3D stack (Z, Y, X), got shape {image.shape}")
+    if min(image.shape) < 4:
+        raise InputError(f"the image is too small: shape {image.shape} (need at least 4 voxels per axis)")
+    bad = int(np.count_nonzero(~np.isfinite(image)))
+    if bad:
+        raise InputError(f"the image contains {bad} NaN or Inf voxels")
+    if float(image.max()) == float(image.min()):
+        raise InputError("the image is constant: nothing to fit")
+    return image
+
+
+def make_fitter(p: Prepared):
+    from ..fit import Fitter
+
+    return Fitter(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, origin_um=p.origin_um)
+
+
+def fit_steps(p: Prepared, holder: dict | None = None):
+    """Build the Fitter and yield its :class:`~deltamic_core.fit.StepResult` after each step.
+
+    The Fitter lives only in ``holder["fitter"]`` (no local reference survives a ``yield``):
+    a caller may release it, with its solver and render plan, by clearing ``holder`` while
+    the generator stays suspended; the generator then ends.
+    """
+    holder = {} if holder is None else holder
+    holder["fitter"] = make_fitter(p)
+    while "fitter" in holder and not holder["fitter"].done:
+        yield holder["fitter"].step()
+
+
+def run_fit(image, spacing_um, init_mesh, psf, config, *, origin_um=(0.0, 0.0, 0.0), progress: bool = True,
+            desc: str = "fit"):
+    """Run a :class:`~deltamic_core.fit.Fitter` to completion with a progress bar.
+
+    Returns ``(result, timings, fitted_psf)``: the FitResult, seconds (setup, fit,
+    per_iteration, and the fitter's own), the fitted PSF model (a copy).
+    """
+    from tqdm.auto import tqdm
+
+    from ..fit import Fitter
+
+    t0 = time.perf_counter()
+    fitter = Fitter(image, tuple(spacing_um), init_mesh, psf, config, origin_um=tuple(origin_um))
+    t1 = time.perf_counter()
+    bar = tqdm(total=int(config.total_iterations), desc=desc, unit="it", disable=not progress, file=sys.stderr,
+               leave=False, dynamic_ncols=True)
+
+    def callback(step):
+        bar.update(1)
+        bar.set_postfix_str(f"loss={float(step.loss):.4g}", refresh=False)
+
+    try:
+        fitter.run(None, callback=callback)
+    finally:
+        bar.close()
+    t2 = time.perf_counter()
+    res = fitter.result()
+    timings = {"setup_s": t1 - t0, "fit_s": t2 - t1, "per_iteration_s": (t2 - t1) / max(len(res.loss_history), 1)}
+    timings.update({f"fitter_{k}_s": float(v) for k, v in res.timings.items()})
+    return res, timings, fitter.psf
+
+
+def fit_report(res, psf, config, timings: dict, command=None, extra: dict | None = None) -> dict:
+    """The content of report.json (measurements are added by the outputs writer)."""
+    from .outputs import versions
+
+    hist = [float(x) for x in res.loss_history]
+    report = {
+        "command": list(command) if command else None,
+        "loss_history": hist,
+        "final_loss": hist[-1] if hist else None,
+        "iterations": len(hist),
+        "timings": dict(timings),
+        "psf": res.psf_params,  # the fitted PSF (learnt with --learn-psf)
+        "photometric": {"gain": float(res.gain), "background": float(res.background)},
+        "backend": _resolved_backend(res.backend, config),
+        "config": dataclasses.asdict(config),
+        "versions": versions(),
+        "level_history": res.level_history,
+        "n_rollbacks": res.n_rollbacks,
+        "converged": res.converged,
+        "psf_initial": psf.as_dict(),
+    }
+    if extra:
+        report.update(extra)
+    return report
+
+
+def _resolved_backend(name: str, config) -> str:
+    """The mesh transform backend that actually ran ("auto" resolved, as the renderer does)."""
+    if name != "auto":
+        return name
+    import torch
+
+    from ..meshft._registry import resolve
+
+    return resolve("auto", torch.device(config.device), announce=False)[0]
+
+
+def fit_and_write(image, spacing_um, init_mesh, psf, config, out_dir, *, origin_um=(0.0, 0.0, 0.0), command=None,
+                  extra=None, progress: bool = True, stage: bool = True, desc: str = "fit", before_write=None):
+    """Fit and write the outputs directory (``report.json`` last; staged when ``stage``).
+
+    ``before_write(tmp_dir, result)`` may add files (e.g. the synthetic image) and return a dict
+    merged into the report. Returns ``(result, report, fitted_psf)``.
+    """
+    from .outputs import staged_directory, write_fit_outputs
+
+    t_start = time.perf_counter()
+    res, timings, fitted_psf = run_fit(image, spacing_um, init_mesh, psf, config, origin_um=origin_um,
+                                       progress=progress, desc=desc)
+    mesh = res.mesh
+    if not np.all(np.isfinite(mesh.verts)):
+        raise FitFailedError("the fit produced a non-finite mesh")
+    report = fit_report(res, psf, config, timings, command=command, extra=extra)
+    report["image"] = {"shape": list(image.shape), "spacing_um": list(spacing_um)}
+    report["n_cells"] = int(mesh.n_cells)
+
+    def write(d):
+        t_w = time.perf_counter()
+        if before_write is not None:
+            more = before_write(Path(d), res)
+            if more:
+                report.update(more)
+        report["timings"]["extra_outputs_s"] = time.perf_counter() - t_w
+        report["timings"]["fit_total_s"] = time.perf_counter() - t_start  # before the outputs writer
+        return write_fit_outputs(d, mesh, shape=image.shape, spacing_um=spacing_um, origin_um=origin_um,
+                                 report=report)
+
+    if stage:
+        with staged_directory(out_dir) as tmp:
+            report = write(tmp)
+    else:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        report = write(out_dir)
+    return res, report, fitted_psf
+
+
+@dataclass
+class FitOutcome:
+    result: object  # FitResult
+    timings: dict
+    psf: object  # the fitted PSF model
+    prepared: Prepared
+
+
+def _set_threads(job: FitJob) -> None:
+    if job.threads is not None:
+        import torch
+
+        torch.set_num_threads(int(job.threads))
+
+
+def run(job: FitJob) -> FitOutcome:
+    """Fit ``job`` to completion in memory (no files written)."""
+    p = prepare(job)
+    _set_threads(job)
+    res, timings, psf = run_fit(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, origin_um=p.origin_um,
+                                progress=job.progress)
+    return FitOutcome(res, timings, psf, p)
+
+
+def fit_to_directory(job: FitJob, out=None, *, extra: dict | None = None):
+    """Fit ``job`` and write its outputs directory (``out``, default ``job.out``).
+
+    Returns ``(result, report, fitted_psf)``.
+    """
+    from .outputs import check_replaceable
+
+    out = job.out if out is None else out
+    if out is None:
+        raise InputError("no output directory given (--out DIR)")
+    check_replaceable(out)
+    p = prepare(job)
+    _set_threads(job)
+    info = {"input": job.image, **({"frame": job.frame} if job.frame is not None else {}), **(extra or {})}
+    return fit_and_write(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, out, origin_um=p.origin_um,
+                         command=job.command, extra=info, progress=job.progress)
