@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= demo_out
 
-.PHONY: demo test bench setup setup-test clean
+.PHONY: demo test bench lint lint-format setup setup-test clean
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -18,6 +18,18 @@ demo: setup
 
 test: setup-test
 	$(PY) -m pytest -q -p xvfb tests
+
+# ruff check everywhere, ruff format --check on the files already formatted (the list widens to
+# the whole tree once it is formatted at once), import layers (pyproject [tool.importlinter])
+LINT_FORMAT_PATHS ?= src/deltamic_core/pipeline src/deltamic_core/cli.py tests/test_pipeline_psfspec.py
+
+lint: setup-test
+	$(VENV)/bin/ruff check src tests examples benchmarks scripts
+	$(MAKE) lint-format
+	$(VENV)/bin/lint-imports
+
+lint-format:
+	$(VENV)/bin/ruff format --check $(LINT_FORMAT_PATHS)
 
 bench: setup-test
 	$(PY) benchmarks/run_all.py

@@ -272,7 +272,7 @@ def main(argv=None):
 
     print_table(f"deltamic fit: {res.iterations} iterations, {t_fit:.1f} s wall, backend {res.backend}, "
                 f"{len(fitted.faces)} faces, rollbacks {res.n_rollbacks}", fit_rows)
-    print(f"   timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))
+    print("   timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))
     for lvl, (n, sec, band, nf) in sorted(per_level.items()):
         print(f"   level {lvl} (factor {cfg.levels[lvl]}): {n} iterations, {sec:.1f} s, band {band} frequencies, "
               f"{nf} faces")

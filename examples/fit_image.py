@@ -23,9 +23,9 @@ import numpy as np
 import trimesh
 
 from deltamic_core import geometry
-from deltamic_core.pipeline import estimate_seed_radii, render_mesh_image
 from deltamic_core.fit import FitConfig, Fitter
 from deltamic_core.mesh import Mesh
+from deltamic_core.pipeline import estimate_seed_radii, render_mesh_image
 from deltamic_core.pipeline.outputs import measurement_rows, staged_directory, write_fit_outputs
 from deltamic_core.psf import GaussianPSF
 

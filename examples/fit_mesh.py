@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from deltamic_core import geometry
-from deltamic_core.pipeline import place_target, render_mesh_image, surface_distance
 from deltamic_core.fit import FitConfig, Fitter
 from deltamic_core.io import read_mesh, write_mesh
+from deltamic_core.pipeline import place_target, render_mesh_image, surface_distance
 from deltamic_core.pipeline.outputs import measurement_rows
 from deltamic_core.psf import GaussianPSF
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 from deltamic_core import geometry
-from deltamic_core.pipeline import render_mesh_image
 from deltamic_core.fit import FitConfig, Fitter
+from deltamic_core.pipeline import render_mesh_image
 from deltamic_core.psf import GaussianPSF
 
 

@@ -9,10 +9,10 @@ import pytest
 import tifffile
 import trimesh
 
-from deltamic_core.pipeline.batch import BatchItem, expand_items, fit_item, format_summary, run_tasks
 from deltamic_core.cli import build_parser, job_from_args, main
-from deltamic_core.pipeline import render_mesh_image
 from deltamic_core.mesh import Mesh
+from deltamic_core.pipeline import render_mesh_image
+from deltamic_core.pipeline.batch import BatchItem, expand_items, fit_item, format_summary, run_tasks
 from deltamic_core.psf import GaussianPSF
 
 SPACING = (1.0, 0.6, 0.6)

@@ -241,8 +241,8 @@ def test_refuses_to_overwrite_a_foreign_directory(bad_files, tmp_path, capsys):
 
 
 def test_seed_radius_estimate_finds_the_membrane(rendered):
-    from deltamic_core.pipeline import estimate_seed_radii
     from deltamic_core.io import read_image
+    from deltamic_core.pipeline import estimate_seed_radii
 
     image, _ = read_image(rendered)
     blur = SPACING  # the default PSF the image was rendered with
@@ -274,9 +274,9 @@ def test_track_follows_a_growing_cell_and_resumes(tmp_path, capsys):
     spacing, shape = (1.0, 0.75, 0.75), (12, 16, 16)
     centre = np.array([5.5, 5.6, 5.6])
     radii = [2.2, 2.45]  # a growth the default step size covers in 25 iterations
-    from deltamic_core.pipeline import render_mesh_image
     from deltamic_core.io import write_tiff
     from deltamic_core.mesh import Mesh
+    from deltamic_core.pipeline import render_mesh_image
     from deltamic_core.psf import GaussianPSF
 
     frames = []

@@ -18,6 +18,7 @@ Frames and units: meshes are in micrometres in the image frame, columns (z, y, x
 voxel (i, j, k) at (i * sz, j * sy, k * sx); ``--mesh-units voxel`` reads mesh coordinates as
 voxel indices instead. Cells are labelled 1..n in seed (or label, or mesh) order, 0 is outside.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .pipeline import (
     FitJob,
@@ -57,7 +58,7 @@ class CLIError(InputError):
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing the usage block and exiting."""
 
-    def error(self, message):  # noqa: D401 - argparse API
+    def error(self, message):
         raise CLIError(f"{message} (see '{self.prog} --help')")
 
 
@@ -106,112 +107,193 @@ def _nonnegative_int(text: str) -> int:
 
 def _add_psf_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("PSF (default: Gaussian, sigma = 1 voxel per axis)")
-    g.add_argument("--psf", choices=("gaussian", "gibson-lanni", "hanser"), default="gaussian",
-                   help="PSF model (default: gaussian)")
-    g.add_argument("--sigma", type=_positive_float, nargs="+", metavar="UM",
-                   help="Gaussian standard deviation(s) in um: one value or three (z y x)")
+    g.add_argument(
+        "--psf",
+        choices=("gaussian", "gibson-lanni", "hanser"),
+        default="gaussian",
+        help="PSF model (default: gaussian)",
+    )
+    g.add_argument(
+        "--sigma",
+        type=_positive_float,
+        nargs="+",
+        metavar="UM",
+        help="Gaussian standard deviation(s) in um: one value or three (z y x)",
+    )
     g.add_argument("--na", type=_positive_float, help="numerical aperture")
     g.add_argument("--wavelength", type=_positive_float, metavar="UM", help="emission wavelength in um")
     g.add_argument("--ni", type=_positive_float, help="refractive index of the immersion medium")
     g.add_argument("--ns", type=_positive_float, help="refractive index of the sample (gibson-lanni)")
-    g.add_argument("--depth", type=_finite_float, default=None, metavar="UM",
-                   help="depth of the focal plane below the coverslip in um (gibson-lanni)")
-    g.add_argument("--zernike", nargs="+", metavar="NOLL=COEFF", default=None,
-                   help="pupil aberrations for hanser, e.g. 11=0.1 (Noll index = coefficient in waves)")
+    g.add_argument(
+        "--depth",
+        type=_finite_float,
+        default=None,
+        metavar="UM",
+        help="depth of the focal plane below the coverslip in um (gibson-lanni)",
+    )
+    g.add_argument(
+        "--zernike",
+        nargs="+",
+        metavar="NOLL=COEFF",
+        default=None,
+        help="pupil aberrations for hanser, e.g. 11=0.1 (Noll index = coefficient in waves)",
+    )
 
 
 def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
     init = p.add_argument_group("initial meshes (one of)")
     init.add_argument("--init", metavar="MESH", help="initial mesh (.rec .obj .ply .stl .off .vtk)")
-    init.add_argument("--seeds", metavar="CSV",
-                      help="seeds CSV with header z,y,x[,radius] in um (radius estimated when absent)")
+    init.add_argument(
+        "--seeds", metavar="CSV", help="seeds CSV with header z,y,x[,radius] in um (radius estimated when absent)"
+    )
     init.add_argument("--labels", metavar="TIF", help="label image to start from (0 = background; cell ids = labels)")
     if batch:
-        init.description = ("in batch mode '{stem}' in these paths is replaced by each input's file "
-                            "name without extension")
+        init.description = (
+            "in batch mode '{stem}' in these paths is replaced by each input's file name without extension"
+        )
     _add_psf_options(p)
     g = p.add_argument_group("fitting")
     g.add_argument("--learn-psf", action="store_true", help="also fit the PSF parameters")
-    g.add_argument("--spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"),
-                   help="voxel size in um (default: from the image metadata)")
+    g.add_argument(
+        "--spacing",
+        type=_positive_float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="voxel size in um (default: from the image metadata)",
+    )
     g.add_argument("--channel", type=_nonnegative_int, help="channel index of a multi-channel image")
     g.add_argument("--frame", type=_nonnegative_int, help="time point of a TZYX image to fit")
-    g.add_argument("--mesh-units", choices=("um", "voxel"), default=None,
-                   help="units of the --init mesh (default: um, voxel for .rec)")
-    g.add_argument("--iterations", type=_positive_int, default=None,
-                   help="iterations per resolution level (default: the fitter's, 80 / 120 / 10 at factors 4 / 2 / 1)")
-    g.add_argument("--levels", type=_positive_int, nargs="+", default=None, metavar="F",
-                   help="coarse-to-fine downsampling factors ending with 1 (default: 4 2 1)")
+    g.add_argument(
+        "--mesh-units",
+        choices=("um", "voxel"),
+        default=None,
+        help="units of the --init mesh (default: um, voxel for .rec)",
+    )
+    g.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        help="iterations per resolution level (default: the fitter's, 80 / 120 / 10 at factors 4 / 2 / 1)",
+    )
+    g.add_argument(
+        "--levels",
+        type=_positive_int,
+        nargs="+",
+        default=None,
+        metavar="F",
+        help="coarse-to-fine downsampling factors ending with 1 (default: 4 2 1)",
+    )
     g.add_argument("--loss", choices=("mse", "poisson"), default=None, help="data term")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--backend", default="auto", help="mesh Fourier transform backend (default: auto)")
-    g.add_argument("--edge", type=_positive_float, default=None, metavar="UM",
-                   help="target mesh edge length in um (default: chosen by the fitter)")
+    g.add_argument(
+        "--edge",
+        type=_positive_float,
+        default=None,
+        metavar="UM",
+        help="target mesh edge length in um (default: chosen by the fitter)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog=PROG, description="Cell segmentation in 3D fluorescence microscopy by "
-                     "differentiable inverse rendering of triangle meshes.")
+    parser = _Parser(
+        prog=PROG,
+        description="Cell segmentation in 3D fluorescence microscopy by "
+        "differentiable inverse rendering of triangle meshes.",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    r = sub.add_parser("render", help="render the fluorescence image of a mesh",
-                       description="Render the membrane image of a mesh through a PSF model.")
+    r = sub.add_parser(
+        "render",
+        help="render the fluorescence image of a mesh",
+        description="Render the membrane image of a mesh through a PSF model.",
+    )
     r.add_argument("mesh", metavar="MESH")
     r.add_argument("--shape", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"), required=True)
-    r.add_argument("--spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"), required=True,
-                   help="voxel size in um")
-    r.add_argument("--origin", type=_finite_float, nargs=3, metavar=("Z", "Y", "X"), default=(0.0, 0.0, 0.0),
-                   help="centre of voxel (0, 0, 0) in um (default 0 0 0)")
+    r.add_argument(
+        "--spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"), required=True, help="voxel size in um"
+    )
+    r.add_argument(
+        "--origin",
+        type=_finite_float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=(0.0, 0.0, 0.0),
+        help="centre of voxel (0, 0, 0) in um (default 0 0 0)",
+    )
     r.add_argument("--mesh-units", choices=("um", "voxel"), default=None)
     _add_psf_options(r)
     r.add_argument("--noise", choices=("none", "poisson"), default="none")
-    r.add_argument("--photons", type=_positive_float, default=100.0,
-                   help="expected photon count at the brightest voxel (with --noise poisson)")
+    r.add_argument(
+        "--photons",
+        type=_positive_float,
+        default=100.0,
+        help="expected photon count at the brightest voxel (with --noise poisson)",
+    )
     r.add_argument("--background", type=float, default=0.0, help="background added to every voxel (photons)")
     r.add_argument("--seed", type=int, default=0, help="random seed of the noise")
     r.add_argument("--device", default="cpu")
     r.add_argument("--backend", default="auto")
     r.add_argument("--out", required=True, metavar="IMAGE.tif")
 
-    f = sub.add_parser("fit", help="fit meshes to an image",
-                       description="Fit cell meshes to a 3D membrane image (or, with --target-mesh, "
-                       "to the rendered image of a known mesh).")
+    f = sub.add_parser(
+        "fit",
+        help="fit meshes to an image",
+        description="Fit cell meshes to a 3D membrane image (or, with --target-mesh, "
+        "to the rendered image of a known mesh).",
+    )
     f.add_argument("image", metavar="IMAGE", nargs="?")
     _add_fit_options(f)
     t = f.add_argument_group("synthetic benchmark (instead of IMAGE)")
-    t.add_argument("--target-mesh", metavar="MESH",
-                   help="render this mesh, fit it from a sphere and report the surface distance")
-    t.add_argument("--target-size", type=_positive_float, default=None, metavar="UM",
-                   help="scale the target so its largest extent is this many um (default: as is)")
-    t.add_argument("--shape", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   help="image shape (default: the mesh plus a margin)")
+    t.add_argument(
+        "--target-mesh", metavar="MESH", help="render this mesh, fit it from a sphere and report the surface distance"
+    )
+    t.add_argument(
+        "--target-size",
+        type=_positive_float,
+        default=None,
+        metavar="UM",
+        help="scale the target so its largest extent is this many um (default: as is)",
+    )
+    t.add_argument(
+        "--shape",
+        type=_positive_int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="image shape (default: the mesh plus a margin)",
+    )
     t.add_argument("--noise", choices=("none", "poisson"), default="none")
     t.add_argument("--photons", type=_positive_float, default=100.0)
     t.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, metavar="DIR")
 
-    tr = sub.add_parser("track", help="fit every frame of a time-lapse",
-                        description="Fit a TZYX stack frame by frame: the mesh fitted at t starts t+1.")
+    tr = sub.add_parser(
+        "track",
+        help="fit every frame of a time-lapse",
+        description="Fit a TZYX stack frame by frame: the mesh fitted at t starts t+1.",
+    )
     tr.add_argument("image", metavar="STACK")
     _add_fit_options(tr)
     tr.add_argument("--out", required=True, metavar="DIR")
 
-    b = sub.add_parser("batch", help="fit many images on a dask cluster",
-                       description="Fit many images (and every time point of TZYX stacks) as dask "
-                       "tasks. Finished items (DIR/<item>/report.json) are skipped on a rerun; a "
-                       "failing item is recorded in DIR/<item>/error.txt and does not stop the batch.")
+    b = sub.add_parser(
+        "batch",
+        help="fit many images on a dask cluster",
+        description="Fit many images (and every time point of TZYX stacks) as dask "
+        "tasks. Finished items (DIR/<item>/report.json) are skipped on a rerun; a "
+        "failing item is recorded in DIR/<item>/error.txt and does not stop the batch.",
+    )
     b.add_argument("inputs", metavar="INPUT", nargs="+")
     b.add_argument("--out", required=True, metavar="DIR")
     c = b.add_argument_group("cluster")
     c.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler")
     c.add_argument("--workers", type=_positive_int, default=None, help="local worker processes")
-    c.add_argument("--threads-per-worker", type=_positive_int, default=1,
-                   help="torch threads per task (default 1)")
+    c.add_argument("--threads-per-worker", type=_positive_int, default=1, help="torch threads per task (default 1)")
     _add_fit_options(b, batch=True)
     for sp in (r, f, tr, b):  # accepted after the command too
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
@@ -242,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say_error("interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
+    except Exception as exc:
         if debug:
             traceback.print_exc()
         _say_error(one_line(exc))
@@ -286,21 +368,38 @@ def init_spec(args) -> InitSpec | None:
 
 def psf_spec(args) -> PSFSpec:
     """The PSF options as a PSFSpec (parameters that were not given are left out)."""
-    params = {"sigma_um": tuple(args.sigma) if args.sigma is not None else None, "na": args.na,
-              "wavelength_um": args.wavelength, "n_immersion": args.ni, "n_sample": args.ns,
-              "depth_um": args.depth, "zernike": parse_zernike(args.zernike) if args.zernike else None}
-    return PSFSpec(args.psf, {k: v for k, v in params.items() if v is not None},
-                   learn=bool(getattr(args, "learn_psf", False)))
+    params = {
+        "sigma_um": tuple(args.sigma) if args.sigma is not None else None,
+        "na": args.na,
+        "wavelength_um": args.wavelength,
+        "n_immersion": args.ni,
+        "n_sample": args.ns,
+        "depth_um": args.depth,
+        "zernike": parse_zernike(args.zernike) if args.zernike else None,
+    }
+    return PSFSpec(
+        args.psf, {k: v for k, v in params.items() if v is not None}, learn=bool(getattr(args, "learn_psf", False))
+    )
 
 
 def job_from_args(args) -> FitJob:
     """The FitJob of a parsed ``fit``/``track``/``batch`` command line."""
     return FitJob(
-        image=getattr(args, "image", None), spacing_um=tuple(args.spacing) if args.spacing else None,
-        channel=args.channel, frame=args.frame, init=init_spec(args), psf=psf_spec(args),
-        iterations=args.iterations, levels=tuple(args.levels) if args.levels else None, loss=args.loss,
-        edge_um=args.edge, device=args.device, backend=args.backend, out=args.out,
-        command=getattr(args, "argv", None), progress=not args.quiet,
+        image=getattr(args, "image", None),
+        spacing_um=tuple(args.spacing) if args.spacing else None,
+        channel=args.channel,
+        frame=args.frame,
+        init=init_spec(args),
+        psf=psf_spec(args),
+        iterations=args.iterations,
+        levels=tuple(args.levels) if args.levels else None,
+        loss=args.loss,
+        edge_um=args.edge,
+        device=args.device,
+        backend=args.backend,
+        out=args.out,
+        command=getattr(args, "argv", None),
+        progress=not args.quiet,
     )
 
 
@@ -332,12 +431,17 @@ def cmd_fit(args) -> int:
 def _print_fit_summary(report: dict, out) -> None:
     t = report["timings"]
     fl = report["final_loss"]
-    print(f"fitted {report['n_cells']} cell(s) in {report['iterations']} iterations "
-          f"({t['fit_s']:.1f} s, final loss {fl:.4g})" if fl is not None else
-          f"fitted {report['n_cells']} cell(s) ({t['fit_s']:.1f} s)")
+    print(
+        f"fitted {report['n_cells']} cell(s) in {report['iterations']} iterations "
+        f"({t['fit_s']:.1f} s, final loss {fl:.4g})"
+        if fl is not None
+        else f"fitted {report['n_cells']} cell(s) ({t['fit_s']:.1f} s)"
+    )
     for c in report["cells"]:
-        print(f"  cell {c['cell']}: volume {c['volume_um3']:.4g} um^3, area {c['area_um2']:.4g} um^2, "
-              f"sphericity {c['sphericity']:.3f}")
+        print(
+            f"  cell {c['cell']}: volume {c['volume_um3']:.4g} um^3, area {c['area_um2']:.4g} um^2, "
+            f"sphericity {c['sphericity']:.3f}"
+        )
     print(f"outputs in {out}")
 
 
@@ -368,11 +472,24 @@ def cmd_render(args) -> int:
     check_inside(mesh.verts.min(0), mesh.verts.max(0), args.shape, spacing, args.origin, what=f"MESH {args.mesh!r}")
     psf = make_psf(psf_spec(args), spacing)
     t0 = time.perf_counter()
-    img = render_mesh_image(mesh, args.shape, spacing, psf, args.origin, noise=args.noise, photons=args.photons,
-                            background=args.background, seed=args.seed, device=args.device, backend=args.backend)
+    img = render_mesh_image(
+        mesh,
+        args.shape,
+        spacing,
+        psf,
+        args.origin,
+        noise=args.noise,
+        photons=args.photons,
+        background=args.background,
+        seed=args.seed,
+        device=args.device,
+        backend=args.backend,
+    )
     dio.write_tiff(out, img, spacing)
-    print(f"rendered {len(mesh.faces)} triangles on {tuple(args.shape)} voxels with {psf.describe()} "
-          f"in {time.perf_counter() - t0:.2f} s -> {out}")
+    print(
+        f"rendered {len(mesh.faces)} triangles on {tuple(args.shape)} voxels with {psf.describe()} "
+        f"in {time.perf_counter() - t0:.2f} s -> {out}"
+    )
     return 0
 
 
@@ -385,15 +502,27 @@ def cmd_fit_target(args) -> int:
         raise CLIError("--target-mesh starts from a sphere: drop --init/--seeds/--labels")
     if args.channel is not None or args.frame is not None:
         raise CLIError("--channel/--frame apply to an IMAGE, not to --target-mesh")
-    _, report = fit_target(job_from_args(args), args.target_mesh, mesh_units=args.mesh_units, size_um=args.target_size,
-                           shape=args.shape, noise=args.noise, photons=args.photons, seed=args.seed)
+    _, report = fit_target(
+        job_from_args(args),
+        args.target_mesh,
+        mesh_units=args.mesh_units,
+        size_um=args.target_size,
+        shape=args.shape,
+        noise=args.noise,
+        photons=args.photons,
+        seed=args.seed,
+    )
     d, tg = report["surface_distance"], report["target"]
-    print(f"target {Path(args.target_mesh).name}: {tuple(tg['shape'])} voxels of {tuple(report['image']['spacing_um'])} um, "
-          f"sphere r = {tg['sphere_radius_um']:.3g} um -> fitted in {report['iterations']} iterations "
-          f"({report['timings']['fit_s']:.1f} s)")
-    print(f"surface distance: mean {d['mean_um']:.4g} um ({d['mean_voxels']:.3g} voxels), "
-          f"Hausdorff {d['hausdorff_um']:.4g} um ({d['hausdorff_voxels']:.3g} voxels); "
-          f"initial sphere: mean {d['initial_sphere']['mean_um']:.4g} um, Hausdorff {d['initial_sphere']['hausdorff_um']:.4g} um")
+    print(
+        f"target {Path(args.target_mesh).name}: {tuple(tg['shape'])} voxels of {tuple(report['image']['spacing_um'])} um, "
+        f"sphere r = {tg['sphere_radius_um']:.3g} um -> fitted in {report['iterations']} iterations "
+        f"({report['timings']['fit_s']:.1f} s)"
+    )
+    print(
+        f"surface distance: mean {d['mean_um']:.4g} um ({d['mean_voxels']:.3g} voxels), "
+        f"Hausdorff {d['hausdorff_um']:.4g} um ({d['hausdorff_voxels']:.3g} voxels); "
+        f"initial sphere: mean {d['initial_sphere']['mean_um']:.4g} um, Hausdorff {d['initial_sphere']['hausdorff_um']:.4g} um"
+    )
     print(f"outputs in {args.out}")
     return 0
 
@@ -417,8 +546,10 @@ def cmd_batch(args) -> int:
     if args.frame is not None:
         raise CLIError("batch fits every time point of TZYX inputs: drop --frame")
     if _count_init(args) != 1:
-        raise CLIError("batch needs exactly one of --init, --seeds or --labels ('{stem}' in the path is "
-                       "replaced by each input's name)")
+        raise CLIError(
+            "batch needs exactly one of --init, --seeds or --labels ('{stem}' in the path is "
+            "replaced by each input's name)"
+        )
     if args.scheduler and args.workers:
         raise CLIError("give --scheduler ADDRESS or --workers N, not both")
     out = Path(args.out)
@@ -435,7 +566,14 @@ def cmd_batch(args) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     print(f"batch: {len(items)} item(s) from {len(args.inputs)} input(s) -> {out}")
-    results = run_tasks(fit_item, items, out, kwargs={"job": job}, scheduler=args.scheduler,
-                        n_workers=args.workers, threads_per_worker=args.threads_per_worker)
+    results = run_tasks(
+        fit_item,
+        items,
+        out,
+        kwargs={"job": job},
+        scheduler=args.scheduler,
+        n_workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+    )
     print(format_summary(results))
     return EXIT_FAILURE if any(r["status"] == "failed" for r in results) else 0

@@ -73,7 +73,7 @@ def _guarded(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - shown to the user, the viewer keeps running
+        except Exception as exc:
             _show_error(str(exc) or type(exc).__name__)
             return None
 
@@ -832,7 +832,7 @@ class DeltaMicWidget(QWidget):
     def shutdown_now(self, *args) -> None:
         self.shutdown()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
 
@@ -844,7 +844,7 @@ class _CloseWatcher(QObject):
         super().__init__(parent)
         self._callback = callback
 
-    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+    def eventFilter(self, obj, event):
         if event.type() == QEvent.Close:
             self._callback()
         return False

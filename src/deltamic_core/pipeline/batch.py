@@ -41,14 +41,15 @@ a scheduler with workers from a login node and point ``deltamic batch`` at it::
 The Python API is :func:`run_batch` (with :func:`fit_item` as the task) or, for another
 per-item function, :func:`run_tasks`.
 """
+
 from __future__ import annotations
 
 import os
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .errors import one_line
 from .outputs import ERROR_NAME, atomic_write_text, is_complete, staged_directory, write_csv
@@ -85,7 +86,9 @@ def expand_items(inputs: Sequence[str | os.PathLike]) -> list[BatchItem]:
     seen: dict[str, str] = {}
     for it in items:
         if it.name in seen and seen[it.name] != it.path:
-            raise ValueError(f"inputs {seen[it.name]!r} and {it.path!r} would both write to item {it.name!r}: rename one")
+            raise ValueError(
+                f"inputs {seen[it.name]!r} and {it.path!r} would both write to item {it.name!r}: rename one"
+            )
         seen[it.name] = it.path
     # the same file listed twice is one item
     unique = list({(it.name, it.frame): it for it in items}.values())
@@ -102,7 +105,7 @@ def _time_points(path: Path) -> int | None:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             axes, shape = series.axes.upper(), series.shape
-    except Exception:  # noqa: BLE001 - the task will report the unreadable file
+    except Exception:
         return None
     if "T" in axes and shape[axes.index("T")] > 1:
         return int(shape[axes.index("T")])
@@ -118,9 +121,18 @@ def fit_item(item: BatchItem, item_dir: str, job) -> dict:
     from .run import fit_and_write, prepare
 
     p = prepare(job.for_item(item.path, item.frame, item.stem))
-    _, report, _ = fit_and_write(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, item_dir,
-                                 origin_um=p.origin_um, command=job.command,
-                                 extra={"input": item.path, "frame": item.frame, "item": item.name}, progress=False)
+    _, report, _ = fit_and_write(
+        p.image,
+        p.spacing_um,
+        p.init_mesh,
+        p.psf,
+        p.config,
+        item_dir,
+        origin_um=p.origin_um,
+        command=job.command,
+        extra={"input": item.path, "frame": item.frame, "item": item.name},
+        progress=False,
+    )
     return {"n_cells": report["n_cells"], "final_loss": report.get("final_loss")}
 
 
@@ -130,15 +142,21 @@ def _run_item(func: Callable, item: BatchItem, item_dir: str, threads: int, kwar
 
     torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
-    status = {"item": item.name, "status": "ok", "seconds": 0.0, "error": "",
-              "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-              "pid": os.getpid()}
+    status = {
+        "item": item.name,
+        "status": "ok",
+        "seconds": 0.0,
+        "error": "",
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "pid": os.getpid(),
+    }
     if is_complete(item_dir):
         status["status"] = "skipped"
         return status
     try:
         status.update(func(item, item_dir, **kwargs) or {})
-    except Exception as exc:  # noqa: BLE001 - failure isolation: every error becomes a status
+    except Exception as exc:
         status["status"] = "failed"
         status["error"] = one_line(exc)
         write_error(item_dir, status["error"], traceback.format_exc())
@@ -155,9 +173,18 @@ def write_error(item_dir: str | os.PathLike, message: str, details: str = "") ->
 # ---------------------------------------------------------------------------------------------
 # the client side
 # ---------------------------------------------------------------------------------------------
-def run_tasks(func: Callable, items: Sequence[BatchItem], out_dir: str | os.PathLike, *, kwargs: dict | None = None,
-              scheduler: str | None = None, client=None, n_workers: int | None = None, threads_per_worker: int = 1,
-              log: Callable[[str], None] | None = print) -> list[dict]:
+def run_tasks(
+    func: Callable,
+    items: Sequence[BatchItem],
+    out_dir: str | os.PathLike,
+    *,
+    kwargs: dict | None = None,
+    scheduler: str | None = None,
+    client=None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    log: Callable[[str], None] | None = print,
+) -> list[dict]:
     """Run ``func(item, item_dir, **kwargs)`` for every item on a dask cluster.
 
     Parameters
@@ -242,7 +269,7 @@ class _connect:
         for obj in self._own:
             try:
                 obj.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 pass
         return False
 
@@ -254,15 +281,23 @@ def _submit_all(client, func, items, out: Path, threads: int, kwargs: dict, log)
 
     futures = {}
     for it in items:
-        fut = client.submit(_run_item, func, it, str(out / it.name), threads, kwargs,
-                            key=f"deltamic-{it.name}-{uuid.uuid4().hex[:8]}", pure=False)
+        fut = client.submit(
+            _run_item,
+            func,
+            it,
+            str(out / it.name),
+            threads,
+            kwargs,
+            key=f"deltamic-{it.name}-{uuid.uuid4().hex[:8]}",
+            pure=False,
+        )
         futures[fut] = it
     done: dict[str, dict] = {}
     for i, fut in enumerate(as_completed(futures), start=1):
         it = futures[fut]
         try:
             st = fut.result()
-        except Exception as exc:  # noqa: BLE001 - a worker died or the task could not run
+        except Exception as exc:
             msg = one_line(exc)
             st = {"item": it.name, "status": "failed", "seconds": 0.0, "error": msg}
             try:
@@ -286,7 +321,8 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, j
 def format_summary(results: Sequence[dict]) -> str:
     """A plain-text table of the item statuses."""
     rows = [("item", "status", "seconds", "error")] + [
-        (r["item"], r["status"], f"{r.get('seconds', 0.0):.1f}", r.get("error", "")) for r in results]
+        (r["item"], r["status"], f"{r.get('seconds', 0.0):.1f}", r.get("error", "")) for r in results
+    ]
     w = [max(len(str(r[i])) for r in rows) for i in range(3)]
     lines = [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d}".rstrip() for a, b, c, d in rows]
     n_ok = sum(r["status"] == "ok" for r in results)

@@ -3,6 +3,7 @@
 Library code raises these with a message in the user's terms; only the front ends
 (``deltamic_core.cli.main``, the napari widget) turn them into one line or a notification.
 """
+
 from __future__ import annotations
 
 EXIT_USAGE = 2  # bad command line or bad input

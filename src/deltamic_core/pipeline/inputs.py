@@ -4,6 +4,7 @@ images, meshes, and the initial mesh from an :class:`InitSpec`.
 Every problem ends in one :class:`~deltamic_core.pipeline.errors.InputError` whose message
 names the file and the command-line option involved, raised before any work is done.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,7 @@ def _existing_file(path, what: str) -> Path:
     return p
 
 
-def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool = False,
-               what: str = "IMAGE"):
+def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool = False, what: str = "IMAGE"):
     """Read and validate a 3D (or, with ``allow_time``, TZYX) image.
 
     Returns
@@ -46,7 +46,7 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
         image, meta = dio.read_image(p, channel=channel)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{what} {str(p)!r}: {one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
+    except Exception as exc:
         raise InputError(f"{what} {str(p)!r} cannot be read as an image ({one_line(exc)})") from None
     image = np.asarray(image)
     if image.ndim == 4 and frame is not None:
@@ -56,14 +56,18 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
     elif frame is not None:
         raise InputError(f"--frame given but {what} {str(p)!r} is not a time series (shape {image.shape})")
     if image.ndim == 4 and not allow_time:
-        raise InputError(f"{what} {str(p)!r} is a time series of shape (T, Z, Y, X) = {image.shape}: "
-                       "choose a time point with --frame, or use 'deltamic track'")
+        raise InputError(
+            f"{what} {str(p)!r} is a time series of shape (T, Z, Y, X) = {image.shape}: "
+            "choose a time point with --frame, or use 'deltamic track'"
+        )
     if image.ndim == 3 and allow_time:
         image = image[None]
     want = "(T, Z, Y, X)" if allow_time else "(Z, Y, X)"
     if image.ndim != (4 if allow_time else 3):
-        raise InputError(f"{what} {str(p)!r} must be a 3D stack {want}, got shape {image.shape}"
-                       + (" (use --channel for multi-channel images)" if image.ndim > 4 - (not allow_time) else ""))
+        raise InputError(
+            f"{what} {str(p)!r} must be a 3D stack {want}, got shape {image.shape}"
+            + (" (use --channel for multi-channel images)" if image.ndim > 4 - (not allow_time) else "")
+        )
     if min(image.shape[-3:]) < 4:
         raise InputError(f"{what} {str(p)!r} is too small: shape {image.shape} (need at least 4 voxels per axis)")
     image = image.astype(np.float32, copy=False)
@@ -81,8 +85,11 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
         except ValueError as exc:
             raise InputError(f"{exc}: give --spacing Z Y X") from None
         if meta.spacing_source == "default":
-            warnings.warn(f"{what} {str(p)!r} carries no physical voxel size: assuming {sp} um (give --spacing Z Y X)",
-                          InputWarning, stacklevel=2)
+            warnings.warn(
+                f"{what} {str(p)!r} carries no physical voxel size: assuming {sp} um (give --spacing Z Y X)",
+                InputWarning,
+                stacklevel=2,
+            )
     return image, sp
 
 
@@ -102,7 +109,7 @@ def read_mesh_file(path, spacing_um, mesh_units=None, what: str = "mesh"):
             mesh = dio.read_mesh(p)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{what} {str(p)!r}: {one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{what} {str(p)!r} cannot be read as a mesh ({one_line(exc)})") from None
     _check_mesh(mesh, f"{what} {str(p)!r}")
     return mesh
@@ -115,17 +122,26 @@ def _check_mesh(mesh, what: str) -> None:
         raise InputError(f"{what} has NaN or Inf vertex coordinates")
 
 
-def check_inside(points_lo, points_hi, shape, spacing_um, origin_um=(0.0, 0.0, 0.0), what: str = "mesh",
-                 hint: str = "check --spacing and --mesh-units") -> None:
+def check_inside(
+    points_lo,
+    points_hi,
+    shape,
+    spacing_um,
+    origin_um=(0.0, 0.0, 0.0),
+    what: str = "mesh",
+    hint: str = "check --spacing and --mesh-units",
+) -> None:
     """Refuse geometry that does not lie inside the image box (voxel centres +- half a voxel)."""
     sp = np.asarray(spacing_um, dtype=float)
     lo_box = np.asarray(origin_um, dtype=float) - 0.5 * sp
     hi_box = lo_box + np.asarray(shape, dtype=float) * sp
     lo, hi = np.asarray(points_lo, dtype=float), np.asarray(points_hi, dtype=float)
     if np.any(lo < lo_box - 1e-9) or np.any(hi > hi_box + 1e-9):
-        fmt = lambda a, b: "[" + ", ".join(f"{x:.3g}..{y:.3g}" for x, y in zip(a, b)) + "]"  # noqa: E731
-        raise InputError(f"{what} lies outside the image: it spans (z, y, x) {fmt(lo, hi)} um but the image "
-                       f"covers {fmt(lo_box, hi_box)} um ({hint})")
+        fmt = lambda a, b: "[" + ", ".join(f"{x:.3g}..{y:.3g}" for x, y in zip(a, b)) + "]"
+        raise InputError(
+            f"{what} lies outside the image: it spans (z, y, x) {fmt(lo, hi)} um but the image "
+            f"covers {fmt(lo_box, hi_box)} um ({hint})"
+        )
 
 
 def read_seeds(path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -142,8 +158,10 @@ def read_seeds(path) -> tuple[np.ndarray, np.ndarray | None]:
     header = [c.strip().lower() for c in rows[0]]
     missing = [c for c in ("z", "y", "x") if c not in header]
     if missing:
-        raise InputError(f"seeds CSV {str(p)!r}: header {','.join(rows[0])!r} lacks column(s) {','.join(missing)} "
-                       "(expected z,y,x[,radius] in um)")
+        raise InputError(
+            f"seeds CSV {str(p)!r}: header {','.join(rows[0])!r} lacks column(s) {','.join(missing)} "
+            "(expected z,y,x[,radius] in um)"
+        )
     cols = [header.index(c) for c in ("z", "y", "x")]
     rcol = header.index("radius") if "radius" in header else None
     centres, radii = [], []
@@ -218,7 +236,7 @@ def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur
         rmax = float(min(0.75 * nn[i], 0.5 * extent.max()))
         lo = np.clip(np.floor((c - rmax) / sp).astype(int), 0, shape - 1)
         hi = np.clip(np.ceil((c + rmax) / sp).astype(int) + 1, 1, shape)
-        box = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float64)
+        box = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
         grids = np.meshgrid(*[(np.arange(a, b) * s - cc) for a, b, s, cc in zip(lo, hi, sp, c)], indexing="ij")
         r = np.sqrt(sum(g**2 for g in grids))
         inside = r <= rmax
@@ -240,8 +258,11 @@ def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur
             lo_k, hi_k = max(ks - 1, 1), min(ks + 2, len(prof) - 1)
             k = lo_k + int(np.argmax(prof[lo_k:hi_k]))
             # an interior maximum clearly above the shell-average baseline
-            if 1 <= k < len(prof) - 1 and ks < len(prof) - 1 and \
-                    smooth[ks] > np.median(tail) + 0.25 * (tail.max() - tail.min()):
+            if (
+                1 <= k < len(prof) - 1
+                and ks < len(prof) - 1
+                and smooth[ks] > np.median(tail) + 0.25 * (tail.max() - tail.min())
+            ):
                 # parabola through the peak shell and its neighbours
                 a, b, c = prof[k - 1], prof[k], prof[k + 1]
                 curv = a - 2 * b + c
@@ -261,7 +282,7 @@ def read_label_image(path, shape):
     p = _existing_file(path, "--labels image")
     try:
         lab, meta = dio.read_image(p)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"--labels image {str(p)!r} cannot be read ({one_line(exc)})") from None
     lab = np.asarray(lab)
     if lab.shape != tuple(shape):
@@ -300,15 +321,16 @@ class InitSpec:
         if (self.path is None) == (self.data is None):
             raise InputError(f"the initial {self.kind} needs a file or in-memory data (exactly one)")
 
-    def for_stem(self, stem: str) -> "InitSpec":
+    def for_stem(self, stem: str) -> InitSpec:
         """The spec of one batch item: ``{stem}`` in the path replaced by ``stem``."""
         if self.path is None or "{stem}" not in self.path:
             return self
         return InitSpec(self.kind, self.path.replace("{stem}", stem), None, self.mesh_units)
 
 
-def initial_mesh(spec: InitSpec, image: np.ndarray, spacing_um, *, psf=None, edge_um: float | None = None,
-                 origin_um=(0.0, 0.0, 0.0)):
+def initial_mesh(
+    spec: InitSpec, image: np.ndarray, spacing_um, *, psf=None, edge_um: float | None = None, origin_um=(0.0, 0.0, 0.0)
+):
     """The starting mesh of ``spec``, in um in the image frame, validated against the image.
 
     Seeds without radii get :func:`estimate_seed_radii` (with the width of ``psf``);
@@ -321,11 +343,22 @@ def initial_mesh(spec: InitSpec, image: np.ndarray, spacing_um, *, psf=None, edg
     origin = np.asarray(origin_um, dtype=float)
     if spec.kind == "seeds":
         centres, radii = read_seeds(spec.path) if spec.path is not None else _seed_arrays(spec.data)
-        check_inside(centres.min(0), centres.max(0), shape, spacing_um, origin_um, what="a seed",
-                     hint="seeds are in um; check --spacing")
+        check_inside(
+            centres.min(0),
+            centres.max(0),
+            shape,
+            spacing_um,
+            origin_um,
+            what="a seed",
+            hint="seeds are in um; check --spacing",
+        )
         if radii is None:
-            radii = estimate_seed_radii(image if image.ndim == 3 else image[0], spacing_um, centres - origin,
-                                        blur_um=psf_width_um(psf) if psf is not None else None)
+            radii = estimate_seed_radii(
+                image if image.ndim == 3 else image[0],
+                spacing_um,
+                centres - origin,
+                blur_um=psf_width_um(psf) if psf is not None else None,
+            )
         return geometry.seed_spheres(centres, radii, edge_um=edge_um)
     if spec.kind == "labels":
         lab = read_label_image(spec.path, shape) if spec.path is not None else _label_array(spec.data, shape)

@@ -5,6 +5,7 @@ fit as a ``FitJob`` and hand it to :func:`deltamic_core.pipeline.run` or
 :func:`~deltamic_core.pipeline.fit_to_directory`; options left at ``None`` take the fitter's
 defaults (:class:`deltamic_core.fit.FitConfig`), so every front end fits the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,17 @@ from .inputs import InitSpec
 from .psfspec import PSFSpec
 
 #: FitJob field -> the command-line option (messages name what the user can change)
-OPTION = {"iterations": "--iterations", "levels": "--levels", "loss": "--loss", "edge_um": "--edge",
-          "device": "--device", "backend": "--backend", "channel": "--channel", "frame": "--frame",
-          "spacing_um": "--spacing"}
+OPTION = {
+    "iterations": "--iterations",
+    "levels": "--levels",
+    "loss": "--loss",
+    "edge_um": "--edge",
+    "device": "--device",
+    "backend": "--backend",
+    "channel": "--channel",
+    "frame": "--frame",
+    "spacing_um": "--spacing",
+}
 
 
 @dataclass
@@ -67,10 +76,10 @@ class FitJob:
     command: list | None = None
     progress: bool = True
 
-    def replace(self, **changes) -> "FitJob":
+    def replace(self, **changes) -> FitJob:
         return dataclasses.replace(self, **changes)
 
-    def for_item(self, path: str, frame: int | None, stem: str) -> "FitJob":
+    def for_item(self, path: str, frame: int | None, stem: str) -> FitJob:
         """The job of one batch item: its file and frame, ``{stem}`` substituted in the init path."""
         return self.replace(image=str(path), frame=frame, init=self.init.for_stem(stem) if self.init else None)
 
@@ -79,8 +88,13 @@ class FitJob:
         from ..fit import FitConfig
 
         kw = {"learn_psf": bool(self.psf.learn), "device": self.device, "backend": self.backend}
-        for name, cfg_name in (("iterations", "iterations"), ("loss", "loss"), ("edge_um", "target_edge_um"),
-                               ("lr", "lr"), ("lambda_smooth", "lambda_smooth")):
+        for name, cfg_name in (
+            ("iterations", "iterations"),
+            ("loss", "loss"),
+            ("edge_um", "target_edge_um"),
+            ("lr", "lr"),
+            ("lambda_smooth", "lambda_smooth"),
+        ):
             if getattr(self, name) is not None:
                 kw[cfg_name] = getattr(self, name)
         if self.levels is not None:
@@ -94,4 +108,6 @@ class FitJob:
             return FitConfig(**kw)
         except (TypeError, ValueError) as exc:
             # FitConfig names its fields; say it in command-line terms
-            raise InputError(str(exc).replace("FitConfig.levels", "--levels").replace("FitConfig.", "fit option ")) from None
+            raise InputError(
+                str(exc).replace("FitConfig.levels", "--levels").replace("FitConfig.", "fit option ")
+            ) from None

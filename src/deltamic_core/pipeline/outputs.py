@@ -20,6 +20,7 @@ Everything is written into a hidden sibling directory first and renamed into pla
 (:func:`staged_directory`), with ``report.json`` written last: a directory that holds a
 ``report.json`` is complete, which is what batch and time-lapse runs test to resume.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,8 @@ import platform
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -42,9 +43,19 @@ REPORT_NAME = "report.json"
 ERROR_NAME = "error.txt"
 # Files a deltamic run may leave in a directory: an existing directory holding only these (or
 # nothing) may be replaced; anything else belongs to the user and is never deleted.
-_OWN_FILES = {"mesh.rec", "mesh.ply", "labels.tif", "measurements.csv", "contacts.csv",
-              REPORT_NAME, ERROR_NAME, "image.tif", "target.ply", "tracks.csv", "summary.csv",
-              "mechanics.csv", "junctions.csv", "curvature.csv"}
+_OWN_FILES = {
+    "mesh.rec",
+    "mesh.ply",
+    "labels.tif",
+    "measurements.csv",
+    "contacts.csv",
+    REPORT_NAME,
+    ERROR_NAME,
+    "image.tif",
+    "target.ply",
+    "tracks.csv",
+    "summary.csv",
+}
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
@@ -161,8 +172,14 @@ def versions() -> dict:
 
     from .. import __version__
 
-    out = {"deltamic": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "scipy": scipy.__version__, "platform": platform.platform()}
+    out = {
+        "deltamic": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+    }
     for mod in ("finufft", "tifffile", "dask", "distributed"):
         m = sys.modules.get(mod)
         if m is not None and hasattr(m, "__version__"):
@@ -170,16 +187,30 @@ def versions() -> dict:
     return out
 
 
-MEASUREMENT_COLUMNS = ("cell", "volume_um3", "area_um2", "sphericity",
-                       "centroid_z_um", "centroid_y_um", "centroid_x_um")
+MEASUREMENT_COLUMNS = (
+    "cell",
+    "volume_um3",
+    "area_um2",
+    "sphericity",
+    "centroid_z_um",
+    "centroid_y_um",
+    "centroid_x_um",
+)
 CONTACT_COLUMNS = ("cell_a", "cell_b", "area_um2")
 
 
-def write_fit_outputs(out_dir: str | os.PathLike, mesh: Mesh, *, shape: Sequence[int],
-                      spacing_um: Sequence[float], report: Mapping, origin_um=(0.0, 0.0, 0.0),
-                      measurements: Sequence[Mapping] | None = None,
-                      contacts: Sequence[Mapping] | None = None,
-                      labels: np.ndarray | None = None) -> dict:
+def write_fit_outputs(
+    out_dir: str | os.PathLike,
+    mesh: Mesh,
+    *,
+    shape: Sequence[int],
+    spacing_um: Sequence[float],
+    report: Mapping,
+    origin_um=(0.0, 0.0, 0.0),
+    measurements: Sequence[Mapping] | None = None,
+    contacts: Sequence[Mapping] | None = None,
+    labels: np.ndarray | None = None,
+) -> dict:
     """Write the files of one fit into an existing (staging) directory; ``report.json`` last.
 
     Parameters
@@ -241,8 +272,10 @@ def measurement_rows(mesh: Mesh) -> tuple[list[dict], list[dict]]:
     table = geometry.measure(mesh)
     cells = [{k: row[k] for k in MEASUREMENT_COLUMNS} for row in table.rows()]
     c = table.contacts
-    contacts = [{"cell_a": int(a), "cell_b": int(b), "area_um2": float(area)}
-                for a, b, area in zip(c["cell_a"], c["cell_b"], c["area_um2"])]
+    contacts = [
+        {"cell_a": int(a), "cell_b": int(b), "area_um2": float(area)}
+        for a, b, area in zip(c["cell_a"], c["cell_b"], c["area_um2"])
+    ]
     return cells, contacts
 
 
@@ -255,10 +288,18 @@ def cell_table(mesh: Mesh) -> list[dict]:
     cells, contacts = measurement_rows(mesh)
     rows = []
     for row in cells:
-        shared = sorted((c["cell_b"] if c["cell_a"] == row["cell"] else c["cell_a"], c["area_um2"])
-                        for c in contacts if row["cell"] in (c["cell_a"], c["cell_b"]))
-        rows.append({**row, "contact_area_um2": float(sum(a for _, a in shared)),
-                     "contacts": " ".join(f"{other}:{area:.3g}" for other, area in shared)})
+        shared = sorted(
+            (c["cell_b"] if c["cell_a"] == row["cell"] else c["cell_a"], c["area_um2"])
+            for c in contacts
+            if row["cell"] in (c["cell_a"], c["cell_b"])
+        )
+        rows.append(
+            {
+                **row,
+                "contact_area_um2": float(sum(a for _, a in shared)),
+                "contacts": " ".join(f"{other}:{area:.3g}" for other, area in shared),
+            }
+        )
     return rows
 
 
@@ -279,16 +320,23 @@ def write_mechanics_outputs(out_dir: str | os.PathLike, mesh: Mesh, result=None,
     write_csv(out / "mechanics.csv", result.rows("interfaces"), INTERFACE_COLUMNS)
     write_csv(out / "junctions.csv", result.rows("junctions"), JUNCTION_COLUMNS)
     write_csv(out / "curvature.csv", result.rows("curvature"), CURVATURE_COLUMNS)
-    dio.write_mesh(out / "mesh.ply", mesh, vertex_properties={
-        "mean_curvature": np.nan_to_num(result.vertex_mean_curvature),
-        "gaussian_curvature": np.nan_to_num(result.vertex_gaussian_curvature)})
+    dio.write_mesh(
+        out / "mesh.ply",
+        mesh,
+        vertex_properties={
+            "mean_curvature": np.nan_to_num(result.vertex_mean_curvature),
+            "gaussian_curvature": np.nan_to_num(result.vertex_gaussian_curvature),
+        },
+    )
     return {
         "conventions": "interface (a, b), a < b: normal from b into a; mean curvature H > 0 when it bulges "
-                       "into a; Laplace p_b - p_a = 2 tension H; tensions relative (mean 1 per connected "
-                       "group unless fixed), pressures in tension units per um, medium (0) at 0",
+        "into a; Laplace p_b - p_a = 2 tension H; tensions relative (mean 1 per connected "
+        "group unless fixed), pressures in tension units per um, medium (0) at 0",
         "force_residual_rms": result.residual_rms,
         "n_triple_points": int(len(result.points["vertex"])),
         "pressures": {int(c): float(p) for c, p in zip(result.cells["cell"], result.cells["pressure"])},
-        "tensions": [{"cell_a": int(a), "cell_b": int(b), "tension": float(t)} for a, b, t in
-                     zip(result.interfaces["cell_a"], result.interfaces["cell_b"], result.interfaces["tension"])],
+        "tensions": [
+            {"cell_a": int(a), "cell_b": int(b), "tension": float(t)}
+            for a, b, t in zip(result.interfaces["cell_a"], result.interfaces["cell_b"], result.interfaces["tension"])
+        ],
     }

@@ -15,18 +15,26 @@ Parameter names (shared by every model that has them):
 ``depth_um``       depth of the focal plane below the coverslip (Gibson-Lanni)
 ``zernike``        pupil aberrations {Noll index: waves} (Hanser)
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import InputError
 
 #: the command-line option of each parameter (messages name what the user can change)
-OPTION = {"sigma_um": "--sigma", "na": "--na", "wavelength_um": "--wavelength", "n_immersion": "--ni",
-          "n_sample": "--ns", "depth_um": "--depth", "zernike": "--zernike"}
+OPTION = {
+    "sigma_um": "--sigma",
+    "na": "--na",
+    "wavelength_um": "--wavelength",
+    "n_immersion": "--ni",
+    "n_sample": "--ns",
+    "depth_um": "--depth",
+    "zernike": "--zernike",
+}
 
 
 @dataclass(frozen=True)
@@ -116,8 +124,7 @@ def _gibson_lanni(p: dict, spacing_um):
 
     _require(p, "gibson-lanni", ("na", "wavelength_um", "n_immersion", "n_sample"))
     # the immersion medium is taken to be the one the objective was designed for (ni0 = ni)
-    kw = dict(na=p["na"], wavelength_um=p["wavelength_um"], ni=p["n_immersion"], ni0=p["n_immersion"],
-              ns=p["n_sample"])
+    kw = dict(na=p["na"], wavelength_um=p["wavelength_um"], ni=p["n_immersion"], ni0=p["n_immersion"], ns=p["n_sample"])
     if "depth_um" in p:
         kw["particle_depth_um"] = p["depth_um"]
     return GibsonLanniPSF(**kw)

@@ -4,6 +4,7 @@
 :class:`~deltamic_core.fit.Fitter` one step at a time (the napari widget's worker),
 :func:`run` fits to completion, :func:`fit_to_directory` also writes the outputs directory.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -103,8 +104,9 @@ def fit_steps(p: Prepared, holder: dict | None = None):
         yield holder["fitter"].step()
 
 
-def run_fit(image, spacing_um, init_mesh, psf, config, *, origin_um=(0.0, 0.0, 0.0), progress: bool = True,
-            desc: str = "fit"):
+def run_fit(
+    image, spacing_um, init_mesh, psf, config, *, origin_um=(0.0, 0.0, 0.0), progress: bool = True, desc: str = "fit"
+):
     """Run a :class:`~deltamic_core.fit.Fitter` to completion with a progress bar.
 
     Returns ``(result, timings, fitted_psf)``: the FitResult, seconds (setup, fit,
@@ -117,8 +119,15 @@ def run_fit(image, spacing_um, init_mesh, psf, config, *, origin_um=(0.0, 0.0, 0
     t0 = time.perf_counter()
     fitter = Fitter(image, tuple(spacing_um), init_mesh, psf, config, origin_um=tuple(origin_um))
     t1 = time.perf_counter()
-    bar = tqdm(total=int(config.total_iterations), desc=desc, unit="it", disable=not progress, file=sys.stderr,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=int(config.total_iterations),
+        desc=desc,
+        unit="it",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
     def callback(step):
         bar.update(1)
@@ -172,8 +181,22 @@ def _resolved_backend(name: str, config) -> str:
     return resolve("auto", torch.device(config.device), announce=False)[0]
 
 
-def fit_and_write(image, spacing_um, init_mesh, psf, config, out_dir, *, origin_um=(0.0, 0.0, 0.0), command=None,
-                  extra=None, progress: bool = True, stage: bool = True, desc: str = "fit", before_write=None):
+def fit_and_write(
+    image,
+    spacing_um,
+    init_mesh,
+    psf,
+    config,
+    out_dir,
+    *,
+    origin_um=(0.0, 0.0, 0.0),
+    command=None,
+    extra=None,
+    progress: bool = True,
+    stage: bool = True,
+    desc: str = "fit",
+    before_write=None,
+):
     """Fit and write the outputs directory (``report.json`` last; staged when ``stage``).
 
     ``before_write(tmp_dir, result)`` may add files (e.g. the synthetic image) and return a dict
@@ -182,8 +205,9 @@ def fit_and_write(image, spacing_um, init_mesh, psf, config, out_dir, *, origin_
     from .outputs import staged_directory, write_fit_outputs
 
     t_start = time.perf_counter()
-    res, timings, fitted_psf = run_fit(image, spacing_um, init_mesh, psf, config, origin_um=origin_um,
-                                       progress=progress, desc=desc)
+    res, timings, fitted_psf = run_fit(
+        image, spacing_um, init_mesh, psf, config, origin_um=origin_um, progress=progress, desc=desc
+    )
     mesh = res.mesh
     if not np.all(np.isfinite(mesh.verts)):
         raise FitFailedError("the fit produced a non-finite mesh")
@@ -199,8 +223,7 @@ def fit_and_write(image, spacing_um, init_mesh, psf, config, out_dir, *, origin_
                 report.update(more)
         report["timings"]["extra_outputs_s"] = time.perf_counter() - t_w
         report["timings"]["fit_total_s"] = time.perf_counter() - t_start  # before the outputs writer
-        return write_fit_outputs(d, mesh, shape=image.shape, spacing_um=spacing_um, origin_um=origin_um,
-                                 report=report)
+        return write_fit_outputs(d, mesh, shape=image.shape, spacing_um=spacing_um, origin_um=origin_um, report=report)
 
     if stage:
         with staged_directory(out_dir) as tmp:
@@ -230,8 +253,9 @@ def run(job: FitJob) -> FitOutcome:
     """Fit ``job`` to completion in memory (no files written)."""
     p = prepare(job)
     _set_threads(job)
-    res, timings, psf = run_fit(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, origin_um=p.origin_um,
-                                progress=job.progress)
+    res, timings, psf = run_fit(
+        p.image, p.spacing_um, p.init_mesh, p.psf, p.config, origin_um=p.origin_um, progress=job.progress
+    )
     return FitOutcome(res, timings, psf, p)
 
 
@@ -249,5 +273,15 @@ def fit_to_directory(job: FitJob, out=None, *, extra: dict | None = None):
     p = prepare(job)
     _set_threads(job)
     info = {"input": job.image, **({"frame": job.frame} if job.frame is not None else {}), **(extra or {})}
-    return fit_and_write(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, out, origin_um=p.origin_um,
-                         command=job.command, extra=info, progress=job.progress)
+    return fit_and_write(
+        p.image,
+        p.spacing_um,
+        p.init_mesh,
+        p.psf,
+        p.config,
+        out,
+        origin_um=p.origin_um,
+        command=job.command,
+        extra=info,
+        progress=job.progress,
+    )

@@ -1,6 +1,7 @@
 """Synthetic images of known meshes: the one render-with-noise, surface distances, and the
 ``deltamic fit --target-mesh`` benchmark (fit a sphere to the image of a known mesh).
 """
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,20 @@ import numpy as np
 from .errors import InputError
 
 
-def render_mesh_image(mesh, shape, spacing_um, psf, origin_um=(0.0, 0.0, 0.0), *, noise="none", photons=100.0,
-                      background=0.0, seed=0, device="cpu", backend="auto") -> np.ndarray:
+def render_mesh_image(
+    mesh,
+    shape,
+    spacing_um,
+    psf,
+    origin_um=(0.0, 0.0, 0.0),
+    *,
+    noise="none",
+    photons=100.0,
+    background=0.0,
+    seed=0,
+    device="cpu",
+    backend="auto",
+) -> np.ndarray:
     """Membrane image of ``mesh`` (float32 (Z, Y, X)); with Poisson noise scaled to ``photons`` at the peak."""
     import torch
 
@@ -71,9 +84,13 @@ def surface_distance(mesh_a, mesh_b, n_samples: int = 20000, seed: int = 0) -> d
     dab = dist(samples(mesh_a), mesh_b)
     dba = dist(samples(mesh_b), mesh_a)
     both = np.concatenate([dab, dba])
-    return {"mean_um": float(both.mean()), "rms_um": float(np.sqrt((both**2).mean())),
-            "hausdorff_um": float(max(dab.max(), dba.max())),
-            "a_to_b_mean_um": float(dab.mean()), "b_to_a_mean_um": float(dba.mean())}
+    return {
+        "mean_um": float(both.mean()),
+        "rms_um": float(np.sqrt((both**2).mean())),
+        "hausdorff_um": float(max(dab.max(), dba.max())),
+        "a_to_b_mean_um": float(dab.mean()),
+        "b_to_a_mean_um": float(dba.mean()),
+    }
 
 
 def place_target(mesh, size_um=None, spacing_um=None, shape=None, margin_voxels: float = 6.0):
@@ -113,8 +130,17 @@ def sphere_of_same_volume(mesh):
     return centroid, radius, vol
 
 
-def fit_target(job, target_path: str, *, mesh_units: str | None = None, size_um=None, shape=None, noise: str = "none", photons: float = 100.0,
-               seed: int = 0):
+def fit_target(
+    job,
+    target_path: str,
+    *,
+    mesh_units: str | None = None,
+    size_um=None,
+    shape=None,
+    noise: str = "none",
+    photons: float = 100.0,
+    seed: int = 0,
+):
     """Render the mesh in ``target_path``, fit a sphere of the same volume to it with the
     options of ``job``, write ``job.out`` (plus ``image.tif``, ``target.ply`` and the surface
     distances in the report). Returns ``(result, report)``."""
@@ -129,14 +155,21 @@ def fit_target(job, target_path: str, *, mesh_units: str | None = None, size_um=
     check_device(job.device, job.backend)
     raw = read_mesh_file(target_path, job.spacing_um or (1.0, 1.0, 1.0), mesh_units, what="--target-mesh")
     target, spacing, shape = place_target(raw, size_um, job.spacing_um, shape)
-    check_inside(target.verts.min(0), target.verts.max(0), shape, spacing, what="the target mesh",
-                 hint="enlarge --shape or reduce --target-size")
+    check_inside(
+        target.verts.min(0),
+        target.verts.max(0),
+        shape,
+        spacing,
+        what="the target mesh",
+        hint="enlarge --shape or reduce --target-size",
+    )
     # the fit starts from the PSF that made the image (and refines it with --learn-psf)
     psf = make_psf(job.psf, spacing)
     config = job.fit_config()
     psf_truth = psf.as_dict()
-    image = render_mesh_image(target, shape, spacing, psf, noise=noise, photons=photons, seed=seed,
-                              device=job.device, backend=job.backend)
+    image = render_mesh_image(
+        target, shape, spacing, psf, noise=noise, photons=photons, seed=seed, device=job.device, backend=job.backend
+    )
     centroid, radius, vol = sphere_of_same_volume(target)
     init = geometry.seed_spheres(centroid[None], np.array([radius]), edge_um=job.edge_um)
 
@@ -146,14 +179,38 @@ def fit_target(job, target_path: str, *, mesh_units: str | None = None, size_um=
         dist = surface_distance(res.mesh, target)
         dist_init = surface_distance(init, target)
         vox = float(np.prod(spacing) ** (1.0 / 3.0))
-        metrics = {**dist, "mean_voxels": dist["mean_um"] / vox, "hausdorff_voxels": dist["hausdorff_um"] / vox,
-                   "voxel_um": vox, "initial_sphere": dist_init}
+        metrics = {
+            **dist,
+            "mean_voxels": dist["mean_um"] / vox,
+            "hausdorff_voxels": dist["hausdorff_um"] / vox,
+            "voxel_um": vox,
+            "initial_sphere": dist_init,
+        }
         size = float((target.verts.max(0) - target.verts.min(0)).max())
-        return {"target": {"mesh": str(target_path), "size_um": size, "volume_um3": vol, "sphere_radius_um": radius,
-                           "psf_truth": psf_truth, "noise": noise, "photons": photons if noise == "poisson" else None,
-                           "shape": list(shape)},
-                "surface_distance": metrics}
+        return {
+            "target": {
+                "mesh": str(target_path),
+                "size_um": size,
+                "volume_um3": vol,
+                "sphere_radius_um": radius,
+                "psf_truth": psf_truth,
+                "noise": noise,
+                "photons": photons if noise == "poisson" else None,
+                "shape": list(shape),
+            },
+            "surface_distance": metrics,
+        }
 
-    res, report, _ = fit_and_write(image, spacing, init, psf, config, job.out, command=job.command,
-                                   extra={"input": None}, progress=job.progress, before_write=before_write)
+    res, report, _ = fit_and_write(
+        image,
+        spacing,
+        init,
+        psf,
+        config,
+        job.out,
+        command=job.command,
+        extra={"input": None},
+        progress=job.progress,
+        before_write=before_write,
+    )
     return res, report

@@ -11,6 +11,7 @@ Each frame directory is complete or absent (staged), and ``OUT/report.json`` onl
 all frames are done. A rerun of an interrupted track resumes after the last finished frame,
 starting from that frame's fitted mesh.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,18 @@ def frame_dir(out_dir: str | os.PathLike, t: int) -> Path:
     return Path(out_dir) / f"t{t:04d}"
 
 
-def track_stack(stack: np.ndarray, spacing_um, init_mesh: Mesh, psf, config, out_dir: str | os.PathLike, *,
-                command=None, progress: bool = True, input_path: str | None = None) -> list[dict]:
+def track_stack(
+    stack: np.ndarray,
+    spacing_um,
+    init_mesh: Mesh,
+    psf,
+    config,
+    out_dir: str | os.PathLike,
+    *,
+    command=None,
+    progress: bool = True,
+    input_path: str | None = None,
+) -> list[dict]:
     """Fit every frame of ``stack`` and write the per-frame outputs and the tracks table.
 
     Parameters
@@ -73,21 +84,44 @@ def track_stack(stack: np.ndarray, spacing_um, init_mesh: Mesh, psf, config, out
             cells = rep.get("cells", [])
             frames.append({"t": t, "resumed": True, "final_loss": rep.get("final_loss")})
         else:
-            _, rep, psf = fit_and_write(stack[t], spacing_um, mesh, psf, config, fdir, command=command,
-                                      extra={"input": input_path, "frame": t}, progress=progress,
-                                      desc=f"t={t}/{stack.shape[0] - 1}")
+            _, rep, psf = fit_and_write(
+                stack[t],
+                spacing_um,
+                mesh,
+                psf,
+                config,
+                fdir,
+                command=command,
+                extra={"input": input_path, "frame": t},
+                progress=progress,
+                desc=f"t={t}/{stack.shape[0] - 1}",
+            )
             mesh = _fitted_mesh(fdir, spacing_um)
             cells = rep["cells"]
-            frames.append({"t": t, "final_loss": rep.get("final_loss"), "timings": rep.get("timings"),
-                           "iterations": rep.get("iterations")})
+            frames.append(
+                {
+                    "t": t,
+                    "final_loss": rep.get("final_loss"),
+                    "timings": rep.get("timings"),
+                    "iterations": rep.get("iterations"),
+                }
+            )
         for c in cells:
             rows.append({"cell": c["cell"], "t": t, **{k: c[k] for k in TRACK_COLUMNS[2:] if k in c}})
     write_csv(out / "tracks.csv", rows, TRACK_COLUMNS)
     from .outputs import versions
 
-    write_json(out / REPORT_NAME, {"command": list(command) if command else None, "input": input_path,
-                                   "n_frames": int(stack.shape[0]), "frames": frames,
-                                   "total_s": time.perf_counter() - t_start, "versions": versions()})
+    write_json(
+        out / REPORT_NAME,
+        {
+            "command": list(command) if command else None,
+            "input": input_path,
+            "n_frames": int(stack.shape[0]),
+            "frames": frames,
+            "total_s": time.perf_counter() - t_start,
+            "versions": versions(),
+        },
+    )
     return rows
 
 
@@ -112,5 +146,14 @@ def track_job(job) -> list[dict]:
     psf = make_psf(job.psf, spacing)
     config = job.fit_config()
     init = initial_mesh(job.init, stack[0], spacing, psf=psf, edge_um=job.edge_um)
-    return track_stack(stack, spacing, init, psf, config, job.out, command=job.command, progress=job.progress,
-                       input_path=str(job.image))
+    return track_stack(
+        stack,
+        spacing,
+        init,
+        psf,
+        config,
+        job.out,
+        command=job.command,
+        progress=job.progress,
+        input_path=str(job.image),
+    )
