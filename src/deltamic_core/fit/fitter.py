@@ -80,6 +80,27 @@ class StepResult:
     remeshed: bool = False
 
 
+def volume_face_weights(mesh: Mesh, cell_weights=None) -> np.ndarray:
+    """Signed per-face weights that make the renderer's volume term the labelled regions.
+
+    A face whose normal points from region l1 into region l2 carries w[l1] - w[l2] (w of the
+    medium 0 is 0, of every cell 1 unless ``cell_weights`` {cell: w} says otherwise), so the
+    divergence theorem gives sum_c w_c * indicator(c): the union of the cells for the default,
+    whatever the winding convention (.rec meshes, e.g. seed spheres, have normals pointing INTO
+    the cells, where an unsigned volume term renders a dark hole), and faces between two cells
+    of equal weight cancel. A plain mesh (no labels) is one cell with outward normals.
+    """
+    if mesh.labels is None:
+        return np.ones(len(mesh.faces))
+    lab = mesh.labels.astype(np.int64)
+    w = np.ones(int(lab.max()) + 1)
+    w[0] = 0.0
+    for c, value in dict(cell_weights or {}).items():
+        if 0 < int(c) < len(w):
+            w[int(c)] = float(value)
+    return w[lab[:, 0]] - w[lab[:, 1]]
+
+
 @dataclass
 class FitResult:
     """The outcome of a fit (also available mid-fit: the current state)."""
@@ -307,6 +328,8 @@ class Fitter:
         self._mesh = mesh
         self._faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=self.device)
         self._weights = self._face_weights(mesh)
+        self._volume_weights = (0.0 if cfg.volume_weight == 0 else torch.as_tensor(
+            cfg.volume_weight * volume_face_weights(mesh), dtype=self.dtype, device=self.device))
         x0 = torch.as_tensor(mesh.verts, dtype=torch.float64, device=self.device)
         t0 = time.perf_counter()
         self._precond = LaplacianPreconditioner(mesh.verts, mesh.faces, cfg.lambda_smooth, cfg.p, cfg.laplacian)
@@ -468,7 +491,7 @@ class Fitter:
 
     def _render(self, x: torch.Tensor) -> torch.Tensor:
         out = self._level.renderer.render(x.to(self.dtype), self._faces, self._weights,
-                                          volume_weight=self.config.volume_weight)
+                                          volume_weight=self._volume_weights)
         # with backend "auto" the renderer picks per call (it depends on the face count)
         self._backend = str(getattr(self._level.renderer, "backend_name", self._backend))
         return out

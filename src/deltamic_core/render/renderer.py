@@ -420,10 +420,23 @@ class Renderer:
         if not _is_zero(volume_weight):
             faces_t = faces.long()
             normals = face_unit_normals(vc, faces_t)
+            if torch.is_tensor(volume_weight) and volume_weight.ndim == 1:
+                # per-face signed weights: sum_c w_c chi_c of several regions (a face between
+                # regions l1 -> l2, normal from l1 into l2, carries w_l1 - w_l2)
+                if volume_weight.shape[0] != faces_t.shape[0]:
+                    raise ValueError(f"volume_weight per face must have {faces_t.shape[0]} values, "
+                                     f"got {volume_weight.shape[0]}")
+                vw = volume_weight.to(device=vc.device, dtype=normals.dtype)
+                normals = normals * vw[:, None]
+                vol = _weighted_signed_volume(vc, faces_t, vw)
+                factor = 1.0
+            else:
+                vol = signed_volume(vc, faces_t)
+                factor = volume_weight
             parts = [mesh_ft(vc, faces_t, freqs, normals[:, a].contiguous(), backend=backend)
                      for a in range(3)]
-            chi = volume_spectrum_from_parts(parts, self._freqs, self._k2, self._dc, signed_volume(vc, faces_t))
-            spec = spec + volume_weight * chi
+            chi = volume_spectrum_from_parts(parts, self._freqs, self._k2, self._dc, vol)
+            spec = spec + (chi if isinstance(factor, float) and factor == 1.0 else factor * chi)
         return spec
 
     def spectrum(self, verts, faces, weights=None, *, volume_weight=0.0) -> torch.Tensor:
@@ -466,7 +479,10 @@ class Renderer:
             Added to the image; differentiable.
         volume_weight : float or tensor
             Density of the enclosed volume (luminal/cytoplasmic signal); 0 skips the three
-            extra transforms it costs.
+            extra transforms it costs. A scalar needs outward normals; an (F,) tensor gives each
+            face a signed weight instead (see :func:`deltamic_core.fit.fitter.volume_face_weights`:
+            w_l1 - w_l2 for a face whose normal points from region l1 into l2, which renders
+            every labelled region with its own density whatever the winding convention).
 
         Returns
         -------
@@ -509,6 +525,13 @@ class Renderer:
             f"padded={self.grid.shape}, oversampling={self.oversampling}, band={len(self.band)}, "
             f"dtype={self.dtype}, backend={self.backend_name!r})"
         )
+
+
+def _weighted_signed_volume(verts, faces, w):
+    """sum_t w_t * (signed volume of the tetrahedron (0, v0, v1, v2)), float64 sums."""
+    v = verts.to(torch.float64)
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    return ((a * torch.linalg.cross(b, c, dim=1)).sum(dim=1) * w.to(torch.float64)).sum() / 6.0
 
 
 def _is_zero(x) -> bool:
