@@ -84,7 +84,7 @@ def fitted(truth, rendered, tmp_path_factory):
     # seeds without radii (estimated from the image), default PSF; coarse seed meshes, few
     # iterations, one resolution level: the smallest fit that still has to get the shapes right
     rc = main(["fit", str(rendered), "--seeds", str(truth["seeds"]), "--edge", "1.0",
-               "--iterations", "30", "--levels", "1", "--quiet", "--out", str(out)])
+               "--iterations", "30", "--levels", "1", "--quiet", "--mechanics", "--out", str(out)])
     assert rc == 0
     return out
 
@@ -114,6 +114,21 @@ def test_fit_from_seeds_recovers_both_cells(fitted, truth):
         assert key in rep
     assert rep["loss_history"][-1] < rep["loss_history"][0]
     assert rep["command"][:2] == ["deltamic", "fit"]
+
+
+def test_fit_with_mechanics_writes_the_mechanics_tables(fitted):
+    from deltamic_core.io import read_mesh
+
+    with open(fitted / "mechanics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    pairs = {(int(r["cell_a"]), int(r["cell_b"])) for r in rows}
+    mesh = read_mesh(fitted / "mesh.rec")
+    assert pairs == {tuple(sorted(p)) for p in mesh.labels.tolist()}
+    with open(fitted / "curvature.csv") as fh:
+        assert len(list(csv.DictReader(fh))) >= len(mesh.verts)
+    rep = json.loads((fitted / "report.json").read_text())
+    assert "mechanics" in rep and "pressures" in rep["mechanics"]
+    assert {"junctions.csv", "curvature.csv", "mechanics.csv"} <= set(rep["files"])
 
 
 @pytest.mark.slow

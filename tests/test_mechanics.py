@@ -298,3 +298,29 @@ def test_mechanics_layer_in_a_viewer(make_napari_viewer):
     assert t["1-2"] < t["0-1"] < t["0-2"]  # tensions 0.8 < 1 < 1.3
     with pytest.raises(ValueError, match="color_by must be one of"):
         mechanics_layer_data(mesh, color_by="pressure")
+
+
+def test_mechanics_command(tmp_path, capsys):
+    import json
+
+    from deltamic_core.cli import main
+
+    out = tmp_path / "mech"
+    assert main(["mechanics", str(SAMPLE), "--out", str(out), "--tension", "0", "1", "2.5"]) == 0
+    stdout = capsys.readouterr().out
+    assert "6 interface(s)" in stdout and "interface 0-1: tension 2.5" in stdout
+    assert {p.name for p in out.iterdir()} == {"mechanics.csv", "junctions.csv", "curvature.csv", "mesh.ply",
+                                               "report.json"}
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["mechanics"]["tensions"][0] == {"cell_a": 0, "cell_b": 1, "tension": 2.5}
+    # a rerun may replace its own output; bad options: one line, exit 2, nothing written
+    bad = tmp_path / "bad"
+    for argv, msg in ((["--fix-tension", "3", "7"], "no interface between regions 3 and 7"),
+                      (["--tension", "0", "1", "x"], "expected two region labels and a number"),
+                      (["--tension", "0", "1", "-2"], "must be positive")):
+        assert main(["mechanics", str(SAMPLE), "--out", str(bad)] + argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
+        assert not bad.exists()
+    assert main(["mechanics", str(tmp_path / "none.ply"), "--out", str(bad)]) == 2
+    assert "no such file" in capsys.readouterr().err

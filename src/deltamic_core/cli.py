@@ -194,6 +194,12 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
         help="target mesh edge length in um (default: chosen by the fitter)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--mechanics",
+        action="store_true",
+        help="also write curvatures, contact angles, relative tensions and pressures of the fitted "
+        "mesh (mechanics.csv, junctions.csv, curvature.csv)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +301,41 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=_positive_int, default=None, help="local worker processes")
     c.add_argument("--threads-per-worker", type=_positive_int, default=1, help="torch threads per task (default 1)")
     _add_fit_options(b, batch=True)
-    for sp in (r, f, tr, b):  # accepted after the command too
+    m = sub.add_parser(
+        "mechanics",
+        help="curvatures, contact angles, tensions and pressures of a multi-cell mesh",
+        description="Per-vertex mean and Gaussian curvature of every interface, contact angles on "
+        "the triple lines, relative surface tensions (Young-Dupre force balance) and pressures "
+        "(Laplace) of a labelled mesh, written to DIR (mechanics.csv, junctions.csv, "
+        "curvature.csv, mesh.ply with curvature vertex properties, report.json).",
+    )
+    m.add_argument("mesh", metavar="MESH")
+    m.add_argument("--out", required=True, metavar="DIR")
+    m.add_argument(
+        "--spacing",
+        type=_positive_float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="voxel size in um for meshes in voxel units (.rec: default from the file, else 1)",
+    )
+    m.add_argument("--mesh-units", choices=("um", "voxel"), default=None, help="units of MESH")
+    m.add_argument(
+        "--fix-tension",
+        type=_nonnegative_int,
+        nargs=2,
+        metavar=("A", "B"),
+        help="normalise the tensions so that the interface between regions A and B has tension 1 "
+        "(default: mean tension 1)",
+    )
+    m.add_argument(
+        "--tension",
+        nargs=3,
+        action="append",
+        metavar=("A", "B", "VALUE"),
+        help="a measured tension of the interface A-B (any unit): sets the scale of the tensions "
+        "and pressures; repeatable",
+    )
+    for sp in (r, f, tr, b, m):  # accepted after the command too
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     return parser
 
@@ -317,9 +357,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help / --version
             return int(exc.code or 0)
         if args.command is None:
-            raise CLIError("a command is required: render, fit, track or batch (see 'deltamic --help')")
+            raise CLIError("a command is required: render, fit, track, batch or mechanics (see 'deltamic --help')")
         args.argv = [PROG] + argv
-        handler = {"render": cmd_render, "fit": cmd_fit, "track": cmd_track, "batch": cmd_batch}[args.command]
+        handler = {
+            "render": cmd_render,
+            "fit": cmd_fit,
+            "track": cmd_track,
+            "batch": cmd_batch,
+            "mechanics": cmd_mechanics,
+        }[args.command]
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         _say_error("interrupted")
@@ -400,6 +446,7 @@ def job_from_args(args) -> FitJob:
         out=args.out,
         command=getattr(args, "argv", None),
         progress=not args.quiet,
+        mechanics=bool(getattr(args, "mechanics", False)),
     )
 
 
@@ -426,6 +473,60 @@ def cmd_fit(args) -> int:
     _, report, _ = fit_to_directory(job_from_args(args))
     _print_fit_summary(report, args.out)
     return 0
+
+
+def cmd_mechanics(args) -> int:
+    from . import io as dio
+    from .geometry.mechanics import mechanics
+    from .pipeline.outputs import REPORT_NAME, check_replaceable, staged_directory, versions, write_json
+    from .pipeline.outputs import write_mechanics_outputs
+
+    out = check_replaceable(args.out)
+    if args.spacing is not None or args.mesh_units is not None:
+        mesh = read_mesh_file(args.mesh, tuple(args.spacing or (1.0, 1.0, 1.0)), args.mesh_units, what="MESH")
+    else:
+        mesh = read_mesh_file(args.mesh, None, "um", what="MESH") if not str(args.mesh).lower().endswith(".rec") \
+            else _read_rec_as_is(dio, args.mesh)
+    known = {}
+    for a, b, value in args.tension or ():
+        try:
+            known[(int(a), int(b))] = float(value)
+        except ValueError:
+            raise CLIError(f"--tension {a} {b} {value}: expected two region labels and a number") from None
+    normalise = "mean" if args.fix_tension is None else tuple(args.fix_tension)
+    try:
+        t0 = time.perf_counter()
+        result = mechanics(mesh, normalise=normalise, known_tensions=known or None)
+        elapsed = time.perf_counter() - t0
+    except ValueError as exc:
+        raise InputError(f"MESH {str(args.mesh)!r}: {one_line(exc)}") from None
+    with staged_directory(out) as tmp:
+        summary = write_mechanics_outputs(tmp, mesh, result)
+        write_json(
+            tmp / REPORT_NAME,
+            {"command": args.argv, "input": str(args.mesh), "mechanics": summary, "time_s": elapsed,
+             "versions": versions()},
+        )
+    it = result.interfaces
+    print(f"{len(it['cell_a'])} interface(s), {len(result.points['vertex'])} triple-line point(s), "
+          f"force residual {result.residual_rms:.3g} ({elapsed:.1f} s)")
+    for i in range(len(it["cell_a"])):
+        print(f"  interface {it['cell_a'][i]}-{it['cell_b'][i]}: tension {it['tension'][i]:.4g}, "
+              f"mean curvature {it['mean_curvature_per_um'][i]:.4g} /um, delta p {it['delta_p'][i]:.4g}")
+    print(f"outputs in {out}")
+    return 0
+
+
+def _read_rec_as_is(dio, path):
+    from .pipeline.inputs import _check_mesh, _existing_file
+
+    p = _existing_file(path, "MESH")
+    try:
+        mesh = dio.read_mesh(p)
+    except Exception as exc:
+        raise InputError(f"MESH {str(p)!r} cannot be read as a mesh ({one_line(exc)})") from None
+    _check_mesh(mesh, f"MESH {str(p)!r}")
+    return mesh
 
 
 def _print_fit_summary(report: dict, out) -> None:

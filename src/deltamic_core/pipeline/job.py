@@ -51,6 +51,8 @@ class FitJob:
     out : output directory; overwrite : may replace an earlier result there
     command : the command line that made the job (for report.json)
     progress : show a progress bar
+    mechanics : also write the mechanics analysis of the fitted mesh (mechanics.csv,
+        junctions.csv, curvature.csv, curvature vertex properties in mesh.ply)
     """
 
     image: str | None = None
@@ -75,6 +77,7 @@ class FitJob:
     overwrite: bool = False
     command: list | None = None
     progress: bool = True
+    mechanics: bool = False
 
     def replace(self, **changes) -> FitJob:
         return dataclasses.replace(self, **changes)

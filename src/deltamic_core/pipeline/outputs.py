@@ -55,6 +55,9 @@ _OWN_FILES = {
     "target.ply",
     "tracks.csv",
     "summary.csv",
+    "mechanics.csv",
+    "junctions.csv",
+    "curvature.csv",
 }
 
 
@@ -210,6 +213,7 @@ def write_fit_outputs(
     measurements: Sequence[Mapping] | None = None,
     contacts: Sequence[Mapping] | None = None,
     labels: np.ndarray | None = None,
+    mechanics: bool = False,
 ) -> dict:
     """Write the files of one fit into an existing (staging) directory; ``report.json`` last.
 
@@ -228,6 +232,9 @@ def write_fit_outputs(
         with :func:`deltamic_core.geometry.measure` when not given.
     labels : (Z, Y, X) int array, optional
         Label image; rasterised from the mesh when not given.
+    mechanics : bool
+        Also write the mechanics analysis (:func:`write_mechanics_outputs`; its summary goes
+        into the report under ``"mechanics"``).
 
     Returns
     -------
@@ -255,6 +262,8 @@ def write_fit_outputs(
     write_csv(out / "measurements.csv", measurements, MEASUREMENT_COLUMNS)
     write_csv(out / "contacts.csv", contacts, CONTACT_COLUMNS)
     full = dict(report)
+    if mechanics:
+        full["mechanics"] = write_mechanics_outputs(out, mesh)
     if isinstance(full.get("timings"), Mapping):
         full["timings"] = {**full["timings"], "outputs_s": time.perf_counter() - t0}
     full.setdefault("cells", list(measurements))

@@ -196,6 +196,7 @@ def fit_and_write(
     stage: bool = True,
     desc: str = "fit",
     before_write=None,
+    mechanics: bool = False,
 ):
     """Fit and write the outputs directory (``report.json`` last; staged when ``stage``).
 
@@ -223,7 +224,9 @@ def fit_and_write(
                 report.update(more)
         report["timings"]["extra_outputs_s"] = time.perf_counter() - t_w
         report["timings"]["fit_total_s"] = time.perf_counter() - t_start  # before the outputs writer
-        return write_fit_outputs(d, mesh, shape=image.shape, spacing_um=spacing_um, origin_um=origin_um, report=report)
+        return write_fit_outputs(
+            d, mesh, shape=image.shape, spacing_um=spacing_um, origin_um=origin_um, report=report, mechanics=mechanics
+        )
 
     if stage:
         with staged_directory(out_dir) as tmp:
@@ -284,4 +287,5 @@ def fit_to_directory(job: FitJob, out=None, *, extra: dict | None = None):
         command=job.command,
         extra=info,
         progress=job.progress,
+        mechanics=job.mechanics,
     )
