@@ -38,7 +38,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from analytic_doublet import doublet_from_tensions, young_dupre_angles  # noqa: E402
-
 from deltamic_core.geometry import mechanics  # noqa: E402
 from deltamic_core.io import read_mesh  # noqa: E402
 from deltamic_core.mesh import Mesh  # noqa: E402

@@ -478,15 +478,24 @@ def cmd_fit(args) -> int:
 def cmd_mechanics(args) -> int:
     from . import io as dio
     from .geometry.mechanics import mechanics
-    from .pipeline.outputs import REPORT_NAME, check_replaceable, staged_directory, versions, write_json
-    from .pipeline.outputs import write_mechanics_outputs
+    from .pipeline.outputs import (
+        REPORT_NAME,
+        check_replaceable,
+        staged_directory,
+        versions,
+        write_json,
+        write_mechanics_outputs,
+    )
 
     out = check_replaceable(args.out)
     if args.spacing is not None or args.mesh_units is not None:
         mesh = read_mesh_file(args.mesh, tuple(args.spacing or (1.0, 1.0, 1.0)), args.mesh_units, what="MESH")
     else:
-        mesh = read_mesh_file(args.mesh, None, "um", what="MESH") if not str(args.mesh).lower().endswith(".rec") \
+        mesh = (
+            read_mesh_file(args.mesh, None, "um", what="MESH")
+            if not str(args.mesh).lower().endswith(".rec")
             else _read_rec_as_is(dio, args.mesh)
+        )
     known = {}
     for a, b, value in args.tension or ():
         try:
@@ -504,15 +513,24 @@ def cmd_mechanics(args) -> int:
         summary = write_mechanics_outputs(tmp, mesh, result)
         write_json(
             tmp / REPORT_NAME,
-            {"command": args.argv, "input": str(args.mesh), "mechanics": summary, "time_s": elapsed,
-             "versions": versions()},
+            {
+                "command": args.argv,
+                "input": str(args.mesh),
+                "mechanics": summary,
+                "time_s": elapsed,
+                "versions": versions(),
+            },
         )
     it = result.interfaces
-    print(f"{len(it['cell_a'])} interface(s), {len(result.points['vertex'])} triple-line point(s), "
-          f"force residual {result.residual_rms:.3g} ({elapsed:.1f} s)")
+    print(
+        f"{len(it['cell_a'])} interface(s), {len(result.points['vertex'])} triple-line point(s), "
+        f"force residual {result.residual_rms:.3g} ({elapsed:.1f} s)"
+    )
     for i in range(len(it["cell_a"])):
-        print(f"  interface {it['cell_a'][i]}-{it['cell_b'][i]}: tension {it['tension'][i]:.4g}, "
-              f"mean curvature {it['mean_curvature_per_um'][i]:.4g} /um, delta p {it['delta_p'][i]:.4g}")
+        print(
+            f"  interface {it['cell_a'][i]}-{it['cell_b'][i]}: tension {it['tension'][i]:.4g}, "
+            f"mean curvature {it['mean_curvature_per_um'][i]:.4g} /um, delta p {it['delta_p'][i]:.4g}"
+        )
     print(f"outputs in {out}")
     return 0
 
