@@ -123,7 +123,8 @@ class Renderer:
 
     def __init__(self, shape, spacing_um, psf, origin_um=(0.0, 0.0, 0.0), *, band_threshold=1e-3,
                  backend: str = "auto", dtype=torch.float32, device="cpu", margin_um=None,
-                 max_memory_bytes=None, fold_aliases: bool = True, max_oversampling: int = 8):
+                 max_memory_bytes=None, fold_aliases: bool = True, max_oversampling: int = 8,
+                 route: str = "auto", real_tol: float = 1e-2):
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if not (hasattr(psf, "otf") and hasattr(psf, "extent_um")):
@@ -153,6 +154,12 @@ class Renderer:
         if isinstance(max_oversampling, bool) or not isinstance(max_oversampling, int) or max_oversampling < 1:
             raise ValueError(f"max_oversampling must be an integer >= 1, got {max_oversampling!r}")
         self.max_oversampling = max_oversampling
+        if route not in ("auto", "fourier", "real"):
+            raise ValueError(f"route must be 'auto', 'fourier' or 'real', got {route!r}")
+        if not (isinstance(real_tol, (int, float)) and 0 < real_tol < 1):
+            raise ValueError(f"real_tol must be a number in (0, 1), got {real_tol!r}")
+        self.route_request = route
+        self.real_tol = float(real_tol)
         self._margin_um = margin_um
         self.box: PaddedBox = padded_box(shape, spacing_um, origin_um, psf.extent_um(), margin_um)
         self.grid: FFTGrid = self.box.grid
@@ -164,7 +171,20 @@ class Renderer:
         self._otf_key = None
         self._otf_band = None
         self._last_backend = None
-        self.update_band(_stacklevel=3)
+        self._band = None
+        self._real = None
+        self._probe = torch.zeros(0, device=self.device)
+        self.route = "fourier"
+        if route != "fourier" and fold_aliases:
+            from .route import real_plan
+
+            self._real = real_plan(self, required=(route == "real"))
+        if self._real is not None and (route == "real" or self._real.preferred):
+            self.route = "real"
+            self._set_wrap_bounds()
+        else:
+            self._real = None
+            self.update_band(_stacklevel=3)
 
     # ------------------------------------------------------------------ plan / band
     @property
@@ -185,6 +205,8 @@ class Renderer:
         "auto", the one the last render used, since the choice depends on the face count)."""
         if self._last_backend is not None:
             return self._last_backend
+        if self.route == "real":
+            return "realspace"
         try:
             from ..meshft._registry import resolve
 
@@ -192,7 +214,65 @@ class Renderer:
         except Exception:  # noqa: BLE001 - reporting only
             return self.backend
 
-    def update_band(self, threshold=None, *, relax: float = 1.0, _stacklevel: int = 2) -> GridBand:
+    # The Fourier plan (band, oversampling, alias fold) is built lazily on the real-space route:
+    # spectrum(), a volume term or reading these attributes builds it on first use.
+    @property
+    def band(self) -> GridBand:
+        if self._band is None:
+            self._build_band(_stacklevel=3)
+        return self._band
+
+    @property
+    def oversampling(self) -> tuple[int, int, int]:
+        if self._band is None:
+            self._build_band(_stacklevel=3)
+        return self._oversampling
+
+    @property
+    def nyquist_otf(self) -> float:
+        if self._band is None:
+            self._build_band(_stacklevel=3)
+        return self._nyquist_otf
+
+    def _set_wrap_bounds(self) -> None:
+        blur = tuple(float(b) for b in self.psf.extent_um())
+        self.box = PaddedBox(self.box.image, self.box.grid, self.box.lo, blur)
+        self._wrap_lo, self._wrap_hi = self.box.wrap_free_bounds()
+
+    def update_band(self, threshold=None, *, relax: float = 1.0, _stacklevel: int = 2):
+        """Recompute the narrow band from the PSF's current OTF (call it after the PSF
+        parameters changed).
+
+        On the real-space route (``route == "real"``) this refreshes the real-space kernel
+        instead and drops the Fourier plan (rebuilt on its next use); it then returns None.
+
+        Parameters
+        ----------
+        threshold : float in [0, 1), optional
+            New relative threshold (default: the current ``band_threshold``); it becomes the
+            renderer's ``band_threshold``.
+        relax : float >= 1
+            Keep |OTF| > threshold / relax * max|OTF|: a margin so that a PSF that keeps
+            changing between band updates stays covered.
+
+        Returns
+        -------
+        GridBand (None on the real-space route)
+        """
+        if self.route == "real":
+            if threshold is not None:
+                self.band_threshold = check_band_threshold(threshold)
+            from .route import real_plan
+
+            self._real = real_plan(self, required=True)
+            self._set_wrap_bounds()
+            self._band = None
+            self._otf_key = None
+            self._otf_band = None
+            return None
+        return self._build_band(threshold, relax=relax, _stacklevel=_stacklevel + 1)
+
+    def _build_band(self, threshold=None, *, relax: float = 1.0, _stacklevel: int = 2) -> GridBand:
         """Recompute the narrow band from the PSF's current OTF (call it after the PSF
         parameters changed).
 
@@ -231,7 +311,7 @@ class Renderer:
                 )
             edges = boundary_otf(otf)
             if q == [1, 1, 1]:
-                self.nyquist_otf = max(edges)
+                self._nyquist_otf = max(edges)
             if not self.fold_aliases:
                 break
             grow = [a for a in range(3) if edges[a] > thr and q[a] < self.max_oversampling]
@@ -240,13 +320,13 @@ class Renderer:
             for a in grow:
                 q[a] += 1
             del otf
-        self.oversampling = tuple(q)
-        self.band = band_from_otf(fine, otf, thr)
+        self._oversampling = tuple(q)
+        self._band = band_from_otf(fine, otf, thr)
         del otf
-        if not self.fold_aliases and self.nyquist_otf > max(self.band_threshold, 1e-2):
+        if not self.fold_aliases and self._nyquist_otf > max(self.band_threshold, 1e-2):
             warnings.warn(
                 f"the PSF is undersampled by spacing_um={self.spacing_um}: |OTF| reaches "
-                f"{self.nyquist_otf:.2g} of its maximum at the Nyquist frequency; with fold_aliases=False the "
+                f"{self._nyquist_otf:.2g} of its maximum at the Nyquist frequency; with fold_aliases=False the "
                 "image is band-limited to the grid (frequencies beyond Nyquist are dropped)",
                 RuntimeWarning,
                 stacklevel=_stacklevel,
@@ -259,15 +339,13 @@ class Renderer:
                 RuntimeWarning,
                 stacklevel=_stacklevel,
             )
-        fold = alias_fold(self.band, self.grid, mirror=self.fold_aliases)
-        blur = tuple(float(b) for b in self.psf.extent_um())
-        self.box = PaddedBox(self.box.image, self.box.grid, self.box.lo, blur)
-        self._wrap_lo, self._wrap_hi = self.box.wrap_free_bounds()
+        fold = alias_fold(self._band, self.grid, mirror=self.fold_aliases)
+        self._set_wrap_bounds()
         dev = self.device
         self._gather = self.band.flat_index(dev)  # band -> OTF grid (the oversampled grid)
         self._fold = fold.to(dev)
         # on the image grid itself every band entry has its own bin: one index_put, no gathers
-        self._identity = self.oversampling == (1, 1, 1) and len(fold.mirror_sel) == 0
+        self._identity = self._oversampling == (1, 1, 1) and len(fold.mirror_sel) == 0
         self._direct_all = len(fold.direct_sel) == len(self.band)  # then direct_sel is arange(K)
         self._freqs = self.band.freqs(dtype=self.dtype, device=dev).contiguous()
         modes = self.band.signed_modes(dev)
@@ -281,7 +359,7 @@ class Renderer:
         )
         self._otf_key = None
         self._otf_band = None
-        return self.band
+        return self._band
 
     # ------------------------------------------------------------------ OTF
     def _psf_state_key(self):
@@ -323,7 +401,7 @@ class Renderer:
         n_r = math.prod(self.grid.rfft_shape)
         # forward: scatter target + irfftn work buffer + real output; backward: the same again
         total = 2 * (2 * c * n_r + r * n)
-        band_grid = getattr(getattr(self, "band", None), "grid", self.grid)
+        band_grid = getattr(getattr(self, "_band", None), "grid", self.grid)
         if any(p.requires_grad for p in getattr(self.psf, "parameters", lambda: [])()):
             total += 2 * c * math.prod(band_grid.rfft_shape)  # OTF re-evaluated in the graph
         return total
@@ -335,7 +413,9 @@ class Renderer:
         """
         r = torch.finfo(self.dtype).bits // 8
         c = 2 * r
-        K = len(self.band) if hasattr(self, "band") else math.prod(self.grid.rfft_shape)
+        if self.route == "real" and not volume:
+            return float(self._real.memory_estimate_bytes(n_faces, n_verts))
+        K = len(self.band)
         calls = 4 if volume else 1
         band = K * (3 * r + 8 + 2 * c) + 2 * calls * K * c  # freqs, index, otf, spectra (+grads)
         mesh = self._meshft_bytes(int(n_faces), int(n_verts), K) * calls
@@ -359,7 +439,7 @@ class Renderer:
     # ------------------------------------------------------------------ execution
     def _prepare(self, verts, faces, weights):
         if isinstance(verts, torch.Tensor):  # before any value is read from a foreign device
-            check_same_device([("verts", verts), (f"the renderer (device={self.device})", self._gather)])
+            check_same_device([("verts", verts), (f"the renderer (device={self.device})", self._probe)])
         v = check_vertices(verts, "verts")
         if v.device != self.device:
             v = v.to(self.device)
@@ -412,6 +492,7 @@ class Renderer:
         from ..meshft import mesh_ft
         from ..meshft._registry import resolve
 
+        self.band  # noqa: B018 - builds the Fourier plan on first use (lazy on the real-space route)
         vc = (v.to(torch.float64) - self._centre).to(self.dtype)
         backend = self._backend_for(faces.shape[0])
         self._last_backend = resolve(backend, self.device, announce=False)[0]
@@ -491,6 +572,14 @@ class Renderer:
         """
         v, faces, weights, n_faces = self._prepare(verts, faces, weights)
         self._check_render_memory(n_faces, v.shape[0], volume_weight)
+        if self.route == "real" and _is_zero(volume_weight):
+            image = self._real.render(v, faces.long(), weights)
+            self._last_backend = "realspace"
+            if not (isinstance(gain, (int, float)) and gain == 1):
+                image = image * gain
+            if not (isinstance(background, (int, float)) and background == 0):
+                image = image + background
+            return image
         coeffs = self._centred_spectrum(v, faces, weights, volume_weight) * self._band_otf()
         if not (isinstance(gain, (int, float)) and gain == 1):
             coeffs = coeffs * gain
@@ -522,8 +611,9 @@ class Renderer:
     def __repr__(self) -> str:
         return (
             f"Renderer(shape={self.shape}, spacing_um={self.spacing_um}, origin_um={self.origin_um}, "
-            f"padded={self.grid.shape}, oversampling={self.oversampling}, band={len(self.band)}, "
-            f"dtype={self.dtype}, backend={self.backend_name!r})"
+            f"padded={self.grid.shape}, route={self.route!r}, "
+            + (f"oversampling={self._oversampling}, band={len(self._band)}, " if self._band is not None else "")
+            + f"dtype={self.dtype}, backend={self.backend_name!r})"
         )
 
 

@@ -1,0 +1,166 @@
+"""Choice and set-up of the renderer's real-space route (see :mod:`.realspace`).
+
+"auto" takes the real-space route when (1) the grid undersamples the PSF, i.e. the Fourier
+route would have to fold aliases from an oversampled band (its cost grows with the square or
+cube of the oversampling factor, the real-space cost does not), (2) the PSF's truncated window
+is small (at most ``MAX_WINDOW`` voxels: a PSF much wider than the voxels is cheaper in Fourier
+space) and (3) a real-space kernel exists for the PSF: an axis-aligned Gaussian (learnable
+sigma keeps its gradient), a full-covariance Gaussian or a :class:`MeasuredPSF` (fixed
+parameters). Everything else stays on the Fourier route. Measured by
+``benchmarks/bench_speed.py``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .realspace import GaussianKernel, SurfaceQuadrature, TableKernel, _window_size, otf_weighted_rows, splat
+
+# "auto" keeps the Fourier route when the PSF window exceeds this many voxels
+MAX_WINDOW = 1000
+# table kernels: lattice step (fraction of the PSF's width per axis) and size cap (entries)
+_TABLE_STEP = 1.0 / 12.0
+_TABLE_MAX = 1 << 24
+
+
+def _gaussian_kmax(inv_diag):
+    """kmax_a(o) for an OTF exp(-2 pi^2 k^T S k): sqrt(ln(1/o) / (2 pi^2) (S^-1)_aa)."""
+    def kmax(level):
+        c = math.log(1.0 / level) / (2 * math.pi**2)
+        return np.sqrt(c * np.asarray(inv_diag))
+    return kmax
+
+
+def _otf_kmax(otf_abs: np.ndarray, freqs):
+    """kmax_a(o) from |OTF| sampled on an rfft grid (relative to its maximum)."""
+    mag = otf_abs / otf_abs.max()
+    fz, fy, fx = (np.abs(f) for f in freqs)
+
+    def kmax(level):
+        m = mag > level
+        if not m.any():
+            return None
+        return np.array([fz[m.any((1, 2))].max(), fy[m.any((0, 2))].max(), fx[m.any((0, 1))].max()]) * 1.05
+    return kmax
+
+
+class RealPlan:
+    """Kernel + quadrature of the real-space route for one renderer."""
+
+    def __init__(self, renderer, kernel, kmax, sigma_fn=None):
+        self.r = renderer
+        self.kernel = kernel
+        self.kmax = kmax
+        self.sigma_fn = sigma_fn
+        self.quadrature = SurfaceQuadrature(otf_weighted_rows(kmax, renderer.real_tol, renderer.band_threshold))
+        sp = renderer.spacing_um
+        # estimated oversampling the Fourier route would need (first q with q / (2 s) >= kmax)
+        k = kmax(renderer.band_threshold)
+        self.fourier_oversampling = tuple(max(1, int(math.ceil(2 * s * ka - 1e-9))) for s, ka in zip(sp, k))
+        sigma = None if sigma_fn is None else sigma_fn()
+        self._rule_sigma = None if sigma is None else sigma.detach().cpu().numpy()
+        self.window = _window_size(kernel.radius(sigma), sp)
+        self.preferred = max(self.fourier_oversampling) > 1 and math.prod(self.window) <= MAX_WINDOW
+
+    def _sigma(self):
+        if self.sigma_fn is None:
+            return None
+        return self.sigma_fn().to(dtype=self.r.dtype, device=self.r.device)
+
+    def render(self, verts, faces, weights):
+        r = self.r
+        if weights is None:
+            weights = torch.ones(faces.shape[0], dtype=r.dtype, device=verts.device)
+        v = verts.to(r.dtype)
+        if self.sigma_fn is not None:
+            # the rule follows a learnt sigma
+            with torch.no_grad():
+                s = self.sigma_fn().detach().cpu().numpy()
+            if not np.array_equal(s, self._rule_sigma):
+                self._rule_sigma = s
+                self.kmax = _gaussian_kmax(1.0 / s**2)
+                self.quadrature.rows = SurfaceQuadrature(otf_weighted_rows(self.kmax, r.real_tol, r.band_threshold)).rows
+        x, s = self.quadrature.points(v, faces, weights.to(r.dtype))
+        self.last_n_points = int(x.shape[0])
+        return splat(self.kernel, r.shape, r.spacing_um, r.origin_um, x, s, self._sigma())
+
+    def memory_estimate_bytes(self, n_faces: int, n_verts: int) -> float:
+        b = torch.finfo(self.r.dtype).bits // 8
+        vox = math.prod(n + 2 * w for n, w in zip(self.r.shape, self.window))
+        chunk = (1 << 23) * (8 + 4 * b)  # flat indices + values of one chunk, forward or backward
+        points = n_faces * 400 * 8 * b  # points, strengths and their autograd buffers (generous)
+        return float(3 * vox * b + chunk + points + n_verts * 64)
+
+
+def real_plan(renderer, *, required: bool):
+    """The :class:`RealPlan` for ``renderer``'s PSF, or None when no real-space kernel exists
+    (then a ValueError when ``required``)."""
+    from ..psf import GaussianPSF, MeasuredPSF
+
+    psf = renderer.psf
+    dtype, device = renderer.dtype, renderer.device
+    sp = renderer.spacing_um
+    trunc = min(3e-4, 0.3 * renderer.band_threshold)
+    learnable = any(p.requires_grad for p in psf.parameters()) if hasattr(psf, "parameters") else False
+    if isinstance(psf, GaussianPSF) and not psf.is_full_covariance:
+        kernel = GaussianKernel(psf, trunc=trunc)
+        with torch.no_grad():
+            s = psf.sigma_um.detach().cpu().numpy()
+        return RealPlan(renderer, kernel, _gaussian_kmax(1.0 / s**2), sigma_fn=lambda: psf.sigma_um)
+    if isinstance(psf, GaussianPSF) and not learnable:
+        with torch.no_grad():
+            S = psf.covariance_um2.detach().cpu().numpy()
+        Si = np.linalg.inv(S)
+        c = math.sqrt(2 * math.log(1 / trunc))
+        radius = tuple(c * math.sqrt(S[a, a]) for a in range(3))
+        norm = 1.0 / math.sqrt((2 * math.pi) ** 3 * np.linalg.det(S))
+
+        def values(dz, dy, dx):
+            Z, Y, X = np.meshgrid(dz, dy, dx, indexing="ij")
+            d = np.stack([Z, Y, X], -1)
+            return norm * np.exp(-0.5 * np.einsum("...a,ab,...b->...", d, Si, d))
+
+        q = _table_q([math.sqrt(S[a, a]) for a in range(3)], radius, sp)
+        kernel = TableKernel(values, radius, sp, q, dtype, device)
+        return RealPlan(renderer, kernel, _gaussian_kmax(np.diag(Si)))
+    if isinstance(psf, MeasuredPSF):
+        h = psf.samples.detach().cpu().numpy()
+        s0 = psf.spacing_um
+        coords = [c.numpy() for c in psf.grid.centred_coords()]
+        radius = psf.extent_um()
+        w = h / h.sum()
+        sig = []
+        for a in range(3):
+            c = coords[a].reshape([-1 if b == a else 1 for b in range(3)])
+            mu = (w * c).sum()
+            sig.append(max(math.sqrt(max(((w * (c - mu) ** 2).sum()), 0.0)), 0.5 * s0[a]))
+
+        def values(dz, dy, dx):
+            # band-limited (sinc) interpolant of the samples: the continuous PSF whose OTF is
+            # MeasuredPSF.otf (the samples' DTFT inside their Nyquist band, 0 outside)
+            kz, ky, kx = (np.sinc((d[:, None] - c[None, :]) / s) for d, c, s in zip((dz, dy, dx), coords, s0))
+            out = np.einsum("abc,xc->abx", h, kx)
+            out = np.einsum("abx,yb->ayx", out, ky)
+            return np.einsum("ayx,za->zyx", out, kz)
+
+        q = _table_q(sig, radius, sp)
+        kernel = TableKernel(values, radius, sp, q, dtype, device)
+        otf = psf.otf(psf.grid, dtype=torch.float64).abs().cpu().numpy()
+        return RealPlan(renderer, kernel, _otf_kmax(otf, [f.numpy() for f in psf.grid.freqs()]))
+    if required:
+        kind = type(psf).__name__
+        why = "its parameters are learnt" if learnable else "no real-space kernel exists for it"
+        raise ValueError(f"route='real' is not available for a {kind} ({why}): use route='auto' or 'fourier'")
+    return None
+
+
+def _table_q(sigma, radius, spacing):
+    """Sub-voxel lattice factors per axis: step ~ sigma / 12 (trilinear error ~ 1e-3 of the
+    peak), reduced uniformly if the polyphase table would exceed ``_TABLE_MAX`` entries."""
+    q = [max(1, int(math.ceil(s / (_TABLE_STEP * sg)))) for s, sg in zip(spacing, sigma)]
+    W = _window_size(radius, spacing)
+    while math.prod(qa + 2 for qa in q) * math.prod(W) > _TABLE_MAX and max(q) > 1:
+        q = [max(1, int(qa * 0.8)) for qa in q]
+    return tuple(q)
