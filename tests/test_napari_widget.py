@@ -61,11 +61,9 @@ def _setup(viewer, embryo, iterations: int):
     # the cell's equivalent radius is ~4.1 um: a seed of 3 um overlaps its membrane's blur
     w.radius_box.setValue(3.0)
     w.edge_box.setValue(1.5)  # ~100 triangles: keeps the test's iterations cheap
-    w.sigma_boxes[0].setValue(embryo["params"]["sigma_um"][0])
-    w.sigma_boxes[1].setValue(embryo["params"]["sigma_um"][1])
-    w.sigma_boxes[2].setValue(embryo["params"]["sigma_um"][2])
+    w.psf_panel.set_sigma(embryo["params"]["sigma_um"])
     w.iter_box.setValue(iterations)
-    w.coarse_box.setChecked(False)
+    w.levels_edit.setText("1")
     w.update_interval_s = 0.0  # update the layer after every iteration in the test
     return w, image
 
@@ -180,7 +178,7 @@ def test_errors_are_reported_not_raised(make_napari_viewer, errors):
     assert "dimensions" in errors[-1]
 
     viewer.layers.clear()
-    viewer.add_image(np.zeros((8, 16, 16), np.float32), name="vol", scale=(1.0, 0.5, 0.5))
+    viewer.add_image(np.random.default_rng(0).random((8, 16, 16), np.float32), name="vol", scale=(1.0, 0.5, 0.5))
     viewer.add_points(np.zeros((0, 3)), name="none", ndim=3)
     w.seed_source.setCurrentText("Points")
     w.run_fit()
@@ -323,3 +321,71 @@ def test_learn_psf_reports_and_copies_back_the_learned_widths(make_napari_viewer
     after = [b.value() for b in w.sigma_boxes]
     assert after != before
     assert w._last_step.psf_params["sigma_um"] == pytest.approx(after, abs=1e-3)
+
+
+def _sphere_stack(tmp_path):
+    """A TIFF of one noisy membrane sphere (r = 2.5 um) and a seeds CSV 0.4 um off its centre."""
+    from deltamic_core.geometry import seed_spheres
+    from deltamic_core.io import write_tiff
+    from deltamic_core.pipeline import render_mesh_image
+    from deltamic_core.psf import GaussianPSF
+
+    spacing, shape = (0.5, 0.25, 0.25), (16, 32, 32)
+    centre = (np.asarray(shape) - 1) * spacing / 2
+    truth = seed_spheres(centre[None], np.array([2.5]))
+    img = render_mesh_image(truth, shape, spacing, GaussianPSF(sigma_um=spacing), noise="poisson", photons=50.0,
+                            background=2.0, seed=3)
+    path = tmp_path / "sphere.tif"
+    write_tiff(path, img, spacing)
+    seed = centre + np.array([0.0, 0.4, -0.3])
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("z,y,x\n" + ",".join(f"{v:.6f}" for v in seed) + "\n")
+    return path, seeds, seed
+
+
+@pytest.mark.slow
+def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, qtbot, errors, tmp_path):
+    """The widget opened from the Plugins menu, with its controls set to the values of a
+    ``deltamic fit`` command line, gives the CLI's mesh; the widget's old defaults do not."""
+    from deltamic_core.cli import main
+    from deltamic_core.io import read_mesh
+
+    path, seeds, seed = _sphere_stack(tmp_path)
+    out = tmp_path / "cli"
+    assert main(["fit", str(path), "--seeds", str(seeds), "--iterations", "6", "--levels", "2", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    cli_mesh = read_mesh(out / "mesh.ply")
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(path), plugin="napari-deltamic")
+    viewer.add_points(seed[None], name="seeds", size=0.5)
+    _, w = viewer.window.add_plugin_dock_widget("napari-deltamic", "deltaMic inverse rendering")
+    qtbot.waitUntil(w.isVisible, timeout=5000)
+    w.image_combo.set_layer(viewer.layers["sphere"])
+    w.seed_source.setCurrentText("Points")
+    w.seed_combo.set_layer(viewer.layers["seeds"])
+    w.iter_box.setValue(6)  # --iterations 6
+    w.levels_edit.setText("2 1")  # --levels 2 1
+    # everything else stays at the widget's defaults, which must be the command line's
+
+    def fit():
+        w.run_button.click()
+        qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+        assert errors == []
+        return w.result_mesh()
+
+    mesh = fit()
+    assert mesh.verts.shape == cli_mesh.verts.shape and np.array_equal(mesh.faces, cli_mesh.faces)
+    tol = 0.02  # um: 1/12 of the smallest voxel
+    same = np.abs(mesh.verts - cli_mesh.verts).max()
+    print(f"widget vs CLI: max vertex distance {same:.2e} um")
+    assert same < tol
+    # the widget's former defaults (a fixed 3 um seed, sigma 0.6/0.25/0.25 um) move the surface
+    # by far more than the tolerance: the comparison above would catch them
+    w.radius_box.setValue(3.0)
+    w.psf_panel.set_sigma((0.6, 0.25, 0.25))
+    other = fit()
+    assert other.verts.shape == cli_mesh.verts.shape  # same tessellation, moved vertices
+    moved = np.abs(other.verts - cli_mesh.verts).max()
+    print(f"old widget defaults vs CLI: max vertex distance {moved:.3f} um")
+    assert moved > 5 * tol

@@ -1,58 +1,28 @@
 """The deltaMic dock widget: seed meshes, pick a PSF, fit by inverse rendering, measure.
 
-The widget is thin: meshes, PSFs, rendering, fitting and measurements all come from
-``deltamic_core``. The fit runs in a napari ``thread_worker`` generator that yields one
-:class:`_Step` per iteration; the worker never touches layers: the yielded values are applied
-on the main thread (Qt queued signal), so the viewer stays responsive and Stop/close simply
-ask the generator to quit after the current iteration.
+The widget is thin: its panels (:mod:`._panels`) turn the controls into a
+``deltamic_core.pipeline.FitJob`` (the same job ``deltamic fit`` builds from its command line,
+with the same defaults), the pipeline checks it and builds the fit, and the runner
+(:mod:`._runner`) drives the fit in a thread worker; meshes, PSFs, rendering, fitting and
+measurements all come from ``deltamic_core``.
 
 World coordinates are micrometres: the Image layer's ``scale`` is its voxel spacing and the
 Surface layers hold vertices in um, so image and meshes overlay without further transforms.
 """
+
 from __future__ import annotations
 
 import math
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QFrame,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSpinBox,
-    QStackedWidget,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ._layers import (
-    VOXEL_UNITS_KEY,
-    image_origin,
-    image_spacing,
-    layer_to_mesh,
-    mesh_to_layer_data,
-    vertex_cell_ids,
-)
-from ._qt_helpers import LayerCombo, LossPlot, spin
-
-PSF_MODELS = ("Gaussian", "Gibson-Lanni", "Hanser + Zernike", "Measured (Image layer)")
-SEED_SOURCES = ("Points", "Labels", "Surface")
-DEVICES = ("auto", "cpu", "cuda")
+from ._layers import VOXEL_UNITS_KEY, image_origin, image_spacing, layer_to_mesh, mesh_to_layer_data, vertex_cell_ids
+from ._panels import FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
+from ._runner import FitRunner, Step
 
 
 def _show_error(message: str) -> None:
@@ -73,7 +43,7 @@ def _guarded(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the viewer keeps running
             _show_error(str(exc) or type(exc).__name__)
             return None
 
@@ -82,20 +52,16 @@ def _guarded(method):
     return wrapper
 
 
-@dataclass
-class _Step:
-    """What the worker hands to the main thread after each iteration (plain numpy, no tensors)."""
-
-    iteration: int  # 1-based, over all levels
-    loss: float  # NaN when rolled back
-    verts: np.ndarray  # (V, 3) um, world coordinates
-    faces: np.ndarray  # (F, 3)
-    labels: np.ndarray | None  # (F, 2) or None
-    level: int
-    rolled_back: bool
-    psf_params: dict  # the PSF model's as_dict() (changes with "learn PSF")
-    seconds: float  # wall time of this iteration
-    since_start: float  # wall time since Run was pressed (includes building the fit plan)
+#: the panels' controls, reachable on the widget itself (w.run_button, w.sigma_boxes, ...)
+_CONTROLS = {
+    "image_panel": ("image_combo", "spacing_boxes"),
+    "seed_panel": ("seed_source", "seed_combo", "radius_box", "edge_box", "seed_button", "place_button"),
+    "psf_panel": ("psf_combo", "psf_pages", "sigma_voxel", "sigma_boxes", "gl_boxes", "hanser_boxes",
+                  "zernike_edit", "bead_combo", "learn_psf", "preview_button"),
+    "fit_panel": ("iter_box", "levels_edit", "step_box", "smooth_box", "loss_combo", "device_combo",
+                  "backend_combo", "run_button", "stop_button", "progress", "status_label", "loss_plot"),
+    "results_panel": ("export_button", "labels_button", "measure_button", "table", "csv_button"),
+}
 
 
 class DeltaMicWidget(QWidget):
@@ -110,26 +76,30 @@ class DeltaMicWidget(QWidget):
 
         self.viewer = napari_viewer
         self._layers = napari.layers
-        self._worker = None
-        self._fit_holder: dict = {}
         self._closing = False
-        self._last_step: _Step | None = None
+        self._last_step: Step | None = None
         self._last_update = 0.0
         self._fit_layer = None
-        self._run_started = 0.0
         self.first_update_s: float | None = None  # time from Run to the first surface update
         self.step_times: list[float] = []
         self.measurements: list[dict] = []
-        self._measure_columns: list[str] = []
+        self.runner = FitRunner(self._on_step, self._on_error, self._on_finished)
+
+        self.image_panel = ImagePanel(self.viewer, self._layers)
+        self.seed_panel = SeedPanel(self.viewer, self._layers)
+        self.psf_panel = PSFPanel(self.viewer, self._layers)
+        self.fit_panel = FitPanel()
+        self.results_panel = ResultsPanel()
+        for panel, names in _CONTROLS.items():
+            for name in names:
+                setattr(self, name, getattr(getattr(self, panel), name))
+        self._connect()
 
         # the controls scroll, so the dock fits small screens
         content = QWidget()
         layout = QVBoxLayout(content)
-        layout.addWidget(self._build_image_group())
-        layout.addWidget(self._build_seed_group())
-        layout.addWidget(self._build_psf_group())
-        layout.addWidget(self._build_fit_group())
-        layout.addWidget(self._build_results_group())
+        for panel in _CONTROLS:
+            layout.addWidget(getattr(self, panel))
         layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -139,211 +109,21 @@ class DeltaMicWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
         self._on_image_changed()
-        self._on_seed_source_changed()
         self._install_close_hooks()
 
-    # ------------------------------------------------------------------ layout
-    def _build_image_group(self) -> QGroupBox:
-        box = QGroupBox("Image")
-        form = QFormLayout(box)
-        self.image_combo = LayerCombo(self.viewer, (self._layers.Image,))
+    def _connect(self) -> None:
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        form.addRow("layer", self.image_combo)
-        row = QHBoxLayout()
-        self.spacing_boxes = []
-        for axis in "zyx":
-            b = spin(1.0, 1e-3, 1e4, decimals=3, tooltip=f"voxel size along {axis} (um)")
+        for b in self.spacing_boxes:
             b.valueChanged.connect(self._on_spacing_edited)
-            row.addWidget(QLabel(axis))
-            row.addWidget(b)
-            self.spacing_boxes.append(b)
-        form.addRow("spacing (um)", row)
-        return box
-
-    def _build_seed_group(self) -> QGroupBox:
-        box = QGroupBox("Initial mesh (seeds)")
-        form = QFormLayout(box)
-        self.seed_source = QComboBox()
-        self.seed_source.addItems(SEED_SOURCES)
-        self.seed_source.currentIndexChanged.connect(self._on_seed_source_changed)
-        form.addRow("from", self.seed_source)
-        self.seed_combo = LayerCombo(self.viewer, (self._layers.Points,))
-        form.addRow("layer", self.seed_combo)
-        self.radius_box = spin(3.0, 0.01, 1e4, decimals=2, suffix="um", tooltip="radius of the sphere at each point")
-        form.addRow("radius", self.radius_box)
-        self.edge_box = spin(0.8, 0.01, 1e3, decimals=2, suffix="um", tooltip="target triangle edge length")
-        form.addRow("edge length", self.edge_box)
-        row = QHBoxLayout()
-        self.seed_button = QPushButton("Create mesh")
-        self.seed_button.setToolTip("build the initial mesh from the seeds as a Surface layer")
         self.seed_button.clicked.connect(self.create_initial_mesh)
-        self.place_button = QPushButton("Place mesh on image grid")
-        self.place_button.setToolTip(
-            "the Surface layer is in voxel units of its stack (a plain .rec): multiply by the image spacing")
         self.place_button.clicked.connect(self.place_on_image_grid)
-        row.addWidget(self.seed_button)
-        row.addWidget(self.place_button)
-        form.addRow(row)
-        return box
-
-    def _build_psf_group(self) -> QGroupBox:
-        box = QGroupBox("PSF")
-        form = QFormLayout(box)
-        self.psf_combo = QComboBox()
-        self.psf_combo.addItems(PSF_MODELS)
-        form.addRow("model", self.psf_combo)
-        self.psf_pages = QStackedWidget()
-        self.psf_pages.addWidget(self._gaussian_page())
-        self.psf_pages.addWidget(self._gibson_lanni_page())
-        self.psf_pages.addWidget(self._hanser_page())
-        self.psf_pages.addWidget(self._measured_page())
-        self.psf_combo.currentIndexChanged.connect(self.psf_pages.setCurrentIndex)
-        form.addRow(self.psf_pages)
-        row = QHBoxLayout()
-        self.learn_psf = QCheckBox("learn PSF")
-        self.learn_psf.setToolTip("optimise the PSF parameters together with the mesh")
-        self.preview_button = QPushButton("Preview")
-        self.preview_button.setToolTip("render the current mesh with the current PSF as an Image layer")
         self.preview_button.clicked.connect(self.preview)
-        row.addWidget(self.learn_psf)
-        row.addWidget(self.preview_button)
-        form.addRow(row)
-        return box
-
-    def _gaussian_page(self) -> QWidget:
-        page = QWidget()
-        form = QFormLayout(page)
-        form.setContentsMargins(0, 0, 0, 0)
-        self.sigma_boxes = []
-        for axis, default in zip("zyx", (0.6, 0.25, 0.25)):
-            b = spin(default, 1e-3, 100.0, decimals=3, suffix="um", tooltip=f"Gaussian standard deviation along {axis}")
-            form.addRow(f"sigma {axis}", b)
-            self.sigma_boxes.append(b)
-        return page
-
-    def _optics_rows(self, form: QFormLayout) -> dict:
-        boxes = {
-            "na": spin(1.4, 0.05, 1.7, decimals=3, tooltip="numerical aperture"),
-            "wavelength_um": spin(0.52, 0.2, 2.0, decimals=3, suffix="um", tooltip="emission wavelength in vacuum"),
-            "n_immersion": spin(1.515, 1.0, 2.0, decimals=3, tooltip="refractive index of the immersion medium"),
-        }
-        form.addRow("NA", boxes["na"])
-        form.addRow("wavelength", boxes["wavelength_um"])
-        form.addRow("n immersion", boxes["n_immersion"])
-        return boxes
-
-    def _gibson_lanni_page(self) -> QWidget:
-        page = QWidget()
-        form = QFormLayout(page)
-        form.setContentsMargins(0, 0, 0, 0)
-        self.gl_boxes = self._optics_rows(form)
-        self.gl_boxes["n_sample"] = spin(1.33, 1.0, 2.0, decimals=3, tooltip="refractive index of the sample")
-        self.gl_boxes["depth_um"] = spin(0.0, 0.0, 500.0, decimals=2, suffix="um",
-                                                  tooltip="depth of the cells below the coverslip")
-        form.addRow("n sample", self.gl_boxes["n_sample"])
-        form.addRow("depth", self.gl_boxes["depth_um"])
-        return page
-
-    def _hanser_page(self) -> QWidget:
-        page = QWidget()
-        form = QFormLayout(page)
-        form.setContentsMargins(0, 0, 0, 0)
-        self.hanser_boxes = self._optics_rows(form)
-        self.zernike_edit = QLineEdit()
-        self.zernike_edit.setPlaceholderText("NOLL=WAVES, e.g. 4=0.1 11=-0.05")
-        self.zernike_edit.setToolTip("Zernike coefficients of the pupil phase (waves), by Noll index")
-        form.addRow("Zernike", self.zernike_edit)
-        return page
-
-    def _measured_page(self) -> QWidget:
-        page = QWidget()
-        form = QFormLayout(page)
-        form.setContentsMargins(0, 0, 0, 0)
-        self.bead_combo = LayerCombo(self.viewer, (self._layers.Image,))
-        self.bead_combo.setToolTip("an Image layer holding a bead (or averaged beads); its scale is its spacing")
-        form.addRow("bead image", self.bead_combo)
-        return page
-
-    def _build_fit_group(self) -> QGroupBox:
-        from deltamic_core.fit import FitConfig
-
-        defaults = FitConfig()  # the widget starts from the core's defaults
-        box = QGroupBox("Fit")
-        form = QFormLayout(box)
-        self.iter_box = QSpinBox()
-        self.iter_box.setRange(1, 100000)
-        self.iter_box.setValue(defaults.iterations_for_level(0))
-        self.iter_box.setToolTip("iterations per resolution level")
-        form.addRow("iterations", self.iter_box)
-        self.coarse_box = QCheckBox("coarse-to-fine (2x binned image first)")
-        self.coarse_box.setChecked(len(defaults.levels) > 1)
-        form.addRow(self.coarse_box)
-        self.step_box = spin(defaults.lr, 1e-4, 10.0, decimals=3, suffix="voxel",
-                             tooltip="step size: roughly how far the surface moves per iteration at the start")
-        form.addRow("step size", self.step_box)
-        self.smooth_box = spin(defaults.lambda_smooth, 0.0, 1e5, decimals=2,
-                               tooltip="smoothness lambda of the large-steps preconditioner")
-        form.addRow("smoothness (lambda)", self.smooth_box)
-        self.loss_combo = QComboBox()
-        form.addRow("loss", self.loss_combo)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-        form.addRow("device", self.device_combo)
-        self.backend_combo = QComboBox()
-        form.addRow("backend", self.backend_combo)
-        self._fill_fit_choices()
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run_fit)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop_fit)
-        row.addWidget(self.run_button)
-        row.addWidget(self.stop_button)
-        form.addRow(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)
-        form.addRow(self.progress)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        form.addRow(self.status_label)
-        self.loss_plot = LossPlot()
-        form.addRow(self.loss_plot)
-        return box
-
-    def _fill_fit_choices(self) -> None:
-        from deltamic_core.fit import FitConfig
-        from deltamic_core.fit.config import LOSSES
-        from deltamic_core.meshft import available_backends
-
-        self.loss_combo.addItems(list(LOSSES))
-        self.loss_combo.setCurrentText(FitConfig().loss)
-        self.backend_combo.addItems(["auto", *available_backends()])
-
-    def _build_results_group(self) -> QGroupBox:
-        box = QGroupBox("Results")
-        lay = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.export_button = QPushButton("Export mesh")
-        self.export_button.setToolTip("save the fitted mesh (.rec keeps the cell labels, or .ply/.obj)")
         self.export_button.clicked.connect(self._export_dialog)
-        self.labels_button = QPushButton("Labels layer")
-        self.labels_button.setToolTip("rasterise the fitted cells into an instance Labels layer on the image grid")
         self.labels_button.clicked.connect(self.make_labels)
-        self.measure_button = QPushButton("Measure")
         self.measure_button.clicked.connect(self.measure)
-        row.addWidget(self.export_button)
-        row.addWidget(self.labels_button)
-        row.addWidget(self.measure_button)
-        lay.addLayout(row)
-        self.table = QTableWidget(0, 0)
-        self.table.setMinimumHeight(120)
-        lay.addWidget(self.table)
-        self.csv_button = QPushButton("Save table as CSV")
         self.csv_button.clicked.connect(self._csv_dialog)
-        lay.addWidget(self.csv_button)
-        return box
 
     # ------------------------------------------------------------------ image and spacing
     def _image_layer(self):
@@ -358,16 +138,12 @@ class DeltaMicWidget(QWidget):
 
     def _on_image_changed(self, *args) -> None:
         layer = self.image_combo.layer()
-        if layer is None or layer.ndim < 3:
-            return
-        for box, s in zip(self.spacing_boxes, layer.scale[-3:]):
-            box.blockSignals(True)
-            box.setValue(float(s))
-            box.blockSignals(False)
+        if layer is not None and layer.ndim >= 3:
+            self.image_panel.show_spacing(layer.scale[-3:])
 
     def spacing_um(self) -> tuple[float, float, float]:
         """The spacing (z, y, x) shown in the widget, in um."""
-        return tuple(float(b.value()) for b in self.spacing_boxes)
+        return self.image_panel.spacing_um()
 
     def _on_spacing_edited(self, *args) -> None:
         layer = self.image_combo.layer()
@@ -387,24 +163,13 @@ class DeltaMicWidget(QWidget):
             data = data[t]
         # lazy (dask/zarr) layers: refuse before materialising a volume that cannot fit
         check_memory(4.0 * float(np.prod(data.shape[-3:])), f"image layer {layer.name!r} as float32")
-        vol = np.asarray(data, dtype=np.float32)
-        if not np.isfinite(vol).all():
-            raise ValueError(f"image layer {layer.name!r} contains NaN or Inf voxels")
-        return vol
+        return np.asarray(data, dtype=np.float32)
 
-    # ------------------------------------------------------------------ seeds
-    def _on_seed_source_changed(self, *args) -> None:
-        source = self.seed_source.currentText()
-        types = {"Points": (self._layers.Points,), "Labels": (self._layers.Labels,),
-                 "Surface": (self._layers.Surface,)}[source]
-        self.seed_combo.set_layer_types(types)
-        self.radius_box.setEnabled(source == "Points")
-        self.edge_box.setEnabled(source in ("Points", "Labels"))
-        self.place_button.setEnabled(source == "Surface")
-
-    def seed_mesh(self):
-        """The initial mesh (um, world coordinates) from the chosen seed layer."""
-        from deltamic_core import geometry
+    # ------------------------------------------------------------------ the FitJob
+    def init_spec(self):
+        """The seeds as the pipeline's InitSpec: Points -> seeds (radii estimated unless given),
+        Labels -> a label image, Surface -> a mesh (um, world coordinates)."""
+        from deltamic_core.pipeline import InitSpec
 
         source = self.seed_source.currentText()
         layer = self.seed_combo.layer()
@@ -415,30 +180,66 @@ class DeltaMicWidget(QWidget):
                 raise ValueError(f"no seeds: Points layer {layer.name!r} is empty; click one point per cell")
             if layer.ndim < 3:
                 raise ValueError(f"Points layer {layer.name!r} is 2D; seeds need (z, y, x) coordinates")
-            centers = np.asarray(layer.data)[:, -3:] * np.asarray(layer.scale[-3:]) + np.asarray(layer.translate[-3:])
-            radius = float(self.radius_box.value())
-            return geometry.seed_spheres(centers, np.full(len(centers), radius), edge_um=float(self.edge_box.value()))
+            centres = np.asarray(layer.data)[:, -3:] * np.asarray(layer.scale[-3:]) + np.asarray(layer.translate[-3:])
+            radius = self.seed_panel.radius_um()
+            return InitSpec("seeds", data=(centres, None if radius is None else np.full(len(centres), radius)))
         if source == "Labels":
             if layer.ndim != 3:
                 raise ValueError(f"Labels layer {layer.name!r} has {layer.ndim} dimensions; a (Z, Y, X) label image is needed")
-            labels = np.asarray(layer.data)
-            if not np.any(labels):
-                raise ValueError(f"no seeds: Labels layer {layer.name!r} is empty")
-            mesh = geometry.meshes_from_labels(labels, image_spacing(layer), float(self.edge_box.value()))
-            origin = np.asarray(image_origin(layer))
-            return mesh.copy(verts=mesh.verts + origin) if np.any(origin) else mesh
-        mesh = layer_to_mesh(layer)
+            return InitSpec("labels", data=np.asarray(layer.data))
         if layer.metadata.get(VOXEL_UNITS_KEY):
             raise ValueError(
                 f"Surface layer {layer.name!r} is in voxel units (a .rec without spacing): press "
                 "'Place mesh on image grid' first")
-        return mesh
+        return InitSpec("mesh", data=layer_to_mesh(layer))
+
+    def psf_spec(self):
+        """The PSF as the pipeline's PSFSpec (the CLI's --psf options); for a measured PSF from a
+        bead layer, the learn flag only (the model comes from :meth:`make_psf`)."""
+        from deltamic_core.pipeline import PSFSpec
+
+        if self.psf_panel.model() is None:
+            return PSFSpec(learn=bool(self.learn_psf.isChecked()))
+        return self.psf_panel.psf_spec()
+
+    def fit_job(self):
+        """The FitJob of the widget's settings: the job ``deltamic fit`` builds from the
+        equivalent command line (same defaults), on the current image layer's data."""
+        from deltamic_core.pipeline import FitJob
+
+        image = self._image_layer()
+        return FitJob(image_data=self._image_volume(image), spacing_um=self.spacing_um(),
+                      origin_um=tuple(image_origin(image)), init=self.init_spec(), psf=self.psf_spec(),
+                      edge_um=self.seed_panel.edge_um(), progress=False, **self.fit_panel.fit_options())
+
+    def prepare(self):
+        """The checked fit of :meth:`fit_job` (``pipeline.prepare``; a bead layer's PSF if chosen)."""
+        from deltamic_core import pipeline
+
+        measured = self.make_psf() if self.psf_panel.model() is None else None
+        return pipeline.prepare(self.fit_job(), psf=measured)
+
+    # ------------------------------------------------------------------ seeds
+    def seed_mesh(self):
+        """The initial mesh (um, world coordinates) the fit would start from."""
+        from deltamic_core import pipeline
+
+        image = self.image_combo.layer()
+        spec = self.init_spec()
+        if image is None and spec.kind == "labels":  # no image yet: the Labels layer's own grid
+            layer = self.seed_combo.layer()
+            return pipeline.initial_mesh(spec, None, image_spacing(layer), edge_um=self.seed_panel.edge_um(),
+                                         origin_um=image_origin(layer), shape=layer.data.shape)
+        if image is None and spec.kind == "mesh":
+            return spec.data
+        image = self._image_layer()
+        return pipeline.initial_mesh(spec, self._image_volume(image), self.spacing_um(), psf=self.make_psf(),
+                                     edge_um=self.seed_panel.edge_um(), origin_um=image_origin(image))
 
     @_guarded
     def create_initial_mesh(self, *args):
         """Build the initial mesh from the seeds and show it as a Surface layer."""
-        mesh = self.seed_mesh()
-        return self._show_mesh(mesh, self._fit_layer_name())
+        return self._show_mesh(self.seed_mesh(), self._fit_layer_name())
 
     @_guarded
     def place_on_image_grid(self, *args):
@@ -472,27 +273,12 @@ class DeltaMicWidget(QWidget):
         return self.viewer.add_surface(data, **kwargs)
 
     # ------------------------------------------------------------------ PSF
-    def psf_spec(self):
-        """The PSF chosen in the widget as the pipeline's PSFSpec (the CLI's --psf options)."""
-        from deltamic_core.pipeline import PSFSpec
-
-        model = self.psf_combo.currentText()
-        learn = bool(self.learn_psf.isChecked())
-        if model == "Gaussian":
-            return PSFSpec("gaussian", {"sigma_um": tuple(b.value() for b in self.sigma_boxes)}, learn)
-        if model == "Gibson-Lanni":
-            return PSFSpec("gibson-lanni", {k: b.value() for k, b in self.gl_boxes.items()}, learn)
-        params = {k: b.value() for k, b in self.hanser_boxes.items()}
-        if self.zernike_edit.text().strip():
-            params["zernike"] = self.zernike_edit.text()
-        return PSFSpec("hanser", params, learn)
-
     def make_psf(self):
-        """The PSF model chosen in the widget, built by the pipeline's ``make_psf``."""
+        """The PSF model chosen in the widget: the pipeline's ``make_psf`` (or a bead layer's)."""
         from deltamic_core import pipeline
         from deltamic_core.psf import MeasuredPSF
 
-        if self.psf_combo.currentText() != "Measured (Image layer)":
+        if self.psf_panel.model() is not None:
             return pipeline.make_psf(self.psf_spec(), self.spacing_um())
         bead = self.bead_combo.layer()
         if bead is None:
@@ -516,13 +302,15 @@ class DeltaMicWidget(QWidget):
         """
         from napari.qt.threading import create_worker
 
+        from deltamic_core.pipeline import render_mesh_image
+
         image = self._image_layer()
         mesh = self._current_mesh()
         spacing = self.spacing_um()
         origin = image_origin(image)
         shape = tuple(image.data.shape[-3:])
-        worker = create_worker(_render_preview, mesh, shape, spacing, origin, self.make_psf(),
-                               self.backend_combo.currentText(), _start_thread=False)
+        worker = create_worker(render_mesh_image, mesh, shape, spacing, self.make_psf(), origin,
+                               backend=self.backend_combo.currentText(), _start_thread=False)
         name = f"{image.name} preview"
 
         def show(rendered):
@@ -546,96 +334,46 @@ class DeltaMicWidget(QWidget):
 
     # ------------------------------------------------------------------ fit
     def fit_config(self):
-        """A ``deltamic_core.fit.FitConfig`` from the widget's settings."""
-        import torch
+        """The ``deltamic_core.fit.FitConfig`` of the widget's settings (the pipeline's)."""
+        from deltamic_core.pipeline import FitJob, PSFSpec
 
-        from deltamic_core.fit import FitConfig
+        return FitJob(psf=PSFSpec(learn=bool(self.learn_psf.isChecked())), **self.fit_panel.fit_options()).fit_config()
 
-        device = self.device_combo.currentText()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was chosen but torch sees no CUDA GPU: choose 'cpu' or 'auto'")
-        return FitConfig(
-            iterations=int(self.iter_box.value()),
-            levels=(2, 1) if self.coarse_box.isChecked() else (1,),
-            lr=float(self.step_box.value()),
-            lambda_smooth=float(self.smooth_box.value()),
-            loss=self.loss_combo.currentText(),
-            device=device,
-            backend=self.backend_combo.currentText(),
-            learn_psf=bool(self.learn_psf.isChecked()),
-        )
+    @property
+    def _worker(self):
+        return self.runner.worker
 
-    def _check_inside(self, mesh, vol_shape, spacing, origin) -> None:
-        lo = np.asarray(origin) - 0.5 * np.asarray(spacing)
-        hi = np.asarray(origin) + (np.asarray(vol_shape) - 0.5) * np.asarray(spacing)
-        outside = np.any((mesh.verts < lo) | (mesh.verts > hi), axis=1)
-        if outside.all():
-            raise ValueError(
-                f"the mesh lies outside the image (mesh spans {mesh.verts.min(0).round(2).tolist()} .. "
-                f"{mesh.verts.max(0).round(2).tolist()} um, image {lo.round(2).tolist()} .. {hi.round(2).tolist()} um): "
-                "check the spacing, or place the mesh on the image grid")
-        if outside.any():
-            raise ValueError(f"{int(outside.sum())} of {len(outside)} mesh vertices lie outside the image: "
-                             "move the seeds inside or crop less")
+    @property
+    def is_running(self) -> bool:
+        return self.runner.is_running
 
     @_guarded
     def run_fit(self, *args):
         """Start a fit in a background thread; the Surface layer updates as it goes."""
-        if self._worker is not None:
+        if self.runner.is_running:
             raise ValueError("a fit is already running: stop it first")
-        image = self._image_layer()
-        vol = self._image_volume(image)
-        spacing = self.spacing_um()
-        origin = np.asarray(image_origin(image))
-        mesh = self.seed_mesh()
-        self._check_inside(mesh, vol.shape, spacing, origin)
-        psf = self.make_psf()
-        config = self.fit_config()
-        n_iter = config.total_iterations
-
-        self._fit_layer = self._show_mesh(mesh, self._fit_layer_name())
+        prepared = self.prepare()
+        self._fit_layer = self._show_mesh(prepared.init_mesh, self._fit_layer_name())
         self._last_step = None
         self.step_times = []
         self.first_update_s = None
         self.loss_plot.clear()
-        self.progress.setRange(0, n_iter)
+        self.progress.setRange(0, prepared.config.total_iterations)
         self.progress.setValue(0)
         self.status_label.setText("building the render plan...")
-        self._run_started = time.perf_counter()
         self._last_update = 0.0
-        self._start_worker(vol, spacing, origin, mesh, psf, config)
-        return self._worker
-
-    def _start_worker(self, vol, spacing, origin, mesh, psf, config) -> None:
-        from napari.qt.threading import create_worker
-
-        self._fit_holder = {}
-        worker = create_worker(_fit_steps, vol, spacing, origin, mesh, psf, config, self._run_started,
-                               self._fit_holder, _start_thread=False)
-        worker.yielded.connect(self._on_step)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        # set from the worker thread itself, so shutdown() can wait without an event loop
-        self._thread_done = threading.Event()
-        worker.finished.connect(self._thread_done.set, Qt.DirectConnection)
-        self._worker = worker
+        self.runner.start(prepared)
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        worker.start()
-
-    @property
-    def is_running(self) -> bool:
-        return self._worker is not None
+        return self.runner.worker
 
     def stop_fit(self, *args) -> None:
         """Ask the fit to stop after the current iteration; the last good mesh stays."""
-        if self._worker is not None:
+        if self.runner.is_running:
             self.status_label.setText("stopping after this iteration...")
-            self._worker.quit()
+            self.runner.stop()
 
-    def _on_step(self, step: _Step) -> None:
+    def _on_step(self, step: Step) -> None:
         if self._closing:
             return
         if step.rolled_back:
@@ -658,7 +396,7 @@ class DeltaMicWidget(QWidget):
         self.status_label.setText(f"iteration {step.iteration}/{self.progress.maximum()}  loss {step.loss:.4g}  "
                                   f"{per_it:.2f} s/iteration")
 
-    def _apply_step(self, step: _Step) -> None:
+    def _apply_step(self, step: Step) -> None:
         layer = self._fit_layer
         if layer is None or layer not in self.viewer.layers:
             return  # the user deleted the layer: keep fitting, show nothing
@@ -682,8 +420,6 @@ class DeltaMicWidget(QWidget):
         _show_error(f"fit failed: {msg}")
 
     def _on_finished(self) -> None:
-        self._worker = None
-        self._fit_holder.clear()  # release the Fitter (solver, render plan) now
         if self._closing:
             return
         if self._last_step is not None:
@@ -701,9 +437,8 @@ class DeltaMicWidget(QWidget):
         """Copy learned Gaussian widths back into the widget; describe any learned PSF."""
         from deltamic_core.psf import psf_from_dict
 
-        if params.get("type") == "GaussianPSF" and self.psf_combo.currentText() == "Gaussian":
-            for box, v in zip(self.sigma_boxes, params["sigma_um"]):
-                box.setValue(float(v))
+        if params.get("type") == "GaussianPSF" and self.psf_panel.model() == "gaussian":
+            self.psf_panel.set_sigma(params["sigma_um"])
         return psf_from_dict(params).describe()
 
     # ------------------------------------------------------------------ results
@@ -754,26 +489,12 @@ class DeltaMicWidget(QWidget):
     @_guarded
     def measure(self, *args):
         """Per-cell volume, area, sphericity and contacts of the fitted mesh, shown in the table."""
-        from deltamic_core.pipeline.outputs import cell_table
+        from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS, cell_table
 
         rows = cell_table(self.result_mesh())
         self.measurements = rows
-        self._fill_table(rows)
+        self.results_panel.show_rows(rows, CELL_TABLE_COLUMNS)
         return rows
-
-    def _fill_table(self, rows: list[dict]) -> None:
-        columns = list(rows[0].keys()) if rows else []
-        self._measure_columns = columns
-        self.table.clear()
-        self.table.setColumnCount(len(columns))
-        self.table.setRowCount(len(rows))
-        self.table.setHorizontalHeaderLabels(columns)
-        for i, row in enumerate(rows):
-            for j, col in enumerate(columns):
-                v = row[col]
-                text = f"{v:.4g}" if isinstance(v, float) else str(v)
-                self.table.setItem(i, j, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
 
     def save_csv(self, path) -> str:
         """Write the measurements table to ``path`` as CSV (atomically)."""
@@ -793,16 +514,15 @@ class DeltaMicWidget(QWidget):
 
     # ------------------------------------------------------------------ shutdown
     def _install_close_hooks(self) -> None:
-        """Stop the fit when the viewer's window closes (children get no closeEvent of their own)."""
+        """Stop the fit when the window holding this widget closes, and when the app quits.
+
+        napari builds the widget before docking it and hands it a public-only proxy of the
+        viewer, which offers no close event; so the widget follows its own Qt parent chain
+        (dock widget, then main window) and watches the top-level window's Close event.
+        """
         from qtpy.QtWidgets import QApplication
 
-        try:
-            qt_window = self.viewer.window._qt_window
-        except AttributeError:  # no Qt window (headless viewer): nothing to watch
-            qt_window = None
-        if qt_window is not None:
-            self._close_watcher = _CloseWatcher(self.shutdown_now, qt_window)
-            qt_window.installEventFilter(self._close_watcher)
+        self._close_watcher = _CloseWatcher(self, self.shutdown_now)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown_now)
@@ -815,65 +535,49 @@ class DeltaMicWidget(QWidget):
         Returns True if no fit is running any more.
         """
         self._closing = True
-        worker = self._worker
-        if worker is None:
-            return True
-        try:
-            worker.yielded.disconnect(self._on_step)
-        except (TypeError, RuntimeError):
-            pass
-        worker.quit()
-        if self._thread_done.wait(timeout_s):
-            self._worker = None
-            self._fit_holder.clear()
-            return True
-        return False
+        return self.runner.shutdown(timeout_s)
 
     def shutdown_now(self, *args) -> None:
         self.shutdown()
 
-    def closeEvent(self, event) -> None:
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
         super().closeEvent(event)
 
 
 class _CloseWatcher(QObject):
-    """Event filter calling ``callback`` when the watched window receives a Close event."""
+    """Calls ``callback`` when the top-level ancestor of ``widget`` receives a Close event.
 
-    def __init__(self, callback, parent):
-        super().__init__(parent)
+    It filters the events of every widget on the parent chain and extends the chain whenever
+    one of them is re-parented (napari docks the widget after constructing it, and puts the
+    dock into the main window after that). A top-level ``widget`` itself is left to its own
+    ``closeEvent``. The watcher is a child of ``widget`` and keeps no Python reference to any
+    ancestor (that would keep napari's window alive after it closed).
+    """
+
+    def __init__(self, widget: QWidget, callback):
+        super().__init__(widget)
         self._callback = callback
+        self._watch_ancestors()
+
+    def _ancestors(self) -> list:
+        chain = []
+        w = self.parent()
+        while w is not None:
+            chain.append(w)
+            w = w.parentWidget()
+        return chain
+
+    def _watch_ancestors(self) -> None:
+        for w in self._ancestors():
+            w.installEventFilter(self)  # installing twice keeps a single filter
 
     def eventFilter(self, obj, event):
-        if event.type() == QEvent.Close:
-            self._callback()
+        kind = event.type()
+        if kind == QEvent.ParentChange:
+            self._watch_ancestors()
+        elif kind == QEvent.Close:
+            chain = self._ancestors()
+            if len(chain) > 1 and obj is chain[-1]:
+                self._callback()
         return False
-
-
-def _render_preview(mesh, shape, spacing, origin, psf, backend) -> np.ndarray:
-    """Worker body of Preview: the noise-free image of ``mesh`` (membrane intensities) on the grid."""
-    from deltamic_core.pipeline import render_mesh_image
-
-    return render_mesh_image(mesh, shape, spacing, psf, origin, backend=backend)
-
-
-def _fit_steps(vol, spacing, origin, init_mesh, psf, config, t0, holder: dict):
-    """Worker body: build the Fitter, then yield one :class:`_Step` per iteration until done.
-
-    Runs in a background thread and touches no layer. The Fitter lives only in ``holder``
-    (no local reference survives a ``yield``), so the widget can release it, with its solver
-    and render plan, by clearing ``holder`` even while the quit generator stays suspended.
-    """
-    from deltamic_core.fit import Fitter
-
-    holder["fitter"] = Fitter(vol, spacing, init_mesh, psf, config, origin_um=tuple(origin))
-    while "fitter" in holder and not holder["fitter"].done:
-        t_start = time.perf_counter()
-        res = holder["fitter"].step()
-        now = time.perf_counter()
-        labels = None if res.labels is None else np.asarray(res.labels, dtype=np.int32)
-        step = _Step(int(res.iteration), float(res.loss), np.asarray(res.verts, dtype=np.float64),
-                     np.asarray(res.faces, dtype=np.int64), labels, int(res.level), bool(res.rolled_back),
-                     dict(res.psf_params), now - t_start, now - t0)
-        del res
-        yield step

@@ -329,17 +329,25 @@ class InitSpec:
 
 
 def initial_mesh(
-    spec: InitSpec, image: np.ndarray, spacing_um, *, psf=None, edge_um: float | None = None, origin_um=(0.0, 0.0, 0.0)
+    spec: InitSpec,
+    image: np.ndarray | None,
+    spacing_um,
+    *,
+    psf=None,
+    edge_um: float | None = None,
+    origin_um=(0.0, 0.0, 0.0),
+    shape=None,
 ):
     """The starting mesh of ``spec``, in um in the image frame, validated against the image.
 
     Seeds without radii get :func:`estimate_seed_radii` (with the width of ``psf``);
-    ``edge_um`` is the target triangle edge of spheres and label surfaces.
+    ``edge_um`` is the target triangle edge of spheres and label surfaces. Without an image
+    (``image=None``) the grid is ``shape`` and seeds need their radii.
     """
     from .. import geometry
     from .psfspec import psf_width_um
 
-    shape = image.shape[-3:]
+    shape = tuple(image.shape[-3:] if image is not None else shape)
     origin = np.asarray(origin_um, dtype=float)
     if spec.kind == "seeds":
         centres, radii = read_seeds(spec.path) if spec.path is not None else _seed_arrays(spec.data)
@@ -353,6 +361,8 @@ def initial_mesh(
             hint="seeds are in um; check --spacing",
         )
         if radii is None:
+            if image is None:
+                raise InputError("seed radii are estimated from the image: choose an image (or give the radii)")
             radii = estimate_seed_radii(
                 image if image.ndim == 3 else image[0],
                 spacing_um,

@@ -50,8 +50,12 @@ class Prepared:
     job: FitJob
 
 
-def prepare(job: FitJob) -> Prepared:
-    """Read and check every input of ``job`` (raises :class:`InputError` before any work)."""
+def prepare(job: FitJob, psf=None) -> Prepared:
+    """Read and check every input of ``job`` (raises :class:`InputError` before any work).
+
+    ``psf``: a ready PSF model to use instead of ``job.psf`` (e.g. one measured from a bead
+    image the napari user has open).
+    """
     from .._checks import check_spacing, check_vector3
 
     if job.init is None:
@@ -65,7 +69,7 @@ def prepare(job: FitJob) -> Prepared:
     else:
         image, spacing = load_image(job.image, channel=job.channel, frame=job.frame, spacing=job.spacing_um)
     origin = check_vector3(job.origin_um, "origin_um")
-    psf = make_psf(job.psf, spacing)
+    psf = make_psf(job.psf, spacing) if psf is None else psf
     config = job.fit_config()
     init = initial_mesh(job.init, image, spacing, psf=psf, edge_um=job.edge_um, origin_um=origin)
     return Prepared(image, spacing, origin, psf, config, init, job)
