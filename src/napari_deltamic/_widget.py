@@ -230,7 +230,7 @@ class DeltaMicWidget(QWidget):
             layer = self.seed_combo.layer()
             return pipeline.initial_mesh(spec, None, image_spacing(layer), edge_um=self.seed_panel.edge_um(),
                                          origin_um=image_origin(layer), shape=layer.data.shape)
-        if image is None and spec.kind == "mesh":
+        if spec.kind == "mesh":  # shown as it is; the fit checks it against the image
             return spec.data
         image = self._image_layer()
         return pipeline.initial_mesh(spec, self._image_volume(image), self.spacing_um(), psf=self.make_psf(),
