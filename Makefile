@@ -21,7 +21,7 @@ test: setup-test
 
 # ruff check everywhere, ruff format --check on the files already formatted (the list widens to
 # the whole tree once it is formatted at once), import layers (pyproject [tool.importlinter])
-LINT_FORMAT_PATHS ?= src/deltamic_core/pipeline src/deltamic_core/cli.py tests/test_pipeline_psfspec.py
+LINT_FORMAT_PATHS ?= src/deltamic_core/pipeline src/deltamic_core/cli.py tests/test_pipeline_psfspec.py src/napari_deltamic/_panels.py src/napari_deltamic/_runner.py src/napari_deltamic/_widget.py
 
 lint: setup-test
 	$(VENV)/bin/ruff check src tests examples benchmarks scripts

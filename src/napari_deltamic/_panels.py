@@ -28,8 +28,12 @@ from qtpy.QtWidgets import (
 from ._qt_helpers import LayerCombo, LossPlot, spin
 
 #: widget label -> pipeline PSF model name (the CLI's --psf choices)
-PSF_MODELS = {"Gaussian": "gaussian", "Gibson-Lanni": "gibson-lanni", "Hanser + Zernike": "hanser",
-              "Measured (Image layer)": None}
+PSF_MODELS = {
+    "Gaussian": "gaussian",
+    "Gibson-Lanni": "gibson-lanni",
+    "Hanser + Zernike": "hanser",
+    "Measured (Image layer)": None,
+}
 SEED_SOURCES = ("Points", "Labels", "Surface")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -73,12 +77,19 @@ class SeedPanel(QGroupBox):
         form.addRow("from", self.seed_source)
         self.seed_combo = LayerCombo(viewer, (layers.Points,))
         form.addRow("layer", self.seed_combo)
-        self.radius_box = spin(0.0, 0.0, 1e4, decimals=2, suffix="um",
-                               tooltip="radius of the sphere at each point (estimated from the image when 0)")
+        self.radius_box = spin(
+            0.0,
+            0.0,
+            1e4,
+            decimals=2,
+            suffix="um",
+            tooltip="radius of the sphere at each point (estimated from the image when 0)",
+        )
         self.radius_box.setSpecialValueText("estimated")
         form.addRow("radius", self.radius_box)
-        self.edge_box = spin(0.0, 0.0, 1e3, decimals=2, suffix="um",
-                             tooltip="target triangle edge length (the fitter's choice when 0)")
+        self.edge_box = spin(
+            0.0, 0.0, 1e3, decimals=2, suffix="um", tooltip="target triangle edge length (the fitter's choice when 0)"
+        )
         self.edge_box.setSpecialValueText("default")
         form.addRow("edge length", self.edge_box)
         row = QHBoxLayout()
@@ -86,7 +97,8 @@ class SeedPanel(QGroupBox):
         self.seed_button.setToolTip("build the initial mesh from the seeds as a Surface layer")
         self.place_button = QPushButton("Place mesh on image grid")
         self.place_button.setToolTip(
-            "the Surface layer is in voxel units of its stack (a plain .rec): multiply by the image spacing")
+            "the Surface layer is in voxel units of its stack (a plain .rec): multiply by the image spacing"
+        )
         row.addWidget(self.seed_button)
         row.addWidget(self.place_button)
         form.addRow(row)
@@ -95,8 +107,11 @@ class SeedPanel(QGroupBox):
 
     def _on_source_changed(self, *args) -> None:
         source = self.seed_source.currentText()
-        types = {"Points": (self._layers.Points,), "Labels": (self._layers.Labels,),
-                 "Surface": (self._layers.Surface,)}[source]
+        types = {
+            "Points": (self._layers.Points,),
+            "Labels": (self._layers.Labels,),
+            "Surface": (self._layers.Surface,),
+        }[source]
         self.seed_combo.set_layer_types(types)
         self.radius_box.setEnabled(source == "Points")
         self.edge_box.setEnabled(source in ("Points", "Labels"))
@@ -176,8 +191,9 @@ class PSFPanel(QGroupBox):
         form.setContentsMargins(0, 0, 0, 0)
         self.gl_boxes = self._optics_rows(form)
         self.gl_boxes["n_sample"] = spin(1.33, 1.0, 2.0, decimals=3, tooltip="refractive index of the sample")
-        self.gl_boxes["depth_um"] = spin(0.0, 0.0, 500.0, decimals=2, suffix="um",
-                                         tooltip="depth of the cells below the coverslip")
+        self.gl_boxes["depth_um"] = spin(
+            0.0, 0.0, 500.0, decimals=2, suffix="um", tooltip="depth of the cells below the coverslip"
+        )
         form.addRow("n sample", self.gl_boxes["n_sample"])
         form.addRow("depth", self.gl_boxes["depth_um"])
         return page
@@ -246,11 +262,22 @@ class FitPanel(QGroupBox):
         self.levels_edit = QLineEdit(" ".join(str(f) for f in self.defaults.levels))
         self.levels_edit.setToolTip("coarse-to-fine downsampling factors ending with 1 (as --levels)")
         form.addRow("levels", self.levels_edit)
-        self.step_box = spin(self.defaults.lr, 1e-4, 10.0, decimals=3, suffix="voxel",
-                             tooltip="step size: roughly how far the surface moves per iteration at the start")
+        self.step_box = spin(
+            self.defaults.lr,
+            1e-4,
+            10.0,
+            decimals=3,
+            suffix="voxel",
+            tooltip="step size: roughly how far the surface moves per iteration at the start",
+        )
         form.addRow("step size", self.step_box)
-        self.smooth_box = spin(self.defaults.lambda_smooth, 0.0, 1e5, decimals=2,
-                               tooltip="smoothness lambda of the large-steps preconditioner")
+        self.smooth_box = spin(
+            self.defaults.lambda_smooth,
+            0.0,
+            1e5,
+            decimals=2,
+            tooltip="smoothness lambda of the large-steps preconditioner",
+        )
         form.addRow("smoothness (lambda)", self.smooth_box)
         self.loss_combo = QComboBox()
         self.loss_combo.addItems(list(LOSSES))
@@ -284,7 +311,9 @@ class FitPanel(QGroupBox):
         try:
             return tuple(int(t) for t in text)
         except ValueError:
-            raise ValueError(f"levels: expected downsampling factors like '4 2 1', got {self.levels_edit.text()!r}") from None
+            raise ValueError(
+                f"levels: expected downsampling factors like '4 2 1', got {self.levels_edit.text()!r}"
+            ) from None
 
     def device(self) -> str:
         import torch

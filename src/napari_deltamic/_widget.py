@@ -43,7 +43,7 @@ def _guarded(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - shown to the user, the viewer keeps running
+        except Exception as exc:
             _show_error(str(exc) or type(exc).__name__)
             return None
 
@@ -56,10 +56,32 @@ def _guarded(method):
 _CONTROLS = {
     "image_panel": ("image_combo", "spacing_boxes"),
     "seed_panel": ("seed_source", "seed_combo", "radius_box", "edge_box", "seed_button", "place_button"),
-    "psf_panel": ("psf_combo", "psf_pages", "sigma_voxel", "sigma_boxes", "gl_boxes", "hanser_boxes",
-                  "zernike_edit", "bead_combo", "learn_psf", "preview_button"),
-    "fit_panel": ("iter_box", "levels_edit", "step_box", "smooth_box", "loss_combo", "device_combo",
-                  "backend_combo", "run_button", "stop_button", "progress", "status_label", "loss_plot"),
+    "psf_panel": (
+        "psf_combo",
+        "psf_pages",
+        "sigma_voxel",
+        "sigma_boxes",
+        "gl_boxes",
+        "hanser_boxes",
+        "zernike_edit",
+        "bead_combo",
+        "learn_psf",
+        "preview_button",
+    ),
+    "fit_panel": (
+        "iter_box",
+        "levels_edit",
+        "step_box",
+        "smooth_box",
+        "loss_combo",
+        "device_combo",
+        "backend_combo",
+        "run_button",
+        "stop_button",
+        "progress",
+        "status_label",
+        "loss_plot",
+    ),
     "results_panel": ("export_button", "labels_button", "measure_button", "table", "csv_button"),
 }
 
@@ -133,7 +155,8 @@ class DeltaMicWidget(QWidget):
         if layer.rgb or layer.ndim not in (3, 4):
             raise ValueError(
                 f"image layer {layer.name!r} has {layer.ndim} dimensions; a (Z, Y, X) stack or a (T, Z, Y, X) "
-                "time series is needed")
+                "time series is needed"
+            )
         return layer
 
     def _on_image_changed(self, *args) -> None:
@@ -185,12 +208,15 @@ class DeltaMicWidget(QWidget):
             return InitSpec("seeds", data=(centres, None if radius is None else np.full(len(centres), radius)))
         if source == "Labels":
             if layer.ndim != 3:
-                raise ValueError(f"Labels layer {layer.name!r} has {layer.ndim} dimensions; a (Z, Y, X) label image is needed")
+                raise ValueError(
+                    f"Labels layer {layer.name!r} has {layer.ndim} dimensions; a (Z, Y, X) label image is needed"
+                )
             return InitSpec("labels", data=np.asarray(layer.data))
         if layer.metadata.get(VOXEL_UNITS_KEY):
             raise ValueError(
                 f"Surface layer {layer.name!r} is in voxel units (a .rec without spacing): press "
-                "'Place mesh on image grid' first")
+                "'Place mesh on image grid' first"
+            )
         return InitSpec("mesh", data=layer_to_mesh(layer))
 
     def psf_spec(self):
@@ -208,9 +234,16 @@ class DeltaMicWidget(QWidget):
         from deltamic_core.pipeline import FitJob
 
         image = self._image_layer()
-        return FitJob(image_data=self._image_volume(image), spacing_um=self.spacing_um(),
-                      origin_um=tuple(image_origin(image)), init=self.init_spec(), psf=self.psf_spec(),
-                      edge_um=self.seed_panel.edge_um(), progress=False, **self.fit_panel.fit_options())
+        return FitJob(
+            image_data=self._image_volume(image),
+            spacing_um=self.spacing_um(),
+            origin_um=tuple(image_origin(image)),
+            init=self.init_spec(),
+            psf=self.psf_spec(),
+            edge_um=self.seed_panel.edge_um(),
+            progress=False,
+            **self.fit_panel.fit_options(),
+        )
 
     def prepare(self):
         """The checked fit of :meth:`fit_job` (``pipeline.prepare``; a bead layer's PSF if chosen)."""
@@ -228,13 +261,25 @@ class DeltaMicWidget(QWidget):
         spec = self.init_spec()
         if image is None and spec.kind == "labels":  # no image yet: the Labels layer's own grid
             layer = self.seed_combo.layer()
-            return pipeline.initial_mesh(spec, None, image_spacing(layer), edge_um=self.seed_panel.edge_um(),
-                                         origin_um=image_origin(layer), shape=layer.data.shape)
+            return pipeline.initial_mesh(
+                spec,
+                None,
+                image_spacing(layer),
+                edge_um=self.seed_panel.edge_um(),
+                origin_um=image_origin(layer),
+                shape=layer.data.shape,
+            )
         if spec.kind == "mesh":  # shown as it is; the fit checks it against the image
             return spec.data
         image = self._image_layer()
-        return pipeline.initial_mesh(spec, self._image_volume(image), self.spacing_um(), psf=self.make_psf(),
-                                     edge_um=self.seed_panel.edge_um(), origin_um=image_origin(image))
+        return pipeline.initial_mesh(
+            spec,
+            self._image_volume(image),
+            self.spacing_um(),
+            psf=self.make_psf(),
+            edge_um=self.seed_panel.edge_um(),
+            origin_um=image_origin(image),
+        )
 
     @_guarded
     def create_initial_mesh(self, *args):
@@ -309,16 +354,25 @@ class DeltaMicWidget(QWidget):
         spacing = self.spacing_um()
         origin = image_origin(image)
         shape = tuple(image.data.shape[-3:])
-        worker = create_worker(render_mesh_image, mesh, shape, spacing, self.make_psf(), origin,
-                               backend=self.backend_combo.currentText(), _start_thread=False)
+        worker = create_worker(
+            render_mesh_image,
+            mesh,
+            shape,
+            spacing,
+            self.make_psf(),
+            origin,
+            backend=self.backend_combo.currentText(),
+            _start_thread=False,
+        )
         name = f"{image.name} preview"
 
         def show(rendered):
             if name in self.viewer.layers:
                 self.viewer.layers[name].data = rendered
             else:
-                self.viewer.add_image(rendered, name=name, scale=spacing, translate=origin,
-                                      colormap="magenta", blending="additive")
+                self.viewer.add_image(
+                    rendered, name=name, scale=spacing, translate=origin, colormap="magenta", blending="additive"
+                )
             self.preview_button.setEnabled(True)
 
         def failed(exc):
@@ -393,8 +447,9 @@ class DeltaMicWidget(QWidget):
             self._apply_step(step)
             self._last_update = time.perf_counter()
         per_it = float(np.median(self.step_times))
-        self.status_label.setText(f"iteration {step.iteration}/{self.progress.maximum()}  loss {step.loss:.4g}  "
-                                  f"{per_it:.2f} s/iteration")
+        self.status_label.setText(
+            f"iteration {step.iteration}/{self.progress.maximum()}  loss {step.loss:.4g}  {per_it:.2f} s/iteration"
+        )
 
     def _apply_step(self, step: Step) -> None:
         layer = self._fit_layer
@@ -416,7 +471,9 @@ class DeltaMicWidget(QWidget):
     def _on_error(self, exc: Exception) -> None:
         msg = str(exc) or type(exc).__name__
         if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
-            msg = f"not enough memory for this fit ({msg}): crop the image, use fewer/larger triangles, or a smaller band"
+            msg = (
+                f"not enough memory for this fit ({msg}): crop the image, use fewer/larger triangles, or a smaller band"
+            )
         _show_error(f"fit failed: {msg}")
 
     def _on_finished(self) -> None:
@@ -540,7 +597,7 @@ class DeltaMicWidget(QWidget):
     def shutdown_now(self, *args) -> None:
         self.shutdown()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
 
