@@ -16,7 +16,7 @@ def _gl_pair(na, lam, ni, ns, pz, nz=41, nxy=63, dz=0.1, dxy=0.05, **extra):
 
     psfmodels: focal positions zv = pz + z (z = our axial coordinate), sf=1/mode=1 (no pixel
     integration), centre pixel nxy // 2."""
-    model = GibsonLanniPSF(na=na, wavelength_um=lam, ni=ni, ni0=ni, ns=ns, particle_depth_um=pz, **extra)
+    model = GibsonLanniPSF(na=na, wavelength_um=lam, n_immersion=ni, n_immersion_design=ni, n_sample=ns, particle_depth_um=pz, **extra)
     grid = FFTGrid((nz + 1, nxy + 1, nxy + 1), (dz, dxy, dxy))
     ours = np.fft.fftshift(model.psf(grid, dtype=torch.float64).detach().numpy())[1:, 1:, 1:]
     zv = pz + (np.arange(nz) - nz // 2) * dz

@@ -208,7 +208,6 @@ class Fitter:
         self._level: _Level | None = None
         self._level_index = 0
         self._level_iter = 0
-        self._iteration = 0
         self._lr_scale = 1.0
         self._consecutive_failures = 0
         self._n_rollbacks = 0
@@ -223,6 +222,7 @@ class Fitter:
         self._shared_done = False
         self._level_rebuilt = False
 
+        self._photo = self._photo_opt = None  # learnt log-gain and background (photometric="learn")
         self._psf_opt = None
         if config.learn_psf:
             params = [p for p in self.psf.parameters() if p.requires_grad]
@@ -236,7 +236,8 @@ class Fitter:
     # ------------------------------------------------------------------ state access
     @property
     def iteration(self) -> int:
-        return self._iteration
+        """Accepted steps so far, over all levels."""
+        return len(self._loss_history)
 
     @property
     def done(self) -> bool:
@@ -374,7 +375,7 @@ class Fitter:
                             band_threshold=cfg.band_threshold, backend=cfg.backend, dtype=self.dtype,
                             device=self.device, max_memory_bytes=cfg.max_memory_bytes,
                             fold_aliases=cfg.fold_aliases and f == 1)
-        self._backend = str(getattr(renderer, "backend_name", getattr(renderer, "backend", cfg.backend)))
+        self._backend = renderer.backend_name
         mesh = self.current_mesh() if self._level is not None else self._mesh
         rebuilt = False
         if cfg.share_membranes and index > 0 and not self._shared_done:
@@ -391,7 +392,7 @@ class Fitter:
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
         self._consecutive_failures = 0
-        self.__dict__.pop("_photo", None)
+        self._photo = self._photo_opt = None
         return _Level(index, f, tuple(obs_l.shape), spacing, origin, obs_l, weight, scale, offset, renderer,
                       cfg.iterations_for_level(index))
 
@@ -444,7 +445,7 @@ class Fitter:
         if self._psf_opt is not None:
             snap["psf"] = copy.deepcopy(self.psf.state_dict())
             snap["psf_opt"] = copy.deepcopy(self._psf_opt.state_dict())
-        if hasattr(self, "_photo"):
+        if self._photo is not None:
             snap["photo"] = self._photo.detach().clone()
             snap["photo_opt"] = copy.deepcopy(self._photo_opt.state_dict())
         return snap
@@ -462,14 +463,14 @@ class Fitter:
             with torch.no_grad():
                 self._photo.copy_(snap["photo"])
             self._photo_opt.load_state_dict(snap["photo_opt"])
-        elif hasattr(self, "_photo"):
-            # created by the failed step itself: start again from the closed-form values
-            del self._photo, self._photo_opt
+        else:
+            # created by the failed step itself (or never): start again from the closed-form values
+            self._photo = self._photo_opt = None
 
     def _loss(self, rendered: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         lvl = self._level
-        if cfg.photometric == "solve" or not hasattr(self, "_photo"):
+        if cfg.photometric == "solve" or self._photo is None:
             g, b = solve_photometric(rendered, lvl.observed, lvl.weight)
             if cfg.photometric == "learn":
                 # initialise the learnt gain/background at their least-squares optimum
@@ -493,14 +494,14 @@ class Fitter:
         out = self._level.renderer.render(x.to(self.dtype), self._faces, self._weights,
                                           volume_weight=self._volume_weights)
         # with backend "auto" the renderer picks per call (it depends on the face count)
-        self._backend = str(getattr(self._level.renderer, "backend_name", self._backend))
+        self._backend = self._level.renderer.backend_name
         return out
 
     def _try_step(self, lr: float) -> float:
         u = self._u.clone().requires_grad_(True)
         if self._psf_opt is not None:
             self._psf_opt.zero_grad(set_to_none=True)
-        if self.config.photometric == "learn" and hasattr(self, "_photo"):
+        if self.config.photometric == "learn" and self._photo is not None:
             self._photo_opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         x = self._precond.to_vertices(u)
@@ -525,12 +526,10 @@ class Fitter:
             raise _BadStep("non-finite vertices")
         # a vertex pushed out of the renderer's wrap-free box would make the next render
         # fail: treat it like a divergent step (roll back, smaller steps)
-        inside = getattr(self._level.renderer, "_check_inside", None)
-        if inside is not None:
-            try:
-                inside(x_new.to(self.dtype))
-            except ValueError as exc:
-                raise _BadStep(str(exc)) from None
+        try:
+            self._level.renderer.check_inside(x_new.to(self.dtype))
+        except ValueError as exc:
+            raise _BadStep(str(exc)) from None
         if self._psf_opt is not None:
             grads = [p.grad for p in self.psf.parameters() if p.requires_grad]
             if any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
@@ -586,7 +585,6 @@ class Fitter:
                         "FitConfig.lambda_smooth") from None
                 return self._result_for(float("nan"), lr, rolled_back=True)
             self._consecutive_failures = 0
-            self._iteration += 1
             self._level_iter += 1
             self._loss_history.append(loss_value)
             self._level_history.append(self._level.index)
@@ -609,7 +607,7 @@ class Fitter:
 
     def _result_for(self, loss_value, lr, *, rolled_back=False, remeshed=False) -> StepResult:
         return StepResult(
-            iteration=self._iteration,
+            iteration=self.iteration,
             loss=loss_value,
             verts=self._x.detach().cpu().numpy().astype(np.float64),
             faces=self._mesh.faces.copy(),
@@ -625,9 +623,7 @@ class Fitter:
         )
 
     def _psf_params(self) -> dict:
-        if hasattr(self.psf, "as_dict"):
-            return self.psf.as_dict()
-        return {n: p.detach().cpu().numpy().tolist() for n, p in self.psf.named_parameters()}
+        return self.psf.as_dict()
 
     # ------------------------------------------------------------------ driving
     def run(self, n: int | None = None, callback: Callable[[StepResult], bool | None] | None = None) -> FitResult:
@@ -658,7 +654,7 @@ class Fitter:
         with self._lock:
             mesh = self.current_mesh()
             mesh.metadata = dict(mesh.metadata)
-            mesh.metadata.update({"fit_iterations": self._iteration, "fit_loss": self._loss_history[-1:] or None})
+            mesh.metadata.update({"fit_iterations": self.iteration, "fit_loss": self._loss_history[-1:] or None})
             return FitResult(
                 mesh=mesh,
                 loss_history=list(self._loss_history),
@@ -668,7 +664,7 @@ class Fitter:
                 gain=float(self._gain),
                 background=float(self._background),
                 backend=self._backend,
-                iterations=self._iteration,
+                iterations=self.iteration,
                 n_rollbacks=self._n_rollbacks,
                 converged=self._converged or self._done,
                 config=self.config.as_dict(),

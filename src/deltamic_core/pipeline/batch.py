@@ -132,7 +132,7 @@ def fit_item(item: BatchItem, item_dir: str, job) -> dict:
         command=job.command,
         extra={"input": item.path, "frame": item.frame, "item": item.name},
         progress=False,
-        mechanics=bool(getattr(job, "mechanics", False)),
+        mechanics=job.mechanics,
     )
     return {"n_cells": report["n_cells"], "final_loss": report.get("final_loss")}
 

@@ -11,7 +11,7 @@ from ..grid import FFTGrid
 from ._base import _sampling_settings, PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _nonnegative, _positive
 from ._sampling import bessel_j0, interp1d_uniform, leggauss, oversampling_factors
 
-_POSITIVE = ("na", "wavelength_um", "ni", "ni0", "ns", "ng", "ng0", "tg", "tg0", "ti0")
+_POSITIVE = ("na", "wavelength_um", "n_immersion", "n_immersion_design", "n_sample", "ng", "ng0", "tg", "tg0", "ti0")
 
 
 class GibsonLanniPSF(SampledPSFModel):
@@ -51,8 +51,9 @@ class GibsonLanniPSF(SampledPSFModel):
     Parameters
     ----------
     na, wavelength_um : numerical aperture, emission wavelength in vacuum (um).
-    ni, ni0 : immersion refractive index, actual and design.
-    ns : sample refractive index.
+    n_immersion, n_immersion_design : immersion refractive index, actual and design (n_i, n_i0
+        of the formula).
+    n_sample : sample refractive index (n_s).
     ng, ng0 : coverslip refractive index, actual and design.
     tg, tg0 : coverslip thickness, actual and design (um).
     ti0 : working distance, design (um).
@@ -62,7 +63,7 @@ class GibsonLanniPSF(SampledPSFModel):
     max_extent_um : upper bound (z, y, x) on ``extent_um()`` (the widefield PSF keeps its
         energy per plane at any defocus, so a bound is needed).
     learn : names of the learnable parameters (others are fixed buffers); any of
-        ``na, wavelength_um, ni, ni0, ns, ng, ng0, tg, tg0, ti0, particle_depth_um``.
+        ``na, wavelength_um, n_immersion, n_immersion_design, n_sample, ng, ng0, tg, tg0, ti0, particle_depth_um``.
     otf_method : "hankel" (default) or "grid", see above. They differ only in the lateral
         domain the PSF is integrated over (disc vs periodic box): for a widefield PSF, whose
         far-defocused planes are wide and dim, that moves the OTF by a few percent at low
@@ -70,22 +71,23 @@ class GibsonLanniPSF(SampledPSFModel):
         ``extent_um()``, which bounds the region where the PSF exceeds the threshold).
     """
 
-    def __init__(self, na: float = 1.4, wavelength_um: float = 0.6, ni: float = 1.515, ni0: float = 1.515,
-                 ns: float = 1.47, tg: float = 170.0, tg0: float = 170.0, ng: float = 1.515, ng0: float = 1.515,
+    def __init__(self, na: float = 1.4, wavelength_um: float = 0.6, n_immersion: float = 1.515, n_immersion_design: float = 1.515,
+                 n_sample: float = 1.47, tg: float = 170.0, tg0: float = 170.0, ng: float = 1.515, ng0: float = 1.515,
                  ti0: float = 150.0, particle_depth_um: float = 0.0, *, oversampling: float = 1.0,
                  extent_threshold: float = 1e-3, max_extent_um=(12.0, 8.0, 8.0),
-                 learn=("na", "ns", "particle_depth_um"), otf_method: str = "hankel"):
+                 learn=("na", "n_sample", "particle_depth_um"), otf_method: str = "hankel"):
         super().__init__()
         if otf_method not in ("hankel", "grid"):
             raise ValueError(f"otf_method must be 'hankel' or 'grid', got {otf_method!r}")
         self.otf_method = otf_method
-        vals = dict(na=na, wavelength_um=wavelength_um, ni=ni, ni0=ni0, ns=ns, ng=ng, ng0=ng0, tg=tg, tg0=tg0, ti0=ti0)
+        vals = dict(na=na, wavelength_um=wavelength_um, n_immersion=n_immersion, n_immersion_design=n_immersion_design, n_sample=n_sample, ng=ng, ng0=ng0, tg=tg, tg0=tg0, ti0=ti0)
         checked = {k: _positive(v, k) for k, v in vals.items()}
         depth = _nonnegative(particle_depth_um, "particle_depth_um")
-        if checked["na"] >= checked["ni"]:
-            raise ValueError(f"na must be smaller than the immersion index ni (na={checked['na']}, ni={checked['ni']})")
-        if checked["na"] >= checked["ni0"]:
-            raise ValueError(f"na must be smaller than the design immersion index ni0 (na={checked['na']}, ni0={checked['ni0']})")
+        if checked["na"] >= checked["n_immersion"]:
+            raise ValueError(f"na must be smaller than n_immersion (na={checked['na']}, n_immersion={checked['n_immersion']})")
+        if checked["na"] >= checked["n_immersion_design"]:
+            raise ValueError(f"na must be smaller than n_immersion_design (na={checked['na']}, "
+                             f"n_immersion_design={checked['n_immersion_design']})")
         learn = (learn,) if isinstance(learn, str) else tuple(learn)
         unknown = set(learn) - set(_POSITIVE) - {"particle_depth_um"}
         if unknown:
@@ -100,9 +102,9 @@ class GibsonLanniPSF(SampledPSFModel):
     # physical parameters (differentiable tensors)
     na = property(lambda self: self._pos("na"))
     wavelength_um = property(lambda self: self._pos("wavelength_um"))
-    ni = property(lambda self: self._pos("ni"))
-    ni0 = property(lambda self: self._pos("ni0"))
-    ns = property(lambda self: self._pos("ns"))
+    n_immersion = property(lambda self: self._pos("n_immersion"))
+    n_immersion_design = property(lambda self: self._pos("n_immersion_design"))
+    n_sample = property(lambda self: self._pos("n_sample"))
     ng = property(lambda self: self._pos("ng"))
     ng0 = property(lambda self: self._pos("ng0"))
     tg = property(lambda self: self._pos("tg"))
@@ -116,21 +118,21 @@ class GibsonLanniPSF(SampledPSFModel):
         return d
 
     def _check_physical(self, v: dict[str, float]) -> None:
-        if not v["na"] < v["ni"]:
-            raise ValueError(f"na ({v['na']:.4g}) must stay below the immersion index ni ({v['ni']:.4g})")
+        if not v["na"] < v["n_immersion"]:
+            raise ValueError(f"na ({v['na']:.4g}) must stay below n_immersion ({v['n_immersion']:.4g})")
 
     # -- band limits ---------------------------------------------------------------------
     def _band_limits(self) -> tuple[float, float]:
         v = self._values()
         self._check_physical(v)
-        lam, na, ni = v["wavelength_um"], v["na"], v["ni"]
+        lam, na, ni = v["wavelength_um"], v["na"], v["n_immersion"]
         return (ni - math.sqrt(ni * ni - na * na)) / lam, 2.0 * na / lam
 
     # -- the physics ---------------------------------------------------------------------
     def _phase_terms(self, rho: torch.Tensor):
         """(a(rho), b(rho)) with k0 W(rho, z_f) = a(rho) + b(rho) * z (z = z_f - z_p); complex."""
         na, lam = self.na, self.wavelength_um
-        ni, ni0, ns, ng, ng0 = self.ni, self.ni0, self.ns, self.ng, self.ng0
+        ni, ni0, ns, ng, ng0 = self.n_immersion, self.n_immersion_design, self.n_sample, self.ng, self.ng0
         tg, tg0, ti0, zp = self.tg, self.tg0, self.ti0, self.particle_depth_um
         s2 = (na * rho) ** 2
 
@@ -155,7 +157,7 @@ class GibsonLanniPSF(SampledPSFModel):
             tv = max(float((a + b * z).real.diff().abs().sum()) for z in (-z_abs_max, z_abs_max))
             na = float(self.na.detach())
             bessel = 2.0 * math.pi / float(self.wavelength_um.detach()) * na * r_max
-            cuts = sorted({float(getattr(self, k).detach()) / na for k in ("ns", "ng", "ng0", "ni0")})
+            cuts = sorted({float(getattr(self, k).detach()) / na for k in ("n_sample", "ng", "ng0", "n_immersion_design")})
         cuts = [c for c in cuts if 1e-6 < c < 1.0 - 1e-6]
         edges = [0.0] + cuts + [1.0]
         # GL with n nodes resolves ~2n/pi oscillation half-periods; keep a wide margin

@@ -452,11 +452,12 @@ class Renderer:
             check_same_device([("weights", weights), ("verts", v)])
             if weights.dtype.is_floating_point:
                 weights = weights.to(self.dtype)
-        self._check_inside(v)
+        self.check_inside(v)
         n_faces = int(faces.shape[0]) if faces.ndim == 2 else 0
         return v, faces, weights, n_faces
 
-    def _check_inside(self, v: torch.Tensor) -> None:
+    def check_inside(self, v: torch.Tensor) -> None:
+        """Raise ValueError if vertices ``v`` (um) leave the box the padded FFT holds wrap-free."""
         with torch.no_grad():
             lo = v.min(dim=0).values.to(torch.float64).cpu().tolist()
             hi = v.max(dim=0).values.to(torch.float64).cpu().tolist()
