@@ -195,6 +195,13 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument(
+        "--stain",
+        choices=("membrane", "interior", "both"),
+        default="membrane",
+        help="what is labelled: membranes (default), the interior of the objects (nuclei, cytoplasm, "
+        "droplets) or both (membrane plus a cytoplasm level)",
+    )
+    g.add_argument(
         "--mechanics",
         action="store_true",
         help="also write curvatures, contact angles, relative tensions and pressures of the fitted "
@@ -447,6 +454,7 @@ def job_from_args(args) -> FitJob:
         command=getattr(args, "argv", None),
         progress=not args.quiet,
         mechanics=bool(getattr(args, "mechanics", False)),
+        stain=getattr(args, "stain", "membrane"),
     )
 
 

@@ -90,7 +90,11 @@ class FitConfig:
     photometric_lr : float
     volume_weight : float
         Weight of the enclosed-volume (cytoplasm) signal relative to the membrane, passed to
-        the renderer.
+        the renderer as signed per-face weights built from the labels (every cell filled,
+        whatever the winding convention; see ``fit.fitter.volume_face_weights``).
+    membrane_weight : float
+        Multiplies the membrane (surface) intensity of every face; 0 with ``volume_weight`` > 0
+        models interior staining (nuclei, cytoplasmic dyes, droplets).
 
     PSF
     ---
@@ -165,6 +169,7 @@ class FitConfig:
     photometric: str = "solve"
     photometric_lr: float = 0.02
     volume_weight: float = 0.0
+    membrane_weight: float = 1.0
 
     learn_psf: bool = False
     psf_lr: float = 0.01
@@ -241,6 +246,9 @@ class FitConfig:
             raise ValueError(f"FitConfig.photometric must be one of {PHOTOMETRIC}, got {self.photometric!r}")
         self.photometric_lr = _pos("photometric_lr", self.photometric_lr)
         self.volume_weight = _pos("volume_weight", self.volume_weight, allow_zero=True)
+        self.membrane_weight = _pos("membrane_weight", self.membrane_weight, allow_zero=True)
+        if self.volume_weight == 0 and self.membrane_weight == 0:
+            raise ValueError("FitConfig.membrane_weight and FitConfig.volume_weight are both 0: nothing to render")
         if not isinstance(self.learn_psf, bool):
             raise TypeError(f"FitConfig.learn_psf must be True or False, got {self.learn_psf!r}")
         self.psf_lr = _pos("psf_lr", self.psf_lr)

@@ -271,6 +271,8 @@ class Fitter:
             w = self._custom_weights
         else:
             w = mesh.face_intensity()
+        if self.config.membrane_weight != 1.0:
+            w = np.asarray(w, dtype=np.float64) * self.config.membrane_weight
         return torch.as_tensor(w, dtype=self.dtype, device=self.device)
 
     def _remesh(self, mesh: Mesh, edge_um: float) -> Mesh:

@@ -191,6 +191,63 @@ def read_seeds(path) -> tuple[np.ndarray, np.ndarray | None]:
     return c, np.asarray(radii, dtype=np.float64)
 
 
+def estimate_interior_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur_um=None) -> np.ndarray:
+    """Initial sphere radius (um) for each seed of a filled (interior-stained) object.
+
+    The shell-averaged intensity around the seed (half-voxel shells out to 0.75 x the distance
+    to the nearest other seed) falls from the object's level (the mean of the shells within one
+    voxel size) to the background (the lowest smoothed shell); the radius r where it crosses
+    halfway is found by linear interpolation. Blurring a ball of radius R by a Gaussian of width
+    s moves that crossing inwards by about s^2 / R (the curvature of the edge), so
+    R = r + s^2 / r is returned (s^2 as in :func:`estimate_seed_radii`). Without a crossing
+    (no contrast) the radius falls back to a third of the nearest-neighbour distance (a quarter
+    of the smallest image extent for a single seed); radii are capped at 0.45 x the
+    nearest-neighbour distance.
+    """
+    from scipy.ndimage import uniform_filter1d
+    from scipy.spatial import cKDTree
+
+    sp = np.asarray(spacing_um, dtype=float)
+    s2 = float(np.mean(np.square(sp if blur_um is None else np.asarray(blur_um, dtype=float))))
+    shape = np.asarray(image.shape)
+    extent = shape * sp
+    n = len(centres)
+    nn = cKDTree(centres).query(centres, k=2)[0][:, 1] if n > 1 else np.array([np.inf])
+    step = 0.5 * float(sp.min())
+    out = np.empty(n)
+    for i, c in enumerate(centres):
+        rmax = float(min(0.75 * nn[i], 0.5 * extent.max()))
+        lo = np.clip(np.floor((c - rmax) / sp).astype(int), 0, shape - 1)
+        hi = np.clip(np.ceil((c + rmax) / sp).astype(int) + 1, 1, shape)
+        box = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
+        grids = np.meshgrid(*[(np.arange(a, b) * s - cc) for a, b, s, cc in zip(lo, hi, sp, c)], indexing="ij")
+        r = np.sqrt(sum(g**2 for g in grids))
+        inside = r <= rmax
+        bins = np.floor(r[inside] / step).astype(int)
+        counts = np.bincount(bins)
+        sums = np.bincount(bins, weights=box[inside])
+        ok = counts > 0
+        est = None
+        if ok.sum() > 4:
+            radii_k = (np.flatnonzero(ok) + 0.5) * step
+            prof = uniform_filter1d(sums[ok] / counts[ok], 3, mode="nearest")
+            core = prof[radii_k <= max(float(sp.max()), 1.5 * step)]
+            top = float(core.mean()) if len(core) else float(prof[0])
+            bottom = float(prof.min())
+            if top > bottom:
+                half = 0.5 * (top + bottom)
+                below = np.flatnonzero(prof < half)
+                if len(below) and below[0] > 0:
+                    k = int(below[0])
+                    r0, r1, p0, p1 = radii_k[k - 1], radii_k[k], prof[k - 1], prof[k]
+                    rc = r0 + (p0 - half) / (p0 - p1) * (r1 - r0)
+                    est = float(rc + s2 / rc)
+        if est is None:
+            est = nn[i] / 3.0 if np.isfinite(nn[i]) else 0.25 * float(extent.min())
+        out[i] = min(est, 0.45 * nn[i]) if np.isfinite(nn[i]) else est
+    return out
+
+
 def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur_um=None) -> np.ndarray:
     """Initial sphere radius (um) for each seed of a membrane image.
 
@@ -337,12 +394,14 @@ def initial_mesh(
     edge_um: float | None = None,
     origin_um=(0.0, 0.0, 0.0),
     shape=None,
+    stain: str = "membrane",
 ):
     """The starting mesh of ``spec``, in um in the image frame, validated against the image.
 
-    Seeds without radii get :func:`estimate_seed_radii` (with the width of ``psf``);
-    ``edge_um`` is the target triangle edge of spheres and label surfaces. Without an image
-    (``image=None``) the grid is ``shape`` and seeds need their radii.
+    Seeds without radii get :func:`estimate_seed_radii` (with the width of ``psf``), or for
+    ``stain="interior"`` :func:`estimate_interior_radii`; ``edge_um`` is the target triangle
+    edge of spheres and label surfaces. Without an image (``image=None``) the grid is ``shape``
+    and seeds need their radii.
     """
     from .. import geometry
     from .psfspec import psf_width_um
@@ -363,7 +422,8 @@ def initial_mesh(
         if radii is None:
             if image is None:
                 raise InputError("seed radii are estimated from the image: choose an image (or give the radii)")
-            radii = estimate_seed_radii(
+            estimator = estimate_interior_radii if stain == "interior" else estimate_seed_radii
+            radii = estimator(
                 image if image.ndim == 3 else image[0],
                 spacing_um,
                 centres - origin,

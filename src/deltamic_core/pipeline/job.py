@@ -31,6 +31,9 @@ OPTION = {
 }
 
 
+STAINS = ("membrane", "interior", "both")
+
+
 @dataclass
 class FitJob:
     """One fit: image, initial meshes, PSF, fit options, where to compute and where to write.
@@ -51,6 +54,9 @@ class FitJob:
     out : output directory; overwrite : may replace an earlier result there
     command : the command line that made the job (for report.json)
     progress : show a progress bar
+    stain : "membrane" (surface signal), "interior" (filled objects: nuclei, cytoplasm,
+        droplets; volume signal only) or "both" (membrane plus a cytoplasm level of
+        ``config['volume_weight']``, default 0.2 per um, relative to the membrane density)
     mechanics : also write the mechanics analysis of the fitted mesh (mechanics.csv,
         junctions.csv, curvature.csv, curvature vertex properties in mesh.ply)
     """
@@ -78,6 +84,7 @@ class FitJob:
     command: list | None = None
     progress: bool = True
     mechanics: bool = False
+    stain: str = "membrane"
 
     def replace(self, **changes) -> FitJob:
         return dataclasses.replace(self, **changes)
@@ -102,6 +109,12 @@ class FitJob:
                 kw[cfg_name] = getattr(self, name)
         if self.levels is not None:
             kw["levels"] = tuple(self.levels)
+        if self.stain not in STAINS:
+            raise InputError(f"--stain must be one of {', '.join(STAINS)}, got {self.stain!r}")
+        if self.stain == "interior":
+            kw.update(membrane_weight=0.0, volume_weight=1.0)
+        elif self.stain == "both":
+            kw.update(volume_weight=0.2)
         kw.update(self.config)
         names = {f.name for f in dataclasses.fields(FitConfig)}
         unknown = sorted(k for k in kw if k not in names)

@@ -71,7 +71,7 @@ def prepare(job: FitJob, psf=None) -> Prepared:
     origin = check_vector3(job.origin_um, "origin_um")
     psf = make_psf(job.psf, spacing) if psf is None else psf
     config = job.fit_config()
-    init = initial_mesh(job.init, image, spacing, psf=psf, edge_um=job.edge_um, origin_um=origin)
+    init = initial_mesh(job.init, image, spacing, psf=psf, edge_um=job.edge_um, origin_um=origin, stain=job.stain)
     return Prepared(image, spacing, origin, psf, config, init, job)
 
 

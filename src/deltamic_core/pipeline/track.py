@@ -145,7 +145,7 @@ def track_job(job) -> list[dict]:
     stack, spacing = load_image(job.image, channel=job.channel, spacing=job.spacing_um, allow_time=True, what="STACK")
     psf = make_psf(job.psf, spacing)
     config = job.fit_config()
-    init = initial_mesh(job.init, stack[0], spacing, psf=psf, edge_um=job.edge_um)
+    init = initial_mesh(job.init, stack[0], spacing, psf=psf, edge_um=job.edge_um, stain=job.stain)
     return track_stack(
         stack,
         spacing,
