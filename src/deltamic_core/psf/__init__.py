@@ -11,11 +11,14 @@ from .gaussian import GaussianPSF
 from .gibson_lanni import GibsonLanniPSF
 from .hanser import HanserPSF
 from .measured import MeasuredPSF
+from .confocal import ConfocalPSF
+from .voxel import VoxelIntegrated
 from .zernike import noll_to_nm, zernike_noll
 
-__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "HanserPSF", "MeasuredPSF", "noll_to_nm", "zernike_noll", "psf_from_dict"]
+__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "HanserPSF", "MeasuredPSF", "ConfocalPSF", "VoxelIntegrated", "noll_to_nm", "zernike_noll", "psf_from_dict"]
 
-_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF, "HanserPSF": HanserPSF, "MeasuredPSF": MeasuredPSF}
+_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF, "HanserPSF": HanserPSF, "MeasuredPSF": MeasuredPSF,
+             "ConfocalPSF": ConfocalPSF, "VoxelIntegrated": VoxelIntegrated}
 
 
 def psf_from_dict(d) -> PSFModel:
