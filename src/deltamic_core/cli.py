@@ -47,6 +47,7 @@ from .pipeline import (
     render_mesh_image,
 )
 from .pipeline.errors import EXIT_FAILURE, EXIT_USAGE
+from .pipeline.psfspec import psf_models
 
 PROG = "deltamic"
 
@@ -109,9 +110,11 @@ def _add_psf_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("PSF (default: Gaussian, sigma = 1 voxel per axis)")
     g.add_argument(
         "--psf",
-        choices=("gaussian", "gibson-lanni", "hanser"),
-        default="gaussian",
-        help="PSF model (default: gaussian)",
+        nargs="+",
+        metavar="MODEL",
+        default=["gaussian"],
+        help="PSF model: gaussian (default), gibson-lanni (widefield), confocal, hanser, or measured BEAD.tif "
+        "(a bead stack)",
     )
     g.add_argument(
         "--sigma",
@@ -123,7 +126,13 @@ def _add_psf_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--na", type=_positive_float, help="numerical aperture")
     g.add_argument("--wavelength", type=_positive_float, metavar="UM", help="emission wavelength in um")
     g.add_argument("--ni", type=_positive_float, help="refractive index of the immersion medium")
-    g.add_argument("--ns", type=_positive_float, help="refractive index of the sample (gibson-lanni)")
+    g.add_argument("--ns", type=_positive_float, help="refractive index of the sample (gibson-lanni, confocal)")
+    g.add_argument(
+        "--ex-wavelength", type=_positive_float, metavar="UM", help="excitation wavelength in um (confocal)"
+    )
+    g.add_argument(
+        "--pinhole-au", type=_positive_float, metavar="AU", help="pinhole diameter in Airy units (confocal; default 1)"
+    )
     g.add_argument(
         "--depth",
         type=_finite_float,
@@ -429,9 +438,21 @@ def psf_spec(args) -> PSFSpec:
         "n_sample": args.ns,
         "depth_um": args.depth,
         "zernike": parse_zernike(args.zernike) if args.zernike else None,
+        "ex_wavelength_um": getattr(args, "ex_wavelength", None),
+        "pinhole_au": getattr(args, "pinhole_au", None),
     }
+    model, *rest = args.psf if isinstance(args.psf, (list, tuple)) else [args.psf]
+    models = psf_models()
+    if model not in models:
+        raise CLIError(f"--psf {model}: unknown PSF model; choose from {', '.join(models)}")
+    if model == "measured":
+        if len(rest) != 1:
+            raise CLIError("--psf measured takes the bead image: --psf measured BEAD.tif")
+        params["bead"] = rest[0]
+    elif rest:
+        raise CLIError(f"--psf {model} takes no file (got {' '.join(rest)}); only --psf measured BEAD.tif does")
     return PSFSpec(
-        args.psf, {k: v for k, v in params.items() if v is not None}, learn=bool(getattr(args, "learn_psf", False))
+        model, {k: v for k, v in params.items() if v is not None}, learn=bool(getattr(args, "learn_psf", False))
     )
 
 

@@ -14,6 +14,9 @@ Parameter names (shared by every model that has them):
 ``n_sample``       refractive index of the sample (Gibson-Lanni)
 ``depth_um``       depth of the focal plane below the coverslip (Gibson-Lanni)
 ``zernike``        pupil aberrations {Noll index: waves} (Hanser)
+``ex_wavelength_um`` excitation wavelength in vacuum (confocal; default: the emission wavelength)
+``pinhole_au``     pinhole diameter in Airy units of the emission (confocal; default 1)
+``bead``           path of a bead image (measured)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import InputError
 
@@ -34,6 +38,9 @@ OPTION = {
     "n_sample": "--ns",
     "depth_um": "--depth",
     "zernike": "--zernike",
+    "ex_wavelength_um": "--ex-wavelength",
+    "pinhole_au": "--pinhole-au",
+    "bead": "--psf measured BEAD.tif",
 }
 
 
@@ -128,6 +135,58 @@ def _gibson_lanni(p: dict, spacing_um):
     if "depth_um" in p:
         kw["particle_depth_um"] = p["depth_um"]
     return GibsonLanniPSF(**kw)
+
+
+@register_psf(
+    "confocal", ("na", "wavelength_um", "ex_wavelength_um", "pinhole_au", "n_immersion", "n_sample", "depth_um")
+)
+def _confocal(p: dict, spacing_um):
+    """Point-scanning confocal: excitation x emission through a pinhole (``ConfocalPSF``).
+
+    The sample index defaults to the immersion index (index-matched), the excitation
+    wavelength to the emission wavelength and the pinhole to 1 Airy unit."""
+    from ..psf import ConfocalPSF
+
+    _require(p, "confocal", ("na", "wavelength_um", "n_immersion"))
+    ni = p["n_immersion"]
+    kw = dict(
+        na=p["na"],
+        wavelength_um=p["wavelength_um"],
+        ex_wavelength_um=p.get("ex_wavelength_um", p["wavelength_um"]),
+        pinhole_au=p.get("pinhole_au", 1.0),
+        ni=ni,
+        ni0=ni,
+        ns=p.get("n_sample", ni),
+    )
+    if "depth_um" in p:
+        kw["particle_depth_um"] = p["depth_um"]
+    return ConfocalPSF(**kw)
+
+
+@register_psf("measured", ("bead",))
+def _measured(p: dict, spacing_um):
+    """A bead stack (``MeasuredPSF.from_bead_image``); its voxel size comes from the bead file's
+    metadata, else it is taken to be the image's."""
+    from ..io import read_image
+    from ..psf import MeasuredPSF
+
+    if "bead" not in p:
+        raise InputError("--psf measured needs the bead image: --psf measured BEAD.tif")
+    path = Path(p["bead"])
+    if not path.is_file():
+        raise InputError(f"--psf measured: bead image {str(path)!r} not found")
+    try:
+        bead, meta = read_image(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--psf measured: bead image {str(path)!r} cannot be read ({exc})") from None
+    if bead.ndim != 3:
+        raise InputError(f"--psf measured: bead image {str(path)!r} must be one 3D stack (Z, Y, X), got {bead.shape}")
+    source = getattr(meta, "spacing_source", "file")
+    spacing = tuple(meta.spacing_um) if source not in ("default", None) else tuple(spacing_um)
+    try:
+        return MeasuredPSF.from_bead_image(bead, spacing)
+    except ValueError as exc:
+        raise InputError(f"--psf measured: bead image {str(path)!r}: {exc}") from None
 
 
 @register_psf("hanser", ("na", "wavelength_um", "n_immersion", "zernike"))
