@@ -1,6 +1,7 @@
 """Make ``docs/screenshot_widget.png``: the sample embryo fitted in the napari GUI.
 
-Opens a (shown) napari viewer with the deltaMic sample data and dock widget, seeds one sphere
+Opens a (shown) napari viewer, loads the deltaMic sample data (File > Open Sample) and opens the
+dock widget as the Plugins menu does (``add_plugin_dock_widget``), seeds one sphere
 per cell from the sample's Points layer, runs a real fit through the widget's thread worker,
 then saves the whole window (viewer + dock widget) in 3D. Also prints what the fit cost in the
 GUI: time from Run to the first surface update and seconds per iteration.
@@ -50,18 +51,17 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     import napari
     import numpy as np
+    from npe2 import PluginManifest
     from qtpy.QtWidgets import QApplication
 
-    from napari_deltamic._sample_data import make_sample_data
-    from napari_deltamic._widget import DeltaMicWidget
-
     viewer = napari.Viewer(show=True, title="napari-deltamic")
-    viewer.window._qt_window.resize(1600, 1050)
-    for data, kwargs, kind in make_sample_data():
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    viewer.window.resize(1600, 1050)
+    # the user's path: File > Open Sample, then Plugins > deltaMic (names from the npe2 manifest;
+    # napari builds the widget and hands it a public-only proxy of the viewer)
+    manifest = PluginManifest.from_distribution("napari-deltamic")
+    viewer.open_sample(manifest.name, manifest.contributions.sample_data[0].key)
     image = viewer.layers["embryo (synthetic)"]
-    widget = DeltaMicWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="deltaMic", area="right")
+    _, widget = viewer.window.add_plugin_dock_widget(manifest.name, manifest.contributions.widgets[0].display_name)
     widget.image_combo.set_layer(image)
     widget.seed_source.setCurrentText("Points")
     widget.seed_combo.set_layer(viewer.layers["seeds"])
@@ -69,8 +69,7 @@ def _run(args) -> int:
     widget.edge_box.setValue(args.edge)
     widget.step_box.setValue(args.step)
     sample = image.metadata["sample_params"]
-    for box, s in zip(widget.sigma_boxes, sample["sigma_um"]):
-        box.setValue(s)
+    widget.psf_panel.set_sigma(sample["sigma_um"])
     widget.iter_box.setValue(args.iterations)
 
     app = QApplication.instance()
@@ -104,7 +103,7 @@ def _run(args) -> int:
     viewer.reset_view()
     viewer.camera.angles = (-20.0, 30.0, 120.0)
     viewer.camera.zoom *= 0.8
-    _close_notifications(viewer)
+    _close_notifications(widget.window())
     for _ in range(20):
         app.processEvents()
         time.sleep(0.02)
@@ -116,11 +115,11 @@ def _run(args) -> int:
     return 0
 
 
-def _close_notifications(viewer) -> None:
+def _close_notifications(main_window) -> None:
     """Close notification toasts (e.g. napari's PyQt5 deprecation notice) so they stay out of the picture."""
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+    for toast in main_window.findChildren(NapariQtNotification):
         toast.close()
 
 

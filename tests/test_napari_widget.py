@@ -1,5 +1,7 @@
-"""The deltaMic dock widget in a real (shown) napari viewer under Xvfb: a short real fit on the
-cropped sample embryo through the thread worker, Stop, close, results, and error reporting."""
+"""The deltaMic dock widget in a shown napari viewer under Xvfb, opened the way a user opens it
+(Plugins menu: napari builds the widget and hands it a public-only proxy of the viewer) and
+driven through its buttons: a short real fit on a crop of the sample embryo through the thread
+worker, Stop, closing the viewer mid-fit, results, and error reporting."""
 from __future__ import annotations
 
 import csv
@@ -8,10 +10,15 @@ import numpy as np
 import pytest
 
 pytest.importorskip("napari")
-pytestmark = pytest.mark.gui
+pytestmark = [
+    pytest.mark.gui,
+    # plugin code must not reach into napari's private attributes (napari warns, later refuses)
+    pytest.mark.filterwarnings("error:Private attribute access:FutureWarning"),
+]
+
+from qtpy.QtCore import Qt, QThreadPool  # noqa: E402
 
 from napari_deltamic import _sample_data  # noqa: E402
-from napari_deltamic._widget import DeltaMicWidget  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
 
@@ -28,14 +35,17 @@ def embryo(tmp_path_factory):
         mp.undo()
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    """Collect the error notifications the widget shows (instead of popping them up)."""
-    import napari.utils.notifications as notifications
+def _click(qtbot, button) -> None:
+    """A left click on ``button``, as the user does it (it must be enabled)."""
+    assert button.isEnabled(), f"the {button.text()!r} button is disabled"
+    qtbot.mouseClick(button, Qt.LeftButton)
 
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
-    return shown
+
+def _save_dialog_returns(monkeypatch, path) -> None:
+    """The user picks ``path`` in the next file-save dialog."""
+    from qtpy.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
 
 
 def _crop_one_cell(embryo, cell: int = 0, half_um: float = 5.5):
@@ -48,36 +58,62 @@ def _crop_one_cell(embryo, cell: int = 0, half_um: float = 5.5):
     return crop, lo * spacing, c
 
 
-def _setup(viewer, embryo, iterations: int):
+def _setup(viewer, open_widget, embryo, iterations: int):
+    """Open the widget from the Plugins menu, then load a crop and a seed and set the controls."""
+    w = open_widget(viewer)
     crop, origin, centroid = _crop_one_cell(embryo)
     spacing = embryo["spacing_um"]
     image = viewer.add_image(crop, name="crop", scale=spacing, translate=tuple(origin))
     viewer.add_points(centroid[None], name="seeds", size=1.0)
-    w = DeltaMicWidget(viewer)
-    viewer.window.add_dock_widget(w, name="deltaMic")
+    # the widget's layer pickers follow the viewer's layer list through napari's proxy
     w.image_combo.set_layer(image)
     w.seed_source.setCurrentText("Points")
     w.seed_combo.set_layer(viewer.layers["seeds"])
+    # the spacing boxes show the image layer's scale
+    assert w.spacing_um() == pytest.approx(tuple(spacing))
     # the cell's equivalent radius is ~4.1 um: a seed of 3 um overlaps its membrane's blur
     w.radius_box.setValue(3.0)
     w.edge_box.setValue(1.5)  # ~100 triangles: keeps the test's iterations cheap
     w.psf_panel.set_sigma(embryo["params"]["sigma_um"])
     w.iter_box.setValue(iterations)
     w.levels_edit.setText("1")
-    w.update_interval_s = 0.0  # update the layer after every iteration in the test
     return w, image
 
 
 @pytest.mark.slow
-def test_short_fit_updates_surface_and_lowers_loss(make_napari_viewer, qtbot, embryo, errors, tmp_path):
+def test_run_updates_the_surface_then_stop_keeps_the_last_mesh(make_napari_viewer, gui_open_widget, qtbot, embryo,
+                                                               gui_errors):
     viewer = make_napari_viewer(show=True)
-    w, image = _setup(viewer, embryo, iterations=4)
-    w.run_button.click()
-    assert w.is_running and not w.run_button.isEnabled()
+    w, _ = _setup(viewer, gui_open_widget, embryo, iterations=500)
+    _click(qtbot, w.run_button)
+    assert w.is_running and not w.run_button.isEnabled() and w.stop_button.isEnabled()
+    layer = viewer.layers["crop fit"]  # the seed mesh, shown at once
+    seed = np.array(layer.vertices, copy=True)
+    # the Surface layer updates while the fit runs
+    qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 2, timeout=FIT_TIMEOUT_MS)
+    assert w.is_running
+    assert np.abs(np.asarray(layer.vertices) - seed).max() > 1e-3  # the surface moved (um)
+    _click(qtbot, w.stop_button)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    n = len(w.loss_plot.losses)
+    assert 2 <= n < 500
+    # the layer holds the mesh of the last finished iteration
+    assert layer.metadata["fit_iteration"] == n
+    assert np.isfinite(layer.vertices).all()
+    assert w.run_button.isEnabled() and not w.stop_button.isEnabled()
+    assert gui_errors == []
+
+
+@pytest.mark.slow
+def test_short_fit_lowers_the_loss_and_gives_results(make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors,
+                                                     tmp_path, monkeypatch):
+    viewer = make_napari_viewer(show=True)
+    w, image = _setup(viewer, gui_open_widget, embryo, iterations=4)
+    _click(qtbot, w.run_button)
     layer = viewer.layers["crop fit"]
     v0 = np.array(layer.vertices, copy=True)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
-    assert errors == []
+    assert gui_errors == []
     losses = w.loss_plot.values()
     assert len(losses) == 4
     assert np.all(np.diff(losses) < 0)
@@ -87,63 +123,52 @@ def test_short_fit_updates_surface_and_lowers_loss(make_napari_viewer, qtbot, em
     assert layer.metadata["fit_iteration"] == 4
     assert w.first_update_s is not None and w.run_button.isEnabled()
 
-    # results: mesh export, instance labels on the image grid, measurements table and CSV
-    out = w.export_mesh(tmp_path / "fit.rec")
+    # results, through the buttons: mesh export, instance labels on the image grid, measurements, CSV
+    out = tmp_path / "fit.rec"
+    _save_dialog_returns(monkeypatch, out)
+    _click(qtbot, w.export_button)
     from deltamic_core.io import read_mesh
 
     back = read_mesh(out)
     np.testing.assert_allclose(back.verts, v1, atol=1e-4)
-    labels_layer = w.make_labels()
+    _click(qtbot, w.labels_button)
+    labels_layer = viewer.layers["crop cells"]
     assert labels_layer.data.shape == image.data.shape
     np.testing.assert_allclose(labels_layer.scale, image.scale)
     np.testing.assert_allclose(labels_layer.translate, image.translate)
     assert set(np.unique(labels_layer.data)) == {0, 1}
-    rows = w.measure()
-    assert len(rows) == 1 and w.table.rowCount() == 1
-    csv_path = w.save_csv(tmp_path / "cells.csv")
+    _click(qtbot, w.measure_button)
+    assert w.table.rowCount() == 1
+    csv_path = tmp_path / "cells.csv"
+    _save_dialog_returns(monkeypatch, csv_path)
+    _click(qtbot, w.csv_button)
     with open(csv_path, newline="") as fh:
         read = list(csv.DictReader(fh))
     assert len(read) == 1 and float(read[0]["volume_um3"]) > 0
-    assert errors == []
+    assert gui_errors == []
 
 
 @pytest.mark.slow
-def test_stop_mid_run_keeps_last_good_mesh(make_napari_viewer, qtbot, embryo, errors):
+def test_closing_the_viewer_stops_the_worker(make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors):
+    pool = QThreadPool.globalInstance()  # napari's thread workers run here
     viewer = make_napari_viewer(show=True)
-    w, _ = _setup(viewer, embryo, iterations=500)
-    w.run_button.click()
-    qtbot.waitUntil(lambda: len(w.loss_plot.losses) >= 2, timeout=FIT_TIMEOUT_MS)
-    w.stop_button.click()
-    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
-    n = w._last_step.iteration
-    assert 2 <= n < 500
-    layer = viewer.layers["crop fit"]
-    np.testing.assert_allclose(layer.vertices, w._last_step.verts.astype(np.float32))
-    assert np.isfinite(layer.vertices).all()
-    assert errors == []
-
-
-@pytest.mark.slow
-def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, embryo, errors):
-    viewer = make_napari_viewer(show=True)
-    w, _ = _setup(viewer, embryo, iterations=500)
-    w.run_button.click()
+    w, _ = _setup(viewer, gui_open_widget, embryo, iterations=500)
+    idle = pool.activeThreadCount()
+    _click(qtbot, w.run_button)
     qtbot.waitUntil(lambda: len(w.loss_plot.losses) >= 1, timeout=FIT_TIMEOUT_MS)
-    worker = w._worker
-    viewer.close()  # the widget's close hook quits the worker and waits for its thread
+    assert pool.activeThreadCount() == idle + 1  # the fit's worker thread
+    viewer.close()  # the window's Close event reaches the widget, which stops the fit
     assert not w.is_running
-    qtbot.waitUntil(lambda: not worker.is_running, timeout=FIT_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: pool.activeThreadCount() == idle, timeout=FIT_TIMEOUT_MS)
     assert len(w.loss_plot.losses) < 500
-    assert errors == []
+    assert gui_errors == []
 
 
-def test_preview_renders_the_seeds_on_the_image_grid(make_napari_viewer, qtbot, embryo, errors):
+def test_preview_renders_the_seeds_on_the_image_grid(make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors):
     viewer = make_napari_viewer(show=True)
-    w, image = _setup(viewer, embryo, iterations=1)
-    worker = w.preview()
-    with qtbot.waitSignal(worker.finished, timeout=FIT_TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: "crop preview" in viewer.layers, timeout=10_000)
+    w, image = _setup(viewer, gui_open_widget, embryo, iterations=1)
+    _click(qtbot, w.preview_button)
+    qtbot.waitUntil(lambda: "crop preview" in viewer.layers, timeout=FIT_TIMEOUT_MS)
     preview = viewer.layers["crop preview"]
     assert preview.data.shape == image.data.shape
     np.testing.assert_allclose(preview.scale, image.scale)
@@ -153,51 +178,53 @@ def test_preview_renders_the_seeds_on_the_image_grid(make_napari_viewer, qtbot, 
     area = 4 * np.pi * 3.0**2
     total = preview.data.sum() * np.prod(image.scale)
     assert total == pytest.approx(area, rel=0.1)
-    assert errors == []
+    qtbot.waitUntil(w.preview_button.isEnabled, timeout=10_000)
+    assert gui_errors == []
 
 
 @pytest.mark.slow
-def test_out_of_memory_estimate_is_reported(make_napari_viewer, qtbot, embryo, errors, monkeypatch):
+def test_out_of_memory_estimate_is_reported(make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors,
+                                            monkeypatch):
     viewer = make_napari_viewer(show=True)
-    w, _ = _setup(viewer, embryo, iterations=3)
+    w, _ = _setup(viewer, gui_open_widget, embryo, iterations=3)
     monkeypatch.setenv("DELTAMIC_MAX_MEMORY_GB", "1e-6")  # ~1 kB allowed
-    w.run_button.click()
+    _click(qtbot, w.run_button)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
-    assert errors and "GiB" in errors[-1]
+    assert gui_errors and "GiB" in gui_errors[-1]
     assert w.run_button.isEnabled()
 
 
-def test_errors_are_reported_not_raised(make_napari_viewer, errors):
+def test_errors_are_reported_not_raised(make_napari_viewer, gui_open_widget, qtbot, gui_errors):
     viewer = make_napari_viewer(show=True)
-    w = DeltaMicWidget(viewer)
-    w.run_fit()
-    assert errors and "no Image layer" in errors[-1]
+    w = gui_open_widget(viewer)
+    _click(qtbot, w.run_button)
+    assert gui_errors and "no Image layer" in gui_errors[-1]
 
     viewer.add_image(np.zeros((20, 20), np.float32), name="flat")
-    w.run_fit()
-    assert "dimensions" in errors[-1]
+    _click(qtbot, w.run_button)
+    assert "dimensions" in gui_errors[-1]
 
     viewer.layers.clear()
     viewer.add_image(np.random.default_rng(0).random((8, 16, 16), np.float32), name="vol", scale=(1.0, 0.5, 0.5))
     viewer.add_points(np.zeros((0, 3)), name="none", ndim=3)
     w.seed_source.setCurrentText("Points")
-    w.run_fit()
-    assert "no seeds" in errors[-1]
+    _click(qtbot, w.run_button)
+    assert "no seeds" in gui_errors[-1]
 
     viewer.layers["none"].data = np.array([[100.0, 100.0, 100.0]])  # far outside the 8 x 8 x 8 um box
-    w.run_fit()
-    assert "outside the image" in errors[-1]
-    assert not w.is_running
+    _click(qtbot, w.run_button)
+    assert "outside the image" in gui_errors[-1]
+    assert not w.is_running and w.run_button.isEnabled()
 
     w.psf_combo.setCurrentText("Hanser + Zernike")
     w.zernike_edit.setText("4=abc")
-    w.preview()
-    assert "--zernike" in errors[-1]
+    _click(qtbot, w.preview_button)
+    assert "--zernike" in gui_errors[-1]
 
 
-def test_psf_pages_and_spacing_follow_the_widget(make_napari_viewer):
+def test_psf_pages_and_spacing_follow_the_widget(make_napari_viewer, gui_open_widget):
     viewer = make_napari_viewer(show=True)
-    w = DeltaMicWidget(viewer)
+    w = gui_open_widget(viewer)
     layer = viewer.add_image(np.zeros((4, 5, 6), np.float32), scale=(2.0, 0.5, 0.25))
     assert w.spacing_um() == (2.0, 0.5, 0.25)
     w.spacing_boxes[0].setValue(1.5)
@@ -213,12 +240,13 @@ def test_psf_pages_and_spacing_follow_the_widget(make_napari_viewer):
 
 
 @pytest.mark.slow
-def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, qtbot, embryo, errors):
+def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, gui_open_widget, qtbot, embryo,
+                                                         gui_errors):
     viewer = make_napari_viewer(show=True)
-    w, image = _setup(viewer, embryo, iterations=2)
-    w.run_button.click()
+    w, image = _setup(viewer, gui_open_widget, embryo, iterations=2)
+    _click(qtbot, w.run_button)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
-    assert errors == []
+    assert gui_errors == []
     surface = viewer.layers["crop fit"]
     viewer.layers["seeds"].visible = False
     viewer.dims.ndisplay = 3
@@ -245,82 +273,89 @@ def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, qtb
     assert np.all(surface.vertices >= lo - voxel) and np.all(surface.vertices <= hi + voxel)
 
 
-def test_place_rec_mesh_on_image_grid(make_napari_viewer, errors):
+def test_place_rec_mesh_on_image_grid(make_napari_viewer, gui_open_widget, qtbot, gui_errors):
     from importlib import resources
 
     viewer = make_napari_viewer(show=True)
+    w = gui_open_widget(viewer)
     with resources.as_file(resources.files("deltamic_core") / "data" / "Sample01_007.rec") as rec:
         viewer.open(str(rec), plugin="napari-deltamic")  # through napari and the npe2 manifest
     surface = viewer.layers["Sample01_007"]
     raw = np.array(surface.vertices, dtype=np.float64)
     spacing, origin = (0.5, 0.2, 0.2), (1.0, 2.0, 3.0)
     viewer.add_image(np.zeros((4, 4, 4), np.uint8), name="stack", scale=spacing, translate=origin)
-    w = DeltaMicWidget(viewer)
     w.image_combo.set_layer(viewer.layers["stack"])
     w.seed_source.setCurrentText("Surface")
     w.seed_combo.set_layer(surface)
-    with pytest.raises(ValueError, match="voxel units"):
-        w.seed_mesh()  # a voxel-unit mesh must be placed first
-    w.place_button.click()
-    assert errors == []
+    _click(qtbot, w.seed_button)  # a voxel-unit mesh must be placed first
+    assert "voxel units" in gui_errors[-1]
+    assert "stack fit" not in viewer.layers
+    gui_errors.clear()
+    _click(qtbot, w.place_button)
+    assert gui_errors == []
     np.testing.assert_allclose(surface.vertices, raw * spacing + origin, rtol=1e-6, atol=1e-4)
     assert surface.metadata["voxel_units"] is False
-    w.place_button.click()  # a second click must not scale twice
-    assert "already in um" in errors[-1]
+    _click(qtbot, w.place_button)  # a second click must not scale twice
+    assert "already in um" in gui_errors[-1]
     np.testing.assert_allclose(surface.vertices, raw * spacing + origin, rtol=1e-6, atol=1e-4)
-    errors.clear()
-    mesh = w.seed_mesh()
-    assert mesh.labels is not None and mesh.n_cells == 3  # the cell labels survive
+    gui_errors.clear()
+    _click(qtbot, w.seed_button)
+    assert gui_errors == []
+    fit = viewer.layers["stack fit"]
+    np.testing.assert_allclose(fit.vertices, surface.vertices, atol=1e-4)
+    labels = fit.metadata["labels"]
+    assert len(set(np.unique(labels)) - {0}) == 3  # the cell labels survive
 
 
-def test_seeds_from_labels_layer_follow_its_scale(make_napari_viewer, errors):
+def test_seeds_from_labels_layer_follow_its_scale(make_napari_viewer, gui_open_widget, qtbot, gui_errors):
     viewer = make_napari_viewer(show=True)
+    w = gui_open_widget(viewer)
     spacing = np.array([1.0, 0.5, 0.5])
     zz, yy, xx = np.indices((16, 32, 32)) * spacing[:, None, None, None]
     centre, radius = np.array([8.0, 8.0, 8.0]), 4.0
     ball = ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2).astype(np.int32)
     viewer.add_labels(ball * 5, name="cells", scale=tuple(spacing))
-    w = DeltaMicWidget(viewer)
     w.seed_source.setCurrentText("Labels")
     w.seed_combo.set_layer(viewer.layers["cells"])
     w.edge_box.setValue(1.0)
-    layer = w.create_initial_mesh()
-    assert errors == []
+    _click(qtbot, w.seed_button)
+    assert gui_errors == []
+    layer = viewer.layers["deltaMic fit"]  # no image layer yet: the default name
     r = np.linalg.norm(np.asarray(layer.vertices) - centre, axis=1)
     assert abs(np.median(r) - radius) < 0.6  # within about one voxel of the ball's surface (um)
     assert set(np.unique(layer.metadata["labels"])) == {0, 5}  # label ids are kept
 
 
-def test_measured_psf_from_a_bead_layer(make_napari_viewer, errors):
+def test_measured_psf_from_a_bead_layer(make_napari_viewer, gui_open_widget, gui_errors):
     from deltamic_core.psf import MeasuredPSF
 
     viewer = make_napari_viewer(show=True)
+    w = gui_open_widget(viewer)
     spacing = np.array([0.4, 0.1, 0.1])
     z, y, x = (np.indices((21, 41, 41)) - np.array([10, 20, 20])[:, None, None, None]) * spacing[:, None, None, None]
     bead = 1000 * np.exp(-(z**2 / (2 * 0.6**2) + (y**2 + x**2) / (2 * 0.2**2))) + 10
     viewer.add_image(bead.astype(np.float32), name="bead", scale=tuple(spacing))
-    w = DeltaMicWidget(viewer)
     w.psf_combo.setCurrentText("Measured (Image layer)")
     w.bead_combo.set_layer(viewer.layers["bead"])
     psf = w.make_psf()
     assert isinstance(psf, MeasuredPSF)
-    assert errors == []
+    assert gui_errors == []
 
 
 @pytest.mark.slow
-def test_learn_psf_reports_and_copies_back_the_learned_widths(make_napari_viewer, qtbot, embryo, errors):
+def test_learn_psf_reports_and_copies_back_the_learned_widths(make_napari_viewer, gui_open_widget, qtbot, embryo,
+                                                              gui_errors):
     viewer = make_napari_viewer(show=True)
-    w, _ = _setup(viewer, embryo, iterations=3)
+    w, _ = _setup(viewer, gui_open_widget, embryo, iterations=3)
     w.learn_psf.setChecked(True)
     w.sigma_boxes[1].setValue(0.6)  # start from a wrong lateral width
     before = [b.value() for b in w.sigma_boxes]
-    w.run_button.click()
+    _click(qtbot, w.run_button)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
-    assert errors == []
+    assert gui_errors == []
     assert "learned GaussianPSF" in w.status_label.text()
     after = [b.value() for b in w.sigma_boxes]
     assert after != before
-    assert w._last_step.psf_params["sigma_um"] == pytest.approx(after, abs=1e-3)
 
 
 def _sphere_stack(tmp_path):
@@ -344,7 +379,8 @@ def _sphere_stack(tmp_path):
 
 
 @pytest.mark.slow
-def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, qtbot, errors, tmp_path):
+def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, gui_open_widget, qtbot, gui_errors,
+                                                       tmp_path):
     """The widget opened from the Plugins menu, with its controls set to the values of a
     ``deltamic fit`` command line, gives the CLI's mesh; the widget's old defaults do not."""
     from deltamic_core.cli import main
@@ -359,8 +395,7 @@ def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, qtbot,
     viewer = make_napari_viewer(show=True)
     viewer.open(str(path), plugin="napari-deltamic")
     viewer.add_points(seed[None], name="seeds", size=0.5)
-    _, w = viewer.window.add_plugin_dock_widget("napari-deltamic", "deltaMic inverse rendering")
-    qtbot.waitUntil(w.isVisible, timeout=5000)
+    w = gui_open_widget(viewer)
     w.image_combo.set_layer(viewer.layers["sphere"])
     w.seed_source.setCurrentText("Points")
     w.seed_combo.set_layer(viewer.layers["seeds"])
@@ -369,9 +404,9 @@ def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, qtbot,
     # everything else stays at the widget's defaults, which must be the command line's
 
     def fit():
-        w.run_button.click()
+        _click(qtbot, w.run_button)
         qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
-        assert errors == []
+        assert gui_errors == []
         return w.result_mesh()
 
     mesh = fit()
