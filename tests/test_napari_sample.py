@@ -72,17 +72,4 @@ def test_cache_key_depends_on_every_parameter():
     assert len(keys) == len(base) + 1
 
 
-@pytest.mark.slow
-@pytest.mark.gui
-def test_open_sample_through_napari(make_napari_viewer, cache):
-    viewer = make_napari_viewer(show=True)
-    viewer.open_sample("napari-deltamic", "embryo")
-    names = [layer.name for layer in viewer.layers]
-    assert names == ["embryo (synthetic)", "ground truth mesh", "seeds"]
-    image, surface, seeds = viewer.layers
-    np.testing.assert_allclose(image.scale, _sample_data.EMBRYO_PARAMS["spacing_um"])
-    np.testing.assert_allclose(surface.scale, 1.0)
-    # image (scale = spacing) and surface (um) overlay in world coordinates
-    lo, hi = image.extent.world
-    assert np.all(surface.vertices >= lo) and np.all(surface.vertices <= hi)
-    assert len(seeds.data) == 3
+# File > Open Sample in a shown viewer: tests/test_napari_user_paths.py

@@ -104,7 +104,9 @@ def test_open_sample_then_the_widget_picks_it_up(make_napari_viewer, gui_manifes
     else:
         viewer.open_sample(gui_manifest.name, sample.key)
     qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=120_000)
+    assert [layer.name for layer in viewer.layers] == ["embryo (synthetic)", "ground truth mesh", "seeds"]
     image, surface, seeds = viewer.layers
+    assert len(seeds.data) == 3  # one seed per cell
     assert isinstance(image, napari.layers.Image) and isinstance(surface, napari.layers.Surface)
     assert isinstance(seeds, napari.layers.Points)
     np.testing.assert_allclose(image.scale, EMBRYO_PARAMS["spacing_um"])
