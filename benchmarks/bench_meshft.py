@@ -10,7 +10,13 @@ narrow band of a compact PSF). Compared:
 * every backend of ``deltamic_core.meshft`` available here (``cpu`` = native extension,
   ``torch`` = the exact pure-torch backend, tiled), with 1 and 2 threads;
 * the native ``cpu`` backend on 128^3 and 256^3 boxes (same voxel size, same sphere), which the
-  dense formulation cannot hold in memory (its requirement is extrapolated and printed).
+  dense formulation cannot hold in memory (its requirement is extrapolated and printed);
+* the large-spread workload (``--large-spread``, also part of the full run): the same
+  2,562-vertex sphere with radius 5 um in a 64^3 box of 0.1875 um voxels, frequencies the
+  full FFT grid's |k| < 0.3 Nyquist (3,743, in grid order), float32, 2 threads. Its edges span
+  up to ~2 radians of phase, so most (face, tile) pairs need the kernel's recursive
+  (large-spread) formulas, not its series: ``cpu`` vs ``dense`` there, and ns per
+  (frequency x face) pair per thread for the forward and the backward separately.
 
 Each measurement runs in a fresh subprocess so that its peak resident memory
 (``VmHWM``) is its own; the memory reported is that peak minus the process's resident size
@@ -33,6 +39,12 @@ SPACING_UM = 0.5
 RADIUS_UM = 10.0
 SUBDIVISIONS = 4  # 2,562 vertices, 5,120 faces
 
+# the large-spread workload
+LARGE_N = 64
+LARGE_SPACING_UM = 0.1875
+LARGE_RADIUS_UM = 5.0
+LARGE_NYQUIST_FRACTION = 0.3
+
 
 # ----------------------------------------------------------------------------------------
 # Work done inside the child process
@@ -50,12 +62,26 @@ def _band_freqs(n: int):
     return grid[order].contiguous()
 
 
-def _workload(n: int, freqs_path: str | None = None, dtype_name: str = "float32"):
+def _large_spread_freqs():
+    """(3743, 3) float64: the full 64^3 FFT grid (0.1875 um) with |k| < 0.3 Nyquist, grid order."""
+    import torch
+
+    k1 = torch.fft.fftfreq(LARGE_N, LARGE_SPACING_UM, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(k1, k1, k1, indexing="ij"), dim=-1).reshape(-1, 3)
+    nyquist = 0.5 / LARGE_SPACING_UM
+    return grid[grid.norm(dim=1) < LARGE_NYQUIST_FRACTION * nyquist].contiguous()
+
+
+def _workload(n: int, freqs_path: str | None = None, dtype_name: str = "float32", large: bool = False):
     import numpy as np
     import torch
 
     dtype = getattr(torch, dtype_name)
     verts, faces = _icosphere(SUBDIVISIONS)
+    if large:
+        centre = np.full(3, LARGE_N * LARGE_SPACING_UM / 2)
+        verts = torch.tensor(verts * LARGE_RADIUS_UM + centre, dtype=dtype)
+        return verts, torch.tensor(faces, dtype=torch.int64), _large_spread_freqs().to(dtype)
     centre = np.full(3, n * SPACING_UM / 2)
     verts = torch.tensor(verts * RADIUS_UM + centre, dtype=dtype)
     faces = torch.tensor(faces, dtype=torch.int64)
@@ -102,7 +128,7 @@ def _child(cfg: dict) -> dict:
     import torch
 
     torch.set_num_threads(cfg["threads"])
-    verts, faces, freqs = _workload(cfg["n"], cfg.get("freqs_path"))
+    verts, faces, freqs = _workload(cfg["n"], cfg.get("freqs_path"), large=cfg.get("large", False))
     weights = torch.ones(faces.shape[0], dtype=verts.dtype)
     grad_seed = torch.randn(freqs.shape[0], dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
 
@@ -124,13 +150,14 @@ def _child(cfg: dict) -> dict:
     verts.grad = None
     base_kb = _current_rss_kb()
 
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = run_forward()
-    t1 = time.perf_counter()
+    c1, t1 = time.process_time(), time.perf_counter()
     (grad_seed.conj() * out).real.sum().backward()
-    t2 = time.perf_counter()
+    c2, t2 = time.process_time(), time.perf_counter()
     peak_kb = _peak_rss_kb()
-    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "peak_mb": peak_kb / 1024,
+    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "forward_cpu_s": c1 - c0,
+            "backward_cpu_s": c2 - c1, "peak_mb": peak_kb / 1024,
             "extra_mb": max(peak_kb - base_kb, 0) / 1024, "K": int(freqs.shape[0]),
             "F": int(faces.shape[0]), "V": int(verts.shape[0])}
 
@@ -174,8 +201,10 @@ def _freqs_file(n: int) -> str:
     return _FREQ_FILES[n]
 
 
-def _run(impl: str, n: int, threads: int) -> dict:
-    cfg = {"impl": impl, "n": n, "threads": threads, "freqs_path": _freqs_file(n)}
+def _run(impl: str, n: int, threads: int, large: bool = False) -> dict:
+    cfg = {"impl": impl, "n": n, "threads": threads, "large": large}
+    if not large:
+        cfg["freqs_path"] = _freqs_file(n)
     code = f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); " \
            f"import bench_meshft as b; print('RESULT' + json.dumps(b._child({cfg!r})))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -188,7 +217,14 @@ def _run(impl: str, n: int, threads: int) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 threads only, no 256^3 run")
+    ap.add_argument("--large-spread", action="store_true",
+                    help="only the large-spread workload (exact cpu kernel vs dense, 2 threads)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs of each side of the large-spread comparison (medians; default 3)")
     args = ap.parse_args(argv)
+    if args.large_spread:
+        _large_spread(args.repeats)
+        return
 
     from deltamic_core.meshft import available_backends
 
@@ -248,6 +284,47 @@ def main(argv=None) -> None:
 
     for path in _FREQ_FILES.values():
         os.remove(path)
+    if "cpu" in backends:
+        _large_spread(args.repeats if not args.quick else 1)
+
+
+def _large_spread(repeats: int, threads: int = 2) -> None:
+    """Exact cpu kernel vs the dense formulation on the large-spread workload (issue 12, goal 5).
+
+    The two sides alternate (dense, cpu, dense, cpu, ...) so that both see the same machine
+    load; the ratio printed is the median of the per-pair ratios, next to the medians of each.
+    """
+    from statistics import median
+
+    print(f"\nlarge-spread workload: {LARGE_N}^3 box of {LARGE_SPACING_UM} um voxels, sphere of radius "
+          f"{LARGE_RADIUS_UM} um (2,562 vertices), |k| < {LARGE_NYQUIST_FRACTION} Nyquist, float32, "
+          f"{threads} threads, {repeats} run(s) of each")
+    dense, cpu = [], []
+    for _ in range(max(1, repeats)):
+        for impl, runs in (("dense", dense), ("cpu", cpu)):
+            r = _run(impl, LARGE_N, threads, large=True)
+            runs.append(r)
+            pairs = r["K"] * r["F"]
+            print(f"  {impl:6s} K={r['K']} F={r['F']}: forward {r['forward_s']:7.3f} s, backward "
+                  f"{r['backward_s']:7.3f} s (CPU time {r['forward_cpu_s']:.3f} + {r['backward_cpu_s']:.3f} s)"
+                  f"; {1e9 * r['forward_s'] * threads / pairs:6.1f} + {1e9 * r['backward_s'] * threads / pairs:6.1f}"
+                  f" ns per pair per thread", flush=True)
+    pairs = cpu[0]["K"] * cpu[0]["F"]
+
+    def tot(r):
+        return r["forward_s"] + r["backward_s"]
+
+    def ns(key, runs):
+        return 1e9 * median(r[key] for r in runs) / pairs
+
+    ratios = [tot(d) / tot(c) for d, c in zip(dense, cpu)]
+    print(f"cpu, {pairs / 1e6:.1f} M pairs: forward {ns('forward_s', cpu) * threads:.1f} ns, backward "
+          f"{ns('backward_s', cpu) * threads:.1f} ns per pair per thread (median wall time x {threads} "
+          f"threads); CPU time {ns('forward_cpu_s', cpu):.1f} + {ns('backward_cpu_s', cpu):.1f} ns per pair")
+    print(f"dense: forward+backward median {median(tot(r) for r in dense):.2f} s; cpu: "
+          f"{median(tot(r) for r in cpu):.3f} s")
+    print(f"cpu vs dense, large-spread workload ({threads} threads): {median(ratios):.0f}x faster "
+          f"(median of {len(ratios)} paired runs: {', '.join(f'{x:.0f}' for x in ratios)}; target >= 100x)")
 
 
 if __name__ == "__main__":

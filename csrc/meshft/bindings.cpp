@@ -5,6 +5,7 @@
 #include <string>
 
 #include "meshft.h"
+#include "meshft_math.h"
 
 namespace {
 
@@ -91,6 +92,49 @@ std::tuple<at::Tensor, at::Tensor> meshft_backward(const at::Tensor& verts,
   return meshft::backward_cpu(verts, faces, weights, freqs, grad_out);
 }
 
+// Test-only: the per (face, frequency) entry points of the CUDA kernels, tri_f and tri_f_grad,
+// run on the CPU exactly as the CUDA kernels call them (phases split into two T values,
+// relative phases from those, absolute exponentials rounded to T), so that the code a GPU
+// would run is checked against the mpmath reference (tests/test_meshft_cuda_math.py).
+template <typename T>
+void tri_f_reference_impl(const double* ph, int64_t n, c10::complex<double>* f,
+                          c10::complex<double>* grads) {
+  using meshft::Cplx;
+  const auto out = [](Cplx<T> z) { return c10::complex<double>(double(z.re), double(z.im)); };
+  for (int64_t i = 0; i < n; ++i) {
+    const double pa = ph[3 * i], pb = ph[3 * i + 1], pc = ph[3 * i + 2];
+    const meshft::SplitPhase<T> sa = meshft::split_phase<T>(pa), sb = meshft::split_phase<T>(pb),
+                                sc = meshft::split_phase<T>(pc);
+    const T p = meshft::rel_phase(sa, sb), q = meshft::rel_phase(sa, sc);
+    const Cplx<T> ea = meshft::expmi<T>(pa), eb = meshft::expmi<T>(pb), ec = meshft::expmi<T>(pc);
+    f[i] = out(meshft::tri_f<T>(p, q, ea, eb, ec));
+    Cplx<T> f0, fa, fb, fc;
+    meshft::tri_f_grad<T>(p, q, ea, eb, ec, f0, fa, fb, fc);
+    grads[4 * i] = out(f0);
+    grads[4 * i + 1] = out(fa);
+    grads[4 * i + 2] = out(fb);
+    grads[4 * i + 3] = out(fc);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> tri_f_reference(const at::Tensor& phases, bool double_precision) {
+  TORCH_CHECK_VALUE(phases.dim() == 2 && phases.size(1) == 3 && phases.is_cpu() &&
+                        phases.scalar_type() == at::kDouble,
+                    "phases must be a CPU float64 tensor of shape (N, 3)");
+  const at::Tensor ph = phases.contiguous();
+  const int64_t n = ph.size(0);
+  at::Tensor f = at::empty({n}, ph.options().dtype(at::kComplexDouble));
+  at::Tensor grads = at::empty({n, 4}, ph.options().dtype(at::kComplexDouble));
+  auto* pf = f.data_ptr<c10::complex<double>>();
+  auto* pg = grads.data_ptr<c10::complex<double>>();
+  if (double_precision) {
+    tri_f_reference_impl<double>(ph.data_ptr<double>(), n, pf, pg);
+  } else {
+    tri_f_reference_impl<float>(ph.data_ptr<double>(), n, pf, pg);
+  }
+  return {f, grads};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -104,6 +148,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(grad_verts (V,3), grad_weights (F,)) with grad = Re(sum_k conj(grad_out_k) dU_k/dtheta).");
   m.def("cpu_isa", &meshft::cpu_isa,
         "The clone of the CPU kernels in use: 'avx2+fma' or 'baseline' (DELTAMIC_MESHFT_ISA=baseline).");
+  m.def("_tri_f_reference", &tri_f_reference, py::arg("phases"), py::arg("double_precision"),
+        "Test-only: the CUDA kernels' per-element math (tri_f, tri_f_grad of meshft_math.h) run on "
+        "the CPU for absolute phases (N, 3) float64 (pa, pb, pc, radians), in float64 or float32. "
+        "Returns f[pa, pb, pc] (N,) and (F0, Fa, Fb, Fc) (N, 4), complex128.");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -10,8 +10,8 @@
 // once in double. No per-vertex tables: the hot loop reads only the tile's frequencies and the
 // face's geometry (the previous version's tables were megabytes read in mesh order, and cache
 // misses dominated). Per face, the series (length chosen per tile from the largest phase
-// there) runs over all lanes in straight-line code the compiler vectorises; when some lanes
-// need the recursive formulas, those are computed branch-free for all lanes and selected.
+// there) runs over all lanes in straight-line code the compiler vectorises; the lanes that
+// need the recursive formulas are gathered and only those run them (branch-free, vectorised).
 //
 // forward : threads own tiles of frequencies and loop over all anchor groups, accumulating
 //           U(k) in double. No reduction across threads.

@@ -4,7 +4,6 @@
 // contract a * b + c into fused multiply-adds, so the two differ by roundings (both meet the
 // accuracy contracts; tests run both).
 
-constexpr double kTwoPi = 6.283185307179586476925286766559;
 constexpr int64_t kTile = 64;  // frequencies per tile (lanes)
 
 static_assert(SeriesLength<float>::max_r(SeriesLength<float>::kCount - 1) >= Tuning<float>::spread(),
@@ -18,7 +17,16 @@ struct FaceGeom {
   int64_t a, b, c;
   double e1[3], e2[3];  // b - a, c - a (exact in double for float vertices)
   double two_area;
-  double ga[3], gb[3], gc[3];  // gradients of A (not 2A) w.r.t. each corner
+  double garea[3][3];  // gradients of A (not 2A) w.r.t. each corner (a, b, c)
+};
+
+// What the hot loops read of a face, one cache line each, stored in the order the loops visit
+// the faces (grouped by anchor): streaming them is cheap, whereas gathering the 128-byte
+// FaceGeom records through the group's index list missed the cache on every face (the
+// forward reads all faces once per tile).
+struct alignas(64) FaceEdges {
+  double e1[3], e2[3];
+  double s;  // forward: w * 2A
 };
 
 template <typename T>
@@ -46,7 +54,7 @@ std::vector<FaceGeom> face_geometry(const T* verts, const int64_t* faces, int64_
         b[d] = double(verts[3 * g.b + d]);
         c[d] = double(verts[3 * g.c + d]);
       }
-      area_grad(a, b, c, g.two_area, g.ga, g.gb, g.gc);
+      area_grad(a, b, c, g.two_area, g.garea[0], g.garea[1], g.garea[2]);
       set_edges(verts, g);
     }
   });
@@ -67,10 +75,10 @@ void rotate_to_anchors(const T* verts, const std::vector<uint8_t>& rot, std::vec
         g.b = g.c;
         g.c = a;
         for (int d = 0; d < 3; ++d) {
-          const double ga = g.ga[d];
-          g.ga[d] = g.gb[d];
-          g.gb[d] = g.gc[d];
-          g.gc[d] = ga;
+          const double ga = g.garea[0][d];
+          g.garea[0][d] = g.garea[1][d];
+          g.garea[1][d] = g.garea[2][d];
+          g.garea[2][d] = ga;
         }
       }
       if (rot[t] != 0) set_edges(verts, g);
@@ -119,10 +127,12 @@ std::vector<uint8_t> choose_anchors(const int64_t* faces, int64_t F, int64_t V, 
 struct AnchorGroups {
   std::vector<int64_t> face;   // face indices, grouped by anchor (stable within a group)
   std::vector<int64_t> start;  // group g is face[start[g] .. start[g + 1])
+  std::vector<FaceEdges> edges;  // edges[i]: the edge vectors of face[i] (s left to the caller)
+  std::vector<double> anchor;    // (x, y, z) of group g's anchor vertex at 3 g
 };
 
-template <typename Keep>
-AnchorGroups group_by_anchor(const std::vector<FaceGeom>& geom, int64_t V, Keep keep) {
+template <typename T, typename Keep>
+AnchorGroups group_by_anchor(const T* verts, const std::vector<FaceGeom>& geom, int64_t V, Keep keep) {
   AnchorGroups G;
   std::vector<int64_t> count(static_cast<size_t>(V) + 1, 0);
   const int64_t F = static_cast<int64_t>(geom.size());
@@ -136,6 +146,22 @@ AnchorGroups group_by_anchor(const std::vector<FaceGeom>& geom, int64_t V, Keep 
   for (int64_t v = 0; v < V; ++v)
     if (count[v + 1] > count[v]) G.start.push_back(count[v]);
   G.start.push_back(count[V]);
+  G.edges.resize(G.face.size());
+  for (size_t i = 0; i < G.face.size(); ++i) {
+    const FaceGeom& g = geom[G.face[i]];
+    FaceEdges& e = G.edges[i];
+    for (int d = 0; d < 3; ++d) {
+      e.e1[d] = g.e1[d];
+      e.e2[d] = g.e2[d];
+    }
+    e.s = 0.0;
+  }
+  const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
+  G.anchor.resize(static_cast<size_t>(3 * n_groups));
+  for (int64_t gi = 0; gi < n_groups; ++gi) {
+    const int64_t a = geom[G.face[G.start[gi]]].a;
+    for (int d = 0; d < 3; ++d) G.anchor[3 * gi + d] = double(verts[3 * a + d]);
+  }
   return G;
 }
 
@@ -154,18 +180,7 @@ inline void tile_freqs(const T* freqs, int64_t k0, int64_t kn, TileFreqs& tf) {
   }
 }
 
-// The anchor exponentials exp(-i 2 pi k.a) are formed in double even for T = float: the float
-// accuracy contract (3e-7 |U(0)|, about 2.5 float ulp of f(0) = 1/2) cannot afford a rounded
-// exp(-i pa) times a rounded series times a float complex product. For float the branch-free
-// double polynomial (vectorises); for double the libm functions.
-template <typename T>
-inline Cplx<double> expmi_anchor(double ph) {
-  return expmi_poly(ph);
-}
-template <>
-inline Cplx<double> expmi_anchor<double>(double ph) {
-  return expmi<double>(ph);
-}
+// (the anchor exponentials: expmi_anchor in meshft_math.h)
 
 // Fixed-order sum of one tile of lanes: kTile / 8 terms per lane in T, then 8 in double.
 template <typename T>
@@ -189,16 +204,24 @@ struct FaceLanes {
   int any_large;
   int all_large;  // then the series is skipped
   T rmax;
+  uint8_t large[kTile];  // 1 where the lane needs the recursive formulas
+  // The large lanes gathered (compact_large): lane indices and double relative phases, padded
+  // to a multiple of kPad with copies of the last one, so that the recursion runs over only
+  // those (a mixed tile has ~13 of 64 on the large-spread workload) in full vectors.
+  int n_large, n_pad;
+  uint8_t idx[kTile];
+  double pd[kTile], qd[kTile];
 };
+constexpr int kPad = 8;
 
 // The double relative phases of lane j (one expression for the series and large-spread paths).
-inline void rel_phases(const TileFreqs& tf, const FaceGeom& g, int64_t j, double& pd, double& qd) {
+inline void rel_phases(const TileFreqs& tf, const FaceEdges& g, int64_t j, double& pd, double& qd) {
   pd = tf.x[j] * g.e1[0] + tf.y[j] * g.e1[1] + tf.z[j] * g.e1[2];
   qd = tf.x[j] * g.e2[0] + tf.y[j] * g.e2[1] + tf.z[j] * g.e2[2];
 }
 
 template <typename T>
-inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L) {
+inline void face_phases(const TileFreqs& tf, const FaceEdges& g, FaceLanes<T>& L) {
   // The largest r is reduced on the bit patterns: for non-negative floats the unsigned integer
   // order is the numeric order, and an integer max reduction vectorises, a floating one does
   // not (without -ffast-math the compiler must keep the NaN semantics of a ? : select).
@@ -227,6 +250,7 @@ inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L)
     rb &= kMagnitude;  // tabs(-0.0) is -0.0: clear the sign bit
     sb &= kMagnitude;
     const Bits large = sb >= thr_bits ? ~Bits(0) : Bits(0);
+    L.large[j] = uint8_t(large & 1);
     any_large |= large;
     all_large &= large;
     const Bits rm = rb & ~large;  // series lanes only
@@ -235,6 +259,36 @@ inline void face_phases(const TileFreqs& tf, const FaceGeom& g, FaceLanes<T>& L)
   L.any_large = any_large != 0;
   L.all_large = all_large != 0;
   std::memcpy(&L.rmax, &rbits, sizeof(T));
+}
+
+// Gathers the large lanes of a face (L.any_large set): their indices and double relative
+// phases. The flags are read eight at a time, most words being zero.
+inline void compact_large_impl(const TileFreqs& tf, const FaceEdges& g, const uint8_t* large,
+                               int& n_large, int& n_pad, uint8_t* idx, double* pd, double* qd) {
+  int n = 0;
+  for (int64_t j0 = 0; j0 < kTile; j0 += 8) {
+    uint64_t word;
+    std::memcpy(&word, large + j0, 8);
+    if (word == 0) continue;
+    for (int64_t j = j0; j < j0 + 8; ++j) {
+      idx[n] = uint8_t(j);
+      n += large[j];
+    }
+  }
+  for (int i = 0; i < n; ++i) rel_phases(tf, g, idx[i], pd[i], qd[i]);
+  const int np = (n + kPad - 1) / kPad * kPad;
+  for (int i = n; i < np; ++i) {
+    idx[i] = idx[n - 1];
+    pd[i] = pd[n - 1];
+    qd[i] = qd[n - 1];
+  }
+  n_large = n;
+  n_pad = np;
+}
+
+template <typename T>
+inline void compact_large(const TileFreqs& tf, const FaceEdges& g, FaceLanes<T>& L) {
+  compact_large_impl(tf, g, L.large, L.n_large, L.n_pad, L.idx, L.pd, L.qd);
 }
 
 // Calls fn(std::integral_constant<int, N>) with the shortest series length N that is accurate
@@ -250,10 +304,10 @@ inline void with_series_length(T r, Fn&& fn) {
 }
 
 // Forward: adds s * f[0, p, q] (relative to the anchor) of one face to the group sums.
-// Series lanes in T, then, if some lanes' spread needs the recursion, the branch-free
-// recursion for every lane in double and a select (both loops vectorise across lanes).
+// The series for every lane in T, then, if some lanes' spread needs the recursion, the
+// branch-free recursion in double over those lanes only, gathered (both loops vectorise).
 template <typename T>
-inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceLanes<T>& L,
+inline void face_forward(const TileFreqs& tf, const FaceEdges& g, double s, FaceLanes<T>& L,
                          double* __restrict__ gs_re, double* __restrict__ gs_im) {
   face_phases(tf, g, L);
   double ur[kTile], ui[kTile];
@@ -268,16 +322,21 @@ inline void face_forward(const TileFreqs& tf, const FaceGeom& g, double s, FaceL
     }
   });
   if (L.any_large) {
-    // in double (see expmi_anchor), all lanes computed and the large ones kept
+    // in double (see expmi_anchor), over the gathered large lanes only
+    compact_large(tf, g, L);
     const Cplx<double> one = {1.0, 0.0};
-    for (int64_t j = 0; j < kTile; ++j) {
-      double pd, qd;
-      rel_phases(tf, g, j, pd, qd);
+    double fr[kTile], fi[kTile];
+    const int np = L.n_pad;
+    for (int i = 0; i < np; ++i) {
+      const double pd = L.pd[i], qd = L.qd[i];
       const Cplx<double> f =
           dd2_sorted<double, Tuning<T>::kPairTerms>(pd, qd, one, expmi_poly(pd), expmi_poly(qd));
-      const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
-      ur[j] = large ? f.re : ur[j];
-      ui[j] = large ? f.im : ui[j];
+      fr[i] = f.re;
+      fi[i] = f.im;
+    }
+    for (int i = 0; i < L.n_large; ++i) {
+      ur[L.idx[i]] = fr[i];
+      ui[L.idx[i]] = fi[i];
     }
   }
   for (int64_t j = 0; j < kTile; ++j) {
@@ -295,7 +354,8 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
   for (int64_t t = 0; t < F; ++t) w2a[t] = double(weights[t]) * geom[t].two_area;
   const auto live = [&](int64_t t) { return w2a[t] != 0.0; };
   rotate_to_anchors(verts, choose_anchors(faces, F, V, live), geom);
-  const AnchorGroups G = group_by_anchor(geom, V, live);
+  AnchorGroups G = group_by_anchor(verts, geom, V, live);
+  for (size_t i = 0; i < G.face.size(); ++i) G.edges[i].s = w2a[G.face[i]];
   const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
   const int nt = std::max(1, std::min<int>(at::get_num_threads(), int(n_tiles)));
@@ -315,11 +375,10 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
         double gs_re[kTile], gs_im[kTile];
         for (int64_t j = 0; j < kTile; ++j) gs_re[j] = gs_im[j] = 0.0;
         for (int64_t i = G.start[gi]; i < G.start[gi + 1]; ++i) {
-          const int64_t t = G.face[i];
-          face_forward(tf, geom[t], w2a[t], L, gs_re, gs_im);
+          const FaceEdges& e = G.edges[i];
+          face_forward(tf, e, e.s, L, gs_re, gs_im);
         }
-        const int64_t a = geom[G.face[G.start[gi]]].a;
-        const double ax = verts[3 * a], ay = verts[3 * a + 1], az = verts[3 * a + 2];
+        const double ax = G.anchor[3 * gi], ay = G.anchor[3 * gi + 1], az = G.anchor[3 * gi + 2];
         for (int64_t j = 0; j < kTile; ++j) {
           const Cplx<double> e = expmi_anchor<T>(tf.x[j] * ax + tf.y[j] * ay + tf.z[j] * az);
           acc_re[j] += e.re * gs_re[j] - e.im * gs_im[j];
@@ -331,44 +390,13 @@ void forward_kernel(const T* verts, const int64_t* faces, const T* weights, cons
   }
 }
 
-// exp(-i phi) for the backward's large-spread lanes, in T. For float: the quadrant reduction in
-// double (phases of tens of radians), then float polynomials on |r| <= pi/4 (truncation
-// < 2e-9) in 8-wide vectors: a few float ulp, ample for the 1e-4 gradient contract (measured
-// float32 vs float64 gradients stay ~2-4e-7).
-template <typename T>
-inline Cplx<T> expmi_grad(double phi);
-template <>
-inline Cplx<double> expmi_grad<double>(double phi) {
-  return expmi_poly(phi);
-}
-template <>
-inline Cplx<float> expmi_grad<float>(double phi) {
-  int q;
-  const float r = float(quadrant_reduce(phi, q));
-  const float r2 = r * r;
-  float sn = 1.0f / 362880.0f;  // 1/9!
-  sn = sn * r2 - 1.0f / 5040.0f;
-  sn = sn * r2 + 1.0f / 120.0f;
-  sn = sn * r2 - 1.0f / 6.0f;
-  sn = (sn * r2) * r + r;
-  float cs = 1.0f / 3628800.0f;  // 1/10!
-  cs = cs * r2 - 1.0f / 40320.0f;
-  cs = cs * r2 + 1.0f / 720.0f;
-  cs = cs * r2 - 1.0f / 24.0f;
-  cs = cs * r2 + 0.5f;
-  cs = 1.0f - cs * r2;
-  return quadrant_rotate(q, cs, sn);
-}
-
-// Backward, one lane: g0 = Re(H F0) and g_corner = Re(H F_corner) k added to acc[0..9][j]
-// (the third corner's Re(H (-i F0 - Fa - Fb)) = Im(H F0) - gA - gB).
+// Backward, one lane: g0 = Re(H F0) and g_corner = Re(H F_corner) k (corner_terms in
+// meshft_math.h) added to acc[0..9][j].
 template <typename T>
 inline void accumulate_lane(T hr, T hi, Cplx<T> f0, Cplx<T> fa, Cplx<T> fb, T kx, T ky, T kz,
                             T (*__restrict__ acc)[kTile], int64_t j) {
-  const T g0 = hr * f0.re - hi * f0.im;
-  const T gA = hr * fa.re - hi * fa.im;
-  const T gB = hr * fb.re - hi * fb.im;
-  const T gC = (hr * f0.im + hi * f0.re) - gA - gB;
+  T g0, gA, gB, gC;
+  corner_terms(Cplx<T>{hr, hi}, f0, fa, fb, g0, gA, gB, gC);
   acc[0][j] += g0;
   acc[1][j] += gA * kx;
   acc[2][j] += gA * ky;
@@ -386,7 +414,7 @@ inline void accumulate_lane(T hr, T hi, Cplx<T> f0, Cplx<T> fa, Cplx<T> fb, T kx
 // corner's value being -i F0 - Fa - Fb. Adds, per lane, Re(H F0) to acc[0] and
 // Re(H F_corner) k to acc[1..9].
 template <typename T>
-inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __restrict__ hr,
+inline void face_backward(const TileFreqs& tf, const FaceEdges& g, const T* __restrict__ hr,
                           const T* __restrict__ hi, const T* __restrict__ KX,
                           const T* __restrict__ KY, const T* __restrict__ KZ, FaceLanes<T>& L,
                           T (*__restrict__ acc)[kTile]) {
@@ -408,19 +436,30 @@ inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __res
     }
   });
   if (L.any_large) {
-    // in T, like the series (the gradient contract is 1e-4 relative), all lanes computed
-    for (int64_t j = 0; j < kTile; ++j) {
-      double pd, qd;
-      rel_phases(tf, g, j, pd, qd);
+    // in T, like the series (the gradient contract is 1e-4 relative), over the gathered large
+    // lanes only
+    compact_large(tf, g, L);
+    T c[6][kTile];
+    const int np = L.n_pad;
+    for (int i = 0; i < np; ++i) {
+      const double pd = L.pd[i], qd = L.qd[i];
       Cplx<T> f0, fa, fb;
-      tri_grad_large<T>(L.p[j], L.q[j], expmi_grad<T>(pd), expmi_grad<T>(qd), f0, fa, fb);
-      const bool large = spread3(L.p[j], L.q[j]) >= Tuning<T>::spread();
-      f0r[j] = large ? f0.re : f0r[j];
-      f0i[j] = large ? f0.im : f0i[j];
-      far_[j] = large ? fa.re : far_[j];
-      fai[j] = large ? fa.im : fai[j];
-      fbr[j] = large ? fb.re : fbr[j];
-      fbi[j] = large ? fb.im : fbi[j];
+      tri_grad_large<T>(T(pd), T(qd), expmi_grad<T>(pd), expmi_grad<T>(qd), f0, fa, fb);
+      c[0][i] = f0.re;
+      c[1][i] = f0.im;
+      c[2][i] = fa.re;
+      c[3][i] = fa.im;
+      c[4][i] = fb.re;
+      c[5][i] = fb.im;
+    }
+    for (int i = 0; i < L.n_large; ++i) {
+      const int j = L.idx[i];
+      f0r[j] = c[0][i];
+      f0i[j] = c[1][i];
+      far_[j] = c[2][i];
+      fai[j] = c[3][i];
+      fbr[j] = c[4][i];
+      fbi[j] = c[5][i];
     }
   }
   for (int64_t j = 0; j < kTile; ++j) {
@@ -431,10 +470,8 @@ inline void face_backward(const TileFreqs& tf, const FaceGeom& g, const T* __res
 
 // Per-face frequency sums of the backward pass.
 struct FaceAcc {
-  double r;         // sum_k Re(conj(G) f[pa, pb, pc])
-  double va[3];     // sum_k Re(conj(G) f[pa, pa, pb, pc]) k
-  double vb[3];
-  double vc[3];
+  double r;        // sum_k Re(conj(G) f[pa, pb, pc])
+  double v[3][3];  // v[0]: sum_k Re(conj(G) f[pa, pa, pb, pc]) k; v[1], v[2]: corners b, c
 };
 
 template <typename T>
@@ -445,10 +482,10 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
   // non-degenerate faces; the others have exactly zero gradient
   const auto live = [&](int64_t t) { return geom[t].two_area > 0.0; };
   rotate_to_anchors(verts, choose_anchors(faces, F, V, live), geom);
-  const AnchorGroups G = group_by_anchor(geom, V, live);
+  const AnchorGroups G = group_by_anchor(verts, geom, V, live);
   const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
   const int64_t n_live = static_cast<int64_t>(G.face.size());
-  std::vector<FaceAcc> acc(static_cast<size_t>(n_live), FaceAcc{0.0, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}});
+  std::vector<FaceAcc> acc(static_cast<size_t>(n_live), FaceAcc{0.0, {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}}});
   // Each thread owns a contiguous range of anchor groups (about equal numbers of faces) and
   // walks the frequencies in blocks of kBlock tiles, preparing each block privately: threads
   // never wait for each other (barriers are costly on a busy machine), and every face's sums
@@ -491,8 +528,7 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
         gi[j] = in ? double(grad_out[k].imag()) : 0.0;
       }
       for (int64_t gidx = g_begin; gidx < g_end; ++gidx) {
-        const int64_t a = geom[G.face[G.start[gidx]]].a;
-        const double ax = verts[3 * a], ay = verts[3 * a + 1], az = verts[3 * a + 2];
+        const double ax = G.anchor[3 * gidx], ay = G.anchor[3 * gidx + 1], az = G.anchor[3 * gidx + 2];
         for (int64_t sub = 0; sub < nsub; ++sub) {
           const TileFreqs& f = tf[sub];
           T* HR = hr.data() + sub * kTile;
@@ -507,7 +543,7 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
           }
         }
         for (int64_t i = G.start[gidx]; i < G.start[gidx + 1]; ++i) {
-          const FaceGeom& g = geom[G.face[i]];
+          const FaceEdges& g = G.edges[i];
           for (int n = 0; n < 10; ++n)
             for (int64_t j = 0; j < kTile; ++j) lanes[n][j] = T(0);
           for (int64_t sub = 0; sub < nsub; ++sub) {
@@ -517,32 +553,25 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
           }
           FaceAcc& A = acc[i];
           A.r += lane_sum(lanes[0]);
-          for (int e = 0; e < 3; ++e) {
-            A.va[e] += lane_sum(lanes[1 + e]);
-            A.vb[e] += lane_sum(lanes[4 + e]);
-            A.vc[e] += lane_sum(lanes[7 + e]);
-          }
+          for (int c = 0; c < 3; ++c)
+            for (int e = 0; e < 3; ++e) A.v[c][e] += lane_sum(lanes[1 + 3 * c + e]);
         }
       }
     }
   }
 
-  // d(w 2A f)/da = w (2 grad_a A f + 2A f_a 2 pi k); Re(conj(G) .) summed over k.
+  // corner gradients (face_grads in meshft_math.h), gathered serially: deterministic
   std::vector<double> gv(static_cast<size_t>(3 * V), 0.0);
   for (int64_t t = 0; t < F; ++t) grad_weights[t] = T(0);
   for (int64_t i = 0; i < n_live; ++i) {
     const int64_t t = G.face[i];
     const FaceGeom& g = geom[t];
     const FaceAcc& A = acc[i];
-    const double w = double(weights[t]);
-    grad_weights[t] = T(g.two_area * A.r);
-    const double s_area = 2.0 * w * A.r;
-    const double s_phase = w * g.two_area * kTwoPi;
-    for (int d = 0; d < 3; ++d) {
-      gv[3 * g.a + d] += s_area * g.ga[d] + s_phase * A.va[d];
-      gv[3 * g.b + d] += s_area * g.gb[d] + s_phase * A.vb[d];
-      gv[3 * g.c + d] += s_area * g.gc[d] + s_phase * A.vc[d];
-    }
+    double out[9];
+    grad_weights[t] = T(face_grads(double(weights[t]), g.two_area, A.r, &g.garea[0][0], &A.v[0][0], out));
+    const int64_t corner[3] = {g.a, g.b, g.c};
+    for (int c = 0; c < 3; ++c)
+      for (int d = 0; d < 3; ++d) gv[3 * corner[c] + d] += out[3 * c + d];
   }
   for (int64_t i = 0; i < 3 * V; ++i) grad_verts[i] = T(gv[i]);
 }

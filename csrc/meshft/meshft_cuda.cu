@@ -37,7 +37,6 @@ constexpr int kThreads = 128;
 constexpr int kFaceTile = 128;
 constexpr int kFlush = 16;           // T partial sums are moved to double every kFlush terms
 constexpr int64_t kTableBudget = int64_t(256) << 20;  // bytes of per-vertex tables per chunk
-constexpr double kTwoPiD = 6.283185307179586476925286766559;
 
 template <typename T>
 struct Tables {
@@ -76,19 +75,19 @@ __global__ void vertex_tables_kernel(const T* __restrict__ verts, const T* __res
   if (idx >= V * kn) return;
   const int64_t v = idx / kn, j = idx - v * kn;
   const T* k = freqs + 3 * (k0 + j);
-  const double phi = kTwoPiD * (double(k[0]) * double(verts[3 * v]) +
-                                double(k[1]) * double(verts[3 * v + 1]) +
-                                double(k[2]) * double(verts[3 * v + 2]));
-  const T hi = T(phi);
-  tab.hi[v * tab.ld + j] = hi;
-  tab.lo[v * tab.ld + j] = T(phi - double(hi));
+  const double phi = kTwoPi * (double(k[0]) * double(verts[3 * v]) +
+                               double(k[1]) * double(verts[3 * v + 1]) +
+                               double(k[2]) * double(verts[3 * v + 2]));
+  const SplitPhase<T> sp = split_phase<T>(phi);
+  tab.hi[v * tab.ld + j] = sp.hi;
+  tab.lo[v * tab.ld + j] = sp.lo;
   tab.ex[v * tab.ld + j] = expmi<T>(phi);
 }
 
 template <typename T>
-__device__ inline T rel_phase(const Tables<T>& tab, int64_t a, int64_t b, int64_t j) {
-  return (tab.hi[b * tab.ld + j] - tab.hi[a * tab.ld + j]) +
-         (tab.lo[b * tab.ld + j] - tab.lo[a * tab.ld + j]);
+__device__ inline T table_rel_phase(const Tables<T>& tab, int64_t a, int64_t b, int64_t j) {
+  return rel_phase(SplitPhase<T>{tab.hi[a * tab.ld + j], tab.lo[a * tab.ld + j]},
+                   SplitPhase<T>{tab.hi[b * tab.ld + j], tab.lo[b * tab.ld + j]});
 }
 
 template <typename T>
@@ -115,8 +114,8 @@ __global__ void forward_kernel(const int64_t* __restrict__ faces, const T* __res
         const T s = sw[i];
         if (s == T(0)) continue;  // uniform across the block: no divergence
         const int64_t a = sa[i], b = sb[i], c = sc[i];
-        const T p = rel_phase(tab, a, b, j);
-        const T q = rel_phase(tab, a, c, j);
+        const T p = table_rel_phase(tab, a, b, j);
+        const T q = table_rel_phase(tab, a, c, j);
         const Cplx<T> f = tri_f<T>(p, q, tab.ex[a * tab.ld + j], tab.ex[b * tab.ld + j],
                                    tab.ex[c * tab.ld + j]);
         pr += s * f.re;
@@ -157,15 +156,15 @@ __global__ void backward_faces_kernel(const int64_t* __restrict__ faces,
   for (int i = 0; i < 10; ++i) ps[i] = T(0);
   int count = 0;
   for (int64_t j = lane; j < kn; j += 32) {
-    const T p = rel_phase(tab, a, b, j);
-    const T q = rel_phase(tab, a, c, j);
+    const T p = table_rel_phase(tab, a, b, j);
+    const T q = table_rel_phase(tab, a, c, j);
     Cplx<T> f0, fa, fb, fc;
     tri_f_grad<T>(p, q, tab.ex[a * tab.ld + j], tab.ex[b * tab.ld + j], tab.ex[c * tab.ld + j],
                   f0, fa, fb, fc);
     const Cplx<T> g = grad_out[k0 + j];
     const T* k = freqs + 3 * (k0 + j);
-    const T g0 = re_conj_mul(g, f0), gA = re_conj_mul(g, fa), gB = re_conj_mul(g, fb),
-            gC = re_conj_mul(g, fc);
+    T g0, gA, gB, gC;  // (fc is third_corner(f0, fa, fb), which corner_terms forms itself)
+    corner_terms(Cplx<T>{g.re, -g.im}, f0, fa, fb, g0, gA, gB, gC);
     ps[0] += g0;
     for (int d = 0; d < 3; ++d) {
       ps[1 + d] += gA * k[d];
@@ -199,7 +198,7 @@ __device__ inline void atomic_add_f64(double* addr, double val) {
 #endif
 }
 
-// d(w 2A f)/da = w (2 grad_a A f + 2A f_a 2 pi k), summed as Re(conj(G) .) over k.
+// Corner gradients of each face (face_grads in meshft_math.h), added to the vertices.
 template <typename T>
 __global__ void backward_gather_kernel(const int64_t* __restrict__ faces,
                                        const T* __restrict__ weights,
@@ -214,15 +213,11 @@ __global__ void backward_gather_kernel(const int64_t* __restrict__ faces,
     grad_w[t] = T(0);
     return;
   }
-  const double w = double(weights[t]);
-  grad_w[t] = T(g[0] * s[0]);
-  const double s_area = 2.0 * w * s[0];
-  const double s_phase = w * g[0] * kTwoPiD;
+  double out[9];
+  grad_w[t] = T(face_grads(double(weights[t]), g[0], s[0], g + 1, s + 1, out));
   for (int c = 0; c < 3; ++c) {
     const int64_t v = faces[3 * t + c];
-    for (int d = 0; d < 3; ++d) {
-      atomic_add_f64(grad_verts + 3 * v + d, s_area * g[1 + 3 * c + d] + s_phase * s[1 + 3 * c + d]);
-    }
+    for (int d = 0; d < 3; ++d) atomic_add_f64(grad_verts + 3 * v + d, out[3 * c + d]);
   }
 }
 

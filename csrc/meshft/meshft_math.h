@@ -59,21 +59,12 @@ struct Cplx {
 };
 
 template <typename T>
-MESHFT_HD inline Cplx<T> cadd(Cplx<T> a, Cplx<T> b) { return {a.re + b.re, a.im + b.im}; }
-template <typename T>
-MESHFT_HD inline Cplx<T> csub(Cplx<T> a, Cplx<T> b) { return {a.re - b.re, a.im - b.im}; }
-template <typename T>
 MESHFT_HD inline Cplx<T> cmul(Cplx<T> a, Cplx<T> b) {
   return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
 }
+// Re(h a)
 template <typename T>
-MESHFT_HD inline Cplx<T> cscale(Cplx<T> a, T s) { return {a.re * s, a.im * s}; }
-// i * a
-template <typename T>
-MESHFT_HD inline Cplx<T> cmul_i(Cplx<T> a) { return {-a.im, a.re}; }
-// Re(conj(g) * a): the PyTorch gradient convention for a real parameter and complex output.
-template <typename T>
-MESHFT_HD inline T re_conj_mul(Cplx<T> g, Cplx<T> a) { return g.re * a.re + g.im * a.im; }
+MESHFT_HD inline T re_mul(Cplx<T> h, Cplx<T> a) { return h.re * a.re - h.im * a.im; }
 
 // 1 / n! for n = 0..27 (correctly rounded doubles).
 MESHFT_HD inline double inv_factorial(int n) {
@@ -304,15 +295,32 @@ MESHFT_HD inline void cswap_nodes(U& x, Cplx<U>& Ex, U& y, Cplx<U>& Ey) {
   Ey = Ehi;
 }
 
-// f[x, y] (N terms of the pair series below the pair switch)
+// Three reciprocals for the price of one division (divisions dominate the recursion's cost):
+// 1/a = b c / (a b c) etc. The caller replaces by 1 any value whose reciprocal it will discard
+// (|x| below the pair switch), so that the product stays >= 1 in magnitude.
+template <typename U>
+MESHFT_HD inline void reciprocals3(U a, U b, U c, U& ia, U& ib, U& ic) {
+  const U ab = a * b;
+  const U r = U(1) / (ab * c);
+  ia = b * c * r;
+  ib = a * c * r;
+  ic = ab * r;
+}
+
+// f[x, x + d] with the reciprocal inv = 1 / d (only used when |d| >= the pair switch; N terms
+// of the pair series below it)
 template <typename U, int N = Tuning<U>::kPairTerms>
-MESHFT_HD inline Cplx<U> pair_dd(U x, Cplx<U> Ex, U y, Cplx<U> Ey) {
-  const U d = y - x;
+MESHFT_HD inline Cplx<U> pair_dd(U d, Cplx<U> Ex, Cplx<U> Ey, U inv) {
   const Cplx<U> ser = cmul(Ex, pair_series<U, N>(d));
-  const U inv = U(1) / d;
   const Cplx<U> quo = {(Ex.re - Ey.re) * inv, (Ex.im - Ey.im) * inv};
   const bool near = tabs(d) < U(Tuning<U>::pair());
   return {near ? ser.re : quo.re, near ? ser.im : quo.im};
+}
+
+// x, or 1 where |x| < thr (its reciprocal is then not used)
+template <typename U>
+MESHFT_HD inline U far_or_one(U x, U thr) {
+  return tabs(x) < thr ? U(1) : x;
 }
 
 // f[0, p, q] for the nodes 0, p, q with exponentials E0, Ep, Eq (absolute or relative to any
@@ -323,18 +331,20 @@ MESHFT_HD inline Cplx<U> dd2_sorted(U p, U q, Cplx<U> E0, Cplx<U> Ep, Cplx<U> Eq
   cswap_nodes(x0, E0, x1, Ep);
   cswap_nodes(x1, Ep, x2, Eq);
   cswap_nodes(x0, E0, x1, Ep);
-  const Cplx<U> f01 = pair_dd<U, N>(x0, E0, x1, Ep);
-  const Cplx<U> f12 = pair_dd<U, N>(x1, Ep, x2, Eq);
-  const U inv = U(1) / (x0 - x2);
-  return {(f01.re - f12.re) * inv, (f01.im - f12.im) * inv};
+  const U d01 = x1 - x0, d12 = x2 - x1, d02 = x0 - x2;  // |d02| = spread >= the switch
+  U i01, i12, i02;
+  const U pair = Tuning<U>::pair();
+  reciprocals3(far_or_one(d01, pair), far_or_one(d12, pair), d02, i01, i12, i02);
+  const Cplx<U> f01 = pair_dd<U, N>(d01, E0, Ep, i01);
+  const Cplx<U> f12 = pair_dd<U, N>(d12, Ep, Eq, i12);
+  return {(f01.re - f12.re) * i02, (f01.im - f12.im) * i02};
 }
 
-// f[x, x, x + d] / Ex from the relative exponential Ed = exp(-i d): the pair2 series, or
-// (f[0, d] - i) / d with f[0, d] = (1 - Ed) / d.
+// f[x, x, x + d] / Ex from the relative exponential Ed = exp(-i d) and inv = 1 / d (only used
+// when |d| >= the pair switch): the pair2 series, or (f[0, d] - i) / d with f[0, d] = (1 - Ed) / d.
 template <typename U>
-MESHFT_HD inline Cplx<U> rep_dd(U d, Cplx<U> Ed) {
+MESHFT_HD inline Cplx<U> rep_dd(U d, Cplx<U> Ed, U inv) {
   const Cplx<U> ser = pair2_series<U>(d);
-  const U inv = U(1) / d;
   const U f0d_re = (U(1) - Ed.re) * inv, f0d_im = (-Ed.im) * inv;
   const Cplx<U> quo = {f0d_re * inv, (f0d_im - U(1)) * inv};
   const bool near = tabs(d) < U(Tuning<U>::pair());
@@ -347,25 +357,31 @@ template <typename U>
 MESHFT_HD inline void tri_grad_large(U p, U q, Cplx<U> Ep, Cplx<U> Eq, Cplx<U>& F0, Cplx<U>& Fa,
                                      Cplx<U>& Fb) {
   F0 = dd2_sorted<U>(p, q, Cplx<U>{U(1), U(0)}, Ep, Eq);
+  // every divisor below is +-p, +-q or +-(q - p): the farther node is at least half the spread
+  // (>= 0.75) away, the nearer one's reciprocal is only used above the pair switch (1), so
+  // values below 0.5 may be replaced
+  static_assert(Tuning<U>::spread() / 2 > U(0.5) && Tuning<U>::pair() > U(0.5), "see the guard");
+  const U qp = q - p, guard = U(0.5);
+  U ip, iq, iqp;
+  reciprocals3(far_or_one(p, guard), far_or_one(q, guard), far_or_one(qp, guard), ip, iq, iqp);
   {  // corner a = 0: other nodes p, q
     const bool q_far = tabs(q) >= tabs(p);
-    const U y = q_far ? p : q, z = q_far ? q : p;
+    const U y = q_far ? p : q;
     const Cplx<U> Ey = {q_far ? Ep.re : Eq.re, q_far ? Ep.im : Eq.im};
-    const Cplx<U> r = rep_dd(y, Ey);  // f[0, 0, y] (E0 = 1)
-    const U inv = U(1) / (U(0) - z);
+    const Cplx<U> r = rep_dd(y, Ey, q_far ? ip : iq);  // f[0, 0, y] (E0 = 1)
+    const U inv = q_far ? -iq : -ip;                     // 1 / (0 - z), z the farther node
     Fa = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
   }
   {  // corner b = p: other nodes 0 and q, at distances p and q - p
-    const U d0 = -p, dq = q - p;
-    const bool q_far = tabs(dq) >= tabs(d0);
-    const U y = q_far ? d0 : dq;   // the nearer node, relative to p
-    const U z = q_far ? q : U(0);  // the farther node (absolute)
+    const U d0 = -p;
+    const bool q_far = tabs(qp) >= tabs(d0);
+    const U y = q_far ? d0 : qp;  // the nearer node, relative to p
     // exp(-i y) relative to p: exp(i p) = conj(Ep), exp(-i (q - p)) = Eq conj(Ep)
     const Cplx<U> Ep_conj = {Ep.re, -Ep.im};
     const Cplx<U> Eqp = cmul(Eq, Ep_conj);
     const Cplx<U> Ey = {q_far ? Ep_conj.re : Eqp.re, q_far ? Ep_conj.im : Eqp.im};
-    const Cplx<U> r = cmul(Ep, rep_dd(y, Ey));  // f[p, p, p + y]
-    const U inv = U(1) / (p - z);
+    const Cplx<U> r = cmul(Ep, rep_dd(y, Ey, q_far ? -ip : iqp));  // f[p, p, p + y]
+    const U inv = q_far ? -iqp : ip;  // 1 / (p - z): z = q (the farther) or 0
     Fb = {(r.re - F0.re) * inv, (r.im - F0.im) * inv};
   }
 }
@@ -381,9 +397,43 @@ MESHFT_HD inline Cplx<T> tri_f(T p, T q, Cplx<T> Ea, Cplx<T> Eb, Cplx<T> Ec) {
   return dd2_sorted<T>(p, q, Ea, Eb, Ec);
 }
 
+// The third corner's derivative from translation invariance, Fa + Fb + Fc = -i F0 (the one
+// place this identity is written; the series and the recursion only form F0, Fa, Fb).
+template <typename T>
+MESHFT_HD inline Cplx<T> third_corner(Cplx<T> F0, Cplx<T> Fa, Cplx<T> Fb) {
+  return {F0.im - Fa.re - Fb.re, -F0.re - Fa.im - Fb.im};
+}
+
+// The per (face, frequency) terms of the backward: with H = conj(G) times whatever phase factor
+// F0, Fa, Fb are relative to (CPU: the anchor's exp(-i pa); CUDA: none, H = conj(G)),
+// g0 = Re(H F0) and g_corner = Re(H F_corner). Summed over the frequencies, g0 gives R and
+// g_corner * k the corner's V in face_grads.
+template <typename T>
+MESHFT_HD inline void corner_terms(Cplx<T> H, Cplx<T> F0, Cplx<T> Fa, Cplx<T> Fb, T& g0, T& gA,
+                                   T& gB, T& gC) {
+  g0 = re_mul(H, F0);
+  gA = re_mul(H, Fa);
+  gB = re_mul(H, Fb);
+  gC = re_mul(H, third_corner(F0, Fa, Fb));
+}
+
+constexpr double kTwoPi = 6.283185307179586476925286766559;
+
+// Vertex-gradient assembly of one face from its frequency sums: U_t = w 2A f[pa, pb, pc], so
+// dU_t/dx_corner = w (2 grad_corner(A) f + 2A f_corner 2 pi k); with R = sum_k Re(conj(G_k) f)
+// and V_corner = sum_k Re(conj(G_k) f_corner) k, the gradient w.r.t. corner c, axis d, is
+// 2 w R grad_c(A)_d + 2 pi w 2A V_c,d. garea, vsum and out hold 3 corners x 3 axes; returns
+// the gradient w.r.t. the weight, 2A R.
+MESHFT_HD inline double face_grads(double w, double two_area, double R, const double* garea,
+                                   const double* vsum, double* out) {
+  const double s_area = 2.0 * w * R;
+  const double s_phase = w * two_area * kTwoPi;
+  for (int i = 0; i < 9; ++i) out[i] = s_area * garea[i] + s_phase * vsum[i];
+  return two_area * R;
+}
+
 // f[pa, pb, pc] and its partial derivatives with respect to pa, pb, pc
-// (f[pa,pa,pb,pc], f[pb,pb,pa,pc], f[pc,pc,pa,pb]); the third from translation invariance,
-// Fa + Fb + Fc = -i F0.
+// (f[pa,pa,pb,pc], f[pb,pb,pa,pc], f[pc,pc,pa,pb]); the third from translation invariance.
 template <typename T>
 MESHFT_HD inline void tri_f_grad(T p, T q, Cplx<T> Ea, Cplx<T> Eb, Cplx<T> Ec, Cplx<T>& F0,
                                  Cplx<T>& Fa, Cplx<T>& Fb, Cplx<T>& Fc) {
@@ -397,7 +447,7 @@ MESHFT_HD inline void tri_f_grad(T p, T q, Cplx<T> Ea, Cplx<T> Eb, Cplx<T> Ec, C
   F0 = cmul(Ea, s0);
   Fa = cmul(Ea, sa);
   Fb = cmul(Ea, sb);
-  Fc = csub(csub(cmul_i(cscale(F0, T(-1))), Fa), Fb);
+  Fc = third_corner(F0, Fa, Fb);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -494,6 +544,71 @@ template <>
 MESHFT_HD inline Cplx<float> expmi<float>(double phi) {
   const Cplx<double> e = expmi_poly(phi);
   return {static_cast<float>(e.re), static_cast<float>(e.im)};
+}
+
+// exp(-i phi) in T for the backward's large-spread recursion (CPU). For float: the quadrant
+// reduction in double (phases of tens of radians), then float polynomials on |r| <= pi/4
+// (truncation < 2e-9) in 8-wide vectors: a few float ulp, ample for the 1e-4 gradient
+// contract (measured float32 vs float64 gradients stay ~2-4e-7).
+template <typename T>
+MESHFT_HD inline Cplx<T> expmi_grad(double phi);
+
+template <>
+MESHFT_HD inline Cplx<double> expmi_grad<double>(double phi) {
+  return expmi_poly(phi);
+}
+
+template <>
+MESHFT_HD inline Cplx<float> expmi_grad<float>(double phi) {
+  int q;
+  const float r = float(quadrant_reduce(phi, q));
+  const float r2 = r * r;
+  float sn = 1.0f / 362880.0f;  // 1/9!
+  sn = sn * r2 - 1.0f / 5040.0f;
+  sn = sn * r2 + 1.0f / 120.0f;
+  sn = sn * r2 - 1.0f / 6.0f;
+  sn = (sn * r2) * r + r;
+  float cs = 1.0f / 3628800.0f;  // 1/10!
+  cs = cs * r2 - 1.0f / 40320.0f;
+  cs = cs * r2 + 1.0f / 720.0f;
+  cs = cs * r2 - 1.0f / 24.0f;
+  cs = cs * r2 + 0.5f;
+  cs = 1.0f - cs * r2;
+  return quadrant_rotate(q, cs, sn);
+}
+
+// exp(-i pa) of an anchor (CPU kernels), in double even for T = float: the float accuracy
+// contract (3e-7 |U(0)|, about 2.5 float ulp of f(0) = 1/2) cannot afford a rounded
+// exp(-i pa) times a rounded series times a float complex product. For float the branch-free
+// double polynomial (vectorises); for double the libm functions.
+template <typename T>
+MESHFT_HD inline Cplx<double> expmi_anchor(double ph) {
+  return expmi_poly(ph);
+}
+template <>
+MESHFT_HD inline Cplx<double> expmi_anchor<double>(double ph) {
+  return expmi<double>(ph);
+}
+
+// A double phase carried as two T values (the CUDA vertex tables): hi = T(phi) and the
+// remainder lo. A relative phase (hi_b - hi_a) + (lo_b - lo_a): the first difference is exact
+// when the phases are close (Sterbenz) and otherwise rounds at the level of the difference
+// itself, so no double arithmetic is needed per face.
+template <typename T>
+struct SplitPhase {
+  T hi;
+  T lo;
+};
+
+template <typename T>
+MESHFT_HD inline SplitPhase<T> split_phase(double phi) {
+  const T hi = T(phi);
+  return {hi, T(phi - double(hi))};
+}
+
+template <typename T>
+MESHFT_HD inline T rel_phase(SplitPhase<T> a, SplitPhase<T> b) {
+  return (b.hi - a.hi) + (b.lo - a.lo);
 }
 
 }  // namespace meshft
