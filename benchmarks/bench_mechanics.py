@@ -75,7 +75,7 @@ def _peer(mesh):
             t0 = time.perf_counter()
             try:
                 ten, pres = foambryo.infer_forces(dcel, mode_tension=mt, mode_pressure=mp)
-            except Exception as exc:  # report, do not hide, what the peer refuses
+            except Exception as exc:  # noqa: BLE001 - report, do not hide, what the peer refuses
                 out[name] = (None, None, f"{type(exc).__name__}: {exc}"[:120])
                 continue
             out[name] = ({tuple(int(x) for x in k): float(v) for k, v in ten.items()},
@@ -85,7 +85,7 @@ def _peer(mesh):
             ten = foambryo.infer_tensions(dcel, mode=TensionComputationMethod.YoungDupre, angle_reading="quadric")
             out["YD quadric"] = ({tuple(int(x) for x in k): float(v) for k, v in ten.items()}, None,
                                  time.perf_counter() - t0)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - report, do not hide, what the peer refuses
             out["YD quadric"] = (None, None, f"{type(exc).__name__}: {exc}"[:120])
     return out
 

@@ -31,7 +31,7 @@ def shell_image(shape, spacing, centre, radius, sigma):
     z, y, x = np.meshgrid(*axes, indexing="ij")
     r = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
     r = np.maximum(r, 1e-9)
-    g = lambda d: np.exp(-(d**2) / (2 * sigma**2))  # noqa: E731
+    g = lambda d: np.exp(-(d**2) / (2 * sigma**2))
     return radius / (r * sigma * np.sqrt(2 * np.pi)) * (g(r - radius) - g(r + radius))
 
 
@@ -65,7 +65,7 @@ def ellipsoid_distance(points, axes):
     (monotone in t; bisection)."""
     a2 = np.asarray(axes, float) ** 2
     p = np.asarray(points, float)
-    h = lambda t: ((p * np.sqrt(a2) / (a2 + t[:, None])) ** 2).sum(1) - 1  # noqa: E731
+    h = lambda t: ((p * np.sqrt(a2) / (a2 + t[:, None])) ** 2).sum(1) - 1
     lo = np.full(len(p), -a2.min() + 1e-12)
     hi = np.full(len(p), np.linalg.norm(p, axis=1) * np.sqrt(a2.max()) + 1.0)
     for _ in range(200):

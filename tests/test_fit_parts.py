@@ -35,7 +35,7 @@ def _icosphere(subdiv=2, radius=1.0):
         cache = {}
         new_faces = []
 
-        def mid(a, b):
+        def mid(a, b, cache=cache):
             key = (min(a, b), max(a, b))
             if key not in cache:
                 m = verts[a] + verts[b]

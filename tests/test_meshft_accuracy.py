@@ -71,7 +71,7 @@ def special_freqs(tri, rng, n_random=24, kmax=4.0):
     return np.array(ks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triangle_cases(dtype_name: str):
     """(triangle, freqs, reference) with inputs rounded to ``dtype`` and taken as exact."""
     rng = np.random.default_rng(20261125)
@@ -84,7 +84,7 @@ def triangle_cases(dtype_name: str):
     return cases
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mesh_case(dtype_name: str):
     """A jittered 80-face icosphere (edges ~0.3..1 um) away from the origin, random weights."""
     rng = np.random.default_rng(7)

@@ -54,7 +54,7 @@ def _mp_triangle(a, b, c, k):
     tiny = mp.mpf(10) ** -25
     if abs(pa - pb) < tiny and abs(pa - pc) < tiny:
         return two_area * mp.expj(-pa) / 2  # f[z, z, z] = f''(z) / 2
-    f = lambda z: -mp.expj(-z)  # noqa: E731
+    f = lambda z: -mp.expj(-z)
     dd = (f(pa) / ((pa - pb) * (pa - pc)) + f(pb) / ((pb - pa) * (pb - pc))
           + f(pc) / ((pc - pa) * (pc - pb)))
     return two_area * dd
@@ -143,7 +143,7 @@ def test_portable_clone_meets_the_same_contracts(tmp_path):
     # gradients: the baseline clone's float64 and float32 against this process's float64
     G = torch.complex(torch.tensor(g[:, 0], dtype=torch.float64), torch.tensor(g[:, 1], dtype=torch.float64))
     gv = _C.meshft_backward(*_tensors(verts, faces, weights, freqs, torch.float64), G)[0].numpy()
-    rel = lambda a: np.linalg.norm(a - gv) / np.linalg.norm(gv)  # noqa: E731
+    rel = lambda a: np.linalg.norm(a - gv) / np.linalg.norm(gv)
     assert rel(out["gv_float64"]) <= 1e-12
     assert rel(out["gv_float32"].astype(np.float64)) <= 1e-4
 

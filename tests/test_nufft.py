@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("finufft")
 
-from deltamic_core.grid import FFTGrid, GridBand  # noqa: E402
-from deltamic_core.meshft import available_backends, mesh_ft  # noqa: E402
-from deltamic_core.meshft.nufft_backend import (  # noqa: E402
+from deltamic_core.grid import FFTGrid, GridBand
+from deltamic_core.meshft import available_backends, mesh_ft
+from deltamic_core.meshft.nufft_backend import (
     _THETA_MAX,
     _TOLS,
     NufftBackend,

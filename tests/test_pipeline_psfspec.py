@@ -46,7 +46,9 @@ def test_models_get_the_immersion_index_under_one_name():
     gl = make_psf(PSFSpec("gibson-lanni", {**optics, "n_sample": 1.38, "depth_um": 3.0}), (1, 1, 1))
     assert isinstance(gl, GibsonLanniPSF)
     d = gl.as_dict()
-    assert (d["n_immersion"], d["n_immersion_design"], d["n_sample"], d["particle_depth_um"]) == pytest.approx((1.4, 1.4, 1.38, 3.0))
+    assert (d["n_immersion"], d["n_immersion_design"], d["n_sample"], d["particle_depth_um"]) == pytest.approx(
+        (1.4, 1.4, 1.38, 3.0)
+    )
     h = make_psf(PSFSpec("hanser", {**optics, "zernike": "11=0.1"}), (1, 1, 1))
     assert isinstance(h, HanserPSF)
     assert h.as_dict()["n_immersion"] == pytest.approx(1.4)

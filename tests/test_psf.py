@@ -207,10 +207,10 @@ def _gl_quad(na, lam, ni, ns, pz, z_rel, r, ng=1.515, tg=170.0, ti0=150.0):
 
     def w(rho):
         s2 = (na * rho) ** 2
-        c = lambda n: np.sqrt(complex(n * n - s2))  # noqa: E731
+        c = lambda n: np.sqrt(complex(n * n - s2))
         return (ci - (pz + z_rel)) * c(ni) + pz * c(ns) + tg * c(ng) - tg * c(ng) - ti0 * c(ni)
 
-    f = lambda rho: np.exp(1j * k0 * w(rho)) * special.j0(k0 * na * r * rho) * rho  # noqa: E731
+    f = lambda rho: np.exp(1j * k0 * w(rho)) * special.j0(k0 * na * r * rho) * rho
     pts = [ns / na] if ns < na else None
     re = integrate.quad(lambda t: f(t).real, 0, 1, limit=4000, epsabs=1e-14, epsrel=1e-12, points=pts)[0]
     im = integrate.quad(lambda t: f(t).imag, 0, 1, limit=4000, epsabs=1e-14, epsrel=1e-12, points=pts)[0]
@@ -411,7 +411,7 @@ def test_hanser_psf_normalised_symmetric_and_consistent_with_otf():
     assert float(h.sum()) * grid.voxel_volume_um3 == pytest.approx(1.0, abs=1e-9)
     assert tuple(np.unravel_index(int(h.argmax()), h.shape)) == (0, 0, 0)
     # no aberration: symmetric under z -> -z and y -> -y (FFT order: index i <-> -i)
-    flip = lambda t, d: torch.roll(torch.flip(t, (d,)), 1, d)  # noqa: E731
+    flip = lambda t, d: torch.roll(torch.flip(t, (d,)), 1, d)
     torch.testing.assert_close(flip(h, 0), h, atol=1e-12 * float(h.max()), rtol=0)
     torch.testing.assert_close(flip(h, 1), h, atol=1e-12 * float(h.max()), rtol=0)
     otf = model.otf(grid, dtype=torch.float64).detach()
@@ -422,7 +422,7 @@ def test_hanser_psf_normalised_symmetric_and_consistent_with_otf():
 def test_hanser_zernike_coma_breaks_lateral_symmetry_along_its_axis():
     grid = FFTGrid((16, 48, 48), (0.2, 0.05, 0.05))
     h = HanserPSF(1.2, 0.55, 1.33, {8: 0.25}).psf(grid, dtype=torch.float64).detach()  # x coma
-    flip = lambda t, d: torch.roll(torch.flip(t, (d,)), 1, d)  # noqa: E731
+    flip = lambda t, d: torch.roll(torch.flip(t, (d,)), 1, d)
     torch.testing.assert_close(flip(h, 1), h, atol=1e-12 * float(h.max()), rtol=0)   # y mirror kept
     assert float((flip(h, 2) - h).abs().max()) > 0.05 * float(h.max())              # x mirror broken
 

@@ -5,7 +5,7 @@ Every public entry point checks its arguments here so that bad input produces on
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

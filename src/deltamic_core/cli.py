@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say_error("interrupted")
         return 130
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
         if debug:
             traceback.print_exc()
         _say_error(one_line(exc))
@@ -570,7 +570,7 @@ def _read_rec_as_is(dio, path):
     p = _existing_file(path, "MESH")
     try:
         mesh = dio.read_mesh(p)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
         raise InputError(f"MESH {str(p)!r} cannot be read as a mesh ({one_line(exc)})") from None
     _check_mesh(mesh, f"MESH {str(p)!r}")
     return mesh

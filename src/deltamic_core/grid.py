@@ -94,7 +94,7 @@ class GridBand:
         object.__setattr__(self, "index", idx)
 
     @classmethod
-    def from_mask(cls, grid: FFTGrid, mask: torch.Tensor) -> "GridBand":
+    def from_mask(cls, grid: FFTGrid, mask: torch.Tensor) -> GridBand:
         if tuple(mask.shape) != grid.rfft_shape:
             raise ValueError(f"band mask shape {tuple(mask.shape)} != rfft shape {grid.rfft_shape}")
         return cls(grid, torch.nonzero(mask.to("cpu")).to(torch.int64))

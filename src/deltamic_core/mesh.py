@@ -61,7 +61,7 @@ class Mesh:
         both = (self.labels[:, 0] > 0) & (self.labels[:, 1] > 0)
         return np.where(both, shared, outer).astype(np.float64)
 
-    def copy(self, **changes) -> "Mesh":
+    def copy(self, **changes) -> Mesh:
         out = replace(self, **changes)
         out.verts = out.verts.copy()
         out.faces = out.faces.copy()

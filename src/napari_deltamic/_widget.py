@@ -43,7 +43,7 @@ def _guarded(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the viewer keeps running
             _show_error(str(exc) or type(exc).__name__)
             return None
 

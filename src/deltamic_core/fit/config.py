@@ -295,7 +295,7 @@ class FitConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
+    def from_dict(cls, d: dict) -> FitConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -22,8 +22,8 @@ import copy
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ import torch
 from .._checks import check_spacing, check_vector3
 from ..mesh import Mesh
 from .config import FitConfig
-from .losses import intensity_weight, poisson_nll, solve_photometric, weighted_mse, _quantiles
 from .levels import BlockAveragedPSF, block_average, gaussian_blur
+from .losses import _quantiles, intensity_weight, poisson_nll, solve_photometric, weighted_mse
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner
 

@@ -14,6 +14,8 @@ labelled (l1, l2) with the normal pointing from l1 into l2; a plain mesh is one 
 - :mod:`.mechanics`: ``mechanics`` (per-vertex mean/Gaussian curvature per interface, contact
   angles on triple lines, Young-Dupre tensions, Laplace pressures).
 """
+from .measure import Measurements, contact_matrix, contacts, measure
+from .mechanics import MechanicsResult, mechanics
 from .ops import (
     cell_faces,
     cell_surface,
@@ -32,8 +34,6 @@ from .ops import (
     vertex_face_adjacency,
     volumes_by_label,
 )
-from .measure import Measurements, contact_matrix, contacts, measure
-from .mechanics import MechanicsResult, mechanics
 from .rasterize import inside_mask, label_image
 from .remesh import remesh, triangle_quality
 from .seed import icosphere, meshes_from_labels, seed_spheres

@@ -140,9 +140,9 @@ def memory_estimate_bytes(n_faces: int, n_freqs: int, *, dtype=torch.float32, ba
     per_face = n_faces * (3 * 8 + 8 * 3 * 8 + 4 * r)  # indices, float64 geometry/accumulators, grads
     out = n_freqs * 2 * 2 * r + n_freqs * 3 * 8
     try:
-        name, b = resolve(backend, torch.device(device), announce=False) if backend == "auto" else (backend, get_backend(backend))
+        b = resolve(backend, torch.device(device), announce=False)[1] if backend == "auto" else get_backend(backend)
     except ValueError:
-        name, b = "torch", get_backend("torch")
+        b = get_backend("torch")
     est = getattr(b, "memory_estimate_bytes", None)
     if est is not None:
         return float(est(n_faces, n_freqs, dtype)) + per_face + out

@@ -371,11 +371,11 @@ class TorchBackend:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_bytes = int(max_bytes)
 
-    def memory_estimate_bytes(self, n_faces: int, n_freqs: int, dtype=torch.float32) -> float:  # noqa: ARG002
+    def memory_estimate_bytes(self, n_faces: int, n_freqs: int, dtype=torch.float32) -> float:
         pairs = min(n_faces * n_freqs, _MAX_PAIRS_PER_TILE, self.max_bytes // _BYTES_PER_PAIR_BACKWARD)
         return float(pairs * _BYTES_PER_PAIR_BACKWARD)
 
-    def supports(self, device) -> bool:  # noqa: ARG002 - every device torch runs on
+    def supports(self, device) -> bool:
         return True
 
     def forward(self, verts, faces, weights, freqs):

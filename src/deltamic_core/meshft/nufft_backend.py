@@ -27,7 +27,7 @@ box of size L: k = m / L, so exp(-2 pi i k.x) = exp(-i m (2 pi x / L))).
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ def prefer_nufft(device, n_freqs: int, n_faces: int) -> bool:
     return float(n_freqs) * float(n_faces) >= threshold
 
 
-@lru_cache(maxsize=None)
+@cache
 def triangle_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Conical product rule of order n on a triangle.
 
@@ -105,7 +105,7 @@ def rule_order(theta: np.ndarray, tol: float) -> np.ndarray:
     return np.searchsorted(table, theta, side="left") + 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def _subdivided_rule(n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
     """Order-n rule applied on each of the s*s sub-triangles of a uniform barycentric split."""
     lam, w = triangle_rule(n)

@@ -105,7 +105,7 @@ def _time_points(path: Path) -> int | None:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             axes, shape = series.axes.upper(), series.shape
-    except Exception:
+    except Exception:  # noqa: BLE001 - the task will report the unreadable file
         return None
     if "T" in axes and shape[axes.index("T")] > 1:
         return int(shape[axes.index("T")])
@@ -157,7 +157,7 @@ def _run_item(func: Callable, item: BatchItem, item_dir: str, threads: int, kwar
         return status
     try:
         status.update(func(item, item_dir, **kwargs) or {})
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - failure isolation: every error becomes a status
         status["status"] = "failed"
         status["error"] = one_line(exc)
         write_error(item_dir, status["error"], traceback.format_exc())
@@ -270,7 +270,7 @@ class _connect:
         for obj in self._own:
             try:
                 obj.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing is best effort
                 pass
         return False
 
@@ -298,7 +298,7 @@ def _submit_all(client, func, items, out: Path, threads: int, kwargs: dict, log)
         it = futures[fut]
         try:
             st = fut.result()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker died or the task could not run
             msg = one_line(exc)
             st = {"item": it.name, "status": "failed", "seconds": 0.0, "error": msg}
             try:

@@ -46,7 +46,7 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
         image, meta = dio.read_image(p, channel=channel)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{what} {str(p)!r}: {one_line(exc)}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
         raise InputError(f"{what} {str(p)!r} cannot be read as an image ({one_line(exc)})") from None
     image = np.asarray(image)
     if image.ndim == 4 and frame is not None:
@@ -109,7 +109,7 @@ def read_mesh_file(path, spacing_um, mesh_units=None, what: str = "mesh"):
             mesh = dio.read_mesh(p)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{what} {str(p)!r}: {one_line(exc)}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
         raise InputError(f"{what} {str(p)!r} cannot be read as a mesh ({one_line(exc)})") from None
     _check_mesh(mesh, f"{what} {str(p)!r}")
     return mesh
@@ -339,7 +339,7 @@ def read_label_image(path, shape):
     p = _existing_file(path, "--labels image")
     try:
         lab, meta = dio.read_image(p)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
         raise InputError(f"--labels image {str(p)!r} cannot be read ({one_line(exc)})") from None
     lab = np.asarray(lab)
     if lab.shape != tuple(shape):

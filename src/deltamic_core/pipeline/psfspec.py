@@ -131,7 +131,13 @@ def _gibson_lanni(p: dict, spacing_um):
 
     _require(p, "gibson-lanni", ("na", "wavelength_um", "n_immersion", "n_sample"))
     # the immersion medium is taken to be the one the objective was designed for
-    kw = dict(na=p["na"], wavelength_um=p["wavelength_um"], n_immersion=p["n_immersion"], n_immersion_design=p["n_immersion"], n_sample=p["n_sample"])
+    kw = dict(
+        na=p["na"],
+        wavelength_um=p["wavelength_um"],
+        n_immersion=p["n_immersion"],
+        n_immersion_design=p["n_immersion"],
+        n_sample=p["n_sample"],
+    )
     if "depth_um" in p:
         kw["particle_depth_um"] = p["depth_um"]
     return GibsonLanniPSF(**kw)

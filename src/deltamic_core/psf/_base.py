@@ -160,7 +160,7 @@ class PSFModel(nn.Module):
         return f"{kind}(" + ", ".join(parts) + ")"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PSFModel":
+    def from_dict(cls, d: dict[str, Any]) -> PSFModel:
         """Rebuild a model from :meth:`as_dict` output (dispatching on ``d['type']``)."""
         from . import _REGISTRY
 

@@ -128,7 +128,7 @@ class GaussianPSF(PSFModel):
     # -- construction helpers ------------------------------------------------------------
     @classmethod
     def from_optics(cls, na: float, wavelength_um: float, n_immersion: float, confocal: bool = False,
-                    excitation_wavelength_um: float | None = None, **kwargs) -> "GaussianPSF":
+                    excitation_wavelength_um: float | None = None, **kwargs) -> GaussianPSF:
         r"""Gaussian matched to the peak of the paraxial, aberration-free widefield PSF.
 
         With k = 2 pi / lambda (emission wavelength, vacuum), the paraxial widefield PSF is
@@ -179,7 +179,7 @@ class GaussianPSF(PSFModel):
         return d
 
     @classmethod
-    def _from_dict(cls, d: dict[str, Any]) -> "GaussianPSF":
+    def _from_dict(cls, d: dict[str, Any]) -> GaussianPSF:
         return cls(sigma_um=d.get("sigma_um", (1.0, 0.25, 0.25)), covariance_um2=d.get("covariance_um2"),
                    extent_sigmas=d.get("extent_sigmas", 4.0))
 

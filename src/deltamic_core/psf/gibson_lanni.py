@@ -4,11 +4,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..grid import FFTGrid
-from ._base import _sampling_settings, PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _nonnegative, _positive
+from ._base import PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _nonnegative, _positive, _sampling_settings
 from ._sampling import bessel_j0, interp1d_uniform, leggauss, oversampling_factors
 
 _POSITIVE = ("na", "wavelength_um", "n_immersion", "n_immersion_design", "n_sample", "ng", "ng0", "tg", "tg0", "ti0")
@@ -286,7 +285,7 @@ class GibsonLanniPSF(SampledPSFModel):
         return d
 
     @classmethod
-    def _from_dict(cls, d: dict[str, Any]) -> "GibsonLanniPSF":
+    def _from_dict(cls, d: dict[str, Any]) -> GibsonLanniPSF:
         kw = {k: v for k, v in d.items() if k != "type"}
         if "max_extent_um" in kw:
             kw["max_extent_um"] = tuple(kw["max_extent_um"])

@@ -4,12 +4,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..grid import FFTGrid
-from ._base import _sampling_settings, PARAM_DTYPE, SampledPSFModel, _finite, _positive
+from ._base import PARAM_DTYPE, SampledPSFModel, _finite, _positive, _sampling_settings
 from .zernike import noll_to_nm, zernike_noll
 
 _APODIZATIONS = ("sine", "herschel", "none")
@@ -197,7 +196,7 @@ class HanserPSF(SampledPSFModel):
                 "max_extent_um": list(self.max_extent_um), "learn": learn}
 
     @classmethod
-    def _from_dict(cls, d: dict[str, Any]) -> "HanserPSF":
+    def _from_dict(cls, d: dict[str, Any]) -> HanserPSF:
         kw = {k: v for k, v in d.items() if k != "type"}
         if "zernike" in kw:
             kw["zernike"] = {int(j): float(c) for j, c in kw["zernike"].items()}

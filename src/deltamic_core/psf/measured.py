@@ -52,7 +52,7 @@ class MeasuredPSF(PSFModel):
 
     @classmethod
     def from_bead_image(cls, image, spacing_um, background=None, *, snr_threshold: float = 3.0,
-                        smoothing_voxels: float = 1.0, iterations: int = 3) -> "MeasuredPSF":
+                        smoothing_voxels: float = 1.0, iterations: int = 3) -> MeasuredPSF:
         """Build a PSF from an image of one sub-resolution bead.
 
         Steps: (1) background: ``background`` if given (a number), else the median of the
@@ -167,7 +167,7 @@ class MeasuredPSF(PSFModel):
                 f"fwhm_um~{tuple(round(v, 3) for v in self.fwhm_um())}, centroid_um={tuple(round(v, 4) for v in c)})")
 
     @classmethod
-    def _from_dict(cls, d: dict[str, Any]) -> "MeasuredPSF":
+    def _from_dict(cls, d: dict[str, Any]) -> MeasuredPSF:
         if "samples" not in d:
             raise ValueError("d has no 'samples': write it with as_dict(include_samples=True) to rebuild a MeasuredPSF")
         return cls(np.asarray(d["samples"], dtype=float), d["spacing_um"])

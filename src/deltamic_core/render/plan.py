@@ -188,7 +188,7 @@ class AliasFold:
     mirror_sel: torch.Tensor
     mirror_bin: torch.Tensor
 
-    def to(self, device) -> "AliasFold":
+    def to(self, device) -> AliasFold:
         return AliasFold(*(t.to(device) for t in (self.direct_sel, self.direct_bin, self.mirror_sel, self.mirror_bin)))
 
 
