@@ -126,7 +126,7 @@ def _confocal_pair(na, lex, lem, ni, ns, pz, au, nz=25, nxy=61, dz=0.1, dxy=0.02
     disc drawn on its pixel grid (radius pinhole_au * 0.61 lambda_em / NA)."""
     from deltamic_core.psf import ConfocalPSF
 
-    model = ConfocalPSF(na=na, wavelength_um=lem, ex_wavelength_um=lex, pinhole_au=au, ni=ni, ni0=ni, ns=ns,
+    model = ConfocalPSF(na=na, wavelength_um=lem, ex_wavelength_um=lex, pinhole_au=au, n_immersion=ni, n_immersion_design=ni, n_sample=ns,
                         particle_depth_um=pz)
     grid = FFTGrid((nz + 1, nxy + 1, nxy + 1), (dz, dxy, dxy))
     ours = np.fft.fftshift(model.psf(grid, dtype=torch.float64).detach().numpy())[1:, 1:, 1:]
@@ -163,9 +163,9 @@ def test_confocal_is_narrower_than_widefield_and_pinhole_matters():
         prof = m.radial_profile(z, r0)[:, 0]
         return float((prof >= 0.5 * prof.max()).sum()) * float(z[1] - z[0])
 
-    wide = GibsonLanniPSF(na=1.1, wavelength_um=0.525, ni=1.33, ni0=1.33, ns=1.33)
-    small = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=0.3, ni=1.33, ni0=1.33, ns=1.33)
-    big = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=3.0, ni=1.33, ni0=1.33, ns=1.33)
+    wide = GibsonLanniPSF(na=1.1, wavelength_um=0.525, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
+    small = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=0.3, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
+    big = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=3.0, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
     assert axial_fwhm(small) < axial_fwhm(big) < axial_fwhm(wide)
     grid = FFTGrid((16, 64, 64), (0.2, 0.04, 0.04))
     otf = small.otf(grid, dtype=torch.float64).detach().abs()
@@ -178,7 +178,7 @@ def test_confocal_is_narrower_than_widefield_and_pinhole_matters():
 def test_confocal_round_trips_and_learns():
     from deltamic_core.psf import ConfocalPSF, psf_from_dict
 
-    m = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=1.0, ni=1.33, ni0=1.33, ns=1.36)
+    m = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=1.0, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.36)
     d = m.as_dict()
     assert d["type"] == "ConfocalPSF" and d["pinhole_au"] == 1.0 and abs(d["ex_wavelength_um"] - 0.488) < 1e-12
     m2 = psf_from_dict(d)

@@ -127,9 +127,7 @@ def _add_psf_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wavelength", type=_positive_float, metavar="UM", help="emission wavelength in um")
     g.add_argument("--ni", type=_positive_float, help="refractive index of the immersion medium")
     g.add_argument("--ns", type=_positive_float, help="refractive index of the sample (gibson-lanni, confocal)")
-    g.add_argument(
-        "--ex-wavelength", type=_positive_float, metavar="UM", help="excitation wavelength in um (confocal)"
-    )
+    g.add_argument("--ex-wavelength", type=_positive_float, metavar="UM", help="excitation wavelength in um (confocal)")
     g.add_argument(
         "--pinhole-au", type=_positive_float, metavar="AU", help="pinhole diameter in Airy units (confocal; default 1)"
     )

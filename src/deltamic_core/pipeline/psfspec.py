@@ -160,9 +160,9 @@ def _confocal(p: dict, spacing_um):
         wavelength_um=p["wavelength_um"],
         ex_wavelength_um=p.get("ex_wavelength_um", p["wavelength_um"]),
         pinhole_au=p.get("pinhole_au", 1.0),
-        ni=ni,
-        ni0=ni,
-        ns=p.get("n_sample", ni),
+        n_immersion=ni,
+        n_immersion_design=ni,
+        n_sample=p.get("n_sample", ni),
     )
     if "depth_um" in p:
         kw["particle_depth_um"] = p["depth_um"]

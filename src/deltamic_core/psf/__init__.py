@@ -7,11 +7,11 @@ Every model is an :class:`torch.nn.Module` with physical, learnable parameters e
 from __future__ import annotations
 
 from ._base import PSFModel
+from .confocal import ConfocalPSF
 from .gaussian import GaussianPSF
 from .gibson_lanni import GibsonLanniPSF
 from .hanser import HanserPSF
 from .measured import MeasuredPSF
-from .confocal import ConfocalPSF
 from .voxel import VoxelIntegrated
 from .zernike import noll_to_nm, zernike_noll
 

@@ -43,12 +43,12 @@ class ConfocalPSF(GibsonLanniPSF):
     wavelength_um : emission wavelength (vacuum, um).
     ex_wavelength_um : excitation wavelength (vacuum, um); default = the emission wavelength.
     pinhole_au : pinhole diameter in Airy units (1 is the usual setting).
-    ni, ns, ... : as :class:`GibsonLanniPSF`.
+    n_immersion, n_sample, ... : as :class:`GibsonLanniPSF`.
     """
 
     def __init__(self, na: float = 1.4, wavelength_um: float = 0.6, ex_wavelength_um: float | None = None,
                  pinhole_au: float = 1.0, *, max_extent_um=(6.0, 4.0, 4.0), **kw):
-        learn = kw.pop("learn", ("na", "ns", "particle_depth_um"))
+        learn = kw.pop("learn", ("na", "n_sample", "particle_depth_um"))
         learn = (learn,) if isinstance(learn, str) else tuple(learn)
         super().__init__(na=na, wavelength_um=wavelength_um, max_extent_um=max_extent_um,
                          learn=tuple(n for n in learn if n != "ex_wavelength_um"), **kw)
@@ -72,7 +72,7 @@ class ConfocalPSF(GibsonLanniPSF):
     def _band_limits(self) -> tuple[float, float]:
         v = self._values()
         self._check_physical(v)
-        na, ni = v["na"], v["ni"]
+        na, ni = v["na"], v["n_immersion"]
         ax = (ni - math.sqrt(ni * ni - na * na))
         return ax / v["wavelength_um"] + ax / v["ex_wavelength_um"], 2.0 * na / v["wavelength_um"] + 2.0 * na / v["ex_wavelength_um"]
 
@@ -136,12 +136,12 @@ class ConfocalPSF(GibsonLanniPSF):
         d["type"] = "ConfocalPSF"
         d["ex_wavelength_um"] = float(self.ex_wavelength_um.detach())
         d["pinhole_au"] = self.pinhole_au
-        if isinstance(getattr(self, "log_ex_wavelength_um"), torch.nn.Parameter):
+        if isinstance(self.log_ex_wavelength_um, torch.nn.Parameter):
             d["learn"] = list(d["learn"]) + ["ex_wavelength_um"]
         return d
 
     @classmethod
-    def _from_dict(cls, d: dict[str, Any]) -> "ConfocalPSF":
+    def _from_dict(cls, d: dict[str, Any]) -> ConfocalPSF:
         kw = {k: v for k, v in d.items() if k != "type"}
         if "max_extent_um" in kw:
             kw["max_extent_um"] = tuple(kw["max_extent_um"])

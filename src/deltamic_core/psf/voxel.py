@@ -54,5 +54,5 @@ class VoxelIntegrated(PSFModel):
         return f"VoxelIntegrated({self.psf_model.describe()}, spacing_um={tuple(round(s, 4) for s in self.spacing_um)})"
 
     @classmethod
-    def _from_dict(cls, d: dict[str, Any]) -> "VoxelIntegrated":
+    def _from_dict(cls, d: dict[str, Any]) -> VoxelIntegrated:
         return cls(PSFModel.from_dict(d["psf"]), d["spacing_um"])
