@@ -126,3 +126,22 @@ def test_fit_interior_stained_droplet_from_the_command_line(tmp_path, capsys):
     bad = main(["fit", str(tmp_path / "drop.tif"), "--seeds", str(tmp_path / "seeds.csv"), "--stain", "cells",
                 "--out", str(tmp_path / "bad")])
     assert bad == 2 and "--stain" in capsys.readouterr().err
+
+
+def test_auto_seeds_find_one_seed_per_filled_object(tmp_path):
+    from deltamic_core.pipeline import InputError, auto_seeds
+
+    img, sp, _, _, _ = _droplet(tmp_path)
+    seeds = auto_seeds(img, sp)
+    assert len(seeds) == 1 and np.linalg.norm(seeds[0] - [6.0, 4.4, 4.4]) < 0.5
+    # two objects, one dimmer: both found, brightest first
+    axes = [np.arange(n) * s for n, s in zip((24, 44, 60), sp)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    two = np.zeros(zz.shape)
+    for c, level in (((6.0, 4.4, 3.5), 1.0), ((6.0, 4.4, 8.5), 0.6)):
+        two += level * (((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= 2.0**2)
+    found = auto_seeds(ndimage.gaussian_filter(two, (1.6, 1, 1)), sp)
+    assert len(found) == 2
+    assert np.allclose(found[0], (6.0, 4.4, 3.5), atol=0.5) and np.allclose(found[1], (6.0, 4.4, 8.5), atol=0.5)
+    with pytest.raises(InputError, match="no bright objects"):
+        auto_seeds(np.full((8, 8, 8), 3.0), sp)

@@ -12,6 +12,7 @@ from .errors import FitFailedError, InputError, InputWarning, PipelineError, one
 from .inputs import (
     InitSpec,
     check_inside,
+    auto_seeds,
     estimate_interior_radii,
     estimate_seed_radii,
     initial_mesh,
@@ -33,6 +34,7 @@ __all__ = [
     "one_line",
     "InitSpec",
     "check_inside",
+    "auto_seeds",
     "estimate_interior_radii",
     "estimate_seed_radii",
     "initial_mesh",

@@ -191,6 +191,37 @@ def read_seeds(path) -> tuple[np.ndarray, np.ndarray | None]:
     return c, np.asarray(radii, dtype=np.float64)
 
 
+def auto_seeds(
+    image: np.ndarray, spacing_um, blur_um=None, min_distance_um: float | None = None, threshold: float | None = None
+) -> np.ndarray:
+    """Seeds (n, 3) um for interior-stained objects: local maxima of the blurred image.
+
+    The image is blurred by a Gaussian of ``blur_um`` (default: 1 um per axis, about a nucleus'
+    radius / 3) so each filled object has one maximum near its centre; maxima at least
+    ``min_distance_um`` apart (default 2 um) above ``threshold`` (default: Otsu's threshold of
+    the blurred image) are kept, brightest first. Coordinates are relative to voxel (0, 0, 0).
+    """
+    from scipy.ndimage import gaussian_filter
+    from skimage.feature import peak_local_max
+    from skimage.filters import threshold_otsu
+
+    sp = np.asarray(spacing_um, dtype=float)
+    blur = np.broadcast_to(np.asarray(1.0 if blur_um is None else blur_um, dtype=float), (3,))
+    smooth = gaussian_filter(np.asarray(image, dtype=np.float64), blur / sp, mode="nearest")
+    level = threshold_otsu(smooth) if threshold is None else float(threshold)
+    dist = 2.0 if min_distance_um is None else float(min_distance_um)
+    # peak_local_max takes one distance in voxels: the smallest spacing's, then thinned in um
+    peaks = peak_local_max(smooth, min_distance=max(1, int(dist / sp.max())), threshold_abs=level, exclude_border=False)
+    if len(peaks) == 0:
+        raise InputError("no bright objects found for automatic seeds (the image has no contrast)")
+    order = np.argsort(-smooth[tuple(peaks.T)])
+    kept = []
+    for p in peaks[order] * sp:
+        if all(np.linalg.norm(p - q) >= dist for q in kept):
+            kept.append(p)
+    return np.array(kept)
+
+
 def estimate_interior_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur_um=None) -> np.ndarray:
     """Initial sphere radius (um) for each seed of a filled (interior-stained) object.
 
