@@ -721,8 +721,8 @@ def main(argv=None):
         row = {"case": name, "shape": meta["shape"], "spacing": list(case.spacing), "psf": case.psf,
                "cells": len(surf), "seed_radius": case.seed_radius, "watershed": ws, "watershed_s": t_ws}
         if not args.no_fit:
-            res, wall, cmd = run_fit_cli(d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta,
-                                        reuse=args.reuse)
+            res, wall, cmd = run_fit_cli(d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag,
+                                         meta, reuse=args.reuse)
             row["fit_cmd"] = cmd
             row["fit_s"] = wall
             if res is not None:
