@@ -78,9 +78,13 @@ def check_spacing(spacing, name: str = "spacing_um") -> tuple[float, float, floa
 def check_shape(shape, name: str = "shape") -> tuple[int, int, int]:
     """Three positive integers (z, y, x)."""
     try:
-        vals = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
+        items = list(shape)
+        vals = tuple(int(s) for s in items)
+        exact = all(not isinstance(s, bool) and float(s) == v for s, v in zip(items, vals))
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"{name} must be three integers (z, y, x), got {shape!r}") from None
+    if not exact:
+        raise ValueError(f"{name} must be three whole numbers of voxels (z, y, x), got {tuple(items)!r}")
     if len(vals) != 3 or any(s <= 0 for s in vals):
         raise ValueError(f"{name} must be three positive integers (z, y, x), got {vals}")
     return vals
@@ -142,3 +146,20 @@ def available_memory_bytes() -> float:
         return float(psutil.virtual_memory().available)
     except Exception:  # noqa: BLE001
         return 8 * 2**30
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """A torch device that exists here (a clear error for 'cuda' without a CUDA device)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={str(device)!r} requested but torch sees no CUDA device "
+                             "(this torch build or machine has none): use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name} must be 'cpu' or 'cuda', got {device!r}")
+    return dev

@@ -21,13 +21,66 @@ def _suffix(path) -> str:
 
 
 def get_reader(path):
-    """Return a reader function for ``path`` (or for a list of paths), or None if not ours."""
+    """Return a reader function for ``path`` (or for a list of paths), or None if not ours.
+
+    Only files this plugin can actually read are claimed: a TIFF must hold a 3D (Z, Y, X) stack
+    (2D images, RGB pictures, empty, damaged or non-TIFF files, missing paths and directories
+    are left to napari's own readers); a mesh file must exist and not be empty.
+    """
     paths = path if isinstance(path, (list, tuple)) else [path]
     if not paths:
         return None
-    if all(_suffix(p) in IMAGE_SUFFIXES + MESH_SUFFIXES for p in paths):
-        return read_layers
-    return None
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            return None
+        suffix = _suffix(p)
+        if suffix in IMAGE_SUFFIXES:
+            if not _is_3d_tiff(p):
+                return None
+        elif suffix in MESH_SUFFIXES:
+            try:
+                if not Path(p).is_file() or Path(p).stat().st_size == 0:
+                    return None
+            except OSError:
+                return None
+        else:
+            return None
+    return read_layers
+
+
+def _is_3d_tiff(path) -> bool:
+    """True if ``path`` is a readable TIFF whose first series is a (T)(C)ZYX stack (header only)."""
+    import logging
+
+    try:
+        p = Path(path)
+        if not p.is_file() or p.stat().st_size < 8:
+            return False
+        import tifffile
+
+        log = logging.getLogger("tifffile")
+        was = log.disabled
+        log.disabled = True
+        try:
+            with tifffile.TiffFile(p) as tf:
+                if not tf.series:
+                    return False
+                series = tf.series[0]
+                axes, shape = series.axes.upper(), tuple(series.shape)
+        finally:
+            log.disabled = was
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+    if len(axes) != len(shape) or 0 in shape:
+        return False
+    sizes = {a: n for a, n in zip(axes, shape)}
+    if "Y" not in sizes or "X" not in sizes:
+        return False
+    if "Z" in sizes:
+        return sizes["Z"] >= 2
+    # a plain page stack: exactly one unnamed axis longer than 1 is z
+    generic = [n for a, n in zip(axes, shape) if a in "IQ" and n > 1]
+    return len(generic) == 1 and generic[0] >= 2
 
 
 def read_layers(path) -> list[tuple]:

@@ -210,6 +210,10 @@ class FitConfig:
             self.iterations = tuple(_int("iterations", v, 0) for v in it)
         else:
             self.iterations = _int("iterations", it, 0)
+        total = sum(self.iterations) if isinstance(self.iterations, tuple) else self.iterations * len(lv)
+        if total < 1:
+            raise ValueError(f"FitConfig.iterations adds up to 0 over the levels {lv}: nothing would be fitted "
+                             "(give at least one iteration)")
         self.lr = _pos("lr", self.lr)
         self.lr_final_factor = _pos("lr_final_factor", self.lr_final_factor)
         if self.lr_final_factor > 1:

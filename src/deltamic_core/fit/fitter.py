@@ -182,13 +182,17 @@ class Fitter:
             raise TypeError(f"image must be a real numeric array, got dtype {img.dtype}")
         if not np.all(np.isfinite(img)):
             raise ValueError("image contains NaN or Inf")
+        if img.size and float(img.max()) == float(img.min()):
+            raise ValueError(f"image is constant (every voxel = {float(img.min()):g}): nothing to fit")
         if config.loss == "poisson" and img.min() < 0:
             raise ValueError("image has negative values: the Poisson loss needs counts (>= 0); use loss='mse' "
                              "or remove the camera offset")
         self.config = config
         self.spacing_um = check_spacing(spacing_um, "spacing_um")
         self.origin_um = check_vector3(origin_um, "origin_um")
-        self.device = torch.device(config.device)
+        from .._checks import check_device
+
+        self.device = check_device(config.device, "FitConfig.device")
         self.dtype = config.torch_dtype
         self._image = torch.as_tensor(img, dtype=torch.float32).to(self.device)
         self.psf = copy.deepcopy(psf).to(self.device)

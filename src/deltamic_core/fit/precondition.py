@@ -26,7 +26,12 @@ LAPLACIAN_KINDS = ("uniform", "cotangent", "robust")
 def _unique_edges(faces: np.ndarray) -> np.ndarray:
     e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], axis=0)
     e.sort(axis=1)
-    return np.unique(e, axis=0)
+    if len(e) == 0:
+        return e.reshape(0, 2)
+    # one int64 key per edge: a 1D unique is ~10x faster than np.unique(axis=0) on rows
+    n = int(e.max()) + 1
+    key = np.unique(e[:, 0].astype(np.int64) * n + e[:, 1])
+    return np.stack([key // n, key % n], axis=1)
 
 
 def mesh_laplacian(verts: np.ndarray, faces: np.ndarray, kind: str = "uniform") -> sp.csr_matrix:
@@ -52,10 +57,12 @@ def mesh_laplacian(verts: np.ndarray, faces: np.ndarray, kind: str = "uniform") 
     n = len(verts)
     if kind == "uniform":
         e = _unique_edges(faces)
-        a = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-        a = (a + a.T).tocsr()
-        deg = np.asarray(a.sum(axis=1)).ravel()
-        return (sp.diags(deg) - a).tocsr()
+        rows = np.concatenate([e[:, 0], e[:, 1]])
+        cols = np.concatenate([e[:, 1], e[:, 0]])
+        deg = np.bincount(rows, minlength=n).astype(np.float64)
+        idx = np.arange(n)
+        return sp.csr_matrix((np.concatenate([-np.ones(len(rows)), deg]),
+                              (np.concatenate([rows, idx]), np.concatenate([cols, idx]))), shape=(n, n))
     if kind == "cotangent":
         import gpytoolbox
 

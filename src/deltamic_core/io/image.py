@@ -17,7 +17,7 @@ import numpy as np
 from .._checks import check_spacing
 from ._atomic import atomic_write
 
-__all__ = ["ImageMeta", "read_image", "write_tiff", "unit_to_um"]
+__all__ = ["ImageMeta", "read_image", "write_tiff", "unit_to_um", "SpacingWarning", "InvalidSpacingError"]
 
 # Conversion factors to micrometres for the length units found in ImageJ and OME metadata.
 _UNIT_TO_UM = {
@@ -70,8 +70,11 @@ class ImageMeta:
     axes : str
         Axes of the returned array: 'ZYX' or 'TZYX'.
     spacing_source : str
-        'override' (the ``spacing_um`` argument), 'metadata' (read from the file) or 'default'
-        (nothing found: 1 um per axis assumed).
+        'override' (the ``spacing_um`` argument), 'metadata' (every axis read from the file),
+        'default' (nothing found: 1 um per axis assumed) or 'partial' (some axes from the file,
+        the others assumed: see ``spacing_sources``).
+    spacing_sources : tuple of 3 str
+        Per axis (z, y, x): 'override', 'metadata' or 'default' (assumed).
     shape : tuple of int
         Shape of the returned array.
     source_axes : str
@@ -96,6 +99,12 @@ class ImageMeta:
     channel_names: tuple[str, ...] = ()
     path: str = ""
     dtype: str = ""
+    spacing_sources: tuple[str, str, str] = ("default", "default", "default")
+
+    @property
+    def assumed_axes(self) -> tuple[str, ...]:
+        """Axes ('z', 'y', 'x') whose voxel size was assumed (neither in the file nor given)."""
+        return tuple(a for a, s in zip("zyx", self.spacing_sources) if s == "default")
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,27 +124,47 @@ def _resolution_to_size(tag_value) -> float | None:
     return den / num
 
 
-def _imagej_spacing(tf) -> tuple[tuple[float, float, float] | None, str]:
-    """Spacing (z, y, x) in um and normalised unit from ImageJ metadata (or None)."""
+def _imagej_spacing(tf) -> tuple[tuple | None, str, tuple[str, str, str]]:
+    """Spacing (z, y, x) in um, normalised unit and per-axis source from ImageJ metadata.
+
+    Per-axis sources are 'metadata' or 'default'. ImageJ itself assumes a voxel depth of 1 (in
+    the image's unit) when 'spacing' is absent; we use the same number (so both programs agree)
+    but report z as 'default'. A 'spacing' of 0, negative or not a number is an error: the file
+    says something wrong, not nothing.
+    """
     md = tf.imagej_metadata or {}
     unit = md.get("unit")
     factor = unit_to_um(unit) if unit is not None else None
     if factor is None:
-        return None, "pixel"
+        return None, "pixel", ("default",) * 3
     page = tf.pages[0]
     tags = page.tags
     sx = _resolution_to_size(tags["XResolution"].value) if "XResolution" in tags else None
     sy = _resolution_to_size(tags["YResolution"].value) if "YResolution" in tags else None
     if sx is None and sy is None:
-        return None, _canonical_unit(unit)
+        return None, _canonical_unit(unit), ("default",) * 3
     sx = sx if sx is not None else sy
     sy = sy if sy is not None else sx
-    # ImageJ's voxel depth defaults to 1 (in the image's unit) when 'spacing' is absent: use the
-    # same interpretation as Fiji so both programs agree on the geometry.
-    sz = float(md.get("spacing", 1.0))
-    if not (sz > 0 and np.isfinite(sz)):
-        sz = 1.0
-    return (sz * factor, sy * factor, sx * factor), _canonical_unit(unit)
+    if "spacing" in md:
+        try:
+            sz = float(md["spacing"])
+        except (TypeError, ValueError):
+            sz = float("nan")
+        if not (sz > 0 and np.isfinite(sz)):
+            raise InvalidSpacingError(f"the ImageJ metadata give a z step (spacing) of {md['spacing']!r}, "
+                                      "which is not a positive voxel size")
+        z_source = "metadata"
+    else:
+        sz, z_source = 1.0, "default"
+    return (sz * factor, sy * factor, sx * factor), _canonical_unit(unit), (z_source, "metadata", "metadata")
+
+
+class InvalidSpacingError(ValueError):
+    """The file's metadata state a voxel size that is 0, negative or not a number."""
+
+
+class SpacingWarning(UserWarning):
+    """Some axis of an image's voxel size was not in its metadata and was assumed."""
 
 
 def _canonical_unit(unit: str | None) -> str:
@@ -178,7 +207,10 @@ def _ome_info(tf) -> tuple[tuple[float | None, float | None, float | None], str,
             size = float(value) * factor if factor is not None else None
         except ValueError:
             size = None
-        sizes.append(size if size is not None and size > 0 and np.isfinite(size) else None)
+        if size is not None and not (size > 0 and np.isfinite(size)):
+            raise InvalidSpacingError(f"the OME metadata give PhysicalSize{ax}={value!r}, which is not a "
+                                      "positive voxel size")
+        sizes.append(size)
         if ax == "X" and size is not None:
             unit_x = _canonical_unit(unit)
     names = [ch.get("Name") or str(i) for i, ch in enumerate(el for el in pixels if _local(el.tag) == "Channel")]
@@ -263,33 +295,57 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
     if not Path(path).is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     override = check_spacing(spacing_um, "spacing_um") if spacing_um is not None else None
+    import logging
+    import warnings
+
+    tiff_log = logging.getLogger("tifffile")
+    log_was_disabled = tiff_log.disabled
+    tiff_log.disabled = True  # tifffile logs damaged files itself; the error below says it once
+    invalid = None
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             axes = series.axes.upper()
             data = series.asarray()
             dtype = str(data.dtype)
-            spacing, unit, source = None, "pixel", "default"
+            spacing, unit = None, "pixel"
+            sources = ("default",) * 3
             names: list[str] = []
-            if tf.is_ome:
-                (sz, sy, sx), unit, names = _ome_info(tf)
-                if sx is not None or sy is not None:
-                    sx = sx if sx is not None else sy
-                    sy = sy if sy is not None else sx
-                    spacing = (sz if sz is not None else 1.0, sy, sx)
-            elif tf.is_imagej:
-                spacing, unit = _imagej_spacing(tf)
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
+            try:
+                if tf.is_ome:
+                    (sz, sy, sx), unit, names = _ome_info(tf)
+                    if sx is not None or sy is not None:
+                        sources = tuple("metadata" if v is not None else "default" for v in (sz, sy, sx))
+                        sx = sx if sx is not None else sy
+                        sy = sy if sy is not None else sx
+                        sources = (sources[0], "metadata", "metadata")
+                        spacing = (sz if sz is not None else 1.0, sy, sx)
+                elif tf.is_imagej:
+                    spacing, unit, sources = _imagej_spacing(tf)
+            except InvalidSpacingError as exc:
+                invalid = exc
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, EOFError) as exc:
         if isinstance(exc, ValueError) and str(exc).startswith("unknown length unit"):
             raise ValueError(f"{path}: {exc}") from None
         raise ValueError(f"{path}: not a readable TIFF image ({type(exc).__name__}: {exc})") from None
+    finally:
+        tiff_log.disabled = log_was_disabled
 
-    if spacing is not None:
-        source = "metadata"
     if override is not None:
-        spacing, source = override, "override"
-    if spacing is None:
-        spacing = (1.0, 1.0, 1.0)
+        spacing, source, sources = override, "override", ("override",) * 3
+    elif invalid is not None:
+        raise ValueError(f"{path}: {invalid}; give the voxel size explicitly") from None
+    else:
+        if spacing is None:
+            spacing, sources = (1.0, 1.0, 1.0), ("default",) * 3
+        source = ("metadata" if all(s == "metadata" for s in sources)
+                  else "default" if all(s == "default" for s in sources) else "partial")
+        if source != "metadata":
+            missing = [a for a, s in zip("zyx", sources) if s == "default"]
+            warnings.warn(SpacingWarning(
+                f"{path}: no voxel size for axis {', '.join(missing)} in the file's metadata: assuming "
+                + ", ".join(f"{a} = {v:g} um" for a, v, s in zip("zyx", spacing, sources) if s == "default")),
+                stacklevel=2)
 
     if data.ndim != len(axes):
         raise ValueError(f"{path}: tifffile reported axes {axes!r} for an array of shape {data.shape}")
@@ -332,6 +388,7 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
         channel_names=chan_names,
         path=path,
         dtype=dtype,
+        spacing_sources=tuple(sources),
     )
     return image, meta
 
@@ -392,6 +449,7 @@ def write_tiff(path, array, spacing_um, axes: str = "ZYX") -> None:
             tmp,
             data,
             imagej=True,
+            software="deltamic",  # outdir.TIFF_SOFTWARE: lets --overwrite prove the file is ours
             resolution=(1.0 / sx, 1.0 / sy),
             metadata=metadata,
         )

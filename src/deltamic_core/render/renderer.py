@@ -143,7 +143,9 @@ class Renderer:
         self.psf = psf
         self.dtype = dtype
         self.complex_dtype = dtype.to_complex()
-        self.device = torch.device(device)
+        from .._checks import check_device
+
+        self.device = check_device(device)
         self.backend = backend
         self.max_memory_bytes = max_memory_bytes
         self.band_threshold = check_band_threshold(band_threshold)

@@ -1,0 +1,247 @@
+"""Checks that keep a measurement from being silently wrong (issue 10, cases 5 and 6).
+
+- :func:`prepare_cells`: an unlabelled mesh is split into its connected components, one cell
+  each; every cell surface must be closed (open ones are repaired by filling small holes when
+  that closes them, and the repair is reported, else refused); cells must not overlap (a
+  vertex of one cell strictly inside another is refused).
+- :func:`check_seed_radii` refuses seeds smaller than about a voxel;
+  :func:`shrink_overlapping_seeds` shrinks overlapping seed spheres until they touch and says
+  how many (the one rule used by the command line and by seeds clicked in napari).
+- :func:`check_fit_cost`: seeds per voxel and faces per voxel, refused with the figure before
+  any work starts.
+
+Every refusal is a ``ValueError`` in the user's terms (cells, seeds, voxels).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..mesh import Mesh
+
+__all__ = ["prepare_cells", "check_seed_radii", "shrink_overlapping_seeds", "check_fit_cost",
+           "MIN_VOXELS_PER_SEED", "MAX_FACES_PER_VOXEL", "total_area"]
+
+# a cell must span a few voxels (3 x 3 x 3) to be measured at all
+MIN_VOXELS_PER_SEED = 27
+# the fit's cost grows with faces x band frequencies; a mesh finer than the voxel grid only
+# costs time (its detail is below the image's resolution)
+MAX_FACES_PER_VOXEL = 2.0
+
+
+def total_area(mesh: Mesh) -> float:
+    v, f = np.asarray(mesh.verts, float), np.asarray(mesh.faces)
+    if len(f) == 0:
+        return 0.0
+    return float(0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1).sum())
+
+
+def _open_edges(faces: np.ndarray, n_verts: int) -> int:
+    """Number of edges not shared by exactly two faces (0 for a closed 2-manifold surface)."""
+    if len(faces) == 0:
+        return 0
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    e.sort(axis=1)
+    key = e[:, 0].astype(np.int64) * int(n_verts) + e[:, 1]
+    _, counts = np.unique(key, return_counts=True)
+    return int(np.count_nonzero(counts != 2))
+
+
+def _cell_faces(mesh: Mesh, cell: int) -> np.ndarray:
+    lab = mesh.labels
+    sel = (lab[:, 0] == cell) | (lab[:, 1] == cell)
+    return np.asarray(mesh.faces)[sel]
+
+
+def prepare_cells(mesh: Mesh, *, what: str = "mesh", repair: bool = True) -> tuple[Mesh, list[str]]:
+    """Cells ready to measure or fit: split, closed, not overlapping.
+
+    Parameters
+    ----------
+    mesh : Mesh
+        Unlabelled (every connected component becomes a cell 1..n, in order of first face) or
+        labelled (each cell's faces must form a closed surface).
+    what : str
+        How to name the mesh in messages (e.g. ``"--init mesh 'a.ply'"``).
+    repair : bool
+        Fill holes of open components when that closes them (reported in the notes).
+
+    Returns
+    -------
+    (mesh, notes): the labelled mesh and one line per thing done (split, repaired).
+
+    Raises
+    ------
+    ValueError
+        An open surface that cannot be repaired, overlapping or nested cells, a cell of zero
+        volume.
+    """
+    import trimesh
+
+    notes: list[str] = []
+    verts = np.asarray(mesh.verts, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if mesh.labels is not None:
+        ids = [int(c) for c in np.unique(mesh.labels) if c != 0]
+        for c in ids:
+            if _open_edges(_cell_faces(mesh, c), len(verts)):
+                raise ValueError(f"{what}: the surface of cell {c} is not closed (it has "
+                                 f"{_open_edges(_cell_faces(mesh, c), len(verts))} open edges): "
+                                 "its volume and sphericity would be wrong")
+        cells = [(c, _cell_faces(mesh, c)) for c in ids]
+        out = mesh
+    else:
+        tm = trimesh.Trimesh(verts, faces, process=True)  # merges coincident vertices (seams)
+        parts = _components(np.asarray(tm.vertices), np.asarray(tm.faces))
+        pieces = []
+        repaired = 0
+        for i, (pv, pf) in enumerate(parts, start=1):
+            p = trimesh.Trimesh(pv, pf, process=False)
+            if _open_edges(np.asarray(p.faces), len(p.vertices)):
+                if repair:
+                    trimesh.repair.fill_holes(p)
+                if _open_edges(np.asarray(p.faces), len(p.vertices)):
+                    raise ValueError(
+                        f"{what}: component {i} of {len(parts)} is an open surface "
+                        f"({_open_edges(np.asarray(p.faces), len(p.vertices))} boundary edges) that could not be "
+                        "closed: a cell must be a closed surface")
+                repaired += 1
+            pieces.append(p)
+        if repaired:
+            notes.append(f"{what}: closed the holes of {repaired} open surface(s)")
+        if len(pieces) > 1:
+            notes.append(f"{what}: {len(pieces)} separate closed surfaces, taken as {len(pieces)} cells")
+        from .ops import merge_meshes
+
+        cell_meshes = []
+        for p in pieces:
+            v, f = np.asarray(p.vertices, np.float64), np.asarray(p.faces, np.int64)
+            cell_meshes.append(Mesh(v, f))
+        out = merge_meshes(cell_meshes) if len(cell_meshes) > 1 else _single(cell_meshes[0])
+        out.metadata = dict(mesh.metadata or {})
+        cells = [(c, _cell_faces(out, c)) for c in range(1, len(cell_meshes) + 1)]
+        verts = np.asarray(out.verts)
+    # zero-volume cells and overlaps
+    tms = []
+    for c, f in cells:
+        t = trimesh.Trimesh(verts, f, process=False)
+        t.remove_unreferenced_vertices()
+        vol = abs(float(t.volume)) if len(t.faces) else 0.0
+        ext = float(np.ptp(t.vertices, axis=0).max()) if len(t.vertices) else 0.0
+        if not vol > 1e-9 * max(ext, 1e-12) ** 3 or not vol > 0:
+            raise ValueError(f"{what}: cell {c} encloses no volume (degenerate surface)")
+        tms.append((c, t))
+    if len(tms) > 1 and mesh.labels is None:
+        _check_no_overlap(tms, what)
+    return out, notes
+
+
+def _components(v: np.ndarray, f: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Connected components (through shared vertices), in order of their first face."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(v)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]]])
+    g = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    face_comp = comp[f[:, 0]]
+    order = list(dict.fromkeys(face_comp.tolist()))
+    out = []
+    for c in order:
+        ff = f[face_comp == c]
+        used = np.unique(ff)
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        out.append((v[used], remap[ff]))
+    return out
+
+
+def _single(m: Mesh) -> Mesh:
+    from .ops import merge_meshes
+
+    return merge_meshes([m])
+
+
+def _check_no_overlap(tms, what: str) -> None:
+    lo = np.array([t.bounds[0] for _, t in tms])
+    hi = np.array([t.bounds[1] for _, t in tms])
+    for i in range(len(tms)):
+        for j in range(len(tms)):
+            if i == j or np.any(lo[i] > hi[j]) or np.any(hi[i] < lo[j]):
+                continue
+            ci, ti = tms[i]
+            cj, tj = tms[j]
+            pts = ti.vertices
+            box = np.all((pts >= lo[j]) & (pts <= hi[j]), axis=1)
+            if not box.any():
+                continue
+            wn = _winding_inside(tj, pts[box])
+            if wn.any():
+                raise ValueError(f"{what}: cells {ci} and {cj} overlap (surface {ci} lies partly inside "
+                                 f"surface {cj}): their volumes would be counted twice")
+
+
+def _winding_inside(t, pts) -> np.ndarray:
+    try:
+        import gpytoolbox
+
+        w = gpytoolbox.winding_number(np.asarray(pts, float), np.asarray(t.vertices, float),
+                                      np.asarray(t.faces, np.int32))
+        return np.abs(w) > 0.5
+    except Exception:  # noqa: BLE001 - fall back to trimesh's ray test
+        return np.asarray(t.contains(pts), bool)
+
+
+def check_seed_radii(radii_um, spacing_um, *, what: str = "seed") -> None:
+    """Refuse seeds whose radius is below the smallest voxel size (nothing to measure)."""
+    r = np.asarray(radii_um, dtype=float).ravel()
+    vox = float(np.min(spacing_um))
+    small = np.flatnonzero(~(r >= vox))
+    if small.size:
+        i = int(small[0])
+        raise ValueError(f"{what} {i + 1} has radius {r[i]:.3g} um, smaller than a voxel ({vox:.3g} um)"
+                         + (f" ({small.size} such seeds)" if small.size > 1 else "")
+                         + ": a cell must span a few voxels")
+
+
+def shrink_overlapping_seeds(centres_um, radii_um) -> tuple[np.ndarray, int]:
+    """Shrink the radii of overlapping seed spheres until they touch.
+
+    Each radius is multiplied by min over its overlapping neighbours j of d_ij / (r_i + r_j),
+    so no two spheres overlap afterwards and the most overlapping pair touches. Returns
+    ``(radii, number of seeds shrunk)``.
+    """
+    from scipy.spatial import cKDTree
+
+    c = np.asarray(centres_um, dtype=float).reshape(-1, 3)
+    r = np.asarray(radii_um, dtype=float).reshape(-1).copy()
+    if len(c) < 2:
+        return r, 0
+    pairs = cKDTree(c).query_pairs(2.0 * float(r.max()), output_type="ndarray")
+    if len(pairs) == 0:
+        return r, 0
+    i, j = pairs[:, 0], pairs[:, 1]
+    d = np.linalg.norm(c[i] - c[j], axis=1)
+    f = d / (r[i] + r[j])
+    over = f < 1.0
+    factor = np.ones(len(r))
+    np.minimum.at(factor, i[over], f[over])
+    np.minimum.at(factor, j[over], f[over])
+    n = int(np.count_nonzero(factor < 1.0))
+    return r * factor, n
+
+
+def check_fit_cost(shape, *, n_seeds: int | None = None, n_faces: int | None = None) -> None:
+    """Refuse a fit whose cells are smaller than the voxel grid can hold (before any work).
+
+    ``n_seeds`` cells need at least :data:`MIN_VOXELS_PER_SEED` voxels each; a mesh may have at
+    most :data:`MAX_FACES_PER_VOXEL` triangles per voxel.
+    """
+    n_vox = int(np.prod([int(s) for s in shape[-3:]]))
+    if n_seeds is not None and n_seeds * MIN_VOXELS_PER_SEED > n_vox:
+        raise ValueError(f"{n_seeds} cells in an image of {n_vox} voxels is {n_vox / n_seeds:.3g} voxels per cell; "
+                         f"each cell needs at least {MIN_VOXELS_PER_SEED} (3 x 3 x 3): too many seeds for this image")
+    if n_faces is not None and n_faces > MAX_FACES_PER_VOXEL * n_vox:
+        raise ValueError(f"the mesh has {n_faces} triangles for {n_vox} voxels ({n_faces / n_vox:.3g} per voxel, "
+                         f"at most {MAX_FACES_PER_VOXEL:g}): its detail is finer than the image; use fewer cells "
+                         "or a coarser mesh (a longer edge length)")

@@ -1,0 +1,431 @@
+"""Issue 10: never lose a user's data, never return a silently wrong measurement.
+
+One regression test (or a few) per numbered case of the issue; the case number is in the name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import trimesh
+
+from deltamic_core.io import outdir
+from deltamic_core.io.outdir import MANIFEST_NAME, OutputError
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def _tree(root: Path) -> dict:
+    """relative path -> sha256 of every file below root (the user's data, to compare)."""
+    return {p.relative_to(root).as_posix(): _sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _publish(out: Path, files: dict, **kw) -> None:
+    with outdir.staged_output(out, **kw) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. the output deletes the input / ownership must be proven
+# ---------------------------------------------------------------------------------------------
+def test_case01_directory_with_user_files_named_like_outputs_is_refused(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "image.tif").write_bytes(b"raw data")
+    (data / "measurements.csv").write_text("hand,made\n")
+    before = _tree(data)
+    with pytest.raises(OutputError, match="did not write"):
+        outdir.check_output_dir(data, overwrite=True)
+    with pytest.raises(OutputError):
+        _publish(data, {"report.json": "{}"}, overwrite=True)
+    assert _tree(data) == before
+
+
+def test_case01_input_inside_the_output_is_refused_even_if_ours(tmp_path):
+    out = tmp_path / "out"
+    _publish(out, {"labels.tif": "ours"})
+    assert outdir.is_ours(out)
+    with pytest.raises(OutputError, match="contains the input"):
+        outdir.check_output_dir(out, overwrite=True, inputs=[out / "labels.tif"])
+    with pytest.raises(OutputError, match="contains the input"):
+        outdir.check_output_dir(tmp_path / "out", overwrite=True, inputs=[str(out / "x" / ".." / "labels.tif")])
+
+
+def test_case01_changed_or_extended_output_is_not_replaced(tmp_path):
+    out = tmp_path / "out"
+    _publish(out, {"a.csv": "1", "b.csv": "2"})
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        outdir.check_output_dir(out, overwrite=True)
+    (out / "notes.txt").unlink()
+    (out / "a.csv").write_text("edited by hand")
+    with pytest.raises(OutputError, match="changed"):
+        outdir.check_output_dir(out, overwrite=True)
+    (out / "a.csv").write_text("1")
+    outdir.check_output_dir(out, overwrite=True)  # identical again: ours
+    _publish(out, {"c.csv": "3"}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME) == ["c.csv"]
+
+
+def test_case01_a_forged_manifest_does_not_make_a_directory_ours(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "raw.tif").write_bytes(b"x")
+    (d / MANIFEST_NAME).write_text(json.dumps({"tool": "deltamic", "files": {}}))
+    with pytest.raises(OutputError):
+        outdir.check_output_dir(d, overwrite=True)
+    assert (d / "raw.tif").read_bytes() == b"x"
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. the output location is validated before any work; stale staging dirs are swept
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [".", "..", "", "./", "sub/.."])
+def test_case03_dot_and_dotdot_are_refused_up_front(bad, tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub" if bad == ".." else tmp_path)
+    with pytest.raises(OutputError):
+        outdir.check_output_dir(bad)
+
+
+def test_case03_missing_parent_file_and_read_only_parent(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        outdir.check_output_dir(tmp_path / "nope" / "out")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        outdir.check_output_dir(tmp_path / "f")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(OutputError, match="not writable"):
+            outdir.check_output_dir(ro / "out")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_case03_ancestor_of_cwd_is_refused(tmp_path, monkeypatch):
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    with pytest.raises(OutputError, match="current directory"):
+        outdir.check_output_dir(tmp_path / "a")
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_case03_stale_partials_of_dead_runs_are_swept_only_if_ours(tmp_path):
+    pid = _dead_pid()
+    stale = tmp_path / f".out.partial-{pid}-0123abcd"
+    stale.mkdir()
+    (stale / outdir.MARKER_NAME).write_text("{}")
+    (stale / "mesh.ply").write_text("half")
+    foreign = tmp_path / f".out.partial-{pid}-89abcdef"  # same pattern, no marker: not ours
+    foreign.mkdir()
+    (foreign / "x").write_text("keep")
+    alive = tmp_path / f".out.partial-{os.getppid()}-00000000"  # a live process: never touched
+    alive.mkdir()
+    (alive / outdir.MARKER_NAME).write_text("{}")
+    outdir.check_output_dir(tmp_path / "out")
+    assert not stale.exists() and foreign.exists() and alive.exists()
+
+
+def test_case03_failure_inside_the_block_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with outdir.staged_output(out) as tmp:
+            (tmp / "a").write_text("1")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. silent overwrite
+# ---------------------------------------------------------------------------------------------
+def test_case07_rerun_needs_overwrite(tmp_path):
+    out = tmp_path / "out"
+    _publish(out, {"a": "1"})
+    with pytest.raises(OutputError, match="--overwrite"):
+        outdir.check_output_dir(out)
+    _publish(out, {"a": "2"}, overwrite=True)
+    assert (out / "a").read_text() == "2"
+
+
+def test_case07_single_file_only_overwritten_with_flag_and_only_ours(tmp_path):
+    from deltamic_core.io import write_tiff
+
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(raw, np.zeros((3, 4, 4), np.uint16))
+    with pytest.raises(OutputError, match="--overwrite"):
+        outdir.check_output_file(raw)
+    with pytest.raises(OutputError, match="not written by deltamic"):
+        outdir.check_output_file(raw, overwrite=True)
+    ours = tmp_path / "ours.tif"
+    write_tiff(ours, np.zeros((3, 4, 4), np.float32), (1, 1, 1))
+    outdir.check_output_file(ours, overwrite=True)
+    with pytest.raises(OutputError, match="input"):
+        outdir.check_output_file(ours, overwrite=True, inputs=[ours])
+
+
+def test_exchange_keeps_old_or_new_complete(tmp_path):
+    """The publish step swaps atomically: no instant without a complete result."""
+    out = tmp_path / "out"
+    _publish(out, {"a": "old"})
+    old_inode = out.stat().st_ino
+    _publish(out, {"a": "new"}, overwrite=True)
+    assert out.stat().st_ino != old_inode and (out / "a").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_collection_root_files_and_items(tmp_path):
+    root = tmp_path / "batch"
+    col = outdir.Collection(root).open()
+    col.write_text("summary.csv", "a\n")
+    col.write_text("summary.csv", "b\n")
+    with col.stage_item("item1") as tmp:
+        (tmp / "report.json").write_text("{}")
+    assert outdir.Collection(root).problem() is None
+    outdir.check_output_dir(root, resume=True)
+    (root / "stray.txt").write_text("user")
+    with pytest.raises(OutputError):
+        outdir.check_output_dir(root, resume=True)
+    for bad in ("", ".", "..", ".hidden", "a/b"):
+        with pytest.raises(ValueError):
+            col.item(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. spacing provenance
+# ---------------------------------------------------------------------------------------------
+def _imagej(path, spacing=None, unit="um", xy=0.5):
+    md = {"axes": "ZYX", "unit": unit}
+    if spacing is not None:
+        md["spacing"] = spacing
+    tifffile.imwrite(path, np.random.default_rng(0).random((5, 8, 8)).astype(np.float32), imagej=True,
+                     resolution=(1 / xy, 1 / xy), metadata=md)
+
+
+def test_case04_imagej_without_z_step_warns_and_says_default(tmp_path):
+    from deltamic_core.io import read_image
+    from deltamic_core.io.image import SpacingWarning
+
+    _imagej(tmp_path / "a.tif")
+    with pytest.warns(SpacingWarning, match="axis z"):
+        _, meta = read_image(tmp_path / "a.tif")
+    assert meta.spacing_sources == ("default", "metadata", "metadata")
+    assert meta.spacing_source == "partial" and meta.assumed_axes == ("z",)
+    _imagej(tmp_path / "b.tif", spacing=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, meta = read_image(tmp_path / "b.tif")
+    assert meta.spacing_source == "metadata" and meta.spacing_um == (2.0, 0.5, 0.5)
+
+
+def test_case04_spacing_zero_is_refused(tmp_path):
+    from deltamic_core.io import read_image
+
+    _imagej(tmp_path / "z0.tif", spacing=0.0)
+    with pytest.raises(ValueError, match="not a positive voxel size"):
+        read_image(tmp_path / "z0.tif")
+    _, meta = read_image(tmp_path / "z0.tif", spacing_um=(1, 1, 1))  # an explicit size is fine
+    assert meta.spacing_source == "override"
+
+
+def test_case04_ome_without_physical_size_z(tmp_path):
+    from deltamic_core.io import read_image
+    from deltamic_core.io.image import SpacingWarning
+
+    p = tmp_path / "o.ome.tif"
+    tifffile.imwrite(p, np.random.default_rng(0).random((5, 8, 8)).astype(np.float32),
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3})
+    with pytest.warns(SpacingWarning):
+        _, meta = read_image(p)
+    assert meta.spacing_sources[0] == "default" and meta.spacing_um[1:] == (0.3, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. truncated TIFF: no tifffile log lines
+# ---------------------------------------------------------------------------------------------
+def test_case09_truncated_tiff_logs_nothing(tmp_path, caplog):
+    from deltamic_core.io import read_image
+
+    p = tmp_path / "t.tif"
+    tifffile.imwrite(p, np.random.default_rng(0).random((6, 32, 32)).astype(np.float32))
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ValueError):
+            read_image(p)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. silently wrong measurements
+# ---------------------------------------------------------------------------------------------
+def _sphere(c, r, s=3):
+    m = trimesh.creation.icosphere(subdivisions=s, radius=r)
+    m.vertices += np.asarray(c)
+    return m
+
+
+def test_case05_two_cells_without_labels_become_two_cells():
+    from deltamic_core.geometry import measure
+    from deltamic_core.geometry.validate import prepare_cells
+    from deltamic_core.mesh import Mesh
+
+    both = trimesh.util.concatenate([_sphere((0, 0, 0), 2.0), _sphere((0, 0, 10), 3.0)])
+    mesh, notes = prepare_cells(Mesh(np.asarray(both.vertices), np.asarray(both.faces)))
+    assert mesh.n_cells == 2 and any("2 cells" in n for n in notes)
+    vols = sorted(np.asarray(measure(mesh)["volume_um3"]).tolist())
+    exact = sorted([_sphere((0, 0, 0), 2.0).volume, _sphere((0, 0, 0), 3.0).volume])
+    np.testing.assert_allclose(vols, exact, rtol=1e-9)
+
+
+def test_case05_open_mesh_is_repaired_or_refused():
+    from deltamic_core.geometry import measure
+    from deltamic_core.geometry.validate import prepare_cells
+    from deltamic_core.mesh import Mesh
+
+    s = _sphere((0, 0, 0), 2.0)
+    one_hole = np.asarray(s.faces)[1:]  # a single missing triangle: fill_holes closes it
+    mesh, notes = prepare_cells(Mesh(np.asarray(s.vertices), one_hole))
+    assert any("closed the holes" in n for n in notes)
+    sph = float(np.asarray(measure(mesh)["sphericity"])[0])
+    assert sph <= 1.0
+    # a hemisphere (a big hole, no planar patch): refused, never a sphericity > 1
+    v = np.asarray(s.vertices)
+    f = np.asarray(s.faces)
+    keep = np.all(v[f][:, :, 2] > -0.3, axis=1)
+    with pytest.raises(ValueError, match="open surface|not closed"):
+        prepare_cells(Mesh(v, f[keep]))
+
+
+def test_case05_overlapping_shells_are_refused():
+    from deltamic_core.geometry.validate import prepare_cells
+    from deltamic_core.mesh import Mesh
+
+    both = trimesh.util.concatenate([_sphere((0, 0, 0), 3.0), _sphere((0, 0, 2), 3.0)])
+    with pytest.raises(ValueError, match="overlap"):
+        prepare_cells(Mesh(np.asarray(both.vertices), np.asarray(both.faces)))
+    nested = trimesh.util.concatenate([_sphere((0, 0, 0), 3.0), _sphere((0, 0, 0), 1.0)])
+    with pytest.raises(ValueError, match="overlap"):
+        prepare_cells(Mesh(np.asarray(nested.vertices), np.asarray(nested.faces)))
+
+
+def test_case05_tiny_seed_refused_and_overlapping_seeds_shrunk():
+    from deltamic_core.geometry.validate import check_seed_radii, shrink_overlapping_seeds
+
+    with pytest.raises(ValueError, match="smaller than a voxel"):
+        check_seed_radii([2.0, 0.01], (0.5, 0.25, 0.25))
+    check_seed_radii([2.0, 0.3], (0.5, 0.25, 0.25))
+    c = np.array([[0, 0, 0], [0, 0, 3.0], [0, 0, 20.0]])
+    r, n = shrink_overlapping_seeds(c, [2.0, 2.0, 2.0])
+    assert n == 2
+    np.testing.assert_allclose(r, [1.5, 1.5, 2.0])
+    from scipy.spatial.distance import pdist
+
+    d = pdist(c)
+    rs = np.add.outer(r, r)[np.triu_indices(3, 1)]
+    assert np.all(rs <= d + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. hang: cost check up front, a Laplacian that scales
+# ---------------------------------------------------------------------------------------------
+def test_case06_too_many_seeds_refused_with_the_figure():
+    from deltamic_core.geometry.validate import check_fit_cost
+
+    with pytest.raises(ValueError, match=r"2\.46 voxels per cell"):
+        check_fit_cost((24, 32, 32), n_seeds=10000)
+    with pytest.raises(ValueError, match="per voxel"):
+        check_fit_cost((24, 32, 32), n_faces=10000 * 1280)
+    check_fit_cost((24, 32, 32), n_seeds=10, n_faces=10 * 320)
+
+
+def test_case06_laplacian_matches_the_definition_and_scales():
+    import scipy.sparse as sp
+
+    from deltamic_core.fit.precondition import mesh_laplacian
+
+    s = _sphere((0, 0, 0), 1.0, 2)
+    v, f = np.asarray(s.vertices), np.asarray(s.faces)
+    lap = mesh_laplacian(v, f).toarray()
+    ref = np.zeros_like(lap)  # D - A from the edge list, written out
+    for a, b in {tuple(sorted(e)) for t in f for e in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}:
+        ref[a, b] = ref[b, a] = -1
+    ref[np.diag_indices_from(ref)] = -ref.sum(1)
+    np.testing.assert_array_equal(lap, ref)
+    # 2.6 M faces (2,000 seed spheres of 1280): well under a few seconds
+    big = np.concatenate([f + i * len(v) for i in range(2000)] * 20)
+    t0 = time.perf_counter()
+    L = mesh_laplacian(np.zeros((2000 * len(v), 3)), big)
+    assert isinstance(L, sp.csr_matrix) and L.shape[0] == 2000 * len(v)
+    assert time.perf_counter() - t0 < 60  # was > 120 s for 12.8 M faces; a generous bound
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. napari reader claims only what it can read
+# ---------------------------------------------------------------------------------------------
+def test_case10_get_reader_returns_none_for_what_it_cannot_read(tmp_path):
+    from napari_deltamic._reader import get_reader
+
+    tifffile.imwrite(tmp_path / "2d.tif", np.zeros((8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "text.tif").write_text("hello, not a tiff")
+    (tmp_path / "dir.tif").mkdir()
+    (tmp_path / "empty.ply").write_bytes(b"")
+    for name in ("2d.tif", "rgb.tif", "empty.tif", "text.tif", "missing.tif", "dir.tif", "empty.ply"):
+        assert get_reader(str(tmp_path / name)) is None, name
+    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((4, 8, 8), np.uint8))
+    assert get_reader(str(tmp_path / "ok.tif")) is not None
+    assert get_reader([str(tmp_path / "ok.tif"), str(tmp_path / "2d.tif")]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. API edges
+# ---------------------------------------------------------------------------------------------
+def test_case11_api_edges():
+    import torch
+
+    from deltamic_core.fit import FitConfig, Fitter
+    from deltamic_core.geometry import icosphere
+    from deltamic_core.psf import GaussianPSF
+    from deltamic_core.render import Renderer
+
+    psf = GaussianPSF(sigma_um=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="whole numbers"):
+        Renderer((24.5, 32, 32), (1, 1, 1), psf)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Renderer((8, 8, 8), (1, 1, 1), psf, device="cuda")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Fitter(np.random.rand(8, 8, 8), (1, 1, 1), icosphere((4, 4, 4), 2, 1), psf, FitConfig(device="cuda"))
+    with pytest.raises(ValueError, match="adds up to 0"):
+        FitConfig(iterations=0)
+    with pytest.raises(ValueError, match="constant"):
+        Fitter(np.ones((8, 8, 8)), (1, 1, 1), icosphere((4, 4, 4), 2, 1), psf, FitConfig(iterations=1))
+    f = Fitter(np.random.default_rng(0).random((12, 12, 12)), (1, 1, 1), icosphere((6, 6, 6), 3, 1), psf,
+               FitConfig(iterations=1, levels=(1,)))
+    f.run()
+    res = f.run()  # a complete fit: returns at once
+    assert res.iterations == 1
