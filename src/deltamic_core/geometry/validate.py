@@ -245,3 +245,20 @@ def check_fit_cost(shape, *, n_seeds: int | None = None, n_faces: int | None = N
         raise ValueError(f"the mesh has {n_faces} triangles for {n_vox} voxels ({n_faces / n_vox:.3g} per voxel, "
                          f"at most {MAX_FACES_PER_VOXEL:g}): its detail is finer than the image; use fewer cells "
                          "or a coarser mesh (a longer edge length)")
+
+
+#: a Gaussian PSF narrower than this fraction of a voxel is not resolved by the image (and the
+#: exact render of it needs a very oversampled band: the fit would crawl)
+MIN_SIGMA_VOXELS = 0.25
+
+
+def check_psf_width(sigma_um, spacing_um, *, what: str = "the PSF sigma") -> None:
+    """Refuse a Gaussian PSF narrower than :data:`MIN_SIGMA_VOXELS` voxels on some axis."""
+    s = np.broadcast_to(np.asarray(sigma_um, dtype=float), (3,))
+    sp = np.asarray(spacing_um, dtype=float)
+    bad = [a for a, si, d in zip("zyx", s, sp) if not si >= MIN_SIGMA_VOXELS * d]
+    if bad:
+        a = "zyx".index(bad[0])
+        raise ValueError(f"{what} {s[a]:.3g} um on {bad[0]} is below {MIN_SIGMA_VOXELS:g} voxel "
+                         f"({MIN_SIGMA_VOXELS * sp[a]:.3g} um): the image cannot resolve it (use at least that)")
+

@@ -76,7 +76,11 @@ def atomic_write(path, mode: str = "wb", *, encoding: str | None = None):
             os.chmod(tmp, mode_bits)
         except OSError:
             pass
+        from .outdir import fault_point
+
+        fault_point(f"write {target.name}")
         os.replace(tmp, target)
+        fault_point(f"replace {target.name}")
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -61,7 +61,9 @@ class OutputError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # fault injection (tests): DELTAMIC_TEST_KILL_AT=n kills the process with SIGKILL at the n-th
-# write step (file written, directory created, rename); counted per process.
+# write step (file written, directory created, rename), counted per process; with
+# DELTAMIC_TEST_KILL_GROUP=1 the whole process group (a batch and its dask workers) is killed.
+# DELTAMIC_TEST_FAULT_LOG=path appends one line per step (to count the steps of a run).
 # ---------------------------------------------------------------------------------------------
 _FAULT = {"n": 0}
 
@@ -69,12 +71,18 @@ _FAULT = {"n": 0}
 def fault_point(what: str = "") -> None:
     """A write step; with ``DELTAMIC_TEST_KILL_AT=n`` the n-th step kills this process."""
     at = os.environ.get("DELTAMIC_TEST_KILL_AT")
-    if not at:
+    log = os.environ.get("DELTAMIC_TEST_FAULT_LOG")
+    if not at and not log:
         return
     _FAULT["n"] += 1
-    if _FAULT["n"] == int(at):
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {_FAULT['n']} {what}\n")
+    if at and _FAULT["n"] == int(at):
         import signal
 
+        if os.environ.get("DELTAMIC_TEST_KILL_GROUP") == "1":
+            os.killpg(os.getpgid(0), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -369,6 +377,9 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False, inputs
     absolute = _check_location(outp, option, "file")
     if _inputs_inside(absolute, inputs):
         raise OutputError(f"{option} {str(outp)!r} is an input of this command: choose another output file")
+    if read_manifest(absolute.parent) is not None:
+        raise OutputError(f"{option} {str(outp)!r} is inside a deltamic output directory (adding or replacing a "
+                          "file there would spoil it): choose another location")
     if not absolute.exists():
         return absolute
     if absolute.is_dir():
@@ -646,3 +657,30 @@ class Collection:
         if final.exists() and not (is_ours(final) or (final.is_dir() and not any(final.iterdir()))):
             raise OutputError(f"{str(final)!r} holds files deltamic did not write: not replacing it")
         return staged_output(final, overwrite=True, checked=True)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_item_name(stem: str) -> str:
+    """A non-empty, safe directory name for ``stem`` (``Path.stem`` of an input).
+
+    Characters outside ``[A-Za-z0-9._+-]`` become ``_``; leading dots are dropped (a hidden or
+    ``..`` name could collapse onto the root); an empty result becomes ``item``.
+    """
+    name = _UNSAFE.sub("_", str(stem)).lstrip(".")
+    name = name.strip() or "item"
+    return name[:200]
+
+
+def unique_item_names(stems) -> list[str]:
+    """:func:`safe_item_name` of each stem, de-duplicated in order with ``-2``, ``-3``... suffixes."""
+    out, seen = [], set()
+    for s in stems:
+        base = safe_item_name(s)
+        name, k = base, 2
+        while name.lower() in seen:
+            name, k = f"{base}-{k}", k + 1
+        seen.add(name.lower())
+        out.append(name)
+    return out
