@@ -21,9 +21,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 import tifffile  # noqa: E402
 
-FAST = settings(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+def FAST(n):
+    return settings(max_examples=n, derandomize=True, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                           HealthCheck.data_too_large])
 COUNTS = {}
 
 
@@ -68,9 +69,8 @@ _SPACINGS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), 
                       st.floats(1e-3, 10.0))
 
 
-@FAST
+@FAST(500)
 @given(data=st.data())
-@settings(max_examples=500)
 def test_fuzz_read_image(tmp_path_factory, data):
     from deltamic_core.io import read_image
 
@@ -166,9 +166,8 @@ def _vtk(v, f):
 _FLOATS = st.one_of(st.floats(-50, 50), st.sampled_from([float("nan"), float("inf"), 0.0, 1e300]))
 
 
-@FAST
+@FAST(700)
 @given(data=st.data())
-@settings(max_examples=700)
 def test_fuzz_read_mesh(tmp_path_factory, data):
     from deltamic_core.io import read_mesh
 
@@ -224,9 +223,8 @@ _CELL = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.i
                   st.text(max_size=5))
 
 
-@FAST
+@FAST(500)
 @given(data=st.data())
-@settings(max_examples=500)
 def test_fuzz_read_seeds(tmp_path_factory, data):
     read_seeds = _read_seeds()
     d = tmp_path_factory.mktemp("seeds", numbered=True)

@@ -182,8 +182,6 @@ class Fitter:
             raise TypeError(f"image must be a real numeric array, got dtype {img.dtype}")
         if not np.all(np.isfinite(img)):
             raise ValueError("image contains NaN or Inf")
-        if img.size and float(img.max()) == float(img.min()):
-            raise ValueError(f"image is constant (every voxel = {float(img.min()):g}): nothing to fit")
         if config.loss == "poisson" and img.min() < 0:
             raise ValueError("image has negative values: the Poisson loss needs counts (>= 0); use loss='mse' "
                              "or remove the camera offset")
@@ -204,6 +202,8 @@ class Fitter:
                 raise ValueError("face_weights must be finite and non-negative")
         else:
             fw = None
+        if img.size and float(img.max()) == float(img.min()):
+            raise ValueError(f"image is constant (every voxel = {float(img.min()):g}): nothing to fit")
         self._mesh = init_mesh.copy()
         self._custom_weights = fw
 
