@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trimesh
 
-from deltamic_core.io import outdir
-from deltamic_core.io import write_tiff
+from deltamic_core.io import outdir, write_tiff
 
 N_FIT = int(os.environ.get("DELTAMIC_FAULT_KILLS", "50"))
 N_BATCH = int(os.environ.get("DELTAMIC_FAULT_KILLS_BATCH", "12"))

@@ -22,11 +22,10 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 import tifffile  # noqa: E402
 import trimesh  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from deltamic_core.cli import main  # noqa: E402
 from deltamic_core.io import outdir, write_tiff  # noqa: E402

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .pipeline import (
     FitJob,
@@ -200,6 +201,20 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
         metavar="UM",
         help="target mesh edge length in um (default: chosen by the fitter)",
     )
+    g.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        metavar="UM",
+        help="step size of the vertex updates (default: the fitter's)",
+    )
+    g.add_argument(
+        "--lambda-smooth",
+        type=_positive_float,
+        default=None,
+        metavar="L",
+        help="smoothness of the mesh updates (default: the fitter's; larger is smoother and more stable)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument(
         "--stain",
@@ -214,6 +229,12 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
         help="also write curvatures, contact angles, relative tensions and pressures of the fitted "
         "mesh (mechanics.csv, junctions.csv, curvature.csv)",
     )
+
+
+_OVERWRITE_HELP = (
+    "replace an earlier result at --out; only what deltamic itself wrote there (its manifest "
+    "must match) is ever replaced, never other files"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu")
     r.add_argument("--backend", default="auto")
     r.add_argument("--out", required=True, metavar="IMAGE.tif")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out TIFF that deltamic wrote")
 
     f = sub.add_parser(
         "fit",
@@ -291,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--photons", type=_positive_float, default=100.0)
     t.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, metavar="DIR")
+    f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
 
     tr = sub.add_parser(
         "track",
@@ -300,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("image", metavar="STACK")
     _add_fit_options(tr)
     tr.add_argument("--out", required=True, metavar="DIR")
+    tr.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
 
     b = sub.add_parser(
         "batch",
@@ -311,7 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("inputs", metavar="INPUT", nargs="+")
     b.add_argument("--out", required=True, metavar="DIR")
     c = b.add_argument_group("cluster")
-    c.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler")
+    c.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a running dask scheduler. Trust boundary: tasks and results are exchanged with "
+        "it as pickles, so whoever controls that scheduler (or its workers) can run code on this machine: "
+        "use only a cluster you started yourself, preferably with dask's TLS security settings "
+        "(tls:// address, distributed.comm.tls config). The default local cluster listens on 127.0.0.1 only.",
+    )
     c.add_argument("--workers", type=_positive_int, default=None, help="local worker processes")
     c.add_argument("--threads-per-worker", type=_positive_int, default=1, help="torch threads per task (default 1)")
     _add_fit_options(b, batch=True)
@@ -387,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
         if debug:
             traceback.print_exc()
-        _say_error(one_line(exc))
+        _say_error(cli_terms(one_line(exc)))
         if isinstance(exc, PipelineError):
             return exc.code
         return EXIT_USAGE if isinstance(exc, (ValueError, TypeError, OSError)) else EXIT_FAILURE
@@ -397,7 +428,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     # library warnings as one line each, in the command's voice (the source line is noise here)
-    _warn(" ".join(str(message).split()))
+    _warn(cli_terms(" ".join(str(message).split())))
+
+
+#: library wording (keyword arguments) -> what a command-line user can change
+_CLI_TERMS = (
+    ("Lower FitConfig.lr or raise FitConfig.lambda_smooth", "lower --lr or raise --lambda-smooth"),
+    ("FitConfig.lr", "--lr"),
+    ("FitConfig.lambda_smooth", "--lambda-smooth"),
+    ("FitConfig.iterations", "--iterations"),
+    ("FitConfig.levels", "--levels"),
+    ("FitConfig.device", "--device"),
+    (
+        "Crop the mesh, enlarge the image, or pass a larger margin_um",
+        "the initial mesh is too large for the image: give smaller seed radii, a smaller --init mesh or a larger image",
+    ),
+    (
+        "(raise max_oversampling or band_threshold)",
+        "(the PSF is narrower than the voxels resolve: give a wider --sigma or a finer --spacing)",
+    ),
+    ("pass channel=<index or name>", "give --channel N"),
+    ("channel=", "--channel "),
+)
+
+
+def cli_terms(msg: str) -> str:
+    """Name command-line options instead of Python keyword arguments in a message."""
+    for a, b in _CLI_TERMS:
+        msg = msg.replace(a, b)
+    return msg
 
 
 def _say_error(msg: str) -> None:
@@ -467,9 +526,12 @@ def job_from_args(args) -> FitJob:
         levels=tuple(args.levels) if args.levels else None,
         loss=args.loss,
         edge_um=args.edge,
+        lr=getattr(args, "lr", None),
+        lambda_smooth=getattr(args, "lambda_smooth", None),
         device=args.device,
         backend=args.backend,
         out=args.out,
+        overwrite=bool(getattr(args, "overwrite", False)),
         command=getattr(args, "argv", None),
         progress=not args.quiet,
         mechanics=bool(getattr(args, "mechanics", False)),
@@ -591,32 +653,34 @@ def _print_fit_summary(report: dict, out) -> None:
     print(f"outputs in {out}")
 
 
-def _check_out_file(path, suffixes=(".tif", ".tiff"), what="--out") -> Path:
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise CLIError(f"{what} {str(p)!r} must end in {' or '.join(suffixes)}")
-    if p.is_dir():
-        raise CLIError(f"{what} {str(p)!r} is a directory")
-    parent = p.absolute().parent
-    if not parent.is_dir():
-        raise CLIError(f"{what}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise CLIError(f"{what}: directory {str(parent)!r} is not writable")
-    return p
+def _check_out_file(path, *, overwrite=False, inputs=(), suffixes=(".tif", ".tiff"), what="--out") -> Path:
+    from .io.outdir import OutputError, check_output_file
+
+    try:
+        return check_output_file(path, overwrite=overwrite, inputs=inputs, option=what, suffixes=suffixes)
+    except OutputError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_render(args) -> int:
     from . import io as dio
     from ._checks import check_spacing
 
-    out = _check_out_file(args.out)
+    out = _check_out_file(args.out, overwrite=args.overwrite, inputs=[args.mesh])
     spacing = check_spacing(args.spacing, "--spacing")
     check_device(args.device, args.backend)
     if args.background < 0 or not math.isfinite(args.background):
         raise CLIError(f"--background must be >= 0, got {args.background}")
     mesh = read_mesh_file(args.mesh, spacing, args.mesh_units, what="MESH")
     check_inside(mesh.verts.min(0), mesh.verts.max(0), args.shape, spacing, args.origin, what=f"MESH {args.mesh!r}")
+    from .geometry.validate import total_area
+
+    if not total_area(mesh) > 0:
+        raise CLIError(f"MESH {args.mesh!r} has no area (all its triangles are degenerate): the image would be empty")
     psf = make_psf(psf_spec(args), spacing)
+    from .pipeline.run import check_psf_resolved
+
+    check_psf_resolved(psf, spacing)
     t0 = time.perf_counter()
     img = render_mesh_image(
         mesh,
@@ -631,6 +695,8 @@ def cmd_render(args) -> int:
         device=args.device,
         backend=args.backend,
     )
+    if not (np.all(np.isfinite(img)) and float(img.max()) > 0):
+        raise CLIError(f"the rendered image of MESH {args.mesh!r} is empty (is the mesh inside --shape, --origin?)")
     dio.write_tiff(out, img, spacing)
     print(
         f"rendered {len(mesh.faces)} triangles on {tuple(args.shape)} voxels with {psf.describe()} "
@@ -698,11 +764,10 @@ def cmd_batch(args) -> int:
         )
     if args.scheduler and args.workers:
         raise CLIError("give --scheduler ADDRESS or --workers N, not both")
+    from .pipeline.outputs import check_replaceable
+
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {str(out)!r} exists and is a file")
-    if not out.absolute().parent.is_dir():
-        raise CLIError(f"--out: directory {str(out.absolute().parent)!r} does not exist")
+    check_replaceable(out, resume=True, inputs=list(args.inputs))  # before any cluster starts
     check_device(args.device, args.backend)
     job = job_from_args(args).replace(image=None, out=None, progress=False)
     _check_psf_options(args)

@@ -188,7 +188,7 @@ def _winding_inside(t, pts) -> np.ndarray:
         w = gpytoolbox.winding_number(np.asarray(pts, float), np.asarray(t.vertices, float),
                                       np.asarray(t.faces, np.int32))
         return np.abs(w) > 0.5
-    except Exception:  # noqa: BLE001 - fall back to trimesh's ray test
+    except Exception:
         return np.asarray(t.contains(pts), bool)
 
 

@@ -40,8 +40,8 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 __all__ = [
     "MANIFEST_NAME", "MARKER_NAME", "TIFF_SOFTWARE", "OutputError", "Collection",
@@ -399,7 +399,7 @@ def tiff_written_by_us(path: str | os.PathLike) -> bool:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
             tag = tf.pages[0].tags.get("Software")
             return tag is not None and str(tag.value) == TIFF_SOFTWARE
-    except Exception:  # noqa: BLE001 - unreadable means "not provably ours"
+    except Exception:
         return False
 
 
@@ -579,7 +579,7 @@ class Collection:
                 return f"{child.name!r} was not written by deltamic"
         return None
 
-    def open(self) -> "Collection":
+    def open(self) -> Collection:
         if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
             raise OutputError(f"{self.option} {str(self.root)!r} exists and is not a directory")
         if not self.root.exists():

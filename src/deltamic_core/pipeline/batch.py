@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import one_line
-from .outputs import ERROR_NAME, atomic_write_text, is_complete, staged_directory, write_csv
+from .outputs import ERROR_NAME, atomic_write_text, csv_text, is_complete, staged_directory
 
 
 @dataclass(frozen=True)
@@ -65,34 +65,47 @@ class BatchItem:
 
     @property
     def stem(self) -> str:
-        return Path(self.path).name.split(".")[0]
+        """The input's file name without its extension (``{stem}`` in the init paths)."""
+        return input_stem(self.path)
+
+
+def input_stem(path) -> str:
+    """``Path.stem`` of an input, also without the ``.ome`` of ``name.ome.tif``."""
+    stem = Path(path).stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
 def expand_items(inputs: Sequence[str | os.PathLike]) -> list[BatchItem]:
     """Items for the given input files; TZYX TIFF stacks become one item per time point.
 
-    A file whose header cannot be read stays a single item (it fails, and is reported, when its
-    task runs). Raises ValueError for inputs that would write to the same item directory.
+    Item names are the inputs' stems (``Path.stem``), made safe and non-empty (a hidden
+    ``.name.tif`` becomes ``name``, an empty or odd one ``item``/underscores) and unique (two
+    inputs with one stem get ``-2``, ``-3``... in input order); the same file listed twice is
+    one item. A file whose header cannot be read stays a single item (it fails, and is
+    reported, when its task runs).
     """
-    items: list[BatchItem] = []
+    from ..io.outdir import unique_item_names
+
+    files: list[Path] = []
+    seen_files: set = set()
     for inp in inputs:
         p = Path(inp)
-        stem = p.name.split(".")[0]
+        key = os.path.realpath(p)
+        if key in seen_files:
+            continue
+        seen_files.add(key)
+        files.append(p)
+    names = unique_item_names(input_stem(p) for p in files)
+    items: list[BatchItem] = []
+    for p, name in zip(files, names):
         n_t = _time_points(p)
         if n_t is None:
-            items.append(BatchItem(stem, str(p)))
+            items.append(BatchItem(name, str(p)))
         else:
-            items.extend(BatchItem(f"{stem}_t{t:04d}", str(p), t) for t in range(n_t))
-    seen: dict[str, str] = {}
-    for it in items:
-        if it.name in seen and seen[it.name] != it.path:
-            raise ValueError(
-                f"inputs {seen[it.name]!r} and {it.path!r} would both write to item {it.name!r}: rename one"
-            )
-        seen[it.name] = it.path
-    # the same file listed twice is one item
-    unique = list({(it.name, it.frame): it for it in items}.values())
-    return unique
+            items.extend(BatchItem(f"{name}_t{t:04d}", str(p), t) for t in range(n_t))
+    # a frame item may still meet another input's name ("a" TZYX and "a_t0000.tif")
+    final = unique_item_names(it.name for it in items)
+    return [BatchItem(n, it.path, it.frame) for n, it in zip(final, items)]
 
 
 def _time_points(path: Path) -> int | None:
@@ -133,6 +146,7 @@ def fit_item(item: BatchItem, item_dir: str, job) -> dict:
         extra={"input": item.path, "frame": item.frame, "item": item.name},
         progress=False,
         mechanics=job.mechanics,
+        overwrite=True,  # an unfinished or failed item of ours (anything else is refused)
     )
     return {"n_cells": report["n_cells"], "final_loss": report.get("final_loss")}
 
@@ -166,9 +180,17 @@ def _run_item(func: Callable, item: BatchItem, item_dir: str, threads: int, kwar
 
 
 def write_error(item_dir: str | os.PathLike, message: str, details: str = "") -> None:
-    """Make ``item_dir`` hold only ``error.txt`` (message first line, then details)."""
-    with staged_directory(item_dir) as tmp:
-        atomic_write_text(Path(tmp) / ERROR_NAME, message.rstrip("\n") + "\n" + (details or ""))
+    """Make ``item_dir`` hold only ``error.txt`` (message first line, then details).
+
+    Best effort: an item directory that is not provably ours is left alone (the failure is
+    still in the summary)."""
+    from .errors import PipelineError
+
+    try:
+        with staged_directory(item_dir, overwrite=True) as tmp:
+            atomic_write_text(Path(tmp) / ERROR_NAME, message.rstrip("\n") + "\n" + (details or ""))
+    except (PipelineError, OSError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,8 +235,15 @@ def run_tasks(
     list of dict, one per item in input order: item, status ('ok', 'skipped', 'failed'),
     seconds, error, torch_threads, ...
     """
+    from ..io.outdir import Collection, OutputError
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        col = Collection(out).open()  # new, or a batch directory of ours (resumed)
+    except OutputError as exc:
+        from .errors import InputError
+
+        raise InputError(str(exc)) from None
     kwargs = dict(kwargs or {})
     threads = int(threads_per_worker)
     if threads < 1:
@@ -232,7 +261,7 @@ def run_tasks(
         with _connect(client, scheduler, n_workers, threads) as cl:
             statuses.update(_submit_all(cl, func, todo, out, threads, kwargs, log))
     results = [statuses[it.name] for it in items]
-    write_csv(out / "summary.csv", results, ("item", "status", "seconds", "error"))
+    col.write_text("summary.csv", csv_text(results, ("item", "status", "seconds", "error")))
     return results
 
 
@@ -261,7 +290,11 @@ class _connect:
         # set explicitly: a worker must not start one OpenMP thread per core under each task
         env.update({"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1})
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+            # host: the scheduler and the workers listen on the loopback interface only (nobody
+            # else on the network can submit pickled tasks to them)
+            cluster = LocalCluster(
+                host="127.0.0.1", n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            )
         cl = Client(cluster)
         self._own += [cl, cluster]
         return cl

@@ -40,12 +40,20 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
     """
     from .. import io as dio
     from .._checks import check_spacing
+    from ..io.image import SpacingWarning
 
     p = _existing_file(path, what)
+    if spacing is not None:
+        try:
+            spacing = check_spacing(spacing, "--spacing")
+        except (ValueError, TypeError) as exc:
+            raise InputError(str(exc)) from None
     try:
-        image, meta = dio.read_image(p, channel=channel)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SpacingWarning)
+            image, meta = dio.read_image(p, channel=channel, spacing_um=spacing)
     except (ValueError, TypeError) as exc:
-        raise InputError(f"{what} {str(p)!r}: {one_line(exc)}") from None
+        raise InputError(f"{what} {str(p)!r}: {_cli_words(one_line(exc))}") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
         raise InputError(f"{what} {str(p)!r} cannot be read as an image ({one_line(exc)})") from None
     image = np.asarray(image)
@@ -84,13 +92,22 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
             sp = check_spacing(sp, f"voxel size in {str(p)!r}")
         except ValueError as exc:
             raise InputError(f"{exc}: give --spacing Z Y X") from None
-        if meta.spacing_source == "default":
-            warnings.warn(
-                f"{what} {str(p)!r} carries no physical voxel size: assuming {sp} um (give --spacing Z Y X)",
-                InputWarning,
-                stacklevel=2,
-            )
+    for w in caught:
+        if issubclass(w.category, SpacingWarning):
+            # one line, in the user's terms (the napari reader shows the same provenance)
+            warnings.warn(f"{w.message} (give --spacing Z Y X)", InputWarning, stacklevel=2)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return image, sp
+
+
+def _cli_words(msg: str) -> str:
+    """Core messages name keyword arguments; say them as command-line options."""
+    return (
+        msg.replace("pass channel=<index or name>", "give --channel N")
+        .replace("channel=", "--channel ")
+        .replace("give the voxel size explicitly", "give --spacing Z Y X")
+    )
 
 
 def read_mesh_file(path, spacing_um, mesh_units=None, what: str = "mesh"):
@@ -102,8 +119,10 @@ def read_mesh_file(path, spacing_um, mesh_units=None, what: str = "mesh"):
     try:
         if mesh_units == "um":
             mesh = dio.read_mesh(p, units="um")
+        elif mesh_units is None and is_rec and _rec_declares_length_unit(p):
+            mesh = dio.read_mesh(p)  # '# units = um' (what deltamic writes): no voxel scaling
         elif mesh_units == "voxel" or is_rec:
-            # .rec files hold voxel coordinates of the stack they were segmented from
+            # .rec files of other tools hold voxel coordinates of the stack they were segmented from
             mesh = dio.read_mesh(p, spacing_um=tuple(spacing_um), units="voxel" if mesh_units else None)
         else:
             mesh = dio.read_mesh(p)
@@ -113,6 +132,16 @@ def read_mesh_file(path, spacing_um, mesh_units=None, what: str = "mesh"):
         raise InputError(f"{what} {str(p)!r} cannot be read as a mesh ({one_line(exc)})") from None
     _check_mesh(mesh, f"{what} {str(p)!r}")
     return mesh
+
+
+def _rec_declares_length_unit(path) -> bool:
+    from ..io.rec import read_rec
+
+    try:
+        units = read_rec(path).comments.get("units", "")
+    except (ValueError, OSError, UnicodeDecodeError):
+        return False
+    return bool(units) and units.strip().lower() not in ("voxel", "voxels")
 
 
 def _check_mesh(mesh, what: str) -> None:
@@ -450,6 +479,7 @@ def initial_mesh(
             what="a seed",
             hint="seeds are in um; check --spacing",
         )
+        _check_cost(shape, n_seeds=len(centres))
         if radii is None:
             if image is None:
                 raise InputError("seed radii are estimated from the image: choose an image (or give the radii)")
@@ -460,7 +490,7 @@ def initial_mesh(
                 centres - origin,
                 blur_um=psf_width_um(psf) if psf is not None else None,
             )
-        return geometry.seed_spheres(centres, radii, edge_um=edge_um)
+        return seed_mesh(centres, radii, spacing_um, edge_um=edge_um, shape=shape)
     if spec.kind == "labels":
         lab = read_label_image(spec.path, shape) if spec.path is not None else _label_array(spec.data, shape)
         edge = edge_um if edge_um is not None else 2.0 * float(np.min(spacing_um))
@@ -473,7 +503,58 @@ def initial_mesh(
         mesh, what = spec.data, "the initial mesh"
         _check_mesh(mesh, what)
     check_inside(mesh.verts.min(0), mesh.verts.max(0), shape, spacing_um, origin_um, what=what)
+    mesh = checked_cells(mesh, what)
+    _check_cost(shape, n_seeds=int(mesh.n_cells), n_faces=len(mesh.faces))
     return mesh
+
+
+def checked_cells(mesh, what: str):
+    """Cells that can be measured: components of an unlabelled mesh split into cells, open
+    surfaces closed (or refused), overlapping cells refused (:func:`geometry.validate.prepare_cells`)."""
+    from ..geometry.validate import prepare_cells
+
+    try:
+        out, notes = prepare_cells(mesh, what=what)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    for n in notes:
+        warnings.warn(n, InputWarning, stacklevel=3)
+    return out
+
+
+def _check_cost(shape, **kw) -> None:
+    from ..geometry.validate import check_fit_cost
+
+    try:
+        check_fit_cost(shape, **kw)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def seed_mesh(centres, radii, spacing_um, *, edge_um=None, shape=None, what: str = "seed"):
+    """Seed spheres by the one rule of the command line and the napari widget.
+
+    Seeds smaller than a voxel are refused; overlapping spheres are shrunk until they touch
+    (with a warning saying how many); too many seeds for the image are refused.
+    """
+    from .. import geometry
+    from ..geometry.validate import check_seed_radii, shrink_overlapping_seeds
+
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(centres),)).copy()
+    if shape is not None:
+        _check_cost(shape, n_seeds=len(centres))
+    radii, n_shrunk = shrink_overlapping_seeds(centres, radii)
+    try:
+        check_seed_radii(radii, spacing_um, what=what)
+    except ValueError as exc:
+        msg = str(exc) + (
+            " (after shrinking overlapping seeds until they touch: seeds too close together)" if n_shrunk else ""
+        )
+        raise InputError(msg) from None
+    if n_shrunk:
+        warnings.warn(f"{n_shrunk} overlapping seed sphere(s) shrunk until they touch", InputWarning, stacklevel=3)
+    return geometry.seed_spheres(centres, radii, edge_um=edge_um)
 
 
 def _seed_arrays(data):

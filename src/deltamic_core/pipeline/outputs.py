@@ -2,7 +2,7 @@
 
 A fit (from the command line, a batch task or a time-lapse frame) produces one directory::
 
-    DIR/mesh.rec           the fitted multi-material mesh, voxel units (the .rec convention)
+    DIR/mesh.rec           the fitted multi-material mesh, um in the image frame (``# units = um``)
     DIR/mesh.ply           the same mesh in micrometres, (z, y, x) columns
     DIR/labels.tif         int32 (Z, Y, X): cells 1..n in seed order, 0 outside
     DIR/measurements.csv   one row per cell: volume, area, sphericity, centroid
@@ -17,8 +17,9 @@ and, with the mechanics analysis (:func:`write_mechanics_outputs`)::
     DIR/mesh.ply           then carries vertex properties mean_curvature, gaussian_curvature
 
 Everything is written into a hidden sibling directory first and renamed into place at the end
-(:func:`staged_directory`), with ``report.json`` written last: a directory that holds a
-``report.json`` is complete, which is what batch and time-lapse runs test to resume.
+(:func:`staged_directory`) with a manifest of every file (:mod:`deltamic_core.io.outdir`): a
+directory that holds a ``report.json`` and a matching manifest is complete (what batch and
+time-lapse runs test to resume), and only such a directory is ever replaced.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ import io as _io
 import json
 import os
 import platform
-import shutil
 import sys
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -41,89 +40,54 @@ from ..mesh import Mesh
 
 REPORT_NAME = "report.json"
 ERROR_NAME = "error.txt"
-# Files a deltamic run may leave in a directory: an existing directory holding only these (or
-# nothing) may be replaced; anything else belongs to the user and is never deleted.
-_OWN_FILES = {
-    "mesh.rec",
-    "mesh.ply",
-    "labels.tif",
-    "measurements.csv",
-    "contacts.csv",
-    REPORT_NAME,
-    ERROR_NAME,
-    "image.tif",
-    "target.ply",
-    "tracks.csv",
-    "summary.csv",
-    "mechanics.csv",
-    "junctions.csv",
-    "curvature.csv",
-}
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
-    """True if ``out_dir`` holds the final output of a finished run (its ``report.json``)."""
-    return (Path(out_dir) / REPORT_NAME).is_file()
+    """True if ``out_dir`` holds the final output of a finished run: its ``report.json`` and a
+    manifest that matches its contents (nothing changed since the tool wrote it)."""
+    from ..io.outdir import is_ours
+
+    return (Path(out_dir) / REPORT_NAME).is_file() and is_ours(out_dir)
 
 
-def check_replaceable(out_dir: str | os.PathLike, name: str = "--out") -> Path:
-    """Refuse an output path that exists and is not a deltamic output directory.
+def check_replaceable(
+    out_dir: str | os.PathLike, name: str = "--out", *, overwrite: bool = False, inputs=(), resume: bool = False
+) -> Path:
+    """Validate an output directory before any work (see :func:`deltamic_core.io.outdir.check_output_dir`).
 
-    An existing directory is replaced only when it is empty or looks like our own output
-    (its files are ones a deltamic run writes, plus ``tNNNN``/item sub-directories of such), so
-    a typo in ``--out`` can never wipe a user's data.
+    A new name, an empty directory, or (with ``overwrite``, the CLI's ``--overwrite``) a
+    directory whose manifest proves the tool wrote exactly what it holds; never a directory
+    with anything else in it, never one that holds an input. ``resume``: a batch/time-lapse
+    root of ours is accepted as it is. Raises :class:`~deltamic_core.pipeline.errors.InputError`.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{name} {str(out)!r} exists and is a file, not a directory")
-    if out.is_dir() and not _looks_like_ours(out):
-        raise ValueError(
-            f"{name} {str(out)!r} exists and does not look like a deltamic output directory: "
-            "choose a new or empty directory"
-        )
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        raise ValueError(f"{name}: parent directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{name}: parent directory {str(parent)!r} is not writable")
-    return out
+    from ..io.outdir import OutputError, check_output_dir
 
+    try:
+        return check_output_dir(out_dir, overwrite=overwrite, inputs=inputs, option=name, resume=resume)
+    except OutputError as exc:
+        from .errors import InputError
 
-def _looks_like_ours(path: Path, depth: int = 0) -> bool:
-    for child in path.iterdir():
-        if child.is_dir():
-            if depth >= 2 or not _looks_like_ours(child, depth + 1):
-                return False
-        elif child.name not in _OWN_FILES:
-            return False
-    return True
+        raise InputError(str(exc)) from None
 
 
 @contextlib.contextmanager
-def staged_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory that becomes ``out_dir`` when the block succeeds.
+def staged_directory(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh staging directory that becomes ``out_dir`` (with its manifest) on success.
 
-    On an exception the temporary directory is removed and ``out_dir`` is left as it was. An
-    existing ``out_dir`` is replaced (moved aside, then deleted once the new one is in place),
-    so readers never see a half-written directory under the final name.
+    On an exception the staging directory is removed and ``out_dir`` is left as it was. An
+    existing ``out_dir`` is swapped out atomically, and only when it is empty or (with
+    ``overwrite``) provably ours; the location must have been checked with
+    :func:`check_replaceable` before the work started.
     """
-    out = Path(out_dir)
-    out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out.with_name(f".{out.name}.partial-{tag}")
-    tmp.mkdir()
+    from ..io.outdir import OutputError, staged_output
+
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tag}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with staged_output(out_dir, overwrite=overwrite, checked=True) as tmp:
+            yield tmp
+    except OutputError as exc:
+        from .errors import FitFailedError
+
+        raise FitFailedError(str(exc)) from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -134,18 +98,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
-    """Rows of dicts -> CSV with a header, floats at full precision, atomically."""
+def csv_text(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
+    """Rows of dicts -> CSV text with a header, floats at full precision."""
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _plain(v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def json_text(obj) -> str:
+    return json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n"
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
+    """Rows of dicts -> CSV with a header, floats at full precision, atomically."""
+    atomic_write_text(path, csv_text(rows, columns))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def _plain(v):
@@ -248,7 +221,7 @@ def write_fit_outputs(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dio.write_mesh(out / "mesh.rec", mesh, spacing_um=tuple(spacing_um))
+    dio.write_mesh(out / "mesh.rec", mesh)  # um in the image frame, '# units = um' (as every mesh we write)
     dio.write_mesh(out / "mesh.ply", mesh)
     if labels is None:
         from ..geometry import label_image

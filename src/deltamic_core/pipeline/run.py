@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +36,20 @@ def check_device(device: str, backend: str) -> None:
         have = available_backends()
         if backend not in have:
             raise InputError(f"--backend {backend!r} is not available here; available: {', '.join(have)} or auto")
+
+
+def check_psf_resolved(psf, spacing_um, option: str = "--sigma") -> None:
+    """Refuse a Gaussian PSF far narrower than the voxels (unresolvable, and a very slow render)."""
+    sig = getattr(psf, "sigma_um", None)
+    if sig is None:
+        return
+    from ..geometry.validate import check_psf_width
+
+    sig = np.asarray(sig.detach().cpu() if hasattr(sig, "detach") else sig, dtype=float).reshape(-1)[:3]
+    try:
+        check_psf_width(sig, spacing_um, what=f"{option} (the PSF standard deviation)")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 @dataclass
@@ -70,6 +85,7 @@ def prepare(job: FitJob, psf=None) -> Prepared:
         image, spacing = load_image(job.image, channel=job.channel, frame=job.frame, spacing=job.spacing_um)
     origin = check_vector3(job.origin_um, "origin_um")
     psf = make_psf(job.psf, spacing) if psf is None else psf
+    check_psf_resolved(psf, spacing)
     config = job.fit_config()
     init = initial_mesh(job.init, image, spacing, psf=psf, edge_um=job.edge_um, origin_um=origin, stain=job.stain)
     return Prepared(image, spacing, origin, psf, config, init, job)
@@ -201,8 +217,12 @@ def fit_and_write(
     desc: str = "fit",
     before_write=None,
     mechanics: bool = False,
+    overwrite: bool = False,
 ):
     """Fit and write the outputs directory (``report.json`` last; staged when ``stage``).
+
+    ``out_dir`` must have been checked (:func:`~deltamic_core.pipeline.outputs.check_replaceable`);
+    an existing result there is replaced only with ``overwrite``.
 
     ``before_write(tmp_dir, result)`` may add files (e.g. the synthetic image) and return a dict
     merged into the report. Returns ``(result, report, fitted_psf)``.
@@ -233,7 +253,7 @@ def fit_and_write(
         )
 
     if stage:
-        with staged_directory(out_dir) as tmp:
+        with staged_directory(out_dir, overwrite=overwrite) as tmp:
             report = write(tmp)
     else:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -276,7 +296,7 @@ def fit_to_directory(job: FitJob, out=None, *, extra: dict | None = None):
     out = job.out if out is None else out
     if out is None:
         raise InputError("no output directory given (--out DIR)")
-    check_replaceable(out)
+    check_replaceable(out, overwrite=job.overwrite, inputs=job_inputs(job))
     p = prepare(job)
     _set_threads(job)
     info = {"input": job.image, **({"frame": job.frame} if job.frame is not None else {}), **(extra or {})}
@@ -292,4 +312,17 @@ def fit_to_directory(job: FitJob, out=None, *, extra: dict | None = None):
         extra=info,
         progress=job.progress,
         mechanics=job.mechanics,
+        overwrite=job.overwrite,
     )
+
+
+def job_inputs(job: FitJob) -> list:
+    """The files a job reads (never inside what it may replace)."""
+    paths = [job.image]
+    init = job.init
+    if init is not None:
+        for name in ("mesh", "seeds", "labels", "path"):
+            v = getattr(init, name, None)
+            if isinstance(v, (str, os.PathLike)):
+                paths.append(v)
+    return [p for p in paths if isinstance(p, (str, os.PathLike))]

@@ -151,9 +151,12 @@ def fit_target(
     from .psfspec import make_psf
     from .run import check_device, fit_and_write
 
-    check_replaceable(job.out)
+    check_replaceable(job.out, overwrite=job.overwrite, inputs=[target_path])
     check_device(job.device, job.backend)
     raw = read_mesh_file(target_path, job.spacing_um or (1.0, 1.0, 1.0), mesh_units, what="--target-mesh")
+    from .inputs import checked_cells
+
+    raw = checked_cells(raw, f"--target-mesh {str(target_path)!r}")  # closed cells: a true volume to compare
     target, spacing, shape = place_target(raw, size_um, job.spacing_um, shape)
     check_inside(
         target.verts.min(0),
@@ -212,5 +215,6 @@ def fit_target(
         extra={"input": None},
         progress=job.progress,
         before_write=before_write,
+        overwrite=job.overwrite,
     )
     return res, report

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..mesh import Mesh
-from .outputs import REPORT_NAME, is_complete, write_csv, write_json
+from .outputs import REPORT_NAME, csv_text, is_complete, json_text
 
 TRACK_COLUMNS = ("cell", "t", "volume_um3", "area_um2", "sphericity", "centroid_z_um", "centroid_y_um", "centroid_x_um")
 
@@ -41,6 +41,7 @@ def track_stack(
     command=None,
     progress: bool = True,
     input_path: str | None = None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Fit every frame of ``stack`` and write the per-frame outputs and the tracks table.
 
@@ -55,32 +56,40 @@ def track_stack(
         Shared by all frames (with ``config.learn_psf`` its learnt parameters carry over).
     config : FitConfig
     out_dir : path
-        Output directory (created; frames already finished there are reused).
+        Output directory (created; frames already finished there are reused unless
+        ``overwrite``). It is a collection (:class:`deltamic_core.io.outdir.Collection`): each
+        frame directory is published with its manifest, the tables are replaced atomically.
 
     Returns
     -------
     list of dict: the rows of ``tracks.csv``.
     """
-    from ..io import read_mesh
     from .run import fit_and_write
 
     stack = np.asarray(stack)
     if stack.ndim != 4:
         raise ValueError(f"stack must have shape (T, Z, Y, X), got {stack.shape}")
+    from ..io.outdir import Collection, OutputError
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        col = Collection(out).open()
+    except OutputError as exc:
+        from .errors import InputError
+
+        raise InputError(str(exc)) from None
     mesh = init_mesh
     rows: list[dict] = []
     frames: list[dict] = []
     t_start = time.perf_counter()
     for t in range(stack.shape[0]):
         fdir = frame_dir(out, t)
-        if is_complete(fdir):
+        if is_complete(fdir) and not overwrite:
             # resume: reuse the finished frame and continue from its mesh
             import json
 
             rep = json.loads((fdir / REPORT_NAME).read_text())
-            mesh = read_mesh(fdir / "mesh.rec", spacing_um=tuple(spacing_um))
+            mesh = _fitted_mesh(fdir, spacing_um)
             cells = rep.get("cells", [])
             frames.append({"t": t, "resumed": True, "final_loss": rep.get("final_loss")})
         else:
@@ -95,6 +104,7 @@ def track_stack(
                 extra={"input": input_path, "frame": t},
                 progress=progress,
                 desc=f"t={t}/{stack.shape[0] - 1}",
+                overwrite=True,  # a frame of ours that did not finish, or --overwrite
             )
             mesh = _fitted_mesh(fdir, spacing_um)
             cells = rep["cells"]
@@ -108,19 +118,21 @@ def track_stack(
             )
         for c in cells:
             rows.append({"cell": c["cell"], "t": t, **{k: c[k] for k in TRACK_COLUMNS[2:] if k in c}})
-    write_csv(out / "tracks.csv", rows, TRACK_COLUMNS)
+    col.write_text("tracks.csv", csv_text(rows, TRACK_COLUMNS))
     from .outputs import versions
 
-    write_json(
-        out / REPORT_NAME,
-        {
-            "command": list(command) if command else None,
-            "input": input_path,
-            "n_frames": int(stack.shape[0]),
-            "frames": frames,
-            "total_s": time.perf_counter() - t_start,
-            "versions": versions(),
-        },
+    col.write_text(
+        REPORT_NAME,
+        json_text(
+            {
+                "command": list(command) if command else None,
+                "input": input_path,
+                "n_frames": int(stack.shape[0]),
+                "frames": frames,
+                "total_s": time.perf_counter() - t_start,
+                "versions": versions(),
+            }
+        ),
     )
     return rows
 
@@ -130,7 +142,7 @@ def _fitted_mesh(fdir: Path, spacing_um) -> Mesh:
     # start every frame from identical meshes
     from ..io import read_mesh
 
-    return read_mesh(fdir / "mesh.rec", spacing_um=tuple(spacing_um))
+    return read_mesh(fdir / "mesh.rec")  # written in um ('# units = um')
 
 
 def track_job(job) -> list[dict]:
@@ -138,9 +150,13 @@ def track_job(job) -> list[dict]:
     from .inputs import initial_mesh, load_image
     from .outputs import check_replaceable
     from .psfspec import make_psf
-    from .run import check_device
+    from .run import check_device, job_inputs
 
-    check_replaceable(job.out)
+    root = check_replaceable(job.out, overwrite=job.overwrite, inputs=job_inputs(job), resume=True)
+    if (root / REPORT_NAME).is_file() and not job.overwrite:
+        from .errors import InputError
+
+        raise InputError(f"--out {str(job.out)!r} holds a finished time-lapse: pass --overwrite to fit it again")
     check_device(job.device, job.backend)
     stack, spacing = load_image(job.image, channel=job.channel, spacing=job.spacing_um, allow_time=True, what="STACK")
     psf = make_psf(job.psf, spacing)
@@ -156,4 +172,5 @@ def track_job(job) -> list[dict]:
         command=job.command,
         progress=job.progress,
         input_path=str(job.image),
+        overwrite=job.overwrite,
     )
