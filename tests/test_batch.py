@@ -99,9 +99,9 @@ def test_time_points_of_a_stack_become_items(tmp_path):
     assert isinstance(items[0], BatchItem) and items[0].stem == "movie"
 
 
-def test_same_name_from_two_folders_is_refused(tmp_path):
+def test_same_name_from_two_folders_gets_a_suffix(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "img.tif").write_bytes(b"")
-    with pytest.raises(ValueError, match="both write to item"):
-        expand_items([tmp_path / "a" / "img.tif", tmp_path / "b" / "img.tif"])
+    items = expand_items([tmp_path / "a" / "img.tif", tmp_path / "b" / "img.tif", tmp_path / "a" / "img.tif"])
+    assert [it.name for it in items] == ["img", "img-2"]  # the same file twice is one item

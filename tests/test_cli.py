@@ -251,7 +251,7 @@ def test_refuses_to_overwrite_a_foreign_directory(bad_files, tmp_path, capsys):
     (precious / "chapter1.tex").write_text("years of work")
     rc, _, err = _run(["fit", f"{bad_files}/good.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", precious],
                       capsys)
-    assert rc != 0 and "does not look like a deltamic output" in err
+    assert rc != 0 and "holds files deltamic did not write" in err
     assert (precious / "chapter1.tex").read_text() == "years of work"
 
 

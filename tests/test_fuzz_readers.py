@@ -16,12 +16,13 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 import tifffile  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
 def FAST(n):
     return settings(max_examples=n, derandomize=True, deadline=None, database=None,
+                    phases=(Phase.explicit, Phase.generate),  # no shrinking: CI time, and the case is printed
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                            HealthCheck.data_too_large])
 COUNTS = {}

@@ -392,9 +392,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success)."""
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     debug = "--debug" in argv
-    previous_showwarning = warnings.showwarning
-    if not debug:
-        warnings.showwarning = _show_warning
+    with warnings.catch_warnings():
+        # every warning of this command once per place, as one line (also under a caller's own
+        # warning filters, e.g. a test runner's)
+        warnings.simplefilter("default")
+        if not debug:
+            warnings.showwarning = _show_warning
+        return _main(argv, debug)
+
+
+def _main(argv: list, debug: bool) -> int:
     try:
         parser = build_parser()
         try:
@@ -422,8 +429,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, PipelineError):
             return exc.code
         return EXIT_USAGE if isinstance(exc, (ValueError, TypeError, OSError)) else EXIT_FAILURE
-    finally:
-        warnings.showwarning = previous_showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -136,7 +136,9 @@ def _image_tuple(path, data, meta) -> tuple:
         "name": name,
         "scale": scale,
         "axis_labels": axis_labels,
-        "metadata": {SPACING_KEY: spacing, "spacing_source": meta.spacing_source, "unit": meta.unit,
+        "metadata": {SPACING_KEY: spacing, "spacing_source": meta.spacing_source,
+                     # per axis (z, y, x): 'metadata', 'override' or 'default' (assumed, warned)
+                     "spacing_sources": tuple(meta.spacing_sources), "unit": meta.unit,
                      "axes": meta.axes, "source": os.fspath(path)},
         "contrast_limits": (lo, hi if hi > lo else lo + 1.0),
         "blending": "additive",

@@ -159,6 +159,10 @@ def _imagej_spacing(tf) -> tuple[tuple | None, str, tuple[str, str, str]]:
     return (sz * factor, sy * factor, sx * factor), _canonical_unit(unit), (z_source, "metadata", "metadata")
 
 
+class _TooLarge(ValueError):
+    pass
+
+
 class InvalidSpacingError(ValueError):
     """The file's metadata state a voxel size that is 0, negative or not a number."""
 
@@ -306,6 +310,16 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             axes = series.axes.upper()
+            n_bytes = float(np.prod([int(n) for n in series.shape], dtype=float)) * np.dtype(series.dtype).itemsize
+            if n_bytes > 2 ** 20 and n_bytes > 1.2 * os.path.getsize(path) * 64:
+                # a header announcing far more pixels than the file can hold (damaged, or a
+                # compressed stack of absurd size): refuse before allocating it
+                from .._checks import check_memory
+
+                try:
+                    check_memory(n_bytes * 5, f"reading {path} (shape {tuple(series.shape)})")
+                except ValueError as exc:
+                    raise _TooLarge(str(exc).split(": use")[0]) from None
             data = series.asarray()
             dtype = str(data.dtype)
             spacing, unit = None, "pixel"
@@ -324,10 +338,15 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
                     spacing, unit, sources = _imagej_spacing(tf)
             except InvalidSpacingError as exc:
                 invalid = exc
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, EOFError) as exc:
+    except MemoryError:
+        raise ValueError(f"{path}: the image does not fit in memory") from None
+    except Exception as exc:  # a damaged file can make tifffile fail in many ways: all mean "unreadable"
         if isinstance(exc, ValueError) and str(exc).startswith("unknown length unit"):
             raise ValueError(f"{path}: {exc}") from None
-        raise ValueError(f"{path}: not a readable TIFF image ({type(exc).__name__}: {exc})") from None
+        if isinstance(exc, _TooLarge):
+            raise ValueError(str(exc)) from None
+        msg = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{path}: not a readable TIFF image ({type(exc).__name__}: {msg})") from None
     finally:
         tiff_log.disabled = log_was_disabled
 

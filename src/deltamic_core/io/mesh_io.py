@@ -111,10 +111,18 @@ def _load_trimesh(path: str, suffix: str):
 def _load_meshio(path: str):
     import meshio
 
+    import contextlib
+    import io as _io
+
+    # meshio prints its reader errors and then calls sys.exit(1) when no reader succeeds: keep
+    # both from the user's terminal and turn them into one ValueError
+    printed = _io.StringIO()
     try:
-        m = meshio.read(path)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read mesh ({type(exc).__name__}: {exc})") from None
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            m = meshio.read(path)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
+        detail = " ".join(printed.getvalue().split())[:200] or f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: cannot read mesh ({detail})") from None
     coords = np.asarray(m.points, dtype=np.float64)
     if coords.ndim == 2 and coords.shape[1] == 2:
         raise ValueError(f"{path}: 2D mesh (points have 2 coordinates); a 3D surface is required")

@@ -466,8 +466,8 @@ def publish(tmp: Path, final: Path, *, overwrite: bool = False, kind: str = "res
     ``final`` is re-checked at this point (it may have appeared or changed during the work):
     an existing ``final`` is replaced only if it is empty, or ours and ``overwrite``.
     """
+    write_manifest(tmp, kind)  # the marker is not listed; it goes now, so a kill leaves one of the two
     (tmp / MARKER_NAME).unlink()
-    write_manifest(tmp, kind)
     fault_point("manifest written")
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise OutputError(f"{str(final)!r} appeared as a file during the run: the result stays in {str(tmp)!r}")
@@ -584,8 +584,8 @@ class Collection:
             raise OutputError(f"{self.option} {str(self.root)!r} exists and is not a directory")
         if not self.root.exists():
             tmp = _new_staging(self.root)
-            (tmp / MARKER_NAME).unlink()
             write_manifest(tmp, "collection")
+            (tmp / MARKER_NAME).unlink()
             try:
                 os.rename(tmp, self.root)
             except OSError:

@@ -52,6 +52,19 @@ def check_psf_resolved(psf, spacing_um, option: str = "--sigma") -> None:
         raise InputError(str(exc)) from None
 
 
+def check_edge(edge_um, spacing_um, option: str = "--edge") -> None:
+    """Refuse a target triangle edge far below the voxel size (a mesh finer than the image can
+    show only costs time: millions of triangles before any cost check could stop it)."""
+    if edge_um is None:
+        return
+    vox = float(np.min(spacing_um))
+    if not float(edge_um) >= 0.25 * vox:
+        raise InputError(
+            f"{option} {float(edge_um):.3g} um is below a quarter of the smallest voxel ({vox:.3g} um): "
+            f"the image cannot resolve such triangles (use {option} >= {0.25 * vox:.3g})"
+        )
+
+
 @dataclass
 class Prepared:
     """The checked inputs of a fit, ready for the Fitter."""
@@ -86,6 +99,7 @@ def prepare(job: FitJob, psf=None) -> Prepared:
     origin = check_vector3(job.origin_um, "origin_um")
     psf = make_psf(job.psf, spacing) if psf is None else psf
     check_psf_resolved(psf, spacing)
+    check_edge(job.edge_um, spacing)
     config = job.fit_config()
     init = initial_mesh(job.init, image, spacing, psf=psf, edge_um=job.edge_um, origin_um=origin, stain=job.stain)
     return Prepared(image, spacing, origin, psf, config, init, job)

@@ -174,6 +174,9 @@ def fit_target(
         target, shape, spacing, psf, noise=noise, photons=photons, seed=seed, device=job.device, backend=job.backend
     )
     centroid, radius, vol = sphere_of_same_volume(target)
+    from .run import check_edge
+
+    check_edge(job.edge_um, spacing)
     init = geometry.seed_spheres(centroid[None], np.array([radius]), edge_um=job.edge_um)
 
     def before_write(d: Path, res):

@@ -152,11 +152,8 @@ def track_job(job) -> list[dict]:
     from .psfspec import make_psf
     from .run import check_device, job_inputs
 
-    root = check_replaceable(job.out, overwrite=job.overwrite, inputs=job_inputs(job), resume=True)
-    if (root / REPORT_NAME).is_file() and not job.overwrite:
-        from .errors import InputError
-
-        raise InputError(f"--out {str(job.out)!r} holds a finished time-lapse: pass --overwrite to fit it again")
+    # a rerun resumes (finished frames are reused, like a batch); --overwrite fits every frame again
+    check_replaceable(job.out, overwrite=job.overwrite, inputs=job_inputs(job), resume=True)
     check_device(job.device, job.backend)
     stack, spacing = load_image(job.image, channel=job.channel, spacing=job.spacing_um, allow_time=True, what="STACK")
     psf = make_psf(job.psf, spacing)
