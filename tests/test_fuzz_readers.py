@@ -148,10 +148,12 @@ def _ply(v, f):
 def _stl(v, f):
     out = io.BytesIO()
     out.write(b"\0" * 80 + struct.pack("<I", len(f)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        v32 = np.asarray(v, dtype=np.float64).reshape(-1, 3).astype(np.float32)  # 1e300 -> inf, as a file can hold
     for t in f:
         out.write(struct.pack("<3f", 0, 0, 0))
         for i in t:
-            out.write(struct.pack("<3f", *(v[i] if 0 <= i < len(v) else (0, 0, 0))))
+            out.write(v32[i].tobytes() if 0 <= i < len(v32) else struct.pack("<3f", 0, 0, 0))
         out.write(b"\0\0")
     return out.getvalue()
 

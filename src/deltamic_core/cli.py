@@ -793,3 +793,7 @@ def cmd_batch(args) -> int:
     )
     print(format_summary(results))
     return EXIT_FAILURE if any(r["status"] == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":  # python -m deltamic_core.cli
+    sys.exit(main())

@@ -109,10 +109,10 @@ def _load_trimesh(path: str, suffix: str):
 
 
 def _load_meshio(path: str):
-    import meshio
-
     import contextlib
     import io as _io
+
+    import meshio
 
     # meshio prints its reader errors and then calls sys.exit(1) when no reader succeeds: keep
     # both from the user's terminal and turn them into one ValueError
@@ -120,7 +120,7 @@ def _load_meshio(path: str):
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             m = meshio.read(path)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:
         detail = " ".join(printed.getvalue().split())[:200] or f"{type(exc).__name__}: {exc}"
         raise ValueError(f"{path}: cannot read mesh ({detail})") from None
     coords = np.asarray(m.points, dtype=np.float64)
