@@ -188,7 +188,7 @@ def _winding_inside(t, pts) -> np.ndarray:
         w = gpytoolbox.winding_number(np.asarray(pts, float), np.asarray(t.vertices, float),
                                       np.asarray(t.faces, np.int32))
         return np.abs(w) > 0.5
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure of the fast path falls back to trimesh
         return np.asarray(t.contains(pts), bool)
 
 

@@ -340,7 +340,7 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
                 invalid = exc
     except MemoryError:
         raise ValueError(f"{path}: the image does not fit in memory") from None
-    except Exception as exc:  # a damaged file can make tifffile fail in many ways: all mean "unreadable"
+    except Exception as exc:  # noqa: BLE001 - a damaged file can make tifffile fail in many ways
         if isinstance(exc, ValueError) and str(exc).startswith("unknown length unit"):
             raise ValueError(f"{path}: {exc}") from None
         if isinstance(exc, _TooLarge):

@@ -120,7 +120,7 @@ def _load_meshio(path: str):
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             m = meshio.read(path)
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - meshio raises anything, even SystemExit
         detail = " ".join(printed.getvalue().split())[:200] or f"{type(exc).__name__}: {exc}"
         raise ValueError(f"{path}: cannot read mesh ({detail})") from None
     coords = np.asarray(m.points, dtype=np.float64)

@@ -399,7 +399,7 @@ def tiff_written_by_us(path: str | os.PathLike) -> bool:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
             tag = tf.pages[0].tags.get("Software")
             return tag is not None and str(tag.value) == TIFF_SOFTWARE
-    except Exception:
+    except Exception:  # noqa: BLE001 - unreadable means not provably ours
         return False
 
 
