@@ -145,3 +145,32 @@ def test_auto_seeds_find_one_seed_per_filled_object(tmp_path):
     assert np.allclose(found[0], (6.0, 4.4, 3.5), atol=0.5) and np.allclose(found[1], (6.0, 4.4, 8.5), atol=0.5)
     with pytest.raises(InputError, match="no bright objects"):
         auto_seeds(np.full((8, 8, 8), 3.0), sp)
+
+
+def test_auto_seeds_option_needs_an_interior_stain(tmp_path, capsys):
+    from deltamic_core.cli import main
+
+    _droplet(tmp_path)
+    rc = main(["fit", str(tmp_path / "drop.tif"), "--auto-seeds", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--stain interior" in err
+    assert not (tmp_path / "o").exists()
+    rc = main(["fit", str(tmp_path / "drop.tif"), "--auto-seeds", "--seeds", str(tmp_path / "seeds.csv"),
+               "--stain", "interior", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "exactly one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fit_with_auto_seeds(tmp_path):
+    import csv
+
+    from deltamic_core.cli import main
+
+    _, _, _, _, truth = _droplet(tmp_path)
+    out = tmp_path / "fit"
+    rc = main(["fit", str(tmp_path / "drop.tif"), "--auto-seeds", "--stain", "interior", "--sigma", "0.8", "0.2",
+               "0.2", "--levels", "1", "--iterations", "15", "--quiet", "--out", str(out)])
+    assert rc == 0
+    with open(out / "measurements.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and float(rows[0]["volume_um3"]) == pytest.approx(truth, rel=0.03)

@@ -155,6 +155,11 @@ def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
         "--seeds", metavar="CSV", help="seeds CSV with header z,y,x[,radius] in um (radius estimated when absent)"
     )
     init.add_argument("--labels", metavar="TIF", help="label image to start from (0 = background; cell ids = labels)")
+    init.add_argument(
+        "--auto-seeds",
+        action="store_true",
+        help="with --stain interior/both: one seed per bright object (maxima of the blurred image), radii estimated",
+    )
     if batch:
         init.description = (
             "in batch mode '{stem}' in these paths is replaced by each input's file name without extension"
@@ -476,7 +481,8 @@ def _warn(msg: str) -> None:
 # arguments -> FitJob
 # ---------------------------------------------------------------------------------------------
 def _count_init(args) -> int:
-    return sum(v is not None for v in (args.init, args.seeds, args.labels))
+    auto = True if getattr(args, "auto_seeds", False) else None
+    return sum(v is not None for v in (args.init, args.seeds, args.labels, auto))
 
 
 def init_spec(args) -> InitSpec | None:
@@ -487,6 +493,8 @@ def init_spec(args) -> InitSpec | None:
         return InitSpec("labels", args.labels)
     if args.init is not None:
         return InitSpec("mesh", args.init, mesh_units=args.mesh_units)
+    if getattr(args, "auto_seeds", False):
+        return InitSpec("auto")
     return None
 
 
@@ -563,7 +571,7 @@ def cmd_fit(args) -> int:
     if args.noise != "none":
         raise CLIError("--noise only applies with --target-mesh")
     if _count_init(args) != 1:
-        raise CLIError("fit needs exactly one of --init MESH, --seeds CSV or --labels TIF")
+        raise CLIError("fit needs exactly one of --init MESH, --seeds CSV, --labels TIF or --auto-seeds")
     _, report, _ = fit_to_directory(job_from_args(args))
     _print_fit_summary(report, args.out)
     return 0

@@ -412,7 +412,7 @@ def read_label_image(path, shape):
     return lab, meta
 
 
-INIT_KINDS = ("mesh", "seeds", "labels")
+INIT_KINDS = ("mesh", "seeds", "labels", "auto")
 _INIT_OPTION = {"mesh": "--init mesh", "seeds": "--seeds CSV", "labels": "--labels image"}
 
 
@@ -435,7 +435,7 @@ class InitSpec:
     def __post_init__(self):
         if self.kind not in INIT_KINDS:
             raise InputError(f"initial mesh kind must be one of {', '.join(INIT_KINDS)}, got {self.kind!r}")
-        if (self.path is None) == (self.data is None):
+        if self.kind != "auto" and (self.path is None) == (self.data is None):
             raise InputError(f"the initial {self.kind} needs a file or in-memory data (exactly one)")
 
     def for_stem(self, stem: str) -> InitSpec:
@@ -468,6 +468,17 @@ def initial_mesh(
 
     shape = tuple(image.shape[-3:] if image is not None else shape)
     origin = np.asarray(origin_um, dtype=float)
+    if spec.kind == "auto":
+        if stain == "membrane":
+            raise InputError("--auto-seeds finds filled objects: use it with --stain interior or --stain both")
+        if image is None:
+            raise InputError("automatic seeds are found in the image: choose an image")
+        img = image if image.ndim == 3 else image[0]
+        centres = auto_seeds(img, spacing_um) + origin
+        radii = estimate_interior_radii(
+            img, spacing_um, centres - origin, blur_um=psf_width_um(psf) if psf is not None else None
+        )
+        return geometry.seed_spheres(centres, radii, edge_um=edge_um)
     if spec.kind == "seeds":
         centres, radii = read_seeds(spec.path) if spec.path is not None else _seed_arrays(spec.data)
         check_inside(
