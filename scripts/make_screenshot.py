@@ -101,8 +101,9 @@ def _run(args) -> int:
     viewer.layers["seeds"].visible = False
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.angles = (-20.0, 30.0, 120.0)
-    viewer.camera.zoom *= 0.8
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 / older
+    camera.angles = (-20.0, 30.0, 120.0)
+    camera.zoom *= 0.8
     _close_notifications(widget.window())
     for _ in range(20):
         app.processEvents()

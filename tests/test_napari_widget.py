@@ -251,7 +251,8 @@ def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, gui
     viewer.layers["seeds"].visible = False
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.angles = (-20.0, 30.0, 120.0)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 / older
+    camera.angles = (-20.0, 30.0, 120.0)
 
     def shot():
         qtbot.wait(50)
