@@ -21,7 +21,8 @@ SHAPE = (12, 20, 20)
 
 @pytest.fixture(scope="module")
 def client():
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     cl = distributed.Client(cluster)
     yield cl
