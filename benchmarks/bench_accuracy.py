@@ -558,7 +558,8 @@ def watershed_baseline(image, spacing, seeds, radii):
     from skimage.measure import marching_cubes
     from skimage.segmentation import watershed
 
-    from deltamic_core.geometry import contacts as mesh_contacts, meshes_from_labels
+    from deltamic_core.geometry import contacts as mesh_contacts
+    from deltamic_core.geometry import meshes_from_labels
 
     t0 = time.perf_counter()
     spacing = np.asarray(spacing, float)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from .errors import FitFailedError, InputError, InputWarning, PipelineError, one_line
 from .inputs import (
     InitSpec,
-    check_inside,
     auto_seeds,
+    check_inside,
     estimate_interior_radii,
     estimate_seed_radii,
     initial_mesh,
