@@ -10,6 +10,14 @@ wider), Poisson noise. Both methods start from the same image; deltamic gets its
 watershed, marching cubes per label (the usual pipeline). Per object: volume error and mean
 surface distance to the analytic ellipsoid (symmetric, from dense samples), printed for both
 in the same run.
+
+Measured 2026-12-01 with --quick (2 x 15 iterations; 2 loaded cores, so the time is not
+representative), 5 ellipsoids, 5/5 found by auto_seeds:
+    Otsu + watershed + marching cubes  volume error +11.96% (max 12.87%), mean distance 0.120 um
+    deltamic --stain interior          volume error  +0.13% (max  0.39%), mean distance 0.021 um
+    distance ratio 0.17 (goal <= 0.5).
+Not covered yet: touching nuclei at high density, a psfmodels (widefield) PSF, the bleaching
+time-lapse of a deforming droplet.
 """
 from __future__ import annotations
 
