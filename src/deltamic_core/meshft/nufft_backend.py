@@ -137,7 +137,12 @@ class NufftBackend:
         self.tol = float(tol)
         self.nthreads = nthreads
         self._cache: dict = {}
+        self._plans: dict = {}
+        self._last_points = None
         self.last_n_points = 0
+        # finufft's fine-grid factor: 1.25 (smaller FFTs, wider kernel) measured faster than 2
+        # on the renderer's oversampled bands (benchmarks/bench_speed.py); env override
+        self.upsampfac = float(os.environ.get("DELTAMIC_NUFFT_UPSAMPFAC", 1.25))
 
     @staticmethod
     def available() -> bool:
@@ -249,17 +254,41 @@ class NufftBackend:
         return [np.ascontiguousarray(f[a], dtype=real_dtype) for a in range(3)], phase
 
     def _plan(self, kind, n_modes, n_trans, dtype):
+        """A finufft plan, kept across calls (an iteration reuses it: only setpts + execute)."""
         complex_dtype = "complex128" if dtype == torch.float64 else "complex64"
         eps = max(self.tol / 4, 1e-14 if dtype == torch.float64 else 1e-6)
         nthreads = self.nthreads or torch.get_num_threads()
-        return finufft.Plan(kind, n_modes, n_trans=n_trans, eps=eps, isign=-1, dtype=complex_dtype,
-                            modeord=0, nthreads=nthreads)
+        # upsampfac 1.25 is only supported down to eps ~1e-9 in finufft
+        up = self.upsampfac if eps >= 1e-8 else 2.0
+        key = (kind, tuple(n_modes), n_trans, complex_dtype, eps, nthreads, up)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 4:
+                self._plans.clear()
+            plan = finufft.Plan(kind, n_modes, n_trans=n_trans, eps=eps, isign=-1, dtype=complex_dtype,
+                                modeord=0, nthreads=nthreads, upsampfac=up)
+            self._plans[key] = plan
+        return plan
+
+    def _points_cached(self, verts, faces, weights, band, *, backward):
+        """The forward computes the points and keeps them; the backward of the same tensors
+        (alive in the graph, so the key cannot be a recycled address) reuses them once."""
+        key = (verts.data_ptr(), verts._version, tuple(verts.shape), faces.data_ptr(), faces._version,
+               weights.data_ptr(), weights._version, id(band), self.tol)
+        if backward and self._last_points is not None and self._last_points[0] == key:
+            out = self._last_points[1]
+            self._last_points = None
+            return out
+        with torch.no_grad():
+            out = self._points(verts, faces, weights, band)
+        if not backward:
+            self._last_points = (key, out)
+        return out
 
     # ------------------------------------------------------------------ passes
     def forward(self, verts, faces, weights, band):
         info = self._band_info(band)
-        with torch.no_grad():
-            x, s, _ = self._points(verts, faces, weights, band)
+        x, s, _ = self._points_cached(verts, faces, weights, band, backward=False)
         self.last_n_points = int(x.shape[1])
         real_np, complex_np = _np_dtypes(verts.dtype)
         ang, phase = self._angles(x, info, real_np)
@@ -273,7 +302,7 @@ class NufftBackend:
         info = self._band_info(band)
         real_np, complex_np = _np_dtypes(verts.dtype)
         with torch.no_grad():
-            x, s, layout = self._points(verts, faces, weights, band)
+            x, s, layout = self._points_cached(verts, faces, weights, band, backward=True)
             ang, phase = self._angles(x, info, real_np)
             g = np.conj(grad_out.detach().cpu().numpy())
             f = np.zeros((4,) + info["n_modes"], dtype=complex_np)

@@ -47,7 +47,7 @@ import torch
 from ..meshft.nufft_backend import _THETA_MAX, _TOLS, MAX_ORDER, _subdivided_rule, rule_order
 
 # points per chunk (memory ~ chunk x window x 24 bytes)
-_CHUNK_ELEMS = 1 << 23
+_CHUNK_ELEMS = 1 << 22
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,6 +153,12 @@ class _Windows:
         ty = torch.arange(Wy, device=device)
         tx = torch.arange(Wx, device=device)
         self.offsets = ((tz[:, None, None] * Yp + ty[None, :, None]) * Xp + tx[None, None, :]).reshape(-1)
+        self.row_offsets = ((tz[:, None] * Yp + ty[None, :]) * Xp).reshape(-1)
+        n = math.prod(self.padded)
+        # the adjoint gathers whole x-rows of Wx values from a strided (unfolded) view of the
+        # gradient: Wx times fewer indices
+        self.rows = True
+        self.index_dtype = torch.int32 if n < 2**31 - 1 else torch.int64
         self.device = device
 
     def place(self, x: torch.Tensor, radius):
@@ -307,23 +313,28 @@ class TableKernel:
 # ---------------------------------------------------------------------------------------
 # the splat and its adjoint
 # ---------------------------------------------------------------------------------------
-def _chunks(n_points, window):
-    per = max(1, _CHUNK_ELEMS // max(1, math.prod(window)))
+def _chunks(n_points, window, factor=1):
+    per = max(1, _CHUNK_ELEMS // max(1, factor * math.prod(window)))
     return range(0, n_points, per), per
 
 
 def _splat_forward(kernel, win, x, s, sigma):
     radius = kernel.radius(sigma)
-    buf = torch.zeros(math.prod(win.padded), dtype=x.dtype, device=x.device)
+    n = math.prod(win.padded)
+    Wx = win.window[2]
+    # a flat scatter: index_add_ of whole (Wx,) rows into an (N, Wx) buffer measured slower
+    buf = torch.zeros(n, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         _, d0, base, keep = win.place(x, radius)
         if not bool(keep.all()):
             sel = torch.nonzero(keep).reshape(-1)
             d0, base, s = d0[sel], base[sel], s[sel]
-        starts, per = _chunks(len(base), win.window)
+        base = base.to(win.index_dtype)
+        offs = win.offsets.to(win.index_dtype)
+        starts, per = _chunks(len(base), win.window, 1 if kernel.separable else 8)
         for a in starts:
             b = slice(a, a + per)
-            idx = (base[b, None] + win.offsets[None, :]).reshape(-1)
+            idx = (base[b, None] + offs[None, :]).reshape(-1)
             if kernel.separable:
                 (gz, _, _), (gy, _, _), (gx, _, _) = kernel.factors(d0[b], win.spacing, win.window, sigma, radius)
                 blk = ((s[b, None] * gz)[:, :, None, None] * gy[:, None, :, None]) * gx[:, None, None, :]
@@ -345,11 +356,18 @@ def _splat_backward(kernel, win, x, s, sigma, grad, need_sigma):
         sel = torch.nonzero(keep).reshape(-1)
         d0, base, sk = d0[sel], base[sel], s[sel]
         Wz, Wy, Wx = win.window
-        starts, per = _chunks(len(base), win.window)
+        base = base.to(win.index_dtype)
+        if win.rows:
+            # overlapping rows gbuf[r : r + Wx] (a strided view, no copy)
+            unf = gbuf.unfold(0, Wx, 1)
+            offs = win.row_offsets.to(win.index_dtype)
+        else:
+            offs = win.offsets.to(win.index_dtype)
+        starts, per = _chunks(len(base), win.window, 1 if kernel.separable else 8)
         for a in starts:
             b = slice(a, a + per)
-            idx = base[b, None] + win.offsets[None, :]
-            vals = gbuf[idx]  # (Pc, W)
+            idx = (base[b, None] + offs[None, :]).reshape(-1)
+            vals = (unf[idx] if win.rows else gbuf[idx]).reshape(len(d0[b]), -1)  # (Pc, W)
             if kernel.separable:
                 (gz, dz, sz), (gy, dy, sy), (gx, dx, sx) = kernel.factors(
                     d0[b], win.spacing, win.window, sigma, radius, need_deriv=True, need_sigma=need_sigma)

@@ -3,8 +3,9 @@
 "auto" takes the real-space route when (1) the grid undersamples the PSF, i.e. the Fourier
 route would have to fold aliases from an oversampled band (its cost grows with the square or
 cube of the oversampling factor, the real-space cost does not), (2) the PSF's truncated window
-is small (at most ``MAX_WINDOW`` voxels: a PSF much wider than the voxels is cheaper in Fourier
-space) and (3) a real-space kernel exists for the PSF: an axis-aligned Gaussian (learnable
+is small compared with that oversampling (window voxels x reads per voxel <=
+``MAX_WINDOW_PER_OVERSAMPLING`` x the product of the oversampling factors: a PSF wider than
+the voxels is cheaper in Fourier space) and (3) a real-space kernel exists for the PSF: an axis-aligned Gaussian (learnable
 sigma keeps its gradient), a full-covariance Gaussian or a :class:`MeasuredPSF` (fixed
 parameters). Everything else stays on the Fourier route. Measured by
 ``benchmarks/bench_speed.py``.
@@ -18,8 +19,9 @@ import torch
 
 from .realspace import GaussianKernel, SurfaceQuadrature, TableKernel, _window_size, otf_weighted_rows, splat
 
-# "auto" keeps the Fourier route when the PSF window exceeds this many voxels
-MAX_WINDOW = 1000
+# "auto" takes the real-space route when window voxels x table reads <= this x the Fourier
+# route's oversampling product
+MAX_WINDOW_PER_OVERSAMPLING = 8
 # table kernels: lattice step (fraction of the PSF's width per axis) and size cap (entries)
 _TABLE_STEP = 1.0 / 12.0
 _TABLE_MAX = 1 << 24
@@ -62,7 +64,14 @@ class RealPlan:
         sigma = None if sigma_fn is None else sigma_fn()
         self._rule_sigma = None if sigma is None else sigma.detach().cpu().numpy()
         self.window = _window_size(kernel.radius(sigma), sp)
-        self.preferred = max(self.fourier_oversampling) > 1 and math.prod(self.window) <= MAX_WINDOW
+        # measured cost model (benchmarks/bench_speed.py, 2 cores): the real-space cost per
+        # point is the window (times ~8 reads for a table kernel), the Fourier route's grows
+        # with the oversampling product; the real route won where window x reads <= ~8 x that
+        # product (narrow PSFs: 1.2-1.8x faster per iteration, plans 4-40x faster) and lost
+        # above (a 540-voxel window at oversampling 4: 3x slower)
+        reads = 1 if kernel.separable else 8
+        q = math.prod(self.fourier_oversampling)
+        self.preferred = (q > 1 and math.prod(self.window) * reads <= MAX_WINDOW_PER_OVERSAMPLING * q)
 
     def _sigma(self):
         if self.sigma_fn is None:
