@@ -229,10 +229,10 @@ def goal1(args):
     radii = estimate_seed_radii(image, spacing, centroids, blur_um=sigma)
     init = seed_spheres(centroids, radii, edge_um=1.0)
     its = (20, 20, 20) if args.quick else (80, 120, 100)
-    for route in ("real", "fourier") if not args.quick else ("real",):
-        import deltamic_core.render.renderer as rmod
+    import deltamic_core.render.renderer as rmod
 
-        orig = rmod.Renderer.__init__
+    orig = rmod.Renderer.__init__
+    for route in ("real", "fourier") if not args.quick else ("real",):
 
         def init_(self, *a, _route=route, **k):
             k.setdefault("route", _route)

@@ -321,7 +321,6 @@ def _chunks(n_points, window, factor=1):
 def _splat_forward(kernel, win, x, s, sigma):
     radius = kernel.radius(sigma)
     n = math.prod(win.padded)
-    Wx = win.window[2]
     # a flat scatter: index_add_ of whole (Wx,) rows into an (N, Wx) buffer measured slower
     buf = torch.zeros(n, dtype=x.dtype, device=x.device)
     with torch.no_grad():
