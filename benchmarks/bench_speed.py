@@ -143,7 +143,7 @@ def confocal_measured_psf(spacing_psf=(0.1, 0.04, 0.04), shape=(48, 64, 64)):
         nz, nxy = shape[0], shape[1]
         z = (np.arange(nz) - nz // 2) * spacing_psf[0]
         h = pm.confocal_psf(z, nx=nxy + 1, dxy=spacing_psf[1], ex_wvl=0.488, em_wvl=0.525, pinhole_au=1.0,
-                            params={"NA": 1.1, "ni0": 1.33, "ni": 1.33, "ns": 1.33})
+                            NA=1.1, ni0=1.33, ni=1.33, ns=1.33)
         h = np.asarray(h)[:, :nxy, :nxy]
         source = "psfmodels.confocal_psf"
     except Exception as exc:  # noqa: BLE001 - the fallback is reported
