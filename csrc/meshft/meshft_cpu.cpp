@@ -15,8 +15,8 @@
 //
 // forward : threads own tiles of frequencies and loop over all anchor groups, accumulating
 //           U(k) in double. No reduction across threads.
-// backward: threads own contiguous ranges of anchor groups and walk the frequencies in blocks,
-//           accumulating, per face, R = sum_k Re(conj(G) f) and
+// backward: threads take chunks of consecutive anchor groups (dynamically) and walk the
+//           frequencies in blocks, accumulating, per face, R = sum_k Re(conj(G) f) and
 //           V_corner = sum_k Re(conj(G) f_corner) k (in T within a block, in double across
 //           blocks). No barriers. Corner gradients are gathered to the vertices serially
 //           (deterministic, no atomics). Results do not depend on the number of threads.

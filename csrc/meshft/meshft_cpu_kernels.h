@@ -486,75 +486,79 @@ void backward_kernel(const T* verts, const int64_t* faces, const T* weights, con
   const int64_t n_groups = static_cast<int64_t>(G.start.size()) - 1;
   const int64_t n_live = static_cast<int64_t>(G.face.size());
   std::vector<FaceAcc> acc(static_cast<size_t>(n_live), FaceAcc{0.0, {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}}});
-  // Each thread owns a contiguous range of anchor groups (about equal numbers of faces) and
-  // walks the frequencies in blocks of kBlock tiles, preparing each block privately: threads
-  // never wait for each other (barriers are costly on a busy machine), and every face's sums
-  // are formed in the same order whatever the number of threads. Per face and block, the
-  // lanes accumulate in T over at most kBlock terms, then go to double.
+  // Threads take chunks of consecutive anchor groups (about equal numbers of faces, 8 per
+  // thread, handed out dynamically: a thread that the machine's other jobs slow down takes
+  // fewer) and walk the frequencies in blocks of kBlock tiles, preparing each block privately:
+  // threads never wait for each other (barriers are costly on a busy machine), and every
+  // face's sums are formed in the same order whatever the number of threads. Per face and
+  // block, the lanes accumulate in T over at most kBlock terms, then go to double.
   constexpr int64_t kBlock = 16;
   const int64_t n_tiles = (K + kTile - 1) / kTile;
   const int64_t n_blocks = (n_tiles + kBlock - 1) / kBlock;
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_live / 64 + 1)));
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(n_groups, 8 * int64_t(nt)));
+  const auto first_at_or_after = [&](int64_t f) {
+    return int64_t(std::lower_bound(G.start.begin(), G.start.end() - 1, f) - G.start.begin());
+  };
 
 #pragma omp parallel num_threads(nt)
   {
-    const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
-    // groups [g_begin, g_end): those whose first face falls in this thread's share of faces
-    const int64_t f_begin = n_live * tid / nth, f_end = n_live * (tid + 1) / nth;
-    const auto first_at_or_after = [&](int64_t f) {
-      return int64_t(std::lower_bound(G.start.begin(), G.start.end() - 1, f) - G.start.begin());
-    };
-    const int64_t g_begin = first_at_or_after(f_begin), g_end = first_at_or_after(f_end);
     FaceLanes<T> L;
     std::vector<TileFreqs> tf(static_cast<size_t>(kBlock));
     std::vector<T> kx(kBlock * kTile), ky(kBlock * kTile), kz(kBlock * kTile);
     std::vector<double> gr(kBlock * kTile), gi(kBlock * kTile);
     std::vector<T> hr(kBlock * kTile), hi(kBlock * kTile);
     alignas(64) T lanes[10][kTile];
-    for (int64_t blk = 0; blk < n_blocks; ++blk) {
-      const int64_t t0 = blk * kBlock;
-      const int64_t nsub = std::min(kBlock, n_tiles - t0);
-      for (int64_t sub = 0; sub < nsub; ++sub) {
-        const int64_t k0 = (t0 + sub) * kTile;
-        tile_freqs(freqs, k0, std::min(kTile, K - k0), tf[sub]);
-      }
-      for (int64_t j = 0; j < nsub * kTile; ++j) {
-        const int64_t k = t0 * kTile + j;
-        const bool in = k < K;  // padding lanes get G = 0: they add nothing
-        kx[j] = in ? freqs[3 * k] : T(0);
-        ky[j] = in ? freqs[3 * k + 1] : T(0);
-        kz[j] = in ? freqs[3 * k + 2] : T(0);
-        gr[j] = in ? double(grad_out[k].real()) : 0.0;
-        gi[j] = in ? double(grad_out[k].imag()) : 0.0;
-      }
-      for (int64_t gidx = g_begin; gidx < g_end; ++gidx) {
-        const double ax = G.anchor[3 * gidx], ay = G.anchor[3 * gidx + 1], az = G.anchor[3 * gidx + 2];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+      // groups [g_begin, g_end): those whose first face falls in this chunk's share of faces
+      const int64_t g_begin = first_at_or_after(n_live * chunk / n_chunks);
+      const int64_t g_end = first_at_or_after(n_live * (chunk + 1) / n_chunks);
+      for (int64_t blk = 0; blk < n_blocks; ++blk) {
+        const int64_t t0 = blk * kBlock;
+        const int64_t nsub = std::min(kBlock, n_tiles - t0);
         for (int64_t sub = 0; sub < nsub; ++sub) {
-          const TileFreqs& f = tf[sub];
-          T* HR = hr.data() + sub * kTile;
-          T* HI = hi.data() + sub * kTile;
-          const double* GR = gr.data() + sub * kTile;
-          const double* GI = gi.data() + sub * kTile;
-          for (int64_t j = 0; j < kTile; ++j) {
-            // H = conj(G) exp(-i pa): Re(conj(G) exp(-i pa) F) = Re(H F)
-            const Cplx<double> e = expmi_anchor<T>(f.x[j] * ax + f.y[j] * ay + f.z[j] * az);
-            HR[j] = T(GR[j] * e.re + GI[j] * e.im);
-            HI[j] = T(GR[j] * e.im - GI[j] * e.re);
-          }
+          const int64_t k0 = (t0 + sub) * kTile;
+          tile_freqs(freqs, k0, std::min(kTile, K - k0), tf[sub]);
         }
-        for (int64_t i = G.start[gidx]; i < G.start[gidx + 1]; ++i) {
-          const FaceEdges& g = G.edges[i];
-          for (int n = 0; n < 10; ++n)
-            for (int64_t j = 0; j < kTile; ++j) lanes[n][j] = T(0);
+        for (int64_t j = 0; j < nsub * kTile; ++j) {
+          const int64_t k = t0 * kTile + j;
+          const bool in = k < K;  // padding lanes get G = 0: they add nothing
+          kx[j] = in ? freqs[3 * k] : T(0);
+          ky[j] = in ? freqs[3 * k + 1] : T(0);
+          kz[j] = in ? freqs[3 * k + 2] : T(0);
+          gr[j] = in ? double(grad_out[k].real()) : 0.0;
+          gi[j] = in ? double(grad_out[k].imag()) : 0.0;
+        }
+        for (int64_t gidx = g_begin; gidx < g_end; ++gidx) {
+          const double ax = G.anchor[3 * gidx], ay = G.anchor[3 * gidx + 1], az = G.anchor[3 * gidx + 2];
           for (int64_t sub = 0; sub < nsub; ++sub) {
-            const int64_t o = sub * kTile;
-            face_backward(tf[sub], g, hr.data() + o, hi.data() + o, kx.data() + o, ky.data() + o,
-                          kz.data() + o, L, lanes);
+            const TileFreqs& f = tf[sub];
+            T* HR = hr.data() + sub * kTile;
+            T* HI = hi.data() + sub * kTile;
+            const double* GR = gr.data() + sub * kTile;
+            const double* GI = gi.data() + sub * kTile;
+            for (int64_t j = 0; j < kTile; ++j) {
+              // H = conj(G) exp(-i pa): Re(conj(G) exp(-i pa) F) = Re(H F)
+              const Cplx<double> e = expmi_anchor<T>(f.x[j] * ax + f.y[j] * ay + f.z[j] * az);
+              HR[j] = T(GR[j] * e.re + GI[j] * e.im);
+              HI[j] = T(GR[j] * e.im - GI[j] * e.re);
+            }
           }
-          FaceAcc& A = acc[i];
-          A.r += lane_sum(lanes[0]);
-          for (int c = 0; c < 3; ++c)
-            for (int e = 0; e < 3; ++e) A.v[c][e] += lane_sum(lanes[1 + 3 * c + e]);
+          for (int64_t i = G.start[gidx]; i < G.start[gidx + 1]; ++i) {
+            const FaceEdges& g = G.edges[i];
+            for (int n = 0; n < 10; ++n)
+              for (int64_t j = 0; j < kTile; ++j) lanes[n][j] = T(0);
+            for (int64_t sub = 0; sub < nsub; ++sub) {
+              const int64_t o = sub * kTile;
+              face_backward(tf[sub], g, hr.data() + o, hi.data() + o, kx.data() + o, ky.data() + o,
+                            kz.data() + o, L, lanes);
+            }
+            FaceAcc& A = acc[i];
+            A.r += lane_sum(lanes[0]);
+            for (int c = 0; c < 3; ++c)
+              for (int e = 0; e < 3; ++e) A.v[c][e] += lane_sum(lanes[1 + 3 * c + e]);
+          }
         }
       }
     }
