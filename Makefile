@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= demo_out
 
-.PHONY: demo test bench lint lint-format setup setup-test clean
+.PHONY: demo test bench lint lint-format setup setup-test napari clean
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -31,8 +31,13 @@ lint: setup-test
 lint-format:
 	$(VENV)/bin/ruff format --check $(LINT_FORMAT_PATHS)
 
+# napari with the bundled sample opened and the deltaMic widget docked (after `make demo`)
+napari:
+	@test -x $(VENV)/bin/napari || { echo "make napari: napari is not installed in $(VENV): run 'make demo' first" >&2; exit 1; }
+	$(PY) scripts/napari_demo.py $(NAPARI_ARGS)
+
 bench: setup-test
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf build dist src/*.egg-info src/deltamic_core/_C*.so
+	rm -rf build dist src/*.egg-info src/deltamic_core/_C*.so src/deltamic_core/_csrc

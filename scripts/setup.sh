@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot set-up of a fresh machine: system packages (Xvfb and the xcb libraries napari's
 # Qt canvas needs), a virtual environment in $VENV, the CPU build of torch, the package with
-# its compiled extension, and (with --test) the test-only dependencies.
+# napari and PyQt6, its native kernel compiled into the user cache, and (with --test) the
+# test-only dependencies.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,11 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 WITH_TEST=0
 [ "${1:-}" = "--test" ] && WITH_TEST=1
 
-if [ $WITH_TEST = 1 ]; then
-    apt_pkgs="xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0 libgl1 libegl1 libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libfontconfig1 libdbus-1-3"
+# Qt's xcb platform libraries (napari's window, `make napari`) always; for the tests Xvfb, and
+# clang (the kernel is also built and checked with clang, as on macOS).
+apt_pkgs="libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0 libgl1 libegl1 libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libfontconfig1 libdbus-1-3"
+[ $WITH_TEST = 1 ] && apt_pkgs="xvfb xauth clang $apt_pkgs"
+if command -v dpkg >/dev/null; then
     missing=""
     for p in $apt_pkgs; do
         dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -20,7 +24,7 @@ if [ $WITH_TEST = 1 ]; then
     if [ -n "$missing" ]; then
         if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else SUDO="none"; fi
         if [ "$SUDO" = none ]; then
-            echo "setup: please install these system packages (the napari GUI tests need them):$missing" >&2
+            echo "setup: please install these system packages (napari's window and its tests need them):$missing" >&2
         else
             echo "setup: installing system packages:$missing"
             $SUDO apt-get update -qq
@@ -39,8 +43,17 @@ quiet $PIP install -q --upgrade pip setuptools wheel ninja
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     quiet $PIP install -q "$TORCH_SPEC"
 fi
-extras=""
-[ $WITH_TEST = 1 ] && extras="[testing]"
-# --no-build-isolation: build the extension against the torch installed above.
+# napari with a Qt binding for the README's napari path (make napari); the test extra on top.
+extras="[napari]"
+[ $WITH_TEST = 1 ] && extras="[napari,testing]"
+# The package is pure Python (nothing to build against torch); no build isolation only saves
+# setting up a build environment for the editable install.
 quiet $PIP install -q --no-build-isolation -e ".$extras"
+# Compile the native kernel now (cached per user; instant when nothing changed) rather than at
+# the first fit. The tests need it; the demo works without it (the NUFFT backend is used).
+if [ $WITH_TEST = 1 ]; then
+    "$VENV/bin/python" -m deltamic_core.build_kernel --require
+else
+    "$VENV/bin/python" -m deltamic_core.build_kernel
+fi
 "$VENV/bin/python" -c "import deltamic_core as d; print('deltamic_core', d.__version__, '- mesh_ft backends:', ', '.join(d.available_backends()))"

@@ -1,5 +1,7 @@
-"""The native extension ``deltamic_core._C`` (csrc/meshft): it builds, it is right, and the
-CUDA source and the shared math header compile.
+"""The native kernel (csrc/meshft, compiled just in time into the user cache by
+deltamic_core.meshft._build; ``make setup`` prebuilds it): it builds, it is right, and the CUDA
+source and the shared math header compile. Also built with clang (its AVX2 clone, no OpenMP:
+the serial stand-in), by two processes at once (one builds, the other waits and loads).
 
 References are independent of the kernels: the textbook closed form of the triangle transform
 evaluated in 40-digit arithmetic with mpmath (no cancellation at that precision), central finite
@@ -8,6 +10,7 @@ contribution of a degenerate triangle).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +27,7 @@ CSRC = ROOT / "csrc" / "meshft"
 if os.environ.get("DELTAMIC_NO_EXT") == "1":
     pytest.skip("built without the native extension (DELTAMIC_NO_EXT=1)", allow_module_level=True)
 
-from deltamic_core import _C  # noqa: E402  (a failed build must fail this test module)
+from deltamic_core import _C  # noqa: E402  (a failed build must fail this test module; builds if needed)
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -110,42 +113,95 @@ def test_forward_matches_mpmath(subdivisions, radius, centre, kmax):
     assert np.abs(out32.numpy().astype(np.complex128) - ref).max() <= 3e-7 * u0
 
 
-def test_portable_clone_meets_the_same_contracts(tmp_path):
-    """The kernels are compiled twice (AVX2+FMA, chosen at run time when the CPU has it, and
-    baseline x86-64); DELTAMIC_MESHFT_ISA=baseline forces the second, in a fresh process. Both
-    must meet the float32 and float64 contracts against the mpmath reference and agree on the
-    gradients."""
+_CLONE_SCRIPT = (
+    "import json, numpy as np, torch\n"
+    "from deltamic_core import _C\n"
+    "d = np.load({case!r})\n"
+    "res = {{'isa': np.array(_C.cpu_isa())}}\n"
+    "for dt in (torch.float32, torch.float64):\n"
+    "    t = [torch.tensor(d[n], dtype=dt) for n in ('verts', 'weights', 'freqs')]\n"
+    "    f = torch.tensor(d['faces'])\n"
+    "    G = torch.complex(torch.tensor(d['g'][:, 0], dtype=dt), torch.tensor(d['g'][:, 1], dtype=dt))\n"
+    "    name = str(dt).split('.')[-1]\n"
+    "    res['u_' + name] = _C.meshft_forward(t[0], f, t[1], t[2]).numpy()\n"
+    "    res['gv_' + name] = _C.meshft_backward(t[0], f, t[1], t[2], G)[0].numpy()\n"
+    "np.savez({out!r}, **res)\n"
+)
+
+
+def _clone_case(tmp_path):
     verts, faces, weights, freqs = _case(1, 3.0, (2.0, -1.0, 4.0), 2.5, n_freq=40, seed=3)
     ref = _mp_mesh_ft(verts, faces, weights, freqs)
     g = np.random.default_rng(4).normal(size=(len(freqs), 2)).astype(np.float32)
     np.savez(tmp_path / "case.npz", verts=verts, faces=faces, weights=weights, freqs=freqs, g=g)
-    code = (
-        "import numpy as np, torch\n"
-        "from deltamic_core import _C\n"
-        f"d = np.load({str(tmp_path / 'case.npz')!r})\n"
-        "res = {'isa': np.array(_C.cpu_isa())}\n"
-        "for dt in (torch.float32, torch.float64):\n"
-        "    t = [torch.tensor(d[n], dtype=dt) for n in ('verts', 'weights', 'freqs')]\n"
-        "    f = torch.tensor(d['faces'])\n"
-        "    G = torch.complex(torch.tensor(d['g'][:, 0], dtype=dt), torch.tensor(d['g'][:, 1], dtype=dt))\n"
-        "    name = str(dt).split('.')[-1]\n"
-        "    res['u_' + name] = _C.meshft_forward(t[0], f, t[1], t[2]).numpy()\n"
-        "    res['gv_' + name] = _C.meshft_backward(t[0], f, t[1], t[2], G)[0].numpy()\n"
-        f"np.savez({str(tmp_path / 'out.npz')!r}, **res)\n"
-    )
-    env = dict(os.environ, DELTAMIC_MESHFT_ISA="baseline")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
-    out = np.load(tmp_path / "out.npz")
-    assert str(out["isa"]) == "baseline"
+    return (verts, faces, weights, freqs, g), ref
+
+
+def _check_other_build(out, case, ref):
+    """A kernel from another process (other clone or compiler) against mpmath and this build."""
+    verts, faces, weights, freqs, g = case
     u0 = abs(ref[0])
     assert np.abs(out["u_float64"] - ref).max() <= 1e-12 * u0
     assert np.abs(out["u_float32"].astype(np.complex128) - ref).max() <= 3e-7 * u0
-    # gradients: the baseline clone's float64 and float32 against this process's float64
+    # gradients: the other build's float64 and float32 against this process's float64
     G = torch.complex(torch.tensor(g[:, 0], dtype=torch.float64), torch.tensor(g[:, 1], dtype=torch.float64))
     gv = _C.meshft_backward(*_tensors(verts, faces, weights, freqs, torch.float64), G)[0].numpy()
     rel = lambda a: np.linalg.norm(a - gv) / np.linalg.norm(gv)
     assert rel(out["gv_float64"]) <= 1e-12
     assert rel(out["gv_float32"].astype(np.float64)) <= 1e-4
+
+
+def test_portable_clone_meets_the_same_contracts(tmp_path):
+    """The kernels are compiled twice (AVX2+FMA, chosen at run time when the CPU has it, and
+    baseline x86-64); DELTAMIC_MESHFT_ISA=baseline forces the second, in a fresh process. Both
+    must meet the float32 and float64 contracts against the mpmath reference and agree on the
+    gradients."""
+    case, ref = _clone_case(tmp_path)
+    code = _CLONE_SCRIPT.format(case=str(tmp_path / "case.npz"), out=str(tmp_path / "out.npz"))
+    env = dict(os.environ, DELTAMIC_MESHFT_ISA="baseline")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    out = np.load(tmp_path / "out.npz")
+    assert str(out["isa"]) == "baseline"
+    _check_other_build(out, case, ref)
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx2" in flags and "fma" in flags
+
+
+@pytest.mark.slow
+def test_clang_build_without_openmp_two_processes_at_once(tmp_path):
+    """A first use by two processes at once, with clang and OpenMP switched off (the serial
+    stand-in for <omp.h>, as on a Mac without libomp), into an empty cache: exactly one
+    compiles, the other waits on the lock and loads that build; both meet the contracts, and
+    clang's AVX2+FMA clone is the one that runs on a CPU that has them."""
+    clang = shutil.which("clang++")
+    if clang is None:
+        pytest.skip("clang++ not installed (apt-get install clang)")
+    case, ref = _clone_case(tmp_path)
+    env = dict(os.environ, CXX=clang, DELTAMIC_OPENMP="0", DELTAMIC_KERNEL_CACHE=str(tmp_path / "cache"))
+    env.pop("DELTAMIC_NO_EXT", None)
+    procs = [subprocess.Popen([sys.executable, "-W", "always", "-c",
+                               _CLONE_SCRIPT.format(case=str(tmp_path / "case.npz"), out=str(tmp_path / f"out{i}.npz"))],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    results = [p.communicate(timeout=1800) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-4000:]
+    notices = sum(err.count("preparing its fast CPU kernel") for _, err in results)
+    assert notices == 1, [err[-2000:] for _, err in results]
+    (ok,) = (tmp_path / "cache").glob("meshft-*/build-ok.json")
+    info = json.loads(ok.read_text())
+    assert info["compiler"][0] == "clang" and info["openmp"] is False
+    assert "-fno-trapping-math" in info["cflags"] and "-fopenmp" not in info["cflags"]
+    for i in range(2):
+        out = np.load(tmp_path / f"out{i}.npz")
+        assert str(out["isa"]) == ("avx2+fma" if _cpu_has_avx2_fma() else "baseline")
+        _check_other_build(out, case, ref)
 
 
 def test_forward_at_zero_frequency_is_weighted_area():

@@ -42,17 +42,27 @@
 namespace meshft {
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define MESHFT_HAVE_AVX2_CLONE 1
+#if defined(__clang__)
+// clang ignores #pragma GCC target; this gives every function in the region (templates and
+// lambdas included) the target. clang contracts a*b+c within an expression by default.
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 // -std=c++17 implies -ffp-contract=off; the AVX2 clone may fuse multiply-adds (faster and, if
 // anything, more accurate; the baseline clone cannot: no FMA in baseline x86-64).
 #pragma GCC optimize("fp-contract=fast")
+#endif
 namespace isa_avx2 {
 #include "meshft_cpu_kernels.h"
 }  // namespace isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #endif
 
 namespace isa_base {

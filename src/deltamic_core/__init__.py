@@ -33,6 +33,10 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
+    if name == "_C":  # the native kernel, compiled on first use (see deltamic_core.meshft._build)
+        from .meshft._native import extension
+
+        return extension()
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'deltamic_core' has no attribute {name!r}")

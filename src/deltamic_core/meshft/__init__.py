@@ -124,7 +124,7 @@ def mesh_ft(verts, faces, freqs, weights=None, *, backend: str = "auto") -> torc
     w = _check_weights(weights, v, f.shape[0])
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string such as 'auto', got {type(backend).__name__}")
-    name, b = resolve(backend, v.device)
+    name, b = resolve(backend, v.device, band=band is not None)
     if b.needs_band and band is None:
         raise ValueError(f"backend: {name!r} needs freqs given as a GridBand (grid frequencies), got a tensor")
     if k.shape[0] == 0:

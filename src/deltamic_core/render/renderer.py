@@ -477,9 +477,13 @@ class Renderer:
         faces) is large (see :func:`deltamic_core.meshft.nufft_backend.prefer_nufft`)."""
         if self.backend != "auto":
             return self.backend
+        from ..meshft._registry import resolve
         from ..meshft.nufft_backend import prefer_nufft
 
-        return "nufft" if prefer_nufft(self.device, len(self.band), n_faces) else "auto"
+        if prefer_nufft(self.device, len(self.band), n_faces):
+            return "nufft"
+        # the native kernel (compiled on first use), or where it cannot be had, the NUFFT
+        return resolve("auto", self.device, band=True)[0]
 
     def _freqs_arg(self, backend: str):
         """The band as the backend wants it: a precomputed (K, 3) tensor, or the GridBand for
