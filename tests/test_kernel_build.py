@@ -131,9 +131,6 @@ def test_without_compiler_auto_uses_nufft_and_says_so_once(tmp_path):
     assert len(notes) == 1, out["messages"]
     assert "no working C++ compiler" in notes[0] and "NUFFT" in notes[0]
     assert "pip install" not in notes[0] and "-e ." not in notes[0]
-    # the failure is remembered: a second process does not retry the compiler, nor repeat the probe
-    (marker,) = (tmp_path / "cache").glob("meshft-*/build-failed.json")
-    assert "no working C++ compiler" in json.loads(marker.read_text())["reason"]
     # the image is the pure-torch exact image up to the NUFFT tolerance
     exact = subprocess.run([sys.executable, "-c", FALLBACK.replace("GaussianPSF(sigma_um=(0.5, 0.5, 0.5)))",
                                                                      "GaussianPSF(sigma_um=(0.5, 0.5, 0.5)), backend='torch')")],
@@ -153,3 +150,37 @@ def test_build_kernel_command_without_compiler_explains_and_exits_cleanly(tmp_pa
     req = subprocess.run([sys.executable, "-m", "deltamic_core.build_kernel", "--require"], capture_output=True,
                          text=True, env=env, timeout=300)
     assert req.returncode == 1 and "Traceback" not in req.stderr
+
+
+def test_a_failed_compilation_is_remembered_and_not_retried(tmp_path):
+    """A compiler that identifies itself but cannot compile (a broken toolchain): the first use
+    tries once, says so, falls back to nufft; the failure is recorded in the cache, so the next
+    process neither retries nor announces a build."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not installed")
+    broken = tmp_path / "broken-c++"
+    broken.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        # answers the identification query like g++, fails everything else
+        case " $* " in *" -dM "*|*" --version "*) exec {gxx} "$@" ;; esac
+        echo "broken-c++: internal compiler error" >&2
+        exit 1
+        """))
+    broken.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "DELTAMIC_NO_EXT"}
+    env.update(CXX=str(broken), DELTAMIC_KERNEL_CACHE=str(tmp_path / "cache"))
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for i, out in enumerate(runs):
+        assert out["used"] == "nufft"
+        building = [m for m in out["messages"] if "preparing its fast CPU kernel" in m]
+        assert len(building) == (1 if i == 0 else 0), out["messages"]
+        notes = [m for m in out["messages"] if "fast exact kernel is not available" in m]
+        assert len(notes) == 1 and "failed to build it" in notes[0], out["messages"]
+    (marker,) = (tmp_path / "cache").glob("meshft-*/build-failed.json")
+    rec = json.loads(marker.read_text())
+    assert "failed to build it" in rec["reason"] and "internal compiler error" in rec["log"]
