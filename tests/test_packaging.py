@@ -257,3 +257,21 @@ def test_widget_opens_in_a_shown_viewer(installed):
     assert "docked 'deltaMic inverse rendering" in proc.stdout, proc.stdout
     assert "embryo (synthetic)" in proc.stdout and "seeds" in proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.gui
+def test_make_napari_launch_line_opens_sample_and_widget():
+    """The README's launch line, `make napari`, in this environment (what `make demo` set up):
+    a shown napari window with the sample layers and the docked widget, closed by its timer."""
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("no display (run pytest -p xvfb)")
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "napari").exists():
+        pytest.skip("napari is not installed in this environment")
+    proc = _run(["make", "-C", ROOT, "napari", f"VENV={venv}", "NAPARI_ARGS=--quit-after 2"], timeout=600)
+    _ok(proc)
+    assert "docked 'deltaMic inverse rendering" in proc.stdout, proc.stdout
+    assert "embryo (synthetic)" in proc.stdout and "ground truth mesh" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
