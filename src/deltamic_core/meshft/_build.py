@@ -229,12 +229,15 @@ def want_cuda() -> bool:
     flag = os.environ.get("DELTAMIC_WITH_CUDA")
     if flag == "0":
         return False
-    import torch
-    from torch.utils import cpp_extension
-
     if flag == "1":
         return True
-    return bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
+    import torch
+
+    if not torch.version.cuda or not torch.cuda.is_available():
+        return False
+    from torch.utils import cpp_extension  # slow to import: only where CUDA could be used
+
+    return cpp_extension.CUDA_HOME is not None
 
 
 @dataclass
