@@ -108,7 +108,7 @@ from deltamic_core.render import Renderer
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     mesh = seed_spheres([[3.0, 3.0, 3.0]], [1.5], subdivisions=2)
-    r = Renderer((12, 12, 12), (0.5, 0.5, 0.5), GaussianPSF(sigma_um=(0.5, 0.5, 0.5)))
+    r = Renderer((12, 12, 12), (0.5, 0.5, 0.5), GaussianPSF(sigma_um=(0.5, 0.5, 0.5)), route="fourier")
     import torch
     v = torch.tensor(mesh.verts, dtype=torch.float32)
     f = torch.tensor(mesh.faces)
@@ -132,8 +132,7 @@ def test_without_compiler_auto_uses_nufft_and_says_so_once(tmp_path):
     assert "no working C++ compiler" in notes[0] and "NUFFT" in notes[0]
     assert "pip install" not in notes[0] and "-e ." not in notes[0]
     # the image is the pure-torch exact image up to the NUFFT tolerance
-    exact = subprocess.run([sys.executable, "-c", FALLBACK.replace("GaussianPSF(sigma_um=(0.5, 0.5, 0.5)))",
-                                                                     "GaussianPSF(sigma_um=(0.5, 0.5, 0.5)), backend='torch')")],
+    exact = subprocess.run([sys.executable, "-c", FALLBACK.replace('route="fourier")', 'route="fourier", backend="torch")')],
                            capture_output=True, text=True, env=env, timeout=600)
     assert exact.returncode == 0, exact.stderr[-3000:]
     ref = json.loads(exact.stdout.strip().splitlines()[-1])

@@ -234,7 +234,7 @@ def test_fit_on_bundled_sample(installed):
                    env=env)).stdout.strip()
     out = home / "fit"
     proc = _run([venv / "bin" / "deltamic", "fit", "--target-mesh", rec, "--target-size", "10",
-                 "--spacing", "0.6", "0.6", "0.6", "--edge", "1.2", "--iterations", "5", "--levels", "1",
+                 "--spacing", "0.6", "0.6", "0.6", "--sigma", "1.2", "--edge", "1.2", "--iterations", "5", "--levels", "1",
                  "--quiet", "--out", out], env=env, timeout=1800, cwd=home)
     _ok(proc)
     report = json.loads((out / "report.json").read_text())
