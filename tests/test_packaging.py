@@ -178,6 +178,8 @@ CASES = {"wheel": ("wheel", False), "sdist-no-compiler": ("sdist", False), "sdis
 
 @pytest.fixture(scope="session", params=list(CASES))
 def installed(request, dists, no_compilers, tmp_path_factory):
+    if os.environ.get("DELTAMIC_INSTALL_TESTS", "1") == "0":
+        pytest.skip("install tests switched off (DELTAMIC_INSTALL_TESTS=0)")
     kind, compiler = CASES[request.param]
     home = tmp_path_factory.mktemp(request.param)
     venv = home / "venv"
