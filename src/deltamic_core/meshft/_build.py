@@ -418,7 +418,7 @@ def _build_locked(p: BuildPlan, *, verbose: bool, notify):
             name=MODULE_NAME, sources=sources, extra_cflags=list(cflags), extra_cuda_cflags=cuda_cflags,
             extra_ldflags=list(ldflags), extra_include_paths=list(include), build_directory=str(p.directory),
             verbose=verbose, with_cuda=p.with_cuda)
-    except Exception as e:  # compiler errors, missing ninja, linker errors
+    except Exception as e:  # noqa: BLE001 - compiler errors, missing ninja, linker errors
         exc = KernelUnavailable(f"the C++ compiler ('{tc.command}') failed to build it", _short_log(e))
         _record_failure(p, exc)
         raise exc from None

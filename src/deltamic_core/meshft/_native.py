@@ -82,7 +82,7 @@ def extension(*, build: bool = True):
         except _build.KernelUnavailable as e:
             _ERROR = e
             raise
-        except Exception as e:  # an unloadable binary (ABI mismatch, missing symbol)
+        except Exception as e:  # noqa: BLE001 - an unloadable binary (ABI mismatch, missing symbol)
             _ERROR = _build.KernelUnavailable(f"the built kernel could not be loaded: {e}")
             raise _ERROR from None
 
@@ -95,7 +95,7 @@ def state() -> str:
         return "unavailable"
     try:
         p = _plan()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken plan means no native kernel
         return "unavailable"
     if p.ok_marker.is_file() and p.library.is_file():
         return "built"
@@ -112,7 +112,7 @@ def unavailable_reason() -> str | None:
         return "the native kernel is disabled (DELTAMIC_NO_EXT=1)"
     try:
         p = _plan()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported as the reason
         return str(e)
     fail = _build.recorded_failure(p)
     if fail is not None:
