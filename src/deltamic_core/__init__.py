@@ -34,9 +34,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str):
     if name == "_C":  # the native kernel, compiled on first use (see deltamic_core.meshft._build)
-        from .meshft._native import extension
-
-        return extension()
+        return importlib.import_module("deltamic_core.meshft._native").extension()
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'deltamic_core' has no attribute {name!r}")
