@@ -96,7 +96,10 @@ def _run(args) -> int:
           f"{widget.first_update_s:.2f} s; median {np.median(steps):.3f} s/iteration "
           f"(min {steps.min():.3f}, max {steps.max():.3f}); loss {widget.loss_plot.losses[0]:.4g} -> "
           f"{widget.loss_plot.losses[-1]:.4g}")
-    widget.measure()
+    widget.measure()  # measures in a worker: wait for the table
+    while not widget.measure_button.isEnabled():
+        app.processEvents()
+        time.sleep(0.02)
 
     viewer.layers["seeds"].visible = False
     viewer.dims.ndisplay = 3

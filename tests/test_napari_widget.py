@@ -131,13 +131,15 @@ def test_short_fit_lowers_the_loss_and_gives_results(make_napari_viewer, gui_ope
 
     back = read_mesh(out)
     np.testing.assert_allclose(back.verts, v1, atol=1e-4)
-    _click(qtbot, w.labels_button)
+    _click(qtbot, w.labels_button)  # rasterises in a worker
+    qtbot.waitUntil(lambda: "crop cells" in viewer.layers and w.labels_button.isEnabled(), timeout=FIT_TIMEOUT_MS)
     labels_layer = viewer.layers["crop cells"]
     assert labels_layer.data.shape == image.data.shape
     np.testing.assert_allclose(labels_layer.scale, image.scale)
     np.testing.assert_allclose(labels_layer.translate, image.translate)
     assert set(np.unique(labels_layer.data)) == {0, 1}
-    _click(qtbot, w.measure_button)
+    _click(qtbot, w.measure_button)  # measures in a worker
+    qtbot.waitUntil(w.measure_button.isEnabled, timeout=FIT_TIMEOUT_MS)
     assert w.table.rowCount() == 1
     csv_path = tmp_path / "cells.csv"
     _save_dialog_returns(monkeypatch, csv_path)

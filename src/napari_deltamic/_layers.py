@@ -18,6 +18,37 @@ LABELS_KEY = "labels"  # (F, 2) int32, the .rec (l1, l2) convention of deltamic_
 VOXEL_UNITS_KEY = "voxel_units"  # True: vertices are still in voxel units of the source stack
 SPACING_KEY = "spacing_um"
 
+#: the ``units`` of every (z, y, x) layer the plugin makes: world coordinates are micrometres
+UNITS_ZYX = ("um", "um", "um")
+#: the colormap of cell ids on Surface layers; Labels layers get the same colours per cell
+CELL_COLORMAP = "turbo"
+
+
+def units_for(ndim: int) -> tuple[str, ...]:
+    """Layer ``units`` for an ``ndim`` layer: um on the last three axes, pixel (index) before."""
+    return ("pixel",) * (ndim - 3) + UNITS_ZYX
+
+
+def cell_colors(n_cells: int) -> dict[int, np.ndarray]:
+    """RGBA per cell id 1..n: the colour the Surface layer (colormap :data:`CELL_COLORMAP`,
+    contrast limits (0, n)) gives a vertex of that cell, so Labels can show the same colour."""
+    from napari.utils.colormaps import ensure_colormap
+
+    n = max(int(n_cells), 1)
+    cmap = ensure_colormap(CELL_COLORMAP)
+    ids = np.arange(1, n + 1)
+    rgba = np.asarray(cmap.map(ids / float(n)), dtype=np.float32)
+    return {int(i): rgba[k] for k, i in enumerate(ids)}
+
+
+def labels_colormap(n_cells: int):
+    """A napari DirectLabelColormap giving label i the Surface colour of cell i (0 transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict = {None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32)}
+    colors.update(cell_colors(n_cells))
+    return DirectLabelColormap(color_dict=colors)
+
 
 def vertex_cell_ids(mesh: Mesh) -> np.ndarray:
     """Cell id per vertex, (V,) float32, for colouring a multi-cell mesh.
@@ -50,7 +81,8 @@ def surface_kwargs(mesh: Mesh, name: str, *, extra_metadata: dict | None = None)
     return {
         "name": name,
         "metadata": metadata,
-        "colormap": "turbo",
+        "colormap": CELL_COLORMAP,
+        "units": UNITS_ZYX,
         # ids 1..n spread over the upper part of the map; 0 (unlabelled) is the dark end
         "contrast_limits": (0.0, float(n_cells)),
         "opacity": 0.7,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import SPACING_KEY, VOXEL_UNITS_KEY, mesh_to_layer_data
+from ._layers import SPACING_KEY, VOXEL_UNITS_KEY, mesh_to_layer_data, units_for
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".vtk", ".rec")
@@ -136,6 +136,7 @@ def _image_tuple(path, data, meta) -> tuple:
         "name": name,
         "scale": scale,
         "axis_labels": axis_labels,
+        "units": units_for(data.ndim),
         "metadata": {SPACING_KEY: spacing, "spacing_source": meta.spacing_source,
                      # per axis (z, y, x): 'metadata', 'override' or 'default' (assumed, warned)
                      "spacing_sources": tuple(meta.spacing_sources), "unit": meta.unit,

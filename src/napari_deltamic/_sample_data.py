@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import SPACING_KEY, mesh_to_layer_data
+from ._layers import SPACING_KEY, UNITS_ZYX, mesh_to_layer_data
 
 #: every parameter that changes the rendered stack (the cache key hashes all of them)
 EMBRYO_PARAMS = {
@@ -140,6 +140,7 @@ def make_sample_data() -> list[tuple]:
             "name": "embryo (synthetic)",
             "scale": spacing,
             "axis_labels": ("z", "y", "x"),
+            "units": UNITS_ZYX,
             "metadata": {SPACING_KEY: spacing, "sample_params": emb["params"]},
             "colormap": "gray",
         },
@@ -149,7 +150,7 @@ def make_sample_data() -> list[tuple]:
     truth[1]["visible"] = False  # the point of the sample is to find it
     seeds = (
         emb["centroids_um"],
-        {"name": "seeds", "size": 1.5, "face_color": "yellow", "metadata": {"unit": "um"}},
+        {"name": "seeds", "units": UNITS_ZYX, "size": 1.5, "face_color": "yellow", "metadata": {"unit": "um"}},
         "points",
     )
     return [image, truth, seeds]

@@ -20,7 +20,16 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ._layers import VOXEL_UNITS_KEY, image_origin, image_spacing, layer_to_mesh, mesh_to_layer_data, vertex_cell_ids
+from ._layers import (
+    UNITS_ZYX,
+    VOXEL_UNITS_KEY,
+    image_origin,
+    image_spacing,
+    labels_colormap,
+    layer_to_mesh,
+    mesh_to_layer_data,
+    vertex_cell_ids,
+)
 from ._panels import FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
 from ._runner import FitRunner, Step
 
@@ -371,7 +380,13 @@ class DeltaMicWidget(QWidget):
                 self.viewer.layers[name].data = rendered
             else:
                 self.viewer.add_image(
-                    rendered, name=name, scale=spacing, translate=origin, colormap="magenta", blending="additive"
+                    rendered,
+                    name=name,
+                    scale=spacing,
+                    translate=origin,
+                    units=UNITS_ZYX,
+                    colormap="magenta",
+                    blending="additive",
                 )
             self.preview_button.setEnabled(True)
 
@@ -485,6 +500,9 @@ class DeltaMicWidget(QWidget):
             if self.learn_psf.isChecked():
                 text += "\nlearned " + self._show_learned_psf(self._last_step.psf_params)
             self.status_label.setText(text)
+            labels_layer = getattr(self, "_labels_layer", None)
+            if labels_layer is not None and labels_layer in self.viewer.layers:
+                self.make_labels()  # keep the Labels layer and its features in step with the meshes
         else:
             self.status_label.setText("stopped before the first iteration")
         self.run_button.setEnabled(True)
@@ -527,31 +545,78 @@ class DeltaMicWidget(QWidget):
             self.export_mesh(path)
             _show_info(f"mesh written to {path}")
 
+    def _results_worker(self, on_done, *, labels: bool = True):
+        """Rasterise (if ``labels``) and measure the fitted mesh in a worker thread; the
+        Labels layer (features = the measurements) and the table are set on the main thread."""
+        from napari.qt.threading import create_worker
+
+        mesh = self.result_mesh()
+        image = self._image_layer() if labels else None
+        grid = None
+        if image is not None:
+            grid = (tuple(image.data.shape[-3:]), self.spacing_um(), image_origin(image), image.name)
+        worker = create_worker(_rasterise_and_measure, mesh, grid, _start_thread=False)
+        buttons = (self.labels_button, self.measure_button)
+
+        def done(result):
+            for b in buttons:
+                b.setEnabled(True)
+            if not self._closing:
+                on_done(*result)
+
+        def failed(exc):
+            for b in buttons:
+                b.setEnabled(True)
+            _show_error(f"results failed: {exc}")
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        for b in buttons:
+            b.setEnabled(False)
+        self._results_worker_ref = worker
+        worker.start()
+        return worker
+
+    def _set_results(self, labels, rows, grid) -> None:
+        """Show measurements in the table and, with a label image, as a Labels layer whose
+        ``features`` are the measurements (napari's features table shows them)."""
+        from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS
+
+        self.measurements = rows
+        self.results_panel.show_rows(rows, CELL_TABLE_COLUMNS)
+        if labels is None:
+            self._update_labels_features(rows)
+            return
+        shape, spacing, origin, image_name = grid
+        name = f"{image_name} cells"
+        n_cells = max([int(r["cell"]) for r in rows] + [int(labels.max())])
+        features = labels_features(rows)
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], self._layers.Labels):
+            layer = self.viewer.layers[name]
+            layer.data = labels
+            layer.scale, layer.translate = spacing, origin
+        else:
+            layer = self.viewer.add_labels(labels, name=name, scale=spacing, translate=origin, units=UNITS_ZYX)
+        layer.colormap = labels_colormap(n_cells)
+        layer.features = features
+        self._labels_layer = layer
+
+    def _update_labels_features(self, rows) -> None:
+        layer = getattr(self, "_labels_layer", None)
+        if layer is not None and layer in self.viewer.layers:
+            layer.features = labels_features(rows)
+
     @_guarded
     def make_labels(self, *args):
-        """Rasterise the fitted cells into an instance Labels layer on the image grid."""
-        from deltamic_core.geometry import label_image
-
-        image = self._image_layer()
-        mesh = self.result_mesh()
-        spacing = self.spacing_um()
-        origin = image_origin(image)
-        labels = label_image(mesh, tuple(image.data.shape[-3:]), spacing, origin)
-        name = f"{image.name} cells"
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = labels
-            return self.viewer.layers[name]
-        return self.viewer.add_labels(labels, name=name, scale=spacing, translate=origin)
+        """Rasterise the fitted cells into an instance Labels layer on the image grid (in a
+        worker), its features the measurements, its colours the Surface's. Returns the worker."""
+        return self._results_worker(self._set_results, labels=True)
 
     @_guarded
     def measure(self, *args):
-        """Per-cell volume, area, sphericity and contacts of the fitted mesh, shown in the table."""
-        from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS, cell_table
-
-        rows = cell_table(self.result_mesh())
-        self.measurements = rows
-        self.results_panel.show_rows(rows, CELL_TABLE_COLUMNS)
-        return rows
+        """Per-cell volume, area, sphericity, centroid and contacts of the fitted mesh (in a
+        worker), shown in the table and as the Labels layer's features. Returns the worker."""
+        return self._results_worker(self._set_results, labels=False)
 
     def save_csv(self, path) -> str:
         """Write the measurements table to ``path`` as CSV (atomically)."""
@@ -600,6 +665,35 @@ class DeltaMicWidget(QWidget):
     def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
+
+
+def _rasterise_and_measure(mesh, grid):
+    """Worker body: (label image or None, cell table rows, grid). Plain numpy, no layers."""
+    from deltamic_core.geometry import label_image
+    from deltamic_core.pipeline.outputs import cell_table
+
+    rows = cell_table(mesh)
+    labels = None
+    if grid is not None:
+        shape, spacing, origin, _ = grid
+        labels = label_image(mesh, shape, spacing, origin)
+    return labels, rows, grid
+
+
+def labels_features(rows):
+    """The measurements as a Labels ``features`` table: one row per label, its ``index`` the
+    label value (0, the background, first with empty measurements)."""
+    import pandas as pd
+
+    from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS
+
+    table = pd.DataFrame([{k: r.get(k) for k in CELL_TABLE_COLUMNS} for r in rows], columns=list(CELL_TABLE_COLUMNS))
+    table.insert(0, "index", [int(r["cell"]) for r in rows])
+    if "cell" in table.columns:
+        table = table.drop(columns="cell")
+    background = pd.DataFrame({"index": [0]})
+    table = pd.concat([background, table], ignore_index=True)
+    return table
 
 
 class _CloseWatcher(QObject):
