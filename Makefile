@@ -19,17 +19,16 @@ demo: setup
 test: setup-test
 	$(PY) -m pytest -q -p xvfb tests
 
-# ruff check everywhere, ruff format --check on the files already formatted (the list widens to
-# the whole tree once it is formatted at once), import layers (pyproject [tool.importlinter])
-LINT_FORMAT_PATHS ?= src/deltamic_core/pipeline src/deltamic_core/cli.py tests/test_pipeline_psfspec.py src/napari_deltamic/_panels.py src/napari_deltamic/_runner.py src/napari_deltamic/_widget.py
+# ruff check and ruff format --check over the whole tree, import layers (pyproject [tool.importlinter])
+LINT_PATHS ?= src tests examples benchmarks scripts
 
 lint: setup-test
-	$(VENV)/bin/ruff check src tests examples benchmarks scripts
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(MAKE) lint-format
 	$(VENV)/bin/lint-imports
 
 lint-format:
-	$(VENV)/bin/ruff format --check $(LINT_FORMAT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 # napari with the bundled sample opened and the deltaMic widget docked (after `make demo`)
 napari:

@@ -75,6 +75,7 @@ session: one default fit took 40 min of wall time under that load.
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--threads 2]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,10 +113,10 @@ OPTICS = {
 @dataclass
 class Case:
     name: str
-    geometry: str                 # embryo | aggregate | elongated | nonconvex
-    spacing: tuple                # (z, y, x) um
-    psf: str                      # confocal-vectorial | confocal-scalar | widefield-vectorial | widefield-scalar
-    seed_radius: bool             # radius column in the seeds CSV
+    geometry: str  # embryo | aggregate | elongated | nonconvex
+    spacing: tuple  # (z, y, x) um
+    psf: str  # confocal-vectorial | confocal-scalar | widefield-vectorial | widefield-scalar
+    seed_radius: bool  # radius column in the seeds CSV
     n_cells: int = 1
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -150,9 +151,13 @@ def _random_rotation(rng):
     q = rng.normal(size=4)
     q /= np.linalg.norm(q)
     w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 class DeformedSphere:
@@ -233,6 +238,7 @@ def build_aggregate(n, rng, h=0.15):
             others = np.min(np.stack([cells[j](x) for j in range(n) if j != i]), axis=0)
             # inside own deformed sphere AND in its power cell; scaled to ~um
             return np.maximum(pi, pi - others) / (2 * cells[i].r)
+
         return f
 
     meshes = []
@@ -264,6 +270,7 @@ def build_single(kind, rng, h=0.12):
         def f(x):
             q = (x @ rot) / axes
             return (np.linalg.norm(q, axis=-1) - 1.0) * 4.5
+
         ext = 14.0
     else:  # dumbbell: smooth union of two spheres (a waist: non-convex)
         c1, c2, r, k = np.array([0.0, -5.0, -3.0]), np.array([0.0, 5.0, 3.0]), 6.0, 1.5
@@ -273,6 +280,7 @@ def build_single(kind, rng, h=0.12):
             d2 = np.linalg.norm(x - c2, axis=-1) - r
             hh = np.clip(0.5 + 0.5 * (d2 - d1) / k, 0, 1)
             return d2 * (1 - hh) + d1 * hh - k * hh * (1 - hh)
+
         ext = 13.0
     v, fc = _marching(f, (-ext,) * 3, (ext,) * 3, h)
     return [(v, fc)], {}
@@ -280,12 +288,12 @@ def build_single(kind, rng, h=0.12):
 
 @dataclass
 class Truth:
-    verts: np.ndarray          # (V, 3) um, image frame
-    faces: np.ndarray          # (F, 3)
-    dye: np.ndarray            # (F,) dye density per unit area
-    cell_of_face: list         # per cell: (verts, faces) closed outward surface
+    verts: np.ndarray  # (V, 3) um, image frame
+    faces: np.ndarray  # (F, 3)
+    dye: np.ndarray  # (F,) dye density per unit area
+    cell_of_face: list  # per cell: (verts, faces) closed outward surface
     volumes: dict
-    contacts: dict             # (a, b) -> um^2
+    contacts: dict  # (a, b) -> um^2
     centroids: dict
 
 
@@ -354,11 +362,21 @@ def psf_kernel(kind: str, fine_spacing, depth_um=0.0):
     sub = 3
     nx = 2 * nh * sub + 1
     zv = depth_um + sz * np.arange(-nz, nz + 1)
-    common = dict(dxy=sxy / sub, pz=depth_um, NA=opt["NA"], ni=opt["ni"], ni0=opt["ni"], ns=opt["ns"],
-                  model=model, oversample_factor=1, normalize=False)
+    common = dict(
+        dxy=sxy / sub,
+        pz=depth_um,
+        NA=opt["NA"],
+        ni=opt["ni"],
+        ni0=opt["ni"],
+        ns=opt["ns"],
+        model=model,
+        oversample_factor=1,
+        normalize=False,
+    )
     if confocal:
-        h = psfmodels.confocal_psf(zv, nx, ex_wvl=opt["ex_wvl"], em_wvl=opt["em_wvl"],
-                                   pinhole_au=opt["pinhole_au"], **common)
+        h = psfmodels.confocal_psf(
+            zv, nx, ex_wvl=opt["ex_wvl"], em_wvl=opt["em_wvl"], pinhole_au=opt["pinhole_au"], **common
+        )
     else:
         h = psfmodels.make_psf(zv, nx, wvl=opt["em_wvl"], **common)
     h = np.asarray(h, dtype=np.float64)[:, ::sub, ::sub]
@@ -366,8 +384,11 @@ def psf_kernel(kind: str, fine_spacing, depth_um=0.0):
 
 
 def fine_factors(spacing):
-    return (int(math.ceil(spacing[0] / FINE_Z - 1e-9)), int(math.ceil(spacing[1] / FINE_XY - 1e-9)),
-            int(math.ceil(spacing[2] / FINE_XY - 1e-9)))
+    return (
+        int(math.ceil(spacing[0] / FINE_Z - 1e-9)),
+        int(math.ceil(spacing[1] / FINE_XY - 1e-9)),
+        int(math.ceil(spacing[2] / FINE_XY - 1e-9)),
+    )
 
 
 def make_image(truth: Truth, case: Case, *, photons, background, read_noise, atten_um, seed):
@@ -383,7 +404,7 @@ def make_image(truth: Truth, case: Case, *, photons, background, read_noise, att
     fshape = tuple(int(n * k) for n, k in zip(shape, m))
     rng = np.random.default_rng(seed)
     p, w = surface_points(truth.verts, truth.faces, truth.dye, POINTS_PER_UM2, rng)
-    w = w * np.exp(-(p[:, 0] - p[:, 0].min()) / atten_um)          # depth attenuation
+    w = w * np.exp(-(p[:, 0] - p[:, 0].min()) / atten_um)  # depth attenuation
     idx = np.rint((p - f_origin) / fs).astype(np.int64)
     ok = np.all((idx >= 0) & (idx < np.asarray(fshape)), axis=1)
     flat = np.ravel_multi_index(tuple(idx[ok].T), fshape)
@@ -398,8 +419,16 @@ def make_image(truth: Truth, case: Case, *, photons, background, read_noise, att
     zz, yy, xx = np.meshgrid(*[np.linspace(-0.5, 0.5, n) for n in shape], indexing="ij")
     bg = background * (1.0 + 0.25 * (0.6 * yy + 0.5 * xx - 0.4 * zz) / 0.75)
     counts = rng.poisson(img + bg).astype(np.float64) + rng.normal(0.0, read_noise, shape)
-    return counts.astype(np.float32), shape, {"fine_factors": m.tolist(), "kernel_shape": list(kern.shape),
-                                              "n_points": int(len(p)), "psf_sigma_um": fwhm_sigma(kern, fs)}
+    return (
+        counts.astype(np.float32),
+        shape,
+        {
+            "fine_factors": m.tolist(),
+            "kernel_shape": list(kern.shape),
+            "n_points": int(len(p)),
+            "psf_sigma_um": fwhm_sigma(kern, fs),
+        },
+    )
 
 
 def fwhm_sigma(kern, fs):
@@ -438,12 +467,19 @@ def prepare(case: Case, gen: dict) -> Path:
     img, shape, info = make_image(truth, case, **gen)
     t2 = time.perf_counter()
     write_tiff(d / "image.tif", img, case.spacing)
-    np.savez_compressed(d / "truth.npz", **{f"v{c}": v for c, (v, f) in truth.cell_of_face.items()},
-                        **{f"f{c}": f for c, (v, f) in truth.cell_of_face.items()})
-    meta = {"shape": list(shape), "volumes": {str(k): v for k, v in truth.volumes.items()},
-            "contacts": [[a, b, s] for (a, b), s in truth.contacts.items()],
-            "centroids": {str(k): list(v) for k, v in truth.centroids.items()}, "info": info,
-            "gen_s": [t1 - t0, t2 - t1]}
+    np.savez_compressed(
+        d / "truth.npz",
+        **{f"v{c}": v for c, (v, f) in truth.cell_of_face.items()},
+        **{f"f{c}": f for c, (v, f) in truth.cell_of_face.items()},
+    )
+    meta = {
+        "shape": list(shape),
+        "volumes": {str(k): v for k, v in truth.volumes.items()},
+        "contacts": [[a, b, s] for (a, b), s in truth.contacts.items()],
+        "centroids": {str(k): list(v) for k, v in truth.centroids.items()},
+        "info": info,
+        "gen_s": [t1 - t0, t2 - t1],
+    }
     (d / "truth.json").write_text(json.dumps(meta, indent=1))
     req = {c: (3 * v / (4 * np.pi)) ** (1 / 3) for c, v in truth.volumes.items()}
     for name, with_r in (("seeds_r.csv", True), ("seeds.csv", False)):
@@ -498,14 +534,14 @@ def point_mesh_distance(points, v, f, k=12, chunk=20000):
     k = min(k, len(f))
     out = np.empty(len(points))
     for s in range(0, len(points), chunk):
-        p = points[s:s + chunk]
+        p = points[s : s + chunk]
         dc, ic = tree.query(p, k=k)
         dc, ic = dc.reshape(len(p), k), ic.reshape(len(p), k)
         cp = closest_point(tri[ic.ravel()], np.repeat(p, k, axis=0))
         d = np.linalg.norm(cp - np.repeat(p, k, axis=0), axis=1).reshape(len(p), k).min(axis=1)
         redo = np.nonzero(dc[:, -1] <= d + rmax)[0]
         for a in range(0, len(redo), 2000):
-            sel = redo[a:a + 2000]
+            sel = redo[a : a + 2000]
             lists = tree.query_ball_point(p[sel], d[sel] + rmax + 1e-9, return_sorted=False)
             counts = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
             cand = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
@@ -514,7 +550,7 @@ def point_mesh_distance(points, v, f, k=12, chunk=20000):
             best = d[sel].copy()
             np.minimum.at(best, owner, dd)
             d[sel] = best
-        out[s:s + chunk] = d
+        out[s : s + chunk] = d
     return out
 
 
@@ -542,11 +578,14 @@ def evaluate(surfaces: dict, volumes: dict, contacts: dict | None, truth, voxel_
             continue
         got = (contacts or {}).get((a, b), 0.0)
         cerr.append(abs(got / s - 1.0) * 100)
-    return {"dist_vox": float(np.mean(dists)) if dists else float("nan"),
-            "dist_cells": [round(x, 3) for x in dists],
-            "hd95_vox": float(np.max(hds)) if hds else float("nan"),
-            "vol_err_pct": float(np.max(verr)) if verr else float("nan"),
-            "contact_err_pct": float(np.max(cerr)) if cerr else None, "lost": lost}
+    return {
+        "dist_vox": float(np.mean(dists)) if dists else float("nan"),
+        "dist_cells": [round(x, 3) for x in dists],
+        "hd95_vox": float(np.max(hds)) if hds else float("nan"),
+        "vol_err_pct": float(np.max(verr)) if verr else float("nan"),
+        "contact_err_pct": float(np.max(cerr)) if cerr else None,
+        "lost": lost,
+    }
 
 
 # =============================================================================================
@@ -604,27 +643,64 @@ def fit_psf_args(case: Case, mode: str, meta: dict) -> list[str]:
     if mode == "gaussian":  # Gaussian of the measured bead FWHM, refined (--learn-psf)
         return ["--psf", "gaussian", "--sigma", *[f"{s:.4f}" for s in meta["info"]["psf_sigma_um"]], "--learn-psf"]
     if confocal:
-        return ["--psf", "confocal", "--na", str(opt["NA"]), "--wavelength", str(opt["em_wvl"]),
-                "--ex-wavelength", str(opt["ex_wvl"]), "--pinhole-au", str(opt["pinhole_au"]),
-                "--ni", str(opt["ni"]), "--ns", str(opt["ns"])]
-    return ["--psf", "gibson-lanni", "--na", str(opt["NA"]), "--wavelength", str(opt["em_wvl"]),
-            "--ni", str(opt["ni"]), "--ns", str(opt["ns"])]
+        return [
+            "--psf",
+            "confocal",
+            "--na",
+            str(opt["NA"]),
+            "--wavelength",
+            str(opt["em_wvl"]),
+            "--ex-wavelength",
+            str(opt["ex_wvl"]),
+            "--pinhole-au",
+            str(opt["pinhole_au"]),
+            "--ni",
+            str(opt["ni"]),
+            "--ns",
+            str(opt["ns"]),
+        ]
+    return [
+        "--psf",
+        "gibson-lanni",
+        "--na",
+        str(opt["NA"]),
+        "--wavelength",
+        str(opt["em_wvl"]),
+        "--ni",
+        str(opt["ni"]),
+        "--ns",
+        str(opt["ns"]),
+    ]
 
 
-def run_fit_cli(d: Path, case: Case, mode: str, extra: list[str], threads: int, tag: str, meta: dict,
-                reuse: bool = False):
+def run_fit_cli(
+    d: Path, case: Case, mode: str, extra: list[str], threads: int, tag: str, meta: dict, reuse: bool = False
+):
     from deltamic_core.geometry import cell_surface, measure
     from deltamic_core.io import read_mesh
 
     out = d / f"fit-{tag}"
     exe = Path(sys.executable).with_name("deltamic")  # the console script a user runs
-    launcher = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from deltamic_core.cli import main; "
-                                                 "sys.exit(main())"]
-    cmd = [*launcher, "fit", str(d / "image.tif"),
-           "--seeds", str(d / ("seeds_r.csv" if case.seed_radius else "seeds.csv")),
-           "--spacing", *[str(s) for s in case.spacing], *fit_psf_args(case, mode, meta), *extra,
-           "--out", str(out), "--quiet"]
-    shown = "deltamic " + " ".join(shlex.quote(c) for c in cmd[len(launcher):])
+    launcher = (
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "import sys; from deltamic_core.cli import main; sys.exit(main())"]
+    )
+    cmd = [
+        *launcher,
+        "fit",
+        str(d / "image.tif"),
+        "--seeds",
+        str(d / ("seeds_r.csv" if case.seed_radius else "seeds.csv")),
+        "--spacing",
+        *[str(s) for s in case.spacing],
+        *fit_psf_args(case, mode, meta),
+        *extra,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    shown = "deltamic " + " ".join(shlex.quote(c) for c in cmd[len(launcher) :])
     stamp = d / f"fit-{tag}.json"  # command + wall of the last completed fit of this tag
     if reuse and stamp.exists() and (out / "report.json").exists() and json.loads(stamp.read_text())["cmd"] == shown:
         wall = json.loads(stamp.read_text())["wall_s"]
@@ -665,14 +741,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"one case ({QUICK})")
     ap.add_argument("--cases", nargs="+", default=None, help="case names: " + ", ".join(c.name for c in CASES))
-    ap.add_argument("--fit-psf", choices=("physical", "gaussian"), default="physical",
-                    help="physical: --psf confocal / gibson-lanni with the true optics; gaussian: "
-                         "--psf gaussian from the optics + --learn-psf")
+    ap.add_argument(
+        "--fit-psf",
+        choices=("physical", "gaussian"),
+        default="physical",
+        help="physical: --psf confocal / gibson-lanni with the true optics; gaussian: "
+        "--psf gaussian from the optics + --learn-psf",
+    )
     ap.add_argument("--fit-args", default="", help="extra `deltamic fit` options, e.g. '--iterations 100'")
     ap.add_argument("--tag", default="default", help="name of this fit configuration in the table/JSON")
     ap.add_argument("--no-fit", action="store_true", help="watershed only")
-    ap.add_argument("--reuse", action="store_true", help="reuse a finished fit of the same tag and command "
-                    "(its recorded wall time) instead of fitting again")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a finished fit of the same tag and command (its recorded wall time) instead of fitting again",
+    )
     ap.add_argument("--fit-only", action="store_true", help="run the fits only (no metrics), e.g. to fill the cache")
     ap.add_argument("--photons", type=float, default=120.0)
     ap.add_argument("--background", type=float, default=8.0)
@@ -681,8 +764,11 @@ def main(argv=None):
     ap.add_argument("--noise-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="append the rows to this JSON file")
-    ap.add_argument("--model-matched", action="store_true", help="also run bench_fit_embryo.py (Gaussian, "
-                    "rendered by the project's own model)")
+    ap.add_argument(
+        "--model-matched",
+        action="store_true",
+        help="also run bench_fit_embryo.py (Gaussian, rendered by the project's own model)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -693,8 +779,13 @@ def main(argv=None):
     unknown = [n for n in names if n not in by_name]
     if unknown:
         ap.error(f"unknown case(s) {unknown}; known: {sorted(by_name)}")
-    gen = {"photons": args.photons, "background": args.background, "read_noise": args.read_noise,
-           "atten_um": args.atten_um, "seed": args.noise_seed}
+    gen = {
+        "photons": args.photons,
+        "background": args.background,
+        "read_noise": args.read_noise,
+        "atten_um": args.atten_um,
+        "seed": args.noise_seed,
+    }
     rows = []
     for name in names:
         case = by_name[name]
@@ -713,17 +804,27 @@ def main(argv=None):
             radii = estimate_seed_radii(image, case.spacing, seeds)
         vxy = case.spacing[1]
         if args.fit_only:
-            _, wall, cmd = run_fit_cli(d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta,
-                                       reuse=args.reuse)
+            _, wall, cmd = run_fit_cli(
+                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse
+            )
             print(f"  [{name}] fit {wall:.0f} s: {cmd}", flush=True)
             continue
         ws_s, ws_v, ws_c, t_ws = watershed_baseline(image, case.spacing, seeds, radii)
         ws = evaluate(ws_s, ws_v, ws_c, truth, vxy)
-        row = {"case": name, "shape": meta["shape"], "spacing": list(case.spacing), "psf": case.psf,
-               "cells": len(surf), "seed_radius": case.seed_radius, "watershed": ws, "watershed_s": t_ws}
+        row = {
+            "case": name,
+            "shape": meta["shape"],
+            "spacing": list(case.spacing),
+            "psf": case.psf,
+            "cells": len(surf),
+            "seed_radius": case.seed_radius,
+            "watershed": ws,
+            "watershed_s": t_ws,
+        }
         if not args.no_fit:
-            res, wall, cmd = run_fit_cli(d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag,
-                                         meta, reuse=args.reuse)
+            res, wall, cmd = run_fit_cli(
+                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse
+            )
             row["fit_cmd"] = cmd
             row["fit_s"] = wall
             if res is not None:
@@ -741,21 +842,30 @@ def main(argv=None):
 
         t0 = time.perf_counter()
         fit_rows, ws_rows = bench_fit_embryo.main(["--threads", str(args.threads)])
-        print(f"model-matched (bench_fit_embryo.py, Gaussian render by deltamic_core.render): fit "
-              f"{np.mean([r['dist_vox'] for r in fit_rows]):.3f} vs watershed "
-              f"{np.mean([r['dist_vox'] for r in ws_rows]):.3f} xy voxels ({time.perf_counter() - t0:.0f} s)")
+        print(
+            f"model-matched (bench_fit_embryo.py, Gaussian render by deltamic_core.render): fit "
+            f"{np.mean([r['dist_vox'] for r in fit_rows]):.3f} vs watershed "
+            f"{np.mean([r['dist_vox'] for r in ws_rows]):.3f} xy voxels ({time.perf_counter() - t0:.0f} s)"
+        )
     if args.json:
         p = Path(args.json)
         old = json.loads(p.read_text()) if p.exists() else []
-        old.append({"tag": args.tag, "fit_psf": args.fit_psf, "fit_args": args.fit_args,
-                    "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows})
+        old.append(
+            {
+                "tag": args.tag,
+                "fit_psf": args.fit_psf,
+                "fit_args": args.fit_args,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "rows": rows,
+            }
+        )
         p.write_text(json.dumps(old, indent=1))
     return rows
 
 
 def _print_row(r):
     ws = r["watershed"]
-    line = (f"  [{r['case']}] watershed {fmt(ws['dist_vox'])} vox ({r['watershed_s']:.1f} s)")
+    line = f"  [{r['case']}] watershed {fmt(ws['dist_vox'])} vox ({r['watershed_s']:.1f} s)"
     if "fit" in r:
         f = r["fit"]
         line += f" | fit {fmt(f['dist_vox'])} vox per cell {f['dist_cells']} ({r['fit_s']:.0f} s)"
@@ -764,28 +874,71 @@ def _print_row(r):
 
 def print_table(rows, args):
     print(f"\nfit: `deltamic fit IMAGE --seeds CSV` + PSF '{args.fit_psf}' {args.fit_args}  [{args.tag}]")
-    hdr = ("case", "voxels", "psf", "seeds", "method", "mean d", "HD95", "vol err", "contact", "wall",
-           "d ratio", "t ratio")
+    hdr = (
+        "case",
+        "voxels",
+        "psf",
+        "seeds",
+        "method",
+        "mean d",
+        "HD95",
+        "vol err",
+        "contact",
+        "wall",
+        "d ratio",
+        "t ratio",
+    )
     print(" | ".join(hdr))
     print(" | ".join("---" for _ in hdr))
     for r in rows:
         ws = r["watershed"]
         sz = "x".join(str(n) for n in r["shape"]) + f" @{r['spacing'][0]}/{r['spacing'][1]}"
         seeds = "c+r" if r["seed_radius"] else "c"
-        print(" | ".join([r["case"], sz, r["psf"], seeds, "watershed", fmt(ws["dist_vox"]), fmt(ws["hd95_vox"], 2),
-                          fmt(ws["vol_err_pct"], 2) + "%", fmt(ws["contact_err_pct"], 1) + "%",
-                          f"{r['watershed_s']:.1f} s", "1", "1"]))
+        print(
+            " | ".join(
+                [
+                    r["case"],
+                    sz,
+                    r["psf"],
+                    seeds,
+                    "watershed",
+                    fmt(ws["dist_vox"]),
+                    fmt(ws["hd95_vox"], 2),
+                    fmt(ws["vol_err_pct"], 2) + "%",
+                    fmt(ws["contact_err_pct"], 1) + "%",
+                    f"{r['watershed_s']:.1f} s",
+                    "1",
+                    "1",
+                ]
+            )
+        )
         if "fit" in r:
             f = r["fit"]
-            print(" | ".join(["", "", "", "", "deltamic fit", fmt(f["dist_vox"]), fmt(f["hd95_vox"], 2),
-                              fmt(f["vol_err_pct"], 2) + "%", fmt(f["contact_err_pct"], 1) + "%",
-                              f"{r['fit_s']:.0f} s", fmt(f["dist_vox"] / ws["dist_vox"], 2),
-                              f"{r['fit_s'] / max(r['watershed_s'], 1e-9):.0f}"]))
+            print(
+                " | ".join(
+                    [
+                        "",
+                        "",
+                        "",
+                        "",
+                        "deltamic fit",
+                        fmt(f["dist_vox"]),
+                        fmt(f["hd95_vox"], 2),
+                        fmt(f["vol_err_pct"], 2) + "%",
+                        fmt(f["contact_err_pct"], 1) + "%",
+                        f"{r['fit_s']:.0f} s",
+                        fmt(f["dist_vox"] / ws["dist_vox"], 2),
+                        f"{r['fit_s'] / max(r['watershed_s'], 1e-9):.0f}",
+                    ]
+                )
+            )
         elif "fit_s" in r:
             print(" | ".join(["", "", "", "", "deltamic fit", "failed", "", "", "", f"{r['fit_s']:.0f} s", "", ""]))
-    print("\n(distances in xy voxels; vol err = worst cell |V/V_true - 1|; contact = worst contact |A/A_true - 1| "
-          "over contacts > 5 um^2; d ratio = fit / watershed mean distance (target <= 0.33); t ratio = fit / "
-          "watershed wall (target <= 10); fit wall = `deltamic fit` subprocess incl. start-up)")
+    print(
+        "\n(distances in xy voxels; vol err = worst cell |V/V_true - 1|; contact = worst contact |A/A_true - 1| "
+        "over contacts > 5 um^2; d ratio = fit / watershed mean distance (target <= 0.33); t ratio = fit / "
+        "watershed wall (target <= 10); fit wall = `deltamic fit` subprocess incl. start-up)"
+    )
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ first level the cells are rebuilt as one multi-material mesh with single shared 
 fastest-moving vertices set one step for all, and lambda 10 over-damped the flattening of the
 contacts: per-vertex Adam and lambda 3 converge ~2x further in the same iterations.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,8 +116,15 @@ def surface_distance(m1: Mesh, m2: Mesh, step_um: float = 0.05, seed: int = 0) -
     return 0.5 * (d12.mean() + d21.mean())
 
 
-def cell_metrics(fitted_surfaces: dict, labels_fit: np.ndarray, volumes_fit: dict, truth: Mesh,
-                 labels_true: np.ndarray, volumes_true: dict, voxel_um: float) -> list[dict]:
+def cell_metrics(
+    fitted_surfaces: dict,
+    labels_fit: np.ndarray,
+    volumes_fit: dict,
+    truth: Mesh,
+    labels_true: np.ndarray,
+    volumes_true: dict,
+    voxel_um: float,
+) -> list[dict]:
     rows = []
     for c in sorted(volumes_true):
         d = surface_distance(fitted_surfaces[c], cell_surface(truth, c))
@@ -160,23 +168,34 @@ def print_table(title, rows):
     for r in rows:
         print(f"{r['cell']:>5} {r['dist_um']:>10.3f} {r['dist_vox']:>11.3f} {r['iou']:>7.4f} {r['vol_err_pct']:>10.2f}")
     m = {k: np.mean([abs(r[k]) for r in rows]) for k in ("dist_um", "dist_vox", "iou", "vol_err_pct")}
-    print(f"{'mean':>5} {m['dist_um']:>10.3f} {m['dist_vox']:>11.3f} {m['iou']:>7.4f} {m['vol_err_pct']:>10.2f}"
-          "   (|vol err| averaged)")
+    print(
+        f"{'mean':>5} {m['dist_um']:>10.3f} {m['dist_vox']:>11.3f} {m['iou']:>7.4f} {m['vol_err_pct']:>10.2f}"
+        "   (|vol err| averaged)"
+    )
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=0.25, help="um per .rec unit")
     ap.add_argument("--spacing", type=float, nargs=3, default=(0.5, 0.25, 0.25), help="voxel size z y x (um)")
-    ap.add_argument("--sigma", type=float, nargs=3, default=(0.6, 0.25, 0.25),
-                    help="Gaussian PSF sigma z y x (um) used to render and to fit")
+    ap.add_argument(
+        "--sigma",
+        type=float,
+        nargs=3,
+        default=(0.6, 0.25, 0.25),
+        help="Gaussian PSF sigma z y x (um) used to render and to fit",
+    )
     ap.add_argument("--photons", type=float, default=60.0, help="expected counts on the brightest membrane")
     ap.add_argument("--background", type=float, default=5.0, help="expected background counts")
     ap.add_argument("--margin", type=float, default=3.0, help="um of image around the embryo")
     ap.add_argument("--edge", type=float, default=None, help="seed/remesh edge length (um); default 4 x xy voxel")
-    ap.add_argument("--seed-frac", type=float, default=0.0,
-                    help="seed radius / equivalent cell radius; 0 (default): estimate the radii from the image "
-                         "as `deltamic fit --seeds` does (deltamic_core.pipeline.estimate_seed_radii)")
+    ap.add_argument(
+        "--seed-frac",
+        type=float,
+        default=0.0,
+        help="seed radius / equivalent cell radius; 0 (default): estimate the radii from the image "
+        "as `deltamic fit --seeds` does (deltamic_core.pipeline.estimate_seed_radii)",
+    )
     ap.add_argument("--iterations", type=int, nargs="+", default=None, help="per level")
     ap.add_argument("--levels", type=int, nargs="+", default=None)
     ap.add_argument("--loss", default="poisson")
@@ -200,22 +219,34 @@ def main(argv=None):
     cells = [int(c) for c in meas["cell"]]
     vol_true = {c: float(v) for c, v in zip(cells, meas["volume_um3"])}
     centroids = np.asarray(meas["centroid"], dtype=np.float64)
-    print(f"embryo {np.ptp(truth.verts, axis=0).round(1)} um, image {shape} voxels of {spacing} um, "
-          f"PSF sigma {tuple(args.sigma)} um, {len(cells)} cells")
+    print(
+        f"embryo {np.ptp(truth.verts, axis=0).round(1)} um, image {shape} voxels of {spacing} um, "
+        f"PSF sigma {tuple(args.sigma)} um, {len(cells)} cells"
+    )
 
     # synthetic acquisition
     psf = GaussianPSF(sigma_um=tuple(args.sigma))
     t0 = time.perf_counter()
     rend = Renderer(shape, spacing, psf, origin_um=origin, backend=args.backend)
-    clean = rend.render(torch.as_tensor(truth.verts, dtype=torch.float32), torch.as_tensor(truth.faces),
-                        torch.as_tensor(truth.face_intensity(), dtype=torch.float32)).detach().numpy().astype(np.float64)
+    clean = (
+        rend.render(
+            torch.as_tensor(truth.verts, dtype=torch.float32),
+            torch.as_tensor(truth.faces),
+            torch.as_tensor(truth.face_intensity(), dtype=torch.float32),
+        )
+        .detach()
+        .numpy()
+        .astype(np.float64)
+    )
     t_render = time.perf_counter() - t0
     clean = np.clip(clean, 0, None)
     peak = np.percentile(clean, 99.9)
     rng = np.random.default_rng(args.seed)
     image = rng.poisson(args.photons * clean / peak + args.background).astype(np.float32)
-    print(f"ground-truth render {t_render:.1f} s (band {len(rend.band)}), peak/background counts "
-          f"{args.photons:.0f}/{args.background:.0f}")
+    print(
+        f"ground-truth render {t_render:.1f} s (band {len(rend.band)}), peak/background counts "
+        f"{args.photons:.0f}/{args.background:.0f}"
+    )
     labels_true = label_image(truth, shape, spacing, origin)
 
     # fit from spheres
@@ -227,8 +258,12 @@ def main(argv=None):
         from deltamic_core.pipeline import estimate_seed_radii
 
         radii = estimate_seed_radii(image, spacing, np.asarray(centroids) - np.asarray(origin), blur_um=args.sigma)
-    print("seed radii (um): " + ", ".join(f"{r:.2f}" for r in radii) + " vs equivalent radii " +
-          ", ".join(f"{r:.2f}" for r in r_eq))
+    print(
+        "seed radii (um): "
+        + ", ".join(f"{r:.2f}" for r in radii)
+        + " vs equivalent radii "
+        + ", ".join(f"{r:.2f}" for r in r_eq)
+    )
     init = seed_spheres(centroids, radii, edge_um=edge)
     kw = {"loss": args.loss, "backend": args.backend}
     if args.iterations:
@@ -253,8 +288,9 @@ def main(argv=None):
         row[3] = len(step.faces)
         t_last[0] = now
         if step.iteration % 10 == 0:
-            print(f"  iteration {step.iteration} level {step.level} loss {step.loss:.6g} "
-                  f"({now - t0:.0f} s)", flush=True)
+            print(
+                f"  iteration {step.iteration} level {step.level} loss {step.loss:.6g} ({now - t0:.0f} s)", flush=True
+            )
 
     res = fitter.run(callback=progress)
     t_fit = time.perf_counter() - t0
@@ -262,23 +298,31 @@ def main(argv=None):
     fit_meas = measure(fitted)
     vol_fit = {int(c): float(v) for c, v in zip(fit_meas["cell"], fit_meas["volume_um3"])}
     labels_fit = label_image(fitted, shape, spacing, origin)
-    fit_rows = cell_metrics({c: cell_surface(fitted, c) for c in cells}, labels_fit, vol_fit, truth, labels_true,
-                            vol_true, voxel_um)
+    fit_rows = cell_metrics(
+        {c: cell_surface(fitted, c) for c in cells}, labels_fit, vol_fit, truth, labels_true, vol_true, voxel_um
+    )
 
     t0 = time.perf_counter()
     ws_labels, ws_surfaces, ws_vol = watershed_baseline(image, spacing, origin, centroids)
     t_ws = time.perf_counter() - t0
     ws_rows = cell_metrics(ws_surfaces, ws_labels, ws_vol, truth, labels_true, vol_true, voxel_um)
 
-    print_table(f"deltamic fit: {res.iterations} iterations, {t_fit:.1f} s wall, backend {res.backend}, "
-                f"{len(fitted.faces)} faces, rollbacks {res.n_rollbacks}", fit_rows)
+    print_table(
+        f"deltamic fit: {res.iterations} iterations, {t_fit:.1f} s wall, backend {res.backend}, "
+        f"{len(fitted.faces)} faces, rollbacks {res.n_rollbacks}",
+        fit_rows,
+    )
     print("   timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))
     for lvl, (n, sec, band, nf) in sorted(per_level.items()):
-        print(f"   level {lvl} (factor {cfg.levels[lvl]}): {n} iterations, {sec:.1f} s, band {band} frequencies, "
-              f"{nf} faces")
+        print(
+            f"   level {lvl} (factor {cfg.levels[lvl]}): {n} iterations, {sec:.1f} s, band {band} frequencies, "
+            f"{nf} faces"
+        )
     print_table(f"seeded watershed + marching cubes: {t_ws:.1f} s wall", ws_rows)
-    print("\n(distances in units of the smallest voxel size, "
-          f"{voxel_um} um; targets: <= 0.3 voxel, IoU >= 0.95, |volume error| <= 2%)")
+    print(
+        "\n(distances in units of the smallest voxel size, "
+        f"{voxel_um} um; targets: <= 0.3 voxel, IoU >= 0.95, |volume error| <= 2%)"
+    )
     return fit_rows, ws_rows
 
 

@@ -7,6 +7,7 @@
   on a slab and extrapolated), and checks that both agree;
 - remesh of the embryo and meshes_from_labels of the rasterised cells.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,9 @@ def main() -> None:
     t0 = time.perf_counter()
     lab = label_image(mesh, shape, spacing, origin)
     t_ours = time.perf_counter() - t0
-    print(f"label_image 256^3, 3 cells, {len(mesh.faces)} faces: {t_ours:.3f} s "
-          f"({np.count_nonzero(lab)} voxels inside)")
+    print(
+        f"label_image 256^3, 3 cells, {len(mesh.faces)} faces: {t_ours:.3f} s ({np.count_nonzero(lab)} voxels inside)"
+    )
 
     # peer: gpytoolbox's fast winding number on a slab of cell 1's bounding box, extrapolated
     import gpytoolbox
@@ -39,17 +41,20 @@ def main() -> None:
     k_lo = np.floor((surf.verts.min(axis=0) - origin) / spacing).astype(int)
     k_hi = np.ceil((surf.verts.max(axis=0) - origin) / spacing).astype(int) + 1
     mid = (k_lo[0] + k_hi[0]) // 2
-    zz, yy, xx = np.meshgrid(np.arange(mid, mid + 4), np.arange(k_lo[1], k_hi[1]), np.arange(k_lo[2], k_hi[2]),
-                             indexing="ij")
+    zz, yy, xx = np.meshgrid(
+        np.arange(mid, mid + 4), np.arange(k_lo[1], k_hi[1]), np.arange(k_lo[2], k_hi[2]), indexing="ij"
+    )
     pts = origin + np.stack([zz, yy, xx], axis=-1).reshape(-1, 3) * spacing
     t0 = time.perf_counter()
     inside = gpytoolbox.fast_winding_number(pts, surf.verts, surf.faces.astype(np.int32)) > 0.5
     t_slab = time.perf_counter() - t0
     n_box = int(np.prod(k_hi - k_lo))
     t_peer = t_slab * n_box / len(pts) * 3  # three cells of similar size
-    agree = np.mean(inside.reshape(zz.shape) == (lab[mid:mid + 4, k_lo[1]:k_hi[1], k_lo[2]:k_hi[2]] == 1))
-    print(f"gpytoolbox.fast_winding_number peer (extrapolated from {len(pts)} points): {t_peer:.1f} s "
-          f"-> ratio {t_peer / t_ours:.0f}x; voxel agreement on the slab {agree * 100:.3f}%")
+    agree = np.mean(inside.reshape(zz.shape) == (lab[mid : mid + 4, k_lo[1] : k_hi[1], k_lo[2] : k_hi[2]] == 1))
+    print(
+        f"gpytoolbox.fast_winding_number peer (extrapolated from {len(pts)} points): {t_peer:.1f} s "
+        f"-> ratio {t_peer / t_ours:.0f}x; voxel agreement on the slab {agree * 100:.3f}%"
+    )
 
     t0 = time.perf_counter()
     out = remesh(mesh, 4.0)

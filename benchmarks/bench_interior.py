@@ -19,6 +19,7 @@ representative), 5 ellipsoids, 5/5 found by auto_seeds:
 Not covered yet: touching nuclei at high density, a psfmodels (widefield) PSF, the bleaching
 time-lapse of a deforming droplet.
 """
+
 from __future__ import annotations
 
 import sys
@@ -82,8 +83,9 @@ def baseline(image):
     t0 = time.perf_counter()
     mask = image > threshold_otsu(image)
     dist = ndimage.distance_transform_edt(mask, sampling=SPACING)
-    peaks = peak_local_max(dist, min_distance=int(1.5 / min(SPACING)), labels=ndimage.label(mask)[0],
-                           exclude_border=False)
+    peaks = peak_local_max(
+        dist, min_distance=int(1.5 / min(SPACING)), labels=ndimage.label(mask)[0], exclude_border=False
+    )
     markers = np.zeros(image.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     lab = watershed(-dist, markers, mask=mask)
@@ -101,9 +103,16 @@ def baseline(image):
 def ours(image, iterations):
     t0 = time.perf_counter()
     seeds = auto_seeds(image, SPACING, min_distance_um=2.5)
-    job = FitJob(image_data=image, spacing_um=SPACING, init=InitSpec("seeds", data=(seeds, None)),
-                 psf=PSFSpec("gaussian", {"sigma_um": SIGMA}), stain="interior", levels=(2, 1),
-                 iterations=iterations, progress=False)
+    job = FitJob(
+        image_data=image,
+        spacing_um=SPACING,
+        init=InitSpec("seeds", data=(seeds, None)),
+        psf=PSFSpec("gaussian", {"sigma_um": SIGMA}),
+        stain="interior",
+        levels=(2, 1),
+        iterations=iterations,
+        progress=False,
+    )
     res = run(job).result
     m = res.mesh
     table = measure(m)
@@ -111,8 +120,13 @@ def ours(image, iterations):
     for k, cell in enumerate(table["cell"]):
         fsel = m.faces[(m.labels == cell).any(axis=1)]
         used, local = np.unique(fsel, return_inverse=True)
-        objs.append(((m.verts[used], local.reshape(-1, 3)), float(table["volume_um3"][k]),
-                     np.array([table[f"centroid_{a}_um"][k] for a in "zyx"])))
+        objs.append(
+            (
+                (m.verts[used], local.reshape(-1, 3)),
+                float(table["volume_um3"][k]),
+                np.array([table[f"centroid_{a}_um"][k] for a in "zyx"]),
+            )
+        )
     return objs, time.perf_counter() - t0, len(seeds)
 
 
@@ -130,9 +144,11 @@ def score(objs, name, dt):
         vols.append(vol / true_vol - 1)
         dists.append(surface_distance(pts[0], pts[1], c, a))
     vols, dists = np.array(vols), np.array(dists)
-    print(f"{name:34s} {len(objs):3d} objects, {matched}/{len(OBJECTS)} matched; volume error mean "
-          f"{np.mean(vols) * 100:+6.2f}% (max |.| {np.max(np.abs(vols)) * 100:5.2f}%); mean surface distance "
-          f"{np.mean(dists):.3f} um ({np.mean(dists) / min(SPACING):.2f} lateral voxels); {dt:.1f} s")
+    print(
+        f"{name:34s} {len(objs):3d} objects, {matched}/{len(OBJECTS)} matched; volume error mean "
+        f"{np.mean(vols) * 100:+6.2f}% (max |.| {np.max(np.abs(vols)) * 100:5.2f}%); mean surface distance "
+        f"{np.mean(dists):.3f} um ({np.mean(dists) / min(SPACING):.2f} lateral voxels); {dt:.1f} s"
+    )
     return np.mean(dists)
 
 

@@ -24,6 +24,7 @@ Pressures (Laplace): deltamic 0.0003 -> 0.0000, foambryo 0.016 -> 0.005 (Laplace
 noisy junctions: contact angles scatter by 15-60 degrees along a line) the two differ by up to
 0.17 in tension; our force residual there is 0.50 (0 = balanced), so neither is precise.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,10 @@ def _ours(mesh):
     t0 = time.perf_counter()
     r = mechanics(mesh)
     dt = time.perf_counter() - t0
-    ten = {(int(a), int(b)): float(g) for a, b, g in zip(r.interfaces["cell_a"], r.interfaces["cell_b"],
-                                                          r.interfaces["tension"])}
+    ten = {
+        (int(a), int(b)): float(g)
+        for a, b, g in zip(r.interfaces["cell_a"], r.interfaces["cell_b"], r.interfaces["tension"])
+    }
     pres = dict(zip(r.cells["cell"].tolist(), r.cells["pressure"].tolist()))
     return ten, pres, r, dt
 
@@ -69,22 +72,29 @@ def _peer(mesh):
         t0 = time.perf_counter()
         dcel = foambryo.dcel_mesh_from_multimaterial_mesh(mesh.verts, mesh.faces, mesh.labels.astype(np.int64))
         out["build_s"] = time.perf_counter() - t0
-        for name, mt, mp in (("YD+Laplace", TensionComputationMethod.YoungDupre, PressureComputationMethod.Laplace),
-                             ("YD+Variational", TensionComputationMethod.YoungDupre,
-                              PressureComputationMethod.Variational)):
+        for name, mt, mp in (
+            ("YD+Laplace", TensionComputationMethod.YoungDupre, PressureComputationMethod.Laplace),
+            ("YD+Variational", TensionComputationMethod.YoungDupre, PressureComputationMethod.Variational),
+        ):
             t0 = time.perf_counter()
             try:
                 ten, pres = foambryo.infer_forces(dcel, mode_tension=mt, mode_pressure=mp)
             except Exception as exc:  # noqa: BLE001 - report, do not hide, what the peer refuses
                 out[name] = (None, None, f"{type(exc).__name__}: {exc}"[:120])
                 continue
-            out[name] = ({tuple(int(x) for x in k): float(v) for k, v in ten.items()},
-                         {int(k): float(v) for k, v in pres.items()}, time.perf_counter() - t0)
+            out[name] = (
+                {tuple(int(x) for x in k): float(v) for k, v in ten.items()},
+                {int(k): float(v) for k, v in pres.items()},
+                time.perf_counter() - t0,
+            )
         t0 = time.perf_counter()
         try:
             ten = foambryo.infer_tensions(dcel, mode=TensionComputationMethod.YoungDupre, angle_reading="quadric")
-            out["YD quadric"] = ({tuple(int(x) for x in k): float(v) for k, v in ten.items()}, None,
-                                 time.perf_counter() - t0)
+            out["YD quadric"] = (
+                {tuple(int(x) for x in k): float(v) for k, v in ten.items()},
+                None,
+                time.perf_counter() - t0,
+            )
         except Exception as exc:  # noqa: BLE001 - report, do not hide, what the peer refuses
             out["YD quadric"] = (None, None, f"{type(exc).__name__}: {exc}"[:120])
     return out
@@ -99,11 +109,15 @@ def report(name, mesh, truth_t=None, truth_p=None, truth_angles=None):
     ten, pres, r, dt = _ours(mesh)
     keys = sorted(ten)
     cells = sorted(pres)
-    print(f"interfaces            {' '.join(f'{str(k):>7s}' for k in keys)}   | cells {' '.join(f'{c:>7d}' for c in cells)}")
+    print(
+        f"interfaces            {' '.join(f'{str(k):>7s}' for k in keys)}   | cells {' '.join(f'{c:>7d}' for c in cells)}"
+    )
     if truth_t is not None:
         print(f"truth                 {_fmt(truth_t, keys)}   |       {_fmt(truth_p, cells)}")
-    print(f"deltamic  ({dt:5.2f} s)   {_fmt(ten, keys)}   |       {_fmt(pres, cells)}   "
-          f"force residual rms {r.residual_rms:.4f}")
+    print(
+        f"deltamic  ({dt:5.2f} s)   {_fmt(ten, keys)}   |       {_fmt(pres, cells)}   "
+        f"force residual rms {r.residual_rms:.4f}"
+    )
     peer = _peer(mesh)
     if peer is None:
         print("foambryo: not installed (pip install foambryo) - peer comparison skipped")
@@ -116,7 +130,9 @@ def report(name, mesh, truth_t=None, truth_p=None, truth_angles=None):
             if pp is None:  # tensions only (second-order angle reading)
                 print(f"foambryo {meth:15s}{_fmt(pt, keys)}   |   (tensions only, {info:.2f} s)")
                 if truth_t is not None:
-                    print(f"   max error vs truth: tension foambryo-quadric {max(abs(pt[k] - truth_t[k]) for k in keys):.4f}")
+                    print(
+                        f"   max error vs truth: tension foambryo-quadric {max(abs(pt[k] - truth_t[k]) for k in keys):.4f}"
+                    )
                 else:
                     print(f"   max |deltamic - foambryo-quadric|: tension {max(abs(ten[k] - pt[k]) for k in keys):.4f}")
                 continue
@@ -129,8 +145,10 @@ def report(name, mesh, truth_t=None, truth_p=None, truth_angles=None):
                 e_peer = max(abs(pt[k] - truth_t[k]) for k in keys)
                 pe_ours = max(abs(pres[c] - truth_p[c]) for c in cells)
                 pe_peer = max(abs(pp[c] - truth_p[c]) for c in cells)
-                print(f"   max error vs truth: tension deltamic {e_ours:.4f} foambryo {e_peer:.4f}; "
-                      f"pressure deltamic {pe_ours:.4f} foambryo {pe_peer:.4f}")
+                print(
+                    f"   max error vs truth: tension deltamic {e_ours:.4f} foambryo {e_peer:.4f}; "
+                    f"pressure deltamic {pe_ours:.4f} foambryo {pe_peer:.4f}"
+                )
     j = r.junctions
     for i in range(len(j["region_1"])):
         regs = [int(j[f"region_{k}"][i]) for k in (1, 2, 3)]
@@ -151,11 +169,19 @@ def main():
         for n_ring in (32, 96):
             v, f, lab, info = doublet_from_tensions(g1, g2, g12, psi12=psi12, rho=RHO, n_ring=n_ring)
             psi = info["psi"]
-            truth_p = {0: 0.0, 1: 2 * truth_t[(0, 1)] * math.sin(psi[(0, 1)]) / RHO,
-                       2: -2 * truth_t[(0, 2)] * math.sin(psi[(0, 2)]) / RHO}
+            truth_p = {
+                0: 0.0,
+                1: 2 * truth_t[(0, 1)] * math.sin(psi[(0, 1)]) / RHO,
+                2: -2 * truth_t[(0, 2)] * math.sin(psi[(0, 2)]) / RHO,
+            }
             c1, c2, cm = np.degrees(young_dupre_angles(g1, g2, g12))
-            report(f"doublet tensions {g}, interface angle {math.degrees(psi12):.0f} deg, {n_ring} ring vertices",
-                   Mesh(v, f, lab), truth_t, truth_p, {0: cm, 1: c1, 2: c2})
+            report(
+                f"doublet tensions {g}, interface angle {math.degrees(psi12):.0f} deg, {n_ring} ring vertices",
+                Mesh(v, f, lab),
+                truth_t,
+                truth_p,
+                {0: cm, 1: c1, 2: c2},
+            )
     report("bundled embryo (Sample01_007.rec, 3 cells)", read_mesh(SAMPLE))
 
 

@@ -25,6 +25,7 @@ needs. Run: ``.venv/bin/python benchmarks/bench_meshft.py`` (3-6 minutes on 2 id
 ``--quick`` for a shorter run). Timings on a machine shared with other jobs are noisy: compare
 the ratios, which are measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,8 +107,8 @@ def _dense_mesh_ft(verts, faces, freqs):
 
     two_pi = 2 * torch.pi
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    two_area = torch.linalg.cross(b - a, c - a).norm(dim=1)             # (F,)
-    phase = two_pi * freqs @ verts.T                                     # (K, V)
+    two_area = torch.linalg.cross(b - a, c - a).norm(dim=1)  # (F,)
+    phase = two_pi * freqs @ verts.T  # (K, V)
     pa, pb, pc = phase[:, faces[:, 0]], phase[:, faces[:, 1]], phase[:, faces[:, 2]]  # (K, F)
     ea, eb, ec = torch.exp(-1j * pa), torch.exp(-1j * pb), torch.exp(-1j * pc)
     dab, dac, dbc = pa - pb, pa - pc, pb - pc
@@ -116,7 +117,7 @@ def _dense_mesh_ft(verts, faces, freqs):
     one = torch.ones_like(dab)
     sab, sac, sbc = (torch.where(small, one, d) for d in (dab, dac, dbc))
     closed = -(ea / (sab * sac) - eb / (sab * sbc) + ec / (sac * sbc))
-    m = (pa + pb + pc) / 3                                               # 2nd-order series
+    m = (pa + pb + pc) / 3  # 2nd-order series
     ya, yb, yc = pa - m, pb - m, pc - m
     h2 = ya * ya + yb * yb + yc * yc + ya * yb + ya * yc + yb * yc
     series = torch.exp(-1j * m) * (0.5 - h2 / 24)
@@ -133,6 +134,7 @@ def _child(cfg: dict) -> dict:
     grad_seed = torch.randn(freqs.shape[0], dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
 
     if cfg["impl"] == "dense":
+
         def run_forward():
             return _dense_mesh_ft(verts.requires_grad_(True), faces, freqs)
     else:
@@ -156,10 +158,17 @@ def _child(cfg: dict) -> dict:
     (grad_seed.conj() * out).real.sum().backward()
     c2, t2 = time.process_time(), time.perf_counter()
     peak_kb = _peak_rss_kb()
-    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "forward_cpu_s": c1 - c0,
-            "backward_cpu_s": c2 - c1, "peak_mb": peak_kb / 1024,
-            "extra_mb": max(peak_kb - base_kb, 0) / 1024, "K": int(freqs.shape[0]),
-            "F": int(faces.shape[0]), "V": int(verts.shape[0])}
+    return {
+        "forward_s": t1 - t0,
+        "backward_s": t2 - t1,
+        "forward_cpu_s": c1 - c0,
+        "backward_cpu_s": c2 - c1,
+        "peak_mb": peak_kb / 1024,
+        "extra_mb": max(peak_kb - base_kb, 0) / 1024,
+        "K": int(freqs.shape[0]),
+        "F": int(faces.shape[0]),
+        "V": int(verts.shape[0]),
+    }
 
 
 def _status_kb(field: str) -> int:
@@ -205,22 +214,28 @@ def _run(impl: str, n: int, threads: int, large: bool = False) -> dict:
     cfg = {"impl": impl, "n": n, "threads": threads, "large": large}
     if not large:
         cfg["freqs_path"] = _freqs_file(n)
-    code = f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); " \
-           f"import bench_meshft as b; print('RESULT' + json.dumps(b._child({cfg!r})))"
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); "
+        f"import bench_meshft as b; print('RESULT' + json.dumps(b._child({cfg!r})))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("RESULT"):
-            return json.loads(line[len("RESULT"):])
+            return json.loads(line[len("RESULT") :])
     raise RuntimeError(f"{impl} n={n} threads={threads} failed:\n{res.stderr[-3000:]}")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 threads only, no 256^3 run")
-    ap.add_argument("--large-spread", action="store_true",
-                    help="only the large-spread workload (exact cpu kernel vs dense, 2 threads)")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="runs of each side of the large-spread comparison (medians; default 3)")
+    ap.add_argument(
+        "--large-spread",
+        action="store_true",
+        help="only the large-spread workload (exact cpu kernel vs dense, 2 threads)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="runs of each side of the large-spread comparison (medians; default 3)"
+    )
     args = ap.parse_args(argv)
     if args.large_spread:
         _large_spread(args.repeats)
@@ -235,12 +250,20 @@ def main(argv=None) -> None:
     def record(impl, n, threads):
         r = _run(impl, n, threads)
         pairs = r["K"] * r["F"]
-        r.update(impl=impl, n=n, threads=threads, pairs=pairs,
-                 fwd_pps=pairs / r["forward_s"], bwd_pps=pairs / r["backward_s"])
+        r.update(
+            impl=impl,
+            n=n,
+            threads=threads,
+            pairs=pairs,
+            fwd_pps=pairs / r["forward_s"],
+            bwd_pps=pairs / r["backward_s"],
+        )
         rows.append(r)
-        print(f"  {impl:6s} {n:4d}^3 threads={threads}: K={r['K']:7d} F={r['F']}  forward {r['forward_s']:8.3f} s"
-              f"  backward {r['backward_s']:8.3f} s  +{r['extra_mb']:8.1f} MB (peak RSS {r['peak_mb']:.0f} MB)",
-              flush=True)
+        print(
+            f"  {impl:6s} {n:4d}^3 threads={threads}: K={r['K']:7d} F={r['F']}  forward {r['forward_s']:8.3f} s"
+            f"  backward {r['backward_s']:8.3f} s  +{r['extra_mb']:8.1f} MB (peak RSS {r['peak_mb']:.0f} MB)",
+            flush=True,
+        )
         return r
 
     print("\n64^3 box, 0.5 um voxels, 1.4% band, 2,562-vertex sphere of radius 10 um")
@@ -252,34 +275,44 @@ def main(argv=None) -> None:
             per_backend[(b, threads)] = record(b, 64, threads)
 
     if "cpu" in backends:
-        for n in ((128, 256) if not args.quick else (128,)):
+        for n in (128, 256) if not args.quick else (128,):
             record("cpu", n, 2)
 
     print("\nSummary")
-    print(f"{'impl':8s} {'box':>5s} {'thr':>3s} {'K':>7s} {'fwd s':>9s} {'bwd s':>9s} {'fwd Mpairs/s':>13s}"
-          f" {'bwd Mpairs/s':>13s} {'extra MB':>9s}")
+    print(
+        f"{'impl':8s} {'box':>5s} {'thr':>3s} {'K':>7s} {'fwd s':>9s} {'bwd s':>9s} {'fwd Mpairs/s':>13s}"
+        f" {'bwd Mpairs/s':>13s} {'extra MB':>9s}"
+    )
     for r in rows:
-        print(f"{r['impl']:8s} {r['n']:5d} {r['threads']:3d} {r['K']:7d} {r['forward_s']:9.3f} {r['backward_s']:9.3f}"
-              f" {r['fwd_pps'] / 1e6:13.2f} {r['bwd_pps'] / 1e6:13.2f} {r['extra_mb']:9.1f}")
+        print(
+            f"{r['impl']:8s} {r['n']:5d} {r['threads']:3d} {r['K']:7d} {r['forward_s']:9.3f} {r['backward_s']:9.3f}"
+            f" {r['fwd_pps'] / 1e6:13.2f} {r['bwd_pps'] / 1e6:13.2f} {r['extra_mb']:9.1f}"
+        )
 
     d2 = dense[max(dense)]
     bytes_per_pair = d2["extra_mb"] * 2**20 / d2["pairs"]
-    print(f"\ndense formulation: {bytes_per_pair:.0f} bytes and "
-          f"{1e9 * (d2['forward_s'] + d2['backward_s']) / d2['pairs']:.0f} ns per (frequency x face) pair "
-          f"(forward + backward, {max(dense)} threads)")
+    print(
+        f"\ndense formulation: {bytes_per_pair:.0f} bytes and "
+        f"{1e9 * (d2['forward_s'] + d2['backward_s']) / d2['pairs']:.0f} ns per (frequency x face) pair "
+        f"(forward + backward, {max(dense)} threads)"
+    )
     for (b, threads), r in per_backend.items():
         d = dense[threads]
         dense_t = d["forward_s"] + d["backward_s"]
         t = r["forward_s"] + r["backward_s"]
         mem_ratio = r["extra_mb"] / d["extra_mb"] if d["extra_mb"] > 0 else float("nan")
-        print(f"{b:6s} vs dense (64^3, {threads} thread{'s' if threads > 1 else ''}): {dense_t / t:7.1f}x faster"
-              f" (target >= 100x for cpu), memory {r['extra_mb']:.1f} MB vs {d['extra_mb']:.1f} MB = 1/{1 / mem_ratio:.0f}"
-              f" (target <= 1/20); peak RSS incl. torch {r['peak_mb']:.0f} MB vs {d['peak_mb']:.0f} MB")
+        print(
+            f"{b:6s} vs dense (64^3, {threads} thread{'s' if threads > 1 else ''}): {dense_t / t:7.1f}x faster"
+            f" (target >= 100x for cpu), memory {r['extra_mb']:.1f} MB vs {d['extra_mb']:.1f} MB = 1/{1 / mem_ratio:.0f}"
+            f" (target <= 1/20); peak RSS incl. torch {r['peak_mb']:.0f} MB vs {d['peak_mb']:.0f} MB"
+        )
     for r in rows:
         if r["impl"] == "cpu" and r["n"] > 64:
             need = bytes_per_pair * r["pairs"] / 2**30
-            print(f"cpu {r['n']}^3: {r['pairs'] / 1e6:.0f} M pairs in {r['forward_s'] + r['backward_s']:.2f} s "
-                  f"using {r['extra_mb']:.0f} MB; the dense formulation would need ~{need:.0f} GB")
+            print(
+                f"cpu {r['n']}^3: {r['pairs'] / 1e6:.0f} M pairs in {r['forward_s'] + r['backward_s']:.2f} s "
+                f"using {r['extra_mb']:.0f} MB; the dense formulation would need ~{need:.0f} GB"
+            )
     import os
 
     for path in _FREQ_FILES.values():
@@ -296,19 +329,24 @@ def _large_spread(repeats: int, threads: int = 2) -> None:
     """
     from statistics import median
 
-    print(f"\nlarge-spread workload: {LARGE_N}^3 box of {LARGE_SPACING_UM} um voxels, sphere of radius "
-          f"{LARGE_RADIUS_UM} um (2,562 vertices), |k| < {LARGE_NYQUIST_FRACTION} Nyquist, float32, "
-          f"{threads} threads, {repeats} run(s) of each")
+    print(
+        f"\nlarge-spread workload: {LARGE_N}^3 box of {LARGE_SPACING_UM} um voxels, sphere of radius "
+        f"{LARGE_RADIUS_UM} um (2,562 vertices), |k| < {LARGE_NYQUIST_FRACTION} Nyquist, float32, "
+        f"{threads} threads, {repeats} run(s) of each"
+    )
     dense, cpu = [], []
     for _ in range(max(1, repeats)):
         for impl, runs in (("dense", dense), ("cpu", cpu)):
             r = _run(impl, LARGE_N, threads, large=True)
             runs.append(r)
             pairs = r["K"] * r["F"]
-            print(f"  {impl:6s} K={r['K']} F={r['F']}: forward {r['forward_s']:7.3f} s, backward "
-                  f"{r['backward_s']:7.3f} s (CPU time {r['forward_cpu_s']:.3f} + {r['backward_cpu_s']:.3f} s)"
-                  f"; {1e9 * r['forward_s'] * threads / pairs:6.1f} + {1e9 * r['backward_s'] * threads / pairs:6.1f}"
-                  f" ns per pair per thread", flush=True)
+            print(
+                f"  {impl:6s} K={r['K']} F={r['F']}: forward {r['forward_s']:7.3f} s, backward "
+                f"{r['backward_s']:7.3f} s (CPU time {r['forward_cpu_s']:.3f} + {r['backward_cpu_s']:.3f} s)"
+                f"; {1e9 * r['forward_s'] * threads / pairs:6.1f} + {1e9 * r['backward_s'] * threads / pairs:6.1f}"
+                f" ns per pair per thread",
+                flush=True,
+            )
     pairs = cpu[0]["K"] * cpu[0]["F"]
 
     def tot(r):
@@ -318,13 +356,19 @@ def _large_spread(repeats: int, threads: int = 2) -> None:
         return 1e9 * median(r[key] for r in runs) / pairs
 
     ratios = [tot(d) / tot(c) for d, c in zip(dense, cpu)]
-    print(f"cpu, {pairs / 1e6:.1f} M pairs: forward {ns('forward_s', cpu) * threads:.1f} ns, backward "
-          f"{ns('backward_s', cpu) * threads:.1f} ns per pair per thread (median wall time x {threads} "
-          f"threads); CPU time {ns('forward_cpu_s', cpu):.1f} + {ns('backward_cpu_s', cpu):.1f} ns per pair")
-    print(f"dense: forward+backward median {median(tot(r) for r in dense):.2f} s; cpu: "
-          f"{median(tot(r) for r in cpu):.3f} s")
-    print(f"cpu vs dense, large-spread workload ({threads} threads): {median(ratios):.0f}x faster "
-          f"(median of {len(ratios)} paired runs: {', '.join(f'{x:.0f}' for x in ratios)}; target >= 100x)")
+    print(
+        f"cpu, {pairs / 1e6:.1f} M pairs: forward {ns('forward_s', cpu) * threads:.1f} ns, backward "
+        f"{ns('backward_s', cpu) * threads:.1f} ns per pair per thread (median wall time x {threads} "
+        f"threads); CPU time {ns('forward_cpu_s', cpu):.1f} + {ns('backward_cpu_s', cpu):.1f} ns per pair"
+    )
+    print(
+        f"dense: forward+backward median {median(tot(r) for r in dense):.2f} s; cpu: "
+        f"{median(tot(r) for r in cpu):.3f} s"
+    )
+    print(
+        f"cpu vs dense, large-spread workload ({threads} threads): {median(ratios):.0f}x faster "
+        f"(median of {len(ratios)} paired runs: {', '.join(f'{x:.0f}' for x in ratios)}; target >= 100x)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ trade-off across tolerances.
 
 Run: .venv/bin/python benchmarks/bench_nufft.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,9 +71,11 @@ def main():
     exact_name = "cpu" if "cpu" in available_backends() else "torch"
     r_exact = Renderer((n, n, n), spacing, psf, band_threshold=1e-3, backend=exact_name, dtype=dtype)
     K = len(r_exact.band)
-    print(f"image {n}^3 at {spacing} um, padded grid {r_exact.grid.shape}, band {K} freqs "
-          f"({100 * r_exact.band.fraction:.1f}% of the half spectrum), {len(faces)} faces, "
-          f"{K * len(faces) / 1e6:.0f} M pairs per pass")
+    print(
+        f"image {n}^3 at {spacing} um, padded grid {r_exact.grid.shape}, band {K} freqs "
+        f"({100 * r_exact.band.fraction:.1f}% of the half spectrum), {len(faces)} faces, "
+        f"{K * len(faces) / 1e6:.0f} M pairs per pass"
+    )
 
     # reference image in float64 with the exact backend: the truth for the error
     r64 = Renderer((n, n, n), spacing, psf, band_threshold=1e-3, backend=exact_name, dtype=torch.float64)
@@ -105,8 +108,10 @@ def main():
     ok = [r for r in rows if r[2] <= 1e-4]
     best = min(ok, key=lambda r: r[1]) if ok else None
     if best:
-        print(f"\nP2: nufft (tol {best[0]:.0e}) is {t_exact / best[1]:.1f}x faster than exact {exact_name} "
-              f"forward+backward at {best[2]:.1e} relative L2 image error (target >= 30x at <= 1e-4)")
+        print(
+            f"\nP2: nufft (tol {best[0]:.0e}) is {t_exact / best[1]:.1f}x faster than exact {exact_name} "
+            f"forward+backward at {best[2]:.1e} relative L2 image error (target >= 30x at <= 1e-4)"
+        )
 
     # P3: one full fit iteration vs one rfftn of the padded grid
     nufft.tol = best[0] if best else default_tol
@@ -114,8 +119,10 @@ def main():
     torch.fft.rfftn(x)
     t_fft, _ = timed(lambda: torch.fft.rfftn(x), repeat=5)
     t_it, _ = timed(lambda: fwd_bwd(r_nu, verts, faces, weights, target), repeat=3)
-    print(f"P3: one fit iteration (render + loss + backward, nufft, {n}^3) = {t_it:.3f} s = "
-          f"{t_it / t_fft:.1f} x one rfftn of the padded grid ({t_fft * 1e3:.1f} ms) (target <= 10x)")
+    print(
+        f"P3: one fit iteration (render + loss + backward, nufft, {n}^3) = {t_it:.3f} s = "
+        f"{t_it / t_fft:.1f} x one rfftn of the padded grid ({t_fft * 1e3:.1f} ms) (target <= 10x)"
+    )
 
     # where the time goes
     from torch.profiler import ProfilerActivity, profile
@@ -130,8 +137,10 @@ def main():
     t1 = time.perf_counter()
     nufft.forward(verts, faces, weights, r_nu.band)
     t2 = time.perf_counter()
-    print(f"quadrature points: {t1 - t0:.3f} s; nufft forward alone: {t2 - t1:.3f} s; "
-          f"{xq.shape[1]} points ({xq.shape[1] / len(faces):.0f} per face)")
+    print(
+        f"quadrature points: {t1 - t0:.3f} s; nufft forward alone: {t2 - t1:.3f} s; "
+        f"{xq.shape[1]} points ({xq.shape[1] / len(faces):.0f} per face)"
+    )
     nufft.tol = default_tol
 
 

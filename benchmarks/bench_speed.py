@@ -15,6 +15,7 @@ image grid padded by the PSF extent (no oversampling), same threads, same proces
 
 Run: ``.venv/bin/python benchmarks/bench_speed.py [--goals 2 3 1 4] [--quick] [--threads 2]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -142,8 +143,18 @@ def confocal_measured_psf(spacing_psf=(0.1, 0.04, 0.04), shape=(48, 64, 64)):
 
         nz, nxy = shape[0], shape[1]
         z = (np.arange(nz) - nz // 2) * spacing_psf[0]
-        h = pm.confocal_psf(z, nx=nxy + 1, dxy=spacing_psf[1], ex_wvl=0.488, em_wvl=0.525, pinhole_au=1.0,
-                            NA=1.1, ni0=1.33, ni=1.33, ns=1.33)
+        h = pm.confocal_psf(
+            z,
+            nx=nxy + 1,
+            dxy=spacing_psf[1],
+            ex_wvl=0.488,
+            em_wvl=0.525,
+            pinhole_au=1.0,
+            NA=1.1,
+            ni0=1.33,
+            ni=1.33,
+            ns=1.33,
+        )
         h = np.asarray(h)[:, :nxy, :nxy]
         source = "psfmodels.confocal_psf"
     except Exception as exc:  # noqa: BLE001 - the fallback is reported
@@ -165,17 +176,24 @@ def goal2(args):
         mesh = embryo_in_box(shape, spacing)
         image = observed_image(mesh, shape, spacing, psf)
         floor, padded = floor_seconds(shape, spacing, psf)
-        print(f"{shape} voxels of {spacing} um, PSF sigma {tuple(psf.sigma_um.tolist())}, {len(mesh.faces)} faces; "
-              f"floor (rfftn {padded}) {1e3 * floor:.1f} ms")
+        print(
+            f"{shape} voxels of {spacing} um, PSF sigma {tuple(psf.sigma_um.tolist())}, {len(mesh.faces)} faces; "
+            f"floor (rfftn {padded}) {1e3 * floor:.1f} ms"
+        )
         routes = ["real", "fourier"] if shape[0] <= 128 else ["real"]
         for route in routes:
             first, step, fitter = one_iteration(mesh, image, spacing, psf, route)
             r = fitter.renderer
-            extra = (f"{r._real.last_n_points} points, window {r._real.window}" if r.route == "real"
-                     else f"band {len(r.band)}, oversampling {r.oversampling}, backend {r.backend_name}")
+            extra = (
+                f"{r._real.last_n_points} points, window {r._real.window}"
+                if r.route == "real"
+                else f"band {len(r.band)}, oversampling {r.oversampling}, backend {r.backend_name}"
+            )
             t_f, t_b = transform_fwd_bwd(r, mesh)
-            print(f"  {route:>7}: iteration {step:.3f} s = {step / floor:.1f} x floor (first step incl. plan {first:.2f} s); "
-                  f"transform fwd {t_f:.3f} s, bwd {t_b:.3f} s = {t_b / t_f:.2f} x fwd; {extra}")
+            print(
+                f"  {route:>7}: iteration {step:.3f} s = {step / floor:.1f} x floor (first step incl. plan {first:.2f} s); "
+                f"transform fwd {t_f:.3f} s, bwd {t_b:.3f} s = {t_b / t_f:.2f} x fwd; {extra}"
+            )
 
 
 def goal3(args):
@@ -184,14 +202,16 @@ def goal3(args):
     spacing = (0.5, 0.25, 0.25)
     mesh = embryo_in_box(shape, spacing)
     measured, source = confocal_measured_psf()
-    cases = [("narrow Gaussian 0.3/0.09/0.09", GaussianPSF((0.3, 0.09, 0.09)).requires_grad_(False)),
-             ("fit start Gaussian 0.35/0.12/0.12", GaussianPSF((0.35, 0.12, 0.12)).requires_grad_(False)),
-             (f"MeasuredPSF ({source}, fwhm {tuple(round(x, 3) for x in measured.fwhm_um())})", measured)]
+    cases = [
+        ("narrow Gaussian 0.3/0.09/0.09", GaussianPSF((0.3, 0.09, 0.09)).requires_grad_(False)),
+        ("fit start Gaussian 0.35/0.12/0.12", GaussianPSF((0.35, 0.12, 0.12)).requires_grad_(False)),
+        (f"MeasuredPSF ({source}, fwhm {tuple(round(x, 3) for x in measured.fwhm_um())})", measured),
+    ]
     for name, psf in cases:
         image = observed_image(mesh, shape, spacing, GaussianPSF((0.3, 0.09, 0.09)))
         floor, padded = floor_seconds(shape, spacing, psf)
         print(f"{name}: {shape} voxels, {len(mesh.faces)} faces; floor {1e3 * floor:.1f} ms (rfftn {padded})")
-        for route in (["real", "fourier"] if not args.quick or True else ["real"]):
+        for route in ["real", "fourier"] if not args.quick or True else ["real"]:
             t = time.perf_counter()
             r = Renderer(shape, spacing, psf, route=route)
             if route == "fourier":
@@ -199,8 +219,11 @@ def goal3(args):
             plan = time.perf_counter() - t
             first, step, fitter = one_iteration(mesh, image, spacing, psf, route, steps=2)
             rr = fitter.renderer
-            extra = (f"{rr._real.last_n_points} points, window {rr._real.window}" if rr.route == "real"
-                     else f"band {len(rr.band)}, oversampling {rr.oversampling}, backend {rr.backend_name}")
+            extra = (
+                f"{rr._real.last_n_points} points, window {rr._real.window}"
+                if rr.route == "real"
+                else f"band {len(rr.band)}, oversampling {rr.oversampling}, backend {rr.backend_name}"
+            )
             print(f"  {route:>7}: plan {plan:.2f} s, iteration {step:.3f} s = {step / floor:.1f} x floor; {extra}")
 
 
@@ -247,8 +270,10 @@ def goal1(args):
         finally:
             rmod.Renderer.__init__ = orig
         tim = fitter.result().timings if hasattr(fitter.result(), "timings") else {}
-        print(f"  {shape} voxels, {len(truth.faces)}-face truth, iterations {its}, route {route}: fit {t_fit:.1f} s, "
-              f"watershed {t_ws:.1f} s: {t_fit / t_ws:.1f} x watershed; timings {tim}")
+        print(
+            f"  {shape} voxels, {len(truth.faces)}-face truth, iterations {its}, route {route}: fit {t_fit:.1f} s, "
+            f"watershed {t_ws:.1f} s: {t_fit / t_ws:.1f} x watershed; timings {tim}"
+        )
         if route == "fourier":
             break
 
@@ -283,7 +308,9 @@ def goal4(args):
         res = fitter.step()
         per.setdefault(res.level, []).append(time.perf_counter() - t)
     for lvl, ts in per.items():
-        print(f"  level {lvl}: {len(ts)} steps, {1 / statistics.median(ts):.1f} steps/s (median {statistics.median(ts):.3f} s)")
+        print(
+            f"  level {lvl}: {len(ts)} steps, {1 / statistics.median(ts):.1f} steps/s (median {statistics.median(ts):.3f} s)"
+        )
 
 
 def main(argv=None):

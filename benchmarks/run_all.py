@@ -4,6 +4,7 @@ Speed and accuracy targets live here, not in the tests: each script prints the r
 measured in one run. Usage: ``python benchmarks/run_all.py [name ...]`` (names without
 ``bench_`` and ``.py``, e.g. ``meshft nufft``); output also goes to ``benchmarks/results/``.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -26,7 +27,9 @@ def main(argv=None):
         print(f"\n=== {script.name} ===", flush=True)
         t0 = time.perf_counter()
         with open(out_dir / f"{script.stem}.txt", "w") as log:
-            proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             for line in proc.stdout:
                 sys.stdout.write(line)
                 log.write(line)

@@ -12,6 +12,7 @@
 5. Check against the truth: per-cell IoU and volume error, and ``OUT/overview.png`` (orthogonal
    slices of the stack with the fitted cell outlines).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,7 @@ def overview_png(path, image, labels):
         # pixel coordinates for both the image and the contours; the aspect shows physical size
         ax.imshow(img, cmap="gray", interpolation="nearest", aspect=sr / sc)
         for cell in np.unique(lab[lab > 0]):
-            ax.contour((lab == cell).astype(float), levels=[0.5], colors=[plt.cm.tab10(int(cell) % 10)],
-                       linewidths=1.2)
+            ax.contour((lab == cell).astype(float), levels=[0.5], colors=[plt.cm.tab10(int(cell) % 10)], linewidths=1.2)
         ax.set_title(f"{title}, voxels")
     fig.suptitle("synthetic embryo stack with the fitted cells (deltamic fit)")
     fig.tight_layout()
@@ -89,7 +89,9 @@ def main(argv=None):
         w.writerow(["z", "y", "x"])
         for z, y, x in zip(table["centroid_z_um"], table["centroid_y_um"], table["centroid_x_um"]):
             w.writerow([f"{z:.3f}", f"{y:.3f}", f"{x:.3f}"])
-    print(f"stack {shape} at {SPACING} um, {len(mesh.faces)}-face ground truth, rendered in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"stack {shape} at {SPACING} um, {len(mesh.faces)}-face ground truth, rendered in {time.perf_counter() - t0:.1f} s"
+    )
 
     fit_dir = out / "fit"
     command = ["fit", str(out / "embryo.tif"), "--seeds", str(out / "seeds.csv"), "--out", str(fit_dir)]
@@ -122,8 +124,10 @@ def main(argv=None):
     with atomic_write(out / "accuracy.json", mode="w") as fh:
         json.dump({"cells": rows, "fit_seconds": report.get("timings", {})}, fh, indent=2)
     overview_png(out / "overview.png", image, fitted)
-    print(f"\nwrote {out}/embryo.tif, seeds.csv, fit/ (mesh.rec, mesh.ply, labels.tif, measurements.csv, "
-          f"contacts.csv, report.json), accuracy.json, overview.png in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"\nwrote {out}/embryo.tif, seeds.csv, fit/ (mesh.rec, mesh.ply, labels.tif, measurements.csv, "
+        f"contacts.csv, report.json), accuracy.json, overview.png in {time.perf_counter() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

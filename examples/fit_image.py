@@ -12,6 +12,7 @@ Everything goes through the Python API (the command line does the same with
 
 Run ``python examples/fit_image.py --quick`` for a small, fast version.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,17 @@ def main(argv=None):
     # two cells side by side along x, slightly flattened in z as cells on a coverslip are
     extent = np.asarray(shape) * spacing
     semi = np.array([[2.6, 3.2, 3.6], [2.4, 3.0, 3.0]]) * scale
-    centres = np.array([[extent[0] / 2, extent[1] / 2, extent[2] / 2 - 4.2 * scale],
-                        [extent[0] / 2, extent[1] / 2 + 0.4 * scale, extent[2] / 2 + 3.6 * scale]])
+    centres = np.array(
+        [
+            [extent[0] / 2, extent[1] / 2, extent[2] / 2 - 4.2 * scale],
+            [extent[0] / 2, extent[1] / 2 + 0.4 * scale, extent[2] / 2 + 3.6 * scale],
+        ]
+    )
     cells = [ellipsoid(c, s, subdiv) for c, s in zip(centres, semi)]
-    truth = Mesh(np.concatenate([cells[0].vertices, cells[1].vertices]),
-                 np.concatenate([cells[0].faces, cells[1].faces + len(cells[0].vertices)]))
+    truth = Mesh(
+        np.concatenate([cells[0].vertices, cells[1].vertices]),
+        np.concatenate([cells[0].faces, cells[1].faces + len(cells[0].vertices)]),
+    )
     true_volumes = [c.volume for c in cells]
 
     # sigma = one voxel per axis, the command line's default (a Nyquist-sampled stack); with
@@ -84,15 +91,27 @@ def main(argv=None):
     for row, v_true in zip(cells_rows, true_volumes):
         err = row["volume_um3"] / v_true - 1
         errors.append(err)
-        print(f"  cell {row['cell']}: volume {row['volume_um3']:.2f} um^3 (truth {v_true:.2f}, {100 * err:+.1f}%), "
-              f"sphericity {row['sphericity']:.3f}")
-    summary = {"volume_rel_errors": errors, "fit_s": fit_s, "iterations": result.iterations,
-               "final_loss": result.loss_history[-1]}
+        print(
+            f"  cell {row['cell']}: volume {row['volume_um3']:.2f} um^3 (truth {v_true:.2f}, {100 * err:+.1f}%), "
+            f"sphericity {row['sphericity']:.3f}"
+        )
+    summary = {
+        "volume_rel_errors": errors,
+        "fit_s": fit_s,
+        "iterations": result.iterations,
+        "final_loss": result.loss_history[-1],
+    }
     if args.out is not None:
         with staged_directory(args.out) as tmp:
-            write_fit_outputs(tmp, result.mesh, shape=shape, spacing_um=spacing, measurements=cells_rows,
-                              contacts=contacts, report={**summary, "loss_history": result.loss_history,
-                                                         "psf": result.psf_params})
+            write_fit_outputs(
+                tmp,
+                result.mesh,
+                shape=shape,
+                spacing_um=spacing,
+                measurements=cells_rows,
+                contacts=contacts,
+                report={**summary, "loss_history": result.loss_history, "psf": result.psf_params},
+            )
         print(f"outputs in {args.out}")
     print("SUMMARY " + json.dumps(summary))
     return summary

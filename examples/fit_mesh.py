@@ -11,6 +11,7 @@ The same benchmark from the command line::
 
 Run ``python examples/fit_mesh.py --quick`` for a small, fast version.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,30 +48,35 @@ def main(argv=None):
     psf = GaussianPSF(sigma_um=tuple(spacing3))  # sigma = one voxel: the CLI's default
     t0 = time.perf_counter()
     image = render_mesh_image(target, shape, spacing3, psf)
-    print(f"target {args.mesh.name}: {len(target.faces)} triangles, {shape} voxels of {spacing} um "
-          f"(rendered in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"target {args.mesh.name}: {len(target.faces)} triangles, {shape} voxels of {spacing} um "
+        f"(rendered in {time.perf_counter() - t0:.1f} s)"
+    )
 
     row = measurement_rows(target)[0][0]
     centroid = np.array([row["centroid_z_um"], row["centroid_y_um"], row["centroid_x_um"]])
     radius = (3 * abs(row["volume_um3"]) / (4 * math.pi)) ** (1 / 3)
     sphere = geometry.seed_spheres(centroid[None], np.array([radius]), edge_um=edge)
     start = surface_distance(sphere, target)
-    print(f"initial sphere r = {radius:.2f} um: mean distance {start['mean_um']:.3f} um, "
-          f"Hausdorff {start['hausdorff_um']:.3f} um")
+    print(
+        f"initial sphere r = {radius:.2f} um: mean distance {start['mean_um']:.3f} um, "
+        f"Hausdorff {start['hausdorff_um']:.3f} um"
+    )
 
     config = FitConfig(iterations=iterations, levels=levels, target_edge_um=edge)
     t0 = time.perf_counter()
     result = Fitter(image, spacing3, sphere, psf, config).run()
     fit_s = time.perf_counter() - t0
     end = surface_distance(result.mesh, target)
-    print(f"fitted in {fit_s:.1f} s ({result.iterations} iterations): mean distance {end['mean_um']:.3f} um "
-          f"({end['mean_um'] / spacing:.2f} voxels), Hausdorff {end['hausdorff_um']:.3f} um")
+    print(
+        f"fitted in {fit_s:.1f} s ({result.iterations} iterations): mean distance {end['mean_um']:.3f} um "
+        f"({end['mean_um'] / spacing:.2f} voxels), Hausdorff {end['hausdorff_um']:.3f} um"
+    )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_mesh(args.out / "fitted.ply", result.mesh)
         write_mesh(args.out / "target.ply", target)
-    summary = {"initial": start, "final": end, "spacing_um": spacing, "fit_s": fit_s,
-               "iterations": result.iterations}
+    summary = {"initial": start, "final": end, "spacing_um": spacing, "fit_s": fit_s, "iterations": result.iterations}
     print("SUMMARY " + json.dumps(summary))
     return summary
 

@@ -8,6 +8,7 @@ with the truth.
 
 Run ``python examples/learn_psf.py --quick`` for a small, fast version.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def main(argv=None):
     true_sigma = np.array([0.7, 0.3, 0.3])  # um, (z, y, x)
     centre = 0.5 * (np.asarray(shape) - 1) * spacing
     shell = geometry.seed_spheres(centre[None], np.array([radius]), edge_um=edge)
-    image = render_mesh_image(shell, shape, spacing, GaussianPSF(sigma_um=tuple(true_sigma)),
-                              noise="poisson", photons=200.0, seed=3)
+    image = render_mesh_image(
+        shell, shape, spacing, GaussianPSF(sigma_um=tuple(true_sigma)), noise="poisson", photons=200.0, seed=3
+    )
 
     guess = GaussianPSF(sigma_um=tuple(1.6 * true_sigma))
     config = FitConfig(iterations=iterations, levels=(1,), learn_psf=True, psf_lr=0.03, loss="poisson")
@@ -44,11 +46,19 @@ def main(argv=None):
     fit_s = time.perf_counter() - t0
     sigma = np.asarray(result.psf_params["sigma_um"], dtype=float)
     rel = sigma / true_sigma - 1
-    print(f"true sigma (z, y, x) = {true_sigma.round(3).tolist()} um; start {np.round(1.6 * true_sigma, 3).tolist()} um")
-    print(f"learnt sigma         = {sigma.round(3).tolist()} um ({', '.join(f'{100 * r:+.1f}%' for r in rel)}) "
-          f"in {fit_s:.1f} s, {result.iterations} iterations")
-    summary = {"true_sigma_um": true_sigma.tolist(), "learnt_sigma_um": sigma.tolist(), "rel_error": rel.tolist(),
-               "fit_s": fit_s}
+    print(
+        f"true sigma (z, y, x) = {true_sigma.round(3).tolist()} um; start {np.round(1.6 * true_sigma, 3).tolist()} um"
+    )
+    print(
+        f"learnt sigma         = {sigma.round(3).tolist()} um ({', '.join(f'{100 * r:+.1f}%' for r in rel)}) "
+        f"in {fit_s:.1f} s, {result.iterations} iterations"
+    )
+    summary = {
+        "true_sigma_um": true_sigma.tolist(),
+        "learnt_sigma_um": sigma.tolist(),
+        "rel_error": rel.tolist(),
+        "fit_s": fit_s,
+    }
     print("SUMMARY " + json.dumps(summary))
     return summary
 

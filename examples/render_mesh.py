@@ -21,6 +21,7 @@ Usage::
     python examples/render_mesh.py [--out render_out] [--spacing 1.0 0.5 0.5]
         [--sigma 0.6 0.2 0.2] [--scale 0.25] [--threshold 1e-3] [--backend auto]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,17 +78,30 @@ def _slices_png(path: Path, image: np.ndarray, spacing_um, origin_um) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="render_out", help="output directory")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
-                   help="voxel size (z, y, x) in um (default: 1.0 0.5 0.5 with the native mesh_ft "
-                        "kernels, 2.0 1.5 1.5 with the ~30x slower pure-torch backend)")
-    p.add_argument("--sigma", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("Z", "Y", "X"),
-                   help="Gaussian PSF standard deviations (z, y, x) in um")
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="voxel size (z, y, x) in um (default: 1.0 0.5 0.5 with the native mesh_ft "
+        "kernels, 2.0 1.5 1.5 with the ~30x slower pure-torch backend)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=float,
+        nargs=3,
+        default=(0.6, 0.2, 0.2),
+        metavar=("Z", "Y", "X"),
+        help="Gaussian PSF standard deviations (z, y, x) in um",
+    )
     p.add_argument("--scale", type=float, default=0.25, help="um per .rec coordinate unit")
     p.add_argument("--threshold", type=float, default=1e-3, help="relative OTF band threshold")
     p.add_argument("--backend", default="auto", help="mesh_ft backend")
     p.add_argument("--margin", type=float, default=2.0, help="image margin around the mesh, um")
-    p.add_argument("--fold", action="store_true",
-                   help="fold the aliases of the undersampled PSF (exact voxel-centre samples)")
+    p.add_argument(
+        "--fold", action="store_true", help="fold the aliases of the undersampled PSF (exact voxel-centre samples)"
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,29 +121,46 @@ def main(argv=None) -> None:
     spacing = np.asarray(args.spacing, dtype=float)
     origin = lo - args.margin
     shape = tuple(int(n) for n in np.ceil((hi - lo + 2 * args.margin) / spacing) + 1)
-    print(f"mesh: {len(mesh.verts)} vertices, {len(mesh.faces)} faces, {mesh.n_cells} cells, "
-          f"extent (z, y, x) = {_fmt(hi - lo)} um, {int((weights == 2).sum())} shared faces")
+    print(
+        f"mesh: {len(mesh.verts)} vertices, {len(mesh.faces)} faces, {mesh.n_cells} cells, "
+        f"extent (z, y, x) = {_fmt(hi - lo)} um, {int((weights == 2).sum())} shared faces"
+    )
 
     t0 = time.perf_counter()
     psf = GaussianPSF(tuple(args.sigma))
     psf.requires_grad_(False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        renderer = Renderer(shape, tuple(spacing), psf, origin_um=tuple(origin), band_threshold=args.threshold,
-                            backend=args.backend, dtype=torch.float32, fold_aliases=args.fold)
+        renderer = Renderer(
+            shape,
+            tuple(spacing),
+            psf,
+            origin_um=tuple(origin),
+            band_threshold=args.threshold,
+            backend=args.backend,
+            dtype=torch.float32,
+            fold_aliases=args.fold,
+        )
     if renderer.nyquist_otf > args.threshold:
-        print(f"note: the PSF is undersampled (|OTF| = {renderer.nyquist_otf:.2g} at Nyquist); "
-              + (f"aliases folded with oversampling {renderer.oversampling}" if args.fold
-                 else "preview band-limited to the grid (pass --fold for exact samples)"))
+        print(
+            f"note: the PSF is undersampled (|OTF| = {renderer.nyquist_otf:.2g} at Nyquist); "
+            + (
+                f"aliases folded with oversampling {renderer.oversampling}"
+                if args.fold
+                else "preview band-limited to the grid (pass --fold for exact samples)"
+            )
+        )
     for w in caught:
         if "undersampled" not in str(w.message):
             print(f"warning: {w.message}")
     t_plan = time.perf_counter() - t0
-    print(f"plan: image {renderer.shape} voxels of {_fmt(spacing)} um, padded FFT box {renderer.grid.shape}, "
-          f"band {len(renderer.band)} frequencies (oversampling {renderer.oversampling}), "
-          f"{len(renderer.band) * len(mesh.faces) / 1e6:.0f} M (frequency, face) pairs, "
-          f"estimated memory {renderer.memory_estimate_bytes(len(mesh.faces), len(mesh.verts)) / 2**20:.0f} MiB; "
-          f"{t_plan:.2f} s")
+    print(
+        f"plan: image {renderer.shape} voxels of {_fmt(spacing)} um, padded FFT box {renderer.grid.shape}, "
+        f"band {len(renderer.band)} frequencies (oversampling {renderer.oversampling}), "
+        f"{len(renderer.band) * len(mesh.faces) / 1e6:.0f} M (frequency, face) pairs, "
+        f"estimated memory {renderer.memory_estimate_bytes(len(mesh.faces), len(mesh.verts)) / 2**20:.0f} MiB; "
+        f"{t_plan:.2f} s"
+    )
 
     verts = torch.tensor(mesh.verts, dtype=torch.float32)
     faces = torch.tensor(mesh.faces)
@@ -140,8 +171,10 @@ def main(argv=None) -> None:
     t_render = time.perf_counter() - t0
     vv = float(np.prod(spacing))
     area_weighted = float((w.double() * _face_areas(mesh.verts, mesh.faces)).sum())
-    print(f"render: {t_render:.2f} s; sum(image) * voxel volume = {float(image.double().sum()) * vv:.1f} um^2 "
-          f"(weighted membrane area {area_weighted:.1f} um^2), max {float(image.max()):.3f}")
+    print(
+        f"render: {t_render:.2f} s; sum(image) * voxel volume = {float(image.double().sum()) * vv:.1f} um^2 "
+        f"(weighted membrane area {area_weighted:.1f} um^2), max {float(image.max()):.3f}"
+    )
 
     arr = image.numpy()
     write_tiff(out / "embryo_render.tif", arr, tuple(spacing))

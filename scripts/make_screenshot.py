@@ -10,6 +10,7 @@ Usage (headless machines get a virtual X server through pyvirtualdisplay/Xvfb):
 
     .venv/bin/python scripts/make_screenshot.py [--iterations 40] [--out docs/screenshot_widget.png]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,12 @@ def main(argv=None) -> int:
     # membrane for the data term to pull it (a 2.5 um seed barely grows), and the neighbouring
     # centroids are ~7 um apart, so 3.5 um seeds start close without overlapping
     parser.add_argument("--radius", type=float, default=3.5, help="seed sphere radius (um)")
-    parser.add_argument("--step", type=float, default=1.0,
-                        help="step size in voxels (the core's default 0.3 is safer but needs more iterations)")
+    parser.add_argument(
+        "--step",
+        type=float,
+        default=1.0,
+        help="step size in voxels (the core's default 0.3 is safer but needs more iterations)",
+    )
     parser.add_argument("--edge", type=float, default=1.0, help="seed triangle edge length (um)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot_widget.png")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on the fit after this many seconds")
@@ -92,10 +97,12 @@ def _run(args) -> int:
     if widget._last_step is None:
         print("no iteration finished", file=sys.stderr)
         return 1
-    print(f"fit: {len(steps)} iterations in {total:.1f} s wall; time to first surface update "
-          f"{widget.first_update_s:.2f} s; median {np.median(steps):.3f} s/iteration "
-          f"(min {steps.min():.3f}, max {steps.max():.3f}); loss {widget.loss_plot.losses[0]:.4g} -> "
-          f"{widget.loss_plot.losses[-1]:.4g}")
+    print(
+        f"fit: {len(steps)} iterations in {total:.1f} s wall; time to first surface update "
+        f"{widget.first_update_s:.2f} s; median {np.median(steps):.3f} s/iteration "
+        f"(min {steps.min():.3f}, max {steps.max():.3f}); loss {widget.loss_plot.losses[0]:.4g} -> "
+        f"{widget.loss_plot.losses[-1]:.4g}"
+    )
     widget.measure()  # measures in a worker: wait for the table
     while not widget.measure_button.isEnabled():
         app.processEvents()

@@ -7,6 +7,7 @@ through napari's own sample menu entry, the widget through the Plugins menu's co
 user would open them. ``--quit-after`` closes the window after that many seconds (the smoke
 test uses it) and exits with status 0 only if the sample and the widget were both there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ WIDGET = "deltaMic inverse rendering"
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quit-after", type=float, default=None, metavar="SECONDS",
-                   help="close napari after this many seconds")
+    p.add_argument(
+        "--quit-after", type=float, default=None, metavar="SECONDS", help="close napari after this many seconds"
+    )
     args = p.parse_args(argv)
 
     import napari

@@ -13,6 +13,7 @@ above the plane, on a sphere of radius rho / sin(psi) centred at z = -rho cot(ps
 Cell 1 lies above cell 2; interfaces (0, 1) (top cap, psi1 > 0), (1, 2) (psi12) and (0, 2)
 (bottom cap, psi2 < 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ def young_dupre_angles(g1: float, g2: float, g12: float) -> tuple[float, float, 
     From sum gamma_i t_i = 0: the angle between co-normals i and j, opposite tension k, obeys
     g_k^2 = g_i^2 + g_j^2 + 2 g_i g_j cos(theta_ij).
     """
+
     def ang(gi, gj, gk):
         return math.acos((gk * gk - gi * gi - gj * gj) / (2 * gi * gj))
 

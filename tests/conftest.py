@@ -2,6 +2,7 @@
 
 Sections are owned by topic; add new fixtures to the matching section (or a new one).
 """
+
 from __future__ import annotations
 
 import pytest

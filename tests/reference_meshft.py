@@ -11,6 +11,7 @@
 * :func:`fd_grad`: float64 central finite differences of any real-or-complex function, with
   the library's gradient convention grad = Re(sum_k conj(G_k) dU_k / dtheta).
 """
+
 from __future__ import annotations
 
 import math
@@ -108,8 +109,9 @@ def triangle_ft_quad(a, b, c, k, degree: int = 40, dps: int = 30):
         d2 = 2 * mp.pi * mp.fsum(ki * ei for ki, ei in zip(k, e2))
 
         def inner(s):
-            return mp.quad(lambda t: mp.exp(-1j * (pa + s * d1 + t * d2)), [0, 1 - s], method="gauss-legendre",
-                           maxdegree=degree)
+            return mp.quad(
+                lambda t: mp.exp(-1j * (pa + s * d1 + t * d2)), [0, 1 - s], method="gauss-legendre", maxdegree=degree
+            )
 
         return two_area * mp.quad(inner, [0, 1], method="gauss-legendre", maxdegree=degree)
 

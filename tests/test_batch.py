@@ -1,4 +1,5 @@
 """dask batches: items run in worker processes, failures are isolated, reruns resume."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,13 @@ def inputs(tmp_path_factory):
     for name, radius in (("small", 2.6), ("large", 3.2)):
         s = trimesh.creation.icosphere(subdivisions=2, radius=radius)
         img = render_mesh_image(Mesh(s.vertices + centre, s.faces), SHAPE, SPACING, GaussianPSF(SPACING))
-        tifffile.imwrite(d / f"{name}.tif", img, imagej=True, resolution=(1 / SPACING[2], 1 / SPACING[1]),
-                         metadata={"spacing": SPACING[0], "unit": "um", "axes": "ZYX"})
+        tifffile.imwrite(
+            d / f"{name}.tif",
+            img,
+            imagej=True,
+            resolution=(1 / SPACING[2], 1 / SPACING[1]),
+            metadata={"spacing": SPACING[0], "unit": "um", "axes": "ZYX"},
+        )
     (d / "broken.tif").write_bytes(b"II*\x00 definitely not a TIFF")
     for name in ("small", "large", "broken"):
         with open(d / f"{name}.csv", "w", newline="") as fh:
@@ -48,9 +54,27 @@ def inputs(tmp_path_factory):
 
 
 def _fit_args(out, d, threads):
-    return build_parser().parse_args(["batch", str(d / "small.tif"), str(d / "large.tif"), str(d / "broken.tif"),
-                                      "--out", str(out), "--seeds", str(d / "{stem}.csv"), "--iterations", "12",
-                                      "--levels", "1", "--edge", "1.0", "--quiet", "--threads-per-worker", str(threads)])
+    return build_parser().parse_args(
+        [
+            "batch",
+            str(d / "small.tif"),
+            str(d / "large.tif"),
+            str(d / "broken.tif"),
+            "--out",
+            str(out),
+            "--seeds",
+            str(d / "{stem}.csv"),
+            "--iterations",
+            "12",
+            "--levels",
+            "1",
+            "--edge",
+            "1.0",
+            "--quiet",
+            "--threads-per-worker",
+            str(threads),
+        ]
+    )
 
 
 def test_batch_isolates_a_failure_and_resumes(client, inputs, tmp_path, capsys):
@@ -58,7 +82,9 @@ def test_batch_isolates_a_failure_and_resumes(client, inputs, tmp_path, capsys):
     args = _fit_args(out, inputs, threads=2)
     items = expand_items(args.inputs)
     assert [it.name for it in items] == ["small", "large", "broken"]
-    res = run_tasks(fit_item, items, out, kwargs={"job": job_from_args(args)}, client=client, threads_per_worker=2, log=None)
+    res = run_tasks(
+        fit_item, items, out, kwargs={"job": job_from_args(args)}, client=client, threads_per_worker=2, log=None
+    )
     status = {r["item"]: r for r in res}
     assert [status[n]["status"] for n in ("small", "large", "broken")] == ["ok", "ok", "failed"]
     for n in ("small", "large"):
@@ -81,9 +107,27 @@ def test_batch_isolates_a_failure_and_resumes(client, inputs, tmp_path, capsys):
 
     # rerun through the command line on the same scheduler: finished items untouched
     stamps = {n: (out / n / "report.json").stat().st_mtime_ns for n in ("small", "large")}
-    rc = main(["batch", str(inputs / "small.tif"), str(inputs / "large.tif"), str(inputs / "broken.tif"),
-               "--out", str(out), "--seeds", str(inputs / "{stem}.csv"), "--iterations", "12", "--levels", "1",
-               "--edge", "1.0", "--quiet", "--scheduler", client.scheduler.address])
+    rc = main(
+        [
+            "batch",
+            str(inputs / "small.tif"),
+            str(inputs / "large.tif"),
+            str(inputs / "broken.tif"),
+            "--out",
+            str(out),
+            "--seeds",
+            str(inputs / "{stem}.csv"),
+            "--iterations",
+            "12",
+            "--levels",
+            "1",
+            "--edge",
+            "1.0",
+            "--quiet",
+            "--scheduler",
+            client.scheduler.address,
+        ]
+    )
     stdout = capsys.readouterr().out
     assert rc != 0  # the broken item still fails
     assert "0 done, 2 skipped, 1 failed" in stdout
@@ -95,8 +139,13 @@ def test_time_points_of_a_stack_become_items(tmp_path):
     tifffile.imwrite(tmp_path / "movie.tif", stack, imagej=True, metadata={"axes": "TZYX"})
     tifffile.imwrite(tmp_path / "still.tif", stack[0], imagej=True, metadata={"axes": "ZYX"})
     items = expand_items([tmp_path / "movie.tif", tmp_path / "still.tif", tmp_path / "missing.tif"])
-    assert [(it.name, it.frame) for it in items] == [("movie_t0000", 0), ("movie_t0001", 1), ("movie_t0002", 2),
-                                                     ("still", None), ("missing", None)]
+    assert [(it.name, it.frame) for it in items] == [
+        ("movie_t0000", 0),
+        ("movie_t0001", 1),
+        ("movie_t0002", 2),
+        ("still", None),
+        ("missing", None),
+    ]
     assert isinstance(items[0], BatchItem) and items[0].stem == "movie"
 
 

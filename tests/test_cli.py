@@ -1,4 +1,5 @@
 """The ``deltamic`` command line: render -> fit round trip, synthetic benchmark, bad inputs."""
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,12 @@ def truth(tmp_path_factory):
         w = csv.writer(fh)
         w.writerow(["z", "y", "x"])
         w.writerows(CENTRES.tolist())
-    return {"dir": d, "mesh": d / "cells.obj", "seeds": d / "seeds.csv",
-            "volumes": np.array([m.volume for m in meshes])}
+    return {
+        "dir": d,
+        "mesh": d / "cells.obj",
+        "seeds": d / "seeds.csv",
+        "volumes": np.array([m.volume for m in meshes]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +64,9 @@ def rendered(truth, tmp_path_factory):
     d = tmp_path_factory.mktemp("render")
     img = d / "cells.tif"
     # default PSF: Gaussian, sigma = one voxel per axis
-    rc = main(["render", str(truth["mesh"]), "--shape", *map(str, SHAPE), "--spacing", *map(str, SPACING),
-               "--out", str(img)])
+    rc = main(
+        ["render", str(truth["mesh"]), "--shape", *map(str, SHAPE), "--spacing", *map(str, SPACING), "--out", str(img)]
+    )
     assert rc == 0
     return img
 
@@ -83,8 +89,24 @@ def fitted(truth, rendered, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit") / "result"
     # seeds without radii (estimated from the image), default PSF; coarse seed meshes, few
     # iterations, one resolution level: the smallest fit that still has to get the shapes right
-    rc = main(["fit", str(rendered), "--seeds", str(truth["seeds"]), "--edge", "1.0",
-               "--iterations", "30", "--levels", "1", "--quiet", "--mechanics", "--out", str(out)])
+    rc = main(
+        [
+            "fit",
+            str(rendered),
+            "--seeds",
+            str(truth["seeds"]),
+            "--edge",
+            "1.0",
+            "--iterations",
+            "30",
+            "--levels",
+            "1",
+            "--quiet",
+            "--mechanics",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -137,9 +159,29 @@ def test_target_mesh_benchmark_reports_surface_distance(tmp_path, capsys):
     ell.vertices *= [1.0, 0.8, 0.6]
     ell.export(tmp_path / "ellipsoid.obj")
     out = tmp_path / "bench"
-    rc, stdout, _ = _run(["fit", "--target-mesh", tmp_path / "ellipsoid.obj", "--target-size", "5",
-                          "--spacing", "0.6", "0.6", "0.6", "--edge", "0.8", "--iterations", "30", "--levels", "1",
-                          "--quiet", "--out", out], capsys)
+    rc, stdout, _ = _run(
+        [
+            "fit",
+            "--target-mesh",
+            tmp_path / "ellipsoid.obj",
+            "--target-size",
+            "5",
+            "--spacing",
+            "0.6",
+            "0.6",
+            "0.6",
+            "--edge",
+            "0.8",
+            "--iterations",
+            "30",
+            "--levels",
+            "1",
+            "--quiet",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert rc == 0
     assert "surface distance" in stdout
     rep = json.loads((out / "report.json").read_text())
@@ -156,7 +198,9 @@ def test_target_mesh_benchmark_reports_surface_distance(tmp_path, capsys):
 def bad_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     good = np.random.default_rng(0).random((8, 10, 12)).astype(np.float32)
-    tifffile.imwrite(d / "good.tif", good, imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 0.8, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        d / "good.tif", good, imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 0.8, "unit": "um", "axes": "ZYX"}
+    )
     tifffile.imwrite(d / "flat2d.tif", good[0])
     nan = good.copy()
     nan[2, 3, 4] = np.nan
@@ -185,23 +229,29 @@ BAD_CASES = {
     "empty CSV": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_empty.csv"], "empty"),
     "missing seeds file": (["fit", "{d}/good.tif", "--seeds", "{d}/none.csv"], "no such file"),
     "no initial mesh": (["fit", "{d}/good.tif"], "exactly one of"),
-    "two initial meshes": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--init", "{d}/far.obj"],
-                           "exactly one of"),
+    "two initial meshes": (
+        ["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--init", "{d}/far.obj"],
+        "exactly one of",
+    ),
     "unknown option": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--colour", "red"], "--colour"),
-    "zero spacing": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--spacing", "0", "1", "1"],
-                     "positive"),
-    "negative spacing": (["render", "{d}/far.obj", "--shape", "8", "8", "8", "--spacing", "1", "-1", "1"],
-                         "positive"),
-    "render mesh outside": (["render", "{d}/far.obj", "--shape", "8", "8", "8", "--spacing", "1", "1", "1"],
-                            "outside the image"),
-    "gibson-lanni without optics": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--psf", "gibson-lanni"],
-                                    "--na"),
+    "zero spacing": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--spacing", "0", "1", "1"], "positive"),
+    "negative spacing": (["render", "{d}/far.obj", "--shape", "8", "8", "8", "--spacing", "1", "-1", "1"], "positive"),
+    "render mesh outside": (
+        ["render", "{d}/far.obj", "--shape", "8", "8", "8", "--spacing", "1", "1", "1"],
+        "outside the image",
+    ),
+    "gibson-lanni without optics": (
+        ["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--psf", "gibson-lanni"],
+        "--na",
+    ),
     "unknown loss": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--loss", "l7"], "l7"),
     "no command": ([], "command is required"),
     "levels not ending at 1": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--levels", "2"], "--levels"),
     "track with --frame": (["track", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--frame", "0"], "--frame"),
-    "frame of a 3D image": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--frame", "0"],
-                            "not a time series"),
+    "frame of a 3D image": (
+        ["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--frame", "0"],
+        "not a time series",
+    ),
     "cuda without a GPU": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--device", "cuda"], "cuda"),
 }
 
@@ -230,18 +280,25 @@ def test_bad_input_gives_one_line_error_and_no_output(case, bad_files, tmp_path,
 
 
 def test_error_message_names_the_problem(bad_files, tmp_path, capsys):
-    rc, _, err = _run(["fit", f"{bad_files}/good.tif", "--init", f"{bad_files}/far.obj", "--out", tmp_path / "o"], capsys)
+    rc, _, err = _run(
+        ["fit", f"{bad_files}/good.tif", "--init", f"{bad_files}/far.obj", "--out", tmp_path / "o"], capsys
+    )
     assert rc != 0 and "outside the image" in err
-    rc, _, err = _run(["fit", f"{bad_files}/nan.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", tmp_path / "o"], capsys)
+    rc, _, err = _run(
+        ["fit", f"{bad_files}/nan.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", tmp_path / "o"], capsys
+    )
     assert "NaN" in err
-    rc, _, err = _run(["fit", f"{bad_files}/good.tif", "--seeds", f"{bad_files}/seeds_text.csv", "--out", tmp_path / "o"],
-                      capsys)
+    rc, _, err = _run(
+        ["fit", f"{bad_files}/good.tif", "--seeds", f"{bad_files}/seeds_text.csv", "--out", tmp_path / "o"], capsys
+    )
     assert "line 2" in err
 
 
 def test_debug_shows_the_traceback(bad_files, tmp_path, capsys):
-    rc, _, err = _run(["--debug", "fit", f"{bad_files}/nope.tif", "--seeds", f"{bad_files}/seeds_ok.csv",
-                       "--out", tmp_path / "o"], capsys)
+    rc, _, err = _run(
+        ["--debug", "fit", f"{bad_files}/nope.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", tmp_path / "o"],
+        capsys,
+    )
     assert rc != 0 and "Traceback" in err
 
 
@@ -249,8 +306,9 @@ def test_refuses_to_overwrite_a_foreign_directory(bad_files, tmp_path, capsys):
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.tex").write_text("years of work")
-    rc, _, err = _run(["fit", f"{bad_files}/good.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", precious],
-                      capsys)
+    rc, _, err = _run(
+        ["fit", f"{bad_files}/good.tif", "--seeds", f"{bad_files}/seeds_ok.csv", "--out", precious], capsys
+    )
     assert rc != 0 and "holds files deltamic did not write" in err
     assert (precious / "chapter1.tex").read_text() == "years of work"
 
@@ -277,8 +335,20 @@ def test_installed_script_smoke(bad_files, tmp_path):
     assert exe is not None, "the deltamic console script is not installed"
     ok = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "deltamic" in ok.stdout
-    bad = subprocess.run([exe, "fit", str(bad_files / "nope.tif"), "--seeds", str(bad_files / "seeds_ok.csv"),
-                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [
+            exe,
+            "fit",
+            str(bad_files / "nope.tif"),
+            "--seeds",
+            str(bad_files / "seeds_ok.csv"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("deltamic: error: ") and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -301,8 +371,21 @@ def test_track_follows_a_growing_cell_and_resumes(tmp_path, capsys):
     write_tiff(tmp_path / "movie.tif", np.stack(frames), spacing, axes="TZYX")
     (tmp_path / "seeds.csv").write_text("z,y,x,radius\n5.5,5.6,5.6,2.0\n")
     out = tmp_path / "track"
-    argv = ["track", tmp_path / "movie.tif", "--seeds", tmp_path / "seeds.csv", "--edge", "1.0",
-            "--iterations", "25", "--levels", "1", "--quiet", "--out", out]
+    argv = [
+        "track",
+        tmp_path / "movie.tif",
+        "--seeds",
+        tmp_path / "seeds.csv",
+        "--edge",
+        "1.0",
+        "--iterations",
+        "25",
+        "--levels",
+        "1",
+        "--quiet",
+        "--out",
+        out,
+    ]
     rc, stdout, _ = _run(argv, capsys)
     assert rc == 0, stdout
     assert (out / "t0000" / "report.json").is_file() and (out / "t0001" / "report.json").is_file()

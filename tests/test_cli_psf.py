@@ -1,4 +1,5 @@
 """`--psf confocal` and `--psf measured BEAD.tif` on the command line, against psfmodels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,22 @@ def scene(tmp_path_factory):
     # excitation x emission convolved with a 1 AU pinhole), plus a flat background
     nz, nxy, dz, dxy = 33, 65, 0.1, 0.05
     zv = (np.arange(nz) - nz // 2) * dz
-    bead = psfmodels.confocal_psf(zv, nxy, dxy=dxy, pz=0.0, NA=1.1, ex_wvl=0.488, em_wvl=0.525, ni=1.33, ni0=1.33,
-                                  ns=1.33, pinhole_au=1.0, model="scalar", oversample_factor=1, normalize=True)
+    bead = psfmodels.confocal_psf(
+        zv,
+        nxy,
+        dxy=dxy,
+        pz=0.0,
+        NA=1.1,
+        ex_wvl=0.488,
+        em_wvl=0.525,
+        ni=1.33,
+        ni0=1.33,
+        ns=1.33,
+        pinhole_au=1.0,
+        model="scalar",
+        oversample_factor=1,
+        normalize=True,
+    )
     write_tiff(d / "bead.tif", (1000 * bead + 5).astype(np.float32), (dz, dxy, dxy))
     return d
 
@@ -35,8 +50,19 @@ def _render(scene, tag, psf_args):
     from deltamic_core.io import read_image
 
     out = scene / f"{tag}.tif"
-    rc = main(["render", str(scene / "cell.obj"), "--shape", *map(str, SHAPE), "--spacing", *map(str, SPACING),
-               *psf_args, "--out", str(out)])
+    rc = main(
+        [
+            "render",
+            str(scene / "cell.obj"),
+            "--shape",
+            *map(str, SHAPE),
+            "--spacing",
+            *map(str, SPACING),
+            *psf_args,
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     img, _ = read_image(out)
     return img / img.max()
@@ -54,18 +80,32 @@ def test_confocal_and_measured_bead_render_alike_and_unlike_widefield(scene):
     assert d_wide > 4 * d_bead, (d_wide, d_bead)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--psf", "measured"], "--psf measured BEAD.tif"),
-    (["--psf", "measured", "{d}/missing.tif"], "not found"),
-    (["--psf", "confocal"], "--psf confocal needs --na --wavelength --ni"),
-    (["--psf", "gaussian", "--pinhole-au", "1"], "--pinhole-au applies to --psf confocal"),
-    (["--psf", "gaussian", "{d}/bead.tif"], "only --psf measured BEAD.tif"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--psf", "measured"], "--psf measured BEAD.tif"),
+        (["--psf", "measured", "{d}/missing.tif"], "not found"),
+        (["--psf", "confocal"], "--psf confocal needs --na --wavelength --ni"),
+        (["--psf", "gaussian", "--pinhole-au", "1"], "--pinhole-au applies to --psf confocal"),
+        (["--psf", "gaussian", "{d}/bead.tif"], "only --psf measured BEAD.tif"),
+    ],
+)
 def test_psf_option_errors_are_one_line(scene, capsys, argv, words):
     argv = [a.replace("{d}", str(scene)) for a in argv]
     out = scene / "never.tif"
-    rc = main(["render", str(scene / "cell.obj"), "--shape", *map(str, SHAPE), "--spacing", *map(str, SPACING),
-               *argv, "--out", str(out)])
+    rc = main(
+        [
+            "render",
+            str(scene / "cell.obj"),
+            "--shape",
+            *map(str, SHAPE),
+            "--spacing",
+            *map(str, SPACING),
+            *argv,
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert words in err, err

@@ -1,4 +1,5 @@
 """Run every example script (``--quick``) so they never rot, and check what they print."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,19 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def _run(name: str, *extra, quick: bool = True) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *(["--quick"] if quick else []), *map(str, extra)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *(["--quick"] if quick else []), *map(str, extra)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     if not quick:
         return {"stdout": proc.stdout}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("SUMMARY ")]
     assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0][len("SUMMARY "):])
+    return json.loads(lines[0][len("SUMMARY ") :])
 
 
 def test_every_example_is_tested():

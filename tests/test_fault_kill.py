@@ -13,6 +13,7 @@ swapped), n drawn at random over all the steps of an uninterrupted run. After ev
 ``DELTAMIC_FAULT_KILLS`` (default 50 for the fit, 12 for the batch, whose every run starts a
 dask cluster) sets how many kill points are tried.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,8 +48,15 @@ def _env(**extra):
 
 
 def _run(args, cwd, **env):
-    return subprocess.run([sys.executable, "-m", "deltamic_core.cli", *map(str, args)], cwd=cwd, env=_env(**env),
-                          capture_output=True, text=True, timeout=600, start_new_session=True)
+    return subprocess.run(
+        [sys.executable, "-m", "deltamic_core.cli", *map(str, args)],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +140,12 @@ def test_sigkill_during_batch_write(inputs, tmp_path):
         r = _run(cmd, work, DELTAMIC_TEST_KILL_AT=k, DELTAMIC_TEST_KILL_GROUP=1)
         other = work / "res" / ("b" if i % 2 else "a")
         ok = _complete(other) and _hash_tree(names) == before
-        ok = ok and (_complete(victim) or not victim.exists() or
-                     [p.name for p in victim.iterdir()] == [] or (victim / "error.txt").is_file())
+        ok = ok and (
+            _complete(victim)
+            or not victim.exists()
+            or [p.name for p in victim.iterdir()] == []
+            or (victim / "error.txt").is_file()
+        )
         r2 = _run(cmd, work)
         ok = ok and r2.returncode == 0 and _complete(victim) and _complete(other)
         ok = ok and outdir.Collection(work / "res").problem() is None

@@ -4,6 +4,7 @@ The sphere image is the closed-form blur of a spherical shell by an isotropic Ga
 renderer involved), so recovering its radius and centre checks the whole chain (renderer,
 photometric solve, preconditioned optimiser, coarse-to-fine) against analytic truth.
 """
+
 from __future__ import annotations
 
 import threading
@@ -225,8 +226,10 @@ def test_touching_cells_from_two_spheres_end_with_one_shared_membrane():
     psf = GaussianPSF(sigma_um=(1.0, 1.0, 1.0))
     with torch.no_grad():
         img = Renderer(shape, spacing, psf).render(
-            torch.tensor(truth.verts, dtype=torch.float32), torch.tensor(truth.faces),
-            torch.tensor(truth.face_intensity(), dtype=torch.float32))
+            torch.tensor(truth.verts, dtype=torch.float32),
+            torch.tensor(truth.faces),
+            torch.tensor(truth.face_intensity(), dtype=torch.float32),
+        )
     m_true = measure(truth)
     vol_true = dict(zip(m_true["cell"], m_true["volume_um3"]))
     init = seed_spheres(np.asarray(m_true["centroid"]), [4.0, 4.0], edge_um=1.5)

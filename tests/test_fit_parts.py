@@ -1,5 +1,6 @@
 """The building blocks of the fit against independent references (numpy formulas, numpy
 lstsq, scipy spsolve, dense eigen-decompositions)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,11 +25,42 @@ from deltamic_core.fit import (
 def _icosphere(subdiv=2, radius=1.0):
     """Small closed test mesh built here (independent of deltamic_core.geometry)."""
     t = (1 + 5**0.5) / 2
-    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
-         (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
-         (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
-         (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    v = [
+        (-1, t, 0),
+        (1, t, 0),
+        (-1, -t, 0),
+        (1, -t, 0),
+        (0, -1, t),
+        (0, 1, t),
+        (0, -1, -t),
+        (0, 1, -t),
+        (t, 0, -1),
+        (t, 0, 1),
+        (-t, 0, -1),
+        (-t, 0, 1),
+    ]
+    f = [
+        (0, 11, 5),
+        (0, 5, 1),
+        (0, 1, 7),
+        (0, 7, 10),
+        (0, 10, 11),
+        (1, 5, 9),
+        (5, 11, 4),
+        (11, 10, 2),
+        (10, 7, 6),
+        (7, 1, 8),
+        (3, 9, 4),
+        (3, 4, 2),
+        (3, 2, 6),
+        (3, 6, 8),
+        (3, 8, 9),
+        (4, 9, 5),
+        (2, 4, 11),
+        (6, 2, 10),
+        (8, 6, 7),
+        (9, 8, 1),
+    ]
     verts = [np.array(p, float) / np.linalg.norm(p) for p in v]
     faces = f
     for _ in range(subdiv):
@@ -96,7 +128,9 @@ def test_poisson_nll_matches_numpy_and_floors_the_model():
     assert got == pytest.approx(np.mean(m - counts * np.log(m)), rel=1e-12)
     # the minimiser over a constant model is the mean count (Poisson MLE)
     grid = np.linspace(counts.mean() * 0.8, counts.mean() * 1.2, 401)
-    vals = [float(poisson_nll(torch.full(counts.shape, g, dtype=torch.float64), torch.from_numpy(counts))) for g in grid]
+    vals = [
+        float(poisson_nll(torch.full(counts.shape, g, dtype=torch.float64), torch.from_numpy(counts))) for g in grid
+    ]
     assert grid[int(np.argmin(vals))] == pytest.approx(counts.mean(), rel=2e-3)
 
 
@@ -115,8 +149,7 @@ def test_solve_photometric_matches_lstsq(weighted):
     r = rng.uniform(0, 1, size=(6, 7, 8))
     o = 3.7 * r + 0.4 + 0.05 * rng.normal(size=r.shape)
     w = rng.uniform(0.1, 2.0, size=r.shape) if weighted else np.ones_like(r)
-    g, b = solve_photometric(torch.from_numpy(r), torch.from_numpy(o),
-                             torch.from_numpy(w) if weighted else None)
+    g, b = solve_photometric(torch.from_numpy(r), torch.from_numpy(o), torch.from_numpy(w) if weighted else None)
     sw = np.sqrt(w.ravel())
     design = np.stack([r.ravel(), np.ones(r.size)], axis=1) * sw[:, None]
     (g_ref, b_ref), *_ = np.linalg.lstsq(design, o.ravel() * sw, rcond=None)
@@ -264,13 +297,25 @@ def test_vertex_adam_state_round_trip():
 
 
 # ----------------------------------------------------------------------------- config and helpers
-@pytest.mark.parametrize("kwargs,field", [
-    ({"lr": 0}, "lr"), ({"lr": float("nan")}, "lr"), ({"iterations": -1}, "iterations"),
-    ({"levels": (1, 2)}, "levels"), ({"levels": (2,)}, "levels"), ({"loss": "l1"}, "loss"),
-    ({"alpha": -0.5}, "alpha"), ({"laplacian": "x"}, "laplacian"), ({"optimizer": "sgd"}, "optimizer"),
-    ({"dtype": "float16"}, "dtype"), ({"remesh_every": 5}, "remesh_every"), ({"p": 0}, "p"),
-    ({"iterations": (10, 10, 10), "levels": (2, 1)}, "iterations"), ({"band_threshold": 2}, "band_threshold"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"lr": 0}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"iterations": -1}, "iterations"),
+        ({"levels": (1, 2)}, "levels"),
+        ({"levels": (2,)}, "levels"),
+        ({"loss": "l1"}, "loss"),
+        ({"alpha": -0.5}, "alpha"),
+        ({"laplacian": "x"}, "laplacian"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"remesh_every": 5}, "remesh_every"),
+        ({"p": 0}, "p"),
+        ({"iterations": (10, 10, 10), "levels": (2, 1)}, "iterations"),
+        ({"band_threshold": 2}, "band_threshold"),
+    ],
+)
 def test_fitconfig_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises((ValueError, TypeError), match=field):
         FitConfig(**kwargs)

@@ -11,6 +11,7 @@ earlier result, with and without ``--overwrite``). Properties:
   non-empty rendered image) and touches nothing but the output it was allowed to replace;
 - no input file is ever modified.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,7 +44,9 @@ def work(tmp_path_factory):
     img = (np.exp(-((r - 3.0) ** 2) / 2.0) * 100 + rng.poisson(2.0, r.shape)).astype(np.float32)
     write_tiff(d / "img.tif", img, (1.0, 1.0, 1.0))
     tifffile.imwrite(d / "nospacing.tif", img)  # no metadata: warned, 1 um assumed
-    tifffile.imwrite(d / "z0.tif", img, imagej=True, resolution=(1, 1), metadata={"spacing": 0.0, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        d / "z0.tif", img, imagej=True, resolution=(1, 1), metadata={"spacing": 0.0, "unit": "um", "axes": "ZYX"}
+    )
     write_tiff(d / "const.tif", np.ones_like(img), (1, 1, 1))
     tifffile.imwrite(d / "flat.tif", img[0])
     raw = (d / "img.tif").read_bytes()
@@ -62,9 +65,13 @@ def work(tmp_path_factory):
     two = trimesh.util.concatenate([sph, sph.copy().apply_translation((0, 0, 1.0))])
     two.export(d / "overlap.obj")
     trimesh.Trimesh(np.zeros((3, 3)) + 4, [[0, 1, 2]], process=False).export(d / "flat.obj")
-    for name, rows in {"seeds.csv": [[4.5, 5.5, 5.5, 3.0]], "seeds_noradius.csv": [[4.5, 5.5, 5.5]],
-                       "tiny.csv": [[4.5, 5.5, 5.5, 0.01]], "overlap.csv": [[4.5, 5.5, 4.5, 3.0], [4.5, 5.5, 6.5, 3.0]],
-                       "outside.csv": [[40, 5, 5, 2.0]]}.items():
+    for name, rows in {
+        "seeds.csv": [[4.5, 5.5, 5.5, 3.0]],
+        "seeds_noradius.csv": [[4.5, 5.5, 5.5]],
+        "tiny.csv": [[4.5, 5.5, 5.5, 0.01]],
+        "overlap.csv": [[4.5, 5.5, 4.5, 3.0], [4.5, 5.5, 6.5, 3.0]],
+        "outside.csv": [[40, 5, 5, 2.0]],
+    }.items():
         with open(d / name, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["z", "y", "x", "radius"] if len(rows[0]) == 4 else ["z", "y", "x"])
@@ -76,8 +83,24 @@ def work(tmp_path_factory):
     (d / "emptydir").mkdir()
     (d / "sub").mkdir()
     # an earlier result of ours
-    assert main(["fit", str(d / "img.tif"), "--seeds", str(d / "seeds.csv"), "--iterations", "1", "--levels", "1",
-                 "--quiet", "--out", str(d / "prev")]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(d / "img.tif"),
+                "--seeds",
+                str(d / "seeds.csv"),
+                "--iterations",
+                "1",
+                "--levels",
+                "1",
+                "--quiet",
+                "--out",
+                str(d / "prev"),
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -89,15 +112,67 @@ def _snapshot(root: Path) -> dict:
     return out
 
 
-IMAGES = ["img.tif", "nospacing.tif", "z0.tif", "const.tif", "flat.tif", "trunc.tif", "text.tif", "missing.tif",
-          "labels.tif", "sub", "seeds.csv"]
-MESHES = ["sphere.obj", "sphere.ply", "sphere.stl", "open.obj", "overlap.obj", "flat.obj", "missing.obj", "img.tif",
-          "seeds.csv", "prev/mesh.rec", "prev/mesh.ply"]
-SEEDS = ["seeds.csv", "seeds_noradius.csv", "tiny.csv", "overlap.csv", "outside.csv", "garbage.csv", "missing.csv",
-         "img.tif"]
-OUTS_DIR = ["new", "prev", "userdir", "emptydir", ".", "..", "img.tif", "sub/new", "nodir/new", "userdir/image.tif",
-            "sub", ""]
-OUTS_FILE = ["new.tif", "nospacing.tif", "prev/labels.tif", "prev/new.tif", "out.png", ".", "sub", "nodir/x.tif", "rendered.tif"]
+IMAGES = [
+    "img.tif",
+    "nospacing.tif",
+    "z0.tif",
+    "const.tif",
+    "flat.tif",
+    "trunc.tif",
+    "text.tif",
+    "missing.tif",
+    "labels.tif",
+    "sub",
+    "seeds.csv",
+]
+MESHES = [
+    "sphere.obj",
+    "sphere.ply",
+    "sphere.stl",
+    "open.obj",
+    "overlap.obj",
+    "flat.obj",
+    "missing.obj",
+    "img.tif",
+    "seeds.csv",
+    "prev/mesh.rec",
+    "prev/mesh.ply",
+]
+SEEDS = [
+    "seeds.csv",
+    "seeds_noradius.csv",
+    "tiny.csv",
+    "overlap.csv",
+    "outside.csv",
+    "garbage.csv",
+    "missing.csv",
+    "img.tif",
+]
+OUTS_DIR = [
+    "new",
+    "prev",
+    "userdir",
+    "emptydir",
+    ".",
+    "..",
+    "img.tif",
+    "sub/new",
+    "nodir/new",
+    "userdir/image.tif",
+    "sub",
+    "",
+]
+OUTS_FILE = [
+    "new.tif",
+    "nospacing.tif",
+    "prev/labels.tif",
+    "prev/new.tif",
+    "out.png",
+    ".",
+    "sub",
+    "nodir/x.tif",
+    "rendered.tif",
+]
 # (no huge values: a 50 um PSF on a 12-voxel image is a legitimate, slow fit, not a bad input)
 NUM = st.sampled_from(["1", "0", "-1", "0.5", "1e-6", "3", "nan", "inf", "x", "1e309", "2"])
 SMALL_INT = st.sampled_from(["1", "0", "-1", "2", "x", "1.5"])
@@ -131,8 +206,13 @@ def _fit_options(draw):
     for name in draw(st.lists(st.sampled_from(sorted(pool)), max_size=3, unique=True)):
         opts += [name, *pool[name]()]
     # keep every fit tiny (the space of iteration counts is not what is fuzzed here)
-    opts += ["--iterations", draw(st.sampled_from(["1", "1", "2", "0", "x"])), "--levels",
-             draw(st.sampled_from(["1", "1", "2 1", "1 2", "0"])), "--quiet"]
+    opts += [
+        "--iterations",
+        draw(st.sampled_from(["1", "1", "2", "0", "x"])),
+        "--levels",
+        draw(st.sampled_from(["1", "1", "2 1", "1 2", "0"])),
+        "--quiet",
+    ]
     return _split(opts)
 
 
@@ -148,9 +228,14 @@ def commands(draw):
     cmd = draw(st.sampled_from(["fit", "fit", "fit", "render", "fit-target", "track", "none"]))
     over = ["--overwrite"] if draw(st.booleans()) else []
     if cmd == "render":
-        args = ["render", draw(st.sampled_from(MESHES)), "--shape", *[draw(st.sampled_from(["10", "12", "0", "2.5"]))
-                                                                        for _ in range(3)],
-                "--spacing", *[draw(st.sampled_from(["1", "1", "0", "-1", "0.5"])) for _ in range(3)]]
+        args = [
+            "render",
+            draw(st.sampled_from(MESHES)),
+            "--shape",
+            *[draw(st.sampled_from(["10", "12", "0", "2.5"])) for _ in range(3)],
+            "--spacing",
+            *[draw(st.sampled_from(["1", "1", "0", "-1", "0.5"])) for _ in range(3)],
+        ]
         if draw(st.booleans()):
             args += ["--noise", draw(st.sampled_from(["poisson", "none", "gauss"]))]
         if draw(st.booleans()):
@@ -159,11 +244,26 @@ def commands(draw):
             args += ["--mesh-units", draw(st.sampled_from(["um", "voxel"]))]
         return args + ["--out", draw(st.sampled_from(OUTS_FILE))] + over
     if cmd == "fit-target":
-        return ["fit", "--target-mesh", draw(st.sampled_from(MESHES)), "--target-size", draw(NUM),
-                "--iterations", "1", "--levels", "1", "--quiet", "--out", draw(st.sampled_from(OUTS_DIR))] + over
+        return [
+            "fit",
+            "--target-mesh",
+            draw(st.sampled_from(MESHES)),
+            "--target-size",
+            draw(NUM),
+            "--iterations",
+            "1",
+            "--levels",
+            "1",
+            "--quiet",
+            "--out",
+            draw(st.sampled_from(OUTS_DIR)),
+        ] + over
     if cmd == "none":
-        return draw(st.lists(st.sampled_from(["--help", "--version", "fit", "--debug", "bogus", "--out", "x", "-h"]),
-                             max_size=3))
+        return draw(
+            st.lists(
+                st.sampled_from(["--help", "--version", "fit", "--debug", "bogus", "--out", "x", "-h"]), max_size=3
+            )
+        )
     image = draw(st.sampled_from(IMAGES))
     return [cmd, image, *_fit_options(draw), "--out", draw(st.sampled_from(OUTS_DIR))] + over
 
@@ -185,10 +285,14 @@ def _outputs_ok(work: Path, argv) -> bool:
     return True
 
 
-@settings(max_examples=N_CASES, derandomize=True, deadline=None, database=None,
-                    phases=(Phase.explicit, Phase.generate),  # no shrinking: CI time, and the case is printed
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=N_CASES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=(Phase.explicit, Phase.generate),  # no shrinking: CI time, and the case is printed
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 @given(argv=commands())
 def test_fuzz_cli(work, capsys, monkeypatch, argv):
     monkeypatch.chdir(work / "sub" if "--out" in argv and argv[argv.index("--out") + 1] == ".." else work)

@@ -6,6 +6,7 @@ in-range faces; finite seeds with positive radii) or fail with one ValueError/Ty
 message -- never another exception type, never a NaN result. Deterministic (``derandomize``)
 so CI is reproducible; the counts are in ``FUZZ_COUNTS`` (printed by ``-s``).
 """
+
 from __future__ import annotations
 
 import io
@@ -21,10 +22,16 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 def FAST(n):
-    return settings(max_examples=n, derandomize=True, deadline=None, database=None,
-                    phases=(Phase.explicit, Phase.generate),  # no shrinking: CI time, and the case is printed
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=(Phase.explicit, Phase.generate),  # no shrinking: CI time, and the case is printed
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+    )
+
+
 COUNTS = {}
 
 
@@ -59,14 +66,15 @@ def _mutate(raw: bytes, data) -> bytes:
         return raw + data.draw(st.binary(min_size=1, max_size=64))
     i = data.draw(st.integers(0, len(raw) - 1))
     n = data.draw(st.integers(1, 64))
-    return raw[:i] + b"\x00" * n + raw[i + n:]
+    return raw[:i] + b"\x00" * n + raw[i + n :]
 
 
 # ---------------------------------------------------------------------------------------------
 # TIFF
 # ---------------------------------------------------------------------------------------------
-_SPACINGS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.just(0.0), st.just(-1.0),
-                      st.floats(1e-3, 10.0))
+_SPACINGS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32), st.just(0.0), st.just(-1.0), st.floats(1e-3, 10.0)
+)
 
 
 @FAST(500)
@@ -93,8 +101,13 @@ def test_fuzz_read_image(tmp_path_factory, data):
             if data.draw(st.booleans()):
                 md["spacing"] = data.draw(_SPACINGS)
             res = data.draw(st.floats(0.01, 100.0))
-            tifffile.imwrite(p, arr.astype(np.float32) if dtype in (np.float64, np.int32) else arr, imagej=True,
-                             resolution=(res, res), metadata=md)
+            tifffile.imwrite(
+                p,
+                arr.astype(np.float32) if dtype in (np.float64, np.int32) else arr,
+                imagej=True,
+                resolution=(res, res),
+                metadata=md,
+            )
         elif flavour == "ome":
             md = {"axes": "TCZYX"[-ndim:]} if ndim >= 2 else {}
             for ax in "XYZ":
@@ -115,8 +128,13 @@ def test_fuzz_read_image(tmp_path_factory, data):
         _count("tiff", ok)
         assert ok, msg
         return
-    ok = (img.dtype == np.float32 and img.ndim in (3, 4) and np.all(np.isfinite(img))
-          and all(np.isfinite(s) and s > 0 for s in meta.spacing_um) and min(img.shape[-3:]) >= 1)
+    ok = (
+        img.dtype == np.float32
+        and img.ndim in (3, 4)
+        and np.all(np.isfinite(img))
+        and all(np.isfinite(s) and s > 0 for s in meta.spacing_um)
+        and min(img.shape[-3:]) >= 1
+    )
     _count("tiff", ok)
     assert ok, (img.shape, meta)
 
@@ -125,12 +143,17 @@ def test_fuzz_read_image(tmp_path_factory, data):
 # meshes: .obj .ply .stl .off .vtk .rec
 # ---------------------------------------------------------------------------------------------
 def _obj(v, f):
-    return ("".join(f"v {a!r} {b!r} {c!r}\n" for a, b, c in v) + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in f)).encode()
+    return (
+        "".join(f"v {a!r} {b!r} {c!r}\n" for a, b, c in v) + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in f)
+    ).encode()
 
 
 def _off(v, f):
-    return (f"OFF\n{len(v)} {len(f)} 0\n" + "".join(f"{a!r} {b!r} {c!r}\n" for a, b, c in v)
-            + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)).encode()
+    return (
+        f"OFF\n{len(v)} {len(f)} 0\n"
+        + "".join(f"{a!r} {b!r} {c!r}\n" for a, b, c in v)
+        + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)
+    ).encode()
 
 
 def _rec(v, f, labels):
@@ -140,9 +163,13 @@ def _rec(v, f, labels):
 
 
 def _ply(v, f):
-    head = (f"ply\nformat ascii 1.0\nelement vertex {len(v)}\nproperty double x\nproperty double y\n"
-            f"property double z\nelement face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n")
-    return (head + "".join(f"{a!r} {b!r} {c!r}\n" for a, b, c in v) + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)).encode()
+    head = (
+        f"ply\nformat ascii 1.0\nelement vertex {len(v)}\nproperty double x\nproperty double y\n"
+        f"property double z\nelement face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
+    return (
+        head + "".join(f"{a!r} {b!r} {c!r}\n" for a, b, c in v) + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)
+    ).encode()
 
 
 def _stl(v, f):
@@ -159,9 +186,12 @@ def _stl(v, f):
 
 
 def _vtk(v, f):
-    text = (f"# vtk DataFile Version 4.2\nfuzz\nASCII\nDATASET POLYDATA\nPOINTS {len(v)} double\n"
-            + "".join(f"{a!r} {b!r} {c!r}\n" for a, b, c in v)
-            + f"POLYGONS {len(f)} {4 * len(f)}\n" + "".join(f"3 {a} {b} {c}\n" for a, b, c in f))
+    text = (
+        f"# vtk DataFile Version 4.2\nfuzz\nASCII\nDATASET POLYDATA\nPOINTS {len(v)} double\n"
+        + "".join(f"{a!r} {b!r} {c!r}\n" for a, b, c in v)
+        + f"POLYGONS {len(f)} {4 * len(f)}\n"
+        + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)
+    )
     return text.encode()
 
 
@@ -188,8 +218,14 @@ def test_fuzz_read_mesh(tmp_path_factory, data):
         v = [[data.draw(_FLOATS) for _ in range(3)] for _ in range(nv)]
         f = [[data.draw(st.integers(-2, nv + 1)) for _ in range(3)] for _ in range(data.draw(st.integers(0, 8)))]
     labels = [[data.draw(st.integers(-1, 3)), data.draw(st.integers(-1, 3))] for _ in f]
-    raw = {".obj": lambda: _obj(v, f), ".off": lambda: _off(v, f), ".rec": lambda: _rec(v, f, labels),
-           ".ply": lambda: _ply(v, f), ".stl": lambda: _stl(v, f), ".vtk": lambda: _vtk(v, f)}[suffix]()
+    raw = {
+        ".obj": lambda: _obj(v, f),
+        ".off": lambda: _off(v, f),
+        ".rec": lambda: _rec(v, f, labels),
+        ".ply": lambda: _ply(v, f),
+        ".stl": lambda: _stl(v, f),
+        ".vtk": lambda: _vtk(v, f),
+    }[suffix]()
     p = d / f"m{suffix}"
     p.write_bytes(_mutate(raw, data))
     spacing = data.draw(st.sampled_from([None, (1.0, 0.5, 0.5)]))
@@ -203,8 +239,12 @@ def test_fuzz_read_mesh(tmp_path_factory, data):
     except Exception as exc:  # noqa: BLE001 - any other type is the failure reported
         _count(f"mesh{suffix}", False)
         raise AssertionError(f"{suffix}: {type(exc).__name__}: {exc}") from None
-    ok = (len(mesh.faces) > 0 and np.all(np.isfinite(mesh.verts)) and mesh.faces.min() >= 0
-          and mesh.faces.max() < len(mesh.verts))
+    ok = (
+        len(mesh.faces) > 0
+        and np.all(np.isfinite(mesh.verts))
+        and mesh.faces.min() >= 0
+        and mesh.faces.max() < len(mesh.verts)
+    )
     _count(f"mesh{suffix}", ok)
     assert ok
 
@@ -220,9 +260,12 @@ def _read_seeds():
     return read_seeds
 
 
-_CELL = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-5, 50).map(str),
-                  st.sampled_from(["", " ", "x", "1e", "nan", "-0", "1,5", '"3"', "\ufeff1"]),
-                  st.text(max_size=5))
+_CELL = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-5, 50).map(str),
+    st.sampled_from(["", " ", "x", "1e", "nan", "-0", "1,5", '"3"', "\ufeff1"]),
+    st.text(max_size=5),
+)
 
 
 @FAST(500)
@@ -230,8 +273,11 @@ _CELL = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.i
 def test_fuzz_read_seeds(tmp_path_factory, data):
     read_seeds = _read_seeds()
     d = tmp_path_factory.mktemp("seeds", numbered=True)
-    header = data.draw(st.sampled_from([["z", "y", "x"], ["z", "y", "x", "radius"], ["x", "y", "z"],
-                                        ["Z", " y ", "x", "radius"], ["a", "b"], []]))
+    header = data.draw(
+        st.sampled_from(
+            [["z", "y", "x"], ["z", "y", "x", "radius"], ["x", "y", "z"], ["Z", " y ", "x", "radius"], ["a", "b"], []]
+        )
+    )
     rows = data.draw(st.lists(st.lists(_CELL, min_size=0, max_size=5), max_size=6))
     text = "\n".join(",".join(r) for r in [header] + rows)
     p = d / "s.csv"
@@ -247,7 +293,12 @@ def test_fuzz_read_seeds(tmp_path_factory, data):
         _count("seeds.csv", ok)
         assert ok, f"{type(exc).__name__}: {exc}"
         return
-    ok = c.ndim == 2 and c.shape[1] == 3 and len(c) > 0 and np.all(np.isfinite(c)) and (
-        r is None or (len(r) == len(c) and np.all(np.isfinite(r)) and np.all(r > 0)))
+    ok = (
+        c.ndim == 2
+        and c.shape[1] == 3
+        and len(c) > 0
+        and np.all(np.isfinite(c))
+        and (r is None or (len(r) == len(c) and np.all(np.isfinite(r)) and np.all(r > 0)))
+    )
     _count("seeds.csv", ok)
     assert ok

@@ -3,6 +3,7 @@
 Truth comes from analytic shapes (box, tetrahedron, sphere, ellipsoid), from finite
 differences, and from independent methods (voxel counting vs the divergence theorem).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -143,8 +144,9 @@ def test_volumes_by_label_numpy_torch_and_gradient(embryo):
         plus, minus = fixed.verts.copy(), fixed.verts.copy()
         plus[i, k] += 1e-4
         minus[i, k] -= 1e-4
-        fd = (volumes_by_label(plus, fixed.faces, fixed.labels)[2]
-              - volumes_by_label(minus, fixed.faces, fixed.labels)[2]) / 2e-4
+        fd = (
+            volumes_by_label(plus, fixed.faces, fixed.labels)[2] - volumes_by_label(minus, fixed.faces, fixed.labels)[2]
+        ) / 2e-4
         assert grad[i, k].item() == pytest.approx(fd, rel=1e-5)
 
 
@@ -386,8 +388,10 @@ def test_remesh_improves_bad_triangles_and_keeps_shape():
     before = triangle_quality(mesh)
     out = remesh(mesh, 0.8)
     after = triangle_quality(out)
-    print(f"uv sphere min angle {before['min_angle_deg']:.1f} -> {after['min_angle_deg']:.1f} deg, "
-          f"mean smallest angle {before['mean_min_angle_deg']:.1f} -> {after['mean_min_angle_deg']:.1f}")
+    print(
+        f"uv sphere min angle {before['min_angle_deg']:.1f} -> {after['min_angle_deg']:.1f} deg, "
+        f"mean smallest angle {before['mean_min_angle_deg']:.1f} -> {after['mean_min_angle_deg']:.1f}"
+    )
     assert before["min_angle_deg"] < 10 and after["min_angle_deg"] > 25
     assert after["mean_min_angle_deg"] > 45
     assert after["mean_edge_um"] == pytest.approx(0.8, rel=0.2)
@@ -419,9 +423,11 @@ def test_remesh_multicell_embryo_keeps_shared_membranes(embryo):
         warnings.simplefilter("error", UserWarning)  # every patch must be remeshed
         out = remesh(embryo, h)
     after_q = triangle_quality(out)
-    print(f"embryo: {before_q['n_faces']} -> {after_q['n_faces']} faces, mean smallest angle "
-          f"{before_q['mean_min_angle_deg']:.1f} -> {after_q['mean_min_angle_deg']:.1f} deg, "
-          f"1st percentile {before_q['p01_min_angle_deg']:.1f} -> {after_q['p01_min_angle_deg']:.1f}")
+    print(
+        f"embryo: {before_q['n_faces']} -> {after_q['n_faces']} faces, mean smallest angle "
+        f"{before_q['mean_min_angle_deg']:.1f} -> {after_q['mean_min_angle_deg']:.1f} deg, "
+        f"1st percentile {before_q['p01_min_angle_deg']:.1f} -> {after_q['p01_min_angle_deg']:.1f}"
+    )
     assert after_q["mean_min_angle_deg"] > before_q["mean_min_angle_deg"]
     assert after_q["mean_edge_um"] == pytest.approx(h, rel=0.2)
     assert out.cell_ids.tolist() == [1, 2, 3]
@@ -473,7 +479,8 @@ def test_embryo_measurements_and_contacts(embryo):
         assert m[a, b] == pytest.approx(area)
         # independent: the faces with exactly this label pair, in either order
         sel = ((embryo.labels[:, 0] == a) & (embryo.labels[:, 1] == b)) | (
-            (embryo.labels[:, 0] == b) & (embryo.labels[:, 1] == a))
+            (embryo.labels[:, 0] == b) & (embryo.labels[:, 1] == a)
+        )
         assert area == pytest.approx(face_areas(embryo.verts, embryo.faces[sel]).sum())
     # each cell's area = its free surface + its contacts
     for i, cell in enumerate(table["cell"]):

@@ -3,6 +3,7 @@
 Truth: voxel fill fractions of the same ball computed by supersampling (no deltamic code), and
 the renderer's own scalar volume term on an outward-oriented plain mesh.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -116,15 +117,44 @@ def test_fit_interior_stained_droplet_from_the_command_line(tmp_path, capsys):
 
     _, _, _, _, truth = _droplet(tmp_path)
     out = tmp_path / "fit"
-    rc = main(["fit", str(tmp_path / "drop.tif"), "--seeds", str(tmp_path / "seeds.csv"), "--stain", "interior",
-               "--sigma", "0.8", "0.2", "0.2", "--levels", "1", "--iterations", "15", "--quiet", "--out", str(out)])
+    rc = main(
+        [
+            "fit",
+            str(tmp_path / "drop.tif"),
+            "--seeds",
+            str(tmp_path / "seeds.csv"),
+            "--stain",
+            "interior",
+            "--sigma",
+            "0.8",
+            "0.2",
+            "0.2",
+            "--levels",
+            "1",
+            "--iterations",
+            "15",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     with open(out / "measurements.csv") as fh:
         vol = float(next(csv.DictReader(fh))["volume_um3"])
     # before the signed volume weights this came out as a fraction of the truth
     assert vol == pytest.approx(truth, rel=0.03)
-    bad = main(["fit", str(tmp_path / "drop.tif"), "--seeds", str(tmp_path / "seeds.csv"), "--stain", "cells",
-                "--out", str(tmp_path / "bad")])
+    bad = main(
+        [
+            "fit",
+            str(tmp_path / "drop.tif"),
+            "--seeds",
+            str(tmp_path / "seeds.csv"),
+            "--stain",
+            "cells",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     assert bad == 2 and "--stain" in capsys.readouterr().err
 
 
@@ -155,8 +185,19 @@ def test_auto_seeds_option_needs_an_interior_stain(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--stain interior" in err
     assert not (tmp_path / "o").exists()
-    rc = main(["fit", str(tmp_path / "drop.tif"), "--auto-seeds", "--seeds", str(tmp_path / "seeds.csv"),
-               "--stain", "interior", "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "fit",
+            str(tmp_path / "drop.tif"),
+            "--auto-seeds",
+            "--seeds",
+            str(tmp_path / "seeds.csv"),
+            "--stain",
+            "interior",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2 and "exactly one of" in capsys.readouterr().err
 
 
@@ -168,8 +209,26 @@ def test_fit_with_auto_seeds(tmp_path):
 
     _, _, _, _, truth = _droplet(tmp_path)
     out = tmp_path / "fit"
-    rc = main(["fit", str(tmp_path / "drop.tif"), "--auto-seeds", "--stain", "interior", "--sigma", "0.8", "0.2",
-               "0.2", "--levels", "1", "--iterations", "15", "--quiet", "--out", str(out)])
+    rc = main(
+        [
+            "fit",
+            str(tmp_path / "drop.tif"),
+            "--auto-seeds",
+            "--stain",
+            "interior",
+            "--sigma",
+            "0.8",
+            "0.2",
+            "0.2",
+            "--levels",
+            "1",
+            "--iterations",
+            "15",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     with open(out / "measurements.csv") as fh:
         rows = list(csv.DictReader(fh))

@@ -1,4 +1,5 @@
 """deltamic_core.io: atomic writes, TIFF metadata, mesh formats and the native .rec format."""
+
 from __future__ import annotations
 
 import contextlib
@@ -180,8 +181,13 @@ def test_read_imagej_spacing_and_units(tmp_path, unit, factor):
     path = tmp_path / "ij.tif"
     data = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
     # written with tifffile directly: resolution is pixels per unit, 'spacing' the z step
-    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.125, 1 / 0.25),
-                     metadata={"axes": "ZYX", "spacing": 0.5, "unit": unit})
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.125, 1 / 0.25),
+        metadata={"axes": "ZYX", "spacing": 0.5, "unit": unit},
+    )
     out, meta = read_image(path)
     np.testing.assert_array_equal(out, data)
     np.testing.assert_allclose(meta.spacing_um, np.array([0.5, 0.25, 0.125]) * factor, rtol=1e-9)
@@ -199,12 +205,17 @@ def test_read_ome_spacing_units_and_channel_names(tmp_path):
     path = tmp_path / "img.ome.tif"
     data = np.random.default_rng(2).random((4, 2, 5, 6)).astype(np.float32)  # Z C Y X
     tifffile.imwrite(
-        path, data, ome=True,
+        path,
+        data,
+        ome=True,
         metadata={
             "axes": "ZCYX",
-            "PhysicalSizeX": 110.0, "PhysicalSizeXUnit": "nm",
-            "PhysicalSizeY": 0.12, "PhysicalSizeYUnit": "\u00b5m",
-            "PhysicalSizeZ": 0.0005, "PhysicalSizeZUnit": "mm",
+            "PhysicalSizeX": 110.0,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 0.12,
+            "PhysicalSizeYUnit": "\u00b5m",
+            "PhysicalSizeZ": 0.0005,
+            "PhysicalSizeZUnit": "mm",
             "Channel": {"Name": ["nuclei", "membrane"]},
         },
     )
@@ -221,8 +232,12 @@ def test_read_ome_spacing_units_and_channel_names(tmp_path):
 def test_read_ome_time_series(tmp_path):
     path = tmp_path / "t.ome.tif"
     data = np.random.default_rng(3).random((3, 4, 5, 6)).astype(np.float32)
-    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
-                                                     "PhysicalSizeZ": 1.0})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata={"axes": "TZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 1.0},
+    )
     out, meta = read_image(path)
     assert meta.axes == "TZYX" and out.shape == (3, 4, 5, 6)
     np.testing.assert_array_equal(out, data)
@@ -348,9 +363,7 @@ def test_rec_binary_layout_matches_specification(tmp_path):
 
 def test_rec_tolerates_comments_and_blank_lines(tmp_path):
     path = tmp_path / "c.rec"
-    path.write_text(
-        "3\n0 0 0\n1 0 0\n\n0 1 0\n1\n0 1 2 0 1\n# spacing = 2 3 4\n# axis_order = zyx\n# note = hello\n"
-    )
+    path.write_text("3\n0 0 0\n1 0 0\n\n0 1 0\n1\n0 1 2 0 1\n# spacing = 2 3 4\n# axis_order = zyx\n# note = hello\n")
     mesh = read_mesh(path)
     np.testing.assert_array_equal(mesh.verts, [[0, 0, 0], [2, 0, 0], [0, 3, 0]])
     assert mesh.metadata["comments"] == {"note": "hello"}
@@ -414,8 +427,9 @@ def test_stl_round_trip_merges_duplicate_corners(tmp_path):
 
 def test_obj_vertices_are_not_split_or_reordered():
     mesh = read_mesh(COW)
-    file_verts = np.array([line.split()[1:4] for line in COW.read_text().splitlines() if line.startswith("v ")],
-                          dtype=float)
+    file_verts = np.array(
+        [line.split()[1:4] for line in COW.read_text().splitlines() if line.startswith("v ")], dtype=float
+    )
     np.testing.assert_array_equal(mesh.verts, file_verts)  # 2930, despite 3225 texture corners
     assert mesh.faces.shape == (5856, 3)
 

@@ -2,6 +2,7 @@
 
 One regression test (or a few) per numbered case of the issue; the case number is in the name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -219,8 +220,13 @@ def _imagej(path, spacing=None, unit="um", xy=0.5):
     md = {"axes": "ZYX", "unit": unit}
     if spacing is not None:
         md["spacing"] = spacing
-    tifffile.imwrite(path, np.random.default_rng(0).random((5, 8, 8)).astype(np.float32), imagej=True,
-                     resolution=(1 / xy, 1 / xy), metadata=md)
+    tifffile.imwrite(
+        path,
+        np.random.default_rng(0).random((5, 8, 8)).astype(np.float32),
+        imagej=True,
+        resolution=(1 / xy, 1 / xy),
+        metadata=md,
+    )
 
 
 def test_case04_imagej_without_z_step_warns_and_says_default(tmp_path):
@@ -254,8 +260,11 @@ def test_case04_ome_without_physical_size_z(tmp_path):
     from deltamic_core.io.image import SpacingWarning
 
     p = tmp_path / "o.ome.tif"
-    tifffile.imwrite(p, np.random.default_rng(0).random((5, 8, 8)).astype(np.float32),
-                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3})
+    tifffile.imwrite(
+        p,
+        np.random.default_rng(0).random((5, 8, 8)).astype(np.float32),
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3},
+    )
     with pytest.warns(SpacingWarning):
         _, meta = read_image(p)
     assert meta.spacing_sources[0] == "default" and meta.spacing_um[1:] == (0.3, 0.3)
@@ -378,7 +387,7 @@ def test_case06_laplacian_matches_the_definition_and_scales():
     big = np.concatenate([f + i * len(v) for i in range(200)])
     L = mesh_laplacian(np.zeros((200 * len(v), 3)), big)
     assert isinstance(L, sp.csr_matrix) and L.shape[0] == 200 * len(v)
-    np.testing.assert_array_equal(L[-len(v):, -len(v):].toarray(), ref)
+    np.testing.assert_array_equal(L[-len(v) :, -len(v) :].toarray(), ref)
     assert L.nnz == 200 * np.count_nonzero(ref)
 
 
@@ -424,8 +433,13 @@ def test_case11_api_edges():
         FitConfig(iterations=0)
     with pytest.raises(ValueError, match="constant"):
         Fitter(np.ones((8, 8, 8)), (1, 1, 1), icosphere((4, 4, 4), 2, 1), psf, FitConfig(iterations=1))
-    f = Fitter(np.random.default_rng(0).random((12, 12, 12)), (1, 1, 1), icosphere((6, 6, 6), 3, 1), psf,
-               FitConfig(iterations=1, levels=(1,)))
+    f = Fitter(
+        np.random.default_rng(0).random((12, 12, 12)),
+        (1, 1, 1),
+        icosphere((6, 6, 6), 3, 1),
+        psf,
+        FitConfig(iterations=1, levels=(1,)),
+    )
     f.run()
     res = f.run()  # a complete fit: returns at once
     assert res.iterations == 1
@@ -447,7 +461,9 @@ def small(tmp_path_factory):
     z, y, x = np.meshgrid(*(np.arange(n) for n in (10, 14, 14)), indexing="ij")
     r = np.sqrt((z - 4.5) ** 2 + (y - 6.5) ** 2 + (x - 6.5) ** 2)
     img = (np.exp(-((r - 3.5) ** 2) / 2.0) * 100 + np.random.default_rng(0).poisson(2.0, r.shape)).astype(np.float32)
-    tifffile.imwrite(d / "good.tif", img, imagej=True, resolution=(1, 1), metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        d / "good.tif", img, imagej=True, resolution=(1, 1), metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"}
+    )
     write_tiff(d / "ours.tif", img, (1, 1, 1))
     (d / "s.csv").write_text("z,y,x,radius\n4.5,6.5,6.5,3\n")
     return d
@@ -477,15 +493,27 @@ def test_case01_cli_fit_into_the_directory_of_its_input(small, tmp_path, capsys)
     write_tiff(seg / "labels.tif", lab, (1, 1, 1))
     (seg / "measurements.csv").write_text("hand,made\n")
     before = _tree(seg)
-    rc, _, err = _cli(["fit", small / "good.tif", "--labels", seg / "labels.tif", *FIT, "--out", seg, "--overwrite"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--labels", seg / "labels.tif", *FIT, "--out", seg, "--overwrite"], capsys
+    )
     assert rc == 2 and _tree(seg) == before
 
 
 def test_case02_batch_item_names():
     from deltamic_core.pipeline.batch import expand_items
 
-    items = expand_items(["a/.hidden.tif", "b/.hidden.tif", "x/good.tif", "x/good.tif", "y/good.tif",
-                          "z/cells.ome.tif", "w/..tif", "v/a b?.tif"])
+    items = expand_items(
+        [
+            "a/.hidden.tif",
+            "b/.hidden.tif",
+            "x/good.tif",
+            "x/good.tif",
+            "y/good.tif",
+            "z/cells.ome.tif",
+            "w/..tif",
+            "v/a b?.tif",
+        ]
+    )
     names = [it.name for it in items]
     assert names == ["hidden", "hidden-2", "good", "good-2", "cells", "item", "a_b_"]
     assert all(n and not n.startswith(".") and "/" not in n for n in names)
@@ -533,42 +561,61 @@ def test_case07_cli_rerun_needs_overwrite_and_render_keeps_raw_tiff(small, tmp_p
 
 def test_case04_cli_warns_once_naming_spacing(small, tmp_path, capsys):
     p = tmp_path / "noz.tif"
-    tifffile.imwrite(p, tifffile.imread(small / "good.tif"), imagej=True, resolution=(1, 1), metadata={"unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        p, tifffile.imread(small / "good.tif"), imagej=True, resolution=(1, 1), metadata={"unit": "um", "axes": "ZYX"}
+    )
     rc, _, err = _cli(["fit", p, "--seeds", small / "s.csv", *FIT, "--out", tmp_path / "o"], capsys)
     warns = [line for line in err.splitlines() if line.startswith("deltamic: warning:")]
     assert rc == 0 and len(warns) == 1 and "axis z" in warns[0] and "--spacing" in warns[0]
     assert json.loads((tmp_path / "o" / "report.json").read_text())["image"]["spacing_um"] == [1.0, 1.0, 1.0]
     z0 = tmp_path / "z0.tif"
-    tifffile.imwrite(z0, tifffile.imread(small / "good.tif"), imagej=True, resolution=(1, 1),
-                     metadata={"spacing": 0.0, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        z0,
+        tifffile.imread(small / "good.tif"),
+        imagej=True,
+        resolution=(1, 1),
+        metadata={"spacing": 0.0, "unit": "um", "axes": "ZYX"},
+    )
     rc, _, err = _cli(["fit", z0, "--seeds", small / "s.csv", *FIT, "--out", tmp_path / "o0"], capsys)
     assert rc == 2 and "--spacing" in err and not (tmp_path / "o0").exists()
-    rc, _, _ = _cli(["fit", z0, "--seeds", small / "s.csv", *FIT, "--spacing", 1, 1, 1, "--out", tmp_path / "o1"], capsys)
+    rc, _, _ = _cli(
+        ["fit", z0, "--seeds", small / "s.csv", *FIT, "--spacing", 1, 1, 1, "--out", tmp_path / "o1"], capsys
+    )
     assert rc == 0
 
 
 def test_case05_cli_two_cells_one_ply_and_open_init(small, tmp_path, capsys):
     two = trimesh.util.concatenate([_sphere((4.5, 6.5, 3.5), 2.2, 2), _sphere((4.5, 6.5, 10.0), 2.2, 2)])
     two.export(tmp_path / "two.ply")
-    rc, _, err = _cli(["fit", small / "good.tif", "--init", tmp_path / "two.ply", *FIT, "--out", tmp_path / "o"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--init", tmp_path / "two.ply", *FIT, "--out", tmp_path / "o"], capsys
+    )
     assert rc == 0 and "2 cells" in err
     rows = (tmp_path / "o" / "measurements.csv").read_text().strip().splitlines()
     assert len(rows) == 3
     s = _sphere((4.5, 6.5, 6.5), 3.0, 2)
     v, f = np.asarray(s.vertices), np.asarray(s.faces)
     trimesh.Trimesh(v, f[np.all(v[f][:, :, 0] > 4.0, axis=1)], process=False).export(tmp_path / "open.obj")
-    rc, _, err = _cli(["fit", small / "good.tif", "--init", tmp_path / "open.obj", *FIT, "--out", tmp_path / "o2"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--init", tmp_path / "open.obj", *FIT, "--out", tmp_path / "o2"], capsys
+    )
     assert rc == 2 and "open surface" in err and not (tmp_path / "o2").exists()
     (tmp_path / "tiny.csv").write_text("z,y,x,radius\n4.5,6.5,6.5,0.01\n")
-    rc, _, err = _cli(["fit", small / "good.tif", "--seeds", tmp_path / "tiny.csv", *FIT, "--out", tmp_path / "o3"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--seeds", tmp_path / "tiny.csv", *FIT, "--out", tmp_path / "o3"], capsys
+    )
     assert rc == 2 and "smaller than a voxel" in err
     (tmp_path / "ov.csv").write_text("z,y,x,radius\n4.5,6.5,4.5,3\n4.5,6.5,8.5,3\n")
-    rc, _, err = _cli(["fit", small / "good.tif", "--seeds", tmp_path / "ov.csv", *FIT, "--out", tmp_path / "o4"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--seeds", tmp_path / "ov.csv", *FIT, "--out", tmp_path / "o4"], capsys
+    )
     assert rc == 0 and "2 overlapping seed sphere(s) shrunk" in err
     # rendering a mesh of zero area: refused, no blank TIFF
     trimesh.Trimesh(np.full((3, 3), 5.0), [[0, 1, 2]], process=False).export(tmp_path / "flat.obj")
-    rc, _, err = _cli(["render", tmp_path / "flat.obj", "--shape", 10, 14, 14, "--spacing", 1, 1, 1,
-                       "--out", tmp_path / "blank.tif"], capsys)
+    rc, _, err = _cli(
+        ["render", tmp_path / "flat.obj", "--shape", 10, 14, 14, "--spacing", 1, 1, 1, "--out", tmp_path / "blank.tif"],
+        capsys,
+    )
     assert rc == 2 and not (tmp_path / "blank.tif").exists()
 
 
@@ -582,7 +629,9 @@ def test_case06_cli_ten_thousand_seeds_refused_at_once(small, tmp_path, capsys, 
         raise AssertionError("10,000 seed spheres were built before the cost check")
 
     monkeypatch.setattr(deltamic_core.geometry, "seed_spheres", no_spheres)
-    rc, _, err = _cli(["fit", small / "good.tif", "--seeds", tmp_path / "many.csv", *FIT, "--out", tmp_path / "o"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--seeds", tmp_path / "many.csv", *FIT, "--out", tmp_path / "o"], capsys
+    )
     assert rc == 2 and "voxels per cell" in err and "AssertionError" not in err
 
 
@@ -591,14 +640,20 @@ def test_case08_messages_name_cli_options(small, tmp_path, capsys):
 
     assert "--lr" in cli_terms("fit diverged ... Lower FitConfig.lr or raise FitConfig.lambda_smooth")
     assert "margin_um" not in cli_terms("... Crop the mesh, enlarge the image, or pass a larger margin_um")
-    rc, _, err = _cli(["fit", small / "good.tif", "--seeds", small / "s.csv", "--sigma", "1e-6", *FIT,
-                       "--out", tmp_path / "o"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--seeds", small / "s.csv", "--sigma", "1e-6", *FIT, "--out", tmp_path / "o"],
+        capsys,
+    )
     assert rc == 2 and "--sigma" in err and "max_oversampling" not in err
     (tmp_path / "close.csv").write_text("z,y,x\n4.5,6.5,6.5\n4.5,6.5,6.500001\n")
-    rc, _, err = _cli(["fit", small / "good.tif", "--seeds", tmp_path / "close.csv", *FIT, "--out", tmp_path / "o"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--seeds", tmp_path / "close.csv", *FIT, "--out", tmp_path / "o"], capsys
+    )
     assert rc == 2 and "FitConfig" not in err and err.count("\n") == 1
     (tmp_path / "big.csv").write_text("z,y,x,radius\n4.5,6.5,6.5,50\n")
-    rc, _, err = _cli(["fit", small / "good.tif", "--seeds", tmp_path / "big.csv", *FIT, "--out", tmp_path / "o"], capsys)
+    rc, _, err = _cli(
+        ["fit", small / "good.tif", "--seeds", tmp_path / "big.csv", *FIT, "--out", tmp_path / "o"], capsys
+    )
     assert rc != 0 and "margin_um" not in err and err.count("error") == 1
     two = tmp_path / "two.tif"
     img = tifffile.imread(small / "good.tif")
@@ -620,7 +675,9 @@ def test_case09_batch_into_read_only_directory_one_line(small, tmp_path, capsys,
     ro.chmod(0o555)
     real_access = os.access
     if os.access(ro, os.W_OK):  # root: simulate what a normal user sees
-        monkeypatch.setattr(os, "access", lambda p, m, **k: False if Path(p) == ro and m & os.W_OK else real_access(p, m, **k))
+        monkeypatch.setattr(
+            os, "access", lambda p, m, **k: False if Path(p) == ro and m & os.W_OK else real_access(p, m, **k)
+        )
     try:
         rc, _, err = _cli(["batch", small / "good.tif", "--seeds", small / "s.csv", *FIT, "--out", ro], capsys)
     finally:

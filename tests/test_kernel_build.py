@@ -2,6 +2,7 @@
 flags each compiler kind gets, compiler detection, the fallback where no compiler works
 ("auto" takes nufft and says so once), and the cache key. The compiled kernel's numbers are
 tested in test_native_build.py (GCC, the set-up's build, and clang)."""
+
 from __future__ import annotations
 
 import json
@@ -132,8 +133,13 @@ def test_without_compiler_auto_uses_nufft_and_says_so_once(tmp_path):
     assert "no working C++ compiler" in notes[0] and "NUFFT" in notes[0]
     assert "pip install" not in notes[0] and "-e ." not in notes[0]
     # the image is the pure-torch exact image up to the NUFFT tolerance
-    exact = subprocess.run([sys.executable, "-c", FALLBACK.replace('route="fourier")', 'route="fourier", backend="torch")')],
-                           capture_output=True, text=True, env=env, timeout=600)
+    exact = subprocess.run(
+        [sys.executable, "-c", FALLBACK.replace('route="fourier")', 'route="fourier", backend="torch")')],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert exact.returncode == 0, exact.stderr[-3000:]
     ref = json.loads(exact.stdout.strip().splitlines()[-1])
     assert ref["used"] == "torch"
@@ -143,11 +149,17 @@ def test_without_compiler_auto_uses_nufft_and_says_so_once(tmp_path):
 def test_build_kernel_command_without_compiler_explains_and_exits_cleanly(tmp_path):
     env = dict(os.environ, CXX=str(_fake_compiler(tmp_path) / "c++"), DELTAMIC_KERNEL_CACHE=str(tmp_path / "c"))
     env.pop("DELTAMIC_NO_EXT", None)
-    ok = subprocess.run([sys.executable, "-m", "deltamic_core.build_kernel"], capture_output=True, text=True,
-                        env=env, timeout=300)
+    ok = subprocess.run(
+        [sys.executable, "-m", "deltamic_core.build_kernel"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert ok.returncode == 0 and "no working C++ compiler" in ok.stderr and "Traceback" not in ok.stderr
-    req = subprocess.run([sys.executable, "-m", "deltamic_core.build_kernel", "--require"], capture_output=True,
-                         text=True, env=env, timeout=300)
+    req = subprocess.run(
+        [sys.executable, "-m", "deltamic_core.build_kernel", "--require"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert req.returncode == 1 and "Traceback" not in req.stderr
 
 
@@ -159,13 +171,15 @@ def test_a_failed_compilation_is_remembered_and_not_retried(tmp_path):
     if gxx is None:
         pytest.skip("g++ not installed")
     broken = tmp_path / "broken-c++"
-    broken.write_text(textwrap.dedent(f"""\
+    broken.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         # answers the identification query like g++, fails everything else
         case " $* " in *" -dM "*|*" --version "*) exec {gxx} "$@" ;; esac
         echo "broken-c++: internal compiler error" >&2
         exit 1
-        """))
+        """)
+    )
     broken.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "DELTAMIC_NO_EXT"}
     env.update(CXX=str(broken), DELTAMIC_KERNEL_CACHE=str(tmp_path / "cache"))

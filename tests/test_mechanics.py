@@ -4,6 +4,7 @@ Truth is analytic: spheres (H = 1/R, K = 1/R^2, Laplace 2 gamma / R) and exact e
 doublets built by tests/analytic_doublet.py from chosen tensions (three spherical caps meeting
 on a circle at the Young-Dupre angles; nothing shared with deltamic_core's geometry code).
 """
+
 from __future__ import annotations
 
 import math
@@ -132,12 +133,15 @@ def test_symmetric_doublet_equal_tensions_120_degrees():
     assert np.nanmax(np.abs(r.interfaces["laplace_residual"])) < 1e-6
 
 
-@pytest.mark.parametrize("tensions, psi12", [
-    ((1.0, 1.3, 0.8), 0.0),
-    ((1.0, 1.0, 0.5), 0.4),
-    ((0.8, 1.2, 1.5), -0.3),
-    ((1.0, 1.6, 1.0), 0.2),
-])
+@pytest.mark.parametrize(
+    "tensions, psi12",
+    [
+        ((1.0, 1.3, 0.8), 0.0),
+        ((1.0, 1.0, 0.5), 0.4),
+        ((0.8, 1.2, 1.5), -0.3),
+        ((1.0, 1.6, 1.0), 0.2),
+    ],
+)
 def test_doublet_with_known_tension_ratios(tensions, psi12):
     g1, g2, g12 = tensions
     v, f, lab, info = doublet_from_tensions(g1, g2, g12, psi12=psi12, rho=RHO, n_ring=48)
@@ -149,8 +153,7 @@ def test_doublet_with_known_tension_ratios(tensions, psi12):
     assert np.allclose(got, truth, rtol=6e-3), (got, truth)
     # Laplace: each cap's curvature is sin(psi) / rho (module convention), p_b - p_a = 2 gamma H
     psi = info["psi"]
-    h = {(0, 1): math.sin(psi[(0, 1)]) / RHO, (0, 2): -math.sin(psi[(0, 2)]) / RHO,
-         (1, 2): math.sin(psi[(1, 2)]) / RHO}
+    h = {(0, 1): math.sin(psi[(0, 1)]) / RHO, (0, 2): -math.sin(psi[(0, 2)]) / RHO, (1, 2): math.sin(psi[(1, 2)]) / RHO}
     for (a, b), hh in h.items():
         assert _row(r, a, b)["mean_curvature_per_um"] == pytest.approx(hh, abs=2e-3 / RHO)
     p = dict(zip(r.cells["cell"].tolist(), r.cells["pressure"].tolist()))
@@ -291,8 +294,13 @@ def test_mechanics_layer_in_a_viewer(make_napari_viewer):
     data, kwargs, kind = mechanics_layer_data(mesh, color_by="tension")
     assert kind == "surface"
     layer = viewer.add_surface(data, **kwargs)
-    assert list(layer.features.columns) == ["interface", "vertex", "mean_curvature_per_um",
-                                            "gaussian_curvature_per_um2", "tension"]
+    assert list(layer.features.columns) == [
+        "interface",
+        "vertex",
+        "mean_curvature_per_um",
+        "gaussian_curvature_per_um2",
+        "tension",
+    ]
     assert len(layer.features) == len(layer.vertices)
     t = layer.features.groupby("interface")["tension"].first()
     assert t["1-2"] < t["0-1"] < t["0-2"]  # tensions 0.8 < 1 < 1.3
@@ -309,15 +317,22 @@ def test_mechanics_command(tmp_path, capsys):
     assert main(["mechanics", str(SAMPLE), "--out", str(out), "--tension", "0", "1", "2.5"]) == 0
     stdout = capsys.readouterr().out
     assert "6 interface(s)" in stdout and "interface 0-1: tension 2.5" in stdout
-    assert {p.name for p in out.iterdir()} == {"mechanics.csv", "junctions.csv", "curvature.csv", "mesh.ply",
-                                               "report.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "mechanics.csv",
+        "junctions.csv",
+        "curvature.csv",
+        "mesh.ply",
+        "report.json",
+    }
     rep = json.loads((out / "report.json").read_text())
     assert rep["mechanics"]["tensions"][0] == {"cell_a": 0, "cell_b": 1, "tension": 2.5}
     # a rerun may replace its own output; bad options: one line, exit 2, nothing written
     bad = tmp_path / "bad"
-    for argv, msg in ((["--fix-tension", "3", "7"], "no interface between regions 3 and 7"),
-                      (["--tension", "0", "1", "x"], "expected two region labels and a number"),
-                      (["--tension", "0", "1", "-2"], "must be positive")):
+    for argv, msg in (
+        (["--fix-tension", "3", "7"], "no interface between regions 3 and 7"),
+        (["--tension", "0", "1", "x"], "expected two region labels and a number"),
+        (["--tension", "0", "1", "-2"], "must be positive"),
+    ):
         assert main(["mechanics", str(SAMPLE), "--out", str(bad)] + argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and msg in err, err

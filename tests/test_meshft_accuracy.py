@@ -3,6 +3,7 @@
 Every test runs on every available backend; approximate backends (e.g. "nufft") are skipped
 where exactness is asserted.
 """
+
 from __future__ import annotations
 
 import functools
@@ -154,8 +155,14 @@ def test_tiny_and_sliver_triangles_match_mpmath(backend, dtype, tol):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_degenerate_triangles_contribute_nothing(backend, dtype):
     verts = np.array(
-        [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0], [3.0, 4.0, 5.0],  # collinear
-         [0.5, -1.0, 2.0], [1.5, -1.0, 2.5], [0.7, 0.1, 1.9]]  # a proper triangle
+        [
+            [1.0, 2.0, 3.0],
+            [2.0, 3.0, 4.0],
+            [3.0, 4.0, 5.0],  # collinear
+            [0.5, -1.0, 2.0],
+            [1.5, -1.0, 2.5],
+            [0.7, 0.1, 1.9],
+        ]  # a proper triangle
     )
     faces = np.array([[0, 1, 2], [3, 3, 4], [3, 4, 5], [5, 5, 5], [0, 2, 1]])
     ks = np.array([[0.0, 0.0, 0.0], [0.3, -0.2, 1.0], [2.0, 1.0, -3.0], [1.0, -1.0, 0.0]])
@@ -263,7 +270,9 @@ def test_empty_frequency_list_gives_empty_result(backend):
     dev = device_of(backend)
     v = torch.rand(4, 3, dtype=torch.float32, device=dev, requires_grad=True)
     f = torch.tensor([[0, 1, 2], [1, 2, 3]], device=dev)
-    out = mesh_ft(v, f, torch.zeros(0, 3, device=dev), backend=backend if not get_backend(backend).needs_band else "auto")
+    out = mesh_ft(
+        v, f, torch.zeros(0, 3, device=dev), backend=backend if not get_backend(backend).needs_band else "auto"
+    )
     assert out.shape == (0,) and out.dtype == torch.complex64
     out.abs().sum().backward()
     assert torch.equal(v.grad, torch.zeros_like(v))

@@ -8,6 +8,7 @@ The truth here is the closed-form divided difference of f(z) = -exp(-i z) and it
 derivatives with respect to each node, evaluated in mpmath at 400+ bits (it shares nothing with
 the library's series and sorted-node recursion).
 """
+
 from __future__ import annotations
 
 import mpmath as mp

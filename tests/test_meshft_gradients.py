@@ -1,4 +1,5 @@
 """Analytic gradients of mesh_ft: finite differences, float32 vs float64, degenerate faces."""
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,9 @@ def test_gradient_convention_against_finite_differences(backend):
     v, f, w = (t.to(dev) for t in small_mesh(3))
     k = mixed_freqs(16, 4).to(dev)
     g = torch.Generator().manual_seed(9)
-    G = torch.complex(torch.randn(len(k), generator=g, dtype=torch.float64),
-                      torch.randn(len(k), generator=g, dtype=torch.float64)).to(dev)
+    G = torch.complex(
+        torch.randn(len(k), generator=g, dtype=torch.float64), torch.randn(len(k), generator=g, dtype=torch.float64)
+    ).to(dev)
     vr = v.clone().requires_grad_(True)
     wr = w.clone().requires_grad_(True)
     mesh_ft(vr, f, k, wr, backend=backend).backward(G)
@@ -105,8 +107,10 @@ def test_float32_gradients_match_float64_on_icosphere(backend, scale, n_freqs):
     faces = torch.tensor(ico.faces)
     freqs = band_freqs(n_freqs).to(torch.float32).to(torch.float64)
     g = torch.Generator().manual_seed(1)
-    G = torch.complex(torch.randn(len(freqs), generator=g, dtype=torch.float64),
-                      torch.randn(len(freqs), generator=g, dtype=torch.float64))
+    G = torch.complex(
+        torch.randn(len(freqs), generator=g, dtype=torch.float64),
+        torch.randn(len(freqs), generator=g, dtype=torch.float64),
+    )
     gv64, gw64 = _grads(backend, verts, faces, freqs, torch.float64, G)
     gv32, gw32 = _grads(backend, verts, faces, freqs, torch.float32, G.to(torch.complex64).to(torch.complex128))
     ev, ew = _rel_l2(gv32, gv64), _rel_l2(gw32, gw64)
@@ -123,8 +127,9 @@ def test_corner_derivatives_sum_to_shift_derivative(backend):
     v, f, w = (t.to(dev) for t in small_mesh(5))
     k = mixed_freqs(20, 6).to(dev)
     g = torch.Generator().manual_seed(2)
-    G = torch.complex(torch.randn(len(k), generator=g, dtype=torch.float64),
-                      torch.randn(len(k), generator=g, dtype=torch.float64)).to(dev)
+    G = torch.complex(
+        torch.randn(len(k), generator=g, dtype=torch.float64), torch.randn(len(k), generator=g, dtype=torch.float64)
+    ).to(dev)
     vr = v.clone().requires_grad_(True)
     U = mesh_ft(vr, f, k, w, backend=backend)
     U.backward(G)
@@ -176,7 +181,7 @@ def test_weight_gradient_is_the_face_transform(backend):
     G = torch.zeros(len(k), dtype=U.dtype, device=dev)
     G[4] = 1j
     U.backward(G)
-    per_face = torch.stack([mesh_ft(v, f[t:t + 1], k[4:5], backend=backend)[0] for t in range(len(f))])
+    per_face = torch.stack([mesh_ft(v, f[t : t + 1], k[4:5], backend=backend)[0] for t in range(len(f))])
     torch.testing.assert_close(wr.grad, per_face.imag, rtol=1e-12, atol=1e-14)
 
 

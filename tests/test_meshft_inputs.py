@@ -1,4 +1,5 @@
 """Bad input to mesh_ft gives one clear ValueError/TypeError naming the argument; dispatch rules."""
+
 from __future__ import annotations
 
 import warnings
@@ -18,8 +19,9 @@ def device_of(backend: str) -> str:
 
 
 def good(dtype=torch.float64, device="cpu"):
-    verts = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=dtype,
-                         device=device)
+    verts = torch.tensor(
+        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=dtype, device=device
+    )
     faces = torch.tensor([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], device=device)
     freqs = torch.tensor([[0.0, 0.0, 0.0], [0.5, -0.2, 1.0]], dtype=dtype, device=device)
     return verts, faces, freqs
@@ -44,10 +46,16 @@ def a_band():
         (lambda v, f, k: (v[:, :2], f, k, None), ValueError, ["verts", "(V, 3)"]),
         (lambda v, f, k: (v[:2], f[:0], k, None), ValueError, ["verts"]),
         (lambda v, f, k: (v.to(torch.int64), f, k, None), TypeError, ["verts", "float"]),
-        (lambda v, f, k: (v.clone().index_fill_(0, torch.tensor([1]), float("nan")), f, k, None), ValueError,
-         ["verts", "NaN"]),
-        (lambda v, f, k: (v.clone().index_fill_(0, torch.tensor([2]), float("inf")), f, k, None), ValueError,
-         ["verts", "Inf"]),
+        (
+            lambda v, f, k: (v.clone().index_fill_(0, torch.tensor([1]), float("nan")), f, k, None),
+            ValueError,
+            ["verts", "NaN"],
+        ),
+        (
+            lambda v, f, k: (v.clone().index_fill_(0, torch.tensor([2]), float("inf")), f, k, None),
+            ValueError,
+            ["verts", "Inf"],
+        ),
         (lambda v, f, k: (v, f[:, :2], k, None), ValueError, ["faces", "(F, 3)"]),
         (lambda v, f, k: (v, f[:0], k, None), ValueError, ["faces", "empty"]),
         (lambda v, f, k: (v, f.to(torch.float64), k, None), TypeError, ["faces", "integer"]),
@@ -60,11 +68,17 @@ def a_band():
         (lambda v, f, k: (v, f, k.clone().requires_grad_(True), None), ValueError, ["freqs", "grad"]),
         (lambda v, f, k: (v, f, k, torch.ones(3, dtype=v.dtype, device=v.device)), ValueError, ["weights", "(F,)"]),
         (lambda v, f, k: (v, f, k, torch.ones(4, 1, dtype=v.dtype, device=v.device)), ValueError, ["weights"]),
-        (lambda v, f, k: (v, f, k, torch.ones(4, dtype=torch.float32, device=v.device)), TypeError,
-         ["weights", "dtype"]),
+        (
+            lambda v, f, k: (v, f, k, torch.ones(4, dtype=torch.float32, device=v.device)),
+            TypeError,
+            ["weights", "dtype"],
+        ),
         (lambda v, f, k: (v, f, k, torch.ones(4, dtype=torch.int64, device=v.device)), TypeError, ["weights"]),
-        (lambda v, f, k: (v, f, k, torch.full((4,), float("inf"), dtype=v.dtype, device=v.device)), ValueError,
-         ["weights", "Inf"]),
+        (
+            lambda v, f, k: (v, f, k, torch.full((4,), float("inf"), dtype=v.dtype, device=v.device)),
+            ValueError,
+            ["weights", "Inf"],
+        ),
     ],
 )
 def test_bad_input_names_the_argument(backend, mutate, exc, words):

@@ -1,4 +1,5 @@
 """napari reader/writer contributions and the npe2 manifest (no viewer needed)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,8 +26,9 @@ def _imagej_tiff(path, arr, spacing_zyx):
     """Write a TIFF with ImageJ spacing metadata using tifffile directly (independent of the core)."""
     sz, sy, sx = spacing_zyx
     axes = "TZYX" if arr.ndim == 4 else "ZYX"
-    tifffile.imwrite(path, arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy),
-                     metadata={"spacing": sz, "unit": "um", "axes": axes})
+    tifffile.imwrite(
+        path, arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy), metadata={"spacing": sz, "unit": "um", "axes": axes}
+    )
 
 
 def test_tiff_reader_sets_scale_from_voxel_spacing(tmp_path):
@@ -36,7 +38,7 @@ def test_tiff_reader_sets_scale_from_voxel_spacing(tmp_path):
     _imagej_tiff(path, arr, (2.0, 0.5, 0.25))
     reader = get_reader(str(path))
     assert callable(reader)
-    (data, kwargs, kind), = reader(str(path))
+    ((data, kwargs, kind),) = reader(str(path))
     assert kind == "image"
     np.testing.assert_array_equal(np.asarray(data), arr.astype(np.float32))
     np.testing.assert_allclose(kwargs["scale"], (2.0, 0.5, 0.25), rtol=1e-6)
@@ -47,7 +49,7 @@ def test_tiff_reader_time_series_gets_unit_time_scale(tmp_path):
     arr = np.arange(3 * 4 * 5 * 6, dtype=np.uint16).reshape(3, 4, 5, 6)
     path = tmp_path / "movie.tiff"
     _imagej_tiff(path, arr, (1.5, 0.2, 0.2))
-    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    ((data, kwargs, kind),) = get_reader(str(path))(str(path))
     assert kind == "image" and np.asarray(data).shape == arr.shape
     np.testing.assert_allclose(kwargs["scale"], (1.0, 1.5, 0.2, 0.2), rtol=1e-6)
 
@@ -60,14 +62,14 @@ def test_reader_declines_other_files():
 def test_rec_reader_keeps_cell_labels_and_colours_cells(tmp_path):
     with resources.as_file(_rec_path()) as rec:
         text = Path(rec).read_text().split()
-        (data, kwargs, kind), = get_reader(str(rec))(str(rec))
+        ((data, kwargs, kind),) = get_reader(str(rec))(str(rec))
     assert kind == "surface"
     verts, faces, values = data
     # independent parse of the .rec header: vertex count, then rows; faces with (l1, l2)
     nv = int(text[0])
-    raw_v = np.asarray(text[1:1 + 3 * nv], dtype=np.float64).reshape(nv, 3)
+    raw_v = np.asarray(text[1 : 1 + 3 * nv], dtype=np.float64).reshape(nv, 3)
     nf = int(text[1 + 3 * nv])
-    raw_f = np.asarray(text[2 + 3 * nv:2 + 3 * nv + 5 * nf], dtype=np.int64).reshape(nf, 5)
+    raw_f = np.asarray(text[2 + 3 * nv : 2 + 3 * nv + 5 * nf], dtype=np.int64).reshape(nf, 5)
     assert verts.shape == (nv, 3) and faces.shape == (nf, 3)
     # no spacing comment: vertices stay in voxel units and the layer says so
     np.testing.assert_allclose(verts, raw_v, rtol=1e-6)
@@ -88,7 +90,7 @@ def test_rec_reader_keeps_cell_labels_and_colours_cells(tmp_path):
 @pytest.mark.parametrize("suffix", [".rec", ".ply", ".obj"])
 def test_surface_writer_round_trip(tmp_path, suffix):
     with resources.as_file(_rec_path()) as rec:
-        (data, kwargs, _), = get_reader(str(rec))(str(rec))
+        ((data, kwargs, _),) = get_reader(str(rec))(str(rec))
     verts = np.asarray(data[0], dtype=np.float64) * 0.3 + 1.0  # as if placed on a 0.3 um grid
     layer_data = (verts.astype(np.float32), data[1], data[2])
     meta = {"metadata": {"labels": kwargs["metadata"]["labels"]}, "scale": (1.0, 1.0, 1.0), "name": "cells"}
@@ -96,7 +98,7 @@ def test_surface_writer_round_trip(tmp_path, suffix):
     written = write_surface(str(out), layer_data, meta)
     assert written == [str(out)]
     assert not list(tmp_path.glob("*.tmp*")), "the writer must not leave temporary files"
-    (data2, kwargs2, kind), = get_reader(str(out))(str(out))
+    ((data2, kwargs2, kind),) = get_reader(str(out))(str(out))
     assert kind == "surface"
     # mesh formats may drop unreferenced vertices or reorder; compare the triangle soups
     tri1 = np.sort(layer_data[0][layer_data[1]].reshape(-1, 9), axis=0)
@@ -111,7 +113,7 @@ def test_surface_writer_applies_layer_scale(tmp_path):
     faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
     out = tmp_path / "tet.ply"
     write_surface(str(out), (verts, faces), {"scale": (2.0, 3.0, 4.0), "translate": (1.0, 0.0, 0.0), "metadata": {}})
-    (data2, _, _), = get_reader(str(out))(str(out))
+    ((data2, _, _),) = get_reader(str(out))(str(out))
     expected = verts * np.array([2.0, 3.0, 4.0]) + np.array([1.0, 0.0, 0.0])
     np.testing.assert_allclose(np.sort(np.asarray(data2[0]), axis=0), np.sort(expected, axis=0), atol=1e-5)
 
@@ -125,7 +127,7 @@ def test_surface_writer_rejects_unknown_suffix(tmp_path):
 def test_obj_reader_matches_trimesh():
     trimesh = pytest.importorskip("trimesh")
     path = DATA / "cow.obj"
-    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    ((data, kwargs, kind),) = get_reader(str(path))(str(path))
     ref = trimesh.load(path, process=False, force="mesh")
     assert kind == "surface"
     assert len(data[1]) == len(ref.faces)
@@ -135,8 +137,12 @@ def test_obj_reader_matches_trimesh():
 
 
 def test_npe2_manifest_validates_with_imports():
-    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-deltamic", "--imports"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-deltamic", "--imports"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in proc.stdout.lower()
 

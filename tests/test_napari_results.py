@@ -2,6 +2,7 @@
 (shown in napari's own features table), the same colour per cell as the Surface layer, and every
 layer the plugin makes has units of micrometres. Driven as a user does it: the sample from
 File > Open Sample, the widget from the Plugins menu, the buttons clicked."""
+
 from __future__ import annotations
 
 import numpy as np

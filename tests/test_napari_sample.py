@@ -1,4 +1,5 @@
 """The sample-data contribution: the synthetic 3-cell embryo rendered by the core."""
+
 from __future__ import annotations
 
 import numpy as np

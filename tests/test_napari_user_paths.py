@@ -2,6 +2,7 @@
 File > Open Sample, dropping .tif/.obj files on the viewer (napari offers a choice of readers),
 and saving a Surface layer with our writer. Plugin, widget, sample and reader names come
 from the installed npe2 manifest."""
+
 from __future__ import annotations
 
 import warnings
@@ -39,8 +40,9 @@ def _write_tif(path) -> np.ndarray:
     """A small ImageJ TIFF with voxel spacing SPACING (um), written with tifffile directly."""
     arr = np.random.default_rng(1).integers(0, 1000, size=(6, 9, 11)).astype(np.uint16)
     sz, sy, sx = SPACING
-    tifffile.imwrite(path, arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy),
-                     metadata={"spacing": sz, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        path, arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy), metadata={"spacing": sz, "unit": "um", "axes": "ZYX"}
+    )
     return arr
 
 
@@ -56,8 +58,9 @@ def _triangles(verts, faces) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ Plugins menu
-def test_plugins_menu_item_opens_the_widget(make_napari_viewer, gui_manifest, gui_menu_action,
-                                            gui_plugin_thread_guard, qtbot):
+def test_plugins_menu_item_opens_the_widget(
+    make_napari_viewer, gui_manifest, gui_menu_action, gui_plugin_thread_guard, qtbot
+):
     viewer = make_napari_viewer(show=True)
     widget_name = gui_manifest.contributions.widgets[0].display_name
     action = gui_menu_action(viewer.window.plugins_menu, _menu_label(widget_name, gui_manifest))
@@ -91,8 +94,9 @@ def sample_cache(tmp_path_factory, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["menu", "open_sample"])
-def test_open_sample_then_the_widget_picks_it_up(make_napari_viewer, gui_manifest, gui_menu_action, gui_open_widget,
-                                                 sample_cache, qtbot, how):
+def test_open_sample_then_the_widget_picks_it_up(
+    make_napari_viewer, gui_manifest, gui_menu_action, gui_open_widget, sample_cache, qtbot, how
+):
     import napari
 
     from napari_deltamic._sample_data import EMBRYO_PARAMS
@@ -177,8 +181,9 @@ def _check_layer(layer, suffix, arr=None) -> None:
         assert isinstance(layer, napari.layers.Surface)
         np.testing.assert_allclose(layer.scale, 1.0)
         # the file's columns are (z, y, x) in um: vertices as written
-        np.testing.assert_allclose(_triangles(layer.vertices, layer.faces), _triangles(OCTA_VERTS, OCTA_FACES),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            _triangles(layer.vertices, layer.faces), _triangles(OCTA_VERTS, OCTA_FACES), atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".obj"])
@@ -229,9 +234,9 @@ def _read_back(path, suffix):
         lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
         tok = " ".join(lines).split()
         nv = int(tok[0])
-        verts = np.asarray(tok[1:1 + 3 * nv], dtype=np.float64).reshape(nv, 3)
+        verts = np.asarray(tok[1 : 1 + 3 * nv], dtype=np.float64).reshape(nv, 3)
         nf = int(tok[1 + 3 * nv])
-        f = np.asarray(tok[2 + 3 * nv:2 + 3 * nv + 5 * nf], dtype=np.int64).reshape(nf, 5)
+        f = np.asarray(tok[2 + 3 * nv : 2 + 3 * nv + 5 * nf], dtype=np.int64).reshape(nf, 5)
         return verts, f[:, :3], f[:, 3:]
     trimesh = pytest.importorskip("trimesh")
     m = trimesh.load(path, process=False, force="mesh")
@@ -273,5 +278,6 @@ def test_saving_a_surface_with_our_writer_round_trips(make_napari_viewer, gui_ma
     # reading the file back with our reader gives the same layer
     viewer.open(str(out), plugin=gui_manifest.name)
     back = viewer.layers[-1]
-    np.testing.assert_allclose(_triangles(back.vertices, back.faces), _triangles(layer.vertices, layer.faces),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        _triangles(back.vertices, back.faces), _triangles(layer.vertices, layer.faces), atol=1e-4
+    )

@@ -2,6 +2,7 @@
 (Plugins menu: napari builds the widget and hands it a public-only proxy of the viewer) and
 driven through its buttons: a short real fit on a crop of the sample embryo through the thread
 worker, Stop, closing the viewer mid-fit, results, and error reporting."""
+
 from __future__ import annotations
 
 import csv
@@ -54,7 +55,7 @@ def _crop_one_cell(embryo, cell: int = 0, half_um: float = 5.5):
     c = embryo["centroids_um"][cell]
     lo = np.maximum(np.floor((c - half_um) / spacing).astype(int), 0)
     hi = np.minimum(np.ceil((c + half_um) / spacing).astype(int) + 1, embryo["image"].shape)
-    crop = embryo["image"][lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    crop = embryo["image"][lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     return crop, lo * spacing, c
 
 
@@ -81,8 +82,9 @@ def _setup(viewer, open_widget, embryo, iterations: int):
 
 
 @pytest.mark.slow
-def test_run_updates_the_surface_then_stop_keeps_the_last_mesh(make_napari_viewer, gui_open_widget, qtbot, embryo,
-                                                               gui_errors):
+def test_run_updates_the_surface_then_stop_keeps_the_last_mesh(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors
+):
     viewer = make_napari_viewer(show=True)
     w, _ = _setup(viewer, gui_open_widget, embryo, iterations=500)
     _click(qtbot, w.run_button)
@@ -105,8 +107,9 @@ def test_run_updates_the_surface_then_stop_keeps_the_last_mesh(make_napari_viewe
 
 
 @pytest.mark.slow
-def test_short_fit_lowers_the_loss_and_gives_results(make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors,
-                                                     tmp_path, monkeypatch):
+def test_short_fit_lowers_the_loss_and_gives_results(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, tmp_path, monkeypatch
+):
     viewer = make_napari_viewer(show=True)
     w, image = _setup(viewer, gui_open_widget, embryo, iterations=4)
     _click(qtbot, w.run_button)
@@ -185,8 +188,9 @@ def test_preview_renders_the_seeds_on_the_image_grid(make_napari_viewer, gui_ope
 
 
 @pytest.mark.slow
-def test_out_of_memory_estimate_is_reported(make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors,
-                                            monkeypatch):
+def test_out_of_memory_estimate_is_reported(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch
+):
     viewer = make_napari_viewer(show=True)
     w, _ = _setup(viewer, gui_open_widget, embryo, iterations=3)
     monkeypatch.setenv("DELTAMIC_MAX_MEMORY_GB", "1e-6")  # ~1 kB allowed
@@ -242,8 +246,9 @@ def test_psf_pages_and_spacing_follow_the_widget(make_napari_viewer, gui_open_wi
 
 
 @pytest.mark.slow
-def test_screenshot_shows_image_and_fitted_surface_in_3d(make_napari_viewer, gui_open_widget, qtbot, embryo,
-                                                         gui_errors):
+def test_screenshot_shows_image_and_fitted_surface_in_3d(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors
+):
     viewer = make_napari_viewer(show=True)
     w, image = _setup(viewer, gui_open_widget, embryo, iterations=2)
     _click(qtbot, w.run_button)
@@ -346,8 +351,9 @@ def test_measured_psf_from_a_bead_layer(make_napari_viewer, gui_open_widget, gui
 
 
 @pytest.mark.slow
-def test_learn_psf_reports_and_copies_back_the_learned_widths(make_napari_viewer, gui_open_widget, qtbot, embryo,
-                                                              gui_errors):
+def test_learn_psf_reports_and_copies_back_the_learned_widths(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors
+):
     viewer = make_napari_viewer(show=True)
     w, _ = _setup(viewer, gui_open_widget, embryo, iterations=3)
     w.learn_psf.setChecked(True)
@@ -371,8 +377,9 @@ def _sphere_stack(tmp_path):
     spacing, shape = (0.5, 0.25, 0.25), (16, 32, 32)
     centre = (np.asarray(shape) - 1) * spacing / 2
     truth = seed_spheres(centre[None], np.array([2.5]))
-    img = render_mesh_image(truth, shape, spacing, GaussianPSF(sigma_um=spacing), noise="poisson", photons=50.0,
-                            background=2.0, seed=3)
+    img = render_mesh_image(
+        truth, shape, spacing, GaussianPSF(sigma_um=spacing), noise="poisson", photons=50.0, background=2.0, seed=3
+    )
     path = tmp_path / "sphere.tif"
     write_tiff(path, img, spacing)
     seed = centre + np.array([0.0, 0.4, -0.3])
@@ -382,8 +389,7 @@ def _sphere_stack(tmp_path):
 
 
 @pytest.mark.slow
-def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, gui_open_widget, qtbot, gui_errors,
-                                                       tmp_path):
+def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, gui_open_widget, qtbot, gui_errors, tmp_path):
     """The widget opened from the Plugins menu, with its controls set to the values of a
     ``deltamic fit`` command line, gives the CLI's mesh; the widget's old defaults do not."""
     from deltamic_core.cli import main
@@ -391,8 +397,25 @@ def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, gui_op
 
     path, seeds, seed = _sphere_stack(tmp_path)
     out = tmp_path / "cli"
-    assert main(["fit", str(path), "--seeds", str(seeds), "--iterations", "6", "--levels", "2", "1",
-                 "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(path),
+                "--seeds",
+                str(seeds),
+                "--iterations",
+                "6",
+                "--levels",
+                "2",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cli_mesh = read_mesh(out / "mesh.ply")
 
     viewer = make_napari_viewer(show=True)

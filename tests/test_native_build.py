@@ -8,6 +8,7 @@ evaluated in 40-digit arithmetic with mpmath (no cancellation at that precision)
 differences in float64 for the gradients, and exact identities (area at k = 0, zero
 contribution of a degenerate triangle).
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,7 @@ def _mp_triangle(a, b, c, k):
     if abs(pa - pb) < tiny and abs(pa - pc) < tiny:
         return two_area * mp.expj(-pa) / 2  # f[z, z, z] = f''(z) / 2
     f = lambda z: -mp.expj(-z)
-    dd = (f(pa) / ((pa - pb) * (pa - pc)) + f(pb) / ((pb - pa) * (pb - pc))
-          + f(pc) / ((pc - pa) * (pc - pb)))
+    dd = f(pa) / ((pa - pb) * (pa - pc)) + f(pb) / ((pb - pa) * (pb - pc)) + f(pc) / ((pc - pa) * (pc - pb))
     return two_area * dd
 
 
@@ -88,8 +88,12 @@ def _case(subdivisions=1, radius=3.0, centre=(2.0, -1.0, 4.0), kmax=1.5, n_freq=
 
 
 def _tensors(verts, faces, weights, freqs, dtype):
-    return (torch.tensor(verts, dtype=dtype), torch.tensor(faces, dtype=torch.int64),
-            torch.tensor(weights, dtype=dtype), torch.tensor(freqs, dtype=dtype))
+    return (
+        torch.tensor(verts, dtype=dtype),
+        torch.tensor(faces, dtype=torch.int64),
+        torch.tensor(weights, dtype=dtype),
+        torch.tensor(freqs, dtype=dtype),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -98,9 +102,11 @@ def _tensors(verts, faces, weights, freqs, dtype):
 
 @pytest.mark.parametrize(
     "subdivisions,radius,centre,kmax",
-    [(1, 3.0, (2.0, -1.0, 4.0), 1.5),   # triangles of ~1 um: mostly the series regime
-     (0, 6.0, (1.0, 1.0, -1.0), 4.0),   # 6 um edges at 4 cycles/um: the recursive regime
-     (0, 0.05, (9.0, 0.0, 0.0), 4.0)],  # 0.05 um triangles 9 um from the origin
+    [
+        (1, 3.0, (2.0, -1.0, 4.0), 1.5),  # triangles of ~1 um: mostly the series regime
+        (0, 6.0, (1.0, 1.0, -1.0), 4.0),  # 6 um edges at 4 cycles/um: the recursive regime
+        (0, 0.05, (9.0, 0.0, 0.0), 4.0),
+    ],  # 0.05 um triangles 9 um from the origin
 )
 def test_forward_matches_mpmath(subdivisions, radius, centre, kmax):
     verts, faces, weights, freqs = _case(subdivisions, radius, centre, kmax)
@@ -185,10 +191,22 @@ def test_clang_build_without_openmp_two_processes_at_once(tmp_path):
     case, ref = _clone_case(tmp_path)
     env = dict(os.environ, CXX=clang, DELTAMIC_OPENMP="0", DELTAMIC_KERNEL_CACHE=str(tmp_path / "cache"))
     env.pop("DELTAMIC_NO_EXT", None)
-    procs = [subprocess.Popen([sys.executable, "-W", "always", "-c",
-                               _CLONE_SCRIPT.format(case=str(tmp_path / "case.npz"), out=str(tmp_path / f"out{i}.npz"))],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-W",
+                "always",
+                "-c",
+                _CLONE_SCRIPT.format(case=str(tmp_path / "case.npz"), out=str(tmp_path / f"out{i}.npz")),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     results = [p.communicate(timeout=1800) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-4000:]
@@ -277,8 +295,7 @@ def test_float32_gradient_close_to_float64(subdivisions, radius, kmax):
     verts, faces, weights, freqs = _case(subdivisions, radius, (0.5, 0.0, 0.0), kmax, n_freq=150)
     g = torch.randn(len(freqs), dtype=torch.complex128, generator=torch.Generator().manual_seed(5))
     gv64, gw64 = _C.meshft_backward(*_tensors(verts, faces, weights, freqs, torch.float64), g)
-    gv32, gw32 = _C.meshft_backward(*_tensors(verts, faces, weights, freqs, torch.float32),
-                                    g.to(torch.complex64))
+    gv32, gw32 = _C.meshft_backward(*_tensors(verts, faces, weights, freqs, torch.float32), g.to(torch.complex64))
     assert gv32.dtype == torch.float32 and gw32.dtype == torch.float32
     assert float((gv32.double() - gv64).norm() / gv64.norm()) < 1e-5
     assert float((gw32.double() - gw64).norm() / gw64.norm()) < 1e-5
@@ -342,8 +359,11 @@ def test_math_header_compiles_host_only_without_warnings(tmp_path):
         "}\n"
         "int main() { return probe(0.1f, 0.2f) + probe(3.0, 4.0) > 100.0 ? 1 : 0; }\n"
     )
-    res = subprocess.run([cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O2", f"-I{CSRC}",
-                          str(src), "-o", str(tmp_path / "tu")], capture_output=True, text=True)
+    res = subprocess.run(
+        [cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O2", f"-I{CSRC}", str(src), "-o", str(tmp_path / "tu")],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -361,10 +381,23 @@ def test_cuda_source_compiles(tmp_path):
         pytest.skip("nvcc not found")
     from torch.utils.cpp_extension import include_paths
 
-    cmd = [nvcc, "-c", str(CSRC / "meshft_cuda.cu"), "-o", str(tmp_path / "meshft_cuda.o"),
-           "-std=c++17", "-DWITH_CUDA", "-O2", "-arch=sm_80", f"-I{CSRC}",
-           f"-I{Path(sys.prefix) / 'include'}", "-Xcompiler", "-fPIC",
-           "-DTORCH_EXTENSION_NAME=_C", "-D_GLIBCXX_USE_CXX11_ABI=1"]
+    cmd = [
+        nvcc,
+        "-c",
+        str(CSRC / "meshft_cuda.cu"),
+        "-o",
+        str(tmp_path / "meshft_cuda.o"),
+        "-std=c++17",
+        "-DWITH_CUDA",
+        "-O2",
+        "-arch=sm_80",
+        f"-I{CSRC}",
+        f"-I{Path(sys.prefix) / 'include'}",
+        "-Xcompiler",
+        "-fPIC",
+        "-DTORCH_EXTENSION_NAME=_C",
+        "-D_GLIBCXX_USE_CXX11_ABI=1",
+    ]
     for p in include_paths():
         cmd.append(f"-I{p}")
     import sysconfig

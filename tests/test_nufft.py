@@ -1,4 +1,5 @@
 """The approximate NUFFT backend against exact quadrature facts and the exact backends."""
+
 from math import factorial
 
 import numpy as np

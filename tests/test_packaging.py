@@ -12,6 +12,7 @@ succeeds with the expected backend (the compiled "cpu" kernel where a compiler w
 launch script opens the sample and docks the widget through ``add_plugin_dock_widget`` in a
 shown viewer (under Xvfb). The torch wheel comes from pip's cache, shared with the set-up.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,7 @@ def _known_widget_crash(proc):
 
 
 def _ok(proc):
-    assert proc.returncode == 0, (proc.stdout[-4000:] + "\n--- stderr ---\n" + proc.stderr[-4000:])
+    assert proc.returncode == 0, proc.stdout[-4000:] + "\n--- stderr ---\n" + proc.stderr[-4000:]
     return proc
 
 
@@ -97,8 +98,11 @@ def test_hub_metadata():
     cls = proj["classifiers"]
     assert "Framework :: napari" in cls
     assert any(c.startswith("Development Status :: ") for c in cls)
-    assert {"Operating System :: POSIX :: Linux", "Operating System :: MacOS",
-            "Operating System :: Microsoft :: Windows"} <= set(cls)
+    assert {
+        "Operating System :: POSIX :: Linux",
+        "Operating System :: MacOS",
+        "Operating System :: Microsoft :: Windows",
+    } <= set(cls)
     assert {f"Programming Language :: Python :: 3.{m}" for m in (10, 11, 12)} <= set(cls)
     assert proj["readme"] == "README.md"
     assert proj["entry-points"]["napari.manifest"] == {"napari-deltamic": "napari_deltamic:napari.yaml"}
@@ -168,7 +172,7 @@ def no_compilers(tmp_path_factory):
     d = tmp_path_factory.mktemp("no-compilers")
     for name in ("cc", "c++", "gcc", "g++", "clang", "clang++"):
         p = d / name
-        p.write_text("#!/bin/sh\necho \"$0: stand-in, there is no C++ compiler here\" >&2\nexit 1\n")
+        p.write_text('#!/bin/sh\necho "$0: stand-in, there is no C++ compiler here" >&2\nexit 1\n')
         p.chmod(0o755)
     return d
 
@@ -187,8 +191,13 @@ def installed(request, dists, no_compilers, tmp_path_factory):
     env.pop("DELTAMIC_KERNEL_CACHE", None)
     env.pop("DELTAMIC_NO_EXT", None)
     path = os.pathsep.join([str(venv / "bin")] + ([] if compiler else [str(no_compilers)]) + [env["PATH"]])
-    env.update(PATH=path, XDG_CACHE_HOME=str(home / "cache"), XDG_CONFIG_HOME=str(home / "config"),
-               NAPARI_DELTAMIC_CACHE=str(home / "sample-cache"), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        PATH=path,
+        XDG_CACHE_HOME=str(home / "cache"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        NAPARI_DELTAMIC_CACHE=str(home / "sample-cache"),
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
     py = venv / "bin" / "python"
     _ok(_run([sys.executable, "-m", "venv", venv], timeout=300))
     # the user's environment before the plugin: the CPU torch and napari with PyQt6
@@ -197,8 +206,17 @@ def installed(request, dists, no_compilers, tmp_path_factory):
     log = home / "pip-install.log"
     proc = _run([py, "-m", "pip", "install", "--log", log, dists[kind]], env=env, timeout=1800)
     _ok(proc)
-    yield {"name": request.param, "venv": venv, "py": py, "env": env, "home": home, "compiler": compiler,
-           "before": before, "log": log.read_text(), "kind": kind}
+    yield {
+        "name": request.param,
+        "venv": venv,
+        "py": py,
+        "env": env,
+        "home": home,
+        "compiler": compiler,
+        "before": before,
+        "log": log.read_text(),
+        "kind": kind,
+    }
     shutil.rmtree(venv, ignore_errors=True)
 
 
@@ -209,8 +227,10 @@ def test_install_adds_and_replaces_no_torch(installed):
     log = installed["log"]
     # no torch was collected, fetched, unpacked or installed, neither for the build nor as a
     # dependency; the installed one satisfied the requirement
-    fetch = re.compile(r"\b(Collecting|Downloading|Processing|Using cached|Installing collected packages:"
-                       r"|Successfully installed)\b.*\btorch\b")
+    fetch = re.compile(
+        r"\b(Collecting|Downloading|Processing|Using cached|Installing collected packages:"
+        r"|Successfully installed)\b.*\btorch\b"
+    )
     bad = [ln for ln in log.splitlines() if fetch.search(ln)]
     assert not bad, bad[:5]
     assert "Requirement already satisfied: torch" in log
@@ -220,8 +240,11 @@ def test_install_adds_and_replaces_no_torch(installed):
 
 @pytest.mark.slow
 def test_plugin_is_discovered_from_the_install(installed):
-    info = json.loads(_ok(_run([installed["py"], "-c", CHECK_NPE2], env=installed["env"], cwd=installed["home"]))
-                      .stdout.strip().splitlines()[-1])
+    info = json.loads(
+        _ok(_run([installed["py"], "-c", CHECK_NPE2], env=installed["env"], cwd=installed["home"]))
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     site = Path(info["dist"]).resolve()
     assert site.is_relative_to(installed["venv"].resolve())
     assert Path(info["core"]).resolve().is_relative_to(site) and Path(info["plugin"]).resolve().is_relative_to(site)
@@ -236,13 +259,46 @@ def test_fit_on_bundled_sample(installed):
     benchmark mode). With a compiler the first use compiles the kernel; without one the fit
     runs on the NUFFT backend and says so once."""
     venv, env, home = installed["venv"], installed["env"], installed["home"]
-    rec = _ok(_run([installed["py"], "-c", "import deltamic_core, pathlib; "
-                    "print(pathlib.Path(deltamic_core.__file__).parent / 'data' / 'Sample01_007.rec')"],
-                   env=env)).stdout.strip()
+    rec = _ok(
+        _run(
+            [
+                installed["py"],
+                "-c",
+                "import deltamic_core, pathlib; "
+                "print(pathlib.Path(deltamic_core.__file__).parent / 'data' / 'Sample01_007.rec')",
+            ],
+            env=env,
+        )
+    ).stdout.strip()
     out = home / "fit"
-    proc = _run([venv / "bin" / "deltamic", "fit", "--target-mesh", rec, "--target-size", "10",
-                 "--spacing", "0.6", "0.6", "0.6", "--sigma", "1.2", "--edge", "1.2", "--iterations", "5", "--levels", "1",
-                 "--quiet", "--out", out], env=env, timeout=1800, cwd=home)
+    proc = _run(
+        [
+            venv / "bin" / "deltamic",
+            "fit",
+            "--target-mesh",
+            rec,
+            "--target-size",
+            "10",
+            "--spacing",
+            "0.6",
+            "0.6",
+            "0.6",
+            "--sigma",
+            "1.2",
+            "--edge",
+            "1.2",
+            "--iterations",
+            "5",
+            "--levels",
+            "1",
+            "--quiet",
+            "--out",
+            out,
+        ],
+        env=env,
+        timeout=1800,
+        cwd=home,
+    )
     _ok(proc)
     report = json.loads((out / "report.json").read_text())
     assert report["iterations"] >= 1 and (out / "mesh.ply").is_file()
@@ -266,8 +322,12 @@ def test_widget_opens_in_a_shown_viewer(installed):
     loader, the widget through add_plugin_dock_widget, a shown window, closed by a timer."""
     if not os.environ.get("DISPLAY"):
         pytest.skip("no display (run pytest -p xvfb)")
-    proc = _run([installed["py"], ROOT / "scripts" / "napari_demo.py", "--quit-after", "2"],
-                env=installed["env"], timeout=600, cwd=installed["home"])
+    proc = _run(
+        [installed["py"], ROOT / "scripts" / "napari_demo.py", "--quit-after", "2"],
+        env=installed["env"],
+        timeout=600,
+        cwd=installed["home"],
+    )
     _known_widget_crash(proc)
     _ok(proc)
     assert "docked 'deltaMic inverse rendering" in proc.stdout, proc.stdout

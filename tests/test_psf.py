@@ -1,4 +1,5 @@
 """PSF/OTF models against analytic results, numerical transforms and finite differences."""
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,9 @@ def test_gaussian_full_covariance_rotated_matches_numerical_fft():
     numerical = np.fft.rfftn(dens) * grid.voxel_volume_um3
     otf = psf.otf(grid, dtype=torch.float64).detach().numpy()
     assert np.abs(numerical - otf).max() < 1e-6
-    np.testing.assert_allclose(psf.psf(grid, dtype=torch.float64).detach().numpy(), dens, rtol=1e-9, atol=1e-14 * dens.max())
+    np.testing.assert_allclose(
+        psf.psf(grid, dtype=torch.float64).detach().numpy(), dens, rtol=1e-9, atol=1e-14 * dens.max()
+    )
     # a rotated Gaussian is not separable: the cross term matters
     axis_aligned = GaussianPSF(tuple(np.sqrt(np.diag(cov)))).otf(grid, dtype=torch.float64).detach().numpy()
     assert np.abs(axis_aligned - otf).max() > 0.05
@@ -108,8 +111,9 @@ def test_gaussian_full_covariance_gradient_matches_finite_differences():
     model = GaussianPSF(covariance_um2=rot @ np.diag([0.5, 0.1, 0.06]) @ rot.T)
 
     def otf_of(log_diag, offdiag):
-        return torch.func.functional_call(model, {"log_diag": log_diag, "offdiag": offdiag}, (grid,),
-                                          {"dtype": torch.float64})
+        return torch.func.functional_call(
+            model, {"log_diag": log_diag, "offdiag": offdiag}, (grid,), {"dtype": torch.float64}
+        )
 
     ld = model.log_diag.detach().clone().requires_grad_(True)
     od = model.offdiag.detach().clone().requires_grad_(True)
@@ -158,8 +162,7 @@ def test_gaussian_from_optics_matches_peak_curvature_of_paraxial_widefield_psf()
 
 def test_gaussian_dict_round_trip_and_description():
     rot = _rotation(0.1, 0.2, 0.3)
-    for model in (GaussianPSF((1.2, 0.3, 0.25)),
-                  GaussianPSF(covariance_um2=rot @ np.diag([0.4, 0.05, 0.03]) @ rot.T)):
+    for model in (GaussianPSF((1.2, 0.3, 0.25)), GaussianPSF(covariance_um2=rot @ np.diag([0.4, 0.05, 0.03]) @ rot.T)):
         d = model.as_dict()
         back = PSFModel.from_dict(d)
         assert type(back) is GaussianPSF
@@ -168,15 +171,18 @@ def test_gaussian_dict_round_trip_and_description():
         assert "GaussianPSF" in model.describe() and "sigma_um" in model.describe()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(sigma_um=(1.0, 0.0, 0.2)), "sigma_um must be positive"),
-    (dict(sigma_um=(1.0, -0.1, 0.2)), "sigma_um must be positive"),
-    (dict(sigma_um=(1.0, float("nan"), 0.2)), "sigma_um must be positive"),
-    (dict(sigma_um=(1.0, 0.2)), "sigma_um must have 1 or 3 values"),
-    (dict(covariance_um2=np.eye(2)), r"covariance_um2 must have shape \(3, 3\)"),
-    (dict(covariance_um2=[[1, 0.5, 0], [0, 1, 0], [0, 0, 1]]), "must be symmetric"),
-    (dict(covariance_um2=[[1, 2, 0], [2, 1, 0], [0, 0, 1]]), "positive definite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sigma_um=(1.0, 0.0, 0.2)), "sigma_um must be positive"),
+        (dict(sigma_um=(1.0, -0.1, 0.2)), "sigma_um must be positive"),
+        (dict(sigma_um=(1.0, float("nan"), 0.2)), "sigma_um must be positive"),
+        (dict(sigma_um=(1.0, 0.2)), "sigma_um must have 1 or 3 values"),
+        (dict(covariance_um2=np.eye(2)), r"covariance_um2 must have shape \(3, 3\)"),
+        (dict(covariance_um2=[[1, 0.5, 0], [0, 1, 0], [0, 0, 1]]), "must be symmetric"),
+        (dict(covariance_um2=[[1, 2, 0], [2, 1, 0], [0, 0, 1]]), "positive definite"),
+    ],
+)
 def test_gaussian_bad_input_raises_clear_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianPSF(**kwargs)
@@ -221,14 +227,19 @@ def _gl_quad(na, lam, ni, ns, pz, z_rel, r, ng=1.515, tg=170.0, ti0=150.0):
 # Gibson-Lanni
 # ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("na, ni, ns, pz", [
-    (1.3, 1.515, 1.515, 0.0),     # index matched
-    (1.4, 1.515, 1.33, 10.0),     # depth-induced spherical aberration, supercritical angles
-    (1.1, 1.33, 1.45, 15.0),      # water objective into a denser sample
-])
+@pytest.mark.parametrize(
+    "na, ni, ns, pz",
+    [
+        (1.3, 1.515, 1.515, 0.0),  # index matched
+        (1.4, 1.515, 1.33, 10.0),  # depth-induced spherical aberration, supercritical angles
+        (1.1, 1.33, 1.45, 15.0),  # water objective into a denser sample
+    ],
+)
 def test_gibson_lanni_radial_integral_matches_adaptive_quadrature(na, ni, ns, pz):
     lam = 0.55
-    model = GibsonLanniPSF(na=na, wavelength_um=lam, n_immersion=ni, n_immersion_design=ni, n_sample=ns, particle_depth_um=pz)
+    model = GibsonLanniPSF(
+        na=na, wavelength_um=lam, n_immersion=ni, n_immersion_design=ni, n_sample=ns, particle_depth_um=pz
+    )
     pts = [(0.0, 0.0), (0.6, 0.0), (-1.2, 0.15), (1.5, 0.4), (2.5, 0.9), (-3.0, 0.3)]
     z = torch.tensor([p[0] for p in pts], dtype=torch.float64)
     r = torch.tensor(sorted({p[1] for p in pts}), dtype=torch.float64)
@@ -240,8 +251,15 @@ def test_gibson_lanni_radial_integral_matches_adaptive_quadrature(na, ni, ns, pz
 
 
 def test_gibson_lanni_grid_otf_is_the_rfftn_of_the_normalised_psf_when_well_sampled():
-    model = GibsonLanniPSF(na=1.2, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.38, particle_depth_um=5.0,
-                           otf_method="grid")
+    model = GibsonLanniPSF(
+        na=1.2,
+        wavelength_um=0.55,
+        n_immersion=1.33,
+        n_immersion_design=1.33,
+        n_sample=1.38,
+        particle_depth_um=5.0,
+        otf_method="grid",
+    )
     grid = FFTGrid((32, 48, 48), (0.15, 0.05, 0.05))
     assert model._fine_intensity(grid)[1] == (1, 1, 1)  # this grid needs no oversampling
     h = model.psf(grid, dtype=torch.float64).detach()
@@ -278,7 +296,9 @@ def test_gibson_lanni_hankel_and_grid_otfs_agree_away_from_the_missing_cone():
     """The two OTF methods differ only in the lateral domain the PSF is integrated over (the
     disc inscribed in the box vs the periodic box); for a widefield PSF that matters only at
     low lateral frequencies, where the wide, dim, defocused planes put their energy."""
-    kw = dict(na=1.3, wavelength_um=0.52, n_immersion=1.515, n_immersion_design=1.515, n_sample=1.38, particle_depth_um=5.0)
+    kw = dict(
+        na=1.3, wavelength_um=0.52, n_immersion=1.515, n_immersion_design=1.515, n_sample=1.38, particle_depth_um=5.0
+    )
     grid = FFTGrid((32, 64, 64), (0.2, 0.08, 0.08))
     hankel = GibsonLanniPSF(**kw).otf(grid, dtype=torch.float64).detach()
     full = GibsonLanniPSF(**kw, otf_method="grid").otf(grid, dtype=torch.float64).detach()
@@ -289,16 +309,22 @@ def test_gibson_lanni_hankel_and_grid_otfs_agree_away_from_the_missing_cone():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [
-    GibsonLanniPSF(na=0.9, wavelength_um=0.5, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33),
-    HanserPSF(0.9, 0.5, 1.33, {11: 0.1}),
-], ids=["gibson_lanni", "hanser"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        GibsonLanniPSF(na=0.9, wavelength_um=0.5, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33),
+        HanserPSF(0.9, 0.5, 1.33, {11: 0.1}),
+    ],
+    ids=["gibson_lanni", "hanser"],
+)
 def test_otf_of_an_undersampled_grid_is_alias_free(model):
-    coarse = FFTGrid((16, 24, 24), (0.6, 0.2, 0.2))          # 0.2 um > lambda / (4 NA) = 0.14 um
+    coarse = FFTGrid((16, 24, 24), (0.6, 0.2, 0.2))  # 0.2 um > lambda / (4 NA) = 0.14 um
     factors = model._fine_intensity(coarse)[1]
     assert factors[1] > 1 and factors[2] > 1
-    finer = FFTGrid(tuple(n * 2 * f for n, f in zip(coarse.shape, factors)),
-                    tuple(s / (2 * f) for s, f in zip(coarse.spacing_um, factors)))
+    finer = FFTGrid(
+        tuple(n * 2 * f for n, f in zip(coarse.shape, factors)),
+        tuple(s / (2 * f) for s, f in zip(coarse.spacing_um, factors)),
+    )
     otf = model.otf(coarse, dtype=torch.float64).detach()
     ref = crop_spectrum(model.otf(finer, dtype=torch.float64).detach(), coarse)
     naive = torch.fft.rfftn(model.psf(coarse, dtype=torch.float64).detach())
@@ -312,24 +338,34 @@ def test_otf_of_an_undersampled_grid_is_alias_free(model):
 @pytest.mark.slow
 def test_gibson_lanni_otf_gradients_match_finite_differences():
     grid = FFTGrid((6, 8, 8), (0.3, 0.12, 0.12))
-    model = GibsonLanniPSF(na=1.2, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.4, particle_depth_um=4.0)
+    model = GibsonLanniPSF(
+        na=1.2, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.4, particle_depth_um=4.0
+    )
     assert {n for n, _ in model.named_parameters()} == {"log_na", "log_n_sample", "particle_depth_um_"}
 
     def otf_of(log_na, log_n_sample, depth):
         return torch.func.functional_call(
-            model, {"log_na": log_na, "log_n_sample": log_n_sample, "particle_depth_um_": depth}, (grid,), {"dtype": torch.float64})
+            model,
+            {"log_na": log_na, "log_n_sample": log_n_sample, "particle_depth_um_": depth},
+            (grid,),
+            {"dtype": torch.float64},
+        )
 
-    args = tuple(t.detach().clone().requires_grad_(True) for t in (model.log_na, model.log_n_sample, model.particle_depth_um_))
+    args = tuple(
+        t.detach().clone().requires_grad_(True) for t in (model.log_na, model.log_n_sample, model.particle_depth_um_)
+    )
     assert torch.autograd.gradcheck(otf_of, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
 def test_gibson_lanni_psf_interpolates_the_radial_profile_accurately():
-    model = GibsonLanniPSF(na=1.3, wavelength_um=0.55, n_immersion=1.515, n_immersion_design=1.515, n_sample=1.4, particle_depth_um=3.0)
+    model = GibsonLanniPSF(
+        na=1.3, wavelength_um=0.55, n_immersion=1.515, n_immersion_design=1.515, n_sample=1.4, particle_depth_um=3.0
+    )
     grid = FFTGrid((8, 40, 40), (0.3, 0.065, 0.07))
     h = model.psf(grid, dtype=torch.float64).detach()
     z, y, x = grid.centred_coords()
     iy, ix = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
-    sel = (iy * 7 + ix * 3) % 11 == 0             # a scatter of off-axis pixels
+    sel = (iy * 7 + ix * 3) % 11 == 0  # a scatter of off-axis pixels
     r = torch.sqrt(y[iy[sel]] ** 2 + x[ix[sel]] ** 2)
     exact = model.radial_profile(z, r).detach()
     got = h[:, iy[sel], ix[sel]]
@@ -339,7 +375,14 @@ def test_gibson_lanni_psf_interpolates_the_radial_profile_accurately():
 
 @pytest.mark.slow
 def test_gibson_lanni_extent_bounds_the_psf():
-    model = GibsonLanniPSF(na=1.3, wavelength_um=0.55, n_immersion=1.515, n_immersion_design=1.515, n_sample=1.515, max_extent_um=(12, 8, 8))
+    model = GibsonLanniPSF(
+        na=1.3,
+        wavelength_um=0.55,
+        n_immersion=1.515,
+        n_immersion_design=1.515,
+        n_sample=1.515,
+        max_extent_um=(12, 8, 8),
+    )
     ez, ey, ex = model.extent_um()
     assert 0.5 < ez < 12 and 0.3 < ey < 8 and ey == ex
     z = torch.linspace(-14.0, 14.0, 281, dtype=torch.float64)
@@ -423,8 +466,8 @@ def test_hanser_zernike_coma_breaks_lateral_symmetry_along_its_axis():
     grid = FFTGrid((16, 48, 48), (0.2, 0.05, 0.05))
     h = HanserPSF(1.2, 0.55, 1.33, {8: 0.25}).psf(grid, dtype=torch.float64).detach()  # x coma
     flip = lambda t, d: torch.roll(torch.flip(t, (d,)), 1, d)
-    torch.testing.assert_close(flip(h, 1), h, atol=1e-12 * float(h.max()), rtol=0)   # y mirror kept
-    assert float((flip(h, 2) - h).abs().max()) > 0.05 * float(h.max())              # x mirror broken
+    torch.testing.assert_close(flip(h, 1), h, atol=1e-12 * float(h.max()), rtol=0)  # y mirror kept
+    assert float((flip(h, 2) - h).abs().max()) > 0.05 * float(h.max())  # x mirror broken
 
 
 @pytest.mark.slow
@@ -434,9 +477,14 @@ def test_hanser_gradients_wrt_zernike_and_na_match_finite_differences():
     assert {n for n, _ in model.named_parameters()} == {"zernike_waves", "log_na"}
 
     def otf_of(coef, log_na):
-        return torch.func.functional_call(model, {"zernike_waves": coef, "log_na": log_na}, (grid,), {"dtype": torch.float64})
+        return torch.func.functional_call(
+            model, {"zernike_waves": coef, "log_na": log_na}, (grid,), {"dtype": torch.float64}
+        )
 
-    args = (model.zernike_waves.detach().clone().requires_grad_(True), model.log_na.detach().clone().requires_grad_(True))
+    args = (
+        model.zernike_waves.detach().clone().requires_grad_(True),
+        model.log_na.detach().clone().requires_grad_(True),
+    )
     assert torch.autograd.gradcheck(otf_of, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
@@ -454,8 +502,9 @@ def test_hanser_bad_input():
 # ---------------------------------------------------------------------------------------
 # Measured
 # ---------------------------------------------------------------------------------------
-def _synthetic_bead(rng, shape=(32, 48, 48), sigma_vox=(2.0, 1.5, 1.5), centre=(15.3, 21.6, 25.27),
-                    counts=3e5, background=30.0):
+def _synthetic_bead(
+    rng, shape=(32, 48, 48), sigma_vox=(2.0, 1.5, 1.5), centre=(15.3, 21.6, 25.27), counts=3e5, background=30.0
+):
     idx = np.indices(shape).astype(float)
     g = np.exp(-0.5 * sum(((idx[i] - centre[i]) / sigma_vox[i]) ** 2 for i in range(3)))
     return rng.poisson(background + counts * g / g.sum()).astype(np.float32)
@@ -494,7 +543,7 @@ def test_measured_otf_on_its_own_grid_is_the_rfftn_and_zero_beyond_its_band():
     finer = FFTGrid((16, 20, 24), (0.2, 0.1, 0.125))
     o = model.otf(finer, torch.float64)
     fz, fy, fx = finer.freq_grid()
-    outside = ((fz.abs() > 0.5 / 0.4 + 1e-9) | (fy.abs() > 0.5 / 0.2 + 1e-9) | (fx.abs() > 0.5 / 0.25 + 1e-9))
+    outside = (fz.abs() > 0.5 / 0.4 + 1e-9) | (fy.abs() > 0.5 / 0.2 + 1e-9) | (fx.abs() > 0.5 / 0.25 + 1e-9)
     assert float(o[outside.expand_as(o)].abs().max()) == 0.0
     # inside the band the finer grid's OTF equals the coarse one at the shared frequencies
     torch.testing.assert_close(crop_spectrum(o, grid), ref, atol=1e-12, rtol=0)
@@ -532,9 +581,13 @@ def _all_models():
     rng = np.random.default_rng(4)
     return [
         GaussianPSF((0.6, 0.15, 0.2)),
-        GibsonLanniPSF(na=1.0, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.36, particle_depth_um=3.0),
+        GibsonLanniPSF(
+            na=1.0, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.36, particle_depth_um=3.0
+        ),
         HanserPSF(1.0, 0.55, 1.33, {5: 0.1, 11: 0.05}),
-        MeasuredPSF.from_bead_image(_synthetic_bead(rng, shape=(16, 24, 24), centre=(7.6, 11.2, 12.1)), (0.3, 0.1, 0.1)),
+        MeasuredPSF.from_bead_image(
+            _synthetic_bead(rng, shape=(16, 24, 24), centre=(7.6, 11.2, 12.1)), (0.3, 0.1, 0.1)
+        ),
     ]
 
 

@@ -1,4 +1,5 @@
 """PSF models against peer libraries: psfmodels (Gibson-Lanni) and pyotf (Hanser)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,21 +17,34 @@ def _gl_pair(na, lam, ni, ns, pz, nz=41, nxy=63, dz=0.1, dxy=0.05, **extra):
 
     psfmodels: focal positions zv = pz + z (z = our axial coordinate), sf=1/mode=1 (no pixel
     integration), centre pixel nxy // 2."""
-    model = GibsonLanniPSF(na=na, wavelength_um=lam, n_immersion=ni, n_immersion_design=ni, n_sample=ns, particle_depth_um=pz, **extra)
+    model = GibsonLanniPSF(
+        na=na, wavelength_um=lam, n_immersion=ni, n_immersion_design=ni, n_sample=ns, particle_depth_um=pz, **extra
+    )
     grid = FFTGrid((nz + 1, nxy + 1, nxy + 1), (dz, dxy, dxy))
     ours = np.fft.fftshift(model.psf(grid, dtype=torch.float64).detach().numpy())[1:, 1:, 1:]
     zv = pz + (np.arange(nz) - nz // 2) * dz
-    params = dict(NA=na, ni=ni, ni0=ni, ns=ns, sf=1, mode=1, **{k: v for k, v in extra.items() if k in ("ng", "ng0", "tg", "tg0", "ti0")})
+    params = dict(
+        NA=na,
+        ni=ni,
+        ni0=ni,
+        ns=ns,
+        sf=1,
+        mode=1,
+        **{k: v for k, v in extra.items() if k in ("ng", "ng0", "tg", "tg0", "ti0")},
+    )
     ref = psfmodels.scalar_psf(zv, nxy, dxy, pz, lam, params, normalize=True)
     return ours / ours.max(), ref
 
 
-@pytest.mark.parametrize("na, ni, ns, pz, tol", [
-    (1.4, 1.515, 1.515, 0.0, 1e-3),    # index matched, oil
-    (1.2, 1.33, 1.45, 20.0, 2e-3),     # water objective, denser sample 20 um deep
-    (0.8, 1.0, 1.33, 5.0, 1e-3),       # air objective into water
-    (1.4, 1.515, 1.33, 10.0, 1e-2),    # oil into water 10 um deep: supercritical angles (see below)
-])
+@pytest.mark.parametrize(
+    "na, ni, ns, pz, tol",
+    [
+        (1.4, 1.515, 1.515, 0.0, 1e-3),  # index matched, oil
+        (1.2, 1.33, 1.45, 20.0, 2e-3),  # water objective, denser sample 20 um deep
+        (0.8, 1.0, 1.33, 5.0, 1e-3),  # air objective into water
+        (1.4, 1.515, 1.33, 10.0, 1e-2),  # oil into water 10 um deep: supercritical angles (see below)
+    ],
+)
 def test_gibson_lanni_matches_psfmodels_on_exact_radii(na, ni, ns, pz, tol):
     """Along the x axis the pixel radii are integer multiples of the pixel, where psfmodels
     samples its radial profile exactly (elsewhere it interpolates linearly). Residuals are
@@ -85,12 +99,15 @@ def test_noll_ordering_matches_pyotf():
         assert noll_to_nm(j) == tuple(int(v) for v in pyotf_zernike.noll2degrees(j))
 
 
-@pytest.mark.parametrize("apodization, zernike", [
-    ("none", {}),
-    ("sine", {}),
-    ("sine", {5: -0.15, 7: 0.3, 11: 0.2}),
-    ("herschel", {4: 0.2, 8: -0.1, 12: 0.05, 22: 0.05}),
-])
+@pytest.mark.parametrize(
+    "apodization, zernike",
+    [
+        ("none", {}),
+        ("sine", {}),
+        ("sine", {5: -0.15, 7: 0.3, 11: 0.2}),
+        ("herschel", {4: 0.2, 8: -0.1, 12: 0.05, 22: 0.05}),
+    ],
+)
 def test_hanser_matches_pyotf(apodization, zernike):
     """Same pupil (hard edge on the same frequency grid), same defocus kz, same apodisation:
     the PSFs agree to machine precision."""
@@ -106,7 +123,7 @@ def test_hanser_matches_pyotf(apodization, zernike):
         rho = kr / (na / lam)
         waves = sum(c * pyotf_zernike.zernike(rho, phi, *pyotf_zernike.noll2degrees(j)) for j, c in zernike.items())
         ref.apply_pupil((kr <= na / lam) * np.exp(2j * np.pi * waves))
-    ref_psf = np.fft.ifftshift(ref.PSFi, axes=(1, 2))   # pyotf centres laterally; ours is FFT order
+    ref_psf = np.fft.ifftshift(ref.PSFi, axes=(1, 2))  # pyotf centres laterally; ours is FFT order
     np.testing.assert_allclose(ours / ours.max(), ref_psf / ref_psf.max(), atol=1e-12)
 
 
@@ -126,20 +143,45 @@ def _confocal_pair(na, lex, lem, ni, ns, pz, au, nz=25, nxy=61, dz=0.1, dxy=0.02
     disc drawn on its pixel grid (radius pinhole_au * 0.61 lambda_em / NA)."""
     from deltamic_core.psf import ConfocalPSF
 
-    model = ConfocalPSF(na=na, wavelength_um=lem, ex_wavelength_um=lex, pinhole_au=au, n_immersion=ni, n_immersion_design=ni, n_sample=ns,
-                        particle_depth_um=pz)
+    model = ConfocalPSF(
+        na=na,
+        wavelength_um=lem,
+        ex_wavelength_um=lex,
+        pinhole_au=au,
+        n_immersion=ni,
+        n_immersion_design=ni,
+        n_sample=ns,
+        particle_depth_um=pz,
+    )
     grid = FFTGrid((nz + 1, nxy + 1, nxy + 1), (dz, dxy, dxy))
     ours = np.fft.fftshift(model.psf(grid, dtype=torch.float64).detach().numpy())[1:, 1:, 1:]
     zv = pz + (np.arange(nz) - nz // 2) * dz
-    ref = psfmodels.confocal_psf(zv, nxy, dxy=dxy, pz=pz, NA=na, ex_wvl=lex, em_wvl=lem, ni=ni, ni0=ni, ns=ns,
-                                 pinhole_au=au, model="scalar", oversample_factor=1, normalize=False)
+    ref = psfmodels.confocal_psf(
+        zv,
+        nxy,
+        dxy=dxy,
+        pz=pz,
+        NA=na,
+        ex_wvl=lex,
+        em_wvl=lem,
+        ni=ni,
+        ni0=ni,
+        ns=ns,
+        pinhole_au=au,
+        model="scalar",
+        oversample_factor=1,
+        normalize=False,
+    )
     return ours / ours.max(), ref / ref.max()
 
 
-@pytest.mark.parametrize("na, lex, lem, ni, ns, pz, au", [
-    (1.1, 0.488, 0.525, 1.33, 1.33, 0.0, 1.0),    # water objective, GFP, 1 AU
-    (1.2, 0.56, 0.60, 1.33, 1.40, 10.0, 2.0),     # denser sample 10 um deep, open pinhole
-])
+@pytest.mark.parametrize(
+    "na, lex, lem, ni, ns, pz, au",
+    [
+        (1.1, 0.488, 0.525, 1.33, 1.33, 0.0, 1.0),  # water objective, GFP, 1 AU
+        (1.2, 0.56, 0.60, 1.33, 1.40, 10.0, 2.0),  # denser sample 10 um deep, open pinhole
+    ],
+)
 def test_confocal_matches_psfmodels(na, lex, lem, ni, ns, pz, au):
     """Measured: max deviation 0.6% of the peak, RMS 3-4e-4; psfmodels' pinhole is a disc of
     ~12-24 pixels radius drawn on its grid, whose staircase edge accounts for most of it."""
@@ -164,8 +206,24 @@ def test_confocal_is_narrower_than_widefield_and_pinhole_matters():
         return float((prof >= 0.5 * prof.max()).sum()) * float(z[1] - z[0])
 
     wide = GibsonLanniPSF(na=1.1, wavelength_um=0.525, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
-    small = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=0.3, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
-    big = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=3.0, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
+    small = ConfocalPSF(
+        na=1.1,
+        wavelength_um=0.525,
+        ex_wavelength_um=0.488,
+        pinhole_au=0.3,
+        n_immersion=1.33,
+        n_immersion_design=1.33,
+        n_sample=1.33,
+    )
+    big = ConfocalPSF(
+        na=1.1,
+        wavelength_um=0.525,
+        ex_wavelength_um=0.488,
+        pinhole_au=3.0,
+        n_immersion=1.33,
+        n_immersion_design=1.33,
+        n_sample=1.33,
+    )
     assert axial_fwhm(small) < axial_fwhm(big) < axial_fwhm(wide)
     grid = FFTGrid((16, 64, 64), (0.2, 0.04, 0.04))
     otf = small.otf(grid, dtype=torch.float64).detach().abs()
@@ -178,7 +236,15 @@ def test_confocal_is_narrower_than_widefield_and_pinhole_matters():
 def test_confocal_round_trips_and_learns():
     from deltamic_core.psf import ConfocalPSF, psf_from_dict
 
-    m = ConfocalPSF(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=1.0, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.36)
+    m = ConfocalPSF(
+        na=1.1,
+        wavelength_um=0.525,
+        ex_wavelength_um=0.488,
+        pinhole_au=1.0,
+        n_immersion=1.33,
+        n_immersion_design=1.33,
+        n_sample=1.36,
+    )
     d = m.as_dict()
     assert d["type"] == "ConfocalPSF" and d["pinhole_au"] == 1.0 and abs(d["ex_wavelength_um"] - 0.488) < 1e-12
     m2 = psf_from_dict(d)
@@ -204,8 +270,11 @@ def test_voxel_integrated_gaussian_matches_erf_box():
     def prof(x, s, b):
         return (erf((x + b / 2) / (np.sqrt(2) * s)) - erf((x - b / 2) / (np.sqrt(2) * s))) / (2 * b)
 
-    ref = prof(coords[0], sig[0], box[0])[:, None, None] * prof(coords[1], sig[1], box[1])[None, :, None] \
+    ref = (
+        prof(coords[0], sig[0], box[0])[:, None, None]
+        * prof(coords[1], sig[1], box[1])[None, :, None]
         * prof(coords[2], sig[2], box[2])[None, None, :]
+    )
     assert np.abs(h - ref).max() < 2e-5 * ref.max()  # measured 6e-6 (float64)
     assert all(e >= s * 3 for e, s in zip(m.extent_um(), sig))
     m2 = psf_from_dict(m.as_dict())

@@ -1,6 +1,7 @@
 """Renderer against independent truth: a real-space blur of densely sampled triangles, analytic
 transforms (cube, ball), exact normalisation identities, a much larger box (no wrap-around),
 and finite differences."""
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,7 @@ def _real_space_blur(verts, faces, weights, sigma, axes, n_sub=4, chunk=8000):
 
     out = np.zeros((len(z), len(y), len(x)))
     for s0 in range(0, len(mass), chunk):
-        p, m = points[s0:s0 + chunk], mass[s0:s0 + chunk]
+        p, m = points[s0 : s0 + chunk], mass[s0 : s0 + chunk]
         gz, gy, gx = g(z, p[:, 0], sigma[0]) * m, g(y, p[:, 1], sigma[1]), g(x, p[:, 2], sigma[2])
         zy = (gz[:, None, :] * gy[None, :, :]).reshape(-1, len(p))
         out += (zy @ gx.T).reshape(out.shape)
@@ -133,8 +134,7 @@ def test_fast_length_is_smallest_smooth_length():
 
 def test_band_is_the_relative_otf_threshold_and_relax_widens_it():
     psf = GaussianPSF((0.7, 0.3, 0.3))
-    r = Renderer((16, 24, 20), (0.5, 0.25, 0.25), psf, band_threshold=1e-2, dtype=torch.float64,
-                 fold_aliases=False)
+    r = Renderer((16, 24, 20), (0.5, 0.25, 0.25), psf, band_threshold=1e-2, dtype=torch.float64, fold_aliases=False)
     otf = psf.otf(r.grid, dtype=torch.float64).detach()
     mask = torch.zeros(r.grid.rfft_shape, dtype=torch.bool)
     mask.view(-1)[r.band.flat_index()] = True
@@ -213,8 +213,14 @@ _SPHERE_SIGMA = (0.7, 0.45, 0.45)
 
 def _sphere_case(dtype, threshold):
     v, f = _sphere(3.0, 2, center=(0.13, -0.21, 0.07))
-    r = Renderer((16, 28, 28), (0.5, 0.3, 0.3), GaussianPSF(_SPHERE_SIGMA), origin_um=(-3.8, -4.0, -4.1),
-                 band_threshold=threshold, dtype=dtype)
+    r = Renderer(
+        (16, 28, 28),
+        (0.5, 0.3, 0.3),
+        GaussianPSF(_SPHERE_SIGMA),
+        origin_um=(-3.8, -4.0, -4.1),
+        band_threshold=threshold,
+        dtype=dtype,
+    )
     img = r.render(v.to(dtype), f).detach().to(torch.float64).numpy()
     ref = _real_space_blur(v.numpy(), f.numpy(), np.ones(len(f)), _SPHERE_SIGMA, _axes(r), n_sub=4)
     return img, ref
@@ -239,8 +245,9 @@ def test_image_centroid_lands_at_the_mesh_centre_in_voxels_anisotropic():
     spacing, origin = (0.5, 0.25, 0.2), (1.0, -2.0, 3.0)
     centre = np.array([5.7, 1.4, 6.1])
     v, f = _sphere(1.0, 0, center=centre)  # an icosahedron: its surface centroid is the centre
-    r = Renderer((20, 28, 32), spacing, GaussianPSF((0.6, 0.3, 0.25)), origin_um=origin,
-                 band_threshold=1e-5, dtype=torch.float64)
+    r = Renderer(
+        (20, 28, 32), spacing, GaussianPSF((0.6, 0.3, 0.25)), origin_um=origin, band_threshold=1e-5, dtype=torch.float64
+    )
     img = r.render(v, f).detach().numpy()
     idx = np.meshgrid(*[np.arange(n) for n in img.shape], indexing="ij")
     got = np.array([(img * i).sum() / img.sum() for i in idx])
@@ -253,8 +260,7 @@ def test_mesh_near_the_edge_does_not_wrap_around():
     # the sphere sticks out of the small image on the low z and the high y side
     v, f = _sphere(1.0, 0, center=(0.2, 3.9, 1.9))
     small = Renderer((10, 16, 16), spacing, psf, band_threshold=1e-6, dtype=torch.float64, margin_um=1.0)
-    big = Renderer((24, 40, 32), spacing, psf, origin_um=(-3.0, -2.0, -2.0), band_threshold=1e-6,
-                   dtype=torch.float64)
+    big = Renderer((24, 40, 32), spacing, psf, origin_um=(-3.0, -2.0, -2.0), band_threshold=1e-6, dtype=torch.float64)
     a = small.render(v, f).detach()
     b = big.render(v, f).detach()[6:16, 8:24, 8:24]
     assert float(a.max()) > 0.2 * float(b.max())  # the test sees real signal near the edge
@@ -267,8 +273,14 @@ def test_integral_of_image_is_area_times_gain_and_volume_times_density():
     # at Nyquist or at the band edge, leaves ripples over the whole padded box that move part
     # of the integral out of the crop (~1e-6 relative with threshold 1e-3 or an OTF of 1e-3
     # at Nyquist). The padded image integrates to the area exactly whatever the band.
-    r = Renderer((24, 36, 36), (0.5, 0.25, 0.25), GaussianPSF((0.9, 0.5, 0.5)), origin_um=(-5.75, -4.4, -4.4),
-                 band_threshold=1e-8, dtype=torch.float64)
+    r = Renderer(
+        (24, 36, 36),
+        (0.5, 0.25, 0.25),
+        GaussianPSF((0.9, 0.5, 0.5)),
+        origin_um=(-5.75, -4.4, -4.4),
+        band_threshold=1e-8,
+        dtype=torch.float64,
+    )
     vv = math.prod(r.spacing_um)
     img = r.render(v, f, gain=2.5).detach()
     assert float(img.sum()) * vv == pytest.approx(2.5 * _area(v, f), rel=1e-7)
@@ -279,8 +291,13 @@ def test_integral_of_image_is_area_times_gain_and_volume_times_density():
 
 def test_render_is_linear_in_weights_and_affine_in_gain_background():
     v, f = _sphere(1.0, 0)
-    r = Renderer((10, 12, 12), (0.5, 0.3, 0.3), GaussianPSF((0.6, 0.4, 0.4)), origin_um=(-2.25, -1.65, -1.65),
-                 dtype=torch.float64)
+    r = Renderer(
+        (10, 12, 12),
+        (0.5, 0.3, 0.3),
+        GaussianPSF((0.6, 0.4, 0.4)),
+        origin_um=(-2.25, -1.65, -1.65),
+        dtype=torch.float64,
+    )
     g = torch.Generator().manual_seed(0)
     w1, w2 = torch.rand(len(f), generator=g, dtype=torch.float64), torch.rand(len(f), generator=g, dtype=torch.float64)
     i1, i2 = r.render(v, f, w1), r.render(v, f, w2)
@@ -303,8 +320,9 @@ def test_gradients_match_finite_differences():
     g = torch.Generator().manual_seed(1)
     v0 = v0 + 0.05 * torch.randn(v0.shape, generator=g, dtype=torch.float64)  # break symmetry
     psf = GaussianPSF((0.6, 0.4, 0.2))  # undersampled along x: exercises the alias folding too
-    r = Renderer((10, 12, 12), (0.5, 0.3, 0.3), psf, origin_um=(-2.25, -1.65, -1.65), band_threshold=1e-4,
-                 dtype=torch.float64)
+    r = Renderer(
+        (10, 12, 12), (0.5, 0.3, 0.3), psf, origin_um=(-2.25, -1.65, -1.65), band_threshold=1e-4, dtype=torch.float64
+    )
     assert r.oversampling[2] > 1 and len(r._fold.mirror_sel) > 0
     target = torch.rand(r.shape, generator=g, dtype=torch.float64)
     weights0 = 1.0 + torch.rand(len(f), generator=g, dtype=torch.float64)
@@ -379,8 +397,14 @@ def _box_transform(freqs, lo, hi):
 def test_volume_spectrum_of_a_box_is_the_product_of_sincs():
     lo, hi = (-0.9, -0.6, -0.5), (1.1, 0.7, 0.4)
     v, f = _cube(lo, hi)
-    r = Renderer((12, 16, 16), (0.5, 0.25, 0.25), GaussianPSF((0.6, 0.3, 0.3)), origin_um=(-2.7, -1.9, -1.9),
-                 band_threshold=1e-3, dtype=torch.float64)
+    r = Renderer(
+        (12, 16, 16),
+        (0.5, 0.25, 0.25),
+        GaussianPSF((0.6, 0.3, 0.3)),
+        origin_um=(-2.7, -1.9, -1.9),
+        band_threshold=1e-3,
+        dtype=torch.float64,
+    )
     spec = r.spectrum(v, f, torch.zeros(len(f), dtype=torch.float64), volume_weight=1.0).detach().numpy()
     k = r.band.freqs().numpy()
     # spectrum() is relative to the padded box origin
@@ -392,8 +416,14 @@ def test_volume_spectrum_of_a_box_is_the_product_of_sincs():
 def test_volume_spectrum_of_an_icosphere_approaches_the_ball():
     R = 1.0
     v, f = _sphere(R, 2, center=(0.3, -0.2, 0.1))
-    r = Renderer((8, 10, 10), (0.5, 0.4, 0.4), GaussianPSF((0.6, 0.5, 0.5)), origin_um=(-1.45, -1.9, -1.7),
-                 band_threshold=1e-2, dtype=torch.float64)
+    r = Renderer(
+        (8, 10, 10),
+        (0.5, 0.4, 0.4),
+        GaussianPSF((0.6, 0.5, 0.5)),
+        origin_um=(-1.45, -1.9, -1.7),
+        band_threshold=1e-2,
+        dtype=torch.float64,
+    )
     spec = r.spectrum(v, f, torch.zeros(len(f), dtype=torch.float64), volume_weight=1.0).detach().numpy()
     k = r.band.freqs().numpy()
     vol = float(trimesh.Trimesh(v.numpy(), f.numpy()).volume)
@@ -471,8 +501,14 @@ def test_update_band_follows_a_changed_psf():
     with torch.no_grad():
         psf.log_diag -= math.log(2.0)  # half the width: twice the bandwidth per axis
     r.update_band()
-    fresh = Renderer((12, 16, 16), (0.5, 0.25, 0.25), psf, band_threshold=1e-3, dtype=torch.float64,
-                     margin_um=[4 * 0.6 - 4 * 0.3, 4 * 0.3 - 4 * 0.15, 4 * 0.3 - 4 * 0.15])
+    fresh = Renderer(
+        (12, 16, 16),
+        (0.5, 0.25, 0.25),
+        psf,
+        band_threshold=1e-3,
+        dtype=torch.float64,
+        margin_um=[4 * 0.6 - 4 * 0.3, 4 * 0.3 - 4 * 0.15, 4 * 0.3 - 4 * 0.15],
+    )
     assert fresh.grid.shape == r.grid.shape  # same padded box, so the bands are comparable
     assert r.oversampling == fresh.oversampling and r.oversampling != (1, 1, 1)
     assert torch.equal(r.band.index, fresh.band.index)
@@ -491,8 +527,9 @@ def test_render_mesh_example_writes_tiff_and_png(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     # a very coarse, cheap configuration: the point is the plumbing, not the picture
-    module.main(["--out", str(tmp_path), "--spacing", "3", "3", "3", "--sigma", "2.5", "2.5", "2.5",
-                 "--threshold", "1e-2"])
+    module.main(
+        ["--out", str(tmp_path), "--spacing", "3", "3", "3", "--sigma", "2.5", "2.5", "2.5", "--threshold", "1e-2"]
+    )
     out = capsys.readouterr().out
     assert "band" in out and "render:" in out
     img = tifffile.imread(tmp_path / "embryo_render.tif")

@@ -1,5 +1,6 @@
 """The renderer's real-space route (quadrature points splatted with the PSF) against the exact
 Fourier route (float64), finite differences, and the route choice."""
+
 from __future__ import annotations
 
 import math
@@ -39,20 +40,39 @@ def _rel_max(a, b):
 # ---------------------------------------------------------------------------------------
 # image: real route == Fourier route, to the quadrature tolerance
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sigma,spacing", [
-    ((0.7, 0.45, 0.45), (0.5, 0.3, 0.3)),     # well sampled by the grid
-    ((0.45, 0.12, 0.12), (0.5, 0.25, 0.25)),  # undersampled laterally (Fourier route folds aliases)
-])
+@pytest.mark.parametrize(
+    "sigma,spacing",
+    [
+        ((0.7, 0.45, 0.45), (0.5, 0.3, 0.3)),  # well sampled by the grid
+        ((0.45, 0.12, 0.12), (0.5, 0.25, 0.25)),  # undersampled laterally (Fourier route folds aliases)
+    ],
+)
 def test_real_route_matches_the_exact_fourier_route_and_converges_with_the_tolerance(sigma, spacing):
     v, f = _sphere(1.6, 1, center=(0.13, -0.21, 0.07))  # 80 faces of ~1.1 um: the rule matters
     w = torch.linspace(1.0, 2.0, len(f), dtype=torch.float64)
     shape, origin = (12, 18, 18), (-2.7, -2.3, -2.2)
-    ref = Renderer(shape, spacing, GaussianPSF(sigma), origin_um=origin, band_threshold=1e-10, dtype=torch.float64,
-                   route="fourier", backend=_EXACT).render(v, f, w)
+    ref = Renderer(
+        shape,
+        spacing,
+        GaussianPSF(sigma),
+        origin_um=origin,
+        band_threshold=1e-10,
+        dtype=torch.float64,
+        route="fourier",
+        backend=_EXACT,
+    ).render(v, f, w)
     errs = []
     for tol in (1e-2, 1e-4, 1e-7):
-        real = Renderer(shape, spacing, GaussianPSF(sigma), origin_um=origin, band_threshold=1e-10,
-                        dtype=torch.float64, route="real", real_tol=tol)
+        real = Renderer(
+            shape,
+            spacing,
+            GaussianPSF(sigma),
+            origin_um=origin,
+            band_threshold=1e-10,
+            dtype=torch.float64,
+            route="real",
+            real_tol=tol,
+        )
         assert real.route == "real"
         err = _rel_max(real.render(v, f, w), ref)
         # exact to the quadrature: measured 0.4-2.5% of tol (relative to the image maximum)
@@ -66,8 +86,16 @@ def test_default_tolerance_float32_real_route_is_within_the_band_threshold_level
     psf = GaussianPSF((0.35, 0.1, 0.1))  # confocal-like, voxels 0.5 / 0.25 um
     real = Renderer((12, 18, 18), (0.5, 0.25, 0.25), psf, origin_um=(-2.7, -2.2, -2.2), dtype=torch.float32)
     assert real.route == "real"  # "auto" takes it: the grid undersamples this PSF
-    ref = Renderer((12, 18, 18), (0.5, 0.25, 0.25), psf, origin_um=(-2.7, -2.2, -2.2), dtype=torch.float64,
-                   band_threshold=1e-9, route="fourier", backend=_EXACT).render(v, f)
+    ref = Renderer(
+        (12, 18, 18),
+        (0.5, 0.25, 0.25),
+        psf,
+        origin_um=(-2.7, -2.2, -2.2),
+        dtype=torch.float64,
+        band_threshold=1e-9,
+        route="fourier",
+        backend=_EXACT,
+    ).render(v, f)
     err = _rel_max(real.render(v.float(), f), ref)
     assert err < 2e-3, err
 
@@ -131,21 +159,31 @@ def test_real_route_vertex_and_weight_gradients_match_finite_differences(kind, f
         Z, Y, X = np.meshgrid(*ax, indexing="ij")
         psf = MeasuredPSF(np.exp(-0.5 * ((Z / 0.4) ** 2 + (Y / 0.15) ** 2 + (X / 0.15) ** 2)), (0.1, 0.04, 0.04))
     v, f = _sphere(1.2, 1, center=(0.1, -0.05, 0.08))
-    r = Renderer((10, 14, 14), (0.5, 0.25, 0.25), psf, origin_um=(-2.2, -1.7, -1.6), route="real",
-                 real_tol=1e-4, dtype=torch.float64)
+    r = Renderer(
+        (10, 14, 14),
+        (0.5, 0.25, 0.25),
+        psf,
+        origin_um=(-2.2, -1.7, -1.6),
+        route="real",
+        real_tol=1e-4,
+        dtype=torch.float64,
+    )
     target = torch.rand(r.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     w0 = torch.linspace(0.5, 1.5, len(f), dtype=torch.float64)
     # the table kernel is trilinear between lattice nodes: a probe may cross a kink
-    _fd_check(lambda x: ((r.render(x, f, w0) - target) ** 2).sum(), v, eps=1e-7 if kind == "measured" else 1e-6,
-              rtol=1e-4 if kind == "measured" else 1e-5)
+    _fd_check(
+        lambda x: ((r.render(x, f, w0) - target) ** 2).sum(),
+        v,
+        eps=1e-7 if kind == "measured" else 1e-6,
+        rtol=1e-4 if kind == "measured" else 1e-5,
+    )
     _fd_check(lambda w: ((r.render(v, f, w) - target) ** 2).sum(), w0)
 
 
 def test_learnt_gaussian_sigma_gets_its_gradient_on_the_real_route(frozen_rules):
     psf = GaussianPSF((0.45, 0.12, 0.12))
     v, f = _sphere(1.2, 1, center=(0.1, -0.05, 0.08))
-    r = Renderer((10, 14, 14), (0.5, 0.25, 0.25), psf, origin_um=(-2.2, -1.7, -1.6), real_tol=1e-5,
-                 dtype=torch.float64)
+    r = Renderer((10, 14, 14), (0.5, 0.25, 0.25), psf, origin_um=(-2.2, -1.7, -1.6), real_tol=1e-5, dtype=torch.float64)
     assert r.route == "real"
     target = torch.rand(r.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
@@ -202,6 +240,14 @@ def test_update_band_on_the_real_route_follows_a_changed_sigma():
     with torch.no_grad():
         psf.log_diag += math.log(1.3)
     r.update_band()
-    fresh = Renderer((10, 14, 14), (0.5, 0.25, 0.25), psf, origin_um=(-2.2, -1.7, -1.6), dtype=torch.float64,
-                     route="fourier", backend=_EXACT, band_threshold=1e-8)
+    fresh = Renderer(
+        (10, 14, 14),
+        (0.5, 0.25, 0.25),
+        psf,
+        origin_um=(-2.2, -1.7, -1.6),
+        dtype=torch.float64,
+        route="fourier",
+        backend=_EXACT,
+        band_threshold=1e-8,
+    )
     assert _rel_max(r.render(v, f), fresh.render(v, f)) < 2e-3

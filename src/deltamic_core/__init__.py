@@ -3,6 +3,7 @@
 No napari or Qt imports live here. Public names are resolved lazily so that ``import
 deltamic_core`` stays cheap (the napari plugin imports it at start-up).
 """
+
 from __future__ import annotations
 
 import importlib

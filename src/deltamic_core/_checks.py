@@ -3,6 +3,7 @@
 Every public entry point checks its arguments here so that bad input produces one clear
 ``ValueError``/``TypeError`` naming the argument, instead of a traceback from deep inside torch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -156,8 +157,10 @@ def check_device(device, name: str = "device") -> torch.device:
         raise ValueError(f"{name} must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{name}={str(device)!r} requested but torch sees no CUDA device "
-                             "(this torch build or machine has none): use device='cpu'")
+            raise ValueError(
+                f"{name}={str(device)!r} requested but torch sees no CUDA device "
+                "(this torch build or machine has none): use device='cpu'"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{name}={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type != "cpu":

@@ -9,6 +9,7 @@ source text, so running this again is instant unless something changed. ``--forc
 status 1 when the kernel cannot be built (``make setup`` uses it; the package itself works
 without the kernel).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ def main(argv=None) -> int:
 
     plan = _build.plan()
     try:
-        mod = _build.build(force=args.force, verbose=args.verbose,
-                           notify=lambda m: print(m, file=sys.stderr, flush=True))
+        mod = _build.build(
+            force=args.force, verbose=args.verbose, notify=lambda m: print(m, file=sys.stderr, flush=True)
+        )
     except _build.KernelUnavailable as e:
         print(f"deltaMic: the fast kernel cannot be built here: {e.reason}", file=sys.stderr)
         if e.log:

@@ -6,6 +6,7 @@ A :class:`FFTGrid` is a box of voxels in physical space: ``shape`` voxels (z, y,
 half spectrum of an image on this grid has shape ``rfft_shape`` and the frequency of entry
 (i, j, l) is (fz[i], fy[j], fx[l]).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,7 @@ class FFTGrid:
         offsets wrapped to the end): s * fftfreq(n) * n. Useful to sample a PSF in real space
         so that ``torch.fft.rfftn`` of it is the OTF without phase ramps."""
         return tuple(
-            s * torch.fft.fftfreq(n, dtype=dtype, device=device) * n
-            for s, n in zip(self.spacing_um, self.shape)
+            s * torch.fft.fftfreq(n, dtype=dtype, device=device) * n for s, n in zip(self.spacing_um, self.shape)
         )
 
 

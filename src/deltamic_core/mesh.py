@@ -9,6 +9,7 @@ are (0, cell) with normals pointing into the cell). 0 is the outside. So the fac
 oriented outwards (normal leaving c) are those with l1 == c; faces with l2 == c must be flipped.
 A plain mesh (labels None) is one closed surface with outward normals (positive signed volume).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

@@ -5,6 +5,7 @@ World coordinates in napari are micrometres: an Image layer carries ``scale`` = 
 further transform. Per-face cell labels travel in the Surface layer's ``metadata["labels"]``;
 the vertex values are cell ids so that each cell gets its own colour.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ its own values; the layer's features table has one row per vertex (interface, cu
 tension). Building the data needs no viewer; the widget adds the tuple with
 ``viewer._add_layer_from_data(*tup)`` or ``viewer.add_surface(data, **kwargs)``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ from deltamic_core.mesh import Mesh
 COLOR_BY = ("mean_curvature", "gaussian_curvature", "tension")
 
 
-def mechanics_layer_data(mesh: Mesh, result: MechanicsResult | None = None, *, color_by: str = "mean_curvature",
-                         name: str = "mechanics") -> tuple:
+def mechanics_layer_data(
+    mesh: Mesh, result: MechanicsResult | None = None, *, color_by: str = "mean_curvature", name: str = "mechanics"
+) -> tuple:
     """A napari ``LayerDataTuple`` (data, kwargs, "surface") coloured by ``color_by``.
 
     Curvatures use a diverging colour map with limits symmetric about 0 (the 2nd-98th
@@ -46,7 +48,11 @@ def mechanics_layer_data(mesh: Mesh, result: MechanicsResult | None = None, *, c
         "gaussian_curvature_per_um2": s["gaussian_curvature"],
         "tension": s["tension"],
     }
-    kwargs = {"name": name, "colormap": colormap, "contrast_limits": (lo, hi), "features": features,
-              "metadata": {"mechanics_color_by": color_by, "force_residual_rms": result.residual_rms}}
-    return ((s["verts"].astype(np.float32), s["faces"].astype(np.int64), values.astype(np.float32)),
-            kwargs, "surface")
+    kwargs = {
+        "name": name,
+        "colormap": colormap,
+        "contrast_limits": (lo, hi),
+        "features": features,
+        "metadata": {"mechanics_color_by": color_by, "force_residual_rms": result.residual_rms},
+    }
+    return ((s["verts"].astype(np.float32), s["faces"].astype(np.int64), values.astype(np.float32)), kwargs, "surface")

@@ -1,4 +1,5 @@
 """Small Qt building blocks for the dock widget: a layer picker and a live loss plot."""
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,16 @@ class LayerCombo(QComboBox):
         self.setCurrentIndex(idx)
 
 
-def spin(value: float, lo: float, hi: float, *, decimals: int = 3, step: float | None = None,
-         suffix: str = "", tooltip: str = "") -> QDoubleSpinBox:
+def spin(
+    value: float,
+    lo: float,
+    hi: float,
+    *,
+    decimals: int = 3,
+    step: float | None = None,
+    suffix: str = "",
+    tooltip: str = "",
+) -> QDoubleSpinBox:
     """A QDoubleSpinBox with its range, precision and unit suffix set."""
     box = QDoubleSpinBox()
     box.setDecimals(decimals)

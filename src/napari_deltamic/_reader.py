@@ -3,6 +3,7 @@
 All parsing is done by ``deltamic_core.io``; this module only turns the results into layer data
 tuples.
 """
+
 from __future__ import annotations
 
 import os
@@ -137,10 +138,15 @@ def _image_tuple(path, data, meta) -> tuple:
         "scale": scale,
         "axis_labels": axis_labels,
         "units": units_for(data.ndim),
-        "metadata": {SPACING_KEY: spacing, "spacing_source": meta.spacing_source,
-                     # per axis (z, y, x): 'metadata', 'override' or 'default' (assumed, warned)
-                     "spacing_sources": tuple(meta.spacing_sources), "unit": meta.unit,
-                     "axes": meta.axes, "source": os.fspath(path)},
+        "metadata": {
+            SPACING_KEY: spacing,
+            "spacing_source": meta.spacing_source,
+            # per axis (z, y, x): 'metadata', 'override' or 'default' (assumed, warned)
+            "spacing_sources": tuple(meta.spacing_sources),
+            "unit": meta.unit,
+            "axes": meta.axes,
+            "source": os.fspath(path),
+        },
         "contrast_limits": (lo, hi if hi > lo else lo + 1.0),
         "blending": "additive",
     }

@@ -5,6 +5,7 @@ twice as bright as outer ones) blurred by an anisotropic Gaussian PSF, sampled o
 grid, with Poisson noise from a fixed seed. Rendering takes a few seconds, so the result is
 cached on disk (``$NAPARI_DELTAMIC_CACHE`` or the user cache dir), keyed by every parameter.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -125,9 +126,16 @@ def _render_embryo(mesh, shape, spacing, params) -> np.ndarray:
     from deltamic_core.pipeline import render_mesh_image
     from deltamic_core.psf import GaussianPSF
 
-    return render_mesh_image(mesh, shape, spacing, GaussianPSF(sigma_um=tuple(params["sigma_um"])), noise="poisson",
-                             photons=params["peak_photons"], background=params["background_photons"],
-                             seed=params["seed"])
+    return render_mesh_image(
+        mesh,
+        shape,
+        spacing,
+        GaussianPSF(sigma_um=tuple(params["sigma_um"])),
+        noise="poisson",
+        photons=params["peak_photons"],
+        background=params["background_photons"],
+        seed=params["seed"],
+    )
 
 
 def make_sample_data() -> list[tuple]:

@@ -1,4 +1,5 @@
 """napari writer: a Surface layer -> .obj / .ply / .rec (atomic, through deltamic_core.io)."""
+
 from __future__ import annotations
 
 import os

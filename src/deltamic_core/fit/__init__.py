@@ -4,6 +4,7 @@ Public names: :class:`FitConfig`, :class:`Fitter`, :class:`StepResult`, :class:`
 the parts (losses, photometric solve, large-steps preconditioner, vertex Adam) are exported
 for reuse and testing.
 """
+
 from __future__ import annotations
 
 from .config import FitConfig

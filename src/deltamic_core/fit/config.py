@@ -1,4 +1,5 @@
 """All the knobs of a fit in one validated dataclass."""
+
 from __future__ import annotations
 
 import math
@@ -197,7 +198,9 @@ class FitConfig:
         except TypeError:
             raise TypeError(f"FitConfig.levels must be a sequence of positive integers, got {self.levels!r}") from None
         if not lv or lv[-1] != 1:
-            raise ValueError(f"FitConfig.levels must be non-empty and end with 1 (full resolution), got {self.levels!r}")
+            raise ValueError(
+                f"FitConfig.levels must be non-empty and end with 1 (full resolution), got {self.levels!r}"
+            )
         if any(a < b for a, b in zip(lv, lv[1:])):
             raise ValueError(f"FitConfig.levels must be non-increasing (coarse to fine), got {self.levels!r}")
         self.levels = lv
@@ -212,8 +215,10 @@ class FitConfig:
             self.iterations = _int("iterations", it, 0)
         total = sum(self.iterations) if isinstance(self.iterations, tuple) else self.iterations * len(lv)
         if total < 1:
-            raise ValueError(f"FitConfig.iterations adds up to 0 over the levels {lv}: nothing would be fitted "
-                             "(give at least one iteration)")
+            raise ValueError(
+                f"FitConfig.iterations adds up to 0 over the levels {lv}: nothing would be fitted "
+                "(give at least one iteration)"
+            )
         self.lr = _pos("lr", self.lr)
         self.lr_final_factor = _pos("lr_final_factor", self.lr_final_factor)
         if self.lr_final_factor > 1:
@@ -243,7 +248,9 @@ class FitConfig:
             raise ValueError(f"FitConfig.weight_floor must be in [0, 1], got {self.weight_floor}")
         pc = tuple(float(x) for x in self.percentiles)
         if len(pc) != 2 or not 0 <= pc[0] < pc[1] <= 100:
-            raise ValueError(f"FitConfig.percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles!r}")
+            raise ValueError(
+                f"FitConfig.percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles!r}"
+            )
         self.percentiles = pc
         self.poisson_floor = _pos("poisson_floor", self.poisson_floor)
         if self.photometric not in PHOTOMETRIC:

@@ -16,6 +16,7 @@ state machine driven one step at a time (a GUI worker thread or a CLI loop calls
   every optimiser state restored) and the step size halved; after ``max_failures``
   consecutive failures the fit raises. A NaN mesh is never returned.
 """
+
 from __future__ import annotations
 
 import copy
@@ -161,8 +162,16 @@ class Fitter:
         from the labels (custom weights cannot follow a change of topology).
     """
 
-    def __init__(self, image, spacing_um, init_mesh: Mesh, psf, config: FitConfig | None = None,
-                 origin_um=(0.0, 0.0, 0.0), face_weights=None):
+    def __init__(
+        self,
+        image,
+        spacing_um,
+        init_mesh: Mesh,
+        psf,
+        config: FitConfig | None = None,
+        origin_um=(0.0, 0.0, 0.0),
+        face_weights=None,
+    ):
         if config is None:
             config = FitConfig()
         if not isinstance(config, FitConfig):
@@ -183,8 +192,10 @@ class Fitter:
         if not np.all(np.isfinite(img)):
             raise ValueError("image contains NaN or Inf")
         if config.loss == "poisson" and img.min() < 0:
-            raise ValueError("image has negative values: the Poisson loss needs counts (>= 0); use loss='mse' "
-                             "or remove the camera offset")
+            raise ValueError(
+                "image has negative values: the Poisson loss needs counts (>= 0); use loss='mse' "
+                "or remove the camera offset"
+            )
         self.config = config
         self.spacing_um = check_spacing(spacing_um, "spacing_um")
         self.origin_um = check_vector3(origin_um, "origin_um")
@@ -335,16 +346,20 @@ class Fitter:
         self._mesh = mesh
         self._faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=self.device)
         self._weights = self._face_weights(mesh)
-        self._volume_weights = (0.0 if cfg.volume_weight == 0 else torch.as_tensor(
-            cfg.volume_weight * volume_face_weights(mesh), dtype=self.dtype, device=self.device))
+        self._volume_weights = (
+            0.0
+            if cfg.volume_weight == 0
+            else torch.as_tensor(cfg.volume_weight * volume_face_weights(mesh), dtype=self.dtype, device=self.device)
+        )
         x0 = torch.as_tensor(mesh.verts, dtype=torch.float64, device=self.device)
         t0 = time.perf_counter()
         self._precond = LaplacianPreconditioner(mesh.verts, mesh.faces, cfg.lambda_smooth, cfg.p, cfg.laplacian)
         self._timings["solve"] += time.perf_counter() - t0
         self._u = self._precond.to_differential(x0)
         self._x = self._precond.solve(self._u)
-        self._opt = VertexAdam(tuple(self._u.shape), lr=1.0, kind=cfg.optimizer, betas=cfg.betas,
-                               dtype=torch.float64, device=self.device)
+        self._opt = VertexAdam(
+            tuple(self._u.shape), lr=1.0, kind=cfg.optimizer, betas=cfg.betas, dtype=torch.float64, device=self.device
+        )
 
     def _build_level(self, index: int) -> _Level:
         from ..render import Renderer
@@ -371,16 +386,25 @@ class Fitter:
             scale = 1.0 / f**3
             offset = 0.0
             obs_l = (obs * f**3).to(self.dtype)
-        weight = intensity_weight(obs_l, cfg.alpha, floor=cfg.weight_floor,
-                                  low_pct=cfg.percentiles[0], high_pct=cfg.percentiles[1])
+        weight = intensity_weight(
+            obs_l, cfg.alpha, floor=cfg.weight_floor, low_pct=cfg.percentiles[0], high_pct=cfg.percentiles[1]
+        )
         # Coarse levels are a cheap approximation (the block average is itself a low-pass
         # filter): they drop the PSF's frequencies beyond their Nyquist limit instead of folding
         # them, which would oversample the band and cost as much as the full resolution.
         level_psf = self.psf if f == 1 else BlockAveragedPSF(self.psf, f, self.spacing_um, blur_um)
-        renderer = Renderer(tuple(obs_l.shape), spacing, level_psf, origin_um=origin,
-                            band_threshold=cfg.band_threshold, backend=cfg.backend, dtype=self.dtype,
-                            device=self.device, max_memory_bytes=cfg.max_memory_bytes,
-                            fold_aliases=cfg.fold_aliases and f == 1)
+        renderer = Renderer(
+            tuple(obs_l.shape),
+            spacing,
+            level_psf,
+            origin_um=origin,
+            band_threshold=cfg.band_threshold,
+            backend=cfg.backend,
+            dtype=self.dtype,
+            device=self.device,
+            max_memory_bytes=cfg.max_memory_bytes,
+            fold_aliases=cfg.fold_aliases and f == 1,
+        )
         self._backend = renderer.backend_name
         mesh = self.current_mesh() if self._level is not None else self._mesh
         rebuilt = False
@@ -399,8 +423,19 @@ class Fitter:
         self._lr_scale = 1.0
         self._consecutive_failures = 0
         self._photo = self._photo_opt = None
-        return _Level(index, f, tuple(obs_l.shape), spacing, origin, obs_l, weight, scale, offset, renderer,
-                      cfg.iterations_for_level(index))
+        return _Level(
+            index,
+            f,
+            tuple(obs_l.shape),
+            spacing,
+            origin,
+            obs_l,
+            weight,
+            scale,
+            offset,
+            renderer,
+            cfg.iterations_for_level(index),
+        )
 
     def _advance_level_if_needed(self) -> bool:
         """Enter the next level when the current one is finished; False when all are done."""
@@ -446,8 +481,13 @@ class Fitter:
         return cfg.lr * start * self._lr_scale * min(self._level.spacing_um) * decay
 
     def _snapshot(self) -> dict:
-        snap = {"u": self._u.clone(), "x": self._x.clone(), "opt": self._opt.state(),
-                "gain": self._gain, "background": self._background}
+        snap = {
+            "u": self._u.clone(),
+            "x": self._x.clone(),
+            "opt": self._opt.state(),
+            "gain": self._gain,
+            "background": self._background,
+        }
         if self._psf_opt is not None:
             snap["psf"] = copy.deepcopy(self.psf.state_dict())
             snap["psf_opt"] = copy.deepcopy(self._psf_opt.state_dict())
@@ -480,8 +520,9 @@ class Fitter:
             g, b = solve_photometric(rendered, lvl.observed, lvl.weight)
             if cfg.photometric == "learn":
                 # initialise the learnt gain/background at their least-squares optimum
-                self._photo = torch.tensor([math.log(g), b], dtype=torch.float64, device=self.device,
-                                           requires_grad=True)
+                self._photo = torch.tensor(
+                    [math.log(g), b], dtype=torch.float64, device=self.device, requires_grad=True
+                )
                 self._photo_opt = torch.optim.Adam([self._photo], lr=cfg.photometric_lr)
         if cfg.photometric == "learn":
             g_t = torch.exp(self._photo[0]).to(self.dtype)
@@ -497,8 +538,9 @@ class Fitter:
         return poisson_nll(model, lvl.observed, lvl.weight, floor=cfg.poisson_floor)
 
     def _render(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._level.renderer.render(x.to(self.dtype), self._faces, self._weights,
-                                          volume_weight=self._volume_weights)
+        out = self._level.renderer.render(
+            x.to(self.dtype), self._faces, self._weights, volume_weight=self._volume_weights
+        )
         # with backend "auto" the renderer picks per call (it depends on the face count)
         self._backend = self._level.renderer.backend_name
         return out
@@ -588,7 +630,8 @@ class Fitter:
                     raise FitDivergedError(
                         f"fit diverged: {self._consecutive_failures} consecutive steps produced non-finite values "
                         f"(last: {exc}); the step size is now {self._lr_scale:g} x lr. Lower FitConfig.lr or raise "
-                        "FitConfig.lambda_smooth") from None
+                        "FitConfig.lambda_smooth"
+                    ) from None
                 return self._result_for(float("nan"), lr, rolled_back=True)
             self._consecutive_failures = 0
             self._level_iter += 1
@@ -598,8 +641,11 @@ class Fitter:
             if self._psf_opt is not None and self._level_iter % cfg.band_update_every == 0:
                 self._level.renderer.update_band()
             remeshed = False
-            if cfg.remesh_every and self._level_iter % cfg.remesh_every == 0 \
-                    and self._level_iter < self._level.n_iterations:
+            if (
+                cfg.remesh_every
+                and self._level_iter % cfg.remesh_every == 0
+                and self._level_iter < self._level.n_iterations
+            ):
                 mesh = self._remesh(self.current_mesh(), cfg.target_edge_um * self._level.factor)
                 self._set_topology(mesh)
                 remeshed = True

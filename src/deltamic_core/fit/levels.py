@@ -14,6 +14,7 @@ the data term reaches a membrane several micrometres away from the current surfa
 few hundred nanometres only "sees" membranes within about one PSF width; seeds are often
 further off than that).
 """
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,9 @@ class BlockAveragedPSF(nn.Module):
         return base * box.to(base.real.dtype)
 
     def extent_um(self) -> tuple[float, float, float]:
-        return tuple(e + 0.5 * self.factor * s + 4.0 * self.blur_um
-                     for e, s in zip(self.inner.extent_um(), self.fine_spacing_um))
+        return tuple(
+            e + 0.5 * self.factor * s + 4.0 * self.blur_um for e, s in zip(self.inner.extent_um(), self.fine_spacing_um)
+        )
 
     def as_dict(self) -> dict:
         return self.inner.as_dict()

@@ -6,6 +6,7 @@ weighted least-squares optimum is available in closed form, so they are eliminat
 (variable projection) instead of being learnt by gradient descent or, worse, guessed by min-max
 normalisation (which couples the fit to the two most extreme voxels of the image).
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ The optimiser is deliberately tiny and explicit (not a ``torch.optim.Optimizer``
 needs to snapshot and restore its full state when a step is rolled back, and to rebuild it
 when the topology changes.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,16 @@ class VertexAdam:
     dtype, device : of the state tensors
     """
 
-    def __init__(self, shape, lr: float, kind: str = "uniform", betas=(0.9, 0.999), eps: float = 1e-8,
-                 dtype=torch.float64, device="cpu"):
+    def __init__(
+        self,
+        shape,
+        lr: float,
+        kind: str = "uniform",
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        dtype=torch.float64,
+        device="cpu",
+    ):
         if kind not in ADAM_KINDS:
             raise ValueError(f"kind must be one of {ADAM_KINDS}, got {kind!r}")
         if not (math.isfinite(lr) and lr > 0):

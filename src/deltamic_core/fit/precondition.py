@@ -12,6 +12,7 @@ symmetric positive definite, so it is factorised once per topology by sparse Cho
 Reference for the method (facts, not code): Nicolet, Jacobson and Jakob, "Large Steps in
 Inverse Rendering of Geometry", ACM TOG 40(6), 2021.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,8 +62,10 @@ def mesh_laplacian(verts: np.ndarray, faces: np.ndarray, kind: str = "uniform") 
         cols = np.concatenate([e[:, 1], e[:, 0]])
         deg = np.bincount(rows, minlength=n).astype(np.float64)
         idx = np.arange(n)
-        return sp.csr_matrix((np.concatenate([-np.ones(len(rows)), deg]),
-                              (np.concatenate([rows, idx]), np.concatenate([cols, idx]))), shape=(n, n))
+        return sp.csr_matrix(
+            (np.concatenate([-np.ones(len(rows)), deg]), (np.concatenate([rows, idx]), np.concatenate([cols, idx]))),
+            shape=(n, n),
+        )
     if kind == "cotangent":
         import gpytoolbox
 

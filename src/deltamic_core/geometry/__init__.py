@@ -14,6 +14,7 @@ labelled (l1, l2) with the normal pointing from l1 into l2; a plain mesh is one 
 - :mod:`.mechanics`: ``mechanics`` (per-vertex mean/Gaussian curvature per interface, contact
   angles on triple lines, Young-Dupre tensions, Laplace pressures).
 """
+
 from .measure import Measurements, contact_matrix, contacts, measure
 from .mechanics import MechanicsResult, mechanics
 from .ops import (

@@ -16,6 +16,7 @@ once, which keeps every patch that shares a junction consistent:
 After the patches are remeshed, :func:`relieve_junction_fans` flips edges at junction vertices
 whose fans the remesher left crowded with thin triangles.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,7 +121,7 @@ class _Collapser:
 
     def faces_of(self, v: int) -> set:
         if v not in self._vert_faces:
-            rows = self._indices[self._indptr[v]:self._indptr[v + 1]]
+            rows = self._indices[self._indptr[v] : self._indptr[v + 1]]
             self._vert_faces[v] = {int(fi) for fi in rows if self.alive[fi]}
         return self._vert_faces[v]
 
@@ -174,7 +175,7 @@ def _collapse_short(verts, faces, labels, patch, h_min, h_max):
         return verts, faces, labels, patch
     corner = np.bincount(junction.reshape(-1), minlength=len(verts)) != 2
     state = _Collapser(verts, faces)
-    for (u, v) in short[np.argsort(length[length < h_min])].tolist():
+    for u, v in short[np.argsort(length[length < h_min])].tolist():
         if u in state.touched or v in state.touched:
             continue  # an end already moved or vanished in this pass
         if corner[u] and corner[v]:
@@ -189,6 +190,7 @@ def _collapse_short(verts, faces, labels, patch, h_min, h_max):
 
 def _min_angle(p0, p1, p2) -> float:
     """Smallest angle (degrees) of one triangle given as 3-tuples (plain Python: called in loops)."""
+
     def ang(a, b, c):
         e1 = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
         e2 = (c[0] - a[0], c[1] - a[1], c[2] - a[2])

@@ -1,4 +1,5 @@
 """Per-cell measurements (volume, area, sphericity, centroid) and cell-cell contact areas."""
+
 from __future__ import annotations
 
 import numpy as np

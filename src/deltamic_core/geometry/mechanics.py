@@ -45,6 +45,7 @@ Pressures (Laplace)
     micrometre (mean tension 1 -> "tension units / um"); the residual of an interface is the
     fitted pressure jump minus 2 gamma H.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,18 +73,45 @@ __all__ = [
 ]
 
 INTERFACE_COLUMNS = (
-    "cell_a", "cell_b", "area_um2", "mean_curvature_per_um", "n_junction_points",
-    "tension", "tension_residual", "pressure_a", "pressure_b", "delta_p", "laplace_delta_p",
+    "cell_a",
+    "cell_b",
+    "area_um2",
+    "mean_curvature_per_um",
+    "n_junction_points",
+    "tension",
+    "tension_residual",
+    "pressure_a",
+    "pressure_b",
+    "delta_p",
+    "laplace_delta_p",
     "laplace_residual",
 )
 CELL_COLUMNS = ("cell", "pressure")
 JUNCTION_COLUMNS = (
-    "region_1", "region_2", "region_3", "n_points", "length_um",
-    "angle_1_deg", "angle_2_deg", "angle_3_deg", "angle_1_std_deg", "angle_2_std_deg",
-    "angle_3_std_deg", "force_residual",
+    "region_1",
+    "region_2",
+    "region_3",
+    "n_points",
+    "length_um",
+    "angle_1_deg",
+    "angle_2_deg",
+    "angle_3_deg",
+    "angle_1_std_deg",
+    "angle_2_std_deg",
+    "angle_3_std_deg",
+    "force_residual",
 )
-CURVATURE_COLUMNS = ("vertex", "cell_a", "cell_b", "z_um", "y_um", "x_um",
-                     "mean_curvature_per_um", "gaussian_curvature_per_um2", "on_junction")
+CURVATURE_COLUMNS = (
+    "vertex",
+    "cell_a",
+    "cell_b",
+    "z_um",
+    "y_um",
+    "x_um",
+    "mean_curvature_per_um",
+    "gaussian_curvature_per_um2",
+    "on_junction",
+)
 
 
 @dataclass
@@ -203,7 +231,7 @@ def _rings(adj, v, rings, min_points=8, max_rings=4):
     while r < max_rings and (r < rings or len(seen) < min_points + 1):
         nxt = set()
         for u in frontier:
-            nxt.update(adj.indices[adj.indptr[u]:adj.indptr[u + 1]].tolist())
+            nxt.update(adj.indices[adj.indptr[u] : adj.indptr[u + 1]].tolist())
         nxt -= seen
         if not nxt:
             break
@@ -306,14 +334,20 @@ def _triple_points(verts, faces, face_interface, pairs, sub, rings):
     count = np.asarray(inc.sum(axis=1)).ravel()
     junction = _junction_edges(faces, face_interface)
     jdeg = np.bincount(junction.reshape(-1), minlength=n) if len(junction) else np.zeros(n, dtype=np.int64)
-    jadj = sp.csr_matrix((np.ones(2 * len(junction)), (np.concatenate([junction[:, 0], junction[:, 1]]),
-                                                       np.concatenate([junction[:, 1], junction[:, 0]]))), shape=(n, n))
+    jadj = sp.csr_matrix(
+        (
+            np.ones(2 * len(junction)),
+            (np.concatenate([junction[:, 0], junction[:, 1]]), np.concatenate([junction[:, 1], junction[:, 0]])),
+        ),
+        shape=(n, n),
+    )
     candidates = np.flatnonzero((count == 3) & (jdeg == 2))
-    out = {k: [] for k in ("vertex", "position", "direction", "interfaces", "conormals", "weight",
-                           "regions", "angles_deg")}
+    out = {
+        k: [] for k in ("vertex", "position", "direction", "interfaces", "conormals", "weight", "regions", "angles_deg")
+    }
     for v in candidates.tolist():
-        ifs = inc.indices[inc.indptr[v]:inc.indptr[v + 1]]
-        nb = jadj.indices[jadj.indptr[v]:jadj.indptr[v + 1]]
+        ifs = inc.indices[inc.indptr[v] : inc.indptr[v + 1]]
+        nb = jadj.indices[jadj.indptr[v] : jadj.indptr[v + 1]]
         d = verts[nb[1]] - verts[nb[0]]
         dn = np.linalg.norm(d)
         if dn == 0:
@@ -329,7 +363,7 @@ def _triple_points(verts, faces, face_interface, pairs, sub, rings):
             t = np.cross(nrm, d)
             tn = np.linalg.norm(t)
             # the direction into the interface: its faces around v, away from the line
-            around = local["faces"][local["v2f"].indices[local["v2f"].indptr[lv]:local["v2f"].indptr[lv + 1]]]
+            around = local["faces"][local["v2f"].indices[local["v2f"].indptr[lv] : local["v2f"].indptr[lv + 1]]]
             into = local["verts"][around].mean(axis=1).mean(axis=0) - verts[v]
             into -= d * (into @ d)
             if tn == 0 or np.linalg.norm(into) == 0:
@@ -368,8 +402,16 @@ def _triple_points(verts, faces, face_interface, pairs, sub, rings):
         out["weight"].append(weight)
         out["regions"].append(np.array(regions)[sort])
         out["angles_deg"].append(np.array(angles)[sort])
-    shapes = {"vertex": (0,), "position": (0, 3), "direction": (0, 3), "interfaces": (0, 3),
-              "conormals": (0, 3, 3), "weight": (0,), "regions": (0, 3), "angles_deg": (0, 3)}
+    shapes = {
+        "vertex": (0,),
+        "position": (0, 3),
+        "direction": (0, 3),
+        "interfaces": (0, 3),
+        "conormals": (0, 3, 3),
+        "weight": (0,),
+        "regions": (0, 3),
+        "angles_deg": (0, 3),
+    }
     return {k: (np.array(val) if val else np.zeros(shapes[k])) for k, val in out.items()}
 
 
@@ -378,8 +420,14 @@ def _triple_points(verts, faces, face_interface, pairs, sub, rings):
 # --------------------------------------------------------------------------------------------
 
 
-def infer_tensions(interfaces: np.ndarray, conormals: np.ndarray, weights: np.ndarray, n_interfaces: int,
-                   normalise="mean", pairs: np.ndarray | None = None):
+def infer_tensions(
+    interfaces: np.ndarray,
+    conormals: np.ndarray,
+    weights: np.ndarray,
+    n_interfaces: int,
+    normalise="mean",
+    pairs: np.ndarray | None = None,
+):
     """Relative tensions from Young-Dupre force balance at triple-line points.
 
     Parameters
@@ -538,8 +586,7 @@ def infer_pressures(pairs: np.ndarray, tension: np.ndarray, mean_curvature: np.n
 # --------------------------------------------------------------------------------------------
 
 
-def mechanics(mesh: Mesh, *, normalise="mean", known_tensions: dict | None = None,
-              rings: int = 2) -> MechanicsResult:
+def mechanics(mesh: Mesh, *, normalise="mean", known_tensions: dict | None = None, rings: int = 2) -> MechanicsResult:
     """Curvatures, contact angles, relative tensions and pressures of a labelled mesh.
 
     Parameters
@@ -586,8 +633,9 @@ def mechanics(mesh: Mesh, *, normalise="mean", known_tensions: dict | None = Non
         lf = index[f]
         lv = verts[used]
         hm, kg, _boundary, normals = interface_curvature(lv, lf, rings=rings)
-        v2f = sp.csr_matrix((np.ones(lf.size), (lf.reshape(-1), np.repeat(np.arange(len(lf)), 3))),
-                            shape=(len(used), len(lf)))
+        v2f = sp.csr_matrix(
+            (np.ones(lf.size), (lf.reshape(-1), np.repeat(np.arange(len(lf)), 3))), shape=(len(used), len(lf))
+        )
         sub.append({"index": index, "faces": lf, "verts": lv, "normals": normals, "v2f": v2f})
         vertex_area = np.asarray(v2f @ areas[sel]).ravel() / 3.0
         if_area[p] = areas[sel].sum()
@@ -610,8 +658,9 @@ def mechanics(mesh: Mesh, *, normalise="mean", known_tensions: dict | None = Non
     curvature = {k: np.concatenate(v) for k, v in cur_rows.items()}
 
     pts = _triple_points(verts, faces, face_if, pairs, sub, rings)
-    tension, residual = infer_tensions(pts["interfaces"], pts["conormals"], pts["weight"], n_if,
-                                       normalise=normalise, pairs=pairs)
+    tension, residual = infer_tensions(
+        pts["interfaces"], pts["conormals"], pts["weight"], n_if, normalise=normalise, pairs=pairs
+    )
     if known_tensions:
         tension = _apply_known(tension, pts["interfaces"], pairs, known_tensions)
     pts["residual"] = residual
@@ -619,7 +668,11 @@ def mechanics(mesh: Mesh, *, normalise="mean", known_tensions: dict | None = Non
     p_of = dict(zip(regions.tolist(), pressure.tolist()))
     pa = np.array([p_of[int(a)] for a in pairs[:, 0]])
     pb = np.array([p_of[int(b)] for b in pairs[:, 1]])
-    n_pts = np.bincount(pts["interfaces"].reshape(-1).astype(np.int64), minlength=n_if) if len(residual) else np.zeros(n_if, int)
+    n_pts = (
+        np.bincount(pts["interfaces"].reshape(-1).astype(np.int64), minlength=n_if)
+        if len(residual)
+        else np.zeros(n_if, int)
+    )
     t_res = np.full(n_if, np.nan)
     for p in range(n_if):
         hit = np.any(pts["interfaces"] == p, axis=1) if len(residual) else np.zeros(0, bool)
@@ -627,17 +680,33 @@ def mechanics(mesh: Mesh, *, normalise="mean", known_tensions: dict | None = Non
             w = pts["weight"][hit]
             t_res[p] = np.sqrt(np.sum(w * residual[hit] ** 2) / np.sum(w))
     interfaces = {
-        "cell_a": pairs[:, 0].copy(), "cell_b": pairs[:, 1].copy(), "area_um2": if_area,
-        "mean_curvature_per_um": if_mean, "n_junction_points": n_pts, "tension": tension,
-        "tension_residual": t_res, "pressure_a": pa, "pressure_b": pb, "delta_p": pb - pa,
-        "laplace_delta_p": 2.0 * tension * if_mean, "laplace_residual": lap_res,
+        "cell_a": pairs[:, 0].copy(),
+        "cell_b": pairs[:, 1].copy(),
+        "area_um2": if_area,
+        "mean_curvature_per_um": if_mean,
+        "n_junction_points": n_pts,
+        "tension": tension,
+        "tension_residual": t_res,
+        "pressure_a": pa,
+        "pressure_b": pb,
+        "delta_p": pb - pa,
+        "laplace_delta_p": 2.0 * tension * if_mean,
+        "laplace_residual": lap_res,
     }
     cells = {"cell": regions, "pressure": pressure}
     junctions = _junction_table(pts, verts)
     rms = float(np.sqrt(np.sum(pts["weight"] * residual**2) / np.sum(pts["weight"]))) if len(residual) else float("nan")
-    return MechanicsResult(interfaces=interfaces, cells=cells, junctions=junctions, curvature=curvature,
-                           vertex_mean_curvature=v_mean, vertex_gaussian_curvature=v_gauss,
-                           face_interface=face_if, points=pts, residual_rms=rms)
+    return MechanicsResult(
+        interfaces=interfaces,
+        cells=cells,
+        junctions=junctions,
+        curvature=curvature,
+        vertex_mean_curvature=v_mean,
+        vertex_gaussian_curvature=v_gauss,
+        face_interface=face_if,
+        points=pts,
+        residual_rms=rms,
+    )
 
 
 def _junction_table(pts, verts):
@@ -686,8 +755,14 @@ def interface_surfaces(mesh: Mesh, result: MechanicsResult | None = None) -> dic
         local = np.searchsorted(cur["vertex"][block], faces[sel])
         new_faces[sel] = block[local]
     tension = np.array([tension_of[(int(a), int(b))] for a, b in zip(rows_a, rows_b)])
-    return {"verts": mesh.verts[cur["vertex"]], "faces": new_faces, "vertex": cur["vertex"].copy(),
-            "cell_a": rows_a.copy(), "cell_b": rows_b.copy(),
-            "mean_curvature": cur["mean_curvature_per_um"].copy(),
-            "gaussian_curvature": cur["gaussian_curvature_per_um2"].copy(), "tension": tension,
-            "face_interface": face_if}
+    return {
+        "verts": mesh.verts[cur["vertex"]],
+        "faces": new_faces,
+        "vertex": cur["vertex"].copy(),
+        "cell_a": rows_a.copy(),
+        "cell_b": rows_b.copy(),
+        "mean_curvature": cur["mean_curvature_per_um"].copy(),
+        "gaussian_curvature": cur["gaussian_curvature_per_um2"].copy(),
+        "tension": tension,
+        "face_interface": face_if,
+    }

@@ -8,6 +8,7 @@ Orientation convention (see :mod:`deltamic_core.mesh`): in a labelled mesh the n
 (v1 - v0) x (v2 - v0) of face f points from region ``labels[f, 0]`` into ``labels[f, 1]``; a
 plain mesh (``labels is None``) is one closed cell with outward normals, i.e. labels (1, 0).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -319,8 +320,9 @@ def _face_face_manifold_pairs(faces: np.ndarray):
     return face_of[a], face_of[b], same_direction
 
 
-def orient_consistently(faces: np.ndarray, weights: np.ndarray | None = None,
-                        reference: np.ndarray | None = None) -> np.ndarray:
+def orient_consistently(
+    faces: np.ndarray, weights: np.ndarray | None = None, reference: np.ndarray | None = None
+) -> np.ndarray:
     """Flip faces so that each edge-connected component is consistently wound.
 
     Within each component (faces joined through edges shared by exactly two faces) a face's

@@ -1,4 +1,5 @@
 """Rasterising cells into a label image (voxel centre inside a cell's closed surface -> id)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -117,6 +118,6 @@ def label_image(mesh: Mesh, shape, spacing_um, origin_um=(0.0, 0.0, 0.0)) -> np.
             continue
         box = tuple(int(h - l) for l, h in zip(lo, hi))
         mask = inside_mask(vox - lo, faces, box)
-        region = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        region = out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         region[mask & (region == 0)] = cell
     return out

@@ -19,6 +19,7 @@ segmentation faults on patches with inconsistently wound faces), so every patch 
 (consistent winding, manifold edges, no degenerate triangles) and repaired or left as it is,
 with a warning, before it reaches the native code.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -81,8 +82,9 @@ def _nonmanifold_vertices(faces: np.ndarray, n_verts: int) -> np.ndarray:
     return np.flatnonzero(bad)
 
 
-def _relax_slivers(v: np.ndarray, f: np.ndarray, n_fixed: int, min_angle_deg: float = 20.0,
-                   passes: int = 3) -> np.ndarray:
+def _relax_slivers(
+    v: np.ndarray, f: np.ndarray, n_fixed: int, min_angle_deg: float = 20.0, passes: int = 3
+) -> np.ndarray:
     """Move free vertices of sliver triangles to the mean of their neighbours.
 
     Near a crumpled fixed boundary the remesher's projection can put a free vertex on a
@@ -146,18 +148,18 @@ def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iteratio
         return None
     try:
         new_v, new_f = gp.remesh_botsch(
-            np.ascontiguousarray(v, dtype=np.float64), np.ascontiguousarray(f, dtype=np.int32),
-            int(iterations), float(edge_um), bool(project), feature=fixed.astype(np.int32),
+            np.ascontiguousarray(v, dtype=np.float64),
+            np.ascontiguousarray(f, dtype=np.int32),
+            int(iterations),
+            float(edge_um),
+            bool(project),
+            feature=fixed.astype(np.int32),
         )
     except (ValueError, RuntimeError, MemoryError):
         return None
     new_f = np.asarray(new_f, dtype=np.int64)
     new_v = _relax_slivers(np.asarray(new_v, dtype=np.float64), new_f, len(fixed))
-    if (
-        len(new_f) == 0
-        or not np.all(np.isfinite(new_v))
-        or not np.array_equal(new_v[: len(fixed)], v[fixed])
-    ):
+    if len(new_f) == 0 or not np.all(np.isfinite(new_v)) or not np.array_equal(new_v[: len(fixed)], v[fixed]):
         return None
     # the boundary must come back edge for edge, or the patches would not stitch
     pos = np.full(len(v), -1, dtype=np.int64)
@@ -167,7 +169,7 @@ def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iteratio
     after = {tuple(e) for e in after_b.tolist()}
     if before != after:
         return None
-    return origin_of[fixed], new_v[len(fixed):], new_f, kept_faces
+    return origin_of[fixed], new_v[len(fixed) :], new_f, kept_faces
 
 
 def _keep_volume(new_v: np.ndarray, new_f: np.ndarray, target_signed: float) -> np.ndarray:
@@ -205,8 +207,15 @@ def _restore_cell_volumes(verts, faces, labels, outer_free: dict, target: np.nda
     return verts
 
 
-def remesh(mesh: Mesh, edge_um: float, iterations: int = 10, *, project: bool = True,
-           preserve_volume: bool = True, resample_junctions: bool = True) -> Mesh:
+def remesh(
+    mesh: Mesh,
+    edge_um: float,
+    iterations: int = 10,
+    *,
+    project: bool = True,
+    preserve_volume: bool = True,
+    resample_junctions: bool = True,
+) -> Mesh:
     """Isotropic remeshing to a target edge length, cell by cell (see the module docstring).
 
     Parameters

@@ -1,4 +1,5 @@
 """Initial meshes: spheres around seed points, and surfaces extracted from a label image."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -83,11 +84,15 @@ def seed_spheres(centers_um, radii_um, subdivisions: int = 3, *, edge_um: float 
         raise ValueError(f"centers_um must have shape (n, 3) in (z, y, x) order, got {centers.shape}")
     if not np.all(np.isfinite(centers)):
         raise ValueError("centers_um contains NaN or Inf")
-    radii = np.broadcast_to(np.asarray(radii_um, dtype=np.float64), (len(centers),)).copy() \
-        if np.ndim(radii_um) <= 1 and np.size(radii_um) in (1, len(centers)) else None
+    radii = (
+        np.broadcast_to(np.asarray(radii_um, dtype=np.float64), (len(centers),)).copy()
+        if np.ndim(radii_um) <= 1 and np.size(radii_um) in (1, len(centers))
+        else None
+    )
     if radii is None:
-        raise ValueError(f"radii_um must be a number or have one value per centre ({len(centers)}), "
-                         f"got shape {np.shape(radii_um)}")
+        raise ValueError(
+            f"radii_um must be a number or have one value per centre ({len(centers)}), got shape {np.shape(radii_um)}"
+        )
     if not np.all(np.isfinite(radii)) or np.any(radii <= 0):
         raise ValueError(f"radii_um must be positive and finite, got {radii.tolist()}")
     if edge_um is not None:
@@ -104,8 +109,9 @@ def seed_spheres(centers_um, radii_um, subdivisions: int = 3, *, edge_um: float 
     return out
 
 
-def meshes_from_labels(label_image, spacing_um, edge_um: float | None = None, *,
-                       smooth_voxels: float = 0.5, shared: bool = False) -> Mesh:
+def meshes_from_labels(
+    label_image, spacing_um, edge_um: float | None = None, *, smooth_voxels: float = 0.5, shared: bool = False
+) -> Mesh:
     """One closed surface per label of a label image, as a multi-cell Mesh.
 
     Each label's binary mask (cropped to its bounding box and padded) is lightly smoothed,
@@ -155,8 +161,13 @@ def meshes_from_labels(label_image, spacing_um, edge_um: float | None = None, *,
         raise ValueError("label_image contains no labels (all zero)")
     if shared:
         mesh = remesh(surface_nets(lab, tuple(spacing)), edge)
-        mesh.metadata = {"kind": "meshes_from_labels", "spacing_um": tuple(spacing.tolist()), "edge_um": edge,
-                         "cell_ids": [int(c) for c in mesh.cell_ids], "shared": True}
+        mesh.metadata = {
+            "kind": "meshes_from_labels",
+            "spacing_um": tuple(spacing.tolist()),
+            "edge_um": edge,
+            "cell_ids": [int(c) for c in mesh.cell_ids],
+            "shared": True,
+        }
         return mesh
     pad = 2 + int(np.ceil(3 * smooth_voxels))
     surfaces, ids = [], []
@@ -191,6 +202,10 @@ def meshes_from_labels(label_image, spacing_um, edge_um: float | None = None, *,
     # merge_meshes numbers cells 1..n; restore the label values
     id_map = np.concatenate([[0], ids]).astype(np.int32)
     out.labels = id_map[out.labels]
-    out.metadata = {"kind": "meshes_from_labels", "spacing_um": tuple(spacing.tolist()), "edge_um": edge,
-                    "cell_ids": ids}
+    out.metadata = {
+        "kind": "meshes_from_labels",
+        "spacing_um": tuple(spacing.tolist()),
+        "edge_um": edge,
+        "cell_ids": ids,
+    }
     return out

@@ -21,6 +21,7 @@ Where two voxels of one label touch only along an edge or a corner, the result h
 non-manifold spots (as any voxel-exact surface must); downstream code tolerates them
 (:func:`~deltamic_core.geometry.remesh` leaves their neighbourhood unchanged).
 """
+
 from __future__ import annotations
 
 import numpy as np

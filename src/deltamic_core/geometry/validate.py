@@ -12,14 +12,22 @@
 
 Every refusal is a ``ValueError`` in the user's terms (cells, seeds, voxels).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from ..mesh import Mesh
 
-__all__ = ["prepare_cells", "check_seed_radii", "shrink_overlapping_seeds", "check_fit_cost",
-           "MIN_VOXELS_PER_SEED", "MAX_FACES_PER_VOXEL", "total_area"]
+__all__ = [
+    "prepare_cells",
+    "check_seed_radii",
+    "shrink_overlapping_seeds",
+    "check_fit_cost",
+    "MIN_VOXELS_PER_SEED",
+    "MAX_FACES_PER_VOXEL",
+    "total_area",
+]
 
 # a cell must span a few voxels (3 x 3 x 3) to be measured at all
 MIN_VOXELS_PER_SEED = 27
@@ -84,9 +92,11 @@ def prepare_cells(mesh: Mesh, *, what: str = "mesh", repair: bool = True) -> tup
         ids = [int(c) for c in np.unique(mesh.labels) if c != 0]
         for c in ids:
             if _open_edges(_cell_faces(mesh, c), len(verts)):
-                raise ValueError(f"{what}: the surface of cell {c} is not closed (it has "
-                                 f"{_open_edges(_cell_faces(mesh, c), len(verts))} open edges): "
-                                 "its volume and sphericity would be wrong")
+                raise ValueError(
+                    f"{what}: the surface of cell {c} is not closed (it has "
+                    f"{_open_edges(_cell_faces(mesh, c), len(verts))} open edges): "
+                    "its volume and sphericity would be wrong"
+                )
         cells = [(c, _cell_faces(mesh, c)) for c in ids]
         out = mesh
     else:
@@ -103,7 +113,8 @@ def prepare_cells(mesh: Mesh, *, what: str = "mesh", repair: bool = True) -> tup
                     raise ValueError(
                         f"{what}: component {i} of {len(parts)} is an open surface "
                         f"({_open_edges(np.asarray(p.faces), len(p.vertices))} boundary edges) that could not be "
-                        "closed: a cell must be a closed surface")
+                        "closed: a cell must be a closed surface"
+                    )
                 repaired += 1
             pieces.append(p)
         if repaired:
@@ -177,16 +188,19 @@ def _check_no_overlap(tms, what: str) -> None:
                 continue
             wn = _winding_inside(tj, pts[box])
             if wn.any():
-                raise ValueError(f"{what}: cells {ci} and {cj} overlap (surface {ci} lies partly inside "
-                                 f"surface {cj}): their volumes would be counted twice")
+                raise ValueError(
+                    f"{what}: cells {ci} and {cj} overlap (surface {ci} lies partly inside "
+                    f"surface {cj}): their volumes would be counted twice"
+                )
 
 
 def _winding_inside(t, pts) -> np.ndarray:
     try:
         import gpytoolbox
 
-        w = gpytoolbox.winding_number(np.asarray(pts, float), np.asarray(t.vertices, float),
-                                      np.asarray(t.faces, np.int32))
+        w = gpytoolbox.winding_number(
+            np.asarray(pts, float), np.asarray(t.vertices, float), np.asarray(t.faces, np.int32)
+        )
         return np.abs(w) > 0.5
     except Exception:  # noqa: BLE001 - any failure of the fast path falls back to trimesh
         return np.asarray(t.contains(pts), bool)
@@ -199,9 +213,11 @@ def check_seed_radii(radii_um, spacing_um, *, what: str = "seed") -> None:
     small = np.flatnonzero(~(r >= vox))
     if small.size:
         i = int(small[0])
-        raise ValueError(f"{what} {i + 1} has radius {r[i]:.3g} um, smaller than a voxel ({vox:.3g} um)"
-                         + (f" ({small.size} such seeds)" if small.size > 1 else "")
-                         + ": a cell must span a few voxels")
+        raise ValueError(
+            f"{what} {i + 1} has radius {r[i]:.3g} um, smaller than a voxel ({vox:.3g} um)"
+            + (f" ({small.size} such seeds)" if small.size > 1 else "")
+            + ": a cell must span a few voxels"
+        )
 
 
 def shrink_overlapping_seeds(centres_um, radii_um) -> tuple[np.ndarray, int]:
@@ -239,12 +255,16 @@ def check_fit_cost(shape, *, n_seeds: int | None = None, n_faces: int | None = N
     """
     n_vox = int(np.prod([int(s) for s in shape[-3:]]))
     if n_seeds is not None and n_seeds * MIN_VOXELS_PER_SEED > n_vox:
-        raise ValueError(f"{n_seeds} cells in an image of {n_vox} voxels is {n_vox / n_seeds:.3g} voxels per cell; "
-                         f"each cell needs at least {MIN_VOXELS_PER_SEED} (3 x 3 x 3): too many seeds for this image")
+        raise ValueError(
+            f"{n_seeds} cells in an image of {n_vox} voxels is {n_vox / n_seeds:.3g} voxels per cell; "
+            f"each cell needs at least {MIN_VOXELS_PER_SEED} (3 x 3 x 3): too many seeds for this image"
+        )
     if n_faces is not None and n_faces > MAX_FACES_PER_VOXEL * n_vox:
-        raise ValueError(f"the mesh has {n_faces} triangles for {n_vox} voxels ({n_faces / n_vox:.3g} per voxel, "
-                         f"at most {MAX_FACES_PER_VOXEL:g}): its detail is finer than the image; use fewer cells "
-                         "or a coarser mesh (a longer edge length)")
+        raise ValueError(
+            f"the mesh has {n_faces} triangles for {n_vox} voxels ({n_faces / n_vox:.3g} per voxel, "
+            f"at most {MAX_FACES_PER_VOXEL:g}): its detail is finer than the image; use fewer cells "
+            "or a coarser mesh (a longer edge length)"
+        )
 
 
 #: a Gaussian PSF narrower than this fraction of a voxel is not resolved by the image (and the
@@ -259,6 +279,7 @@ def check_psf_width(sigma_um, spacing_um, *, what: str = "the PSF sigma") -> Non
     bad = [a for a, si, d in zip("zyx", s, sp) if not si >= MIN_SIGMA_VOXELS * d]
     if bad:
         a = "zyx".index(bad[0])
-        raise ValueError(f"{what} {s[a]:.3g} um on {bad[0]} is below {MIN_SIGMA_VOXELS:g} voxel "
-                         f"({MIN_SIGMA_VOXELS * sp[a]:.3g} um): the image cannot resolve it (use at least that)")
-
+        raise ValueError(
+            f"{what} {s[a]:.3g} um on {bad[0]} is below {MIN_SIGMA_VOXELS:g} voxel "
+            f"({MIN_SIGMA_VOXELS * sp[a]:.3g} um): the image cannot resolve it (use at least that)"
+        )

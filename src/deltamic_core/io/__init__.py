@@ -3,6 +3,7 @@
 Every file the project writes goes through :func:`atomic_write`, so an interrupted run never
 leaves a half-written output behind.
 """
+
 from ._atomic import atomic_write
 from .image import ImageMeta, read_image, unit_to_um, write_tiff
 from .mesh_io import MESH_SUFFIXES, read_mesh, write_mesh

@@ -5,6 +5,7 @@ run would read it as valid input). Everything is written to a temporary file in 
 directory (same file system, so the final ``os.replace`` is an atomic rename) and only moved
 into place once the writer has finished without error.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ micrometres. The voxel size is taken, in order of precedence, from the ``spacing
 the file's metadata (ImageJ hyperstack or OME-XML), or else 1 um per axis; which one was used is
 recorded in :attr:`ImageMeta.spacing_source` so callers can warn about the default.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,13 +22,36 @@ __all__ = ["ImageMeta", "read_image", "write_tiff", "unit_to_um", "SpacingWarnin
 
 # Conversion factors to micrometres for the length units found in ImageJ and OME metadata.
 _UNIT_TO_UM = {
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-    "micrometers": 1.0, "micrometre": 1.0, "micrometres": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3, "nanometers": 1e-3, "nanometre": 1e-3, "nanometres": 1e-3,
-    "mm": 1e3, "millimeter": 1e3, "millimeters": 1e3, "millimetre": 1e3, "millimetres": 1e3,
-    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
-    "m": 1e6, "meter": 1e6, "meters": 1e6, "metre": 1e6, "metres": 1e6,
-    "pm": 1e-6, "å": 1e-4, "angstrom": 1e-4,
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometers": 1.0,
+    "micrometre": 1.0,
+    "micrometres": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "nanometers": 1e-3,
+    "nanometre": 1e-3,
+    "nanometres": 1e-3,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimeters": 1e3,
+    "millimetre": 1e3,
+    "millimetres": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "centimetre": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "meters": 1e6,
+    "metre": 1e6,
+    "metres": 1e6,
+    "pm": 1e-6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
 }
 # Units that mean "no physical calibration" (ImageJ writes 'pixel' for uncalibrated images).
 _NO_UNIT = {"", "pixel", "pixels", "px", "none", "unit", "units"}
@@ -151,8 +175,9 @@ def _imagej_spacing(tf) -> tuple[tuple | None, str, tuple[str, str, str]]:
         except (TypeError, ValueError):
             sz = float("nan")
         if not (sz > 0 and np.isfinite(sz)):
-            raise InvalidSpacingError(f"the ImageJ metadata give a z step (spacing) of {md['spacing']!r}, "
-                                      "which is not a positive voxel size")
+            raise InvalidSpacingError(
+                f"the ImageJ metadata give a z step (spacing) of {md['spacing']!r}, which is not a positive voxel size"
+            )
         z_source = "metadata"
     else:
         sz, z_source = 1.0, "default"
@@ -212,8 +237,9 @@ def _ome_info(tf) -> tuple[tuple[float | None, float | None, float | None], str,
         except ValueError:
             size = None
         if size is not None and not (size > 0 and np.isfinite(size)):
-            raise InvalidSpacingError(f"the OME metadata give PhysicalSize{ax}={value!r}, which is not a "
-                                      "positive voxel size")
+            raise InvalidSpacingError(
+                f"the OME metadata give PhysicalSize{ax}={value!r}, which is not a positive voxel size"
+            )
         sizes.append(size)
         if ax == "X" and size is not None:
             unit_x = _canonical_unit(unit)
@@ -311,7 +337,7 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
             series = tf.series[0]
             axes = series.axes.upper()
             n_bytes = float(np.prod([int(n) for n in series.shape], dtype=float)) * np.dtype(series.dtype).itemsize
-            if n_bytes > 2 ** 20 and n_bytes > 1.2 * os.path.getsize(path) * 64:
+            if n_bytes > 2**20 and n_bytes > 1.2 * os.path.getsize(path) * 64:
                 # a header announcing far more pixels than the file can hold (damaged, or a
                 # compressed stack of absurd size): refuse before allocating it
                 from .._checks import check_memory
@@ -357,14 +383,22 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
     else:
         if spacing is None:
             spacing, sources = (1.0, 1.0, 1.0), ("default",) * 3
-        source = ("metadata" if all(s == "metadata" for s in sources)
-                  else "default" if all(s == "default" for s in sources) else "partial")
+        source = (
+            "metadata"
+            if all(s == "metadata" for s in sources)
+            else "default"
+            if all(s == "default" for s in sources)
+            else "partial"
+        )
         if source != "metadata":
             missing = [a for a, s in zip("zyx", sources) if s == "default"]
-            warnings.warn(SpacingWarning(
-                f"{path}: no voxel size for axis {', '.join(missing)} in the file's metadata: assuming "
-                + ", ".join(f"{a} = {v:g} um" for a, v, s in zip("zyx", spacing, sources) if s == "default")),
-                stacklevel=2)
+            warnings.warn(
+                SpacingWarning(
+                    f"{path}: no voxel size for axis {', '.join(missing)} in the file's metadata: assuming "
+                    + ", ".join(f"{a} = {v:g} um" for a, v, s in zip("zyx", spacing, sources) if s == "default")
+                ),
+                stacklevel=2,
+            )
 
     if data.ndim != len(axes):
         raise ValueError(f"{path}: tifffile reported axes {axes!r} for an array of shape {data.shape}")
@@ -385,9 +419,7 @@ def read_image(path, channel=None, spacing_um=None) -> tuple[np.ndarray, ImageMe
             "expected a (Z, Y, X) stack, optionally with time (T) and channel (C) axes"
         )
     if "Z" not in axes or data.shape[axes.index("Z")] < 2:
-        raise ValueError(
-            f"{path}: image is 2D (axes {axes!r}, shape {data.shape}); a 3D (Z, Y, X) stack is required"
-        )
+        raise ValueError(f"{path}: image is 2D (axes {axes!r}, shape {data.shape}); a 3D (Z, Y, X) stack is required")
     order = [axes.index(a) for a in "TZYX" if a in axes]
     data = np.transpose(data, order)
     axes = "".join(axes[i] for i in order)

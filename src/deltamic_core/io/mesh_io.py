@@ -19,6 +19,7 @@ is a connected surface (exact duplicates only, first occurrence order).
 Per-face labels (l1, l2) are kept in ``.rec``, ``.ply`` (face properties ``label1``/``label2``)
 and ``.vtk``/``.vtu`` (cell data ``label1``/``label2``); OBJ, OFF and STL cannot store them.
 """
+
 from __future__ import annotations
 
 import os
@@ -105,7 +106,6 @@ def _load_trimesh(path: str, suffix: str):
             if "label1" in names and "label2" in names:
                 labels = _labels_from_columns(raw["label1"], raw["label2"], len(faces), path)
     return coords, faces, labels
-
 
 
 def _load_meshio(path: str):
@@ -314,8 +314,9 @@ def _write_ply(fh, coords, faces, labels, vertex_properties=None) -> None:
         if not name.isidentifier() or name in ("x", "y", "z"):
             raise ValueError(f"vertex property name {name!r} must be a plain identifier other than x, y, z")
         if np.shape(values) != (len(coords),):
-            raise ValueError(f"vertex property {name!r} must have one value per vertex ({len(coords)}), "
-                             f"got shape {np.shape(values)}")
+            raise ValueError(
+                f"vertex property {name!r} must have one value per vertex ({len(coords)}), got shape {np.shape(values)}"
+            )
         header.append(f"property double {name}")
         vfields.append((name, "<f8"))
     header += [
@@ -440,4 +441,6 @@ def write_mesh(
             # meshio notes that OBJ/OFF indices are written as plain ints; harmless.
             warnings.simplefilter("ignore")
             with atomic_write(path, "path") as tmp:
-                meshio.write(tmp, m, file_format={".obj": "obj", ".off": "off", ".vtk": "vtk", ".vtu": "vtu"}[suffix], **kwargs)
+                meshio.write(
+                    tmp, m, file_format={".obj": "obj", ".off": "off", ".vtk": "vtk", ".vtu": "vtu"}[suffix], **kwargs
+                )

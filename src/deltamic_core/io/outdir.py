@@ -29,6 +29,7 @@ run refuse), and each item is an ordinary published result directory.
 Every refusal is an :class:`OutputError` (a ``ValueError``) whose message names the option
 (``option=``, e.g. ``"--out"``) so the CLI can print it as it is.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +45,21 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
-    "MANIFEST_NAME", "MARKER_NAME", "TIFF_SOFTWARE", "OutputError", "Collection",
-    "check_output_dir", "check_output_file", "staged_output", "write_manifest", "manifest_matches",
-    "is_ours", "sweep_stale", "remove_owned", "publish", "fault_point",
+    "MANIFEST_NAME",
+    "MARKER_NAME",
+    "TIFF_SOFTWARE",
+    "OutputError",
+    "Collection",
+    "check_output_dir",
+    "check_output_file",
+    "staged_output",
+    "write_manifest",
+    "manifest_matches",
+    "is_ours",
+    "sweep_stale",
+    "remove_owned",
+    "publish",
+    "fault_point",
 ]
 
 MANIFEST_NAME = ".deltamic-manifest.json"
@@ -130,8 +143,13 @@ def write_manifest(directory: str | os.PathLike, kind: str = "result") -> dict:
     files, dirs, others = _walk(root)
     if others:
         raise OSError(f"{root}: unexpected entries {others[:3]} in a staging directory")
-    man = {"tool": "deltamic", "version": __version__, "kind": kind, "dirs": dirs,
-           "files": {f: {"size": (root / f).stat().st_size, "sha256": [_sha256(root / f)]} for f in files}}
+    man = {
+        "tool": "deltamic",
+        "version": __version__,
+        "kind": kind,
+        "dirs": dirs,
+        "files": {f: {"size": (root / f).stat().st_size, "sha256": [_sha256(root / f)]} for f in files},
+    }
     _write_json_atomic(root / MANIFEST_NAME, man)
     return man
 
@@ -313,8 +331,14 @@ def _inputs_inside(target: Path, inputs: Iterable) -> list[str]:
     return bad
 
 
-def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),
-                     option: str = "--out", resume: bool = False) -> Path:
+def check_output_dir(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable = (),
+    option: str = "--out",
+    resume: bool = False,
+) -> Path:
     """Validate a result directory before any work; returns its absolute path.
 
     Accepted: a new name in a writable directory; an empty directory; with ``overwrite`` a
@@ -342,8 +366,9 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs:
         return absolute
     man = read_manifest(absolute)
     if man is None:
-        raise OutputError(f"{option} {str(outp)!r} exists and holds files deltamic did not write: "
-                          "choose a new or empty directory")
+        raise OutputError(
+            f"{option} {str(outp)!r} exists and holds files deltamic did not write: choose a new or empty directory"
+        )
     if man.get("kind") == "collection":
         problem = Collection(absolute, option=option).problem()
         if problem:
@@ -351,21 +376,31 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs:
         if resume:
             return absolute
         if not overwrite:
-            raise OutputError(f"{option} {str(outp)!r} holds the results of an earlier run: "
-                              "pass --overwrite to replace them")
+            raise OutputError(
+                f"{option} {str(outp)!r} holds the results of an earlier run: pass --overwrite to replace them"
+            )
         return absolute
     problem = _mismatch(absolute, man)
     if problem:
-        raise OutputError(f"{option} {str(outp)!r} holds an earlier deltamic result but {problem}: "
-                          "not replacing it; choose a new directory")
+        raise OutputError(
+            f"{option} {str(outp)!r} holds an earlier deltamic result but {problem}: "
+            "not replacing it; choose a new directory"
+        )
     if not overwrite:
-        raise OutputError(f"{option} {str(outp)!r} holds the results of an earlier run: "
-                          "pass --overwrite to replace them")
+        raise OutputError(
+            f"{option} {str(outp)!r} holds the results of an earlier run: pass --overwrite to replace them"
+        )
     return absolute
 
 
-def check_output_file(out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),
-                      option: str = "--out", suffixes=(".tif", ".tiff")) -> Path:
+def check_output_file(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable = (),
+    option: str = "--out",
+    suffixes=(".tif", ".tiff"),
+) -> Path:
     """Validate a single output file (a TIFF) before any work; returns its absolute path.
 
     An existing file is replaced only with ``overwrite`` and only when it is a TIFF this tool
@@ -378,8 +413,10 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False, inputs
     if _inputs_inside(absolute, inputs):
         raise OutputError(f"{option} {str(outp)!r} is an input of this command: choose another output file")
     if read_manifest(absolute.parent) is not None:
-        raise OutputError(f"{option} {str(outp)!r} is inside a deltamic output directory (adding or replacing a "
-                          "file there would spoil it): choose another location")
+        raise OutputError(
+            f"{option} {str(outp)!r} is inside a deltamic output directory (adding or replacing a "
+            "file there would spoil it): choose another location"
+        )
     if not absolute.exists():
         return absolute
     if absolute.is_dir():
@@ -387,8 +424,10 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False, inputs
     if not overwrite:
         raise OutputError(f"{option} {str(outp)!r} exists: pass --overwrite to replace it, or choose another name")
     if not tiff_written_by_us(absolute):
-        raise OutputError(f"{option} {str(outp)!r} exists and was not written by deltamic: not replacing it "
-                          "(even with --overwrite); choose another name")
+        raise OutputError(
+            f"{option} {str(outp)!r} exists and was not written by deltamic: not replacing it "
+            "(even with --overwrite); choose another name"
+        )
     return absolute
 
 
@@ -481,8 +520,9 @@ def publish(tmp: Path, final: Path, *, overwrite: bool = False, kind: str = "res
                 raise
     empty = not any(final.iterdir())
     if not empty and not (overwrite and is_ours(final)):
-        raise OutputError(f"{str(final)!r} changed during the run and is not replaced; "
-                          f"the new result is in {str(tmp)!r}")
+        raise OutputError(
+            f"{str(final)!r} changed during the run and is not replaced; the new result is in {str(tmp)!r}"
+        )
     if _exchange(tmp, final):
         fault_point("exchanged")
         # tmp now holds the old result (its manifest proves it ours, so a sweep can take it)
@@ -505,8 +545,15 @@ def publish(tmp: Path, final: Path, *, overwrite: bool = False, kind: str = "res
 
 
 @contextlib.contextmanager
-def staged_output(out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),
-                  option: str = "--out", checked: bool = False, kind: str = "result") -> Iterator[Path]:
+def staged_output(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable = (),
+    option: str = "--out",
+    checked: bool = False,
+    kind: str = "result",
+) -> Iterator[Path]:
     """Yield a fresh staging directory that becomes ``out`` (with its manifest) on success.
 
     The location is validated first (:func:`check_output_dir`, unless ``checked``); on an

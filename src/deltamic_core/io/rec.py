@@ -20,6 +20,7 @@ axis order. The ``# spacing`` values are listed in the same column order as the 
 so ``column * spacing`` is micrometres. This module only parses and serialises; unit and axis
 conversions live in :mod:`deltamic_core.io.mesh_io`.
 """
+
 from __future__ import annotations
 
 import os

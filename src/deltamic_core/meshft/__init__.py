@@ -10,6 +10,7 @@ Backends ("auto" picks the first that fits the device): "cuda" / "cpu" (the nati
 ``deltamic_core._C``, when built), "torch" (pure torch, any device, exact), and any registered
 with :func:`register_backend` (e.g. an approximate "nufft", never picked by "auto").
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,7 +64,9 @@ def _check_freqs(freqs, verts: torch.Tensor):
     if k.dtype != verts.dtype:
         raise TypeError(f"freqs dtype {k.dtype} differs from verts dtype {verts.dtype}: convert one of them")
     if k.requires_grad:
-        raise ValueError("freqs requires grad, but mesh_ft is not differentiable w.r.t. frequencies: pass freqs.detach()")
+        raise ValueError(
+            "freqs requires grad, but mesh_ft is not differentiable w.r.t. frequencies: pass freqs.detach()"
+        )
     check_same_device([("verts", verts), ("freqs", k)])
     if not bool(torch.isfinite(k).all()):
         raise ValueError("freqs contains NaN or Inf")
@@ -133,8 +136,9 @@ def mesh_ft(verts, faces, freqs, weights=None, *, backend: str = "auto") -> torc
     return _MeshFT.apply(v.contiguous(), w.contiguous(), f.contiguous(), k.contiguous(), band, b)
 
 
-def memory_estimate_bytes(n_faces: int, n_freqs: int, *, dtype=torch.float32, backend: str = "auto",
-                          device="cpu") -> float:
+def memory_estimate_bytes(
+    n_faces: int, n_freqs: int, *, dtype=torch.float32, backend: str = "auto", device="cpu"
+) -> float:
     """Peak working memory (bytes) of one forward + backward, for planning (upper bound)."""
     r = torch.finfo(dtype).bits // 8
     per_face = n_faces * (3 * 8 + 8 * 3 * 8 + 4 * r)  # indices, float64 geometry/accumulators, grads

@@ -15,6 +15,7 @@ depends on (torch build, Python, platform, compiler, flags, source text). So:
 Nothing here runs at import time. Developers prebuild with ``python -m deltamic_core.build_kernel``
 (``make setup`` does).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,8 +107,7 @@ def detect_toolchain() -> Toolchain | None:
             return None
         return Toolchain("msvc", exe, banner[0])
     try:
-        res = subprocess.run([exe, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
-                             timeout=60)
+        res = subprocess.run([exe, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     if res.returncode != 0:
@@ -149,8 +149,13 @@ def base_flags(kind: str) -> tuple[list[str], list[str]]:
 
 def _libomp_prefixes() -> list[Path]:
     """Where a libomp for Apple clang may live (Homebrew on Apple silicon and Intel, conda)."""
-    cands = [os.environ.get("DELTAMIC_LIBOMP_PREFIX"), os.environ.get("CONDA_PREFIX"),
-             "/opt/homebrew/opt/libomp", "/usr/local/opt/libomp", "/opt/local"]
+    cands = [
+        os.environ.get("DELTAMIC_LIBOMP_PREFIX"),
+        os.environ.get("CONDA_PREFIX"),
+        "/opt/homebrew/opt/libomp",
+        "/usr/local/opt/libomp",
+        "/opt/local",
+    ]
     return [Path(c) for c in cands if c]
 
 
@@ -164,8 +169,12 @@ def openmp_candidates(kind: str) -> list[tuple[list[str], list[str]]]:
         out = []
         for p in _libomp_prefixes():
             if (p / "include" / "omp.h").is_file() and (p / "lib" / "libomp.dylib").is_file():
-                out.append((["-Xpreprocessor", "-fopenmp", f"-I{p / 'include'}"],
-                            [f"-L{p / 'lib'}", "-lomp", f"-Wl,-rpath,{p / 'lib'}"]))
+                out.append(
+                    (
+                        ["-Xpreprocessor", "-fopenmp", f"-I{p / 'include'}"],
+                        [f"-L{p / 'lib'}", "-lomp", f"-Wl,-rpath,{p / 'lib'}"],
+                    )
+                )
         return out
     return []
 
@@ -381,7 +390,8 @@ def build(*, force: bool = False, verbose: bool = False, notify=None):
     except Timeout:
         raise KernelUnavailable(
             f"another program has been building the kernel for over {_LOCK_TIMEOUT_S / 60:.0f} minutes "
-            f"(lock {lock.lock_file})") from None
+            f"(lock {lock.lock_file})"
+        ) from None
 
 
 def _build_locked(p: BuildPlan, *, verbose: bool, notify):
@@ -415,17 +425,25 @@ def _build_locked(p: BuildPlan, *, verbose: bool, notify):
     t0 = time.perf_counter()
     try:
         mod = cpp_extension.load(
-            name=MODULE_NAME, sources=sources, extra_cflags=list(cflags), extra_cuda_cflags=cuda_cflags,
-            extra_ldflags=list(ldflags), extra_include_paths=list(include), build_directory=str(p.directory),
-            verbose=verbose, with_cuda=p.with_cuda)
+            name=MODULE_NAME,
+            sources=sources,
+            extra_cflags=list(cflags),
+            extra_cuda_cflags=cuda_cflags,
+            extra_ldflags=list(ldflags),
+            extra_include_paths=list(include),
+            build_directory=str(p.directory),
+            verbose=verbose,
+            with_cuda=p.with_cuda,
+        )
     except Exception as e:  # noqa: BLE001 - compiler errors, missing ninja, linker errors
         exc = KernelUnavailable(f"the C++ compiler ('{tc.command}') failed to build it", _short_log(e))
         _record_failure(p, exc)
         raise exc from None
     finally:
         os.environ["PATH"] = old_path
-    info = dict(p.info, openmp=omp is not None, cflags=cflags, ldflags=ldflags,
-                seconds=round(time.perf_counter() - t0, 1))
+    info = dict(
+        p.info, openmp=omp is not None, cflags=cflags, ldflags=ldflags, seconds=round(time.perf_counter() - t0, 1)
+    )
     tmp = p.ok_marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, p.ok_marker)

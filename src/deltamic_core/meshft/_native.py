@@ -7,6 +7,7 @@ finufft backend (see ``_registry.resolve``). Nothing is compiled at import time;
 use compiles it once per machine and torch version (``python -m deltamic_core.build_kernel``
 does it ahead of time). ``DELTAMIC_NO_EXT=1`` disables it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,7 +89,7 @@ def extension(*, build: bool = True):
 
 
 def state() -> str:
-    """"loaded", "built" (on disk), "buildable" (first use will compile), or "unavailable"."""
+    """ "loaded", "built" (on disk), "buildable" (first use will compile), or "unavailable"."""
     if _C is not None:
         return "loaded"
     if _disabled() or _ERROR is not None:

@@ -13,6 +13,7 @@ Optional attributes: ``exact`` (False for approximate methods such as a NUFFT; "
 native backends: compile on first use, False if that fails), ``available()`` (False when its dependencies are missing at run time) and
 ``memory_estimate_bytes(n_faces, n_freqs, dtype)``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,19 +73,23 @@ def get_backend(name: str):
         raise ValueError(f"backend: unknown meshft backend {name!r}; known: {known}")
     if not _is_available(b):
         raise ValueError(
-            f"backend: {name!r} is not available in this installation "
-            f"(available: {', '.join(available_backends())})"
+            f"backend: {name!r} is not available in this installation (available: {', '.join(available_backends())})"
         )
     return b
 
 
 def _fallback_notice(reason: str | None, chosen: str) -> str:
-    how = ("the NUFFT method instead (the same images to about 1 part in 10,000, which does not change "
-           "a segmentation)" if chosen == "nufft" else "the pure-PyTorch method instead (the same results, slower)")
-    return (f"deltaMic's fast exact kernel is not available on this computer "
-            f"({reason or 'no native kernel for this device'}), so it uses {how}. To get it, install a C++ "
-            "compiler (Linux: g++; macOS: the Xcode command line tools; Windows: Visual Studio Build Tools) "
-            "and restart.")
+    how = (
+        "the NUFFT method instead (the same images to about 1 part in 10,000, which does not change a segmentation)"
+        if chosen == "nufft"
+        else "the pure-PyTorch method instead (the same results, slower)"
+    )
+    return (
+        f"deltaMic's fast exact kernel is not available on this computer "
+        f"({reason or 'no native kernel for this device'}), so it uses {how}. To get it, install a C++ "
+        "compiler (Linux: g++; macOS: the Xcode command line tools; Windows: Visual Studio Build Tools) "
+        "and restart."
+    )
 
 
 def resolve(name: str, device: torch.device, *, announce: bool = True, band: bool = False) -> tuple[str, object]:
@@ -103,8 +108,10 @@ def resolve(name: str, device: torch.device, *, announce: bool = True, band: boo
             raise ValueError(f"backend: {name!r} cannot run on device {device}; use backend='auto' or move the tensors")
         ensure = getattr(b, "ensure", None)
         if announce and ensure is not None and not ensure():
-            raise ValueError(f"backend: {name!r} (the compiled kernel) is not available on this computer: "
-                             f"{_native.unavailable_reason()}; use backend='auto'")
+            raise ValueError(
+                f"backend: {name!r} (the compiled kernel) is not available on this computer: "
+                f"{_native.unavailable_reason()}; use backend='auto'"
+            )
         return name, b
     native = "cuda" if device.type == "cuda" else "cpu"
     b = _BACKENDS.get(native)

@@ -28,6 +28,7 @@ All arithmetic is float64 whatever the input dtype: on the torch path this costs
 makes float32 results exact to their own rounding. Work is tiled over (frequencies x faces) so
 the temporaries stay below ``max_bytes`` whatever K and F are.
 """
+
 from __future__ import annotations
 
 import math
@@ -301,6 +302,7 @@ def _tile_backward(k2, cen, rel):
         for dst, xr in zip(corners, xs):
             put(dst, *_series_repeated(xr, h))
     return (f_re, f_im), tuple(corners)
+
 
 # ---------------------------------------------------------------------------------------------
 # tiling

@@ -24,6 +24,7 @@ autograd on the cheap point-generation map.
 Frequencies must be a :class:`deltamic_core.grid.GridBand` (modes on the grid of a periodic
 box of size L: k = m / L, so exp(-2 pi i k.x) = exp(-i m (2 pi x / L))).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,15 +46,195 @@ except ImportError:  # pragma: no cover - exercised only where finufft is missin
 _TOLS = np.array([1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10, 1e-12])
 _THETA_MAX = np.array(
     [
-        [0.5, 3.0, 6.0, 9.0, 12.5, 16.0, 20.0, 23.5, 27.5, 31.0, 35.0, 38.5, 42.5, 46.5, 50.0, 54.0, 58.0] + [60.0] * 13,
-        [0.0, 1.5, 4.0, 6.5, 9.5, 13.0, 16.0, 19.5, 23.0, 26.5, 30.0, 34.0, 37.5, 41.0, 45.0, 48.5, 52.0, 56.0, 59.5] + [60.0] * 11,
-        [0.0, 0.5, 2.5, 5.0, 7.5, 10.5, 13.5, 16.5, 20.0, 23.0, 26.5, 30.0, 33.5, 37.0, 40.5, 44.0, 47.5, 51.0, 54.5, 58.5] + [60.0] * 10,
-        [0.0, 0.5, 1.5, 3.5, 6.0, 8.5, 11.0, 14.0, 17.0, 20.0, 23.5, 26.5, 30.0, 33.5, 36.5, 40.0, 43.5, 47.0, 50.5, 54.0, 57.5] + [60.0] * 9,
-        [0.0, 0.0, 1.0, 2.5, 4.5, 7.0, 9.5, 12.0, 15.0, 17.5, 20.5, 24.0, 27.0, 30.0, 33.5, 36.5, 40.0, 43.5, 47.0, 50.0, 53.5, 57.0] + [60.0] * 8,
-        [0.0, 0.0, 0.5, 2.0, 3.5, 5.5, 8.0, 10.5, 13.0, 15.5, 18.5, 21.5, 24.5, 27.5, 30.5, 33.5, 37.0, 40.0, 43.5, 47.0, 50.0, 53.5, 57.0] + [60.0] * 7,
-        [0.0, 0.0, 0.5, 1.5, 3.0, 4.5, 6.5, 9.0, 11.0, 14.0, 16.5, 19.0, 22.0, 25.0, 28.0, 31.0, 34.0, 37.5, 40.5, 43.5, 47.0, 50.0, 53.5, 57.0] + [60.0] * 6,
-        [0.0, 0.0, 0.0, 0.5, 1.5, 3.0, 4.5, 6.5, 8.5, 11.0, 13.0, 15.5, 18.0, 21.0, 23.5, 26.5, 29.5, 32.0, 35.0, 38.0, 41.5, 44.5, 47.5, 50.5, 54.0, 57.0] + [60.0] * 4,
-        [0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 3.5, 5.0, 6.5, 8.5, 10.5, 13.0, 15.0, 17.5, 20.0, 22.5, 25.5, 28.0, 31.0, 33.5, 36.5, 39.5, 42.5, 45.5, 48.5, 51.5, 54.5, 57.5] + [60.0] * 2,
+        [0.5, 3.0, 6.0, 9.0, 12.5, 16.0, 20.0, 23.5, 27.5, 31.0, 35.0, 38.5, 42.5, 46.5, 50.0, 54.0, 58.0]
+        + [60.0] * 13,
+        [0.0, 1.5, 4.0, 6.5, 9.5, 13.0, 16.0, 19.5, 23.0, 26.5, 30.0, 34.0, 37.5, 41.0, 45.0, 48.5, 52.0, 56.0, 59.5]
+        + [60.0] * 11,
+        [
+            0.0,
+            0.5,
+            2.5,
+            5.0,
+            7.5,
+            10.5,
+            13.5,
+            16.5,
+            20.0,
+            23.0,
+            26.5,
+            30.0,
+            33.5,
+            37.0,
+            40.5,
+            44.0,
+            47.5,
+            51.0,
+            54.5,
+            58.5,
+        ]
+        + [60.0] * 10,
+        [
+            0.0,
+            0.5,
+            1.5,
+            3.5,
+            6.0,
+            8.5,
+            11.0,
+            14.0,
+            17.0,
+            20.0,
+            23.5,
+            26.5,
+            30.0,
+            33.5,
+            36.5,
+            40.0,
+            43.5,
+            47.0,
+            50.5,
+            54.0,
+            57.5,
+        ]
+        + [60.0] * 9,
+        [
+            0.0,
+            0.0,
+            1.0,
+            2.5,
+            4.5,
+            7.0,
+            9.5,
+            12.0,
+            15.0,
+            17.5,
+            20.5,
+            24.0,
+            27.0,
+            30.0,
+            33.5,
+            36.5,
+            40.0,
+            43.5,
+            47.0,
+            50.0,
+            53.5,
+            57.0,
+        ]
+        + [60.0] * 8,
+        [
+            0.0,
+            0.0,
+            0.5,
+            2.0,
+            3.5,
+            5.5,
+            8.0,
+            10.5,
+            13.0,
+            15.5,
+            18.5,
+            21.5,
+            24.5,
+            27.5,
+            30.5,
+            33.5,
+            37.0,
+            40.0,
+            43.5,
+            47.0,
+            50.0,
+            53.5,
+            57.0,
+        ]
+        + [60.0] * 7,
+        [
+            0.0,
+            0.0,
+            0.5,
+            1.5,
+            3.0,
+            4.5,
+            6.5,
+            9.0,
+            11.0,
+            14.0,
+            16.5,
+            19.0,
+            22.0,
+            25.0,
+            28.0,
+            31.0,
+            34.0,
+            37.5,
+            40.5,
+            43.5,
+            47.0,
+            50.0,
+            53.5,
+            57.0,
+        ]
+        + [60.0] * 6,
+        [
+            0.0,
+            0.0,
+            0.0,
+            0.5,
+            1.5,
+            3.0,
+            4.5,
+            6.5,
+            8.5,
+            11.0,
+            13.0,
+            15.5,
+            18.0,
+            21.0,
+            23.5,
+            26.5,
+            29.5,
+            32.0,
+            35.0,
+            38.0,
+            41.5,
+            44.5,
+            47.5,
+            50.5,
+            54.0,
+            57.0,
+        ]
+        + [60.0] * 4,
+        [
+            0.0,
+            0.0,
+            0.0,
+            0.5,
+            1.0,
+            2.0,
+            3.5,
+            5.0,
+            6.5,
+            8.5,
+            10.5,
+            13.0,
+            15.0,
+            17.5,
+            20.0,
+            22.5,
+            25.5,
+            28.0,
+            31.0,
+            33.5,
+            36.5,
+            39.5,
+            42.5,
+            45.5,
+            48.5,
+            51.5,
+            54.5,
+            57.5,
+        ]
+        + [60.0] * 2,
     ]
 )
 MAX_ORDER = _THETA_MAX.shape[1]
@@ -169,8 +350,13 @@ class NufftBackend:
         for key in np.unique(keys):
             idx = torch.from_numpy(np.nonzero(keys == key)[0]).to(tri.device)
             lam, w = _subdivided_rule(int(key // 1000), int(key % 1000))
-            groups.append((idx, torch.as_tensor(lam, dtype=tri.dtype, device=tri.device),
-                           torch.as_tensor(w, dtype=tri.dtype, device=tri.device)))
+            groups.append(
+                (
+                    idx,
+                    torch.as_tensor(lam, dtype=tri.dtype, device=tri.device),
+                    torch.as_tensor(w, dtype=tri.dtype, device=tri.device),
+                )
+            )
         return groups
 
     @staticmethod
@@ -265,16 +451,34 @@ class NufftBackend:
         if plan is None:
             if len(self._plans) >= 4:
                 self._plans.clear()
-            plan = finufft.Plan(kind, n_modes, n_trans=n_trans, eps=eps, isign=-1, dtype=complex_dtype,
-                                modeord=0, nthreads=nthreads, upsampfac=up)
+            plan = finufft.Plan(
+                kind,
+                n_modes,
+                n_trans=n_trans,
+                eps=eps,
+                isign=-1,
+                dtype=complex_dtype,
+                modeord=0,
+                nthreads=nthreads,
+                upsampfac=up,
+            )
             self._plans[key] = plan
         return plan
 
     def _points_cached(self, verts, faces, weights, band, *, backward):
         """The forward computes the points and keeps them; the backward of the same tensors
         (alive in the graph, so the key cannot be a recycled address) reuses them once."""
-        key = (verts.data_ptr(), verts._version, tuple(verts.shape), faces.data_ptr(), faces._version,
-               weights.data_ptr(), weights._version, id(band), self.tol)
+        key = (
+            verts.data_ptr(),
+            verts._version,
+            tuple(verts.shape),
+            faces.data_ptr(),
+            faces._version,
+            weights.data_ptr(),
+            weights._version,
+            id(band),
+            self.tol,
+        )
         if backward and self._last_points is not None and self._last_points[0] == key:
             out = self._last_points[1]
             self._last_points = None

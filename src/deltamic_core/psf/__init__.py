@@ -4,6 +4,7 @@ Every model is an :class:`torch.nn.Module` with physical, learnable parameters e
 ``otf(grid, dtype, device)`` (OTF at the grid's rfft frequencies, OTF(0) = 1),
 ``extent_um()`` (half-widths for padding) and ``psf(grid)`` (real-space preview, FFT order).
 """
+
 from __future__ import annotations
 
 from ._base import PSFModel
@@ -15,10 +16,27 @@ from .measured import MeasuredPSF
 from .voxel import VoxelIntegrated
 from .zernike import noll_to_nm, zernike_noll
 
-__all__ = ["PSFModel", "GaussianPSF", "GibsonLanniPSF", "HanserPSF", "MeasuredPSF", "ConfocalPSF", "VoxelIntegrated", "noll_to_nm", "zernike_noll", "psf_from_dict"]
+__all__ = [
+    "PSFModel",
+    "GaussianPSF",
+    "GibsonLanniPSF",
+    "HanserPSF",
+    "MeasuredPSF",
+    "ConfocalPSF",
+    "VoxelIntegrated",
+    "noll_to_nm",
+    "zernike_noll",
+    "psf_from_dict",
+]
 
-_REGISTRY = {"GaussianPSF": GaussianPSF, "GibsonLanniPSF": GibsonLanniPSF, "HanserPSF": HanserPSF, "MeasuredPSF": MeasuredPSF,
-             "ConfocalPSF": ConfocalPSF, "VoxelIntegrated": VoxelIntegrated}
+_REGISTRY = {
+    "GaussianPSF": GaussianPSF,
+    "GibsonLanniPSF": GibsonLanniPSF,
+    "HanserPSF": HanserPSF,
+    "MeasuredPSF": MeasuredPSF,
+    "ConfocalPSF": ConfocalPSF,
+    "VoxelIntegrated": VoxelIntegrated,
+}
 
 
 def psf_from_dict(d) -> PSFModel:

@@ -12,6 +12,7 @@ The renderer only ever asks for three things:
 - :meth:`PSFModel.psf`: the real-space PSF on a grid in FFT order (centre at index 0), as a
   density in 1/um^3 (``psf.sum() * grid.voxel_volume_um3`` is ~1), for previews.
 """
+
 from __future__ import annotations
 
 import math

@@ -12,6 +12,7 @@ frequencies. The result is the continuous OTF of the box-periodised PSF at the g
 frequencies, exact up to the PSF tails that leave the box (the renderer pads the box by
 ``extent_um()`` for that reason).
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,9 @@ from .._checks import check_memory
 from ..grid import FFTGrid
 
 
-def oversampling_factors(grid: FFTGrid, cutoff_cyc_per_um: tuple[float, float, float],
-                         oversampling: float = 1.0) -> tuple[int, int, int]:
+def oversampling_factors(
+    grid: FFTGrid, cutoff_cyc_per_um: tuple[float, float, float], oversampling: float = 1.0
+) -> tuple[int, int, int]:
     """Smallest integer factors m (z, y, x) such that spacing / m samples a signal band
     limited to ``cutoff`` above its Nyquist rate (times ``oversampling`` >= 1)."""
     out = []
@@ -36,8 +38,11 @@ def oversampling_factors(grid: FFTGrid, cutoff_cyc_per_um: tuple[float, float, f
 
 def fine_grid(grid: FFTGrid, factors: tuple[int, int, int]) -> FFTGrid:
     """The same box sampled ``factors`` times more densely (same frequency step)."""
-    return FFTGrid(tuple(n * m for n, m in zip(grid.shape, factors)),
-                   tuple(s / m for s, m in zip(grid.spacing_um, factors)), grid.origin_um)
+    return FFTGrid(
+        tuple(n * m for n, m in zip(grid.shape, factors)),
+        tuple(s / m for s, m in zip(grid.spacing_um, factors)),
+        grid.origin_um,
+    )
 
 
 def crop_spectrum(spec_fine: torch.Tensor, grid: FFTGrid) -> torch.Tensor:

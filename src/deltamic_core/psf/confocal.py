@@ -1,4 +1,5 @@
 """Point-scanning confocal PSF: excitation x (emission convolved with the pinhole)."""
+
 from __future__ import annotations
 
 import math
@@ -46,18 +47,31 @@ class ConfocalPSF(GibsonLanniPSF):
     n_immersion, n_sample, ... : as :class:`GibsonLanniPSF`.
     """
 
-    def __init__(self, na: float = 1.4, wavelength_um: float = 0.6, ex_wavelength_um: float | None = None,
-                 pinhole_au: float = 1.0, *, max_extent_um=(6.0, 4.0, 4.0), **kw):
+    def __init__(
+        self,
+        na: float = 1.4,
+        wavelength_um: float = 0.6,
+        ex_wavelength_um: float | None = None,
+        pinhole_au: float = 1.0,
+        *,
+        max_extent_um=(6.0, 4.0, 4.0),
+        **kw,
+    ):
         learn = kw.pop("learn", ("na", "n_sample", "particle_depth_um"))
         learn = (learn,) if isinstance(learn, str) else tuple(learn)
-        super().__init__(na=na, wavelength_um=wavelength_um, max_extent_um=max_extent_um,
-                         learn=tuple(n for n in learn if n != "ex_wavelength_um"), **kw)
+        super().__init__(
+            na=na,
+            wavelength_um=wavelength_um,
+            max_extent_um=max_extent_um,
+            learn=tuple(n for n in learn if n != "ex_wavelength_um"),
+            **kw,
+        )
         ex = _positive(wavelength_um if ex_wavelength_um is None else ex_wavelength_um, "ex_wavelength_um")
         self.pinhole_au = _positive(pinhole_au, "pinhole_au")
         self._add_positive("ex_wavelength_um", ex, "ex_wavelength_um" in learn)
         self.pinhole_radius_um = self.pinhole_au * AIRY_FACTOR * float(wavelength_um) / float(na)
 
-    _lam = None           # excitation wavelength while its profile is evaluated
+    _lam = None  # excitation wavelength while its profile is evaluated
     _theta_cache = None
 
     # while evaluating the excitation profile, wavelength_um reads the excitation wavelength
@@ -73,8 +87,10 @@ class ConfocalPSF(GibsonLanniPSF):
         v = self._values()
         self._check_physical(v)
         na, ni = v["na"], v["n_immersion"]
-        ax = (ni - math.sqrt(ni * ni - na * na))
-        return ax / v["wavelength_um"] + ax / v["ex_wavelength_um"], 2.0 * na / v["wavelength_um"] + 2.0 * na / v["ex_wavelength_um"]
+        ax = ni - math.sqrt(ni * ni - na * na)
+        return ax / v["wavelength_um"] + ax / v["ex_wavelength_um"], 2.0 * na / v["wavelength_um"] + 2.0 * na / v[
+            "ex_wavelength_um"
+        ]
 
     def _widefield(self, z_um, r_um, lam=None):
         if lam is None:
@@ -101,7 +117,7 @@ class ConfocalPSF(GibsonLanniPSF):
         with torch.no_grad():
             cosang = (sc * sc + r * r - big_r * big_r) / (2.0 * sc * r).clamp_min(1e-300)
             theta = 2.0 * torch.arccos(cosang.clamp(-1.0, 1.0))
-            inside = sc + r <= big_r                       # the whole circle is in the disc
+            inside = sc + r <= big_r  # the whole circle is in the disc
             outside = ~inside & ((sc - r).abs() >= big_r)  # none of it
             theta = torch.where(inside, torch.full_like(theta, 2.0 * math.pi), theta)
             theta = torch.where(outside, torch.zeros_like(theta), theta)
@@ -122,8 +138,10 @@ class ConfocalPSF(GibsonLanniPSF):
         if not bool(keep.all()):
             out = torch.zeros((z_um.shape[0], r_um.shape[0]), dtype=PARAM_DTYPE, device=z_um.device)
             if bool(keep.any()):
-                out = out.index_put((torch.arange(z_um.shape[0], device=z_um.device)[:, None],
-                                     keep.nonzero()[:, 0][None, :]), self.radial_profile(z_um, r_um[keep]))
+                out = out.index_put(
+                    (torch.arange(z_um.shape[0], device=z_um.device)[:, None], keep.nonzero()[:, 0][None, :]),
+                    self.radial_profile(z_um, r_um[keep]),
+                )
             return out
         ex = self._widefield(z_um, r_um, lam=self.ex_wavelength_um)
         s, mat = self._pinhole_matrix(r_um)

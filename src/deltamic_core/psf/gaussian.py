@@ -1,4 +1,5 @@
 """Anisotropic (optionally rotated) 3D Gaussian PSF with an analytic OTF."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,7 @@ class GaussianPSF(PSFModel):
         (4 sigma: the PSF there is exp(-8) ~ 3e-4 of its peak).
     """
 
-    def __init__(self, sigma_um=(1.0, 0.25, 0.25), covariance_um2=None, *, covariance=None,
-                 extent_sigmas: float = 4.0):
+    def __init__(self, sigma_um=(1.0, 0.25, 0.25), covariance_um2=None, *, covariance=None, extent_sigmas: float = 4.0):
         super().__init__()
         if covariance is not None and covariance_um2 is not None:
             raise ValueError("give covariance_um2 or its alias covariance, not both")
@@ -62,11 +62,13 @@ class GaussianPSF(PSFModel):
         d = torch.exp(self.log_diag)
         z = torch.zeros((), dtype=d.dtype, device=d.device)
         o = self.offdiag
-        return torch.stack([
-            torch.stack([d[0], z, z]),
-            torch.stack([o[0], d[1], z]),
-            torch.stack([o[1], o[2], d[2]]),
-        ])
+        return torch.stack(
+            [
+                torch.stack([d[0], z, z]),
+                torch.stack([o[0], d[1], z]),
+                torch.stack([o[1], o[2], d[2]]),
+            ]
+        )
 
     @property
     def covariance_um2(self) -> torch.Tensor:
@@ -99,8 +101,12 @@ class GaussianPSF(PSFModel):
             out = torch.exp(c * s2[0] * fz**2) * torch.exp(c * s2[1] * fy**2) * torch.exp(c * s2[2] * fx**2)
         else:
             S = self.covariance_um2.to(dev)
-            q = (S[0, 0] * fz**2 + S[1, 1] * fy**2 + S[2, 2] * fx**2
-                 + 2.0 * (S[0, 1] * fz * fy + S[0, 2] * fz * fx + S[1, 2] * fy * fx))
+            q = (
+                S[0, 0] * fz**2
+                + S[1, 1] * fy**2
+                + S[2, 2] * fx**2
+                + 2.0 * (S[0, 1] * fz * fy + S[0, 2] * fz * fx + S[1, 2] * fy * fx)
+            )
             out = torch.exp(c * q)
         return out.to(dtype)
 
@@ -116,8 +122,12 @@ class GaussianPSF(PSFModel):
         z, y, x = z[:, None, None], y[None, :, None], x[None, None, :]
         S = self.covariance_um2.to(dev)
         P = torch.linalg.inv(S)
-        q = (P[0, 0] * z**2 + P[1, 1] * y**2 + P[2, 2] * x**2
-             + 2.0 * (P[0, 1] * z * y + P[0, 2] * z * x + P[1, 2] * y * x))
+        q = (
+            P[0, 0] * z**2
+            + P[1, 1] * y**2
+            + P[2, 2] * x**2
+            + 2.0 * (P[0, 1] * z * y + P[0, 2] * z * x + P[1, 2] * y * x)
+        )
         norm = (2.0 * math.pi) ** 1.5 * torch.sqrt(torch.linalg.det(S))
         return (torch.exp(-0.5 * q) / norm).to(dtype)
 
@@ -127,8 +137,15 @@ class GaussianPSF(PSFModel):
 
     # -- construction helpers ------------------------------------------------------------
     @classmethod
-    def from_optics(cls, na: float, wavelength_um: float, n_immersion: float, confocal: bool = False,
-                    excitation_wavelength_um: float | None = None, **kwargs) -> GaussianPSF:
+    def from_optics(
+        cls,
+        na: float,
+        wavelength_um: float,
+        n_immersion: float,
+        confocal: bool = False,
+        excitation_wavelength_um: float | None = None,
+        **kwargs,
+    ) -> GaussianPSF:
         r"""Gaussian matched to the peak of the paraxial, aberration-free widefield PSF.
 
         With k = 2 pi / lambda (emission wavelength, vacuum), the paraxial widefield PSF is
@@ -161,7 +178,11 @@ class GaussianPSF(PSFModel):
 
         sz, sxy = widths(lam)
         if confocal:
-            lam_ex = lam if excitation_wavelength_um is None else _positive(excitation_wavelength_um, "excitation_wavelength_um")
+            lam_ex = (
+                lam
+                if excitation_wavelength_um is None
+                else _positive(excitation_wavelength_um, "excitation_wavelength_um")
+            )
             ez, exy = widths(lam_ex)
             sz = 1.0 / math.sqrt(1.0 / sz**2 + 1.0 / ez**2)
             sxy = 1.0 / math.sqrt(1.0 / sxy**2 + 1.0 / exy**2)
@@ -171,8 +192,7 @@ class GaussianPSF(PSFModel):
 
     # -- reports -------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"type": "GaussianPSF",
-                             "sigma_um": [float(v) for v in self.sigma_um.detach().cpu()]}
+        d: dict[str, Any] = {"type": "GaussianPSF", "sigma_um": [float(v) for v in self.sigma_um.detach().cpu()]}
         if self._full:
             d["covariance_um2"] = self.covariance_um2.detach().cpu().tolist()
         d["extent_sigmas"] = self.extent_sigmas
@@ -180,8 +200,11 @@ class GaussianPSF(PSFModel):
 
     @classmethod
     def _from_dict(cls, d: dict[str, Any]) -> GaussianPSF:
-        return cls(sigma_um=d.get("sigma_um", (1.0, 0.25, 0.25)), covariance_um2=d.get("covariance_um2"),
-                   extent_sigmas=d.get("extent_sigmas", 4.0))
+        return cls(
+            sigma_um=d.get("sigma_um", (1.0, 0.25, 0.25)),
+            covariance_um2=d.get("covariance_um2"),
+            extent_sigmas=d.get("extent_sigmas", 4.0),
+        )
 
 
 def _check_sigma(sigma_um) -> tuple[float, float, float]:

@@ -1,4 +1,5 @@
 """Scalar Gibson-Lanni PSF (depth-dependent spherical aberration) in torch."""
+
 from __future__ import annotations
 
 import math
@@ -70,32 +71,65 @@ class GibsonLanniPSF(SampledPSFModel):
         ``extent_um()``, which bounds the region where the PSF exceeds the threshold).
     """
 
-    def __init__(self, na: float = 1.4, wavelength_um: float = 0.6, n_immersion: float = 1.515, n_immersion_design: float = 1.515,
-                 n_sample: float = 1.47, tg: float = 170.0, tg0: float = 170.0, ng: float = 1.515, ng0: float = 1.515,
-                 ti0: float = 150.0, particle_depth_um: float = 0.0, *, oversampling: float = 1.0,
-                 extent_threshold: float = 1e-3, max_extent_um=(12.0, 8.0, 8.0),
-                 learn=("na", "n_sample", "particle_depth_um"), otf_method: str = "hankel"):
+    def __init__(
+        self,
+        na: float = 1.4,
+        wavelength_um: float = 0.6,
+        n_immersion: float = 1.515,
+        n_immersion_design: float = 1.515,
+        n_sample: float = 1.47,
+        tg: float = 170.0,
+        tg0: float = 170.0,
+        ng: float = 1.515,
+        ng0: float = 1.515,
+        ti0: float = 150.0,
+        particle_depth_um: float = 0.0,
+        *,
+        oversampling: float = 1.0,
+        extent_threshold: float = 1e-3,
+        max_extent_um=(12.0, 8.0, 8.0),
+        learn=("na", "n_sample", "particle_depth_um"),
+        otf_method: str = "hankel",
+    ):
         super().__init__()
         if otf_method not in ("hankel", "grid"):
             raise ValueError(f"otf_method must be 'hankel' or 'grid', got {otf_method!r}")
         self.otf_method = otf_method
-        vals = dict(na=na, wavelength_um=wavelength_um, n_immersion=n_immersion, n_immersion_design=n_immersion_design, n_sample=n_sample, ng=ng, ng0=ng0, tg=tg, tg0=tg0, ti0=ti0)
+        vals = dict(
+            na=na,
+            wavelength_um=wavelength_um,
+            n_immersion=n_immersion,
+            n_immersion_design=n_immersion_design,
+            n_sample=n_sample,
+            ng=ng,
+            ng0=ng0,
+            tg=tg,
+            tg0=tg0,
+            ti0=ti0,
+        )
         checked = {k: _positive(v, k) for k, v in vals.items()}
         depth = _nonnegative(particle_depth_um, "particle_depth_um")
         if checked["na"] >= checked["n_immersion"]:
-            raise ValueError(f"na must be smaller than n_immersion (na={checked['na']}, n_immersion={checked['n_immersion']})")
+            raise ValueError(
+                f"na must be smaller than n_immersion (na={checked['na']}, n_immersion={checked['n_immersion']})"
+            )
         if checked["na"] >= checked["n_immersion_design"]:
-            raise ValueError(f"na must be smaller than n_immersion_design (na={checked['na']}, "
-                             f"n_immersion_design={checked['n_immersion_design']})")
+            raise ValueError(
+                f"na must be smaller than n_immersion_design (na={checked['na']}, "
+                f"n_immersion_design={checked['n_immersion_design']})"
+            )
         learn = (learn,) if isinstance(learn, str) else tuple(learn)
         unknown = set(learn) - set(_POSITIVE) - {"particle_depth_um"}
         if unknown:
-            raise ValueError(f"learn names unknown parameters {sorted(unknown)}; choose from {list(_POSITIVE) + ['particle_depth_um']}")
+            raise ValueError(
+                f"learn names unknown parameters {sorted(unknown)}; choose from {list(_POSITIVE) + ['particle_depth_um']}"
+            )
         for k in _POSITIVE:
             self._add_positive(k, checked[k], k in learn)
         self._add_real("particle_depth_um", depth, "particle_depth_um" in learn)
         self.oversampling, self.extent_threshold, self.max_extent_um = _sampling_settings(
-            oversampling, extent_threshold, max_extent_um)
+            oversampling, extent_threshold, max_extent_um
+        )
         self._extent_cache: tuple | None = None
 
     # physical parameters (differentiable tensors)
@@ -156,7 +190,9 @@ class GibsonLanniPSF(SampledPSFModel):
             tv = max(float((a + b * z).real.diff().abs().sum()) for z in (-z_abs_max, z_abs_max))
             na = float(self.na.detach())
             bessel = 2.0 * math.pi / float(self.wavelength_um.detach()) * na * r_max
-            cuts = sorted({float(getattr(self, k).detach()) / na for k in ("n_sample", "ng", "ng0", "n_immersion_design")})
+            cuts = sorted(
+                {float(getattr(self, k).detach()) / na for k in ("n_sample", "ng", "ng0", "n_immersion_design")}
+            )
         cuts = [c for c in cuts if 1e-6 < c < 1.0 - 1e-6]
         edges = [0.0] + cuts + [1.0]
         # GL with n nodes resolves ~2n/pi oscillation half-periods; keep a wide margin
@@ -175,11 +211,11 @@ class GibsonLanniPSF(SampledPSFModel):
         dev = z_um.device
         rho, w = self._quadrature(float(z_um.abs().max()), float(r_um.abs().max()), dev)
         a, b = self._phase_terms(rho)
-        phase = a[None, :] + b[None, :] * z_um[:, None]              # (Nz, Nrho) complex
+        phase = a[None, :] + b[None, :] * z_um[:, None]  # (Nz, Nrho) complex
         # exp(i phase); the imaginary part of phase (evanescent, > 0) damps the amplitude
         e = torch.exp(1j * phase)
         k0na = 2.0 * math.pi / self.wavelength_um * self.na
-        bes = bessel_j0(k0na * r_um[None, :] * rho[:, None]) * (w * rho)[:, None]   # (Nrho, Nr)
+        bes = bessel_j0(k0na * r_um[None, :] * rho[:, None]) * (w * rho)[:, None]  # (Nrho, Nr)
         amp = e @ bes.to(e.dtype)
         return amp.real**2 + amp.imag**2
 
@@ -190,8 +226,8 @@ class GibsonLanniPSF(SampledPSFModel):
         step = min(min(fine.spacing_um[1:]), lam / (4.0 * na)) / 32.0
         nr = int(math.ceil(float(r.max()) / step)) + 2
         r_samples = torch.arange(nr, dtype=PARAM_DTYPE, device=device) * step
-        prof = self.radial_profile(z, r_samples)                    # (Nz, Nr)
-        return interp1d_uniform(prof, step, r)                      # (Nz, Ny, Nx)
+        prof = self.radial_profile(z, r_samples)  # (Nz, Nr)
+        return interp1d_uniform(prof, step, r)  # (Nz, Ny, Nx)
 
     def _lateral_transform(self, grid: FFTGrid, device):
         """Hankel transform of the PSF on oversampled planes: returns (H (Nzf, Nk) float64,
@@ -206,7 +242,7 @@ class GibsonLanniPSF(SampledPSFModel):
         n_r = int(math.ceil(0.75 * 2.0 * math.pi * 2.0 * fr_cut * big_r)) + 48
         x, w = leggauss(n_r, device=device)
         r, wr = big_r * x, big_r * w
-        prof = self.radial_profile(zf, r)                                   # (Nzf, Nr)
+        prof = self.radial_profile(zf, r)  # (Nzf, Nr)
         dk = 1.0 / max(grid.extent_um[1:]) / 16.0
         _, fy, fx = grid.freqs(PARAM_DTYPE, device)
         kmax = min(float(torch.sqrt(fy.abs().max() ** 2 + fx.abs().max() ** 2)), fr_cut)
@@ -224,14 +260,14 @@ class GibsonLanniPSF(SampledPSFModel):
         _check_dtype(dtype)
         dev = self._device(device)
         lat, dk, dzf, _ = self._lateral_transform(grid, dev)
-        spec = torch.fft.fft(lat.to(torch.complex128), dim=0) * dzf        # (Nzf, Nk)
+        spec = torch.fft.fft(lat.to(torch.complex128), dim=0) * dzf  # (Nzf, Nk)
         nz = grid.shape[0]
         iz = torch.fft.fftfreq(nz, d=1.0 / nz, device=dev).round().long() % spec.shape[0]
         spec = spec[iz]
         spec = spec / spec[0, 0].real
         _, fy, fx = grid.freqs(PARAM_DTYPE, dev)
         kr = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-        out = interp1d_uniform(spec, dk, kr)                               # (Nz, Ny, Nxh)
+        out = interp1d_uniform(spec, dk, kr)  # (Nz, Ny, Nxh)
         # the scalar PSF's OTF is exactly zero beyond 2 NA / lambda
         out = torch.where((kr <= self._band_limits()[1])[None], out, torch.zeros((), dtype=out.dtype, device=dev))
         return out.to(dtype.to_complex())
@@ -266,7 +302,7 @@ class GibsonLanniPSF(SampledPSFModel):
             h = self.radial_profile(z, r)
             keep = h >= self.extent_threshold * h.max()
             zs = z[keep.any(dim=1)].abs().max().item() + dz
-            rows = (z.abs() <= zs)
+            rows = z.abs() <= zs
             rs = r[keep[rows].any(dim=0)].max().item() + dr
         ext = (min(zs, self.max_extent_um[0]), min(rs, self.max_extent_um[1]), min(rs, self.max_extent_um[2]))
         self._extent_cache = (key, ext)
@@ -280,8 +316,11 @@ class GibsonLanniPSF(SampledPSFModel):
         d["extent_threshold"] = self.extent_threshold
         d["max_extent_um"] = list(self.max_extent_um)
         d["otf_method"] = self.otf_method
-        d["learn"] = [n for n in list(_POSITIVE) + ["particle_depth_um"]
-                      if isinstance(getattr(self, ("log_" + n) if n in _POSITIVE else n + "_"), torch.nn.Parameter)]
+        d["learn"] = [
+            n
+            for n in list(_POSITIVE) + ["particle_depth_um"]
+            if isinstance(getattr(self, ("log_" + n) if n in _POSITIVE else n + "_"), torch.nn.Parameter)
+        ]
         return d
 
     @classmethod

@@ -1,4 +1,5 @@
 """Pupil-function (Hanser) PSF with Zernike aberrations, in torch."""
+
 from __future__ import annotations
 
 import math
@@ -45,10 +46,20 @@ class HanserPSF(SampledPSFModel):
     learn : learnable parameters among ``zernike, na, wavelength_um, n_immersion``.
     """
 
-    def __init__(self, na: float = 1.4, wavelength_um: float = 0.6, n_immersion: float = 1.515,
-                 zernike: dict | None = None, *, apodization: str = "sine", pupil_edge: str = "soft",
-                 oversampling: float = 1.0, extent_threshold: float = 1e-3, max_extent_um=(12.0, 8.0, 8.0),
-                 learn=("zernike",)):
+    def __init__(
+        self,
+        na: float = 1.4,
+        wavelength_um: float = 0.6,
+        n_immersion: float = 1.515,
+        zernike: dict | None = None,
+        *,
+        apodization: str = "sine",
+        pupil_edge: str = "soft",
+        oversampling: float = 1.0,
+        extent_threshold: float = 1e-3,
+        max_extent_um=(12.0, 8.0, 8.0),
+        learn=("zernike",),
+    ):
         super().__init__()
         na = _positive(na, "na")
         lam = _positive(wavelength_um, "wavelength_um")
@@ -58,13 +69,17 @@ class HanserPSF(SampledPSFModel):
         learn = (learn,) if isinstance(learn, str) else tuple(learn)
         unknown = set(learn) - {"zernike", "na", "wavelength_um", "n_immersion"}
         if unknown:
-            raise ValueError(f"learn names unknown parameters {sorted(unknown)}; choose from zernike, na, wavelength_um, n_immersion")
+            raise ValueError(
+                f"learn names unknown parameters {sorted(unknown)}; choose from zernike, na, wavelength_um, n_immersion"
+            )
         self._add_positive("na", na, "na" in learn)
         self._add_positive("wavelength_um", lam, "wavelength_um" in learn)
         self._add_positive("n_immersion", n, "n_immersion" in learn)
         zernike = {} if zernike is None else zernike
         if not isinstance(zernike, dict):
-            raise TypeError(f"zernike must be a dict {{noll_index: coefficient_in_waves}}, got {type(zernike).__name__}")
+            raise TypeError(
+                f"zernike must be a dict {{noll_index: coefficient_in_waves}}, got {type(zernike).__name__}"
+            )
         idx, coef = [], []
         for j, c in sorted(zernike.items(), key=lambda kv: int(kv[0])):
             try:
@@ -85,7 +100,8 @@ class HanserPSF(SampledPSFModel):
             raise ValueError(f"pupil_edge must be 'soft' or 'hard', got {pupil_edge!r}")
         self.apodization, self.pupil_edge = apodization, pupil_edge
         self.oversampling, self.extent_threshold, self.max_extent_um = _sampling_settings(
-            oversampling, extent_threshold, max_extent_um)
+            oversampling, extent_threshold, max_extent_um
+        )
         self._extent_cache: tuple | None = None
 
     na = property(lambda self: self._pos("na"))
@@ -164,10 +180,10 @@ class HanserPSF(SampledPSFModel):
             return self._extent_cache[1]
         fz_cut, _ = self._band_limits()
         dz = 0.25 / fz_cut
-        dxy = 0.45 * lam / na            # field Nyquist: exact point samples of the intensity
+        dxy = 0.45 * lam / na  # field Nyquist: exact point samples of the intensity
         zmax = self.max_extent_um[0]
         half = max(self.max_extent_um[1:])
-        nxy = 2 * int(math.ceil(1.5 * half / dxy))   # a box 1.5x the search range: little wrap
+        nxy = 2 * int(math.ceil(1.5 * half / dxy))  # a box 1.5x the search range: little wrap
         dev = self._device(None)
         with torch.no_grad():
             z = torch.arange(-math.ceil(zmax / dz), math.ceil(zmax / dz) + 1, dtype=PARAM_DTYPE, device=dev) * dz
@@ -187,13 +203,24 @@ class HanserPSF(SampledPSFModel):
     # -- reports -------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
         na, lam, n = self._scalars()
-        learn = [k for k in ("na", "wavelength_um", "n_immersion") if isinstance(getattr(self, "log_" + k), nn.Parameter)]
+        learn = [
+            k for k in ("na", "wavelength_um", "n_immersion") if isinstance(getattr(self, "log_" + k), nn.Parameter)
+        ]
         if isinstance(self.zernike_waves, nn.Parameter):
             learn.append("zernike")
-        return {"type": "HanserPSF", "na": na, "wavelength_um": lam, "n_immersion": n,
-                "zernike": self.zernike, "apodization": self.apodization, "pupil_edge": self.pupil_edge,
-                "oversampling": self.oversampling, "extent_threshold": self.extent_threshold,
-                "max_extent_um": list(self.max_extent_um), "learn": learn}
+        return {
+            "type": "HanserPSF",
+            "na": na,
+            "wavelength_um": lam,
+            "n_immersion": n,
+            "zernike": self.zernike,
+            "apodization": self.apodization,
+            "pupil_edge": self.pupil_edge,
+            "oversampling": self.oversampling,
+            "extent_threshold": self.extent_threshold,
+            "max_extent_um": list(self.max_extent_um),
+            "learn": learn,
+        }
 
     @classmethod
     def _from_dict(cls, d: dict[str, Any]) -> HanserPSF:

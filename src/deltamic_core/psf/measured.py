@@ -1,4 +1,5 @@
 """A PSF measured from a bead image, with its OTF at any grid's frequencies."""
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,9 @@ class MeasuredPSF(PSFModel):
         super().__init__()
         arr = _as_volume(psf, "psf")
         if np.any(arr < 0):
-            raise ValueError("psf must be non-negative (subtract the background and clip first, or use from_bead_image)")
+            raise ValueError(
+                "psf must be non-negative (subtract the background and clip first, or use from_bead_image)"
+            )
         self.spacing_um = check_spacing(spacing_um, "spacing_um")
         dv = float(np.prod(self.spacing_um))
         total = float(arr.sum()) * dv
@@ -51,8 +54,16 @@ class MeasuredPSF(PSFModel):
         return FFTGrid(tuple(self.samples.shape), self.spacing_um)
 
     @classmethod
-    def from_bead_image(cls, image, spacing_um, background=None, *, snr_threshold: float = 3.0,
-                        smoothing_voxels: float = 1.0, iterations: int = 3) -> MeasuredPSF:
+    def from_bead_image(
+        cls,
+        image,
+        spacing_um,
+        background=None,
+        *,
+        snr_threshold: float = 3.0,
+        smoothing_voxels: float = 1.0,
+        iterations: int = 3,
+    ) -> MeasuredPSF:
         """Build a PSF from an image of one sub-resolution bead.
 
         Steps: (1) background: ``background`` if given (a number), else the median of the
@@ -102,8 +113,10 @@ class MeasuredPSF(PSFModel):
             peak = np.unravel_index(int(np.argmax(sm)), sm.shape)
             thr = max(snr_threshold * noise, 1e-12 * float(sm.max()))
             if not sm[peak] > thr:
-                raise ValueError("image: no bead above the noise (peak of the smoothed, background-subtracted "
-                                 f"image {float(sm[peak]):.3g} <= {snr_threshold} x noise {noise:.3g})")
+                raise ValueError(
+                    "image: no bead above the noise (peak of the smoothed, background-subtracted "
+                    f"image {float(sm[peak]):.3g} <= {snr_threshold} x noise {noise:.3g})"
+                )
             labels, _ = ndimage.label(sm > thr)
             support = ndimage.binary_dilation(labels == labels[peak], iterations=2)
             w = np.clip(shifted, 0.0, None) * support
@@ -131,7 +144,7 @@ class MeasuredPSF(PSFModel):
         sz, sy, sx = self.spacing_um
 
         def kernel(f, c, s):
-            k = torch.exp(-2j * math.pi * c[:, None] * f[None, :])     # (N0, Nk)
+            k = torch.exp(-2j * math.pi * c[:, None] * f[None, :])  # (N0, Nk)
             inband = (f.abs() <= 0.5 / s * (1.0 + 1e-9)).to(k.dtype)
             return k * inband[None, :]
 
@@ -154,17 +167,23 @@ class MeasuredPSF(PSFModel):
         """Summary for reports (spacing, shape, FWHM, centroid); with ``include_samples`` also
         the samples themselves (nested lists), so that ``from_dict`` can rebuild the model.
         The samples are left out by default because reports are written every iteration."""
-        d: dict[str, Any] = {"type": "MeasuredPSF", "spacing_um": list(self.spacing_um),
-                             "shape": list(self.samples.shape), "fwhm_um": list(self.fwhm_um()),
-                             "centroid_um": list(self.centroid_um())}
+        d: dict[str, Any] = {
+            "type": "MeasuredPSF",
+            "spacing_um": list(self.spacing_um),
+            "shape": list(self.samples.shape),
+            "fwhm_um": list(self.fwhm_um()),
+            "centroid_um": list(self.centroid_um()),
+        }
         if include_samples:
             d["samples"] = self.samples.detach().cpu().numpy().tolist()
         return d
 
     def describe(self) -> str:
         c = self.centroid_um()
-        return (f"MeasuredPSF(shape={tuple(self.samples.shape)}, spacing_um={tuple(round(s, 4) for s in self.spacing_um)}, "
-                f"fwhm_um~{tuple(round(v, 3) for v in self.fwhm_um())}, centroid_um={tuple(round(v, 4) for v in c)})")
+        return (
+            f"MeasuredPSF(shape={tuple(self.samples.shape)}, spacing_um={tuple(round(s, 4) for s in self.spacing_um)}, "
+            f"fwhm_um~{tuple(round(v, 3) for v in self.fwhm_um())}, centroid_um={tuple(round(v, 4) for v in c)})"
+        )
 
     @classmethod
     def _from_dict(cls, d: dict[str, Any]) -> MeasuredPSF:
@@ -178,8 +197,11 @@ class MeasuredPSF(PSFModel):
         h = self.samples.detach().cpu()
         cz, cy, cx = self.grid.centred_coords()
         tot = h.sum()
-        return (float((h.sum((1, 2)) * cz).sum() / tot), float((h.sum((0, 2)) * cy).sum() / tot),
-                float((h.sum((0, 1)) * cx).sum() / tot))
+        return (
+            float((h.sum((1, 2)) * cz).sum() / tot),
+            float((h.sum((0, 2)) * cy).sum() / tot),
+            float((h.sum((0, 1)) * cx).sum() / tot),
+        )
 
     def fwhm_um(self) -> tuple[float, float, float]:
         """Full width at half maximum along each axis through the brightest voxel (linear

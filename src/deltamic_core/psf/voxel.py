@@ -1,4 +1,5 @@
 """Voxel integration as a PSF wrapper: the detector averages the blurred image over each voxel."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,9 @@ class VoxelIntegrated(PSFModel):
         inner = self.psf_model.otf(grid, dtype=dtype, device=dev)
         fz, fy, fx = grid.freqs(PARAM_DTYPE, dev)
         sz, sy, sx = self.spacing_um
-        box = (torch.sinc(fz * sz)[:, None, None] * torch.sinc(fy * sy)[None, :, None]
-               * torch.sinc(fx * sx)[None, None, :])
+        box = (
+            torch.sinc(fz * sz)[:, None, None] * torch.sinc(fy * sy)[None, :, None] * torch.sinc(fx * sx)[None, None, :]
+        )
         return inner * box.to(dtype)
 
     def extent_um(self) -> tuple[float, float, float]:

@@ -8,6 +8,7 @@ Z_j = sqrt(n + 1) R_n^0(rho) (m = 0), sqrt(2 (n + 1)) R_n^|m|(rho) cos|sin(|m| p
 Examples: Z1 piston = 1, Z2 = 2 rho cos(phi) (tilt x), Z4 defocus = sqrt(3) (2 rho^2 - 1),
 Z11 primary spherical = sqrt(5) (6 rho^4 - 6 rho^2 + 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ def noll_to_nm(j: int) -> tuple[int, int]:
     n = 0
     while (n + 1) * (n + 2) // 2 < j:
         n += 1
-    p = j - n * (n + 1) // 2 - 1          # position inside the radial order, 0-based
+    p = j - n * (n + 1) // 2 - 1  # position inside the radial order, 0-based
     m_abs = 2 * ((p + 1) // 2) if n % 2 == 0 else 2 * (p // 2) + 1
     if m_abs == 0:
         return n, 0
@@ -40,8 +41,11 @@ def zernike_radial(n: int, m: int, rho: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(rho)
     out = torch.zeros_like(rho)
     for k in range((n - m) // 2 + 1):
-        c = (-1) ** k * math.factorial(n - k) / (
-            math.factorial(k) * math.factorial((n + m) // 2 - k) * math.factorial((n - m) // 2 - k))
+        c = (
+            (-1) ** k
+            * math.factorial(n - k)
+            / (math.factorial(k) * math.factorial((n + m) // 2 - k) * math.factorial((n - m) // 2 - k))
+        )
         out = out + c * rho ** (n - 2 * k)
     return out
 

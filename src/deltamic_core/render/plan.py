@@ -4,6 +4,7 @@ mesh may occupy without its blurred image wrapping around the periodic box.
 
 Everything here is set up once per fit; none of it runs per iteration.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ class PaddedBox:
         y in (x_last + blur - L, x_first - blur + L).
         """
         lower, upper = [], []
-        for o, s, n, L, b in zip(self.image.origin_um, self.image.spacing_um, self.image.shape,
-                                 self.grid.extent_um, self.blur_um):
+        for o, s, n, L, b in zip(
+            self.image.origin_um, self.image.spacing_um, self.image.shape, self.grid.extent_um, self.blur_um
+        ):
             first, last = o, o + (n - 1) * s
             lower.append(last + b - L)
             upper.append(first - b + L)
@@ -134,9 +136,7 @@ def band_from_otf(grid: FFTGrid, otf: torch.Tensor, threshold: float) -> GridBan
         raise ValueError(f"the PSF's OTF has no usable maximum (max|OTF| = {peak}): check the PSF parameters")
     mask = mag > threshold * peak
     if not bool(mask.any()):
-        raise ValueError(
-            f"band_threshold={threshold} keeps no frequency of the OTF: lower the threshold"
-        )
+        raise ValueError(f"band_threshold={threshold} keeps no frequency of the OTF: lower the threshold")
     return GridBand.from_mask(grid, mask)
 
 
@@ -144,8 +144,9 @@ def oversampled_grid(grid: FFTGrid, factor) -> FFTGrid:
     """The grid with the same box (lengths L, origin) and ``factor`` times more voxels per
     axis: its frequencies j / L extend ``factor`` times beyond ``grid``'s Nyquist frequency."""
     q = tuple(int(f) for f in factor)
-    return FFTGrid(tuple(n * f for n, f in zip(grid.shape, q)),
-                   tuple(s / f for s, f in zip(grid.spacing_um, q)), grid.origin_um)
+    return FFTGrid(
+        tuple(n * f for n, f in zip(grid.shape, q)), tuple(s / f for s, f in zip(grid.spacing_um, q)), grid.origin_um
+    )
 
 
 def boundary_otf(otf: torch.Tensor) -> tuple[float, float, float]:

@@ -37,6 +37,7 @@ autograd through the point-generation map (barycentric combinations, areas).
 Everything is torch (index_add_ / gather on flat int64 indices, chunked to bound memory), so it
 runs on any device.
 """
+
 from __future__ import annotations
 
 import math
@@ -182,13 +183,13 @@ class _Windows:
     def crop(self, buf: torch.Tensor) -> torch.Tensor:
         Wz, Wy, Wx = self.window
         Z, Y, X = self.shape
-        return buf.reshape(self.padded)[Wz:Wz + Z, Wy:Wy + Y, Wx:Wx + X]
+        return buf.reshape(self.padded)[Wz : Wz + Z, Wy : Wy + Y, Wx : Wx + X]
 
     def pad(self, img: torch.Tensor) -> torch.Tensor:
         Wz, Wy, Wx = self.window
         out = torch.zeros(self.padded, dtype=img.dtype, device=img.device)
         Z, Y, X = self.shape
-        out[Wz:Wz + Z, Wy:Wy + Y, Wx:Wx + X] = img
+        out[Wz : Wz + Z, Wy : Wy + Y, Wx : Wx + X] = img
         return out.reshape(-1)
 
 
@@ -230,14 +231,17 @@ class GaussianKernel:
         zero = torch.zeros((), dtype=d0.dtype, device=d0.device)
         for a in range(3):
             t = torch.arange(window[a], device=d0.device, dtype=d0.dtype)
-            d = d0[:, a:a + 1] + t[None, :] * spacing[a]
+            d = d0[:, a : a + 1] + t[None, :] * spacing[a]
             s = sigma[a]
             inside = d.abs() <= radius[a]
             G = torch.exp(-0.5 * (d / s) ** 2) / (math.sqrt(2 * math.pi) * s)
             g = torch.where(inside, (G - self.phi_c / s) / self.norm, zero)
             dd = torch.where(inside, -G * d / (s * s) / self.norm, zero) if need_deriv else None
-            ds = torch.where(inside, (G * ((d * d) / (s * s * s) - 1.0 / s) + self.phi_c / (s * s)) / self.norm,
-                             zero) if need_sigma else None
+            ds = (
+                torch.where(inside, (G * ((d * d) / (s * s * s) - 1.0 / s) + self.phi_c / (s * s)) / self.norm, zero)
+                if need_sigma
+                else None
+            )
             out.append((g, dd, ds))
         return out
 
@@ -272,9 +276,9 @@ class TableKernel:
         # polyphase rows: phase m_a in 0..q_a+1, window t_a: T[t_z q_z + m_z, ...]
         Wz, Wy, Wx = self.window
         qz, qy, qx = self.q
-        iz = (torch.arange(Wz)[None, :] * qz + torch.arange(qz + 2)[:, None])  # (qz+2, Wz)
-        iy = (torch.arange(Wy)[None, :] * qy + torch.arange(qy + 2)[:, None])
-        ix = (torch.arange(Wx)[None, :] * qx + torch.arange(qx + 2)[:, None])
+        iz = torch.arange(Wz)[None, :] * qz + torch.arange(qz + 2)[:, None]  # (qz+2, Wz)
+        iy = torch.arange(Wy)[None, :] * qy + torch.arange(qy + 2)[:, None]
+        ix = torch.arange(Wx)[None, :] * qx + torch.arange(qx + 2)[:, None]
         P = T[iz[:, None, None, :, None, None], iy[None, :, None, None, :, None], ix[None, None, :, None, None, :]]
         self.table = P.reshape((qz + 2) * (qy + 2) * (qx + 2), Wz * Wy * Wx).to(dtype=dtype, device=device).contiguous()
         self.phases = (qz + 2, qy + 2, qx + 2)
@@ -304,8 +308,11 @@ class TableKernel:
                     f = torch.where(c.bool(), phi, 1 - phi)  # (P, 3)
                     sign = 2 * c - 1
                     wts.append(f.prod(1))
-                    dws.append(torch.stack([sign[0] * f[:, 1] * f[:, 2], sign[1] * f[:, 0] * f[:, 2],
-                                            sign[2] * f[:, 0] * f[:, 1]], 1))
+                    dws.append(
+                        torch.stack(
+                            [sign[0] * f[:, 1] * f[:, 2], sign[1] * f[:, 0] * f[:, 2], sign[2] * f[:, 0] * f[:, 1]], 1
+                        )
+                    )
         # d phi / d x = -q / s (d0 = x_i0 - y)
         return torch.stack(rows, 1), torch.stack(wts, 1), torch.stack(dws, 1) * (-q / s)
 
@@ -369,12 +376,13 @@ def _splat_backward(kernel, win, x, s, sigma, grad, need_sigma):
             vals = (unf[idx] if win.rows else gbuf[idx]).reshape(len(d0[b]), -1)  # (Pc, W)
             if kernel.separable:
                 (gz, dz, sz), (gy, dy, sy), (gx, dx, sx) = kernel.factors(
-                    d0[b], win.spacing, win.window, sigma, radius, need_deriv=True, need_sigma=need_sigma)
+                    d0[b], win.spacing, win.window, sigma, radius, need_deriv=True, need_sigma=need_sigma
+                )
                 v = vals.reshape(-1, Wz * Wy, Wx)
                 xs = [gx, dx] + ([sx] if need_sigma else [])
                 vx = torch.bmm(v, torch.stack(xs, 2)).reshape(-1, Wz, Wy, len(xs))  # contract x
-                A = torch.einsum("pzyk,py->pzk", vx, gy)          # (P, Wz, k): y contracted with g
-                By = torch.einsum("pzy,py->pz", vx[..., 0], dy)   # y derivative
+                A = torch.einsum("pzyk,py->pzk", vx, gy)  # (P, Wz, k): y contracted with g
+                By = torch.einsum("pzy,py->pz", vx[..., 0], dy)  # y derivative
                 val = torch.einsum("pz,pz->p", A[..., 0], gz)
                 ddz = torch.einsum("pz,pz->p", A[..., 0], dz)
                 ddy = torch.einsum("pz,pz->p", By, gz)
@@ -385,11 +393,13 @@ def _splat_backward(kernel, win, x, s, sigma, grad, need_sigma):
                 gx_out[sel[b]] = -torch.stack([ddz, ddy, ddx], 1) * w[:, None]
                 if need_sigma:
                     Sy = torch.einsum("pzy,py->pz", vx[..., 0], sy)
-                    gsig += torch.stack([
-                        (w * torch.einsum("pz,pz->p", A[..., 0], sz)).sum(),
-                        (w * torch.einsum("pz,pz->p", Sy, gz)).sum(),
-                        (w * torch.einsum("pz,pz->p", A[..., 2], gz)).sum(),
-                    ])
+                    gsig += torch.stack(
+                        [
+                            (w * torch.einsum("pz,pz->p", A[..., 0], sz)).sum(),
+                            (w * torch.einsum("pz,pz->p", Sy, gz)).sum(),
+                            (w * torch.einsum("pz,pz->p", A[..., 2], gz)).sum(),
+                        ]
+                    )
             else:
                 rows, wt, dw = kernel.corners(d0[b])
                 dots = torch.bmm(kernel.table[rows], vals.unsqueeze(2)).squeeze(2)  # (P, 8)

@@ -41,6 +41,7 @@ c = p + L / 2, which keeps the phases 2 pi k.x about twice smaller (and near zer
 in the middle of the box); exp(-2 pi i k . L/2) = (-1)^(j_z + j_y + j_x) restores the transform
 relative to p exactly, and is folded into the per-band OTF factor.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,10 +121,24 @@ class Renderer:
         ``band_threshold`` the PSF is undersampled by the voxel grid.
     """
 
-    def __init__(self, shape, spacing_um, psf, origin_um=(0.0, 0.0, 0.0), *, band_threshold=1e-3,
-                 backend: str = "auto", dtype=torch.float32, device="cpu", margin_um=None,
-                 max_memory_bytes=None, fold_aliases: bool = True, max_oversampling: int = 8,
-                 route: str = "auto", real_tol: float = 1e-2):
+    def __init__(
+        self,
+        shape,
+        spacing_um,
+        psf,
+        origin_um=(0.0, 0.0, 0.0),
+        *,
+        band_threshold=1e-3,
+        backend: str = "auto",
+        dtype=torch.float32,
+        device="cpu",
+        margin_um=None,
+        max_memory_bytes=None,
+        fold_aliases: bool = True,
+        max_oversampling: int = 8,
+        route: str = "auto",
+        real_tol: float = 1e-2,
+    ):
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if not (hasattr(psf, "otf") and hasattr(psf, "extent_um")):
@@ -302,8 +317,11 @@ class Renderer:
         q = [1, 1, 1]
         while True:
             fine = oversampled_grid(self.grid, q)
-            check_memory(self._grid_bytes(plan=True, grid=fine), f"the render plan (OTF on a {fine.shape} grid)",
-                         self.max_memory_bytes)
+            check_memory(
+                self._grid_bytes(plan=True, grid=fine),
+                f"the render plan (OTF on a {fine.shape} grid)",
+                self.max_memory_bytes,
+            )
             with torch.no_grad():
                 otf = self.psf.otf(fine, dtype=torch.float64, device=self.device)
             if tuple(otf.shape) != fine.rfft_shape:
@@ -511,8 +529,9 @@ class Renderer:
                 # per-face signed weights: sum_c w_c chi_c of several regions (a face between
                 # regions l1 -> l2, normal from l1 into l2, carries w_l1 - w_l2)
                 if volume_weight.shape[0] != faces_t.shape[0]:
-                    raise ValueError(f"volume_weight per face must have {faces_t.shape[0]} values, "
-                                     f"got {volume_weight.shape[0]}")
+                    raise ValueError(
+                        f"volume_weight per face must have {faces_t.shape[0]} values, got {volume_weight.shape[0]}"
+                    )
                 vw = volume_weight.to(device=vc.device, dtype=normals.dtype)
                 normals = normals * vw[:, None]
                 vol = _weighted_signed_volume(vc, faces_t, vw)
@@ -520,8 +539,7 @@ class Renderer:
             else:
                 vol = signed_volume(vc, faces_t)
                 factor = volume_weight
-            parts = [mesh_ft(vc, faces_t, freqs, normals[:, a].contiguous(), backend=backend)
-                     for a in range(3)]
+            parts = [mesh_ft(vc, faces_t, freqs, normals[:, a].contiguous(), backend=backend) for a in range(3)]
             chi = volume_spectrum_from_parts(parts, self._freqs, self._k2, self._dc, vol)
             spec = spec + (chi if isinstance(factor, float) and factor == 1.0 else factor * chi)
         return spec

@@ -10,6 +10,7 @@ sigma keeps its gradient), a full-covariance Gaussian or a :class:`MeasuredPSF` 
 parameters). Everything else stays on the Fourier route. Measured by
 ``benchmarks/bench_speed.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,11 @@ _TABLE_MAX = 1 << 24
 
 def _gaussian_kmax(inv_diag):
     """kmax_a(o) for an OTF exp(-2 pi^2 k^T S k): sqrt(ln(1/o) / (2 pi^2) (S^-1)_aa)."""
+
     def kmax(level):
         c = math.log(1.0 / level) / (2 * math.pi**2)
         return np.sqrt(c * np.asarray(inv_diag))
+
     return kmax
 
 
@@ -45,6 +48,7 @@ def _otf_kmax(otf_abs: np.ndarray, freqs):
         if not m.any():
             return None
         return np.array([fz[m.any((1, 2))].max(), fy[m.any((0, 2))].max(), fx[m.any((0, 1))].max()]) * 1.05
+
     return kmax
 
 
@@ -71,7 +75,7 @@ class RealPlan:
         # above (a 540-voxel window at oversampling 4: 3x slower)
         reads = 1 if kernel.separable else 8
         q = math.prod(self.fourier_oversampling)
-        self.preferred = (q > 1 and math.prod(self.window) * reads <= MAX_WINDOW_PER_OVERSAMPLING * q)
+        self.preferred = q > 1 and math.prod(self.window) * reads <= MAX_WINDOW_PER_OVERSAMPLING * q
 
     def _sigma(self):
         if self.sigma_fn is None:
@@ -90,7 +94,9 @@ class RealPlan:
             if not np.array_equal(s, self._rule_sigma):
                 self._rule_sigma = s
                 self.kmax = _gaussian_kmax(1.0 / s**2)
-                self.quadrature.rows = SurfaceQuadrature(otf_weighted_rows(self.kmax, r.real_tol, r.band_threshold)).rows
+                self.quadrature.rows = SurfaceQuadrature(
+                    otf_weighted_rows(self.kmax, r.real_tol, r.band_threshold)
+                ).rows
         x, s = self.quadrature.points(v, faces, weights.to(r.dtype))
         self.last_n_points = int(x.shape[0])
         return splat(self.kernel, r.shape, r.spacing_um, r.origin_um, x, s, self._sigma())

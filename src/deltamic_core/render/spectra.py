@@ -10,6 +10,7 @@ n_t the unit outward normal of triangle t, and chi^(0) = the enclosed volume. Th
 surface transforms with per-face weights n_{t,a} (a = z, y, x), so it is differentiable
 w.r.t. the vertices through both the triangles and the normals.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ def face_unit_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     n = torch.linalg.cross(b - a, c - a, dim=1)
     norm = torch.linalg.vector_norm(n, dim=1, keepdim=True)
     tiny = torch.finfo(verts.dtype).tiny
-    return n / norm.clamp_min(tiny ** 0.5)
+    return n / norm.clamp_min(tiny**0.5)
 
 
 def signed_volume(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -37,8 +38,9 @@ def signed_volume(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return (a * torch.linalg.cross(b, c, dim=1)).sum() / 6.0
 
 
-def volume_spectrum_from_parts(parts, freqs: torch.Tensor, k2_safe: torch.Tensor, is_dc: torch.Tensor,
-                               volume: torch.Tensor) -> torch.Tensor:
+def volume_spectrum_from_parts(
+    parts, freqs: torch.Tensor, k2_safe: torch.Tensor, is_dc: torch.Tensor, volume: torch.Tensor
+) -> torch.Tensor:
     """Combine the three normal-weighted surface transforms into chi^(k).
 
     Parameters
