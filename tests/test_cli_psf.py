@@ -42,7 +42,7 @@ def scene(tmp_path_factory):
         oversample_factor=1,
         normalize=True,
     )
-    write_tiff(d / "bead.tif", (1000 * bead + 5).astype(np.float32), (dz, dxy, dxy))
+    write_tiff(d / "bead_stack.tif", (1000 * bead + 5).astype(np.float32), (dz, dxy, dxy))
     return d
 
 
@@ -70,7 +70,7 @@ def _render(scene, tag, psf_args):
 
 def test_confocal_and_measured_bead_render_alike_and_unlike_widefield(scene):
     conf = _render(scene, "confocal", ["--psf", "confocal", *OPTICS, "--ex-wavelength", "0.488", "--pinhole-au", "1"])
-    bead = _render(scene, "bead", ["--psf", "measured", str(scene / "bead.tif")])
+    bead = _render(scene, "bead", ["--psf", "measured", str(scene / "bead_stack.tif")])
     wide = _render(scene, "wide", ["--psf", "gibson-lanni", *OPTICS, "--ns", "1.33"])
     d_bead = np.abs(conf - bead).max()
     d_wide = np.abs(conf - wide).max()
