@@ -323,6 +323,7 @@ def test_mechanics_command(tmp_path, capsys):
         "curvature.csv",
         "mesh.ply",
         "report.json",
+        ".deltamic-manifest.json",  # the ownership manifest of every result directory
     }
     rep = json.loads((out / "report.json").read_text())
     assert rep["mechanics"]["tensions"][0] == {"cell_a": 0, "cell_b": 1, "tension": 2.5}
