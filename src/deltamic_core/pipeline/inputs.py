@@ -265,27 +265,13 @@ def estimate_interior_radii(image: np.ndarray, spacing_um, centres: np.ndarray, 
     nearest-neighbour distance.
     """
     from scipy.ndimage import uniform_filter1d
-    from scipy.spatial import cKDTree
 
     sp = np.asarray(spacing_um, dtype=float)
     s2 = float(np.mean(np.square(sp if blur_um is None else np.asarray(blur_um, dtype=float))))
-    shape = np.asarray(image.shape)
-    extent = shape * sp
-    n = len(centres)
-    nn = cKDTree(centres).query(centres, k=2)[0][:, 1] if n > 1 else np.array([np.inf])
+    extent = np.asarray(image.shape) * sp
     step = 0.5 * float(sp.min())
-    out = np.empty(n)
-    for i, c in enumerate(centres):
-        rmax = float(min(0.75 * nn[i], 0.5 * extent.max()))
-        lo = np.clip(np.floor((c - rmax) / sp).astype(int), 0, shape - 1)
-        hi = np.clip(np.ceil((c + rmax) / sp).astype(int) + 1, 1, shape)
-        box = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
-        grids = np.meshgrid(*[(np.arange(a, b) * s - cc) for a, b, s, cc in zip(lo, hi, sp, c)], indexing="ij")
-        r = np.sqrt(sum(g**2 for g in grids))
-        inside = r <= rmax
-        bins = np.floor(r[inside] / step).astype(int)
-        counts = np.bincount(bins)
-        sums = np.bincount(bins, weights=box[inside])
+    out = np.empty(len(centres))
+    for i, (nn_i, counts, sums) in enumerate(_shell_profiles(image, sp, centres, step)):
         ok = counts > 0
         est = None
         if ok.sum() > 4:
@@ -302,9 +288,7 @@ def estimate_interior_radii(image: np.ndarray, spacing_um, centres: np.ndarray, 
                     r0, r1, p0, p1 = radii_k[k - 1], radii_k[k], prof[k - 1], prof[k]
                     rc = r0 + (p0 - half) / (p0 - p1) * (r1 - r0)
                     est = float(rc + s2 / rc)
-        if est is None:
-            est = nn[i] / 3.0 if np.isfinite(nn[i]) else 0.25 * float(extent.min())
-        out[i] = min(est, 0.45 * nn[i]) if np.isfinite(nn[i]) else est
+        out[i] = _capped_radius(est, nn_i, extent)
     return out
 
 
@@ -336,30 +320,13 @@ def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur
     (n,) float radii in um.
     """
     from scipy.ndimage import uniform_filter1d
-    from scipy.spatial import cKDTree
 
     sp = np.asarray(spacing_um, dtype=float)
     s2 = float(np.mean(np.square(sp if blur_um is None else np.asarray(blur_um, dtype=float))))
-    shape = np.asarray(image.shape)
-    extent = shape * sp
-    n = len(centres)
-    if n > 1:
-        nn = cKDTree(centres).query(centres, k=2)[0][:, 1]
-    else:
-        nn = np.array([np.inf])
+    extent = np.asarray(image.shape) * sp
     step = 0.5 * float(sp.min())  # half-voxel shells, then a sub-shell peak
-    out = np.empty(n)
-    for i, c in enumerate(centres):
-        rmax = float(min(0.75 * nn[i], 0.5 * extent.max()))
-        lo = np.clip(np.floor((c - rmax) / sp).astype(int), 0, shape - 1)
-        hi = np.clip(np.ceil((c + rmax) / sp).astype(int) + 1, 1, shape)
-        box = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
-        grids = np.meshgrid(*[(np.arange(a, b) * s - cc) for a, b, s, cc in zip(lo, hi, sp, c)], indexing="ij")
-        r = np.sqrt(sum(g**2 for g in grids))
-        inside = r <= rmax
-        bins = np.floor(r[inside] / step).astype(int)
-        counts = np.bincount(bins)
-        sums = np.bincount(bins, weights=box[inside])
+    out = np.empty(len(centres))
+    for i, (nn_i, counts, sums) in enumerate(_shell_profiles(image, sp, centres, step)):
         valid = counts > 0
         prof = np.full(len(counts), np.nan)
         prof[valid] = sums[valid] / counts[valid]
@@ -386,10 +353,37 @@ def estimate_seed_radii(image: np.ndarray, spacing_um, centres: np.ndarray, blur
                 shift = 0.5 * (a - c) / curv if curv < 0 else 0.0
                 r_peak = (k + 0.5 + float(np.clip(shift, -0.5, 0.5))) * step
                 est = r_peak + s2 / r_peak
-        if est is None:
-            est = nn[i] / 3.0 if np.isfinite(nn[i]) else 0.25 * float(extent.min())
-        out[i] = min(est, 0.45 * nn[i]) if np.isfinite(nn[i]) else est
+        out[i] = _capped_radius(est, nn_i, extent)
     return out
+
+
+def _shell_profiles(image, sp, centres, step):
+    """For each seed: (distance to the nearest other seed, voxel count and intensity sum per
+    spherical shell of width ``step`` around it), out to 0.75 x that distance (at most half the
+    largest image extent). The radial profiles both radius estimators read."""
+    from scipy.spatial import cKDTree
+
+    shape = np.asarray(image.shape)
+    extent = shape * sp
+    nn = cKDTree(centres).query(centres, k=2)[0][:, 1] if len(centres) > 1 else np.array([np.inf])
+    for i, c in enumerate(centres):
+        rmax = float(min(0.75 * nn[i], 0.5 * extent.max()))
+        lo = np.clip(np.floor((c - rmax) / sp).astype(int), 0, shape - 1)
+        hi = np.clip(np.ceil((c + rmax) / sp).astype(int) + 1, 1, shape)
+        box = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
+        grids = np.meshgrid(*[(np.arange(a, b) * s - cc) for a, b, s, cc in zip(lo, hi, sp, c)], indexing="ij")
+        r = np.sqrt(sum(g**2 for g in grids))
+        inside = r <= rmax
+        bins = np.floor(r[inside] / step).astype(int)
+        yield nn[i], np.bincount(bins), np.bincount(bins, weights=box[inside])
+
+
+def _capped_radius(est, nn_i, extent):
+    """The estimate, or without one a third of the nearest-neighbour distance (a quarter of the
+    smallest image extent for a single seed); capped at 0.45 x that distance."""
+    if est is None:
+        est = nn_i / 3.0 if np.isfinite(nn_i) else 0.25 * float(extent.min())
+    return min(est, 0.45 * nn_i) if np.isfinite(nn_i) else est
 
 
 def read_label_image(path, shape):
