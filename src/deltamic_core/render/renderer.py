@@ -289,22 +289,7 @@ class Renderer:
         return self._build_band(threshold, relax=relax, _stacklevel=_stacklevel + 1)
 
     def _build_band(self, threshold=None, *, relax: float = 1.0, _stacklevel: int = 2) -> GridBand:
-        """Recompute the narrow band from the PSF's current OTF (call it after the PSF
-        parameters changed).
-
-        Parameters
-        ----------
-        threshold : float in [0, 1), optional
-            New relative threshold (default: the current ``band_threshold``); it becomes the
-            renderer's ``band_threshold``.
-        relax : float >= 1
-            Keep |OTF| > threshold / relax * max|OTF|: a margin so that a PSF that keeps
-            changing between band updates stays covered.
-
-        Returns
-        -------
-        GridBand
-        """
+        """The Fourier route of :meth:`update_band` (same parameters): the band from the OTF."""
         if threshold is not None:
             self.band_threshold = check_band_threshold(threshold)
         try:
