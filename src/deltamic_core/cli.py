@@ -401,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # every warning of this command once per place, as one line (also under a caller's own
         # warning filters, e.g. a test runner's)
         warnings.simplefilter("default")
+        # a library's deprecation notice is addressed to developers, not to the user
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
         if not debug:
             warnings.showwarning = _show_warning
         return _main(argv, debug)
