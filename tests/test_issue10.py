@@ -703,3 +703,151 @@ def test_case13_trust_boundary_documented_and_local_cluster_on_loopback(capsys):
         info = cl.scheduler_info()
         addrs = [cl.scheduler.address, *info["workers"]]
     assert addrs and all(a.startswith("tcp://127.0.0.1:") for a in addrs), addrs
+
+
+# labelled (multi-material) meshes: small holes are filled like those of unlabelled meshes,
+# big ones refused; the bundled embryo (one edge where four faces of cell 1 meet, a closed
+# pinch) is accepted unchanged
+def _labelled_pair():
+    from deltamic_core.geometry import meshes_from_labels
+
+    lab = np.zeros((14, 14, 22), np.int32)
+    lab[3:11, 3:11, 3:11] = 1
+    lab[3:11, 3:11, 11:19] = 2
+    return meshes_from_labels(lab, (1.0, 1.0, 1.0), 1.5, shared=True)
+
+
+def _punch(mesh, faces_to_drop):
+    keep = np.ones(len(mesh.faces), bool)
+    keep[list(faces_to_drop)] = False
+    return mesh.copy(faces=mesh.faces[keep], labels=mesh.labels[keep])
+
+
+def _closed_oriented(mesh, c):
+    from deltamic_core.geometry.ops import orient_outward
+    from deltamic_core.geometry.validate import _edge_balance, _outward_faces
+
+    o = orient_outward(mesh)
+    f = _outward_faces(o, c)
+    _, net = _edge_balance(f, len(o.verts))
+    d = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    _, c2 = np.unique(d, axis=0, return_counts=True)
+    return not np.any(net) and not np.any(c2 % 2)
+
+
+def _watertight(mesh, c):
+    """trimesh's own verdict on cell c (a manifold cell): every edge in two faces, consistently wound."""
+    sel = (mesh.labels[:, 0] == c) | (mesh.labels[:, 1] == c)
+    t = trimesh.Trimesh(mesh.verts, mesh.faces[sel], process=False)
+    t.remove_unreferenced_vertices()
+    trimesh.repair.fix_winding(t)
+    return bool(t.is_watertight and t.is_winding_consistent)
+
+
+def _star(mesh, vertex):
+    return np.flatnonzero(np.any(mesh.faces == vertex, axis=1))
+
+
+@pytest.mark.parametrize("where", ["outer face", "outer star", "shared face"])
+def test_case05_labelled_mesh_small_hole_repaired(where):
+    from deltamic_core.geometry import measure
+    from deltamic_core.geometry.validate import prepare_cells
+
+    whole = _labelled_pair()
+    assert _watertight(whole, 1) and _watertight(whole, 2)
+    ref = np.asarray(measure(whole)["volume_um3"])
+    lab = whole.labels
+    outer = np.flatnonzero((lab.min(axis=1) == 0) & (lab.max(axis=1) == 1))
+    shared = np.flatnonzero(lab.min(axis=1) == 1)
+    assert len(shared) > 10
+    if where == "outer face":
+        drop = outer[len(outer) // 2 : len(outer) // 2 + 1]
+    elif where == "outer star":
+        # every face around one vertex of cell 1's outer surface only
+        inner_v = set(np.unique(whole.faces[lab.max(axis=1) == 2]).tolist())
+        v = next(int(x) for x in whole.faces[outer].ravel() if int(x) not in inner_v)
+        drop = _star(whole, v)
+        assert len(drop) >= 4
+    else:
+        drop = shared[len(shared) // 2 : len(shared) // 2 + 1]
+    holed = _punch(whole, drop)
+    assert not _watertight(holed, 1)
+    fixed, notes = prepare_cells(holed, what="--init mesh 'x.ply'")
+    assert len(notes) == 1 and "closed 1 small hole(s)" in notes[0] and "\n" not in notes[0]
+    assert _watertight(fixed, 1) and _watertight(fixed, 2)
+    vol = np.asarray(measure(fixed)["volume_um3"])
+    np.testing.assert_allclose(vol, ref, rtol=2e-3)
+    if where == "shared face":
+        # the patch of the interface is filled once, as an interface of both cells
+        assert len(fixed.faces) == len(whole.faces)
+        assert np.count_nonzero(fixed.labels.min(axis=1) == 1) == len(shared)
+
+
+def test_case05_labelled_mesh_big_hole_refused():
+    from deltamic_core.geometry.validate import prepare_cells
+
+    whole = _labelled_pair()
+    c = whole.verts[whole.faces].mean(axis=1)
+    lab = whole.labels
+    cap = np.flatnonzero((lab.max(axis=1) == 1) & (lab.min(axis=1) == 0) & (c[:, 2] < 5.0))
+    assert len(cap) > 20
+    with pytest.raises(ValueError, match="surface of cell 1 is not closed") as err:
+        prepare_cells(_punch(whole, cap), what="--init mesh 'x.ply'")
+    assert "\n" not in str(err.value) and "--init mesh 'x.ply'" in str(err.value)
+
+
+def test_case05_bundled_embryo_accepted_unchanged():
+    from deltamic_core.geometry import measure
+    from deltamic_core.geometry.validate import prepare_cells
+    from deltamic_core.io import read_mesh
+
+    m = read_mesh(Path(__file__).resolve().parents[1] / "src" / "deltamic_core" / "data" / "Sample01_007.rec")
+    out, notes = prepare_cells(m)
+    assert out is m and notes == []
+    for c in (1, 2, 3):
+        assert _closed_oriented(m, c)
+    # the divergence-theorem volumes agree with a voxelisation of each cell (independent)
+    vol = np.asarray(measure(m)["volume_um3"])
+    for c, v in zip((1, 2, 3), vol):
+        from deltamic_core.geometry.ops import orient_outward
+        from deltamic_core.geometry.validate import _outward_faces
+
+        o = orient_outward(m)
+        t = trimesh.Trimesh(o.verts, _outward_faces(o, c), process=False)
+        t.remove_unreferenced_vertices()
+        pts = np.random.default_rng(c).uniform(t.bounds[0], t.bounds[1], (20000, 3))
+        import gpytoolbox
+
+        inside = np.abs(gpytoolbox.winding_number(pts, t.vertices, t.faces.astype(np.int32))) > 0.5
+        est = inside.mean() * np.prod(t.bounds[1] - t.bounds[0])
+        assert abs(est - v) < 0.03 * v, (c, est, v)
+
+
+def test_case05_cli_target_mesh_bundled_sample(tmp_path, capsys):
+    rec = Path(__file__).resolve().parents[1] / "src" / "deltamic_core" / "data" / "Sample01_007.rec"
+    rc = main(
+        [
+            "fit",
+            "--target-mesh",
+            str(rec),
+            "--target-size",
+            "10",
+            "--spacing",
+            "0.6",
+            "0.6",
+            "0.6",
+            "--sigma",
+            "1.2",
+            "--edge",
+            "1.2",
+            "--iterations",
+            "2",
+            "--levels",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "measurements.csv").is_file()

@@ -1,9 +1,12 @@
 """Checks that keep a measurement from being silently wrong (issue 10, cases 5 and 6).
 
 - :func:`prepare_cells`: an unlabelled mesh is split into its connected components, one cell
-  each; every cell surface must be closed (open ones are repaired by filling small holes when
-  that closes them, and the repair is reported, else refused); cells must not overlap (a
-  vertex of one cell strictly inside another is refused).
+  each; every cell surface must be closed, labelled or not (small holes, up to
+  :data:`MAX_HOLE_EDGES` edges and :data:`MAX_HOLE_AREA_FRACTION` of the surface, are filled
+  and the repair is reported; anything else is refused); cells must not overlap (a vertex of
+  one cell strictly inside another is refused). A labelled cell is closed when every edge has
+  as many faces running one way as the other once wound outward: an edge where four faces
+  meet (a pinch, as in the bundled embryo) still bounds an exact volume.
 - :func:`check_seed_radii` refuses seeds smaller than about a voxel;
   :func:`shrink_overlapping_seeds` shrinks overlapping seed spheres until they touch and says
   how many (the one rule used by the command line and by seeds clicked in napari).
@@ -67,11 +70,12 @@ def prepare_cells(mesh: Mesh, *, what: str = "mesh", repair: bool = True) -> tup
     ----------
     mesh : Mesh
         Unlabelled (every connected component becomes a cell 1..n, in order of first face) or
-        labelled (each cell's faces must form a closed surface).
+        labelled (each cell's faces must form a closed surface; a small hole is filled, labelled
+        with the neighbour that has the same hole, else with the outside).
     what : str
         How to name the mesh in messages (e.g. ``"--init mesh 'a.ply'"``).
     repair : bool
-        Fill holes of open components when that closes them (reported in the notes).
+        Fill small holes of open surfaces when that closes them (reported in the notes).
 
     Returns
     -------
@@ -89,16 +93,14 @@ def prepare_cells(mesh: Mesh, *, what: str = "mesh", repair: bool = True) -> tup
     verts = np.asarray(mesh.verts, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     if mesh.labels is not None:
-        ids = [int(c) for c in np.unique(mesh.labels) if c != 0]
-        for c in ids:
-            if _open_edges(_cell_faces(mesh, c), len(verts)):
-                raise ValueError(
-                    f"{what}: the surface of cell {c} is not closed (it has "
-                    f"{_open_edges(_cell_faces(mesh, c), len(verts))} open edges): "
-                    "its volume and sphericity would be wrong"
-                )
-        cells = [(c, _cell_faces(mesh, c)) for c in ids]
-        out = mesh
+        out, filled = _close_labelled_cells(mesh, what, repair)
+        if filled:
+            notes.append(
+                f"{what}: closed {sum(filled.values())} small hole(s) in the surface of cell(s) "
+                + ", ".join(str(c) for c in sorted(filled))
+            )
+        verts = np.asarray(out.verts, dtype=np.float64)
+        cells = [(c, _cell_faces(out, c)) for c in [int(c) for c in np.unique(out.labels) if c != 0]]
     else:
         tm = trimesh.Trimesh(verts, faces, process=True)  # merges coincident vertices (seams)
         parts = _components(np.asarray(tm.vertices), np.asarray(tm.faces))
@@ -107,13 +109,21 @@ def prepare_cells(mesh: Mesh, *, what: str = "mesh", repair: bool = True) -> tup
         for i, (pv, pf) in enumerate(parts, start=1):
             p = trimesh.Trimesh(pv, pf, process=False)
             if _open_edges(np.asarray(p.faces), len(p.vertices)):
+                problem = "it cannot be repaired"
                 if repair:
-                    trimesh.repair.fill_holes(p)
+                    trimesh.repair.fix_winding(p)
+                    try:
+                        holes = _fill_small_holes(np.asarray(p.vertices), np.asarray(p.faces))
+                    except _Unrepairable as exc:
+                        problem = str(exc)
+                    else:
+                        new = [np.asarray(p.faces)] + [t for _, t in holes]
+                        p = trimesh.Trimesh(np.asarray(p.vertices), np.concatenate(new), process=False)
                 if _open_edges(np.asarray(p.faces), len(p.vertices)):
                     raise ValueError(
                         f"{what}: component {i} of {len(parts)} is an open surface "
                         f"({_open_edges(np.asarray(p.faces), len(p.vertices))} boundary edges) that could not be "
-                        "closed: a cell must be a closed surface"
+                        f"closed ({problem}): a cell must be a closed surface"
                     )
                 repaired += 1
             pieces.append(p)
@@ -144,6 +154,149 @@ def prepare_cells(mesh: Mesh, *, what: str = "mesh", repair: bool = True) -> tup
     if len(tms) > 1 and mesh.labels is None:
         _check_no_overlap(tms, what)
     return out, notes
+
+
+#: a hole is "small" (filled and reported, not refused) when its boundary has at most this
+#: many edges and its fill is at most this fraction of the cell's surface area
+MAX_HOLE_EDGES = 8
+MAX_HOLE_AREA_FRACTION = 0.02
+
+
+class _Unrepairable(ValueError):
+    pass
+
+
+def _edge_balance(faces: np.ndarray, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Undirected edges (a < b) of oriented faces and their net count (a->b minus b->a).
+
+    A closed oriented surface has net 0 on every edge, also where more than two faces meet
+    (a pinch: the divergence theorem still gives the exact volume)."""
+    d = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
+    lo, hi = d.min(axis=1), d.max(axis=1)
+    key = lo * int(n_verts) + hi
+    u, inv = np.unique(key, return_inverse=True)
+    net = np.zeros(len(u), np.int64)
+    np.add.at(net, inv, np.where(d[:, 0] < d[:, 1], 1, -1))
+    return np.stack([u // n_verts, u % n_verts], axis=1), net
+
+
+def _boundary_loops(faces: np.ndarray, n_verts: int) -> list[list[int]]:
+    """Holes of an oriented surface as vertex loops, in the direction of the faces' edges."""
+    edges, net = _edge_balance(faces, n_verts)
+    if np.any(np.abs(net) > 1):
+        raise _Unrepairable("edges shared by faces of the same orientation")
+    b = edges[net != 0]
+    fwd = net[net != 0] > 0
+    src = np.where(fwd, b[:, 0], b[:, 1])
+    dst = np.where(fwd, b[:, 1], b[:, 0])
+    nxt: dict[int, int] = {}
+    for a, c in zip(src.tolist(), dst.tolist()):
+        if a in nxt:
+            raise _Unrepairable("holes that touch each other")
+        nxt[a] = c
+    loops = []
+    while nxt:
+        start, loop = next(iter(nxt)), []
+        v = start
+        while v in nxt:
+            loop.append(v)
+            v = nxt.pop(v)
+        if v != start:
+            raise _Unrepairable("a boundary that does not close into a loop")
+        loops.append(loop)
+    return loops
+
+
+def _fill_small_holes(verts: np.ndarray, faces: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
+    """(hole loop, faces closing it) for every hole of an oriented surface, or :class:`_Unrepairable`.
+
+    Each hole (at most :data:`MAX_HOLE_EDGES` edges) gets a fan of triangles from one of its
+    corners (fill_holes' fan, wound like the surrounding faces); the corner whose fan folds
+    least is used, and a hole where every fan folds over itself is not filled; the fill of all
+    holes together must stay below :data:`MAX_HOLE_AREA_FRACTION` of the surface's area.
+    """
+    v = np.asarray(verts, np.float64)
+    faces = np.asarray(faces, np.int64)
+    out = []
+    for loop in _boundary_loops(faces, len(v)):
+        if len(loop) > MAX_HOLE_EDGES:
+            raise _Unrepairable(f"it has a hole of {len(loop)} edges, more than the {MAX_HOLE_EDGES} that are filled")
+        best = None
+        for k in range(len(loop)):
+            ring = loop[k:] + loop[:k]
+            tri = np.array([[ring[0], ring[i + 1], ring[i]] for i in range(1, len(ring) - 1)], np.int64)
+            nrm = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+            tot = nrm.sum(axis=0)
+            score = float((nrm @ tot).min() / max(float(tot @ tot), 1e-300))
+            if best is None or score > best[0]:
+                best = (score, tri)
+        if best[0] <= 0:
+            raise _Unrepairable(f"it has a hole of {len(loop)} edges that is not flat enough to fill")
+        out.append((loop, best[1]))
+    area = total_area(Mesh(v, faces))
+    fill = sum(total_area(Mesh(v, t)) for _, t in out)
+    if fill > MAX_HOLE_AREA_FRACTION * area:
+        raise _Unrepairable(
+            f"its holes are {100 * fill / max(area, 1e-300):.2g}% of its surface, more than the "
+            f"{100 * MAX_HOLE_AREA_FRACTION:g}% that are filled"
+        )
+    return out
+
+
+def _outward_faces(mesh: Mesh, c: int) -> np.ndarray:
+    """Cell c's faces wound outward (mesh oriented by :func:`~.ops.orient_outward`)."""
+    lab, f = mesh.labels, np.asarray(mesh.faces)
+    return np.concatenate([f[lab[:, 0] == c], f[lab[:, 1] == c][:, [0, 2, 1]]])
+
+
+def _open_edge_keys(faces: np.ndarray, n: int) -> set[int]:
+    edges, net = _edge_balance(faces, n)
+    return set((edges[net != 0] @ np.array([n, 1])).tolist())
+
+
+def _close_labelled_cells(mesh: Mesh, what: str, repair: bool) -> tuple[Mesh, dict[int, int]]:
+    """A labelled mesh whose every cell surface is closed (net 0 on every edge).
+
+    Small holes are filled (:func:`_fill_small_holes`); the fill of a hole is labelled with the
+    neighbouring cell when the neighbour has the same hole (a missing patch of a shared
+    interface), else with the outside. Returns the mesh (unchanged when nothing was open) and
+    {cell: holes filled}."""
+    from .ops import orient_outward
+
+    ids = [int(c) for c in np.unique(mesh.labels) if c != 0]
+    oriented = orient_outward(mesh)
+    n = len(oriented.verts)
+    filled: dict[int, int] = {}
+    for c in ids:
+        f = _outward_faces(oriented, c)
+        n_open = len(_open_edge_keys(f, n))
+        if not n_open:
+            continue
+        problem = "it cannot be repaired"
+        if repair:
+            try:
+                holes = _fill_small_holes(oriented.verts, f)
+            except _Unrepairable as exc:
+                problem = str(exc)
+            else:
+                others = {d: _open_edge_keys(_outward_faces(oriented, d), n) for d in ids if d != c}
+                faces, labels = [oriented.faces], [oriented.labels]
+                for loop, tri in holes:
+                    ring = {min(a, b) * n + max(a, b) for a, b in zip(loop, loop[1:] + loop[:1])}
+                    # normal from c into d: the fan is wound outward from c
+                    d = next((d for d, keys in others.items() if ring <= keys), 0)
+                    faces.append(tri)
+                    labels.append(np.tile(np.array([[c, d]], np.int32), (len(tri), 1)))
+                oriented = oriented.copy(faces=np.concatenate(faces), labels=np.concatenate(labels))
+                if not _open_edge_keys(_outward_faces(oriented, c), n):
+                    filled[c] = len(holes)
+                    continue
+                problem = "filling its holes did not close it"
+        raise ValueError(
+            f"{what}: the surface of cell {c} is not closed ({n_open} open edges) and {problem}: "
+            "its volume and sphericity would be wrong"
+        )
+    return (oriented if filled else mesh), filled
 
 
 def _components(v: np.ndarray, f: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
