@@ -35,6 +35,7 @@ PSF_MODELS = {
     "Measured (Image layer)": None,
 }
 SEED_SOURCES = ("Points", "Labels", "Surface")
+STAINS = ("membrane", "interior", "both")  # the CLI's --stain choices (FitJob.stain)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -72,6 +73,12 @@ class SeedPanel(QGroupBox):
         super().__init__("Initial mesh (seeds)")
         self._layers = layers
         form = QFormLayout(self)
+        self.stain_combo = QComboBox()
+        self.stain_combo.addItems(list(STAINS))
+        self.stain_combo.setToolTip(
+            "what is labelled (as --stain): membranes, the interior of the objects (nuclei, cytoplasm), or both"
+        )
+        form.addRow("stain", self.stain_combo)
         self.seed_source = QComboBox()
         self.seed_source.addItems(SEED_SOURCES)
         form.addRow("from", self.seed_source)
@@ -92,6 +99,15 @@ class SeedPanel(QGroupBox):
         )
         self.edge_box.setSpecialValueText("default")
         form.addRow("edge length", self.edge_box)
+        self.click_button = QPushButton("Click to seed")
+        self.click_button.setToolTip(
+            "add a seeds Points layer in add mode: each click on the image adds a cell, its radius "
+            "estimated from the image; moving or deleting a point updates the initial mesh"
+        )
+        form.addRow(self.click_button)
+        self.seed_status = QLabel("")
+        self.seed_status.setWordWrap(True)
+        form.addRow(self.seed_status)
         row = QHBoxLayout()
         self.seed_button = QPushButton("Create mesh")
         self.seed_button.setToolTip("build the initial mesh from the seeds as a Surface layer")
@@ -116,6 +132,14 @@ class SeedPanel(QGroupBox):
         self.radius_box.setEnabled(source == "Points")
         self.edge_box.setEnabled(source in ("Points", "Labels"))
         self.place_button.setEnabled(source == "Surface")
+
+    def show_message(self, text: str) -> None:
+        """What the seed rules did to the last change (refused, shrunk, how many seeds)."""
+        self.seed_status.setText(text)
+
+    def stain(self) -> str:
+        """The FitJob's stain (the CLI's --stain)."""
+        return self.stain_combo.currentText()
 
     def radius_um(self) -> float | None:
         """The sphere radius, or None: estimated from the image (as ``deltamic fit --seeds``)."""

@@ -32,6 +32,7 @@ from ._layers import (
 )
 from ._panels import FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
 from ._runner import FitRunner, Step
+from ._seeds import ClickSeeder
 
 
 def _show_error(message: str) -> None:
@@ -64,7 +65,17 @@ def _guarded(method):
 #: the panels' controls, reachable on the widget itself (w.run_button, w.sigma_boxes, ...)
 _CONTROLS = {
     "image_panel": ("image_combo", "spacing_boxes"),
-    "seed_panel": ("seed_source", "seed_combo", "radius_box", "edge_box", "seed_button", "place_button"),
+    "seed_panel": (
+        "stain_combo",
+        "seed_source",
+        "seed_combo",
+        "click_button",
+        "seed_status",
+        "radius_box",
+        "edge_box",
+        "seed_button",
+        "place_button",
+    ),
     "psf_panel": (
         "psf_combo",
         "psf_pages",
@@ -124,6 +135,7 @@ class DeltaMicWidget(QWidget):
         for panel, names in _CONTROLS.items():
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
+        self.seeder = ClickSeeder(self)
         self._connect()
 
         # the controls scroll, so the dock fits small screens
@@ -147,6 +159,11 @@ class DeltaMicWidget(QWidget):
         for b in self.spacing_boxes:
             b.valueChanged.connect(self._on_spacing_edited)
         self.seed_button.clicked.connect(self.create_initial_mesh)
+        self.click_button.clicked.connect(self.click_to_seed)
+        # the seed rules depend on these too: the click seeds' mesh follows them
+        for box in (self.radius_box, self.edge_box):
+            box.valueChanged.connect(self._seed_settings_changed)
+        self.stain_combo.currentIndexChanged.connect(self._seed_settings_changed)
         self.place_button.clicked.connect(self.place_on_image_grid)
         self.preview_button.clicked.connect(self.preview)
         self.run_button.clicked.connect(self.run_fit)
@@ -250,6 +267,7 @@ class DeltaMicWidget(QWidget):
             init=self.init_spec(),
             psf=self.psf_spec(),
             edge_um=self.seed_panel.edge_um(),
+            stain=self.stain(),
             progress=False,
             **self.fit_panel.fit_options(),
         )
@@ -262,6 +280,21 @@ class DeltaMicWidget(QWidget):
         return pipeline.prepare(self.fit_job(), psf=measured)
 
     # ------------------------------------------------------------------ seeds
+    def stain(self) -> str:
+        """What is labelled: "membrane", "interior" or "both" (FitJob.stain, the CLI's --stain)."""
+        return self.seed_panel.stain()
+
+    def _seed_settings_changed(self, *args) -> None:
+        layer = self.seeder.layer
+        if layer is not None and layer in self.viewer.layers and self.seed_combo.layer() == layer:
+            self.seeder.schedule()
+
+    @_guarded
+    def click_to_seed(self, *args):
+        """Create (or pick) the seeds Points layer over the image, selected and in add mode:
+        each click adds a seed sphere, its radius estimated from the image. Returns the layer."""
+        return self.seeder.start()
+
     def seed_mesh(self):
         """The initial mesh (um, world coordinates) the fit would start from."""
         from deltamic_core import pipeline
@@ -288,6 +321,7 @@ class DeltaMicWidget(QWidget):
             psf=self.make_psf(),
             edge_um=self.seed_panel.edge_um(),
             origin_um=image_origin(image),
+            stain=self.stain(),
         )
 
     @_guarded
