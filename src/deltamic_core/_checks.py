@@ -76,6 +76,34 @@ def check_spacing(spacing, name: str = "spacing_um") -> tuple[float, float, floa
     return tuple(float(a) for a in arr)
 
 
+def check_image(
+    image, name: str = "image", *, ndim: int = 3, min_side: int = 0, constant_ok: bool = False
+) -> np.ndarray:
+    """A real, finite stack of ``ndim`` axes ((Z, Y, X), or (T, Z, Y, X) for 4) with at least
+    ``min_side`` voxels per axis, not constant unless ``constant_ok`` (then check it later with
+    :func:`check_not_constant`); returned as an ndarray (dtype kept)."""
+    img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if img.ndim != ndim:
+        axes = "(Z, Y, X)" if ndim == 3 else "(T, Z, Y, X)"
+        raise ValueError(f"{name} must be a {ndim}D stack {axes}, got shape {img.shape}")
+    if not np.issubdtype(img.dtype, np.number) or np.iscomplexobj(img):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {img.dtype}")
+    if min(img.shape) < min_side:
+        raise ValueError(f"{name} is too small: shape {img.shape} (need at least {min_side} voxels per axis)")
+    bad = int(np.count_nonzero(~np.isfinite(img)))
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN or Inf voxels")
+    if not constant_ok:
+        check_not_constant(img, name)
+    return img
+
+
+def check_not_constant(image: np.ndarray, name: str = "image") -> None:
+    """An image with at least two different values (a constant one has nothing to fit)."""
+    if image.size and float(image.max()) == float(image.min()):
+        raise ValueError(f"{name} is constant (every voxel = {float(image.min()):g}): nothing to fit")
+
+
 def check_shape(shape, name: str = "shape") -> tuple[int, int, int]:
     """Three positive integers (z, y, x)."""
     try:

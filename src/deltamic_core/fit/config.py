@@ -35,6 +35,170 @@ def _int(name, v, lo):
     return int(v)
 
 
+def _nonneg(name, v):
+    return _pos(name, v, allow_zero=True)
+
+
+def _int_at_least(lo):
+    return lambda name, v: _int(name, v, lo)
+
+
+def _at_most_one(name, v, *, interval="(0, 1]", allow_zero=False):
+    f = _pos(name, v, allow_zero=allow_zero)
+    if f > 1:
+        raise ValueError(f"FitConfig.{name} must be in {interval}, got {f}")
+    return f
+
+
+def _unit_closed(name, v):
+    return _at_most_one(name, v, interval="[0, 1]", allow_zero=True)
+
+
+def _below_one(name, v):
+    f = _pos(name, v)
+    if f >= 1:
+        raise ValueError(f"FitConfig.{name} must be in (0, 1), got {f}")
+    return f
+
+
+def _optional(check):
+    return lambda name, v: None if v is None else check(name, v)
+
+
+def _one_of(choices):
+    def check(name, v):
+        if v not in choices:
+            raise ValueError(f"FitConfig.{name} must be one of {choices}, got {v!r}")
+        return v
+
+    return check
+
+
+def _flag(name, v):
+    if not isinstance(v, bool):
+        raise TypeError(f"FitConfig.{name} must be True or False, got {v!r}")
+    return v
+
+
+def _string(name, v):
+    if not isinstance(v, str):
+        raise TypeError(f"FitConfig.{name} must be a string, got {v!r}")
+    return v
+
+
+def _betas(name, v):
+    b = tuple(float(x) for x in v)
+    if len(b) != 2 or not all(0 <= x < 1 for x in b):
+        raise ValueError(f"FitConfig.{name} must be two numbers in [0, 1), got {v!r}")
+    return b
+
+
+def _percentiles(name, v):
+    pc = tuple(float(x) for x in v)
+    if len(pc) != 2 or not 0 <= pc[0] < pc[1] <= 100:
+        raise ValueError(f"FitConfig.{name} must be (low, high) with 0 <= low < high <= 100, got {v!r}")
+    return pc
+
+
+def _device(name, v):
+    try:
+        torch.device(v)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"FitConfig.{name} is not a valid torch device: {v!r}") from None
+    return v
+
+
+def _dtype(name, v):
+    if isinstance(v, torch.dtype):
+        v = {t: k for k, t in DTYPES.items()}.get(v, str(v))
+    if v not in DTYPES:
+        raise ValueError(f"FitConfig.{name} must be one of {tuple(DTYPES)}, got {v!r}")
+    return v
+
+
+def _levels(levels):
+    lv = (levels,) if isinstance(levels, (int, float)) else levels
+    try:
+        lv = tuple(_int("levels", v, 1) for v in lv)
+    except TypeError:
+        raise TypeError(f"FitConfig.levels must be a sequence of positive integers, got {levels!r}") from None
+    if not lv or lv[-1] != 1:
+        raise ValueError(f"FitConfig.levels must be non-empty and end with 1 (full resolution), got {levels!r}")
+    if any(a < b for a, b in zip(lv, lv[1:])):
+        raise ValueError(f"FitConfig.levels must be non-increasing (coarse to fine), got {levels!r}")
+    return lv
+
+
+def _iterations(it, lv):
+    """Iterations per level (checked ``levels`` ``lv``); None: 80 at factor >= 3, 120 at 2, 10 at 1."""
+    if it is None:
+        it = tuple(10 if f == 1 else (120 if f == 2 else 80) for f in lv)
+    if isinstance(it, (list, tuple)):
+        if len(it) != len(lv):
+            raise ValueError(f"FitConfig.iterations has {len(it)} entries but there are {len(lv)} levels {lv}")
+        it = tuple(_int("iterations", v, 0) for v in it)
+    else:
+        it = _int("iterations", it, 0)
+    if (sum(it) if isinstance(it, tuple) else it * len(lv)) < 1:
+        raise ValueError(
+            f"FitConfig.iterations adds up to 0 over the levels {lv}: nothing would be fitted "
+            "(give at least one iteration)"
+        )
+    return it
+
+
+def _something_rendered(cfg):
+    if cfg.volume_weight == 0 and cfg.membrane_weight == 0:
+        raise ValueError("FitConfig.membrane_weight and FitConfig.volume_weight are both 0: nothing to render")
+
+
+def _remesh_has_edge(cfg):
+    if cfg.remesh_every and cfg.target_edge_um is None:
+        raise ValueError("FitConfig.remesh_every needs FitConfig.target_edge_um (the edge length to remesh to)")
+
+
+# Every field after levels/iterations, in checking order: (name, check(name, value) -> value)
+# or (None, rule(config)) for a rule between fields already checked.
+_CHECKS = (
+    ("lr", _pos),
+    ("lr_final_factor", _at_most_one),
+    ("refine_lr_factor", _at_most_one),
+    ("lambda_smooth", _nonneg),
+    ("p", _int_at_least(1)),
+    ("laplacian", _one_of(LAPLACIAN_KINDS)),
+    ("optimizer", _one_of(ADAM_KINDS)),
+    ("betas", _betas),
+    ("max_failures", _int_at_least(1)),
+    ("min_lr_factor", _pos),
+    ("rel_tol", _nonneg),
+    ("patience", _int_at_least(1)),
+    ("loss", _one_of(LOSSES)),
+    ("alpha", _nonneg),
+    ("weight_floor", _unit_closed),
+    ("percentiles", _percentiles),
+    ("poisson_floor", _pos),
+    ("photometric", _one_of(PHOTOMETRIC)),
+    ("photometric_lr", _pos),
+    ("volume_weight", _nonneg),
+    ("membrane_weight", _nonneg),
+    (None, _something_rendered),
+    ("learn_psf", _flag),
+    ("psf_lr", _pos),
+    ("band_update_every", _int_at_least(1)),
+    ("target_edge_um", _optional(_pos)),
+    ("remesh_every", _int_at_least(0)),
+    (None, _remesh_has_edge),
+    ("coarse_blur", _nonneg),
+    ("share_membranes", _flag),
+    ("band_threshold", _below_one),
+    ("backend", _string),
+    ("device", _device),
+    ("dtype", _dtype),
+    ("fold_aliases", _flag),
+    ("max_memory_bytes", _optional(_int_at_least(1))),
+)
+
+
 @dataclass
 class FitConfig:
     """Settings of :class:`~deltamic_core.fit.Fitter`.
@@ -190,105 +354,13 @@ class FitConfig:
     max_memory_bytes: int | None = None
 
     def __post_init__(self):
-        lv = self.levels
-        if isinstance(lv, (int, float)):
-            lv = (lv,)
-        try:
-            lv = tuple(_int("levels", v, 1) for v in lv)
-        except TypeError:
-            raise TypeError(f"FitConfig.levels must be a sequence of positive integers, got {self.levels!r}") from None
-        if not lv or lv[-1] != 1:
-            raise ValueError(
-                f"FitConfig.levels must be non-empty and end with 1 (full resolution), got {self.levels!r}"
-            )
-        if any(a < b for a, b in zip(lv, lv[1:])):
-            raise ValueError(f"FitConfig.levels must be non-increasing (coarse to fine), got {self.levels!r}")
-        self.levels = lv
-        it = self.iterations
-        if it is None:
-            it = tuple(10 if f == 1 else (120 if f == 2 else 80) for f in lv)
-        if isinstance(it, (list, tuple)):
-            if len(it) != len(lv):
-                raise ValueError(f"FitConfig.iterations has {len(it)} entries but there are {len(lv)} levels {lv}")
-            self.iterations = tuple(_int("iterations", v, 0) for v in it)
-        else:
-            self.iterations = _int("iterations", it, 0)
-        total = sum(self.iterations) if isinstance(self.iterations, tuple) else self.iterations * len(lv)
-        if total < 1:
-            raise ValueError(
-                f"FitConfig.iterations adds up to 0 over the levels {lv}: nothing would be fitted "
-                "(give at least one iteration)"
-            )
-        self.lr = _pos("lr", self.lr)
-        self.lr_final_factor = _pos("lr_final_factor", self.lr_final_factor)
-        if self.lr_final_factor > 1:
-            raise ValueError(f"FitConfig.lr_final_factor must be in (0, 1], got {self.lr_final_factor}")
-        self.refine_lr_factor = _pos("refine_lr_factor", self.refine_lr_factor)
-        if self.refine_lr_factor > 1:
-            raise ValueError(f"FitConfig.refine_lr_factor must be in (0, 1], got {self.refine_lr_factor}")
-        self.lambda_smooth = _pos("lambda_smooth", self.lambda_smooth, allow_zero=True)
-        self.p = _int("p", self.p, 1)
-        if self.laplacian not in LAPLACIAN_KINDS:
-            raise ValueError(f"FitConfig.laplacian must be one of {LAPLACIAN_KINDS}, got {self.laplacian!r}")
-        if self.optimizer not in ADAM_KINDS:
-            raise ValueError(f"FitConfig.optimizer must be one of {ADAM_KINDS}, got {self.optimizer!r}")
-        b = tuple(float(x) for x in self.betas)
-        if len(b) != 2 or not all(0 <= x < 1 for x in b):
-            raise ValueError(f"FitConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = b
-        self.max_failures = _int("max_failures", self.max_failures, 1)
-        self.min_lr_factor = _pos("min_lr_factor", self.min_lr_factor)
-        self.rel_tol = _pos("rel_tol", self.rel_tol, allow_zero=True)
-        self.patience = _int("patience", self.patience, 1)
-        if self.loss not in LOSSES:
-            raise ValueError(f"FitConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        self.alpha = _pos("alpha", self.alpha, allow_zero=True)
-        self.weight_floor = _pos("weight_floor", self.weight_floor, allow_zero=True)
-        if self.weight_floor > 1:
-            raise ValueError(f"FitConfig.weight_floor must be in [0, 1], got {self.weight_floor}")
-        pc = tuple(float(x) for x in self.percentiles)
-        if len(pc) != 2 or not 0 <= pc[0] < pc[1] <= 100:
-            raise ValueError(
-                f"FitConfig.percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles!r}"
-            )
-        self.percentiles = pc
-        self.poisson_floor = _pos("poisson_floor", self.poisson_floor)
-        if self.photometric not in PHOTOMETRIC:
-            raise ValueError(f"FitConfig.photometric must be one of {PHOTOMETRIC}, got {self.photometric!r}")
-        self.photometric_lr = _pos("photometric_lr", self.photometric_lr)
-        self.volume_weight = _pos("volume_weight", self.volume_weight, allow_zero=True)
-        self.membrane_weight = _pos("membrane_weight", self.membrane_weight, allow_zero=True)
-        if self.volume_weight == 0 and self.membrane_weight == 0:
-            raise ValueError("FitConfig.membrane_weight and FitConfig.volume_weight are both 0: nothing to render")
-        if not isinstance(self.learn_psf, bool):
-            raise TypeError(f"FitConfig.learn_psf must be True or False, got {self.learn_psf!r}")
-        self.psf_lr = _pos("psf_lr", self.psf_lr)
-        self.band_update_every = _int("band_update_every", self.band_update_every, 1)
-        if self.target_edge_um is not None:
-            self.target_edge_um = _pos("target_edge_um", self.target_edge_um)
-        self.remesh_every = _int("remesh_every", self.remesh_every, 0)
-        if self.remesh_every and self.target_edge_um is None:
-            raise ValueError("FitConfig.remesh_every needs FitConfig.target_edge_um (the edge length to remesh to)")
-        self.coarse_blur = _pos("coarse_blur", self.coarse_blur, allow_zero=True)
-        if not isinstance(self.share_membranes, bool):
-            raise TypeError(f"FitConfig.share_membranes must be True or False, got {self.share_membranes!r}")
-        self.band_threshold = _pos("band_threshold", self.band_threshold)
-        if self.band_threshold >= 1:
-            raise ValueError(f"FitConfig.band_threshold must be in (0, 1), got {self.band_threshold}")
-        if not isinstance(self.backend, str):
-            raise TypeError(f"FitConfig.backend must be a string, got {self.backend!r}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"FitConfig.device is not a valid torch device: {self.device!r}") from None
-        if isinstance(self.dtype, torch.dtype):
-            self.dtype = {v: k for k, v in DTYPES.items()}.get(self.dtype, str(self.dtype))
-        if self.dtype not in DTYPES:
-            raise ValueError(f"FitConfig.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.fold_aliases, bool):
-            raise TypeError(f"FitConfig.fold_aliases must be True or False, got {self.fold_aliases!r}")
-        if self.max_memory_bytes is not None:
-            self.max_memory_bytes = _int("max_memory_bytes", self.max_memory_bytes, 1)
+        self.levels = _levels(self.levels)
+        self.iterations = _iterations(self.iterations, self.levels)
+        for name, check in _CHECKS:
+            if name is None:
+                check(self)  # a rule between fields, at its place in the order
+            else:
+                setattr(self, name, check(name, getattr(self, name)))
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -19,6 +19,7 @@ state machine driven one step at a time (a GUI worker thread or a CLI loop calls
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import threading
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._checks import check_spacing, check_vector3
+from .._checks import check_device, check_image, check_not_constant, check_spacing, check_vector3
 from ..mesh import Mesh
 from .config import FitConfig
 from .levels import BlockAveragedPSF, block_average, gaussian_blur
@@ -139,6 +140,41 @@ class _Level:
     n_iterations: int
 
 
+def _checked_arguments(image, spacing_um, origin_um, init_mesh, psf, config, face_weights):
+    """Check the Fitter's arguments (in this order); returns (config, spacing_um, origin_um,
+    device, image ndarray, face weights or None)."""
+    if config is None:
+        config = FitConfig()
+    if not isinstance(config, FitConfig):
+        raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+    if not isinstance(init_mesh, Mesh):
+        raise TypeError(f"init_mesh must be a deltamic_core.mesh.Mesh, got {type(init_mesh).__name__}")
+    if not isinstance(psf, torch.nn.Module) or not hasattr(psf, "otf"):
+        raise TypeError(f"psf must be a deltamic_core.psf.PSFModel, got {type(psf).__name__}")
+    if len(init_mesh.faces) == 0:
+        raise ValueError("init_mesh has no faces")
+    if not np.all(np.isfinite(init_mesh.verts)):
+        raise ValueError("init_mesh.verts contains NaN or Inf")
+    img = check_image(image, "image", constant_ok=True)
+    if config.loss == "poisson" and img.min() < 0:
+        raise ValueError(
+            "image has negative values: the Poisson loss needs counts (>= 0); use loss='mse' "
+            "or remove the camera offset"
+        )
+    spacing_um = check_spacing(spacing_um, "spacing_um")
+    origin_um = check_vector3(origin_um, "origin_um")
+    device = check_device(config.device, "FitConfig.device")
+    fw = None
+    if face_weights is not None:
+        fw = np.asarray(face_weights, dtype=np.float64).reshape(-1)
+        if fw.shape != (len(init_mesh.faces),):
+            raise ValueError(f"face_weights must have one value per face ({len(init_mesh.faces)}), got {fw.shape}")
+        if not np.all(np.isfinite(fw)) or np.any(fw < 0):
+            raise ValueError("face_weights must be finite and non-negative")
+    check_not_constant(img, "image")
+    return config, spacing_um, origin_um, device, img, fw
+
+
 class Fitter:
     """Fit a mesh to a 3D fluorescence image by differentiable rendering.
 
@@ -172,71 +208,31 @@ class Fitter:
         origin_um=(0.0, 0.0, 0.0),
         face_weights=None,
     ):
-        if config is None:
-            config = FitConfig()
-        if not isinstance(config, FitConfig):
-            raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
-        if not isinstance(init_mesh, Mesh):
-            raise TypeError(f"init_mesh must be a deltamic_core.mesh.Mesh, got {type(init_mesh).__name__}")
-        if not isinstance(psf, torch.nn.Module) or not hasattr(psf, "otf"):
-            raise TypeError(f"psf must be a deltamic_core.psf.PSFModel, got {type(psf).__name__}")
-        if len(init_mesh.faces) == 0:
-            raise ValueError("init_mesh has no faces")
-        if not np.all(np.isfinite(init_mesh.verts)):
-            raise ValueError("init_mesh.verts contains NaN or Inf")
-        img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if img.ndim != 3:
-            raise ValueError(f"image must be a 3D (Z, Y, X) stack, got shape {img.shape}")
-        if not np.issubdtype(img.dtype, np.number) or np.iscomplexobj(img):
-            raise TypeError(f"image must be a real numeric array, got dtype {img.dtype}")
-        if not np.all(np.isfinite(img)):
-            raise ValueError("image contains NaN or Inf")
-        if config.loss == "poisson" and img.min() < 0:
-            raise ValueError(
-                "image has negative values: the Poisson loss needs counts (>= 0); use loss='mse' "
-                "or remove the camera offset"
-            )
+        args = _checked_arguments(image, spacing_um, origin_um, init_mesh, psf, config, face_weights)
+        config, self.spacing_um, self.origin_um, self.device, img, fw = args
         self.config = config
-        self.spacing_um = check_spacing(spacing_um, "spacing_um")
-        self.origin_um = check_vector3(origin_um, "origin_um")
-        from .._checks import check_device
-
-        self.device = check_device(config.device, "FitConfig.device")
         self.dtype = config.torch_dtype
         self._image = torch.as_tensor(img, dtype=torch.float32).to(self.device)
         self.psf = copy.deepcopy(psf).to(self.device)
-        if face_weights is not None:
-            fw = np.asarray(face_weights, dtype=np.float64).reshape(-1)
-            if fw.shape != (len(init_mesh.faces),):
-                raise ValueError(f"face_weights must have one value per face ({len(init_mesh.faces)}), got {fw.shape}")
-            if not np.all(np.isfinite(fw)) or np.any(fw < 0):
-                raise ValueError("face_weights must be finite and non-negative")
-        else:
-            fw = None
-        if img.size and float(img.max()) == float(img.min()):
-            raise ValueError(f"image is constant (every voxel = {float(img.min()):g}): nothing to fit")
         self._mesh = init_mesh.copy()
         self._custom_weights = fw
 
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._level: _Level | None = None
-        self._level_index = 0
-        self._level_iter = 0
+        self._level: _Level | None = None  # the level being fitted (None before the first step)
         self._lr_scale = 1.0
         self._consecutive_failures = 0
         self._n_rollbacks = 0
         self._done = False
         self._converged = False
         self._loss_history: list[float] = []
-        self._level_history: list[int] = []
-        self._timings = {"setup": 0.0, "render": 0.0, "backward": 0.0, "solve": 0.0, "remesh": 0.0, "total": 0.0}
+        self._level_history: list[int] = []  # level index of every accepted step
+        self._timings = dict.fromkeys(("setup", "render", "backward", "solve", "remesh", "total"), 0.0)
         self._gain = 1.0
         self._background = 0.0
         self._backend = config.backend
         self._shared_done = False
         self._level_rebuilt = False
-
         self._photo = self._photo_opt = None  # learnt log-gain and background (photometric="learn")
         self._psf_opt = None
         if config.learn_psf:
@@ -247,6 +243,19 @@ class Fitter:
         else:
             for p in self.psf.parameters():
                 p.requires_grad_(False)
+
+    @property
+    def _level_index(self) -> int:
+        """Index of the current level in ``config.levels`` (0 before the first step)."""
+        return 0 if self._level is None else self._level.index
+
+    @property
+    def _level_iter(self) -> int:
+        """Accepted steps in the current level (levels run in order, so its entries in the
+        level history are the last ones)."""
+        if self._level is None:
+            return 0
+        return len(self._level_history) - bisect.bisect_left(self._level_history, self._level.index)
 
     # ------------------------------------------------------------------ state access
     @property
@@ -262,7 +271,7 @@ class Fitter:
     @property
     def lr(self) -> float:
         """The current (un-decayed) step size in um after any rollback halvings."""
-        index = self._level.index if self._level is not None else self._level_index
+        index = self._level_index
         start = 1.0 if index == 0 or self._level_rebuilt else self.config.refine_lr_factor
         return self.config.lr * start * self._lr_scale * min(self.spacing_um) * self.config.levels[index]
 
@@ -440,26 +449,17 @@ class Fitter:
     def _advance_level_if_needed(self) -> bool:
         """Enter the next level when the current one is finished; False when all are done."""
         cfg = self.config
-        while True:
-            if self._level is None:
-                if self._level_index >= len(cfg.levels):
-                    return False
-                self._level = self._build_level(self._level_index)
-                self._level_iter = 0
-                self._recent = []
-            if self._level_iter < self._level.n_iterations and not self._level_converged():
-                return True
-            self._level_index += 1
-            if self._level_index >= len(cfg.levels):
+        if self._level is None:
+            self._level = self._build_level(0)
+            self._recent = []
+        while self._level_iter >= self._level.n_iterations or self._level_converged():
+            index = self._level.index + 1
+            if index >= len(cfg.levels):
                 self._done = True
                 return False
-            self._level = self._build_level_keep(self._level_index)
-
-    def _build_level_keep(self, index):
-        lvl = self._build_level(index)
-        self._level_iter = 0
-        self._recent = []
-        return lvl
+            self._level = self._build_level(index)
+            self._recent = []
+        return True
 
     def _level_converged(self) -> bool:
         cfg = self.config
@@ -634,7 +634,6 @@ class Fitter:
                     ) from None
                 return self._result_for(float("nan"), lr, rolled_back=True)
             self._consecutive_failures = 0
-            self._level_iter += 1
             self._loss_history.append(loss_value)
             self._level_history.append(self._level.index)
             self._recent.append(loss_value)

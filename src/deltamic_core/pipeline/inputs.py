@@ -39,7 +39,7 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
     spacing_um : (3,) tuple of float, from ``spacing`` or else the file's metadata
     """
     from .. import io as dio
-    from .._checks import check_spacing
+    from .._checks import check_image, check_spacing
     from ..io.image import SpacingWarning
 
     p = _existing_file(path, what)
@@ -78,12 +78,10 @@ def load_image(path, *, channel=None, frame=None, spacing=None, allow_time: bool
         )
     if min(image.shape[-3:]) < 4:
         raise InputError(f"{what} {str(p)!r} is too small: shape {image.shape} (need at least 4 voxels per axis)")
-    image = image.astype(np.float32, copy=False)
-    bad = int(np.count_nonzero(~np.isfinite(image)))
-    if bad:
-        raise InputError(f"{what} {str(p)!r} contains {bad} NaN or Inf voxels")
-    if float(image.max()) == float(image.min()):
-        raise InputError(f"{what} {str(p)!r} is constant (every voxel = {float(image.min()):g}): nothing to fit")
+    try:
+        image = check_image(image.astype(np.float32, copy=False), f"{what} {str(p)!r}", ndim=image.ndim)
+    except ValueError as exc:  # NaN/Inf voxels or a constant image
+        raise InputError(str(exc)) from None
     if spacing is not None:
         sp = check_spacing(spacing, "--spacing")
     else:

@@ -106,17 +106,12 @@ def prepare(job: FitJob, psf=None) -> Prepared:
 
 
 def _check_array(data) -> np.ndarray:
-    image = np.asarray(data, dtype=np.float32)
-    if image.ndim != 3:
-        raise InputError(f"the image must be a 3D stack (Z, Y, X), got shape {image.shape}")
-    if min(image.shape) < 4:
-        raise InputError(f"the image is too small: shape {image.shape} (need at least 4 voxels per axis)")
-    bad = int(np.count_nonzero(~np.isfinite(image)))
-    if bad:
-        raise InputError(f"the image contains {bad} NaN or Inf voxels")
-    if float(image.max()) == float(image.min()):
-        raise InputError("the image is constant: nothing to fit")
-    return image
+    from .._checks import check_image
+
+    try:
+        return check_image(np.asarray(data, dtype=np.float32), "the image", min_side=4)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def make_fitter(p: Prepared):

@@ -184,10 +184,8 @@ class Renderer:
         # The plan evaluates the OTF on the whole padded half spectrum: refuse absurd grids
         # before that allocation (and again for each oversampled grid, in update_band).
         check_memory(self._grid_bytes(plan=True), "the render plan (padded FFT grid)", self.max_memory_bytes)
-        self._otf_key = None
-        self._otf_band = None
+        self._drop_fourier_plan()
         self._last_backend = None
-        self._band = None
         self._real = None
         self._probe = torch.zeros(0, device=self.device)
         self.route = "fourier"
@@ -282,11 +280,15 @@ class Renderer:
 
             self._real = real_plan(self, required=True)
             self._set_wrap_bounds()
-            self._band = None
-            self._otf_key = None
-            self._otf_band = None
+            self._drop_fourier_plan()
             return None
         return self._build_band(threshold, relax=relax, _stacklevel=_stacklevel + 1)
+
+    def _drop_fourier_plan(self) -> None:
+        """Forget the band and the cached OTF on it (rebuilt on their next use)."""
+        self._band = None
+        self._otf_key = None
+        self._otf_band = None
 
     def _build_band(self, threshold=None, *, relax: float = 1.0, _stacklevel: int = 2) -> GridBand:
         """The Fourier route of :meth:`update_band` (same parameters): the band from the OTF."""
@@ -299,6 +301,19 @@ class Renderer:
         if not (math.isfinite(relax) and relax >= 1):
             raise ValueError(f"relax must be a finite number >= 1, got {relax}")
         thr = self.band_threshold / relax
+        fine, otf, edges = self._oversampled_otf(thr)
+        self._band = band_from_otf(fine, otf, thr)
+        del otf
+        self._warn_band_coverage(max(edges), thr, _stacklevel + 1)
+        self._set_band_tensors()
+        self._otf_key = None
+        self._otf_band = None
+        return self._band
+
+    def _oversampled_otf(self, thr: float):
+        """The OTF on the image box, oversampled along each axis (with ``fold_aliases``) until
+        its values on the grid's boundary fall to ``thr`` or ``max_oversampling`` is reached;
+        sets ``_oversampling`` and ``_nyquist_otf``. Returns (grid, OTF, boundary values)."""
         q = [1, 1, 1]
         while True:
             fine = oversampled_grid(self.grid, q)
@@ -325,24 +340,30 @@ class Renderer:
                 q[a] += 1
             del otf
         self._oversampling = tuple(q)
-        self._band = band_from_otf(fine, otf, thr)
-        del otf
+        return fine, otf, edges
+
+    def _warn_band_coverage(self, edge: float, thr: float, stacklevel: int) -> None:
+        """Warn when frequencies the OTF still passes (boundary value ``edge``) are dropped."""
         if not self.fold_aliases and self._nyquist_otf > max(self.band_threshold, 1e-2):
             warnings.warn(
                 f"the PSF is undersampled by spacing_um={self.spacing_um}: |OTF| reaches "
                 f"{self._nyquist_otf:.2g} of its maximum at the Nyquist frequency; with fold_aliases=False the "
                 "image is band-limited to the grid (frequencies beyond Nyquist are dropped)",
                 RuntimeWarning,
-                stacklevel=_stacklevel,
+                stacklevel=stacklevel,
             )
-        elif self.fold_aliases and max(edges) > thr:
+        elif self.fold_aliases and edge > thr:
             warnings.warn(
-                f"the OTF is still {max(edges):.2g} of its maximum at {self.max_oversampling}x the Nyquist "
+                f"the OTF is still {edge:.2g} of its maximum at {self.max_oversampling}x the Nyquist "
                 f"frequency of spacing_um={self.spacing_um}: frequencies beyond are dropped (raise "
                 "max_oversampling or band_threshold)",
                 RuntimeWarning,
-                stacklevel=_stacklevel,
+                stacklevel=stacklevel,
             )
+
+    def _set_band_tensors(self) -> None:
+        """The per-render tensors of the band on the device: gather/fold indices, frequencies,
+        the box-centre sign, |k|^2 and the box centre."""
         fold = alias_fold(self._band, self.grid, mirror=self.fold_aliases)
         self._set_wrap_bounds()
         dev = self.device
@@ -361,9 +382,6 @@ class Renderer:
         self._centre = torch.tensor(
             [p + 0.5 * L for p, L in zip(self.grid.origin_um, self.grid.extent_um)], dtype=torch.float64, device=dev
         )
-        self._otf_key = None
-        self._otf_band = None
-        return self._band
 
     # ------------------------------------------------------------------ OTF
     def _psf_state_key(self):
