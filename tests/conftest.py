@@ -22,6 +22,12 @@ def gui_manifest():
     return PluginManifest.from_distribution("napari-deltamic")
 
 
+@pytest.fixture(autouse=True)
+def gui_settings_dir(tmp_path_factory, monkeypatch):
+    """The widget remembers its settings in a per-test directory, never the user's config dir."""
+    monkeypatch.setenv("NAPARI_DELTAMIC_CONFIG_DIR", str(tmp_path_factory.mktemp("deltamic-config")))
+
+
 @pytest.fixture
 def gui_plugin_thread_guard(monkeypatch):
     """Make napari raise if the plugin sets an attribute of a napari object off the main thread."""
