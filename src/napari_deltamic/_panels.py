@@ -320,6 +320,14 @@ class FitPanel(QGroupBox):
         row.addWidget(self.run_button)
         row.addWidget(self.stop_button)
         form.addRow(row)
+        row = QHBoxLayout()
+        self.copy_button = QPushButton("Copy as command")
+        self.copy_button.setToolTip("copy the equivalent `deltamic fit ...` command line to the clipboard")
+        self.defaults_button = QPushButton("Restore defaults")
+        self.defaults_button.setToolTip("put every setting back to the command line's default")
+        row.addWidget(self.copy_button)
+        row.addWidget(self.defaults_button)
+        form.addRow(row)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
@@ -385,6 +393,17 @@ class ResultsPanel(QGroupBox):
         lay.addWidget(self.table)
         self.csv_button = QPushButton("Save table as CSV")
         lay.addWidget(self.csv_button)
+        row = QHBoxLayout()
+        self.save_all_button = QPushButton("Save all")
+        self.save_all_button.setToolTip(
+            "write the result folder of `deltamic fit --out DIR`: mesh.rec/.ply, labels.tif, "
+            "measurements.csv, contacts.csv, report.json"
+        )
+        self.open_result_button = QPushButton("Open result")
+        self.open_result_button.setToolTip("load a result folder: image, labels with measurements, meshes, settings")
+        row.addWidget(self.save_all_button)
+        row.addWidget(self.open_result_button)
+        lay.addLayout(row)
 
     def show_rows(self, rows: list[dict], columns) -> None:
         from qtpy.QtWidgets import QTableWidgetItem

@@ -75,6 +75,9 @@ class FitRunner:
         self._holder: dict = {}
         self._thread_done = threading.Event()
         self.started_at = 0.0
+        self.last_result = None  # FitResult of the last finished fit
+        self.last_timings: dict = {}
+        self.last_prepared = None
 
     @property
     def is_running(self) -> bool:
@@ -86,6 +89,7 @@ class FitRunner:
         if self.worker is not None:
             raise ValueError("a fit is already running: stop it first")
         self._holder = {}
+        self.last_result, self.last_prepared = None, prepared
         self.started_at = time.perf_counter()
         worker = create_worker(fit_step_values, prepared, self.started_at, self._holder, _start_thread=False)
         worker.yielded.connect(self._on_step)
@@ -99,6 +103,17 @@ class FitRunner:
 
     def _finished(self) -> None:
         self.worker = None
+        fitter = self._holder.get("fitter")
+        if fitter is not None:
+            try:  # the fit's final state (as the CLI reports it); the thread has ended
+                self.last_result = fitter.result()
+                self.last_timings = {
+                    "fit_s": time.perf_counter() - self.started_at,
+                    "per_iteration_s": (time.perf_counter() - self.started_at) / max(fitter.iteration, 1),
+                    **{f"fitter_{k}_s": float(v) for k, v in self.last_result.timings.items()},
+                }
+            except Exception:  # noqa: BLE001 - a report without the fit's history, not a crash
+                self.last_result = None
         self._holder.clear()  # release the Fitter (solver, render plan) now
         self._on_finished()
 

@@ -98,11 +98,21 @@ _CONTROLS = {
         "backend_combo",
         "run_button",
         "stop_button",
+        "copy_button",
+        "defaults_button",
         "progress",
         "status_label",
         "loss_plot",
     ),
-    "results_panel": ("export_button", "labels_button", "measure_button", "table", "csv_button"),
+    "results_panel": (
+        "export_button",
+        "labels_button",
+        "measure_button",
+        "table",
+        "csv_button",
+        "save_all_button",
+        "open_result_button",
+    ),
 }
 
 
@@ -152,6 +162,10 @@ class DeltaMicWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
         self._on_image_changed()
+        from ._settings import load_settings
+
+        self._default_settings = self.settings()
+        self.apply_settings(load_settings())  # remembered from the last session
         self._install_close_hooks()
 
     def _connect(self) -> None:
@@ -172,6 +186,10 @@ class DeltaMicWidget(QWidget):
         self.labels_button.clicked.connect(self.make_labels)
         self.measure_button.clicked.connect(self.measure)
         self.csv_button.clicked.connect(self._csv_dialog)
+        self.save_all_button.clicked.connect(self._save_all_dialog)
+        self.open_result_button.clicked.connect(self._open_result_dialog)
+        self.copy_button.clicked.connect(self.copy_command)
+        self.defaults_button.clicked.connect(self.restore_defaults)
 
     # ------------------------------------------------------------------ image and spacing
     def _image_layer(self):
@@ -456,6 +474,7 @@ class DeltaMicWidget(QWidget):
         if self.runner.is_running:
             raise ValueError("a fit is already running: stop it first")
         prepared = self.prepare()
+        self.save_settings()
         self._fit_layer = self._show_mesh(prepared.init_mesh, self._fit_layer_name())
         self._last_step = None
         self.step_times = []
@@ -668,6 +687,170 @@ class DeltaMicWidget(QWidget):
             self.save_csv(path)
             _show_info(f"table written to {path}")
 
+    # ------------------------------------------------------------------ result folder, command line
+    def _image_file(self, layer) -> str | None:
+        """The file an Image layer was read from (napari's ``source.path``, or our reader's)."""
+        path = getattr(getattr(layer, "source", None), "path", None) or layer.metadata.get("source")
+        return str(path) if path else None
+
+    def command_words(self, out: str | None = None) -> list[str]:
+        """The ``deltamic fit`` command equivalent to the widget's settings (FitJob.to_cli_args).
+
+        In-memory inputs without a file get placeholders: IMAGE.tif for an image not read from
+        a file, SEEDS.csv / LABELS.tif / MESH.ply for the seed layer."""
+        from deltamic_core.pipeline import InitSpec
+
+        image = self._image_layer()
+        job = self.fit_job().replace(image_data=None, image=self._image_file(image) or "IMAGE.tif", out=out)
+        placeholder = {"seeds": "SEEDS.csv", "labels": "LABELS.tif", "mesh": "MESH.ply"}[job.init.kind]
+        job = job.replace(init=InitSpec(job.init.kind, placeholder), progress=True)
+        if self.psf_panel.model() is None:
+            raise ValueError(
+                "a measured PSF from an image layer has no command-line form (use --psf measured BEAD.tif)"
+            )
+        return job.to_cli_args()
+
+    @_guarded
+    def copy_command(self, *args) -> str:
+        """Copy the equivalent command line to the clipboard (and return it)."""
+        from qtpy.QtWidgets import QApplication
+
+        from deltamic_core.pipeline.cli_args import shell_line
+
+        line = shell_line(self.command_words())
+        QApplication.clipboard().setText(line)
+        placeholders = [p for p in ("IMAGE.tif", "SEEDS.csv", "LABELS.tif", "MESH.ply") if p in line.split()]
+        note = f" (replace {', '.join(placeholders)} by your files)" if placeholders else ""
+        _show_info(f"copied: {line}{note}")
+        self.status_label.setText(f"command copied{note}:\n{line}")
+        return line
+
+    def _report(self, mesh) -> dict:
+        """report.json of the current result, as ``deltamic fit`` writes it (``fit_report``)."""
+        import dataclasses
+
+        from deltamic_core.pipeline.outputs import versions
+        from deltamic_core.pipeline.run import fit_report
+
+        image = self._image_layer()
+        try:
+            command = self.command_words(out="OUT")
+        except ValueError:
+            command = None
+        res, prepared = self.runner.last_result, self.runner.last_prepared
+        if res is not None and prepared is not None:
+            report = fit_report(res, prepared.psf, prepared.config, dict(self.runner.last_timings), command=command)
+        else:  # a mesh that was not fitted here (seeds, an opened result): no fit history
+            report = {
+                "command": command,
+                "loss_history": [],
+                "final_loss": None,
+                "iterations": 0,
+                "timings": {},
+                "config": dataclasses.asdict(self.fit_config()),
+                "versions": versions(),
+            }
+        report["input"] = self._image_file(image)
+        report["image"] = {"shape": list(image.data.shape[-3:]), "spacing_um": list(self.spacing_um())}
+        report["origin_um"] = list(image_origin(image))
+        report["n_cells"] = int(mesh.n_cells)
+        report["written_by"] = "napari-deltamic widget"
+        return report
+
+    @_guarded
+    def save_all(self, out, *, overwrite: bool = False):
+        """Write the CLI's result folder for the current mesh to ``out`` (in a worker; staged and
+        renamed into place with its manifest). Returns the worker."""
+        from napari.qt.threading import create_worker
+
+        from deltamic_core.pipeline.outputs import check_replaceable
+
+        mesh = self.result_mesh()
+        image = self._image_layer()
+        src = self._image_file(image)
+        check_replaceable(out, overwrite=overwrite, inputs=[src] if src else [])
+        grid = (tuple(image.data.shape[-3:]), self.spacing_um(), image_origin(image))
+        worker = create_worker(_write_result, str(out), mesh, grid, self._report(mesh), overwrite, _start_thread=False)
+
+        def done(path):
+            self.save_all_button.setEnabled(True)
+            self.saved_result = path
+            _show_info(f"result written to {path}")
+
+        def failed(exc):
+            self.save_all_button.setEnabled(True)
+            _show_error(f"Save all failed: {exc}")
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        self.save_all_button.setEnabled(False)
+        self._save_worker = worker
+        worker.start()
+        return worker
+
+    @_guarded
+    def _save_all_dialog(self, *args):
+        from deltamic_core.pipeline.outputs import is_complete
+
+        path, _ = QFileDialog.getSaveFileName(self, "Save all: a new result folder", "", "Result folder (*)")
+        if path:
+            return self.save_all(path, overwrite=is_complete(path))
+        return None
+
+    @_guarded
+    def open_result(self, folder):
+        """Open a result folder with the plugin's reader (image, labels with features, meshes)
+        and take its settings (the command in report.json) into the widget. Returns its layers."""
+        from ._results_io import is_result_dir
+
+        if not is_result_dir(folder):
+            raise ValueError(f"{folder} is not a complete deltamic result folder (report.json and its manifest)")
+        layers = self.viewer.open(str(folder), plugin="napari-deltamic")
+        report = next((ly.metadata.get("report") for ly in layers if ly.metadata.get("report")), None)
+        for ly in layers:
+            if isinstance(ly, self._layers.Image):
+                self.image_combo.set_layer(ly)
+            elif isinstance(ly, self._layers.Labels):
+                self._labels_layer = ly
+        if report and report.get("command"):
+            self.apply_command(report["command"])
+        return layers
+
+    @_guarded
+    def _open_result_dialog(self, *args):
+        path = QFileDialog.getExistingDirectory(self, "Open a result folder")
+        if path:
+            return self.open_result(path)
+        return None
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> dict:
+        """The widget's settings as plain data (the remembered JSON)."""
+        from ._settings import read_controls
+
+        return read_controls(self)
+
+    def apply_settings(self, values: dict) -> None:
+        from ._settings import write_controls
+
+        write_controls(self, values)
+
+    def apply_command(self, words) -> None:
+        """Set the controls from a ``deltamic fit`` command line (a report's ``command``)."""
+        from ._settings import settings_from_command
+
+        self.apply_settings(settings_from_command(words, self._default_settings))
+
+    @_guarded
+    def restore_defaults(self, *args) -> None:
+        """Every control back to its default (the command line's)."""
+        self.apply_settings(self._default_settings)
+
+    def save_settings(self) -> None:
+        from ._settings import save_settings
+
+        save_settings(self.settings())
+
     # ------------------------------------------------------------------ shutdown
     def _install_close_hooks(self) -> None:
         """Stop the fit when the window holding this widget closes, and when the app quits.
@@ -690,6 +873,8 @@ class DeltaMicWidget(QWidget):
         its widgets then); it blocks on the worker thread's own finished flag instead.
         Returns True if no fit is running any more.
         """
+        if not self._closing:
+            self.save_settings()
         self._closing = True
         return self.runner.shutdown(timeout_s)
 
@@ -699,6 +884,16 @@ class DeltaMicWidget(QWidget):
     def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
+
+
+def _write_result(out, mesh, grid, report, overwrite):
+    """Worker body of Save all: the CLI's outputs writer in a staging directory."""
+    from deltamic_core.pipeline.outputs import staged_directory, write_fit_outputs
+
+    shape, spacing, origin = grid
+    with staged_directory(out, overwrite=overwrite) as tmp:
+        write_fit_outputs(tmp, mesh, shape=shape, spacing_um=spacing, origin_um=origin, report=report)
+    return out
 
 
 def _rasterise_and_measure(mesh, grid):

@@ -89,6 +89,13 @@ class FitJob:
     def replace(self, **changes) -> FitJob:
         return dataclasses.replace(self, **changes)
 
+    def to_cli_args(self, *, image: str | None = None, init: str | None = None) -> list[str]:
+        """The equivalent ``deltamic fit`` command line (``image``/``init``: file names for an
+        in-memory image / initial mesh); see :func:`~deltamic_core.pipeline.cli_args.fit_command`."""
+        from .cli_args import fit_command
+
+        return fit_command(self, image=image, init=init)
+
     def for_item(self, path: str, frame: int | None, stem: str) -> FitJob:
         """The job of one batch item: its file and frame, ``{stem}`` substituted in the init path."""
         return self.replace(image=str(path), frame=frame, init=self.init.for_stem(stem) if self.init else None)
