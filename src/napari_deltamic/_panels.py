@@ -50,14 +50,22 @@ class ImagePanel(QGroupBox):
         row = QHBoxLayout()
         self.spacing_boxes = []
         for axis in "zyx":
-            b = spin(1.0, 1e-3, 1e4, decimals=3, tooltip=f"voxel size along {axis} (um)")
+            b = spin(1.0, 1e-3, 1e3, decimals=3, tooltip=f"voxel size along {axis} (um)")
             row.addWidget(QLabel(axis))
-            row.addWidget(b)
+            row.addWidget(b, 1)
             self.spacing_boxes.append(b)
-        form.addRow("spacing (um)", row)
+        form.addRow(QLabel("voxel size (um)"))
+        form.addRow(row)
+        self.spacing_note = QLabel("")
+        self.spacing_note.setWordWrap(True)
+        form.addRow(self.spacing_note)
 
     def spacing_um(self) -> tuple[float, float, float]:
         return tuple(float(b.value()) for b in self.spacing_boxes)
+
+    def show_note(self, text: str) -> None:
+        """Where the voxel size came from (the file, the layer, assumed)."""
+        self.spacing_note.setText(text)
 
     def show_spacing(self, spacing) -> None:
         for box, s in zip(self.spacing_boxes, spacing):
@@ -111,7 +119,7 @@ class SeedPanel(QGroupBox):
         row = QHBoxLayout()
         self.seed_button = QPushButton("Create mesh")
         self.seed_button.setToolTip("build the initial mesh from the seeds as a Surface layer")
-        self.place_button = QPushButton("Place mesh on image grid")
+        self.place_button = QPushButton("Place on image grid")
         self.place_button.setToolTip(
             "the Surface layer is in voxel units of its stack (a plain .rec): multiply by the image spacing"
         )

@@ -21,6 +21,7 @@ from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ._layers import (
+    SPACING_KEY,
     UNITS_ZYX,
     VOXEL_UNITS_KEY,
     image_origin,
@@ -28,6 +29,7 @@ from ._layers import (
     labels_colormap,
     layer_to_mesh,
     mesh_to_layer_data,
+    units_for,
     vertex_cell_ids,
 )
 from ._panels import FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
@@ -39,6 +41,12 @@ def _show_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
     show_error(f"deltaMic: {message}")
+
+
+def _show_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(f"deltaMic: {message}")
 
 
 def _show_info(message: str) -> None:
@@ -64,7 +72,7 @@ def _guarded(method):
 
 #: the panels' controls, reachable on the widget itself (w.run_button, w.sigma_boxes, ...)
 _CONTROLS = {
-    "image_panel": ("image_combo", "spacing_boxes"),
+    "image_panel": ("image_combo", "spacing_boxes", "spacing_note"),
     "seed_panel": (
         "stain_combo",
         "seed_source",
@@ -158,6 +166,7 @@ class DeltaMicWidget(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
         scroll.setWidget(content)
+        self._scroll = scroll
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
@@ -167,6 +176,19 @@ class DeltaMicWidget(QWidget):
         self._default_settings = self.settings()
         self.apply_settings(load_settings())  # remembered from the last session
         self._install_close_hooks()
+        self._fit_width()
+        self.psf_combo.currentIndexChanged.connect(self._fit_width)
+
+    def _fit_width(self, *args) -> None:
+        """Never narrower than the controls (plus the vertical scroll bar): the dock gets their
+        width, so nothing hides behind a horizontal scroll bar."""
+        content = self._scroll.widget()
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        self._scroll.setMinimumWidth(content.minimumSizeHint().width() + bar + 2)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self._fit_width()  # the style (fonts, margins) is final once shown
 
     def _connect(self) -> None:
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
@@ -205,8 +227,64 @@ class DeltaMicWidget(QWidget):
 
     def _on_image_changed(self, *args) -> None:
         layer = self.image_combo.layer()
-        if layer is not None and layer.ndim >= 3:
-            self.image_panel.show_spacing(layer.scale[-3:])
+        if layer is None or layer.ndim < 3:
+            self.image_panel.show_note("")
+            return
+        self.image_panel.show_spacing(layer.scale[-3:])
+        meta = layer.metadata or {}
+        if SPACING_KEY in meta:  # read by this plugin (or its sample/result): the scale is the spacing
+            assumed = [a for a, src in zip("zyx", meta.get("spacing_sources") or ()) if src == "default"]
+            note = "voxel size from the file's metadata (the layer's scale)"
+            if assumed:
+                note += f"; {', '.join(assumed)} assumed 1 um (not in the file): check it"
+            self.image_panel.show_note(note)
+            return
+        path = self._image_file(layer)
+        unscaled = np.allclose(np.asarray(layer.scale[-3:], dtype=float), 1.0)
+        if path and Path(path).suffix.lower() in (".tif", ".tiff") and unscaled:
+            self._read_file_spacing(layer, path)  # another reader left scale 1: ask the file
+        else:
+            self.image_panel.show_note("voxel size from the layer's scale")
+
+    def _read_file_spacing(self, layer, path: str):
+        """Read the voxel size of ``path`` in a worker; put it on the layer (scale, units) and the
+        widget, say where it came from, and warn when an axis has none. Returns the worker."""
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_file_spacing, path, _start_thread=False)
+        self.image_panel.show_note(f"reading the voxel size from {Path(path).name}...")
+
+        def done(result):
+            spacing, sources = result
+            if self._closing or layer not in self.viewer.layers:
+                return
+            scale = np.array(layer.scale, dtype=float)
+            scale[-3:] = spacing
+            layer.scale = scale
+            layer.units = units_for(layer.ndim)
+            layer.metadata = {**layer.metadata, SPACING_KEY: tuple(spacing), "spacing_sources": tuple(sources)}
+            if self.image_combo.layer() == layer:
+                self.image_panel.show_spacing(spacing)
+            assumed = [a for a, src in zip("zyx", sources) if src == "default"]
+            note = f"voxel size from the file's metadata ({Path(path).name})"
+            if assumed:
+                axes = ", ".join(assumed)
+                note += f"; {axes} assumed 1 um (not in the file): check it"
+                _show_warning(
+                    f"{Path(path).name}: the file gives no voxel size for axis {axes}; 1 um assumed: "
+                    "type the right value in the widget's voxel size"
+                )
+            self.image_panel.show_note(note)
+            self.viewer.reset_view()
+
+        def failed(exc):
+            self.image_panel.show_note(f"no voxel size from {Path(path).name} ({exc}): type it in")
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        self._spacing_worker = worker
+        worker.start()
+        return worker
 
     def spacing_um(self) -> tuple[float, float, float]:
         """The spacing (z, y, x) shown in the widget, in um."""
@@ -259,7 +337,7 @@ class DeltaMicWidget(QWidget):
         if layer.metadata.get(VOXEL_UNITS_KEY):
             raise ValueError(
                 f"Surface layer {layer.name!r} is in voxel units (a .rec without spacing): press "
-                "'Place mesh on image grid' first"
+                "'Place on image grid' first"
             )
         return InitSpec("mesh", data=layer_to_mesh(layer))
 
@@ -884,6 +962,18 @@ class DeltaMicWidget(QWidget):
     def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
+
+
+def _file_spacing(path: str):
+    """Worker body: the voxel size (z, y, x) um of a TIFF and per axis where it came from."""
+    import warnings
+
+    from deltamic_core.io import read_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said by the widget, once, as a notification
+        _, meta = read_image(path)
+    return tuple(float(s) for s in meta.spacing_um), tuple(meta.spacing_sources)
 
 
 def _write_result(out, mesh, grid, report, overwrite):
