@@ -1,4 +1,8 @@
-"""The ``deltamic`` command line: render, fit, track and batch.
+"""The ``deltamic`` command line: render, fit, track, batch and mechanics.
+
+The parser is two tables: ``OPTIONS`` (every option once) and ``COMMANDS`` (which options each
+subcommand takes, in order); the subcommands turn the parsed arguments into pipeline calls
+(a :class:`~deltamic_core.pipeline.FitJob` for fit, track and batch) and print the outcome.
 
 ::
 
@@ -7,6 +11,7 @@
     deltamic fit --target-mesh M.obj [--target-size UM] [fit options] --out DIR
     deltamic track STACK.tif (--init | --seeds | --labels ...) [fit options] --out DIR
     deltamic batch INPUTS... --out DIR [--scheduler ADDRESS | --workers N --threads-per-worker T] [fit options]
+    deltamic mechanics MESH --out DIR [--tension A B VALUE ...]
 
 Every problem with the input (a missing or unreadable file, wrong dimensions, a mesh outside
 the image, a NaN image, a bad CSV, an unknown option, a non-positive spacing) ends the command
@@ -24,13 +29,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from .pipeline import (
     FitJob,
@@ -39,13 +41,10 @@ from .pipeline import (
     PipelineError,
     PSFSpec,
     check_device,
-    check_inside,
     fit_to_directory,
     make_psf,
     one_line,
     parse_zernike,
-    read_mesh_file,
-    render_mesh_image,
 )
 from .pipeline.errors import EXIT_FAILURE, EXIT_USAGE
 from .pipeline.psfspec import psf_models
@@ -65,181 +64,264 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------------------
-# argument parsing
+# argument parsing: one table of options, one table of subcommands
 # ---------------------------------------------------------------------------------------------
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return v
+def _number(convert, ok, must: str, expected: str, name: str):
+    """An argparse type: ``convert(text)`` that satisfies ``ok`` (else "must be <must>")."""
+
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return v
+
+    parse.__name__ = name
+    return parse
 
 
-def _finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return v
+_positive_float = _number(
+    float, lambda v: math.isfinite(v) and v > 0, "positive and finite", "a number", "_positive_float"
+)
+_finite_float = _number(float, math.isfinite, "finite", "a number", "_finite_float")
+_positive_int = _number(int, lambda v: v > 0, "a positive integer", "an integer", "_positive_int")
+_nonnegative_int = _number(int, lambda v: v >= 0, ">= 0", "an integer", "_nonnegative_int")
+_ZYX = ("Z", "Y", "X")
+_OVERWRITE_HELP = (
+    "replace an earlier result at --out; only what deltamic itself wrote there (its manifest "
+    "must match) is ever replaced, never other files"
+)
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def _add_psf_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("PSF (default: Gaussian, sigma = 1 voxel per axis)")
-    g.add_argument(
-        "--psf",
+#: every option, declared once: its argparse keywords (a subcommand may add or replace some)
+_UM = dict(type=_positive_float, metavar="UM")
+OPTIONS = {
+    # PSF
+    "--psf": dict(
         nargs="+",
         metavar="MODEL",
         default=["gaussian"],
         help="PSF model: gaussian (default), gibson-lanni (widefield), confocal, hanser, or measured BEAD.tif "
         "(a bead stack)",
-    )
-    g.add_argument(
-        "--sigma",
-        type=_positive_float,
-        nargs="+",
-        metavar="UM",
-        help="Gaussian standard deviation(s) in um: one value or three (z y x)",
-    )
-    g.add_argument("--na", type=_positive_float, help="numerical aperture")
-    g.add_argument("--wavelength", type=_positive_float, metavar="UM", help="emission wavelength in um")
-    g.add_argument("--ni", type=_positive_float, help="refractive index of the immersion medium")
-    g.add_argument("--ns", type=_positive_float, help="refractive index of the sample (gibson-lanni, confocal)")
-    g.add_argument("--ex-wavelength", type=_positive_float, metavar="UM", help="excitation wavelength in um (confocal)")
-    g.add_argument(
-        "--pinhole-au", type=_positive_float, metavar="AU", help="pinhole diameter in Airy units (confocal; default 1)"
-    )
-    g.add_argument(
-        "--depth",
-        type=_finite_float,
-        default=None,
-        metavar="UM",
-        help="depth of the focal plane below the coverslip in um (gibson-lanni)",
-    )
-    g.add_argument(
-        "--zernike",
+    ),
+    "--sigma": dict(_UM, nargs="+", help="Gaussian standard deviation(s) in um: one value or three (z y x)"),
+    "--na": dict(type=_positive_float, help="numerical aperture"),
+    "--wavelength": dict(_UM, help="emission wavelength in um"),
+    "--ni": dict(type=_positive_float, help="refractive index of the immersion medium"),
+    "--ns": dict(type=_positive_float, help="refractive index of the sample (gibson-lanni, confocal)"),
+    "--ex-wavelength": dict(_UM, help="excitation wavelength in um (confocal)"),
+    "--pinhole-au": dict(
+        type=_positive_float, metavar="AU", help="pinhole diameter in Airy units (confocal; default 1)"
+    ),
+    "--depth": dict(_UM, type=_finite_float, help="depth of the focal plane below the coverslip in um (gibson-lanni)"),
+    "--zernike": dict(
         nargs="+",
         metavar="NOLL=COEFF",
-        default=None,
         help="pupil aberrations for hanser, e.g. 11=0.1 (Noll index = coefficient in waves)",
-    )
-
-
-def _add_fit_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
-    init = p.add_argument_group("initial meshes (one of)")
-    init.add_argument("--init", metavar="MESH", help="initial mesh (.rec .obj .ply .stl .off .vtk)")
-    init.add_argument(
-        "--seeds", metavar="CSV", help="seeds CSV with header z,y,x[,radius] in um (radius estimated when absent)"
-    )
-    init.add_argument("--labels", metavar="TIF", help="label image to start from (0 = background; cell ids = labels)")
-    init.add_argument(
-        "--auto-seeds",
+    ),
+    # initial meshes
+    "--init": dict(metavar="MESH", help="initial mesh (.rec .obj .ply .stl .off .vtk)"),
+    "--seeds": dict(metavar="CSV", help="seeds CSV with header z,y,x[,radius] in um (radius estimated when absent)"),
+    "--labels": dict(metavar="TIF", help="label image to start from (0 = background; cell ids = labels)"),
+    "--auto-seeds": dict(
         action="store_true",
         help="with --stain interior/both: one seed per bright object (maxima of the blurred image), radii estimated",
-    )
-    if batch:
-        init.description = (
-            "in batch mode '{stem}' in these paths is replaced by each input's file name without extension"
-        )
-    _add_psf_options(p)
-    g = p.add_argument_group("fitting")
-    g.add_argument("--learn-psf", action="store_true", help="also fit the PSF parameters")
-    g.add_argument(
-        "--spacing",
-        type=_positive_float,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        help="voxel size in um (default: from the image metadata)",
-    )
-    g.add_argument("--channel", type=_nonnegative_int, help="channel index of a multi-channel image")
-    g.add_argument("--frame", type=_nonnegative_int, help="time point of a TZYX image to fit")
-    g.add_argument(
-        "--mesh-units",
-        choices=("um", "voxel"),
-        default=None,
-        help="units of the --init mesh (default: um, voxel for .rec)",
-    )
-    g.add_argument(
-        "--iterations",
+    ),
+    # fitting
+    "--learn-psf": dict(action="store_true", help="also fit the PSF parameters"),
+    "--spacing": dict(type=_positive_float, nargs=3, metavar=_ZYX),
+    "--channel": dict(type=_nonnegative_int, help="channel index of a multi-channel image"),
+    "--frame": dict(type=_nonnegative_int, help="time point of a TZYX image to fit"),
+    "--mesh-units": dict(choices=("um", "voxel")),
+    "--iterations": dict(
         type=_positive_int,
-        default=None,
         help="iterations per resolution level (default: the fitter's, 80 / 120 / 10 at factors 4 / 2 / 1)",
-    )
-    g.add_argument(
-        "--levels",
+    ),
+    "--levels": dict(
         type=_positive_int,
         nargs="+",
-        default=None,
         metavar="F",
         help="coarse-to-fine downsampling factors ending with 1 (default: 4 2 1)",
-    )
-    g.add_argument("--loss", choices=("mse", "poisson"), default=None, help="data term")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    g.add_argument("--backend", default="auto", help="mesh Fourier transform backend (default: auto)")
-    g.add_argument(
-        "--edge",
-        type=_positive_float,
-        default=None,
-        metavar="UM",
-        help="target mesh edge length in um (default: chosen by the fitter)",
-    )
-    g.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=None,
-        metavar="UM",
-        help="step size of the vertex updates (default: the fitter's)",
-    )
-    g.add_argument(
-        "--lambda-smooth",
-        type=_positive_float,
-        default=None,
+    ),
+    "--loss": dict(choices=("mse", "poisson"), help="data term"),
+    "--device": dict(default="cpu"),
+    "--backend": dict(default="auto"),
+    "--edge": dict(_UM, help="target mesh edge length in um (default: chosen by the fitter)"),
+    "--lr": dict(_UM, help="step size of the vertex updates (default: the fitter's)"),
+    "--lambda-smooth": dict(
+        _UM,
         metavar="L",
         help="smoothness of the mesh updates (default: the fitter's; larger is smoother and more stable)",
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument(
-        "--stain",
+    ),
+    "--quiet": dict(action="store_true", help="no progress bar"),
+    "--stain": dict(
         choices=("membrane", "interior", "both"),
         default="membrane",
         help="what is labelled: membranes (default), the interior of the objects (nuclei, cytoplasm, "
         "droplets) or both (membrane plus a cytoplasm level)",
-    )
-    g.add_argument(
-        "--mechanics",
+    ),
+    "--mechanics": dict(
         action="store_true",
         help="also write curvatures, contact angles, relative tensions and pressures of the fitted "
         "mesh (mechanics.csv, junctions.csv, curvature.csv)",
-    )
+    ),
+    # images of meshes (render, fit --target-mesh)
+    "--shape": dict(type=_positive_int, nargs=3, metavar=_ZYX),
+    "--origin": dict(
+        type=_finite_float,
+        nargs=3,
+        metavar=_ZYX,
+        default=(0.0, 0.0, 0.0),
+        help="centre of voxel (0, 0, 0) in um (default 0 0 0)",
+    ),
+    "--noise": dict(choices=("none", "poisson"), default="none"),
+    "--photons": dict(type=_positive_float, default=100.0),
+    "--background": dict(type=float, default=0.0, help="background added to every voxel (photons)"),
+    "--seed": dict(type=int, default=0),
+    "--target-mesh": dict(
+        metavar="MESH", help="render this mesh, fit it from a sphere and report the surface distance"
+    ),
+    "--target-size": dict(_UM, help="scale the target so its largest extent is this many um (default: as is)"),
+    # batch cluster
+    "--scheduler": dict(
+        metavar="ADDRESS",
+        help="address of a running dask scheduler. Trust boundary: tasks and results are exchanged with "
+        "it as pickles, so whoever controls that scheduler (or its workers) can run code on this machine: "
+        "use only a cluster you started yourself, preferably with dask's TLS security settings "
+        "(tls:// address, distributed.comm.tls config). The default local cluster listens on 127.0.0.1 only.",
+    ),
+    "--workers": dict(type=_positive_int, help="local worker processes"),
+    "--threads-per-worker": dict(type=_positive_int, default=1, help="torch threads per task (default 1)"),
+    # mechanics
+    "--fix-tension": dict(
+        type=_nonnegative_int,
+        nargs=2,
+        metavar=("A", "B"),
+        help="normalise the tensions so that the interface between regions A and B has tension 1 "
+        "(default: mean tension 1)",
+    ),
+    "--tension": dict(
+        nargs=3,
+        action="append",
+        metavar=("A", "B", "VALUE"),
+        help="a measured tension of the interface A-B (any unit): sets the scale of the tensions "
+        "and pressures; repeatable",
+    ),
+    # outputs
+    "--out": dict(required=True, metavar="DIR"),
+    "--overwrite": dict(action="store_true", help=_OVERWRITE_HELP),
+    # accepted after the command too
+    "--debug": dict(action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"),
+}
 
 
-_OVERWRITE_HELP = (
-    "replace an earlier result at --out; only what deltamic itself wrote there (its manifest "
-    "must match) is ever replaced, never other files"
+def _group(title, *entries, description=None):
+    return ("group", title, description, entries)
+
+
+_PSF = _group(
+    "PSF (default: Gaussian, sigma = 1 voxel per axis)",
+    "--psf --sigma --na --wavelength --ni --ns --ex-wavelength --pinhole-au --depth --zernike",
 )
+_INIT = "--init --seeds --labels --auto-seeds"
+_FITTING = _group(
+    "fitting",
+    "--learn-psf",
+    ("--spacing", {"help": "voxel size in um (default: from the image metadata)"}),
+    "--channel --frame",
+    ("--mesh-units", {"help": "units of the --init mesh (default: um, voxel for .rec)"}),
+    "--iterations --levels --loss",
+    ("--device", {"help": "cpu or cuda (default: cpu)"}),
+    ("--backend", {"help": "mesh Fourier transform backend (default: auto)"}),
+    "--edge --lr --lambda-smooth --quiet --stain --mechanics",
+)
+_FIT_OPTIONS = (_group("initial meshes (one of)", _INIT), _PSF, _FITTING)
+_BATCH_INIT = "in batch mode '{stem}' in these paths is replaced by each input's file name without extension"
+
+#: the subcommands: name -> (help, description, arguments in order). An argument is a string of
+#: OPTIONS names, (name, keywords added to or replacing its OPTIONS entry; a positional's
+#: keywords) or a _group(title, arguments...).
+COMMANDS = {
+    "render": (
+        "render the fluorescence image of a mesh",
+        "Render the membrane image of a mesh through a PSF model.",
+        (
+            ("mesh", {"metavar": "MESH"}),
+            ("--shape", {"required": True}),
+            ("--spacing", {"required": True, "help": "voxel size in um"}),
+            "--origin --mesh-units",
+            _PSF,
+            "--noise",
+            ("--photons", {"help": "expected photon count at the brightest voxel (with --noise poisson)"}),
+            "--background",
+            ("--seed", {"help": "random seed of the noise"}),
+            "--device --backend",
+            ("--out", {"metavar": "IMAGE.tif"}),
+            ("--overwrite", {"help": "replace an existing --out TIFF that deltamic wrote"}),
+        ),
+    ),
+    "fit": (
+        "fit meshes to an image",
+        "Fit cell meshes to a 3D membrane image (or, with --target-mesh, to the rendered image of a known mesh).",
+        (
+            ("image", {"metavar": "IMAGE", "nargs": "?"}),
+            *_FIT_OPTIONS,
+            _group(
+                "synthetic benchmark (instead of IMAGE)",
+                "--target-mesh --target-size",
+                ("--shape", {"help": "image shape (default: the mesh plus a margin)"}),
+                "--noise --photons --seed",
+            ),
+            "--out --overwrite",
+        ),
+    ),
+    "track": (
+        "fit every frame of a time-lapse",
+        "Fit a TZYX stack frame by frame: the mesh fitted at t starts t+1.",
+        (("image", {"metavar": "STACK"}), *_FIT_OPTIONS, "--out --overwrite"),
+    ),
+    "batch": (
+        "fit many images on a dask cluster",
+        "Fit many images (and every time point of TZYX stacks) as dask tasks. Finished items "
+        "(DIR/<item>/report.json) are skipped on a rerun; a failing item is recorded in "
+        "DIR/<item>/error.txt and does not stop the batch.",
+        (
+            ("inputs", {"metavar": "INPUT", "nargs": "+"}),
+            "--out",
+            _group("cluster", "--scheduler --workers --threads-per-worker"),
+            _group("initial meshes (one of)", _INIT, description=_BATCH_INIT),
+            *_FIT_OPTIONS[1:],
+        ),
+    ),
+    "mechanics": (
+        "curvatures, contact angles, tensions and pressures of a multi-cell mesh",
+        "Per-vertex mean and Gaussian curvature of every interface, contact angles on the triple "
+        "lines, relative surface tensions (Young-Dupre force balance) and pressures (Laplace) of a "
+        "labelled mesh, written to DIR (mechanics.csv, junctions.csv, curvature.csv, mesh.ply with "
+        "curvature vertex properties, report.json).",
+        (
+            ("mesh", {"metavar": "MESH"}),
+            "--out",
+            ("--spacing", {"help": "voxel size in um for meshes in voxel units (.rec: default from the file, else 1)"}),
+            ("--mesh-units", {"help": "units of MESH"}),
+            "--fix-tension --tension",
+        ),
+    ),
+}
+
+
+def _add_arguments(parser, entries) -> None:
+    for entry in entries:
+        if isinstance(entry, str):
+            for name in entry.split():
+                parser.add_argument(name, **OPTIONS[name])
+        elif entry[0] == "group":
+            _, title, description, members = entry
+            _add_arguments(parser.add_argument_group(title, description), members)
+        else:
+            name, extra = entry
+            parser.add_argument(name, **{**OPTIONS.get(name, {}), **extra})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,140 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    r = sub.add_parser(
-        "render",
-        help="render the fluorescence image of a mesh",
-        description="Render the membrane image of a mesh through a PSF model.",
-    )
-    r.add_argument("mesh", metavar="MESH")
-    r.add_argument("--shape", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"), required=True)
-    r.add_argument(
-        "--spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"), required=True, help="voxel size in um"
-    )
-    r.add_argument(
-        "--origin",
-        type=_finite_float,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        default=(0.0, 0.0, 0.0),
-        help="centre of voxel (0, 0, 0) in um (default 0 0 0)",
-    )
-    r.add_argument("--mesh-units", choices=("um", "voxel"), default=None)
-    _add_psf_options(r)
-    r.add_argument("--noise", choices=("none", "poisson"), default="none")
-    r.add_argument(
-        "--photons",
-        type=_positive_float,
-        default=100.0,
-        help="expected photon count at the brightest voxel (with --noise poisson)",
-    )
-    r.add_argument("--background", type=float, default=0.0, help="background added to every voxel (photons)")
-    r.add_argument("--seed", type=int, default=0, help="random seed of the noise")
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--backend", default="auto")
-    r.add_argument("--out", required=True, metavar="IMAGE.tif")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing --out TIFF that deltamic wrote")
-
-    f = sub.add_parser(
-        "fit",
-        help="fit meshes to an image",
-        description="Fit cell meshes to a 3D membrane image (or, with --target-mesh, "
-        "to the rendered image of a known mesh).",
-    )
-    f.add_argument("image", metavar="IMAGE", nargs="?")
-    _add_fit_options(f)
-    t = f.add_argument_group("synthetic benchmark (instead of IMAGE)")
-    t.add_argument(
-        "--target-mesh", metavar="MESH", help="render this mesh, fit it from a sphere and report the surface distance"
-    )
-    t.add_argument(
-        "--target-size",
-        type=_positive_float,
-        default=None,
-        metavar="UM",
-        help="scale the target so its largest extent is this many um (default: as is)",
-    )
-    t.add_argument(
-        "--shape",
-        type=_positive_int,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        help="image shape (default: the mesh plus a margin)",
-    )
-    t.add_argument("--noise", choices=("none", "poisson"), default="none")
-    t.add_argument("--photons", type=_positive_float, default=100.0)
-    t.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", required=True, metavar="DIR")
-    f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-
-    tr = sub.add_parser(
-        "track",
-        help="fit every frame of a time-lapse",
-        description="Fit a TZYX stack frame by frame: the mesh fitted at t starts t+1.",
-    )
-    tr.add_argument("image", metavar="STACK")
-    _add_fit_options(tr)
-    tr.add_argument("--out", required=True, metavar="DIR")
-    tr.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-
-    b = sub.add_parser(
-        "batch",
-        help="fit many images on a dask cluster",
-        description="Fit many images (and every time point of TZYX stacks) as dask "
-        "tasks. Finished items (DIR/<item>/report.json) are skipped on a rerun; a "
-        "failing item is recorded in DIR/<item>/error.txt and does not stop the batch.",
-    )
-    b.add_argument("inputs", metavar="INPUT", nargs="+")
-    b.add_argument("--out", required=True, metavar="DIR")
-    c = b.add_argument_group("cluster")
-    c.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="address of a running dask scheduler. Trust boundary: tasks and results are exchanged with "
-        "it as pickles, so whoever controls that scheduler (or its workers) can run code on this machine: "
-        "use only a cluster you started yourself, preferably with dask's TLS security settings "
-        "(tls:// address, distributed.comm.tls config). The default local cluster listens on 127.0.0.1 only.",
-    )
-    c.add_argument("--workers", type=_positive_int, default=None, help="local worker processes")
-    c.add_argument("--threads-per-worker", type=_positive_int, default=1, help="torch threads per task (default 1)")
-    _add_fit_options(b, batch=True)
-    m = sub.add_parser(
-        "mechanics",
-        help="curvatures, contact angles, tensions and pressures of a multi-cell mesh",
-        description="Per-vertex mean and Gaussian curvature of every interface, contact angles on "
-        "the triple lines, relative surface tensions (Young-Dupre force balance) and pressures "
-        "(Laplace) of a labelled mesh, written to DIR (mechanics.csv, junctions.csv, "
-        "curvature.csv, mesh.ply with curvature vertex properties, report.json).",
-    )
-    m.add_argument("mesh", metavar="MESH")
-    m.add_argument("--out", required=True, metavar="DIR")
-    m.add_argument(
-        "--spacing",
-        type=_positive_float,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        help="voxel size in um for meshes in voxel units (.rec: default from the file, else 1)",
-    )
-    m.add_argument("--mesh-units", choices=("um", "voxel"), default=None, help="units of MESH")
-    m.add_argument(
-        "--fix-tension",
-        type=_nonnegative_int,
-        nargs=2,
-        metavar=("A", "B"),
-        help="normalise the tensions so that the interface between regions A and B has tension 1 "
-        "(default: mean tension 1)",
-    )
-    m.add_argument(
-        "--tension",
-        nargs=3,
-        action="append",
-        metavar=("A", "B", "VALUE"),
-        help="a measured tension of the interface A-B (any unit): sets the scale of the tensions "
-        "and pressures; repeatable",
-    )
-    for sp in (r, f, tr, b, m):  # accepted after the command too
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    for name, (help_text, description, entries) in COMMANDS.items():
+        _add_arguments(sub.add_parser(name, help=help_text, description=description), (*entries, "--debug"))
     return parser
 
 
@@ -581,51 +531,17 @@ def cmd_fit(args) -> int:
 
 
 def cmd_mechanics(args) -> int:
-    from . import io as dio
-    from .geometry.mechanics import mechanics
-    from .pipeline.outputs import (
-        REPORT_NAME,
-        check_replaceable,
-        staged_directory,
-        versions,
-        write_json,
-        write_mechanics_outputs,
-    )
+    from .pipeline.mechanics import mechanics_to_directory
 
-    out = check_replaceable(args.out)
-    if args.spacing is not None or args.mesh_units is not None:
-        mesh = read_mesh_file(args.mesh, tuple(args.spacing or (1.0, 1.0, 1.0)), args.mesh_units, what="MESH")
-    else:
-        mesh = (
-            read_mesh_file(args.mesh, None, "um", what="MESH")
-            if not str(args.mesh).lower().endswith(".rec")
-            else _read_rec_as_is(dio, args.mesh)
-        )
-    known = {}
-    for a, b, value in args.tension or ():
-        try:
-            known[(int(a), int(b))] = float(value)
-        except ValueError:
-            raise CLIError(f"--tension {a} {b} {value}: expected two region labels and a number") from None
-    normalise = "mean" if args.fix_tension is None else tuple(args.fix_tension)
-    try:
-        t0 = time.perf_counter()
-        result = mechanics(mesh, normalise=normalise, known_tensions=known or None)
-        elapsed = time.perf_counter() - t0
-    except ValueError as exc:
-        raise InputError(f"MESH {str(args.mesh)!r}: {one_line(exc)}") from None
-    with staged_directory(out) as tmp:
-        summary = write_mechanics_outputs(tmp, mesh, result)
-        write_json(
-            tmp / REPORT_NAME,
-            {
-                "command": args.argv,
-                "input": str(args.mesh),
-                "mechanics": summary,
-                "time_s": elapsed,
-                "versions": versions(),
-            },
-        )
+    result, elapsed, out = mechanics_to_directory(
+        args.mesh,
+        args.out,
+        spacing_um=args.spacing,
+        mesh_units=args.mesh_units,
+        tensions=args.tension,
+        fix_tension=args.fix_tension,
+        command=args.argv,
+    )
     it = result.interfaces
     print(
         f"{len(it['cell_a'])} interface(s), {len(result.points['vertex'])} triple-line point(s), "
@@ -638,18 +554,6 @@ def cmd_mechanics(args) -> int:
         )
     print(f"outputs in {out}")
     return 0
-
-
-def _read_rec_as_is(dio, path):
-    from .pipeline.inputs import _check_mesh, _existing_file
-
-    p = _existing_file(path, "MESH")
-    try:
-        mesh = dio.read_mesh(p)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
-        raise InputError(f"MESH {str(p)!r} cannot be read as a mesh ({one_line(exc)})") from None
-    _check_mesh(mesh, f"MESH {str(p)!r}")
-    return mesh
 
 
 def _print_fit_summary(report: dict, out) -> None:
@@ -669,54 +573,19 @@ def _print_fit_summary(report: dict, out) -> None:
     print(f"outputs in {out}")
 
 
-def _check_out_file(path, *, overwrite=False, inputs=(), suffixes=(".tif", ".tiff"), what="--out") -> Path:
-    from .io.outdir import OutputError, check_output_file
-
-    try:
-        return check_output_file(path, overwrite=overwrite, inputs=inputs, option=what, suffixes=suffixes)
-    except OutputError as exc:
-        raise CLIError(str(exc)) from None
-
-
 def cmd_render(args) -> int:
-    from . import io as dio
-    from ._checks import check_spacing
+    from .pipeline.synthetic import render_to_file
 
-    out = _check_out_file(args.out, overwrite=args.overwrite, inputs=[args.mesh])
-    spacing = check_spacing(args.spacing, "--spacing")
-    check_device(args.device, args.backend)
-    if args.background < 0 or not math.isfinite(args.background):
-        raise CLIError(f"--background must be >= 0, got {args.background}")
-    mesh = read_mesh_file(args.mesh, spacing, args.mesh_units, what="MESH")
-    check_inside(mesh.verts.min(0), mesh.verts.max(0), args.shape, spacing, args.origin, what=f"MESH {args.mesh!r}")
-    from .geometry.validate import total_area
-
-    if not total_area(mesh) > 0:
-        raise CLIError(f"MESH {args.mesh!r} has no area (all its triangles are degenerate): the image would be empty")
-    psf = make_psf(psf_spec(args), spacing)
-    from .pipeline.run import check_psf_resolved
-
-    check_psf_resolved(psf, spacing)
-    t0 = time.perf_counter()
-    img = render_mesh_image(
-        mesh,
-        args.shape,
-        spacing,
-        psf,
-        args.origin,
-        noise=args.noise,
-        photons=args.photons,
-        background=args.background,
-        seed=args.seed,
-        device=args.device,
-        backend=args.backend,
+    done = render_to_file(
+        args.mesh,
+        args.out,
+        **dict(shape=args.shape, spacing_um=args.spacing, psf=psf_spec(args), origin_um=args.origin),
+        **dict(mesh_units=args.mesh_units, overwrite=args.overwrite, noise=args.noise, photons=args.photons),
+        **dict(background=args.background, seed=args.seed, device=args.device, backend=args.backend),
     )
-    if not (np.all(np.isfinite(img)) and float(img.max()) > 0):
-        raise CLIError(f"the rendered image of MESH {args.mesh!r} is empty (is the mesh inside --shape, --origin?)")
-    dio.write_tiff(out, img, spacing)
     print(
-        f"rendered {len(mesh.faces)} triangles on {tuple(args.shape)} voxels with {psf.describe()} "
-        f"in {time.perf_counter() - t0:.2f} s -> {out}"
+        f"rendered {done['n_faces']} triangles on {tuple(args.shape)} voxels with {done['psf']} "
+        f"in {done['seconds']:.2f} s -> {done['out']}"
     )
     return 0
 

@@ -50,6 +50,61 @@ def render_mesh_image(
     return img.astype(np.float32)
 
 
+def render_to_file(
+    mesh_path,
+    out,
+    *,
+    shape,
+    spacing_um,
+    psf,
+    origin_um=(0.0, 0.0, 0.0),
+    mesh_units=None,
+    overwrite=False,
+    noise="none",
+    photons=100.0,
+    background=0.0,
+    seed=0,
+    device="cpu",
+    backend="auto",
+) -> dict:
+    """``deltamic render``: the image of the mesh file ``mesh_path`` through ``psf`` (a
+    :class:`~deltamic_core.pipeline.PSFSpec`) written to the TIFF ``out``, everything checked
+    first. Returns {"out", "n_faces", "psf" (its description), "seconds"}."""
+    import time
+
+    from .. import io as dio
+    from .._checks import check_spacing
+    from ..geometry.validate import total_area
+    from ..io.outdir import OutputError, check_output_file
+    from .inputs import check_inside, read_mesh_file
+    from .psfspec import make_psf
+    from .run import check_device, check_psf_resolved
+
+    try:
+        out = check_output_file(
+            out, overwrite=overwrite, inputs=[mesh_path], option="--out", suffixes=(".tif", ".tiff")
+        )
+    except OutputError as exc:
+        raise InputError(str(exc)) from None
+    spacing = check_spacing(spacing_um, "--spacing")
+    check_device(device, backend)
+    if background < 0 or not math.isfinite(background):
+        raise InputError(f"--background must be >= 0, got {background}")
+    mesh = read_mesh_file(mesh_path, spacing, mesh_units, what="MESH")
+    check_inside(mesh.verts.min(0), mesh.verts.max(0), shape, spacing, origin_um, what=f"MESH {mesh_path!r}")
+    if not total_area(mesh) > 0:
+        raise InputError(f"MESH {mesh_path!r} has no area (all its triangles are degenerate): the image would be empty")
+    model = make_psf(psf, spacing)
+    check_psf_resolved(model, spacing)
+    t0 = time.perf_counter()
+    kw = dict(noise=noise, photons=photons, background=background, seed=seed, device=device, backend=backend)
+    img = render_mesh_image(mesh, shape, spacing, model, origin_um, **kw)
+    if not (np.all(np.isfinite(img)) and float(img.max()) > 0):
+        raise InputError(f"the rendered image of MESH {mesh_path!r} is empty (is the mesh inside --shape, --origin?)")
+    dio.write_tiff(out, img, spacing)
+    return {"out": out, "n_faces": len(mesh.faces), "psf": model.describe(), "seconds": time.perf_counter() - t0}
+
+
 def surface_distance(mesh_a, mesh_b, n_samples: int = 20000, seed: int = 0) -> dict:
     """Symmetric distances between two surfaces (um).
 
