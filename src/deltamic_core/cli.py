@@ -325,7 +325,7 @@ def _add_arguments(parser, entries) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog=PROG,

@@ -137,7 +137,7 @@ def _walk(root: Path) -> tuple[list[str], list[str], list[str]]:
 
 def write_manifest(directory: str | os.PathLike, kind: str = "result") -> dict:
     """Write ``directory``/MANIFEST_NAME listing every file below it (size, SHA-256); returns it."""
-    from .. import __version__
+    from .._version import __version__
 
     root = Path(directory)
     files, dirs, others = _walk(root)

@@ -146,7 +146,7 @@ def versions() -> dict:
     import scipy
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     out = {
         "deltamic": __version__,
