@@ -131,7 +131,7 @@ def save_settings(values: dict) -> None:
 def settings_from_command(words, defaults: dict) -> dict:
     """Settings from a ``deltamic fit ...`` command line, parsed by the CLI's parser; what the
     line does not set is the default."""
-    from deltamic_core.cli import build_parser
+    from deltamic_core.pipeline.command_line import build_parser
 
     from ._panels import PSF_MODELS
 
