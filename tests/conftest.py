@@ -85,3 +85,22 @@ def gui_errors(monkeypatch):
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
     return shown
+
+
+# --------------------------------------------------------------------------------------------
+# the plugin's sample data (File > Open Sample): the synthetic embryo stack is rendered once per
+# test session into one cache directory and reused by every test that opens it
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sample_cache_dir(tmp_path_factory):
+    """The session's sample-data cache directory (NAPARI_DELTAMIC_CACHE of the sample tests)."""
+    return tmp_path_factory.getbasetemp() / "deltamic-sample-cache"
+
+
+@pytest.fixture
+def sample_cache(sample_cache_dir, monkeypatch):
+    """NAPARI_DELTAMIC_CACHE set to the session's sample cache for this test; its path."""
+    monkeypatch.setenv("NAPARI_DELTAMIC_CACHE", str(sample_cache_dir))
+    return sample_cache_dir

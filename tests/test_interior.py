@@ -109,51 +109,32 @@ def test_interior_seed_radius_estimate(tmp_path):
     assert estimate_seed_radii(img, sp, seed[None], blur_um=sigma)[0] < 2.0
 
 
-@pytest.mark.slow
-def test_fit_interior_stained_droplet_from_the_command_line(tmp_path, capsys):
+def _fit_droplet_from_the_command_line(tmp_path, *init) -> tuple[list[dict], float]:
+    """``deltamic fit`` of the interior-stained droplet (``init``: the initial-mesh options);
+    the rows of its measurements.csv and the true volume."""
     import csv
 
     from deltamic_core.cli import main
 
     _, _, _, _, truth = _droplet(tmp_path)
     out = tmp_path / "fit"
-    rc = main(
-        [
-            "fit",
-            str(tmp_path / "drop.tif"),
-            "--seeds",
-            str(tmp_path / "seeds.csv"),
-            "--stain",
-            "interior",
-            "--sigma",
-            "0.8",
-            "0.2",
-            "0.2",
-            "--levels",
-            "1",
-            "--iterations",
-            "15",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
+    fit = ["fit", str(tmp_path / "drop.tif"), *init, "--stain", "interior", "--sigma", "0.8", "0.2", "0.2"]
+    rc = main([*fit, "--levels", "1", "--iterations", "15", "--quiet", "--out", str(out)])
     assert rc == 0
     with open(out / "measurements.csv") as fh:
-        vol = float(next(csv.DictReader(fh))["volume_um3"])
+        return list(csv.DictReader(fh)), truth
+
+
+@pytest.mark.slow
+def test_fit_interior_stained_droplet_from_the_command_line(tmp_path, capsys):
+    from deltamic_core.cli import main
+
+    seeds = str(tmp_path / "seeds.csv")
+    rows, truth = _fit_droplet_from_the_command_line(tmp_path, "--seeds", seeds)
     # before the signed volume weights this came out as a fraction of the truth
-    assert vol == pytest.approx(truth, rel=0.03)
+    assert float(rows[0]["volume_um3"]) == pytest.approx(truth, rel=0.03)
     bad = main(
-        [
-            "fit",
-            str(tmp_path / "drop.tif"),
-            "--seeds",
-            str(tmp_path / "seeds.csv"),
-            "--stain",
-            "cells",
-            "--out",
-            str(tmp_path / "bad"),
-        ]
+        ["fit", str(tmp_path / "drop.tif"), "--seeds", seeds, "--stain", "cells", "--out", str(tmp_path / "bad")]
     )
     assert bad == 2 and "--stain" in capsys.readouterr().err
 
@@ -203,33 +184,5 @@ def test_auto_seeds_option_needs_an_interior_stain(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_fit_with_auto_seeds(tmp_path):
-    import csv
-
-    from deltamic_core.cli import main
-
-    _, _, _, _, truth = _droplet(tmp_path)
-    out = tmp_path / "fit"
-    rc = main(
-        [
-            "fit",
-            str(tmp_path / "drop.tif"),
-            "--auto-seeds",
-            "--stain",
-            "interior",
-            "--sigma",
-            "0.8",
-            "0.2",
-            "0.2",
-            "--levels",
-            "1",
-            "--iterations",
-            "15",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
-    with open(out / "measurements.csv") as fh:
-        rows = list(csv.DictReader(fh))
+    rows, truth = _fit_droplet_from_the_command_line(tmp_path, "--auto-seeds")
     assert len(rows) == 1 and float(rows[0]["volume_um3"]) == pytest.approx(truth, rel=0.03)

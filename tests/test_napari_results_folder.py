@@ -18,15 +18,11 @@ pytestmark = [
     pytest.mark.filterwarnings("error:Private attribute access:FutureWarning"),
 ]
 
-from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QApplication, QFileDialog  # noqa: E402
 
+from gui_helpers import click as _click  # noqa: E402
+
 TIMEOUT_MS = 180_000
-
-
-def _click(qtbot, button) -> None:
-    assert button.isEnabled(), f"the {button.text()!r} button is disabled"
-    qtbot.mouseClick(button, Qt.LeftButton)
 
 
 def _sphere_stack(tmp_path):

@@ -8,16 +8,8 @@ import pytest
 from napari_deltamic import _sample_data
 
 
-@pytest.fixture
-def cache(tmp_path_factory, monkeypatch):
-    # one directory per test session: the stack is rendered once and reused by every test
-    path = tmp_path_factory.getbasetemp() / "deltamic-sample-cache"
-    monkeypatch.setenv("NAPARI_DELTAMIC_CACHE", str(path))
-    return path
-
-
 @pytest.mark.slow
-def test_sample_layers_shapes_and_scale(cache):
+def test_sample_layers_shapes_and_scale(sample_cache):
     layers = _sample_data.make_sample_data()
     assert [kind for _, _, kind in layers] == ["image", "surface", "points"]
     (image, ikw, _), (surface, skw, _), (points, pkw, _) = layers
@@ -36,13 +28,13 @@ def test_sample_layers_shapes_and_scale(cache):
     # Poisson counts: non-negative integers
     assert image.min() >= 0 and np.all(image == np.round(image))
     # cached: a second call loads the same stack from disk
-    assert len(list(cache.glob("embryo_*.npz"))) == 1
+    assert len(list(sample_cache.glob("embryo_*.npz"))) == 1
     again = _sample_data.make_sample_data()[0][0]
     np.testing.assert_array_equal(again, image)
 
 
 @pytest.mark.slow
-def test_sample_brightness_sits_on_the_membranes(cache):
+def test_sample_brightness_sits_on_the_membranes(sample_cache):
     from scipy.spatial import cKDTree
 
     emb = _sample_data.synthetic_embryo()

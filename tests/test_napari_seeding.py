@@ -19,18 +19,9 @@ pytestmark = [
 from qtpy.QtCore import QPoint, Qt  # noqa: E402
 from qtpy.QtWidgets import QApplication, QMainWindow, QWidget  # noqa: E402
 
+from gui_helpers import click as _click  # noqa: E402
+
 TIMEOUT_MS = 60_000
-
-
-@pytest.fixture
-def sample_cache(tmp_path_factory, monkeypatch):
-    # shared with the other sample tests: the stack is rendered once per test session
-    monkeypatch.setenv("NAPARI_DELTAMIC_CACHE", str(tmp_path_factory.getbasetemp() / "deltamic-sample-cache"))
-
-
-def _click(qtbot, button) -> None:
-    assert button.isEnabled(), f"the {button.text()!r} button is disabled"
-    qtbot.mouseClick(button, Qt.LeftButton)
 
 
 def _canvas(viewer) -> QWidget:

@@ -86,10 +86,6 @@ def test_widget_opened_before_the_viewer_is_closed_leaves_nothing_running(make_n
 
 
 # ------------------------------------------------------------------------------ File > Open Sample
-@pytest.fixture
-def sample_cache(tmp_path_factory, monkeypatch):
-    # shared with test_napari_sample.py / test_napari_widget.py: the stack is rendered once per session
-    monkeypatch.setenv("NAPARI_DELTAMIC_CACHE", str(tmp_path_factory.getbasetemp() / "deltamic-sample-cache"))
 
 
 @pytest.mark.slow

@@ -17,29 +17,23 @@ pytestmark = [
     pytest.mark.filterwarnings("error:Private attribute access:FutureWarning"),
 ]
 
-from qtpy.QtCore import Qt, QThreadPool  # noqa: E402
+from qtpy.QtCore import QThreadPool  # noqa: E402
 
+from gui_helpers import click as _click  # noqa: E402
 from napari_deltamic import _sample_data  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture(scope="session")
-def embryo(tmp_path_factory):
-    """The sample embryo, rendered once per session into a private cache dir."""
+def embryo(sample_cache_dir):
+    """The sample embryo, rendered once per session into the session's sample cache."""
     mp = pytest.MonkeyPatch()
-    # shared with test_napari_sample.py: the stack is rendered once per test session
-    mp.setenv("NAPARI_DELTAMIC_CACHE", str(tmp_path_factory.getbasetemp() / "deltamic-sample-cache"))
+    mp.setenv("NAPARI_DELTAMIC_CACHE", str(sample_cache_dir))
     try:
         yield _sample_data.synthetic_embryo()
     finally:
         mp.undo()
-
-
-def _click(qtbot, button) -> None:
-    """A left click on ``button``, as the user does it (it must be enabled)."""
-    assert button.isEnabled(), f"the {button.text()!r} button is disabled"
-    qtbot.mouseClick(button, Qt.LeftButton)
 
 
 def _save_dialog_returns(monkeypatch, path) -> None:

@@ -204,6 +204,7 @@ from scipy import integrate  # noqa: E402
 
 from deltamic_core.psf import GibsonLanniPSF, HanserPSF, MeasuredPSF, noll_to_nm, psf_from_dict, zernike_noll  # noqa: E402
 from deltamic_core.psf._sampling import crop_spectrum  # noqa: E402
+from psf_helpers import gibson_lanni  # noqa: E402
 
 
 def _gl_quad(na, lam, ni, ns, pz, z_rel, r, ng=1.515, tg=170.0, ti0=150.0):
@@ -237,9 +238,7 @@ def _gl_quad(na, lam, ni, ns, pz, z_rel, r, ng=1.515, tg=170.0, ti0=150.0):
 )
 def test_gibson_lanni_radial_integral_matches_adaptive_quadrature(na, ni, ns, pz):
     lam = 0.55
-    model = GibsonLanniPSF(
-        na=na, wavelength_um=lam, n_immersion=ni, n_immersion_design=ni, n_sample=ns, particle_depth_um=pz
-    )
+    model = gibson_lanni(na=na, wavelength_um=lam, n=ni, n_sample=ns, particle_depth_um=pz)
     pts = [(0.0, 0.0), (0.6, 0.0), (-1.2, 0.15), (1.5, 0.4), (2.5, 0.9), (-3.0, 0.3)]
     z = torch.tensor([p[0] for p in pts], dtype=torch.float64)
     r = torch.tensor(sorted({p[1] for p in pts}), dtype=torch.float64)
@@ -251,15 +250,7 @@ def test_gibson_lanni_radial_integral_matches_adaptive_quadrature(na, ni, ns, pz
 
 
 def test_gibson_lanni_grid_otf_is_the_rfftn_of_the_normalised_psf_when_well_sampled():
-    model = GibsonLanniPSF(
-        na=1.2,
-        wavelength_um=0.55,
-        n_immersion=1.33,
-        n_immersion_design=1.33,
-        n_sample=1.38,
-        particle_depth_um=5.0,
-        otf_method="grid",
-    )
+    model = gibson_lanni(na=1.2, wavelength_um=0.55, n=1.33, n_sample=1.38, particle_depth_um=5.0, otf_method="grid")
     grid = FFTGrid((32, 48, 48), (0.15, 0.05, 0.05))
     assert model._fine_intensity(grid)[1] == (1, 1, 1)  # this grid needs no oversampling
     h = model.psf(grid, dtype=torch.float64).detach()
@@ -278,7 +269,7 @@ def test_gibson_lanni_grid_otf_is_the_rfftn_of_the_normalised_psf_when_well_samp
 def test_gibson_lanni_hankel_otf_pipeline_transforms_a_gaussian_exactly():
     """Feed the Hankel + axial FFT + radial interpolation pipeline a Gaussian profile (whose
     OTF is known in closed form) in place of the Gibson-Lanni integral."""
-    model = GibsonLanniPSF(na=1.0, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
+    model = gibson_lanni(na=1.0, wavelength_um=0.55, n=1.33, n_sample=1.33)
     sz, sr = 0.6, 0.2
     model.radial_profile = lambda z, r: torch.exp(-0.5 * (z[:, None] / sz) ** 2 - 0.5 * (r[None, :] / sr) ** 2)
     grid = FFTGrid((24, 40, 36), (0.3, 0.09, 0.1))
@@ -312,7 +303,7 @@ def test_gibson_lanni_hankel_and_grid_otfs_agree_away_from_the_missing_cone():
 @pytest.mark.parametrize(
     "model",
     [
-        GibsonLanniPSF(na=0.9, wavelength_um=0.5, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33),
+        gibson_lanni(na=0.9, wavelength_um=0.5, n=1.33, n_sample=1.33),
         HanserPSF(0.9, 0.5, 1.33, {11: 0.1}),
     ],
     ids=["gibson_lanni", "hanser"],
@@ -338,9 +329,7 @@ def test_otf_of_an_undersampled_grid_is_alias_free(model):
 @pytest.mark.slow
 def test_gibson_lanni_otf_gradients_match_finite_differences():
     grid = FFTGrid((6, 8, 8), (0.3, 0.12, 0.12))
-    model = GibsonLanniPSF(
-        na=1.2, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.4, particle_depth_um=4.0
-    )
+    model = gibson_lanni(na=1.2, wavelength_um=0.55, n=1.33, n_sample=1.4, particle_depth_um=4.0)
     assert {n for n, _ in model.named_parameters()} == {"log_na", "log_n_sample", "particle_depth_um_"}
 
     def otf_of(log_na, log_n_sample, depth):
@@ -358,9 +347,7 @@ def test_gibson_lanni_otf_gradients_match_finite_differences():
 
 
 def test_gibson_lanni_psf_interpolates_the_radial_profile_accurately():
-    model = GibsonLanniPSF(
-        na=1.3, wavelength_um=0.55, n_immersion=1.515, n_immersion_design=1.515, n_sample=1.4, particle_depth_um=3.0
-    )
+    model = gibson_lanni(na=1.3, wavelength_um=0.55, n=1.515, n_sample=1.4, particle_depth_um=3.0)
     grid = FFTGrid((8, 40, 40), (0.3, 0.065, 0.07))
     h = model.psf(grid, dtype=torch.float64).detach()
     z, y, x = grid.centred_coords()
@@ -375,14 +362,7 @@ def test_gibson_lanni_psf_interpolates_the_radial_profile_accurately():
 
 @pytest.mark.slow
 def test_gibson_lanni_extent_bounds_the_psf():
-    model = GibsonLanniPSF(
-        na=1.3,
-        wavelength_um=0.55,
-        n_immersion=1.515,
-        n_immersion_design=1.515,
-        n_sample=1.515,
-        max_extent_um=(12, 8, 8),
-    )
+    model = gibson_lanni(na=1.3, wavelength_um=0.55, n=1.515, n_sample=1.515, max_extent_um=(12, 8, 8))
     ez, ey, ex = model.extent_um()
     assert 0.5 < ez < 12 and 0.3 < ey < 8 and ey == ex
     z = torch.linspace(-14.0, 14.0, 281, dtype=torch.float64)
@@ -581,9 +561,7 @@ def _all_models():
     rng = np.random.default_rng(4)
     return [
         GaussianPSF((0.6, 0.15, 0.2)),
-        GibsonLanniPSF(
-            na=1.0, wavelength_um=0.55, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.36, particle_depth_um=3.0
-        ),
+        gibson_lanni(na=1.0, wavelength_um=0.55, n=1.33, n_sample=1.36, particle_depth_um=3.0),
         HanserPSF(1.0, 0.55, 1.33, {5: 0.1, 11: 0.05}),
         MeasuredPSF.from_bead_image(
             _synthetic_bead(rng, shape=(16, 24, 24), centre=(7.6, 11.2, 12.1)), (0.3, 0.1, 0.1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from deltamic_core.grid import FFTGrid
-from deltamic_core.psf import GaussianPSF, GibsonLanniPSF, HanserPSF, noll_to_nm
+from deltamic_core.psf import GaussianPSF, HanserPSF, noll_to_nm
+from psf_helpers import confocal, gibson_lanni
 
 psfmodels = pytest.importorskip("psfmodels")
 
@@ -17,9 +18,7 @@ def _gl_pair(na, lam, ni, ns, pz, nz=41, nxy=63, dz=0.1, dxy=0.05, **extra):
 
     psfmodels: focal positions zv = pz + z (z = our axial coordinate), sf=1/mode=1 (no pixel
     integration), centre pixel nxy // 2."""
-    model = GibsonLanniPSF(
-        na=na, wavelength_um=lam, n_immersion=ni, n_immersion_design=ni, n_sample=ns, particle_depth_um=pz, **extra
-    )
+    model = gibson_lanni(na=na, wavelength_um=lam, n=ni, n_sample=ns, particle_depth_um=pz, **extra)
     grid = FFTGrid((nz + 1, nxy + 1, nxy + 1), (dz, dxy, dxy))
     ours = np.fft.fftshift(model.psf(grid, dtype=torch.float64).detach().numpy())[1:, 1:, 1:]
     zv = pz + (np.arange(nz) - nz // 2) * dz
@@ -141,17 +140,9 @@ def _confocal_pair(na, lex, lem, ni, ns, pz, au, nz=25, nxy=61, dz=0.1, dxy=0.02
     """Our ConfocalPSF and psfmodels' (scalar model, no pixel integration) on the same samples,
     both normalised to their maximum; psfmodels convolves the emission PSF with a pinhole
     disc drawn on its pixel grid (radius pinhole_au * 0.61 lambda_em / NA)."""
-    from deltamic_core.psf import ConfocalPSF
 
-    model = ConfocalPSF(
-        na=na,
-        wavelength_um=lem,
-        ex_wavelength_um=lex,
-        pinhole_au=au,
-        n_immersion=ni,
-        n_immersion_design=ni,
-        n_sample=ns,
-        particle_depth_um=pz,
+    model = confocal(
+        na=na, wavelength_um=lem, ex_wavelength_um=lex, pinhole_au=au, n=ni, n_sample=ns, particle_depth_um=pz
     )
     grid = FFTGrid((nz + 1, nxy + 1, nxy + 1), (dz, dxy, dxy))
     ours = np.fft.fftshift(model.psf(grid, dtype=torch.float64).detach().numpy())[1:, 1:, 1:]
@@ -196,7 +187,6 @@ def test_confocal_matches_psfmodels(na, lex, lem, ni, ns, pz, au):
 def test_confocal_is_narrower_than_widefield_and_pinhole_matters():
     """Independent physics: a closed pinhole narrows the PSF (axial FWHM), and the confocal
     OTF reaches beyond the widefield cut-off 2 NA / lambda_em (up to the sum of cut-offs)."""
-    from deltamic_core.psf import ConfocalPSF
 
     z = torch.linspace(-2.0, 2.0, 201, dtype=torch.float64)
     r0 = torch.zeros(1, dtype=torch.float64)
@@ -205,25 +195,9 @@ def test_confocal_is_narrower_than_widefield_and_pinhole_matters():
         prof = m.radial_profile(z, r0)[:, 0]
         return float((prof >= 0.5 * prof.max()).sum()) * float(z[1] - z[0])
 
-    wide = GibsonLanniPSF(na=1.1, wavelength_um=0.525, n_immersion=1.33, n_immersion_design=1.33, n_sample=1.33)
-    small = ConfocalPSF(
-        na=1.1,
-        wavelength_um=0.525,
-        ex_wavelength_um=0.488,
-        pinhole_au=0.3,
-        n_immersion=1.33,
-        n_immersion_design=1.33,
-        n_sample=1.33,
-    )
-    big = ConfocalPSF(
-        na=1.1,
-        wavelength_um=0.525,
-        ex_wavelength_um=0.488,
-        pinhole_au=3.0,
-        n_immersion=1.33,
-        n_immersion_design=1.33,
-        n_sample=1.33,
-    )
+    wide = gibson_lanni(na=1.1, wavelength_um=0.525, n=1.33, n_sample=1.33)
+    small = confocal(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=0.3, n=1.33, n_sample=1.33)
+    big = confocal(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=3.0, n=1.33, n_sample=1.33)
     assert axial_fwhm(small) < axial_fwhm(big) < axial_fwhm(wide)
     grid = FFTGrid((16, 64, 64), (0.2, 0.04, 0.04))
     otf = small.otf(grid, dtype=torch.float64).detach().abs()
@@ -234,17 +208,9 @@ def test_confocal_is_narrower_than_widefield_and_pinhole_matters():
 
 
 def test_confocal_round_trips_and_learns():
-    from deltamic_core.psf import ConfocalPSF, psf_from_dict
+    from deltamic_core.psf import psf_from_dict
 
-    m = ConfocalPSF(
-        na=1.1,
-        wavelength_um=0.525,
-        ex_wavelength_um=0.488,
-        pinhole_au=1.0,
-        n_immersion=1.33,
-        n_immersion_design=1.33,
-        n_sample=1.36,
-    )
+    m = confocal(na=1.1, wavelength_um=0.525, ex_wavelength_um=0.488, pinhole_au=1.0, n=1.33, n_sample=1.36)
     d = m.as_dict()
     assert d["type"] == "ConfocalPSF" and d["pinhole_au"] == 1.0 and abs(d["ex_wavelength_um"] - 0.488) < 1e-12
     m2 = psf_from_dict(d)
