@@ -48,7 +48,7 @@ def test_dock_has_no_horizontal_scroll_bar(make_napari_viewer, gui_open_widget, 
         QApplication.processEvents()
         scroll = w.findChild(QScrollArea)
         content = scroll.widget()
-        qtbot.waitUntil(lambda: scroll.viewport().width() > 0, timeout=5000)
+        qtbot.waitUntil(lambda s=scroll: s.viewport().width() > 0, timeout=5000)
         assert not scroll.horizontalScrollBar().isVisible(), (
             f"page {page}: content needs {content.minimumSizeHint().width()} px, the dock shows "
             f"{scroll.viewport().width()} px"
