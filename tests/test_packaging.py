@@ -66,13 +66,6 @@ def _run(cmd, *, env=None, timeout=900, cwd=None):
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
-def _known_widget_crash(proc):
-    """The widget crashed on the Plugins-menu path (napari hands it a PublicOnlyProxy viewer)
-    before the fix of that issue landed; only that exact crash is tolerated here."""
-    if proc.returncode != 0 and "unexpected type 'PublicOnlyProxy'" in proc.stderr:
-        pytest.xfail("the widget's PublicOnlyProxy crash on add_plugin_dock_widget (fixed separately)")
-
-
 def _ok(proc):
     assert proc.returncode == 0, proc.stdout[-4000:] + "\n--- stderr ---\n" + proc.stderr[-4000:]
     return proc
@@ -328,7 +321,6 @@ def test_widget_opens_in_a_shown_viewer(installed):
         timeout=600,
         cwd=installed["home"],
     )
-    _known_widget_crash(proc)
     _ok(proc)
     assert "docked 'deltaMic inverse rendering" in proc.stdout, proc.stdout
     assert "embryo (synthetic)" in proc.stdout and "seeds" in proc.stdout
@@ -347,7 +339,6 @@ def test_make_napari_launch_line_opens_sample_and_widget():
     if not (venv / "bin" / "napari").exists():
         pytest.skip("napari is not installed in this environment")
     proc = _run(["make", "-C", ROOT, "napari", f"VENV={venv}", "NAPARI_ARGS=--quit-after 2"], timeout=600)
-    _known_widget_crash(proc)
     _ok(proc)
     assert "docked 'deltaMic inverse rendering" in proc.stdout, proc.stdout
     assert "embryo (synthetic)" in proc.stdout and "ground truth mesh" in proc.stdout
