@@ -12,8 +12,10 @@ Surface layers hold vertices in um, so image and meshes overlay without further 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,23 @@ def _show_warning(message: str) -> None:
     from napari.utils.notifications import show_warning
 
     show_warning(f"deltaMic: {message}")
+
+
+@contextlib.contextmanager
+def _input_warnings_shown():
+    """The pipeline's warnings about the user's input (overlapping seeds shrunk, a mesh repaired,
+    ...) as napari notifications, on the Create mesh and Run paths; other warnings go on as
+    usual. Main thread only."""
+    from deltamic_core.pipeline.errors import InputWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, InputWarning):
+            _show_warning(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _show_info(message: str) -> None:
@@ -423,7 +442,9 @@ class DeltaMicWidget(QWidget):
     @_guarded
     def create_initial_mesh(self, *args):
         """Build the initial mesh from the seeds and show it as a Surface layer."""
-        return self._show_mesh(self.seed_mesh(), self._fit_layer_name())
+        with _input_warnings_shown():
+            mesh = self.seed_mesh()
+        return self._show_mesh(mesh, self._fit_layer_name())
 
     @_guarded
     def place_on_image_grid(self, *args):
@@ -551,7 +572,8 @@ class DeltaMicWidget(QWidget):
         """Start a fit in a background thread; the Surface layer updates as it goes."""
         if self.runner.is_running:
             raise ValueError("a fit is already running: stop it first")
-        prepared = self.prepare()
+        with _input_warnings_shown():
+            prepared = self.prepare()
         self.save_settings()
         self._fit_layer = self._show_mesh(prepared.init_mesh, self._fit_layer_name())
         self._last_step = None
