@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,19 @@ def test_fuzz_cli(work, capsys, monkeypatch, argv):
     if not problems:
         COUNTS["held"] += 1
     assert not problems, (argv, rc, problems, err[-600:])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report(request):
+    """The counts and the wall time in the test report, also without ``-s``."""
+    t0 = time.perf_counter()
+    yield
+    tr = request.config.pluginmanager.getplugin("terminalreporter")
+    line = (
+        f"fuzz cli: {COUNTS['tried']} tried, {COUNTS['held']} held, {COUNTS['exit0']} exit 0, "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
+    tr.write_line(line) if tr else print(line)
 
 
 def test_fuzz_cli_counts():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -41,10 +42,15 @@ def _count(name, ok=True):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _report():
+def _report(request):
+    """The counts and the wall time in the test report, also without ``-s``."""
+    t0 = time.perf_counter()
     yield
-    for k, (n, ok) in sorted(COUNTS.items()):
-        print(f"fuzz {k}: {n} tried, {ok} held")
+    tr = request.config.pluginmanager.getplugin("terminalreporter")
+    lines = [f"fuzz {k}: {n} tried, {ok} held" for k, (n, ok) in sorted(COUNTS.items())]
+    lines.append(f"fuzz readers: {sum(n for n, _ in COUNTS.values())} cases in {time.perf_counter() - t0:.0f} s")
+    for line in lines:
+        tr.write_line(line) if tr else print(line)
 
 
 _OK_ERRORS = (ValueError, TypeError, FileNotFoundError)

@@ -286,6 +286,13 @@ class _connect:
             self._own.append(cl)
             return cl
         n = self.n_workers or max(1, (os.cpu_count() or 1) // self.threads)
+        if os.environ.get("DELTAMIC_TEST_BATCH_IN_PROCESS") == "1":
+            # test hook (the SIGKILL fault test): the same tasks and writes, run by a worker
+            # thread of this process instead of worker processes (no interpreter to start)
+            cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+            cl = Client(cluster)
+            self._own += [cl, cluster]
+            return cl
         env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
         # set explicitly: a worker must not start one OpenMP thread per core under each task
         env.update({"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1})
