@@ -25,6 +25,7 @@ writer then being a worker process in the killed group.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -47,17 +48,22 @@ N_BATCH_PROCESSES = int(os.environ.get("DELTAMIC_FAULT_KILLS_BATCH_PROCESSES", "
 TABLE: dict = {}
 
 
+def _say(config, lines) -> None:
+    """Lines in the test report, also without ``-s`` (capture suspended while writing)."""
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    cap = config.pluginmanager.getplugin("capturemanager")
+    with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+        for line in lines:
+            tr.write_line(line) if tr else print(line)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _table(request):
     """The table of cases (tried / lost nothing) in the test report, also without ``-s``."""
     t0 = time.perf_counter()
     yield
-    tr = request.config.pluginmanager.getplugin("terminalreporter")
-    for k, (n, ok) in TABLE.items():
-        line = f"issue 10 fault test: {k}: {n} tried, {ok} lost nothing"
-        tr.write_line(line) if tr else print(line)
-    if tr:
-        tr.write_line(f"issue 10 fault test: {time.perf_counter() - t0:.0f} s")
+    lines = [f"issue 10 fault test: {k}: {n} tried, {ok} lost nothing" for k, (n, ok) in TABLE.items()]
+    _say(request.config, lines + [f"issue 10 fault test: {time.perf_counter() - t0:.0f} s"])
 
 
 def _hash_tree(paths) -> dict:

@@ -14,6 +14,7 @@ earlier result, with and without ``--overwrite``). Properties:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -32,7 +33,7 @@ from hypothesis import strategies as st  # noqa: E402
 from deltamic_core.cli import main  # noqa: E402
 from deltamic_core.io import outdir, write_tiff  # noqa: E402
 
-N_CASES = int(os.environ.get("DELTAMIC_FUZZ_CLI", "300"))
+N_CASES = int(os.environ.get("DELTAMIC_FUZZ_CLI", "450"))
 COUNTS = {"tried": 0, "held": 0, "exit0": 0}
 
 
@@ -345,17 +346,25 @@ def test_fuzz_cli(work, capsys, monkeypatch, argv):
     assert not problems, (argv, rc, problems, err[-600:])
 
 
+def _say(config, lines) -> None:
+    """Lines in the test report, also without ``-s`` (capture suspended while writing)."""
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    cap = config.pluginmanager.getplugin("capturemanager")
+    with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+        for line in lines:
+            tr.write_line(line) if tr else print(line)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report(request):
     """The counts and the wall time in the test report, also without ``-s``."""
     t0 = time.perf_counter()
     yield
-    tr = request.config.pluginmanager.getplugin("terminalreporter")
     line = (
         f"fuzz cli: {COUNTS['tried']} tried, {COUNTS['held']} held, {COUNTS['exit0']} exit 0, "
         f"in {time.perf_counter() - t0:.0f} s"
     )
-    tr.write_line(line) if tr else print(line)
+    _say(request.config, [line])
 
 
 def test_fuzz_cli_counts():

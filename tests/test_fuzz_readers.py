@@ -9,6 +9,7 @@ so CI is reproducible; the counts are in ``FUZZ_COUNTS`` (printed by ``-s``).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import time
@@ -41,16 +42,23 @@ def _count(name, ok=True):
     COUNTS[name] = (tried + 1, fine + bool(ok))
 
 
+def _say(config, lines) -> None:
+    """Lines in the test report, also without ``-s`` (capture suspended while writing)."""
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    cap = config.pluginmanager.getplugin("capturemanager")
+    with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+        for line in lines:
+            tr.write_line(line) if tr else print(line)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report(request):
     """The counts and the wall time in the test report, also without ``-s``."""
     t0 = time.perf_counter()
     yield
-    tr = request.config.pluginmanager.getplugin("terminalreporter")
     lines = [f"fuzz {k}: {n} tried, {ok} held" for k, (n, ok) in sorted(COUNTS.items())]
     lines.append(f"fuzz readers: {sum(n for n, _ in COUNTS.values())} cases in {time.perf_counter() - t0:.0f} s")
-    for line in lines:
-        tr.write_line(line) if tr else print(line)
+    _say(request.config, lines)
 
 
 _OK_ERRORS = (ValueError, TypeError, FileNotFoundError)
