@@ -375,17 +375,13 @@ def check_output_dir(
             raise OutputError(f"{option} {str(outp)!r}: {problem}: choose a new or empty directory")
         if resume:
             return absolute
-        if not overwrite:
+    else:
+        problem = _mismatch(absolute, man)
+        if problem:
             raise OutputError(
-                f"{option} {str(outp)!r} holds the results of an earlier run: pass --overwrite to replace them"
+                f"{option} {str(outp)!r} holds an earlier deltamic result but {problem}: "
+                "not replacing it; choose a new directory"
             )
-        return absolute
-    problem = _mismatch(absolute, man)
-    if problem:
-        raise OutputError(
-            f"{option} {str(outp)!r} holds an earlier deltamic result but {problem}: "
-            "not replacing it; choose a new directory"
-        )
     if not overwrite:
         raise OutputError(
             f"{option} {str(outp)!r} holds the results of an earlier run: pass --overwrite to replace them"
@@ -630,13 +626,15 @@ class Collection:
         if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
             raise OutputError(f"{self.option} {str(self.root)!r} exists and is not a directory")
         if not self.root.exists():
+            # the same staged publish as a result directory (manifest first, then one rename)
             tmp = _new_staging(self.root)
-            write_manifest(tmp, "collection")
-            (tmp / MARKER_NAME).unlink()
             try:
-                os.rename(tmp, self.root)
-            except OSError:
-                _remove_tree_marker_last(tmp)
+                publish(tmp, self.root, kind="collection")
+            except (OutputError, OSError):
+                # another run created it meanwhile (ours is not needed: checked just below), or
+                # it could not be created
+                if tmp.exists():
+                    _remove_tree_marker_last(tmp)
                 if not self.root.is_dir():
                     raise
             fault_point("collection created")
