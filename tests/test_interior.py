@@ -186,3 +186,150 @@ def test_auto_seeds_option_needs_an_interior_stain(tmp_path, capsys):
 def test_fit_with_auto_seeds(tmp_path):
     rows, truth = _fit_droplet_from_the_command_line(tmp_path, "--auto-seeds")
     assert len(rows) == 1 and float(rows[0]["volume_um3"]) == pytest.approx(truth, rel=0.03)
+
+
+# ----------------------------------------------------------------------------------------------
+# --stain both: the cytoplasm level solved with the gain and the background
+# ----------------------------------------------------------------------------------------------
+def test_solve_two_levels_matches_numpy_least_squares():
+    from deltamic_core.fit.losses import solve_two_levels
+
+    rng = np.random.default_rng(3)
+    m, v = rng.random((6, 7, 8)), rng.random((6, 7, 8))
+    obs = 2.0 * m + 0.3 * v + 5.0 + 0.01 * rng.normal(size=m.shape)
+    w = rng.random(m.shape)
+    a, c, b = solve_two_levels(torch.tensor(m), torch.tensor(v), torch.tensor(obs), torch.tensor(w))
+    sw = np.sqrt(w.ravel())
+    design = np.stack([m.ravel(), v.ravel(), np.ones(m.size)], axis=1) * sw[:, None]
+    ref = np.linalg.lstsq(design, obs.ravel() * sw, rcond=None)[0]
+    assert np.allclose([a, c, b], ref, rtol=1e-9, atol=1e-9)
+    # a negative level is not physical: the best fit with that level at 0
+    a, c, b = solve_two_levels(torch.tensor(m), torch.tensor(v), torch.tensor(2.0 * m - 0.5 * v + 1.0))
+    assert c == 0.0
+    g, b0 = np.polyfit(m.ravel(), (2.0 * m - 0.5 * v + 1.0).ravel(), 1)
+    assert a == pytest.approx(g, rel=1e-9) and b == pytest.approx(b0, rel=1e-9)
+
+
+def _membrane_and_cytoplasm(level, radius=2.4, centre=(6.0, 4.6, 4.6), thickness=0.25, ss=4, seed=2):
+    """A cell with a membrane (shell of `thickness` um of density 1/thickness: surface density
+    1 per um^2) and a cytoplasm of density `level` per um^3: supersampled fill, scipy blur,
+    Poisson noise (no deltamic code)."""
+    shape, sp, sigma = (24, 46, 46), (0.5, 0.2, 0.2), (0.6, 0.2, 0.2)
+    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, sp)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    r = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2)
+    dens = (np.abs(r - radius) < thickness / 2) / thickness + level * (r < radius)
+    dens = dens.reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
+    img = ndimage.gaussian_filter(dens, [s / d for s, d in zip(sigma, sp)], mode="constant")
+    img = np.random.default_rng(seed).poisson(400 * img / img.max() + 10).astype(np.float32)
+    return img, sp, sigma
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", [0.15, 0.5])
+def test_stain_both_fits_the_cytoplasm_level(level):
+    from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
+
+    img, sp, sigma = _membrane_and_cytoplasm(level)
+    job = FitJob(
+        image_data=img,
+        spacing_um=sp,
+        init=InitSpec("seeds", data=(np.array([[6.2, 4.4, 4.8]]), np.array([1.8]))),
+        psf=PSFSpec("gaussian", {"sigma_um": sigma}),
+        stain="both",
+        levels=(2, 1),
+        iterations=(20, 20),
+        progress=False,
+    )
+    res = run(job).result
+    assert res.volume_level == pytest.approx(level, rel=0.15)
+    vol = float(__import__("deltamic_core.geometry", fromlist=["measure"]).measure(res.mesh)["volume_um3"][0])
+    assert vol == pytest.approx(4 / 3 * np.pi * 2.4**3, rel=0.04)
+
+
+def test_stain_both_solves_the_level_and_interior_has_no_membrane():
+    from deltamic_core.pipeline import FitJob
+
+    both = FitJob(stain="both").fit_config()
+    assert both.volume_level == "solve" and both.membrane_weight == 1.0
+    inner = FitJob(stain="interior").fit_config()
+    assert inner.volume_level == "fixed" and inner.membrane_weight == 0.0 and inner.volume_weight == 1.0
+    from deltamic_core.fit import FitConfig
+
+    with pytest.raises(ValueError, match="volume_level"):
+        FitConfig(volume_level="learn")
+    with pytest.raises(ValueError, match="needs a membrane"):
+        FitConfig(volume_level="solve", membrane_weight=0.0, volume_weight=1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# many objects: one crop per object (pipeline.objects)
+# ----------------------------------------------------------------------------------------------
+FIELD_SP, FIELD_SIGMA = (0.5, 0.25, 0.25), (0.6, 0.25, 0.25)
+
+
+def _field(centres, radius=2.0, shape=(20, 40, 100), ss=3, seed=4):
+    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, FIELD_SP)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    fill = np.zeros(zz.shape, np.float32)
+    for c in centres:
+        fill += ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= radius**2
+    fill = fill.reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
+    img = ndimage.gaussian_filter(fill, [s / d for s, d in zip(FIELD_SIGMA, FIELD_SP)], mode="constant")
+    return np.random.default_rng(seed).poisson(200 * img + 10).astype(np.float32)
+
+
+def test_object_crops_do_not_grow_with_the_field():
+    from deltamic_core.pipeline.objects import plan_object_crops
+
+    seeds = seed_spheres([(5.0, 5.0, 5.0), (5.0, 5.0, 9.5), (5.0, 5.0, 20.0)], 2.0, 2)
+    small = plan_object_crops(seeds, (24, 40, 100), FIELD_SP, psf_reach_um=(1.5, 0.6, 0.6))
+    large = plan_object_crops(seeds, (40, 160, 400), FIELD_SP, psf_reach_um=(1.5, 0.6, 0.6))
+    assert [c.shape for c in small] == [c.shape for c in large]
+    assert [c.cells for c in small] == [[1, 2], [2, 1], [3]]  # neighbours within reach share a crop
+    # every crop holds its cells' initial spheres with the margin (1 um) and the PSF's reach
+    for crop in small:
+        lo = np.asarray(crop.origin_um)
+        hi = lo + (np.asarray(crop.shape) - 1) * np.asarray(FIELD_SP)
+        for c in crop.cells:
+            v = seeds.verts[np.unique(seeds.faces[(seeds.labels == c).any(axis=1)])]
+            assert np.all(v.min(0) - lo >= np.array([2.5, 1.6, 1.6]) - 0.5 * np.asarray(FIELD_SP))
+            assert np.all(hi - v.max(0) >= np.array([2.5, 1.6, 1.6]) - 0.5 * np.asarray(FIELD_SP))
+
+
+@pytest.mark.slow
+def test_per_object_fit_matches_each_object_fitted_alone():
+    import gpytoolbox
+
+    from deltamic_core.geometry import cell_surface, measure
+    from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
+
+    a, b = (5.0, 5.0, 6.0), (5.2, 4.8, 18.5)
+    common = dict(
+        spacing_um=FIELD_SP,
+        psf=PSFSpec("gaussian", {"sigma_um": FIELD_SIGMA}),
+        stain="interior",
+        levels=(2, 1),
+        iterations=(20, 15),
+        progress=False,
+    )
+    seeds = np.array([[5.2, 5.3, 6.2], [5.0, 4.6, 18.2]])
+    both = run(
+        FitJob(
+            image_data=_field([a, b]),
+            init=InitSpec("seeds", data=(seeds, np.array([1.5, 1.5]))),
+            per_object=True,
+            **common,
+        )
+    ).result.mesh
+    assert both.n_cells == 2
+    for k, c in enumerate((a, b)):
+        alone = run(
+            FitJob(image_data=_field([c]), init=InitSpec("seeds", data=(seeds[k : k + 1], np.array([1.5]))), **common)
+        ).result.mesh
+        got, ref = cell_surface(both, k + 1), cell_surface(alone, 1)
+        v_got, v_ref = float(measure(got)["volume_um3"][0]), float(measure(ref)["volume_um3"][0])
+        assert v_got == pytest.approx(v_ref, rel=0.01)
+        assert v_ref == pytest.approx(4 / 3 * np.pi * 8.0, rel=0.03)
+        d = np.sqrt(gpytoolbox.squared_distance(got.verts, ref.verts, ref.faces.astype(np.int32), use_aabb=True)[0])
+        assert d.mean() < 0.03 and d.max() < 0.15

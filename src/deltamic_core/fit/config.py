@@ -152,6 +152,11 @@ def _something_rendered(cfg):
         raise ValueError("FitConfig.membrane_weight and FitConfig.volume_weight are both 0: nothing to render")
 
 
+def _volume_level_rule(cfg):
+    if cfg.volume_level == "solve" and (cfg.membrane_weight == 0 or cfg.photometric != "solve"):
+        raise ValueError("FitConfig.volume_level='solve' needs a membrane (membrane_weight > 0) and photometric='solve'")
+
+
 def _remesh_has_edge(cfg):
     if cfg.remesh_every and cfg.target_edge_um is None:
         raise ValueError("FitConfig.remesh_every needs FitConfig.target_edge_um (the edge length to remesh to)")
@@ -182,6 +187,8 @@ _CHECKS = (
     ("volume_weight", _nonneg),
     ("membrane_weight", _nonneg),
     (None, _something_rendered),
+    ("volume_level", _one_of(("fixed", "solve"))),
+    (None, _volume_level_rule),
     ("learn_psf", _flag),
     ("psf_lr", _pos),
     ("band_update_every", _int_at_least(1)),
@@ -260,6 +267,11 @@ class FitConfig:
     membrane_weight : float
         Multiplies the membrane (surface) intensity of every face; 0 with ``volume_weight`` > 0
         models interior staining (nuclei, cytoplasmic dyes, droplets).
+    volume_level : {"fixed", "solve"}
+        "solve" (membrane plus cytoplasm, ``--stain both``): the cytoplasm level relative to
+        the membrane is not ``volume_weight`` but solved every step with the gain and the
+        background (three-parameter weighted least squares on the membrane and volume images,
+        levels >= 0); the fitted level is ``FitResult.volume_level`` (per um).
 
     PSF
     ---
@@ -335,6 +347,7 @@ class FitConfig:
     photometric_lr: float = 0.02
     volume_weight: float = 0.0
     membrane_weight: float = 1.0
+    volume_level: str = "fixed"
 
     learn_psf: bool = False
     psf_lr: float = 0.01

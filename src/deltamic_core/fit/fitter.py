@@ -34,7 +34,7 @@ from .._checks import check_device, check_image, check_not_constant, check_spaci
 from ..mesh import Mesh
 from .config import FitConfig
 from .levels import BlockAveragedPSF, block_average, gaussian_blur
-from .losses import _quantiles, intensity_weight, poisson_nll, solve_photometric, weighted_mse
+from .losses import _quantiles, intensity_weight, poisson_nll, solve_photometric, solve_two_levels, weighted_mse
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner
 
@@ -119,6 +119,7 @@ class FitResult:
     n_rollbacks: int
     converged: bool
     config: dict = field(default_factory=dict)
+    volume_level: float | None = None  # the solved cytoplasm level (FitConfig.volume_level="solve")
 
 
 class _BadStep(Exception):
@@ -196,6 +197,10 @@ class Fitter:
         Membrane intensity per face; default ``init_mesh.face_intensity()`` (1 for outer
         faces, 2 for faces shared by two cells). After a remesh the weights are recomputed
         from the labels (custom weights cannot follow a change of topology).
+    voxel_weight : (Z, Y, X) array in [0, 1], optional
+        Multiplies the data term per voxel (0 = ignore the voxel), e.g. to leave out the light
+        of objects that are not modelled (``pipeline.objects``). Block-averaged on coarse
+        levels, where voxels the scale-space blur mixes with ignored ones are ignored too.
     """
 
     def __init__(
@@ -207,6 +212,7 @@ class Fitter:
         config: FitConfig | None = None,
         origin_um=(0.0, 0.0, 0.0),
         face_weights=None,
+        voxel_weight=None,
     ):
         args = _checked_arguments(image, spacing_um, origin_um, init_mesh, psf, config, face_weights)
         config, self.spacing_um, self.origin_um, self.device, img, fw = args
@@ -216,6 +222,14 @@ class Fitter:
         self.psf = copy.deepcopy(psf).to(self.device)
         self._mesh = init_mesh.copy()
         self._custom_weights = fw
+        self._voxel_weight = None
+        if voxel_weight is not None:
+            vw = np.asarray(voxel_weight, dtype=np.float32)
+            if vw.shape != img.shape:
+                raise ValueError(f"voxel_weight must have the image's shape {img.shape}, got {vw.shape}")
+            if not np.all(np.isfinite(vw)) or vw.min() < 0 or vw.max() > 1 or vw.max() == 0:
+                raise ValueError("voxel_weight must be finite, in [0, 1] and not all 0")
+            self._voxel_weight = torch.as_tensor(vw).to(self.device)
 
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -230,6 +244,7 @@ class Fitter:
         self._timings = dict.fromkeys(("setup", "render", "backward", "solve", "remesh", "total"), 0.0)
         self._gain = 1.0
         self._background = 0.0
+        self._volume_level = float(config.volume_weight)
         self._backend = config.backend
         self._shared_done = False
         self._level_rebuilt = False
@@ -355,11 +370,17 @@ class Fitter:
         self._mesh = mesh
         self._faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=self.device)
         self._weights = self._face_weights(mesh)
-        self._volume_weights = (
-            0.0
-            if cfg.volume_weight == 0
-            else torch.as_tensor(cfg.volume_weight * volume_face_weights(mesh), dtype=self.dtype, device=self.device)
-        )
+        if cfg.volume_level == "solve":  # unit density: the level multiplies the volume image
+            self._volume_weights = torch.as_tensor(volume_face_weights(mesh), dtype=self.dtype, device=self.device)
+            self._no_membrane = torch.zeros(len(mesh.faces), dtype=self.dtype, device=self.device)
+        else:
+            self._volume_weights = (
+                0.0
+                if cfg.volume_weight == 0
+                else torch.as_tensor(
+                    cfg.volume_weight * volume_face_weights(mesh), dtype=self.dtype, device=self.device
+                )
+            )
         x0 = torch.as_tensor(mesh.verts, dtype=torch.float64, device=self.device)
         t0 = time.perf_counter()
         self._precond = LaplacianPreconditioner(mesh.verts, mesh.faces, cfg.lambda_smooth, cfg.p, cfg.laplacian)
@@ -398,6 +419,12 @@ class Fitter:
         weight = intensity_weight(
             obs_l, cfg.alpha, floor=cfg.weight_floor, low_pct=cfg.percentiles[0], high_pct=cfg.percentiles[1]
         )
+        if self._voxel_weight is not None:
+            vw = block_average(self._voxel_weight, f)
+            if blur_um > 0:  # the blurred data mix in the ignored voxels' light: ignore those too
+                vw = vw * (gaussian_blur(vw, blur_um, spacing) >= 0.99)
+            vw = vw.to(self.dtype)
+            weight = vw if weight is None else weight * vw
         # Coarse levels are a cheap approximation (the block average is itself a low-pass
         # filter): they drop the PSF's frequencies beyond their Nyquist limit instead of folding
         # them, which would oversample the band and cost as much as the full resolution.
@@ -538,12 +565,26 @@ class Fitter:
         return poisson_nll(model, lvl.observed, lvl.weight, floor=cfg.poisson_floor)
 
     def _render(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.volume_level == "solve":
+            return self._render_two_levels(x)
         out = self._level.renderer.render(
             x.to(self.dtype), self._faces, self._weights, volume_weight=self._volume_weights
         )
         # with backend "auto" the renderer picks per call (it depends on the face count)
         self._backend = self._level.renderer.backend_name
         return out
+
+    def _render_two_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Membrane image + level x cytoplasm image, the level solved with gain and background
+        (at the optimum the loss is stationary in the levels: no gradient through them)."""
+        r, xm = self._level.renderer, x.to(self.dtype)
+        membrane = r.render(xm, self._faces, self._weights)
+        volume = r.render(xm, self._faces, self._no_membrane, volume_weight=self._volume_weights)
+        a, c, _ = solve_two_levels(membrane, volume, self._level.observed, self._level.weight)
+        if a > 0:
+            self._volume_level = c / a
+        self._backend = r.backend_name
+        return membrane + self._volume_level * volume
 
     def _try_step(self, lr: float) -> float:
         u = self._u.clone().requires_grad_(True)
@@ -719,4 +760,5 @@ class Fitter:
                 n_rollbacks=self._n_rollbacks,
                 converged=self._converged or self._done,
                 config=self.config.as_dict(),
+                volume_level=self._volume_level if self.config.volume_level == "solve" else None,
             )

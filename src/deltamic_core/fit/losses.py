@@ -17,6 +17,7 @@ __all__ = [
     "weighted_mse",
     "poisson_nll",
     "solve_photometric",
+    "solve_two_levels",
 ]
 
 
@@ -189,3 +190,44 @@ def solve_photometric(
     gain = max(gain, floor)
     background = o_mean - gain * r_mean
     return gain, background
+
+
+def solve_two_levels(
+    first: torch.Tensor, second: torch.Tensor, observed: torch.Tensor, weight: torch.Tensor | None = None
+) -> tuple[float, float, float]:
+    """Weighted least squares ``observed ~ a * first + c * second + b`` with ``a, c >= 0``
+    (e.g. a membrane image and a cytoplasm image of the same mesh).
+
+    The background is eliminated by centring (weighted means); the 2 x 2 normal equations are
+    solved in float64; when the unconstrained optimum has a negative level, the best solution
+    on that boundary (one image alone, as :func:`solve_photometric`) is returned.
+
+    Returns
+    -------
+    (a, c, b) : floats
+    """
+    with torch.no_grad():
+        m = first.detach().to(torch.float64).reshape(-1)
+        v = second.detach().to(torch.float64).reshape(-1)
+        o = observed.detach().to(torch.float64).reshape(-1)
+        w = torch.ones_like(o) if weight is None else weight.detach().to(torch.float64).reshape(-1)
+        ws = float(w.sum())
+        if not ws > 0:
+            raise ValueError("weight must have a positive sum")
+        means = [float((w * x).sum()) / ws for x in (m, v, o)]
+        dm, dv, do = m - means[0], v - means[1], o - means[2]
+        smm, svv, smv = float((w * dm * dm).sum()), float((w * dv * dv).sum()), float((w * dm * dv).sum())
+        smo, svo = float((w * dm * do).sum()), float((w * dv * do).sum())
+    det = smm * svv - smv * smv
+    if det > 1e-12 * max(smm * svv, 1e-300):
+        a = (svv * smo - smv * svo) / det
+        c = (smm * svo - smv * smo) / det
+        if a >= 0 and c >= 0:
+            return a, c, means[2] - a * means[0] - c * means[1]
+    # on the boundary: the better of (a, 0) and (0, c); a one-image fit with level
+    # g = max(s_xo / s_xx, 0) lowers the weighted SSE by g^2 s_xx
+    g_m = max(smo / smm, 0.0) if smm > 0 else 0.0
+    g_v = max(svo / svv, 0.0) if svv > 0 else 0.0
+    if g_m * g_m * smm >= g_v * g_v * svv:
+        return g_m, 0.0, means[2] - g_m * means[0]
+    return 0.0, g_v, means[2] - g_v * means[1]

@@ -116,6 +116,8 @@ def fit_command(job, *, image: str | None = None, init: str | None = None, prog:
         words += ["--backend", str(job.backend)]
     if job.stain != "membrane":
         words += ["--stain", str(job.stain)]
+    if job.per_object:
+        words.append("--per-object")
     if job.mechanics:
         words.append("--mechanics")
     if job.config:

@@ -130,6 +130,11 @@ OPTIONS = {
         help="what is labelled: membranes (default), the interior of the objects (nuclei, cytoplasm, "
         "droplets) or both (membrane plus a cytoplasm level)",
     ),
+    "--per-object": dict(
+        action="store_true",
+        help="with --stain interior/both: fit every object in its own crop with its neighbours "
+        "(many nuclei: the cost grows with the objects, not with the field)",
+    ),
     "--mechanics": dict(
         action="store_true",
         help="also write curvatures, contact angles, relative tensions and pressures of the fitted "
@@ -203,7 +208,7 @@ _FITTING = _group(
     "--iterations --levels --loss",
     ("--device", {"help": "cpu or cuda (default: cpu)"}),
     ("--backend", {"help": "mesh Fourier transform backend (default: auto)"}),
-    "--edge --lr --lambda-smooth --quiet --stain --mechanics",
+    "--edge --lr --lambda-smooth --quiet --stain --per-object --mechanics",
 )
 _FIT_OPTIONS = (_group("initial meshes (one of)", _INIT), _PSF, _FITTING)
 _BATCH_INIT = "in batch mode '{stem}' in these paths is replaced by each input's file name without extension"
@@ -381,6 +386,7 @@ def job_from_args(args) -> FitJob:
         progress=not args.quiet,
         mechanics=bool(getattr(args, "mechanics", False)),
         stain=getattr(args, "stain", "membrane"),
+        per_object=bool(getattr(args, "per_object", False)),
     )
 
 

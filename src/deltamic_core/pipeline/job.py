@@ -55,8 +55,11 @@ class FitJob:
     command : the command line that made the job (for report.json)
     progress : show a progress bar
     stain : "membrane" (surface signal), "interior" (filled objects: nuclei, cytoplasm,
-        droplets; volume signal only) or "both" (membrane plus a cytoplasm level of
-        ``config['volume_weight']``, default 0.2 per um, relative to the membrane density)
+        droplets; volume signal only) or "both" (membrane plus a cytoplasm level relative to the membrane density, solved
+        with the gain and background every step from 0.2 per um; ``FitResult.volume_level``)
+    per_object : fit every cell in its own crop with its neighbours
+        (:func:`~deltamic_core.pipeline.objects.fit_objects`): for many separate objects
+        (nuclei), the cost then grows with the objects, not with the field
     mechanics : also write the mechanics analysis of the fitted mesh (mechanics.csv,
         junctions.csv, curvature.csv, curvature vertex properties in mesh.ply)
     """
@@ -85,6 +88,7 @@ class FitJob:
     progress: bool = True
     mechanics: bool = False
     stain: str = "membrane"
+    per_object: bool = False
 
     def replace(self, **changes) -> FitJob:
         return dataclasses.replace(self, **changes)
@@ -121,7 +125,7 @@ class FitJob:
         if self.stain == "interior":
             kw.update(membrane_weight=0.0, volume_weight=1.0)
         elif self.stain == "both":
-            kw.update(volume_weight=0.2)
+            kw.update(volume_weight=0.2, volume_level="solve")
         kw.update(self.config)
         names = {f.name for f in dataclasses.fields(FitConfig)}
         unknown = sorted(k for k in kw if k not in names)

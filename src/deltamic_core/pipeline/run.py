@@ -89,6 +89,8 @@ def prepare(job: FitJob, psf=None) -> Prepared:
     if job.init is None:
         raise InputError("give exactly one of --init MESH, --seeds CSV or --labels TIF")
     check_device(job.device, job.backend)
+    if job.per_object and job.stain == "membrane":
+        raise InputError("--per-object fits separate filled objects: use it with --stain interior or --stain both")
     if job.image_data is not None:
         if job.spacing_um is None:
             raise InputError("an in-memory image needs its voxel size (spacing_um)")
@@ -134,17 +136,29 @@ def fit_steps(p: Prepared, holder: dict | None = None):
 
 
 def run_fit(
-    image, spacing_um, init_mesh, psf, config, *, origin_um=(0.0, 0.0, 0.0), progress: bool = True, desc: str = "fit"
+    image,
+    spacing_um,
+    init_mesh,
+    psf,
+    config,
+    *,
+    origin_um=(0.0, 0.0, 0.0),
+    progress: bool = True,
+    desc: str = "fit",
+    per_object: bool = False,
 ):
     """Run a :class:`~deltamic_core.fit.Fitter` to completion with a progress bar.
 
     Returns ``(result, timings, fitted_psf)``: the FitResult, seconds (setup, fit,
-    per_iteration, and the fitter's own), the fitted PSF model (a copy).
+    per_iteration, and the fitter's own), the fitted PSF model (a copy). With ``per_object``
+    every cell is fitted in its own crop (:func:`~deltamic_core.pipeline.objects.fit_objects`).
     """
     from tqdm.auto import tqdm
 
     from ..fit import Fitter
 
+    if per_object:
+        return _run_fit_per_object(image, spacing_um, init_mesh, psf, config, origin_um, progress, desc)
     t0 = time.perf_counter()
     fitter = Fitter(image, tuple(spacing_um), init_mesh, psf, config, origin_um=tuple(origin_um))
     t1 = time.perf_counter()
@@ -173,6 +187,28 @@ def run_fit(
     return res, timings, fitter.psf
 
 
+def _run_fit_per_object(image, spacing_um, init_mesh, psf, config, origin_um, progress, desc):
+    import copy
+
+    from tqdm.auto import tqdm
+
+    from .objects import fit_objects
+
+    n = int(init_mesh.n_cells)
+    bar = tqdm(total=n, desc=desc, unit="object", disable=not progress, file=sys.stderr, leave=False)
+    t0 = time.perf_counter()
+    try:
+        res, info = fit_objects(
+            image, spacing_um, init_mesh, psf, config, origin_um=origin_um, callback=lambda k, n: bar.update(1)
+        )
+    finally:
+        bar.close()
+    dt = time.perf_counter() - t0
+    timings = {"setup_s": 0.0, "fit_s": dt, "per_object_s": dt / max(n, 1), "crops": info["crops"]}
+    timings.update({f"fitter_{k}_s": float(v) for k, v in res.timings.items()})
+    return res, timings, copy.deepcopy(psf)
+
+
 def fit_report(res, psf, config, timings: dict, command=None, extra: dict | None = None) -> dict:
     """The content of report.json (measurements are added by the outputs writer)."""
     from .outputs import versions
@@ -185,7 +221,11 @@ def fit_report(res, psf, config, timings: dict, command=None, extra: dict | None
         "iterations": len(hist),
         "timings": dict(timings),
         "psf": res.psf_params,  # the fitted PSF (learnt with --learn-psf)
-        "photometric": {"gain": float(res.gain), "background": float(res.background)},
+        "photometric": {
+            "gain": float(res.gain),
+            "background": float(res.background),
+            **({"cytoplasm_level_per_um": float(res.volume_level)} if getattr(res, "volume_level", None) else {}),
+        },
         "backend": _resolved_backend(res.backend, config),
         "config": dataclasses.asdict(config),
         "versions": versions(),
@@ -227,6 +267,7 @@ def fit_and_write(
     before_write=None,
     mechanics: bool = False,
     overwrite: bool = False,
+    per_object: bool = False,
 ):
     """Fit and write the outputs directory (``report.json`` last; staged when ``stage``).
 
@@ -240,7 +281,15 @@ def fit_and_write(
 
     t_start = time.perf_counter()
     res, timings, fitted_psf = run_fit(
-        image, spacing_um, init_mesh, psf, config, origin_um=origin_um, progress=progress, desc=desc
+        image,
+        spacing_um,
+        init_mesh,
+        psf,
+        config,
+        origin_um=origin_um,
+        progress=progress,
+        desc=desc,
+        per_object=per_object,
     )
     mesh = res.mesh
     if not np.all(np.isfinite(mesh.verts)):
@@ -290,7 +339,14 @@ def run(job: FitJob) -> FitOutcome:
     p = prepare(job)
     _set_threads(job)
     res, timings, psf = run_fit(
-        p.image, p.spacing_um, p.init_mesh, p.psf, p.config, origin_um=p.origin_um, progress=job.progress
+        p.image,
+        p.spacing_um,
+        p.init_mesh,
+        p.psf,
+        p.config,
+        origin_um=p.origin_um,
+        progress=job.progress,
+        per_object=job.per_object,
     )
     return FitOutcome(res, timings, psf, p)
 
@@ -322,6 +378,7 @@ def fit_to_directory(job: FitJob, out=None, *, extra: dict | None = None):
         progress=job.progress,
         mechanics=job.mechanics,
         overwrite=job.overwrite,
+        per_object=job.per_object,
     )
 
 
