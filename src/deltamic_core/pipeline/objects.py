@@ -48,14 +48,17 @@ def _cell_boxes(mesh):
     return boxes
 
 
-def plan_object_crops(mesh, shape, spacing_um, origin_um=(0.0, 0.0, 0.0), margin_um=None, psf_reach_um=(0, 0, 0)):
+def plan_object_crops(
+    mesh, shape, spacing_um, origin_um=(0.0, 0.0, 0.0), margin_um=None, psf_reach_um=(0, 0, 0), neighbours=True
+):
     """One :class:`ObjectCrop` per cell of ``mesh`` (um, image frame).
 
     ``margin_um``: how far (um) the object may grow beyond its initial box, default 0.6 x its
     largest half-width (at least 1 um); ``psf_reach_um`` (z, y, x) is added so the crop also
     holds the blurred edge. Neighbours whose boxes, grown by the same amounts, overlap the
     object's grown box are fitted in the crop too, and the crop covers them entirely (clipped
-    to the image).
+    to the image); with ``neighbours=False`` every crop holds its object alone (the voxels
+    nearer to a neighbour are then left out by :func:`ownership_weight`).
     """
     sp = np.asarray(spacing_um, dtype=float)
     org = np.asarray(origin_um, dtype=float)
@@ -68,7 +71,9 @@ def plan_object_crops(mesh, shape, spacing_um, origin_um=(0.0, 0.0, 0.0), margin
     out = []
     n = np.asarray(shape[-3:])
     for c, (lo, hi) in grown.items():
-        near = [d for d, (lo2, hi2) in grown.items() if d != c and np.all(lo2 <= hi) and np.all(hi2 >= lo)]
+        near = [
+            d for d, (lo2, hi2) in grown.items() if neighbours and d != c and np.all(lo2 <= hi) and np.all(hi2 >= lo)
+        ]
         cells = [c, *near]
         lo_all = np.min([grown[d][0] for d in cells], axis=0)
         hi_all = np.max([grown[d][1] for d in cells], axis=0)
@@ -112,7 +117,18 @@ def _submesh(mesh, cells):
     return merge_meshes([cell_surface(mesh, c).copy(metadata={}) for c in cells])
 
 
-def fit_objects(image, spacing_um, init_mesh, psf, config, *, origin_um=(0.0, 0.0, 0.0), margin_um=None, callback=None):
+def fit_objects(
+    image,
+    spacing_um,
+    init_mesh,
+    psf,
+    config,
+    *,
+    origin_um=(0.0, 0.0, 0.0),
+    margin_um=None,
+    neighbours=True,
+    callback=None,
+):
     """Fit every cell of ``init_mesh`` in its own crop of ``image`` (see the module docstring).
 
     Returns ``(result, info)``: a :class:`~deltamic_core.fit.FitResult` whose mesh is the
@@ -127,7 +143,7 @@ def fit_objects(image, spacing_um, init_mesh, psf, config, *, origin_um=(0.0, 0.
 
     img = np.asarray(image)
     reach = 3.0 * np.asarray(psf_width_um(psf), dtype=float)
-    crops = plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach)
+    crops = plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach, neighbours)
     boxes = _cell_boxes(init_mesh)
     t0 = time.perf_counter()
     kept, info, results = [], {"crops": []}, []
