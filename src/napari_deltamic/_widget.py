@@ -147,7 +147,7 @@ class DeltaMicWidget(QWidget):
     """Dock widget: image + seeds + PSF -> fitted cell meshes, labels and measurements."""
 
     #: the Surface layer is refreshed at most this often during a fit (seconds)
-    update_interval_s = 0.3
+    update_interval_s = 0.1
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -584,10 +584,25 @@ class DeltaMicWidget(QWidget):
         self.progress.setValue(0)
         self.status_label.setText("building the render plan...")
         self._last_update = 0.0
+        self._applied_iteration = None
+        self._start_activity(prepared.config.total_iterations)
         self.runner.start(prepared)
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         return self.runner.worker
+
+    def _start_activity(self, total: int) -> None:
+        """A progress bar in napari's activity dock (napari's ``progress``), the loss in its text."""
+        from napari.utils import progress
+
+        self._end_activity()
+        self.activity = progress(total=int(total), desc="deltaMic fit")
+
+    def _end_activity(self) -> None:
+        bar = getattr(self, "activity", None)
+        if bar is not None:
+            bar.close()
+        self.activity = None
 
     def stop_fit(self, *args) -> None:
         """Ask the fit to stop after the current iteration; the last good mesh stays."""
@@ -610,6 +625,10 @@ class DeltaMicWidget(QWidget):
         self.step_times.append(step.seconds)
         self.loss_plot.append(step.iteration, step.loss)
         self.progress.setValue(step.iteration)
+        bar = getattr(self, "activity", None)
+        if bar is not None:
+            bar.update(max(step.iteration - bar.n, 0))
+            bar.set_description(f"deltaMic fit: loss {step.loss:.4g}")
         now = time.perf_counter()
         if now - self._last_update >= self.update_interval_s or step.iteration == self.progress.maximum():
             self._apply_step(step)
@@ -623,6 +642,9 @@ class DeltaMicWidget(QWidget):
         layer = self._fit_layer
         if layer is None or layer not in self.viewer.layers:
             return  # the user deleted the layer: keep fitting, show nothing
+        if getattr(self, "_applied_iteration", None) == step.iteration:
+            return  # already shown: never re-send an unchanged mesh
+        self._applied_iteration = step.iteration
         from deltamic_core.mesh import Mesh
 
         mesh = Mesh(step.verts, step.faces, labels=step.labels)
@@ -645,6 +667,7 @@ class DeltaMicWidget(QWidget):
         _show_error(f"fit failed: {msg}")
 
     def _on_finished(self) -> None:
+        self._end_activity()
         if self._closing:
             return
         if self._last_step is not None:
