@@ -594,15 +594,44 @@ class DeltaMicWidget(QWidget):
     def _start_activity(self, total: int) -> None:
         """A progress bar in napari's activity dock (napari's ``progress``), the loss in its text."""
         from napari.utils import progress
+        from qtpy.QtCore import QTimer
 
         self._end_activity()
         self.activity = progress(total=int(total), desc="deltaMic fit")
+        self._activity_state = None
+        self._activity_busy = False
+        # napari's bar processes Qt events when it updates: never from inside a step's slot
+        # (the next steps would be delivered inside it, recursively), but from a timer
+        self._activity_timer = QTimer(self)
+        self._activity_timer.setInterval(250)
+        self._activity_timer.timeout.connect(self._show_activity)
+        self._activity_timer.start()
+
+    def _show_activity(self) -> None:
+        bar, state = getattr(self, "activity", None), getattr(self, "_activity_state", None)
+        if bar is None or state is None or self._activity_busy:
+            return
+        self._activity_busy = True
+        try:
+            iteration, loss = state
+            if iteration > bar.n:
+                bar.set_description(f"deltaMic fit: loss {loss:.4g}")
+                bar.update(iteration - bar.n)
+        finally:
+            self._activity_busy = False
 
     def _end_activity(self) -> None:
+        timer = getattr(self, "_activity_timer", None)
+        if timer is not None:
+            try:
+                timer.stop()
+            except RuntimeError:  # deleted with the widget (the viewer closed)
+                pass
+        self._activity_timer = None
         bar = getattr(self, "activity", None)
+        self.activity = None
         if bar is not None:
             bar.close()
-        self.activity = None
 
     def stop_fit(self, *args) -> None:
         """Ask the fit to stop after the current iteration; the last good mesh stays."""
@@ -625,10 +654,7 @@ class DeltaMicWidget(QWidget):
         self.step_times.append(step.seconds)
         self.loss_plot.append(step.iteration, step.loss)
         self.progress.setValue(step.iteration)
-        bar = getattr(self, "activity", None)
-        if bar is not None:
-            bar.update(max(step.iteration - bar.n, 0))
-            bar.set_description(f"deltaMic fit: loss {step.loss:.4g}")
+        self._activity_state = (step.iteration, step.loss)  # shown by the activity timer
         now = time.perf_counter()
         if now - self._last_update >= self.update_interval_s or step.iteration == self.progress.maximum():
             self._apply_step(step)
@@ -998,6 +1024,7 @@ class DeltaMicWidget(QWidget):
         """
         if not self._closing:
             self.save_settings()
+            self._end_activity()
         self._closing = True
         return self.runner.shutdown(timeout_s)
 
