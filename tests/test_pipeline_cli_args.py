@@ -86,3 +86,10 @@ def test_in_memory_inputs_need_file_names_and_the_origin_has_no_option():
         job.replace(origin_um=(0.0, 1.0, 0.0)).to_cli_args(image="i.tif", init="s.csv")
     with pytest.raises(InputError, match="volume_weight"):
         job.replace(config={"volume_weight": 0.1}).to_cli_args(image="i.tif", init="s.csv")
+    # a FitJob setting the command line does not know yet is refused, not silently dropped
+    import dataclasses
+
+    extra = [f.name for f in dataclasses.fields(FitJob) if f.name == "per_object"]
+    for name in extra:
+        with pytest.raises(InputError, match=name):
+            job.replace(**{name: True}).to_cli_args(image="i.tif", init="s.csv")

@@ -122,12 +122,37 @@ def fit_command(job, *, image: str | None = None, init: str | None = None, prog:
         words.append("--mechanics")
     if job.config:
         raise InputError(f"fit option(s) {', '.join(sorted(job.config))} have no command-line option")
+    other = _unhandled_settings(job)
+    if other:
+        raise InputError(f"the setting(s) {', '.join(other)} have no command-line option")
     if not job.progress:
         words.append("--quiet")
     words += ["--out", str(job.out) if job.out is not None else "OUT"]
     if job.overwrite:
         words.append("--overwrite")
     return words
+
+
+#: FitJob fields this module writes (or that never reach the command line: in-memory data,
+#: the command itself, threads); any other field set away from its default is refused
+_HANDLED = {
+    "image", "image_data", "spacing_um", "origin_um", "channel", "frame", "init", "psf", "iterations",
+    "levels", "loss", "edge_um", "lr", "lambda_smooth", "config", "device", "backend", "threads", "out",
+    "overwrite", "command", "progress", "mechanics", "stain",
+}  # fmt: skip
+
+
+def _unhandled_settings(job) -> list[str]:
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(job):
+        if f.name in _HANDLED:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(job, f.name) != default:
+            out.append(f.name)
+    return out
 
 
 def shell_line(words) -> str:
