@@ -132,6 +132,9 @@ CASES = [
     Case("nonconvex-coarse", "nonconvex", (1.0, 0.5, 0.5), "widefield-scalar", False),
 ]
 QUICK = "agg4-fine"
+# the lever-exploration proxy (--tiny): 3 small cells, same image formation, metrics, baseline
+TINY = Case("tiny-agg3", "aggregate", (0.5, 0.25, 0.25), "confocal-vectorial", False, n_cells=3, seed=5,
+            extra={"radius": 4.0})
 
 
 # =============================================================================================
@@ -210,10 +213,11 @@ def _marching(fun, lo, hi, h):
     return v.astype(np.float64), f
 
 
-def build_aggregate(n, rng, h=0.15):
+def build_aggregate(n, rng, h=0.15, radius=None):
     """n deformed, compressed spheres packed around a centre (power diagram), one closed
     surface per cell. Returns list of (verts, faces) per cell, contact areas, cells' functions."""
-    radius = 7.5 if n <= 4 else 6.5
+    if radius is None:
+        radius = 7.5 if n <= 4 else 6.5
     # centres: a flattened cluster, nearest neighbours ~1.55 r apart (overlap -> flat contacts)
     pts = []
     for _ in range(20000):
@@ -313,7 +317,7 @@ def make_truth(case: Case, margin=3.0) -> Truth:
         contacts = {(int(a), int(b)): float(s) for a, b, s in zip(con["cell_a"], con["cell_b"], con["area_um2"])}
     else:
         if case.geometry == "aggregate":
-            meshes, contacts = build_aggregate(case.n_cells, rng)
+            meshes, contacts = build_aggregate(case.n_cells, rng, radius=case.extra.get("radius"))
         else:
             meshes, contacts = build_single(case.geometry, rng)
         per_cell = {i + 1: vf for i, vf in enumerate(meshes)}
@@ -580,7 +584,7 @@ def evaluate(surfaces: dict, volumes: dict, contacts: dict | None, truth, voxel_
         cerr.append(abs(got / s - 1.0) * 100)
     return {
         "dist_vox": float(np.mean(dists)) if dists else float("nan"),
-        "dist_cells": [round(x, 3) for x in dists],
+        "dist_cells": [round(float(x), 3) for x in dists],
         "hd95_vox": float(np.max(hds)) if hds else float("nan"),
         "vol_err_pct": float(np.max(verr)) if verr else float("nan"),
         "contact_err_pct": float(np.max(cerr)) if cerr else None,
@@ -673,8 +677,32 @@ def fit_psf_args(case: Case, mode: str, meta: dict) -> list[str]:
     ]
 
 
+# `deltamic fit` with FitConfig fields that have no command-line option overridden (lever
+# exploration only: the defaults a user gets are measured through the console script)
+_LAUNCH = (
+    "import json, sys\n"
+    "from deltamic_core.pipeline import job as J\n"
+    "over = json.loads(sys.argv.pop(1))\n"
+    "orig = J.FitJob.fit_config\n"
+    "def fit_config(self):\n"
+    "    self.config = {**self.config, **over}\n"
+    "    return orig(self)\n"
+    "J.FitJob.fit_config = fit_config\n"
+    "from deltamic_core.cli import main\n"
+    "sys.exit(main())\n"
+)
+
+
 def run_fit_cli(
-    d: Path, case: Case, mode: str, extra: list[str], threads: int, tag: str, meta: dict, reuse: bool = False
+    d: Path,
+    case: Case,
+    mode: str,
+    extra: list[str],
+    threads: int,
+    tag: str,
+    meta: dict,
+    reuse: bool = False,
+    fit_config: dict | None = None,
 ):
     from deltamic_core.geometry import cell_surface, measure
     from deltamic_core.io import read_mesh
@@ -683,8 +711,8 @@ def run_fit_cli(
     exe = Path(sys.executable).with_name("deltamic")  # the console script a user runs
     launcher = (
         [str(exe)]
-        if exe.exists()
-        else [sys.executable, "-c", "import sys; from deltamic_core.cli import main; sys.exit(main())"]
+        if exe.exists() and not fit_config
+        else [sys.executable, "-c", _LAUNCH, json.dumps(fit_config or {})]
     )
     cmd = [
         *launcher,
@@ -701,6 +729,8 @@ def run_fit_cli(
         "--quiet",
     ]
     shown = "deltamic " + " ".join(shlex.quote(c) for c in cmd[len(launcher) :])
+    if fit_config:
+        shown += f"  [FitConfig overrides {json.dumps(fit_config, sort_keys=True)}]"
     stamp = d / f"fit-{tag}.json"  # command + wall of the last completed fit of this tag
     if reuse and stamp.exists() and (out / "report.json").exists() and json.loads(stamp.read_text())["cmd"] == shown:
         wall = json.loads(stamp.read_text())["wall_s"]
@@ -740,6 +770,11 @@ def fmt(x, nd=3):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"one case ({QUICK})")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help=f"the small proxy case {TINY.name} (3 cells of 4 um radius, a few minutes at 1 thread) for exploring levers",
+    )
     ap.add_argument("--cases", nargs="+", default=None, help="case names: " + ", ".join(c.name for c in CASES))
     ap.add_argument(
         "--fit-psf",
@@ -749,6 +784,12 @@ def main(argv=None):
         "--psf gaussian from the optics + --learn-psf",
     )
     ap.add_argument("--fit-args", default="", help="extra `deltamic fit` options, e.g. '--iterations 100'")
+    ap.add_argument(
+        "--fit-config",
+        default=None,
+        metavar="JSON",
+        help='FitConfig fields without a command-line option, e.g. \'{"rel_tol": 1e-3}\' (lever exploration)',
+    )
     ap.add_argument("--tag", default="default", help="name of this fit configuration in the table/JSON")
     ap.add_argument("--no-fit", action="store_true", help="watershed only")
     ap.add_argument(
@@ -774,8 +815,8 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    names = [QUICK] if args.quick else (args.cases or [c.name for c in CASES])
-    by_name = {c.name: c for c in CASES}
+    names = [TINY.name] if args.tiny else [QUICK] if args.quick else (args.cases or [c.name for c in CASES])
+    by_name = {c.name: c for c in CASES + [TINY]}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         ap.error(f"unknown case(s) {unknown}; known: {sorted(by_name)}")
@@ -805,7 +846,8 @@ def main(argv=None):
         vxy = case.spacing[1]
         if args.fit_only:
             _, wall, cmd = run_fit_cli(
-                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse
+                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse,
+                fit_config=json.loads(args.fit_config) if args.fit_config else None,
             )
             print(f"  [{name}] fit {wall:.0f} s: {cmd}", flush=True)
             continue
@@ -823,7 +865,8 @@ def main(argv=None):
         }
         if not args.no_fit:
             res, wall, cmd = run_fit_cli(
-                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse
+                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse,
+                fit_config=json.loads(args.fit_config) if args.fit_config else None,
             )
             row["fit_cmd"] = cmd
             row["fit_s"] = wall
@@ -855,6 +898,7 @@ def main(argv=None):
                 "tag": args.tag,
                 "fit_psf": args.fit_psf,
                 "fit_args": args.fit_args,
+                "fit_config": args.fit_config,
                 "date": time.strftime("%Y-%m-%d %H:%M"),
                 "rows": rows,
             }

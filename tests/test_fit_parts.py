@@ -451,3 +451,42 @@ def test_gaussian_blur_of_a_gaussian_blob_adds_the_variances():
     assert np.abs(got - want).max() <= 2e-3 * want.max()
     t = torch.tensor(blob(s0))
     assert gaussian_blur(t, 0.0, spacing) is t  # no blur: the image itself
+
+
+# ----------------------------------------------------------------------------- schedules and contacts
+def test_lambda_smooth_per_level_reaches_each_levels_preconditioner():
+    cfg = FitConfig(levels=(2, 1), iterations=(2, 2), lambda_smooth=(4.0, 0.5))
+    assert cfg.lambda_for_level(0) == 4.0 and cfg.lambda_for_level(1) == 0.5
+    assert FitConfig.from_dict(cfg.as_dict()) == cfg
+    assert FitConfig(lambda_smooth=2.0).lambda_for_level(2) == 2.0
+    with pytest.raises(ValueError, match="lambda_smooth"):
+        FitConfig(levels=(2, 1), lambda_smooth=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="lambda_smooth"):
+        FitConfig(levels=(2, 1), lambda_smooth=(1.0, -2.0))
+    fitter = _tiny_fitter(levels=(2, 1), iterations=(2, 2), lambda_smooth=(4.0, 0.5))
+    seen = []
+    while not fitter.done:
+        res = fitter.step()
+        seen.append((res.factor, fitter._precond.lambda_smooth))
+    assert sorted(set(seen)) == [(1, 0.5), (2, 4.0)]
+
+
+def test_close_contact_gaps_fills_thin_gaps_between_cells_only():
+    from deltamic_core.fit.fitter import close_contact_gaps
+
+    spacing = (0.5, 0.25, 0.25)
+    lab = np.zeros((10, 20, 40), np.int32)
+    lab[2:8, 5:15, 3:12] = 1
+    lab[2:8, 5:15, 15:25] = 2  # 3 voxels (0.75 um) of background between 1 and 2
+    lab[2:8, 5:15, 33:38] = 3  # 8 voxels (2 um) from 2
+    out = close_contact_gaps(lab, spacing, 0.75)
+    expected = lab.copy()
+    expected[2:8, 5:15, 12:14] = 1  # nearer to 1 (x = 12) or equidistant (x = 13, first cell)
+    expected[2:8, 5:15, 14] = 2
+    np.testing.assert_array_equal(out, expected)
+    # a narrower tolerance leaves the 0.75 um gap, a zero one is the identity
+    np.testing.assert_array_equal(close_contact_gaps(lab, spacing, 0.5), lab)
+    np.testing.assert_array_equal(close_contact_gaps(lab, spacing, 0.0), lab)
+    # a single cell is never grown
+    single = np.where(lab == 1, 1, 0).astype(np.int32)
+    np.testing.assert_array_equal(close_contact_gaps(single, spacing, 5.0), single)
