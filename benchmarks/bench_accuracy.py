@@ -133,8 +133,9 @@ CASES = [
 ]
 QUICK = "agg4-fine"
 # the lever-exploration proxy (--tiny): 3 small cells, same image formation, metrics, baseline
-TINY = Case("tiny-agg3", "aggregate", (0.5, 0.25, 0.25), "confocal-vectorial", False, n_cells=3, seed=5,
-            extra={"radius": 4.0})
+TINY = Case(
+    "tiny-agg3", "aggregate", (0.5, 0.25, 0.25), "confocal-vectorial", False, n_cells=3, seed=5, extra={"radius": 4.0}
+)
 
 
 # =============================================================================================
@@ -683,6 +684,11 @@ _LAUNCH = (
     "import json, sys\n"
     "from deltamic_core.pipeline import job as J\n"
     "over = json.loads(sys.argv.pop(1))\n"
+    "if over.pop('voxel_integrated', False):\n"  # detector model: PSF x voxel box (psf/voxel.py)
+    "    import deltamic_core.pipeline.run as R\n"
+    "    from deltamic_core.psf import VoxelIntegrated\n"
+    "    mk = R.make_psf\n"
+    "    R.make_psf = lambda spec, spacing: VoxelIntegrated(mk(spec, spacing), spacing)\n"
     "orig = J.FitJob.fit_config\n"
     "def fit_config(self):\n"
     "    self.config = {**self.config, **over}\n"
@@ -710,9 +716,7 @@ def run_fit_cli(
     out = d / f"fit-{tag}"
     exe = Path(sys.executable).with_name("deltamic")  # the console script a user runs
     launcher = (
-        [str(exe)]
-        if exe.exists() and not fit_config
-        else [sys.executable, "-c", _LAUNCH, json.dumps(fit_config or {})]
+        [str(exe)] if exe.exists() and not fit_config else [sys.executable, "-c", _LAUNCH, json.dumps(fit_config or {})]
     )
     cmd = [
         *launcher,
@@ -788,7 +792,7 @@ def main(argv=None):
         "--fit-config",
         default=None,
         metavar="JSON",
-        help='FitConfig fields without a command-line option, e.g. \'{"rel_tol": 1e-3}\' (lever exploration)',
+        help="FitConfig fields without a command-line option, e.g. '{\"rel_tol\": 1e-3}' (lever exploration)",
     )
     ap.add_argument("--tag", default="default", help="name of this fit configuration in the table/JSON")
     ap.add_argument("--no-fit", action="store_true", help="watershed only")
@@ -846,7 +850,14 @@ def main(argv=None):
         vxy = case.spacing[1]
         if args.fit_only:
             _, wall, cmd = run_fit_cli(
-                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse,
+                d,
+                case,
+                args.fit_psf,
+                shlex.split(args.fit_args),
+                args.threads,
+                args.tag,
+                meta,
+                reuse=args.reuse,
                 fit_config=json.loads(args.fit_config) if args.fit_config else None,
             )
             print(f"  [{name}] fit {wall:.0f} s: {cmd}", flush=True)
@@ -865,7 +876,14 @@ def main(argv=None):
         }
         if not args.no_fit:
             res, wall, cmd = run_fit_cli(
-                d, case, args.fit_psf, shlex.split(args.fit_args), args.threads, args.tag, meta, reuse=args.reuse,
+                d,
+                case,
+                args.fit_psf,
+                shlex.split(args.fit_args),
+                args.threads,
+                args.tag,
+                meta,
+                reuse=args.reuse,
                 fit_config=json.loads(args.fit_config) if args.fit_config else None,
             )
             row["fit_cmd"] = cmd

@@ -406,9 +406,9 @@ class Fitter:
             return None
         return out
 
-    def _set_topology(self, mesh: Mesh) -> None:
-        """(Re)build everything that depends on the connectivity: weights, preconditioner,
-        optimiser state."""
+    def _set_topology(self, mesh: Mesh, index: int) -> None:
+        """(Re)build everything that depends on the connectivity for level ``index``: weights,
+        preconditioner, optimiser state."""
         cfg = self.config
         self._mesh = mesh
         self._faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=self.device)
@@ -427,7 +427,7 @@ class Fitter:
         x0 = torch.as_tensor(mesh.verts, dtype=torch.float64, device=self.device)
         t0 = time.perf_counter()
         self._precond = LaplacianPreconditioner(
-            mesh.verts, mesh.faces, cfg.lambda_for_level(self._level_index), cfg.p, cfg.laplacian
+            mesh.verts, mesh.faces, cfg.lambda_for_level(index), cfg.p, cfg.laplacian
         )
         self._timings["solve"] += time.perf_counter() - t0
         self._u = self._precond.to_differential(x0)
@@ -499,7 +499,7 @@ class Fitter:
         if cfg.target_edge_um is not None and not rebuilt:
             mesh = self._remesh(mesh, cfg.target_edge_um * f)
         self._timings["setup"] += time.perf_counter() - t0
-        self._set_topology(mesh)
+        self._set_topology(mesh, index)
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
         self._consecutive_failures = 0
@@ -732,7 +732,7 @@ class Fitter:
                 and self._level_iter < self._level.n_iterations
             ):
                 mesh = self._remesh(self.current_mesh(), cfg.target_edge_um * self._level.factor)
-                self._set_topology(mesh)
+                self._set_topology(mesh, self._level.index)
                 remeshed = True
             self._timings["total"] += time.perf_counter() - t_start
             # look ahead so that `done` is accurate right after the last step

@@ -105,7 +105,8 @@ OPTIONS = {
     "--mesh-units": dict(choices=("um", "voxel")),
     "--iterations": dict(
         type=_positive_int,
-        help="iterations per resolution level (default: the fitter's, 80 / 120 / 10 at factors 4 / 2 / 1)",
+        help="iterations per resolution level (default: the fitter's, 80 / 120 / 50 at factors 4 / 2 / 1, "
+        "each level ending early once its loss stalls)",
     ),
     "--levels": dict(
         type=_positive_int,
