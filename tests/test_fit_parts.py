@@ -458,7 +458,10 @@ def test_lambda_smooth_per_level_reaches_each_levels_preconditioner():
     cfg = FitConfig(levels=(2, 1), iterations=(2, 2), lambda_smooth=(4.0, 0.5))
     assert cfg.lambda_for_level(0) == 4.0 and cfg.lambda_for_level(1) == 0.5
     assert FitConfig.from_dict(cfg.as_dict()) == cfg
-    assert FitConfig(lambda_smooth=2.0).lambda_for_level(2) == 2.0
+    # one number: the same on the coarse levels, x lambda_fine_factor at full resolution
+    one = FitConfig(lambda_smooth=2.0, lambda_fine_factor=0.25)
+    assert [one.lambda_for_level(i) for i in range(3)] == [2.0, 2.0, 0.5]
+    assert FitConfig(lambda_smooth=2.0, lambda_fine_factor=1.0).lambda_for_level(2) == 2.0
     with pytest.raises(ValueError, match="lambda_smooth"):
         FitConfig(levels=(2, 1), lambda_smooth=(1.0, 2.0, 3.0))
     with pytest.raises(ValueError, match="lambda_smooth"):
