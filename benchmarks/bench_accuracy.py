@@ -49,31 +49,46 @@ re-run only fits. ``--quick`` runs one case (4-cell aggregate, 0.5/0.25 um voxel
 confocal). ``--model-matched`` also runs ``bench_fit_embryo.py`` (image made by the project's
 own Gaussian renderer: the model-matched row).
 
-Measured 2026-12-01 on the shared 2-core machine under a load average of 15-20 (8 engineers'
-builds and tests): wall times are ~10-20x what a quiet machine gives, their RATIO to the
-watershed's (measured in the same conditions, but a 35 s watershed is mostly numpy that suffers
-less) is pessimistic for the fit. Quick case (4-cell aggregate, 71 x 163 x 121 voxels of
-0.5/0.25/0.25 um, vectorial confocal NA 1.1 water 488/525 nm 1 AU, 120 photons over 8 +-25%,
-read noise 2, seeds without radius):
+Measured 2026-12-02 on the shared 2-core machine (load average 8-10: wall times are several
+times a quiet machine's; only the distances and errors compare across rows). Quick case
+(4-cell aggregate, 71 x 163 x 121 voxels of 0.5/0.25/0.25 um, vectorial confocal NA 1.1 water
+488/525 nm 1 AU, 120 photons over 8 +-25%, read noise 2, seeds without radius), ``--quick
+--fit-psf gaussian``:
 
 ============================================  ======  =====  =======  =======  =======
 method                                        mean d  HD95   vol err  contact  wall
 ============================================  ======  =====  =======  =======  =======
-seeded watershed + marching cubes             0.236   0.79   0.94%    269%     32 s
+seeded watershed + marching cubes             0.236   0.79   0.94%    269%     7 s
 fit, ``--psf gaussian --sigma 0.264 0.102     0.190   0.81   0.53%    61%      2424 s
-0.102 --learn-psf`` (bead FWHM), defaults
+0.102 --learn-psf``, previous defaults
+same, current defaults                        0.068   0.30   0.10%    61%      767 s
 ============================================  ======  =====  =======  =======  =======
 
-(d ratio 0.80, target <= 0.33; the learnt Gaussian drifted from 0.26/0.10/0.10 to
-0.39/0.14/0.16 um: it widens to imitate the confocal PSF's non-Gaussian skirt, anisotropically
-in y/x. The fit's worst contact is the 2-4 membrane, 26.5 of 68.8 um^2 shared: part of it
-stayed two separate sheets; the watershed's contact areas come from the surface nets of its
-labels and are worst on the small 3-4 contact, 9 um^2.) The full table (7 cases) and the
-``--fit-psf physical`` (``--psf confocal`` / ``gibson-lanni``) rows were not run in this
-session: one default fit took 40 min of wall time under that load.
+(d ratio 0.29, target <= 0.33 and <= 0.10 voxel: met; volume 0.100%, at the 0.1% target; the
+2-4 contact still partly two sheets; time 106x the watershed's, target 10x.) The levers, one
+at a time on ``--tiny`` (3 cells of 4 um radius, 34 x 93 x 80 voxels, same image formation;
+watershed 0.264 / HD95 0.70 / 3.3% / 7.4%), ``--fit-psf gaussian`` + ``--fit-config``:
 
-Usage: ``nice python benchmarks/bench_accuracy.py [--quick] [--cases NAME ...] [--fit-psf
-physical|gaussian] [--fit-args "--iterations ..."] [--threads 2]``.
+=========================================================  ======  =====  =======  =======
+fit                                                        mean d  HD95   vol err  contact
+=========================================================  ======  =====  =======  =======
+previous defaults (80 / 120 / 10 iterations)               0.368   1.59   1.34%    4.0%
+50 full-resolution iterations                              0.214   1.09   0.50%    5.7%
+100 full-resolution iterations                             0.133   0.67   0.07%    11.1%
+50, ``refine_lr_factor`` 1                                 0.141   0.70   0.08%    10.0%
+50, lambda 1 at full resolution                            0.116   0.55   0.03%    8.6%
+50, ``contact_gap_um`` 0.75                                0.215   0.89   0.24%    10.5%
+50, lambda 1 at full resolution + ``refine_lr_factor`` 1   0.091   0.35   0.03%    9.9%
+current defaults (the above + plateau rule), console       0.091   0.35   0.03%    9.9%
+``--fit-psf physical`` (``--psf confocal``), previous      0.319   1.70   1.11%    5.6%
+=========================================================  ======  =====  =======  =======
+
+The learnt Gaussian still widens (0.26/0.10/0.10 -> 0.37/0.14/0.14 um) to imitate the
+confocal skirt. The full table (7 cases), the confocal PSF and voxel integration
+(``--fit-config '{"voxel_integrated": true}'``) at the current defaults were not run.
+
+Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
+physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """
 
 from __future__ import annotations
