@@ -75,8 +75,9 @@ def test_real_route_matches_the_exact_fourier_route_and_converges_with_the_toler
         )
         assert real.route == "real"
         err = _rel_max(real.render(v, f, w), ref)
-        # exact to the quadrature: measured 0.4-2.5% of tol (relative to the image maximum)
-        assert err < 0.1 * tol, (tol, err)
+        # exact to the quadrature, which spends the budget tol / |OTF| per frequency:
+        # measured 1-20% of tol (relative to the image maximum)
+        assert err < 0.4 * tol, (tol, err)
         errs.append(err)
     assert errs[2] < errs[1] < errs[0], errs
 
@@ -251,3 +252,34 @@ def test_update_band_on_the_real_route_follows_a_changed_sigma():
         band_threshold=1e-8,
     )
     assert _rel_max(r.render(v, f), fresh.render(v, f)) < 2e-3
+
+
+# ---------------------------------------------------------------------------------------
+# the native (C++) splat of whole triangles against the pure-torch splat of the points
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_triangle_splat_matches_the_torch_point_splat(dtype, monkeypatch):
+    from deltamic_core.render import realspace
+
+    if realspace.native_module("cpu") is None:
+        pytest.skip("native kernel not available")
+    # a sphere that sticks out of the image on several sides: clipped windows, skipped points
+    v0, f = _sphere(2.3, 2, center=(0.4, -0.9, 1.1), dtype=dtype)
+    w0 = torch.linspace(0.5, 2.0, len(f), dtype=dtype)
+    g = torch.sin(torch.arange(10 * 16 * 14, dtype=dtype)).reshape(10, 16, 14)
+    out = {}
+    for native in (True, False):
+        monkeypatch.setattr(realspace, "USE_NATIVE", native)
+        psf = GaussianPSF((0.45, 0.12, 0.15))
+        r = Renderer(
+            (10, 16, 14), (0.5, 0.25, 0.25), psf, origin_um=(-2.0, -2.2, -1.3), route="real", dtype=dtype, margin_um=2.0
+        )
+        v = v0.clone().requires_grad_(True)
+        w = w0.clone().requires_grad_(True)
+        img = r.render(v, f, w)
+        (img * g).sum().backward()
+        out[native] = (img.detach(), v.grad, w.grad, psf.log_diag.grad.clone())  # sigma's gradient too
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for a, b in zip(out[True], out[False]):
+        assert _rel_max(a, b) < tol
+    assert float(out[True][0].abs().max()) > 0

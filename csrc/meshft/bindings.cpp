@@ -6,6 +6,7 @@
 
 #include "meshft.h"
 #include "meshft_math.h"
+#include "splat.h"
 
 namespace {
 
@@ -152,6 +153,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Test-only: the CUDA kernels' per-element math (tri_f, tri_f_grad of meshft_math.h) run on "
         "the CPU for absolute phases (N, 3) float64 (pa, pb, pc, radians), in float64 or float32. "
         "Returns f[pa, pb, pc] (N,) and (F0, Fa, Fb, Fc) (N, 4), complex128.");
+  m.def("splat_gauss_forward", &splat::gauss_forward, py::arg("tri"), py::arg("strength"),
+        py::arg("face_rule"), py::arg("rule_start"), py::arg("lam"), py::arg("rule_weights"),
+        py::arg("shape"), py::arg("spacing"), py::arg("origin"), py::arg("sigma"), py::arg("radius"),
+        py::arg("window"), py::arg("phi_c"), py::arg("norm"),
+        "Real-space route, Gaussian PSF: triangle quadrature points splatted on the voxel "
+        "centres (see splat.h and deltamic_core.render.realspace).");
+  m.def("splat_gauss_backward", &splat::gauss_backward, py::arg("tri"), py::arg("strength"),
+        py::arg("face_rule"), py::arg("rule_start"), py::arg("lam"), py::arg("rule_weights"),
+        py::arg("grad"), py::arg("shape"), py::arg("spacing"), py::arg("origin"), py::arg("sigma"),
+        py::arg("radius"), py::arg("window"), py::arg("phi_c"), py::arg("norm"),
+        py::arg("need_sigma"),
+        "Adjoint of splat_gauss_forward: (grad_tri, grad_strength, grad_sigma float64).");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: files the kernel is built from (relative to the source directory); all ship in sdist and wheel
-CPU_SOURCES = ("meshft_cpu.cpp", "bindings.cpp")
+CPU_SOURCES = ("meshft_cpu.cpp", "splat_cpu.cpp", "bindings.cpp")
 CUDA_SOURCES = ("meshft_cuda.cu",)
 MODULE_NAME = "deltamic_meshft"
 _LOCK_TIMEOUT_S = 1800.0  # another process building: wait this long at most

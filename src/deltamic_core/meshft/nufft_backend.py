@@ -39,14 +39,23 @@ except ImportError:  # pragma: no cover - exercised only where finufft is missin
     finufft = None
 
 # Largest phase span theta (radians) that the conical rule of order n = index + 1 integrates with
-# an error below tol (relative to the triangle's area), for tol = 10^-2 ... 10^-12.
+# an error below tol (relative to the triangle's area), for tol = 0.5 ... 10^-12. The rows above
+# 10^-2 (used by the real-space renderer for frequencies the PSF attenuates: a frequency where
+# |OTF| = o needs an error below tol / o only) were measured by the same method: worst case over
+# 72 directions of the corner phases (p, q) and every span up to theta on a 0.5 rad grid, against
+# the order-70 rule, then lowered by 0.5 rad.
 # Measured (deltamic, by this project's calibration script tests/test_nufft.py::
 # test_rule_table_is_conservative re-checks it) as the worst case over random, equilateral and
 # sliver triangles and directions, against a 70x70 rule; 60.0 means "at least 60".
-_TOLS = np.array([1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10, 1e-12])
+_TOLS = np.array([0.5, 0.2, 0.1, 0.05, 0.02, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10, 1e-12])
 # fmt: off
 _THETA_MAX = np.array(
     [
+        [4.0, 8.5, 13.0, 17.5, 21.5, 26.0, 30.0, 34.5, 38.5, 43.0, 47.0, 51.5, 55.5] + [60.0] * 17,  # 0.5
+        [2.0, 6.0, 10.0, 14.0, 18.0, 22.0, 26.0, 30.0, 34.0, 38.0, 42.0, 46.0, 50.0, 54.0, 58.0] + [60.0] * 15,  # 0.2
+        [1.0, 5.0, 8.5, 12.5, 16.0, 20.0, 24.0, 28.0, 31.5, 35.5, 39.5, 43.5, 47.5, 51.5, 55.5] + [60.0] * 15,  # 0.1
+        [0.5, 4.0, 7.5, 11.0, 14.5, 18.5, 22.0, 26.0, 30.0, 33.5, 37.5, 41.5, 45.0, 49.0, 53.0, 57.0] + [60.0] * 14,  # 0.05
+        [0.0, 3.0, 6.0, 9.5, 13.0, 16.5, 20.0, 24.0, 27.5, 31.5, 35.0, 39.0, 42.5, 46.5, 50.0, 54.0, 58.0] + [60.0] * 13,  # 0.02
         [0.5, 3.0, 6.0, 9.0, 12.5, 16.0, 20.0, 23.5, 27.5, 31.0, 35.0, 38.5, 42.5, 46.5, 50.0, 54.0, 58.0] + [60.0] * 13,
         [0.0, 1.5, 4.0, 6.5, 9.5, 13.0, 16.0, 19.5, 23.0, 26.5, 30.0, 34.0, 37.5, 41.0, 45.0, 48.5, 52.0, 56.0, 59.5] + [60.0] * 11,
         [0.0, 0.5, 2.5, 5.0, 7.5, 10.5, 13.5, 16.5, 20.0, 23.0, 26.5, 30.0, 33.5, 37.0, 40.5, 44.0, 47.5, 51.0, 54.5, 58.5] + [60.0] * 10,

@@ -130,10 +130,39 @@ class SurfaceQuadrature:
             ss.append((strength[idx, None] * w[None, :]).reshape(-1))
         return torch.cat(xs), torch.cat(ss)
 
+    def face_rules(self, tri: torch.Tensor):
+        """Per-face rule index (F,) int64 and the rule table: start (R + 1,) int64, barycentric
+        nodes (Q, 3) and weights (Q,) float64 (CPU tensors) for the native splat."""
+        order, sub = self.orders(tri)
+        keys = order * 1000 + sub
+        uniq, inv = np.unique(keys, return_inverse=True)
+        rules = [_rule(int(k // 1000), int(k % 1000)) for k in uniq]
+        start = np.concatenate([[0], np.cumsum([len(w) for _, w in rules])]).astype(np.int64)
+        lam = np.concatenate([lam for lam, _ in rules]) if rules else np.zeros((0, 3))
+        w = np.concatenate([w for _, w in rules]) if rules else np.zeros(0)
+        n_points = int(np.diff(start)[inv].sum()) if rules else 0
+        return (
+            torch.from_numpy(inv.astype(np.int64).reshape(-1)),
+            torch.from_numpy(start),
+            torch.from_numpy(np.ascontiguousarray(lam, dtype=np.float64)),
+            torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64)),
+            n_points,
+        )
+
     def count(self, verts, faces) -> int:
         """Number of points the rule would use (no tensors built)."""
         order, sub = self.orders(torch.as_tensor(verts)[torch.as_tensor(faces).long()])
         return int((order.astype(np.int64) ** 2 * sub.astype(np.int64) ** 2).sum())
+
+
+_RULES: dict = {}
+
+
+def _rule(order: int, sub: int):
+    key = (order, sub)
+    if key not in _RULES:
+        _RULES[key] = _subdivided_rule(order, sub)
+    return _RULES[key]
 
 
 # ---------------------------------------------------------------------------------------
@@ -437,3 +466,74 @@ def splat(kernel, shape, spacing, origin, x, s, sigma=None):
         _, _, base, _ = win.place(x, radius)
         perm = torch.argsort(base)
     return _Splat.apply(x[perm], s[perm], sigma, kernel, win)
+
+
+# ---------------------------------------------------------------------------------------
+# native (C++) splat of whole triangles: Gaussian kernel, CPU
+# ---------------------------------------------------------------------------------------
+#: use the native kernel when it is available (tests switch it off to compare with torch)
+USE_NATIVE = True
+
+
+def native_module(device):
+    """The extension with the splat kernels, or None (not on the CPU, not built, disabled)."""
+    if not USE_NATIVE or torch.device(device).type != "cpu":
+        return None
+    from ..meshft import _native
+
+    try:
+        mod = _native.extension()
+    except ImportError:
+        return None
+    return mod if hasattr(mod, "splat_gauss_forward") else None
+
+
+class _TriSplat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tri, strength, sigma, mod, kernel, geom, rules):
+        ctx.mod, ctx.kernel, ctx.geom, ctx.rules = mod, kernel, geom, rules
+        ctx.save_for_backward(tri, strength, sigma)
+        return mod.splat_gauss_forward(tri, strength, *rules, *geom, kernel.phi_c, kernel.norm)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        tri, strength, sigma = ctx.saved_tensors
+        need_sigma = bool(ctx.needs_input_grad[2])
+        gt, gs, gsig = ctx.mod.splat_gauss_backward(
+            tri, strength, *ctx.rules, grad.contiguous(), *ctx.geom, ctx.kernel.phi_c, ctx.kernel.norm, need_sigma
+        )
+        return gt, gs, (gsig.to(sigma.dtype) if need_sigma else None), None, None, None, None
+
+
+def splat_triangles(mod, kernel, quadrature, shape, spacing, origin, verts, faces, weights, sigma):
+    """Image of the triangles (native kernel): same sums as :func:`splat` of
+    ``quadrature.points``, without materialising the points. Returns (image, n_points)."""
+    tri = verts[faces]  # (F, 3, 3)
+    n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
+    tiny = torch.finfo(verts.dtype).tiny
+    strength = weights * (0.5 * torch.sqrt((n * n).sum(1).clamp_min(tiny)))
+    radius = kernel.radius(sigma)
+    window = _window_size(radius, spacing)
+    with torch.no_grad():
+        # faces in the order of their centroid's voxel: the scatter and gather walk memory in order
+        c = tri.detach().mean(1)
+        sp = torch.tensor(spacing, dtype=c.dtype)
+        o = torch.tensor(origin, dtype=c.dtype)
+        ijk = torch.floor((c - o) / sp).to(torch.int64)
+        key = (ijk[:, 0] * (shape[1] + 2) + ijk[:, 1]) * (shape[2] + 2) + ijk[:, 2]
+        perm = torch.argsort(key, stable=True)  # deterministic: the same faces, the same order
+    face_rule, start, lam, w, n_points = quadrature.face_rules(tri)  # chosen in mesh order
+    face_rule = face_rule[perm].contiguous()
+    tri = tri[perm].contiguous()
+    strength = strength[perm].contiguous()
+    geom = (
+        [int(v) for v in shape],
+        [float(v) for v in spacing],
+        [float(v) for v in origin],
+        [float(v) for v in sigma.detach().cpu()],
+        [float(v) for v in radius],
+        [int(v) for v in window],
+    )
+    img = _TriSplat.apply(tri, strength, sigma, mod, kernel, geom, (face_rule, start, lam, w))
+    return img, n_points

@@ -18,7 +18,15 @@ import math
 import numpy as np
 import torch
 
-from .realspace import GaussianKernel, SurfaceQuadrature, TableKernel, _window_size, otf_weighted_rows, splat
+from . import realspace
+from .realspace import (
+    GaussianKernel,
+    SurfaceQuadrature,
+    TableKernel,
+    _window_size,
+    otf_weighted_rows,
+    splat,
+)
 
 # "auto" takes the real-space route when window voxels x table reads <= this x the Fourier
 # route's oversampling product
@@ -97,6 +105,13 @@ class RealPlan:
                 self.quadrature.rows = SurfaceQuadrature(
                     otf_weighted_rows(self.kmax, r.real_tol, r.band_threshold)
                 ).rows
+        mod = realspace.native_module(v.device) if isinstance(self.kernel, GaussianKernel) else None
+        if mod is not None:
+            img, self.last_n_points = realspace.splat_triangles(
+                mod, self.kernel, self.quadrature, r.shape, r.spacing_um, r.origin_um, v, faces,
+                weights.to(r.dtype), self._sigma(),
+            )
+            return img
         x, s = self.quadrature.points(v, faces, weights.to(r.dtype))
         self.last_n_points = int(x.shape[0])
         return splat(self.kernel, r.shape, r.spacing_um, r.origin_um, x, s, self._sigma())

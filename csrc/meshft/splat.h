@@ -1,0 +1,37 @@
+// Real-space splat of triangle quadrature points with a truncated separable Gaussian (CPU).
+// The contract (see deltamic_core.render.realspace, the pure-torch reference):
+//
+//   gauss_forward(tri (F, 3, 3), strength (F,), face_rule (F,) int64, rule_start (R + 1,) int64,
+//                 lam (Q, 3) float64, rule_weights (Q,) float64, shape, spacing, origin, sigma,
+//                 radius, window, phi_c, norm) -> image (Z, Y, X)
+//     image[n] = sum_f sum_{q in rule(f)} strength_f w_q prod_a g_a(x_n,a - y_q,a),
+//     y_q = sum_c lam_qc tri_fc, g the truncated Gaussian (GaussianKernel in realspace.py).
+//   gauss_backward(..., grad (Z, Y, X), ..., need_sigma)
+//     -> (grad_tri (F, 3, 3), grad_strength (F,), grad_sigma (3,) float64).
+//
+// tri, strength, grad share one float dtype; everything contiguous, on the CPU.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+namespace splat {
+
+at::Tensor gauss_forward(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
+                         const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw,
+                         const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+                         const std::vector<double>& origin, const std::vector<double>& sigma,
+                         const std::vector<double>& radius, const std::vector<int64_t>& window,
+                         double phi_c, double norm);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_backward(
+    const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
+    const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw, const at::Tensor& grad,
+    const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+    const std::vector<double>& origin, const std::vector<double>& sigma,
+    const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c, double norm,
+    bool need_sigma);
+
+}  // namespace splat

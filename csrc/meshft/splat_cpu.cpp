@@ -1,0 +1,384 @@
+// CPU kernels of the renderer's real-space route for an axis-aligned Gaussian PSF
+// (deltamic_core.render.realspace): the quadrature points of every triangle, generated on the
+// fly from a table of rules, splatted with the truncated separable Gaussian on the voxel
+// centres, and the adjoint (a gather contracted with the window's factors and their
+// derivatives). The pure-torch path in realspace.py computes the same sums and is the
+// reference of tests/test_render_realspace.py.
+//
+// Per point y with strength s (= face strength x rule weight) and per axis a, the window's
+// first voxel is i0 = floor((y - o - r) / h) + 1 and the displacements are d_t = d0 + t h,
+// d0 = i0 h + o - y in (-r, -r + h]. The per-axis factor is
+//     g(d) = (G(d; sigma) - G(r; sigma)) / n(c)   for |d| <= r, else 0
+// (continuous at the cut, unit integral; see GaussianKernel). The Gaussians of one axis are a
+// geometric-like sequence: G(d_{t+1}) = G(d_t) * rho_t, rho_{t+1} = rho_t * exp(-h^2 / sigma^2),
+// so each axis costs two exponentials per point, not one per window voxel.
+//
+// forward : each thread splats a contiguous share of the faces into its own image (the first
+//           thread into the output), then the images are summed (no atomics).
+// backward: faces are independent (per-face outputs), the sigma gradient is reduced per thread.
+// Points whose window misses the image are skipped; windows are clipped at the image border.
+#include <ATen/Parallel.h>
+#include <omp.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "splat.h"
+
+namespace splat {
+namespace {
+
+constexpr int kMaxWindow = 64;  // per axis (checked by the binding)
+
+struct Axis {
+  double h, o, r, sigma;
+  int64_t n, W;
+  double inv2s2, cn, cut, qq, inv_s2;
+};
+
+struct Setup {
+  Axis ax[3];
+  int64_t Y, X;
+};
+
+Setup make_setup(const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+                 const std::vector<double>& origin, const std::vector<double>& sigma,
+                 const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c,
+                 double norm) {
+  Setup s;
+  for (int a = 0; a < 3; ++a) {
+    Axis& A = s.ax[a];
+    A.h = spacing[a];
+    A.o = origin[a];
+    A.r = radius[a];
+    A.sigma = sigma[a];
+    A.n = shape[a];
+    A.W = window[a];
+    A.inv2s2 = 0.5 / (A.sigma * A.sigma);
+    A.inv_s2 = 1.0 / (A.sigma * A.sigma);
+    A.cn = 1.0 / (std::sqrt(2.0 * M_PI) * A.sigma * norm);
+    A.cut = phi_c / (A.sigma * norm);
+    A.qq = std::exp(-A.h * A.h * A.inv_s2);
+  }
+  s.Y = shape[1];
+  s.X = shape[2];
+  return s;
+}
+
+// Window of one axis for coordinate y: first voxel i0, clipped range [lo, hi) of t, and the
+// factors g (and optionally dg/dd, dg/dsigma) at t in [lo, hi). Returns false if empty.
+template <bool Deriv, bool Sig>
+inline bool axis_factors(const Axis& A, double y, int64_t& i0, int& lo, int& hi, double* g,
+                         double* dg, double* sg) {
+  i0 = static_cast<int64_t>(std::floor((y - A.o - A.r) / A.h)) + 1;
+  lo = static_cast<int>(std::max<int64_t>(0, -i0));
+  hi = static_cast<int>(std::min<int64_t>(A.W, A.n - i0));
+  if (lo >= hi) return false;
+  const double d0 = static_cast<double>(i0) * A.h + A.o - y;
+  double d = d0 + lo * A.h;
+  double e = std::exp(-d * d * A.inv2s2);
+  double rho = std::exp(-(2.0 * d * A.h + A.h * A.h) * A.inv2s2);
+  for (int t = lo; t < hi; ++t) {
+    const bool in = std::fabs(d) <= A.r;
+    const double G = A.cn * e;  // normalised Gaussian / n(c)
+    g[t] = in ? G - A.cut : 0.0;
+    if (Deriv) dg[t] = in ? -G * d * A.inv_s2 : 0.0;
+    if (Sig) sg[t] = in ? (G * (d * d * A.inv_s2 - 1.0) + A.cut) / A.sigma : 0.0;
+    e *= rho;
+    rho *= A.qq;
+    d += A.h;
+  }
+  return true;
+}
+
+template <typename T>
+void forward_faces(const Setup& S, const T* tri, const T* strength, const int64_t* face_rule,
+                   const int64_t* rule_start, const double* lam, const double* rw, int64_t f0,
+                   int64_t f1, T* img) {
+  double gz[kMaxWindow], gy[kMaxWindow], gx[kMaxWindow];
+  const Axis &Az = S.ax[0], &Ay = S.ax[1], &Ax = S.ax[2];
+  for (int64_t f = f0; f < f1; ++f) {
+    const T* c = tri + 9 * f;
+    const double sf = static_cast<double>(strength[f]);
+    if (sf == 0.0) continue;
+    const int64_t r = face_rule[f];
+    for (int64_t q = rule_start[r]; q < rule_start[r + 1]; ++q) {
+      const double l0 = lam[3 * q], l1 = lam[3 * q + 1], l2 = lam[3 * q + 2];
+      const double yz = l0 * c[0] + l1 * c[3] + l2 * c[6];
+      const double yy = l0 * c[1] + l1 * c[4] + l2 * c[7];
+      const double yx = l0 * c[2] + l1 * c[5] + l2 * c[8];
+      int64_t iz, iy, ix;
+      int zl, zh, yl, yh, xl, xh;
+      if (!axis_factors<false, false>(Az, yz, iz, zl, zh, gz, nullptr, nullptr)) continue;
+      if (!axis_factors<false, false>(Ay, yy, iy, yl, yh, gy, nullptr, nullptr)) continue;
+      if (!axis_factors<false, false>(Ax, yx, ix, xl, xh, gx, nullptr, nullptr)) continue;
+      const double s = sf * rw[q];
+      T gxt[kMaxWindow];
+      for (int t = xl; t < xh; ++t) gxt[t] = static_cast<T>(gx[t]);
+      for (int tz = zl; tz < zh; ++tz) {
+        const double az = s * gz[tz];
+        if (az == 0.0) continue;
+        for (int ty = yl; ty < yh; ++ty) {
+          const T a = static_cast<T>(az * gy[ty]);
+          T* row = img + ((iz + tz) * S.Y + (iy + ty)) * S.X + ix;
+          for (int tx = xl; tx < xh; ++tx) row[tx] += a * gxt[tx];
+        }
+      }
+    }
+  }
+}
+
+template <typename T, bool Sig>
+void backward_faces(const Setup& S, const T* tri, const T* strength, const int64_t* face_rule,
+                    const int64_t* rule_start, const double* lam, const double* rw, const T* grad,
+                    int64_t f0, int64_t f1, T* gtri, T* gstr, double* gsig) {
+  double gz[kMaxWindow], gy[kMaxWindow], gx[kMaxWindow];
+  double dz[kMaxWindow], dy[kMaxWindow], dx[kMaxWindow];
+  double sz[kMaxWindow], sy[kMaxWindow], sx[kMaxWindow];
+  const Axis &Az = S.ax[0], &Ay = S.ax[1], &Ax = S.ax[2];
+  for (int64_t f = f0; f < f1; ++f) {
+    const T* c = tri + 9 * f;
+    const double sf = static_cast<double>(strength[f]);
+    const int64_t r = face_rule[f];
+    double gc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    double gs = 0.0;
+    for (int64_t q = rule_start[r]; q < rule_start[r + 1]; ++q) {
+      const double l0 = lam[3 * q], l1 = lam[3 * q + 1], l2 = lam[3 * q + 2];
+      const double yz = l0 * c[0] + l1 * c[3] + l2 * c[6];
+      const double yy = l0 * c[1] + l1 * c[4] + l2 * c[7];
+      const double yx = l0 * c[2] + l1 * c[5] + l2 * c[8];
+      int64_t iz, iy, ix;
+      int zl, zh, yl, yh, xl, xh;
+      if (!axis_factors<true, Sig>(Az, yz, iz, zl, zh, gz, dz, sz)) continue;
+      if (!axis_factors<true, Sig>(Ay, yy, iy, yl, yh, gy, dy, sy)) continue;
+      if (!axis_factors<true, Sig>(Ax, yx, ix, xl, xh, gx, dx, sx)) continue;
+      double val = 0, ddz = 0, ddy = 0, ddx = 0, vsz = 0, vsy = 0, vsx = 0;
+      for (int tz = zl; tz < zh; ++tz) {
+        double a0 = 0, ady = 0, a1 = 0, a2 = 0, asy = 0;
+        for (int ty = yl; ty < yh; ++ty) {
+          const T* row = grad + ((iz + tz) * S.Y + (iy + ty)) * S.X + ix;
+          double x0 = 0, x1 = 0, x2 = 0;
+          for (int tx = xl; tx < xh; ++tx) {
+            const double v = static_cast<double>(row[tx]);
+            x0 += gx[tx] * v;
+            x1 += dx[tx] * v;
+            if (Sig) x2 += sx[tx] * v;
+          }
+          a0 += gy[ty] * x0;
+          ady += dy[ty] * x0;
+          a1 += gy[ty] * x1;
+          if (Sig) {
+            a2 += gy[ty] * x2;
+            asy += sy[ty] * x0;
+          }
+        }
+        val += gz[tz] * a0;
+        ddz += dz[tz] * a0;
+        ddy += gz[tz] * ady;
+        ddx += gz[tz] * a1;
+        if (Sig) {
+          vsz += sz[tz] * a0;
+          vsy += gz[tz] * asy;
+          vsx += gz[tz] * a2;
+        }
+      }
+      const double s = sf * rw[q];
+      // d = x_voxel - y: d/dy = -d/dd
+      const double pz = -s * ddz, py = -s * ddy, px = -s * ddx;
+      gc[0] += l0 * pz;
+      gc[1] += l0 * py;
+      gc[2] += l0 * px;
+      gc[3] += l1 * pz;
+      gc[4] += l1 * py;
+      gc[5] += l1 * px;
+      gc[6] += l2 * pz;
+      gc[7] += l2 * py;
+      gc[8] += l2 * px;
+      gs += rw[q] * val;
+      if (Sig) {
+        gsig[0] += s * vsz;
+        gsig[1] += s * vsy;
+        gsig[2] += s * vsx;
+      }
+    }
+    for (int k = 0; k < 9; ++k) gtri[9 * f + k] = static_cast<T>(gc[k]);
+    gstr[f] = static_cast<T>(gs);
+  }
+}
+
+void check_args(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
+                const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw,
+                const std::vector<int64_t>& shape, const std::vector<int64_t>& window,
+                const std::vector<double>& spacing, const std::vector<double>& origin,
+                const std::vector<double>& sigma, const std::vector<double>& radius) {
+  TORCH_CHECK_VALUE(tri.is_cpu() && tri.dim() == 3 && tri.size(1) == 3 && tri.size(2) == 3 &&
+                        tri.is_contiguous(),
+                    "tri must be a contiguous CPU tensor of shape (F, 3, 3)");
+  const auto dt = tri.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble, "tri must be float32 or float64");
+  const int64_t F = tri.size(0);
+  TORCH_CHECK_VALUE(strength.is_cpu() && strength.scalar_type() == dt && strength.dim() == 1 &&
+                        strength.size(0) == F && strength.is_contiguous(),
+                    "strength must be a contiguous CPU (F,) tensor of tri's dtype");
+  TORCH_CHECK_VALUE(face_rule.is_cpu() && face_rule.scalar_type() == at::kLong &&
+                        face_rule.dim() == 1 && face_rule.size(0) == F && face_rule.is_contiguous(),
+                    "face_rule must be a contiguous CPU int64 (F,) tensor");
+  TORCH_CHECK_VALUE(rule_start.is_cpu() && rule_start.scalar_type() == at::kLong &&
+                        rule_start.dim() == 1 && rule_start.size(0) >= 1 &&
+                        rule_start.is_contiguous(),
+                    "rule_start must be a contiguous CPU int64 (R + 1,) tensor");
+  const int64_t Q = lam.size(0);
+  TORCH_CHECK_VALUE(lam.is_cpu() && lam.scalar_type() == at::kDouble && lam.dim() == 2 &&
+                        lam.size(1) == 3 && lam.is_contiguous(),
+                    "lam must be a contiguous CPU float64 (Q, 3) tensor");
+  TORCH_CHECK_VALUE(rw.is_cpu() && rw.scalar_type() == at::kDouble && rw.dim() == 1 &&
+                        rw.size(0) == Q && rw.is_contiguous(),
+                    "rule_weights must be a contiguous CPU float64 (Q,) tensor");
+  TORCH_CHECK_VALUE(shape.size() == 3 && window.size() == 3 && spacing.size() == 3 &&
+                        origin.size() == 3 && sigma.size() == 3 && radius.size() == 3,
+                    "shape, window, spacing, origin, sigma and radius must have 3 entries");
+  for (int a = 0; a < 3; ++a) {
+    TORCH_CHECK_VALUE(shape[a] >= 1 && window[a] >= 1 && window[a] <= kMaxWindow,
+                      "window must be in [1, ", kMaxWindow, "] voxels per axis");
+    TORCH_CHECK_VALUE(spacing[a] > 0 && sigma[a] > 0 && radius[a] > 0,
+                      "spacing, sigma and radius must be positive");
+  }
+  const int64_t R = rule_start.size(0) - 1;
+  if (F > 0) {
+    const int64_t lo = face_rule.min().item<int64_t>(), hi = face_rule.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < R, "face_rule index out of range");
+  }
+  TORCH_CHECK_VALUE(rule_start[0].item<int64_t>() == 0 && rule_start[R].item<int64_t>() == Q,
+                    "rule_start must run from 0 to Q");
+}
+
+int threads_for(int64_t F) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), F / 64 + 1)));
+}
+
+struct Rules {
+  const int64_t* face_rule;
+  const int64_t* start;
+  const double* lam;
+  const double* w;
+};
+
+template <typename T>
+void forward_impl(const Setup& S, const T* tri, const T* str, const Rules& R, int64_t F, int64_t N,
+                  int nt, T* out) {
+  if (nt == 1) {
+    forward_faces<T>(S, tri, str, R.face_rule, R.start, R.lam, R.w, 0, F, out);
+    return;
+  }
+  std::vector<std::vector<T>> priv(nt - 1);
+#pragma omp parallel num_threads(nt)
+  {
+    const int id = omp_get_thread_num();
+    const int n = omp_get_num_threads();
+    T* dst = out;
+    if (id > 0) {
+      priv[id - 1].assign(N, T(0));
+      dst = priv[id - 1].data();
+    }
+    const int64_t f0 = F * id / n, f1 = F * (id + 1) / n;
+    forward_faces<T>(S, tri, str, R.face_rule, R.start, R.lam, R.w, f0, f1, dst);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      T acc = out[i];
+      for (int k = 0; k < n - 1; ++k) acc += priv[k].empty() ? T(0) : priv[k][i];
+      out[i] = acc;
+    }
+  }
+}
+
+template <typename T>
+void backward_impl(const Setup& S, const T* tri, const T* str, const Rules& R, const T* grad, int64_t F,
+                   int nt, bool need_sigma, T* gtri, T* gstr, double* gsig) {
+  const int64_t chunk = 32;
+  const int64_t n_chunks = (F + chunk - 1) / chunk;
+#pragma omp parallel num_threads(nt)
+  {
+    double loc[3] = {0, 0, 0};
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ci = 0; ci < n_chunks; ++ci) {
+      const int64_t f0 = ci * chunk, f1 = std::min(F, f0 + chunk);
+      if (need_sigma)
+        backward_faces<T, true>(S, tri, str, R.face_rule, R.start, R.lam, R.w, grad, f0, f1, gtri, gstr, loc);
+      else
+        backward_faces<T, false>(S, tri, str, R.face_rule, R.start, R.lam, R.w, grad, f0, f1, gtri, gstr, loc);
+    }
+#pragma omp critical
+    {
+      gsig[0] += loc[0];
+      gsig[1] += loc[1];
+      gsig[2] += loc[2];
+    }
+  }
+}
+
+Rules rules_of(const at::Tensor& face_rule, const at::Tensor& rule_start, const at::Tensor& lam,
+               const at::Tensor& rw) {
+  return Rules{face_rule.data_ptr<int64_t>(), rule_start.data_ptr<int64_t>(), lam.data_ptr<double>(),
+               rw.data_ptr<double>()};
+}
+
+}  // namespace
+
+at::Tensor gauss_forward(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
+                         const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw,
+                         const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+                         const std::vector<double>& origin, const std::vector<double>& sigma,
+                         const std::vector<double>& radius, const std::vector<int64_t>& window,
+                         double phi_c, double norm) {
+  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, sigma, radius);
+  const Setup S = make_setup(shape, spacing, origin, sigma, radius, window, phi_c, norm);
+  at::Tensor img = at::zeros({shape[0], shape[1], shape[2]}, tri.options());
+  const int64_t F = tri.size(0);
+  const int nt = threads_for(F);
+  const Rules R = rules_of(face_rule, rule_start, lam, rw);
+  pybind11::gil_scoped_release nogil;
+  if (tri.scalar_type() == at::kDouble)
+    forward_impl<double>(S, tri.data_ptr<double>(), strength.data_ptr<double>(), R, F, img.numel(), nt,
+                         img.data_ptr<double>());
+  else
+    forward_impl<float>(S, tri.data_ptr<float>(), strength.data_ptr<float>(), R, F, img.numel(), nt,
+                        img.data_ptr<float>());
+  return img;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_backward(
+    const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
+    const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw, const at::Tensor& grad,
+    const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+    const std::vector<double>& origin, const std::vector<double>& sigma,
+    const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c, double norm,
+    bool need_sigma) {
+  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, sigma, radius);
+  TORCH_CHECK_VALUE(grad.is_cpu() && grad.scalar_type() == tri.scalar_type() && grad.dim() == 3 &&
+                        grad.size(0) == shape[0] && grad.size(1) == shape[1] &&
+                        grad.size(2) == shape[2] && grad.is_contiguous(),
+                    "grad must be a contiguous CPU tensor of the image's shape and tri's dtype");
+  const Setup S = make_setup(shape, spacing, origin, sigma, radius, window, phi_c, norm);
+  const int64_t F = tri.size(0);
+  at::Tensor gtri = at::zeros_like(tri);
+  at::Tensor gstr = at::zeros_like(strength);
+  at::Tensor gsig = at::zeros({3}, tri.options().dtype(at::kDouble));
+  const int nt = threads_for(F);
+  const Rules R = rules_of(face_rule, rule_start, lam, rw);
+  pybind11::gil_scoped_release nogil;
+  if (tri.scalar_type() == at::kDouble)
+    backward_impl<double>(S, tri.data_ptr<double>(), strength.data_ptr<double>(), R, grad.data_ptr<double>(),
+                          F, nt, need_sigma, gtri.data_ptr<double>(), gstr.data_ptr<double>(),
+                          gsig.data_ptr<double>());
+  else
+    backward_impl<float>(S, tri.data_ptr<float>(), strength.data_ptr<float>(), R, grad.data_ptr<float>(), F,
+                         nt, need_sigma, gtri.data_ptr<float>(), gstr.data_ptr<float>(),
+                         gsig.data_ptr<double>());
+  return {gtri, gstr, gsig};
+}
+
+}  // namespace splat
