@@ -108,8 +108,16 @@ class RealPlan:
         mod = realspace.native_module(v.device) if isinstance(self.kernel, GaussianKernel) else None
         if mod is not None:
             img, self.last_n_points = realspace.splat_triangles(
-                mod, self.kernel, self.quadrature, r.shape, r.spacing_um, r.origin_um, v, faces,
-                weights.to(r.dtype), self._sigma(),
+                mod,
+                self.kernel,
+                self.quadrature,
+                r.shape,
+                r.spacing_um,
+                r.origin_um,
+                v,
+                faces,
+                weights.to(r.dtype),
+                self._sigma(),
             )
             return img
         x, s = self.quadrature.points(v, faces, weights.to(r.dtype))
