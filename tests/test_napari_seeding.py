@@ -138,3 +138,41 @@ def test_click_to_seed_estimates_radii_follows_moves_and_deletes(
     mesh = layer_to_mesh(viewer.layers[fit_name])
     assert mesh.n_cells == 2
     assert gui_errors == []
+
+
+def test_auto_seeds_for_interior_stains_and_their_command(make_napari_viewer, gui_open_widget, qtbot, gui_errors):
+    """Two filled, blurred balls (made here with scipy, not by the core): the stain selector
+    on 'interior' and the seed source 'Auto' give one seed sphere per ball, near its centre;
+    with a membrane stain the widget says why not; Copy as command has --auto-seeds."""
+    import shlex
+
+    from scipy.ndimage import gaussian_filter
+
+    from napari_deltamic._layers import layer_to_mesh
+
+    spacing = np.array([0.5, 0.25, 0.25])
+    shape = (24, 64, 64)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    centres = np.array([[6.0, 5.0, 5.0], [6.0, 11.0, 10.5]])
+    img = np.zeros(shape)
+    for c in centres:
+        img += ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 2.5**2).astype(float)
+    img = gaussian_filter(img, 1.0) * 100 + np.random.default_rng(0).poisson(3.0, shape)
+    viewer = make_napari_viewer(show=True)
+    w = gui_open_widget(viewer)
+    viewer.add_image(img.astype(np.float32), name="nuclei", scale=tuple(spacing))
+    w.seed_source.setCurrentText("Auto (bright objects)")
+    assert not w.seed_combo.isEnabled()
+    _click(qtbot, w.seed_button)
+    assert len(gui_errors) == 1 and "interior" in gui_errors[0]  # a membrane stain: said, no mesh
+    assert "nuclei fit" not in viewer.layers
+    w.stain_combo.setCurrentText("interior")
+    _click(qtbot, w.seed_button)
+    mesh = layer_to_mesh(viewer.layers["nuclei fit"])
+    assert mesh.n_cells == 2
+    found = np.array(sorted(_cell_centres(mesh).values(), key=lambda c: c[1]))
+    np.testing.assert_allclose(found, centres, atol=0.6)
+    _click(qtbot, w.copy_button)
+    words = shlex.split(QApplication.clipboard().text())
+    assert "--auto-seeds" in words and words[words.index("--stain") + 1] == "interior"
+    assert len(gui_errors) == 1

@@ -34,7 +34,8 @@ PSF_MODELS = {
     "Hanser + Zernike": "hanser",
     "Measured (Image layer)": None,
 }
-SEED_SOURCES = ("Points", "Labels", "Surface")
+AUTO_SEEDS = "Auto (bright objects)"  # the CLI's --auto-seeds (interior stains)
+SEED_SOURCES = ("Points", "Labels", "Surface", AUTO_SEEDS)
 STAINS = ("membrane", "interior", "both")  # the CLI's --stain choices (FitJob.stain)
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -135,10 +136,12 @@ class SeedPanel(QGroupBox):
             "Points": (self._layers.Points,),
             "Labels": (self._layers.Labels,),
             "Surface": (self._layers.Surface,),
+            AUTO_SEEDS: (),
         }[source]
         self.seed_combo.set_layer_types(types)
+        self.seed_combo.setEnabled(bool(types))
         self.radius_box.setEnabled(source == "Points")
-        self.edge_box.setEnabled(source in ("Points", "Labels"))
+        self.edge_box.setEnabled(source in ("Points", "Labels", AUTO_SEEDS))
         self.place_button.setEnabled(source == "Surface")
 
     def show_message(self, text: str) -> None:

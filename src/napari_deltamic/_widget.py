@@ -34,7 +34,7 @@ from ._layers import (
     units_for,
     vertex_cell_ids,
 )
-from ._panels import FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
+from ._panels import AUTO_SEEDS, FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
 from ._runner import FitRunner, Step
 from ._seeds import ClickSeeder
 
@@ -336,6 +336,10 @@ class DeltaMicWidget(QWidget):
         from deltamic_core.pipeline import InitSpec
 
         source = self.seed_source.currentText()
+        if source == AUTO_SEEDS:
+            if self.stain() == "membrane":
+                raise ValueError("automatic seeds find filled objects: choose the stain 'interior' or 'both'")
+            return InitSpec("auto")
         layer = self.seed_combo.layer()
         if layer is None:
             raise ValueError(f"no seeds: add a {source} layer (or pick another seed source)")
@@ -851,8 +855,10 @@ class DeltaMicWidget(QWidget):
 
         image = self._image_layer()
         job = self.fit_job().replace(image_data=None, image=self._image_file(image) or "IMAGE.tif", out=out)
-        placeholder = {"seeds": "SEEDS.csv", "labels": "LABELS.tif", "mesh": "MESH.ply"}[job.init.kind]
-        job = job.replace(init=InitSpec(job.init.kind, placeholder), progress=True)
+        placeholder = {"seeds": "SEEDS.csv", "labels": "LABELS.tif", "mesh": "MESH.ply"}.get(job.init.kind)
+        if placeholder is not None:
+            job = job.replace(init=InitSpec(job.init.kind, placeholder))
+        job = job.replace(progress=True)
         if self.psf_panel.model() is None:
             raise ValueError(
                 "a measured PSF from an image layer has no command-line form (use --psf measured BEAD.tif)"
