@@ -65,7 +65,9 @@ def otf_weighted_rows(kmax_at_level, tol: float, floor: float):
     """
     rows = []
     prev = 1.0
-    for t in _TOLS:
+    # the rows above 1e-2 (0.5 ... 0.02) measured no win here: on the embryo's 1.4 um faces the
+    # finer staircase needed more points for the same image error than this one
+    for t in _TOLS[_TOLS <= 1e-2]:
         level = max(floor, tol / prev)
         if level >= 1:
             break

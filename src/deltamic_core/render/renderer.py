@@ -137,7 +137,7 @@ class Renderer:
         fold_aliases: bool = True,
         max_oversampling: int = 8,
         route: str = "auto",
-        real_tol: float = 3e-3,
+        real_tol: float = 1e-2,
     ):
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
