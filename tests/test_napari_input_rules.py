@@ -53,11 +53,17 @@ def test_spacing_not_in_metadata_is_shown_as_assumed(make_napari_viewer, gui_ope
     # the user sets the true z step: it is applied to the layer
     w.spacing_boxes[0].setValue(0.5)
     np.testing.assert_allclose(layer.scale, (0.5, 0.2, 0.2))
+    note = w.spacing_note.text()
+    assert "assumed" not in note and "typed" in note and "(z)" in note, note
     # a fully calibrated file: nothing assumed
     viewer.open(str(full), plugin=gui_manifest.name)
     w.image_combo.set_layer(viewer.layers["calibrated"])  # the user picks it (the choice is kept)
     np.testing.assert_allclose(w.spacing_um(), (0.5, 0.2, 0.2))
     assert "assumed" not in w.spacing_note.text(), w.spacing_note.text()
+    # back to the first file: the typed z step is kept and no longer called assumed
+    w.image_combo.set_layer(layer)
+    np.testing.assert_allclose(w.spacing_um(), (0.5, 0.2, 0.2))
+    assert "z assumed" not in w.spacing_note.text(), w.spacing_note.text()
 
 
 def _seed_setup(viewer, w, centres, radius):

@@ -141,3 +141,19 @@ def image_spacing(layer) -> tuple[float, float, float]:
 def image_origin(layer) -> tuple[float, float, float]:
     """World position (um) of voxel (0, 0, 0) of an Image/Labels layer."""
     return tuple(float(t) for t in layer.translate[-3:])
+
+
+def labels_features(rows):
+    """The measurements as a Labels ``features`` table: one row per label, its ``index`` the
+    label value (0, the background, first with empty measurements)."""
+    import pandas as pd
+
+    from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS
+
+    table = pd.DataFrame([{k: r.get(k) for k in CELL_TABLE_COLUMNS} for r in rows], columns=list(CELL_TABLE_COLUMNS))
+    table.insert(0, "index", [int(r["cell"]) for r in rows])
+    if "cell" in table.columns:
+        table = table.drop(columns="cell")
+    background = pd.DataFrame({"index": [0]})
+    table = pd.concat([background, table], ignore_index=True)
+    return table

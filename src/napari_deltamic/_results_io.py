@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import SPACING_KEY, UNITS_ZYX, labels_colormap, mesh_to_layer_data
+from ._layers import SPACING_KEY, UNITS_ZYX, labels_colormap, labels_features, mesh_to_layer_data
 
 RESULT_KEY = "deltamic_result"  # layer metadata: the folder a layer was read from
 
@@ -72,7 +72,6 @@ def read_result_layers(path) -> list[tuple]:
     from deltamic_core.io import read_image, read_mesh
 
     from ._reader import read_image_layer
-    from ._widget import labels_features
 
     if isinstance(path, (list, tuple)):
         path = path[0]

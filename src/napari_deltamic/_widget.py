@@ -29,6 +29,7 @@ from ._layers import (
     image_origin,
     image_spacing,
     labels_colormap,
+    labels_features,
     layer_to_mesh,
     mesh_to_layer_data,
     units_for,
@@ -256,6 +257,9 @@ class DeltaMicWidget(QWidget):
             note = "voxel size from the file's metadata (the layer's scale)"
             if assumed:
                 note += f"; {', '.join(assumed)} assumed 1 um (not in the file): check it"
+            typed = [a for a, src in zip("zyx", meta.get("spacing_sources") or ()) if src == "typed"]
+            if typed:
+                note += f"; {', '.join(typed)} typed in the widget"
             self.image_panel.show_note(note)
             return
         path = self._image_file(layer)
@@ -314,8 +318,22 @@ class DeltaMicWidget(QWidget):
         if layer is None or layer.ndim < 3:
             return
         scale = np.array(layer.scale, dtype=float)
+        old = scale[-3:].copy()
         scale[-3:] = self.spacing_um()
         layer.scale = scale
+        # a typed voxel size replaces the file's (or an assumed) one on the axes it changed:
+        # the layer remembers that, and the note stops saying "assumed"
+        typed = ~np.isclose(old, scale[-3:])
+        meta = layer.metadata or {}
+        sources = list(meta.get("spacing_sources") or ("metadata",) * 3)
+        for a in np.flatnonzero(typed):
+            sources[a] = "typed"
+        if SPACING_KEY in meta:
+            layer.metadata = {**meta, SPACING_KEY: tuple(scale[-3:]), "spacing_sources": tuple(sources)}
+        axes = ", ".join(a for a, src in zip("zyx", sources) if src == "typed")
+        self.image_panel.show_note(
+            f"voxel size typed in the widget ({axes})" if axes else "voxel size from the layer's scale"
+        )
 
     def _image_volume(self, layer) -> np.ndarray:
         """The (Z, Y, X) float32 volume to fit: the current time point of a time series."""
@@ -1075,22 +1093,6 @@ def _rasterise_and_measure(mesh, grid):
         shape, spacing, origin, _ = grid
         labels = label_image(mesh, shape, spacing, origin)
     return labels, rows, grid
-
-
-def labels_features(rows):
-    """The measurements as a Labels ``features`` table: one row per label, its ``index`` the
-    label value (0, the background, first with empty measurements)."""
-    import pandas as pd
-
-    from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS
-
-    table = pd.DataFrame([{k: r.get(k) for k in CELL_TABLE_COLUMNS} for r in rows], columns=list(CELL_TABLE_COLUMNS))
-    table.insert(0, "index", [int(r["cell"]) for r in rows])
-    if "cell" in table.columns:
-        table = table.drop(columns="cell")
-    background = pd.DataFrame({"index": [0]})
-    table = pd.concat([background, table], ignore_index=True)
-    return table
 
 
 class _CloseWatcher(QObject):
