@@ -333,3 +333,16 @@ def test_per_object_fit_matches_each_object_fitted_alone():
         assert v_ref == pytest.approx(4 / 3 * np.pi * 8.0, rel=0.03)
         d = np.sqrt(gpytoolbox.squared_distance(got.verts, ref.verts, ref.faces.astype(np.int32), use_aabb=True)[0])
         assert d.mean() < 0.03 and d.max() < 0.15
+
+
+def test_per_object_needs_a_filled_stain(tmp_path, capsys):
+    from deltamic_core.cli import main
+
+    _droplet(tmp_path)
+    out = tmp_path / "o"
+    rc = main(
+        ["fit", str(tmp_path / "drop.tif"), "--seeds", str(tmp_path / "seeds.csv"), "--per-object", "--out", str(out)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--per-object" in err and "--stain interior" in err
+    assert not out.exists()
