@@ -4,7 +4,9 @@ The widget is thin: its panels (:mod:`._panels`) turn the controls into a
 ``deltamic_core.pipeline.FitJob`` (the same job ``deltamic fit`` builds from its command line,
 with the same defaults), the pipeline checks it and builds the fit, and the runner
 (:mod:`._runner`) drives the fit in a thread worker; meshes, PSFs, rendering, fitting and
-measurements all come from ``deltamic_core``.
+measurements all come from ``deltamic_core``. This module holds the seeds, the PSF and the fit
+run; the image and its voxel size are in :mod:`._image_source`, and the results (export,
+Labels and measurements, Save all / Open result, settings) in :mod:`._results_actions`.
 
 World coordinates are micrometres: the Image layer's ``scale`` is its voxel spacing and the
 Surface layers hold vertices in um, so image and meshes overlay without further transforms.
@@ -12,83 +14,28 @@ Surface layers hold vertices in um, so image and meshes overlay without further 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-import warnings
-from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
+from ._image_source import ImageSourceMixin
 from ._layers import (
-    SPACING_KEY,
     UNITS_ZYX,
     VOXEL_UNITS_KEY,
     image_origin,
     image_spacing,
-    labels_colormap,
-    labels_features,
     layer_to_mesh,
     mesh_to_layer_data,
-    units_for,
     vertex_cell_ids,
 )
+from ._notify import _guarded, _input_warnings_shown, _show_error
 from ._panels import AUTO_SEEDS, FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
+from ._results_actions import ResultsMixin
 from ._runner import FitRunner, Step
 from ._seeds import ClickSeeder
-
-
-def _show_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(f"deltaMic: {message}")
-
-
-def _show_warning(message: str) -> None:
-    from napari.utils.notifications import show_warning
-
-    show_warning(f"deltaMic: {message}")
-
-
-@contextlib.contextmanager
-def _input_warnings_shown():
-    """The pipeline's warnings about the user's input (overlapping seeds shrunk, a mesh repaired,
-    ...) as napari notifications, on the Create mesh and Run paths; other warnings go on as
-    usual. Main thread only."""
-    from deltamic_core.pipeline.errors import InputWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InputWarning)
-        yield
-    for w in caught:
-        if issubclass(w.category, InputWarning):
-            _show_warning(str(w.message))
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
-def _show_info(message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(f"deltaMic: {message}")
-
-
-def _guarded(method):
-    """Run a button handler; any exception becomes an error notification, never a crash."""
-
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - shown to the user, the viewer keeps running
-            _show_error(str(exc) or type(exc).__name__)
-            return None
-
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    return wrapper
-
 
 #: the panels' controls, reachable on the widget itself (w.run_button, w.sigma_boxes, ...)
 _CONTROLS = {
@@ -144,7 +91,7 @@ _CONTROLS = {
 }
 
 
-class DeltaMicWidget(QWidget):
+class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
     """Dock widget: image + seeds + PSF -> fitted cell meshes, labels and measurements."""
 
     #: the Surface layer is refreshed at most this often during a fit (seconds)
@@ -232,120 +179,6 @@ class DeltaMicWidget(QWidget):
         self.open_result_button.clicked.connect(self._open_result_dialog)
         self.copy_button.clicked.connect(self.copy_command)
         self.defaults_button.clicked.connect(self.restore_defaults)
-
-    # ------------------------------------------------------------------ image and spacing
-    def _image_layer(self):
-        layer = self.image_combo.layer()
-        if layer is None:
-            raise ValueError("no Image layer: open a 3D stack (z, y, x) first")
-        if layer.rgb or layer.ndim not in (3, 4):
-            raise ValueError(
-                f"image layer {layer.name!r} has {layer.ndim} dimensions; a (Z, Y, X) stack or a (T, Z, Y, X) "
-                "time series is needed"
-            )
-        return layer
-
-    def _on_image_changed(self, *args) -> None:
-        layer = self.image_combo.layer()
-        if layer is None or layer.ndim < 3:
-            self.image_panel.show_note("")
-            return
-        self.image_panel.show_spacing(layer.scale[-3:])
-        meta = layer.metadata or {}
-        if SPACING_KEY in meta:  # read by this plugin (or its sample/result): the scale is the spacing
-            assumed = [a for a, src in zip("zyx", meta.get("spacing_sources") or ()) if src == "default"]
-            note = "voxel size from the file's metadata (the layer's scale)"
-            if assumed:
-                note += f"; {', '.join(assumed)} assumed 1 um (not in the file): check it"
-            typed = [a for a, src in zip("zyx", meta.get("spacing_sources") or ()) if src == "typed"]
-            if typed:
-                note += f"; {', '.join(typed)} typed in the widget"
-            self.image_panel.show_note(note)
-            return
-        path = self._image_file(layer)
-        unscaled = np.allclose(np.asarray(layer.scale[-3:], dtype=float), 1.0)
-        if path and Path(path).suffix.lower() in (".tif", ".tiff") and unscaled:
-            self._read_file_spacing(layer, path)  # another reader left scale 1: ask the file
-        else:
-            self.image_panel.show_note("voxel size from the layer's scale")
-
-    def _read_file_spacing(self, layer, path: str):
-        """Read the voxel size of ``path`` in a worker; put it on the layer (scale, units) and the
-        widget, say where it came from, and warn when an axis has none. Returns the worker."""
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(_file_spacing, path, _start_thread=False)
-        self.image_panel.show_note(f"reading the voxel size from {Path(path).name}...")
-
-        def done(result):
-            spacing, sources = result
-            if self._closing or layer not in self.viewer.layers:
-                return
-            scale = np.array(layer.scale, dtype=float)
-            scale[-3:] = spacing
-            layer.scale = scale
-            layer.units = units_for(layer.ndim)
-            layer.metadata = {**layer.metadata, SPACING_KEY: tuple(spacing), "spacing_sources": tuple(sources)}
-            if self.image_combo.layer() == layer:
-                self.image_panel.show_spacing(spacing)
-            assumed = [a for a, src in zip("zyx", sources) if src == "default"]
-            note = f"voxel size from the file's metadata ({Path(path).name})"
-            if assumed:
-                axes = ", ".join(assumed)
-                note += f"; {axes} assumed 1 um (not in the file): check it"
-                _show_warning(
-                    f"{Path(path).name}: the file gives no voxel size for axis {axes}; 1 um assumed: "
-                    "type the right value in the widget's voxel size"
-                )
-            self.image_panel.show_note(note)
-            self.viewer.reset_view()
-
-        def failed(exc):
-            self.image_panel.show_note(f"no voxel size from {Path(path).name} ({exc}): type it in")
-
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        self._spacing_worker = worker
-        worker.start()
-        return worker
-
-    def spacing_um(self) -> tuple[float, float, float]:
-        """The spacing (z, y, x) shown in the widget, in um."""
-        return self.image_panel.spacing_um()
-
-    def _on_spacing_edited(self, *args) -> None:
-        layer = self.image_combo.layer()
-        if layer is None or layer.ndim < 3:
-            return
-        scale = np.array(layer.scale, dtype=float)
-        old = scale[-3:].copy()
-        scale[-3:] = self.spacing_um()
-        layer.scale = scale
-        # a typed voxel size replaces the file's (or an assumed) one on the axes it changed:
-        # the layer remembers that, and the note stops saying "assumed"
-        typed = ~np.isclose(old, scale[-3:])
-        meta = layer.metadata or {}
-        sources = list(meta.get("spacing_sources") or ("metadata",) * 3)
-        for a in np.flatnonzero(typed):
-            sources[a] = "typed"
-        if SPACING_KEY in meta:
-            layer.metadata = {**meta, SPACING_KEY: tuple(scale[-3:]), "spacing_sources": tuple(sources)}
-        axes = ", ".join(a for a, src in zip("zyx", sources) if src == "typed")
-        self.image_panel.show_note(
-            f"voxel size typed in the widget ({axes})" if axes else "voxel size from the layer's scale"
-        )
-
-    def _image_volume(self, layer) -> np.ndarray:
-        """The (Z, Y, X) float32 volume to fit: the current time point of a time series."""
-        from deltamic_core._checks import check_memory
-
-        data = layer.data
-        if layer.ndim == 4:
-            t = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim == 4 else 0
-            data = data[t]
-        # lazy (dask/zarr) layers: refuse before materialising a volume that cannot fit
-        check_memory(4.0 * float(np.prod(data.shape[-3:])), f"image layer {layer.name!r} as float32")
-        return np.asarray(data, dtype=np.float32)
 
     # ------------------------------------------------------------------ the FitJob
     def init_spec(self):
@@ -740,290 +573,6 @@ class DeltaMicWidget(QWidget):
             self.psf_panel.set_sigma(params["sigma_um"])
         return psf_from_dict(params).describe()
 
-    # ------------------------------------------------------------------ results
-    def result_mesh(self):
-        """The fitted mesh (um, world coordinates) from the fit's Surface layer."""
-        name = self._fit_layer_name()
-        layer = self._fit_layer if self._fit_layer is not None and self._fit_layer in self.viewer.layers else None
-        if layer is None and name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-        if layer is None:
-            raise ValueError("no fitted mesh yet: press Run (or Create mesh)")
-        return layer_to_mesh(layer)
-
-    def export_mesh(self, path) -> str:
-        """Write the fitted mesh to ``path`` (.rec keeps cell labels; .ply/.obj geometry)."""
-        from deltamic_core.io import write_mesh
-
-        path = str(path)
-        suffix = Path(path).suffix.lower()
-        if suffix not in (".rec", ".ply", ".obj"):
-            raise ValueError(f"export path must end with .rec, .ply or .obj, got {path!r}")
-        write_mesh(path, self.result_mesh())
-        return path
-
-    @_guarded
-    def _export_dialog(self, *args):
-        path, _ = QFileDialog.getSaveFileName(self, "Export mesh", "", "Mesh (*.rec *.ply *.obj)")
-        if path:
-            self.export_mesh(path)
-            _show_info(f"mesh written to {path}")
-
-    def _results_worker(self, on_done, *, labels: bool = True):
-        """Rasterise (if ``labels``) and measure the fitted mesh in a worker thread; the
-        Labels layer (features = the measurements) and the table are set on the main thread."""
-        from napari.qt.threading import create_worker
-
-        mesh = self.result_mesh()
-        image = self._image_layer() if labels else None
-        grid = None
-        if image is not None:
-            grid = (tuple(image.data.shape[-3:]), self.spacing_um(), image_origin(image), image.name)
-        worker = create_worker(_rasterise_and_measure, mesh, grid, _start_thread=False)
-        buttons = (self.labels_button, self.measure_button)
-
-        def done(result):
-            for b in buttons:
-                b.setEnabled(True)
-            if not self._closing:
-                on_done(*result)
-
-        def failed(exc):
-            for b in buttons:
-                b.setEnabled(True)
-            _show_error(f"results failed: {exc}")
-
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        for b in buttons:
-            b.setEnabled(False)
-        self._results_worker_ref = worker
-        worker.start()
-        return worker
-
-    def _set_results(self, labels, rows, grid) -> None:
-        """Show measurements in the table and, with a label image, as a Labels layer whose
-        ``features`` are the measurements (napari's features table shows them)."""
-        from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS
-
-        self.measurements = rows
-        self.results_panel.show_rows(rows, CELL_TABLE_COLUMNS)
-        if labels is None:
-            self._update_labels_features(rows)
-            return
-        shape, spacing, origin, image_name = grid
-        name = f"{image_name} cells"
-        n_cells = max([int(r["cell"]) for r in rows] + [int(labels.max())])
-        features = labels_features(rows)
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], self._layers.Labels):
-            layer = self.viewer.layers[name]
-            layer.data = labels
-            layer.scale, layer.translate = spacing, origin
-        else:
-            layer = self.viewer.add_labels(labels, name=name, scale=spacing, translate=origin, units=UNITS_ZYX)
-        layer.colormap = labels_colormap(n_cells)
-        layer.features = features
-        self._labels_layer = layer
-
-    def _update_labels_features(self, rows) -> None:
-        layer = getattr(self, "_labels_layer", None)
-        if layer is not None and layer in self.viewer.layers:
-            layer.features = labels_features(rows)
-
-    @_guarded
-    def make_labels(self, *args):
-        """Rasterise the fitted cells into an instance Labels layer on the image grid (in a
-        worker), its features the measurements, its colours the Surface's. Returns the worker."""
-        return self._results_worker(self._set_results, labels=True)
-
-    @_guarded
-    def measure(self, *args):
-        """Per-cell volume, area, sphericity, centroid and contacts of the fitted mesh (in a
-        worker), shown in the table and as the Labels layer's features. Returns the worker."""
-        return self._results_worker(self._set_results, labels=False)
-
-    def save_csv(self, path) -> str:
-        """Write the measurements table to ``path`` as CSV (atomically)."""
-        from deltamic_core.pipeline.outputs import CELL_TABLE_COLUMNS, write_csv
-
-        if not self.measurements:
-            raise ValueError("no measurements yet: press Measure first")
-        write_csv(path, self.measurements, CELL_TABLE_COLUMNS)
-        return str(path)
-
-    @_guarded
-    def _csv_dialog(self, *args):
-        path, _ = QFileDialog.getSaveFileName(self, "Save measurements", "", "CSV (*.csv)")
-        if path:
-            self.save_csv(path)
-            _show_info(f"table written to {path}")
-
-    # ------------------------------------------------------------------ result folder, command line
-    def _image_file(self, layer) -> str | None:
-        """The file an Image layer was read from (napari's ``source.path``, or our reader's)."""
-        path = getattr(getattr(layer, "source", None), "path", None) or layer.metadata.get("source")
-        return str(path) if path else None
-
-    def command_words(self, out: str | None = None) -> list[str]:
-        """The ``deltamic fit`` command equivalent to the widget's settings (FitJob.to_cli_args).
-
-        In-memory inputs without a file get placeholders: IMAGE.tif for an image not read from
-        a file, SEEDS.csv / LABELS.tif / MESH.ply for the seed layer."""
-        from deltamic_core.pipeline import InitSpec
-
-        image = self._image_layer()
-        job = self.fit_job().replace(image_data=None, image=self._image_file(image) or "IMAGE.tif", out=out)
-        placeholder = {"seeds": "SEEDS.csv", "labels": "LABELS.tif", "mesh": "MESH.ply"}.get(job.init.kind)
-        if placeholder is not None:
-            job = job.replace(init=InitSpec(job.init.kind, placeholder))
-        job = job.replace(progress=True)
-        if self.psf_panel.model() is None:
-            raise ValueError(
-                "a measured PSF from an image layer has no command-line form (use --psf measured BEAD.tif)"
-            )
-        return job.to_cli_args()
-
-    @_guarded
-    def copy_command(self, *args) -> str:
-        """Copy the equivalent command line to the clipboard (and return it)."""
-        from qtpy.QtWidgets import QApplication
-
-        from deltamic_core.pipeline.cli_args import shell_line
-
-        line = shell_line(self.command_words())
-        QApplication.clipboard().setText(line)
-        placeholders = [p for p in ("IMAGE.tif", "SEEDS.csv", "LABELS.tif", "MESH.ply") if p in line.split()]
-        note = f" (replace {', '.join(placeholders)} by your files)" if placeholders else ""
-        _show_info(f"copied: {line}{note}")
-        self.status_label.setText(f"command copied{note}:\n{line}")
-        return line
-
-    def _report(self, mesh) -> dict:
-        """report.json of the current result, as ``deltamic fit`` writes it (``fit_report``)."""
-        import dataclasses
-
-        from deltamic_core.pipeline.outputs import versions
-        from deltamic_core.pipeline.run import fit_report
-
-        image = self._image_layer()
-        try:
-            command = self.command_words(out="OUT")
-        except ValueError:
-            command = None
-        res, prepared = self.runner.last_result, self.runner.last_prepared
-        if res is not None and prepared is not None:
-            report = fit_report(res, prepared.psf, prepared.config, dict(self.runner.last_timings), command=command)
-        else:  # a mesh that was not fitted here (seeds, an opened result): no fit history
-            report = {
-                "command": command,
-                "loss_history": [],
-                "final_loss": None,
-                "iterations": 0,
-                "timings": {},
-                "config": dataclasses.asdict(self.fit_config()),
-                "versions": versions(),
-            }
-        report["input"] = self._image_file(image)
-        report["image"] = {"shape": list(image.data.shape[-3:]), "spacing_um": list(self.spacing_um())}
-        report["origin_um"] = list(image_origin(image))
-        report["n_cells"] = int(mesh.n_cells)
-        report["written_by"] = "napari-deltamic widget"
-        return report
-
-    @_guarded
-    def save_all(self, out, *, overwrite: bool = False):
-        """Write the CLI's result folder for the current mesh to ``out`` (in a worker; staged and
-        renamed into place with its manifest). Returns the worker."""
-        from napari.qt.threading import create_worker
-
-        from deltamic_core.pipeline.outputs import check_replaceable
-
-        mesh = self.result_mesh()
-        image = self._image_layer()
-        src = self._image_file(image)
-        check_replaceable(out, overwrite=overwrite, inputs=[src] if src else [])
-        grid = (tuple(image.data.shape[-3:]), self.spacing_um(), image_origin(image))
-        worker = create_worker(_write_result, str(out), mesh, grid, self._report(mesh), overwrite, _start_thread=False)
-
-        def done(path):
-            self.save_all_button.setEnabled(True)
-            self.saved_result = path
-            _show_info(f"result written to {path}")
-
-        def failed(exc):
-            self.save_all_button.setEnabled(True)
-            _show_error(f"Save all failed: {exc}")
-
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        self.save_all_button.setEnabled(False)
-        self._save_worker = worker
-        worker.start()
-        return worker
-
-    @_guarded
-    def _save_all_dialog(self, *args):
-        from deltamic_core.pipeline.outputs import is_complete
-
-        path, _ = QFileDialog.getSaveFileName(self, "Save all: a new result folder", "", "Result folder (*)")
-        if path:
-            return self.save_all(path, overwrite=is_complete(path))
-        return None
-
-    @_guarded
-    def open_result(self, folder):
-        """Open a result folder with the plugin's reader (image, labels with features, meshes)
-        and take its settings (the command in report.json) into the widget. Returns its layers."""
-        from ._results_io import is_result_dir
-
-        if not is_result_dir(folder):
-            raise ValueError(f"{folder} is not a complete deltamic result folder (report.json and its manifest)")
-        layers = self.viewer.open(str(folder), plugin="napari-deltamic")
-        report = next((ly.metadata.get("report") for ly in layers if ly.metadata.get("report")), None)
-        for ly in layers:
-            if isinstance(ly, self._layers.Image):
-                self.image_combo.set_layer(ly)
-            elif isinstance(ly, self._layers.Labels):
-                self._labels_layer = ly
-        if report and report.get("command"):
-            self.apply_command(report["command"])
-        return layers
-
-    @_guarded
-    def _open_result_dialog(self, *args):
-        path = QFileDialog.getExistingDirectory(self, "Open a result folder")
-        if path:
-            return self.open_result(path)
-        return None
-
-    # ------------------------------------------------------------------ settings
-    def settings(self) -> dict:
-        """The widget's settings as plain data (the remembered JSON)."""
-        from ._settings import read_controls
-
-        return read_controls(self)
-
-    def apply_settings(self, values: dict) -> None:
-        from ._settings import write_controls
-
-        write_controls(self, values)
-
-    def apply_command(self, words) -> None:
-        """Set the controls from a ``deltamic fit`` command line (a report's ``command``)."""
-        from ._settings import settings_from_command
-
-        self.apply_settings(settings_from_command(words, self._default_settings))
-
-    @_guarded
-    def restore_defaults(self, *args) -> None:
-        """Every control back to its default (the command line's)."""
-        self.apply_settings(self._default_settings)
-
-    def save_settings(self) -> None:
-        from ._settings import save_settings
-
-        save_settings(self.settings())
-
     # ------------------------------------------------------------------ shutdown
     def _install_close_hooks(self) -> None:
         """Stop the fit when the window holding this widget closes, and when the app quits.
@@ -1058,41 +607,6 @@ class DeltaMicWidget(QWidget):
     def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
-
-
-def _file_spacing(path: str):
-    """Worker body: the voxel size (z, y, x) um of a TIFF and per axis where it came from."""
-    import warnings
-
-    from deltamic_core.io import read_image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # said by the widget, once, as a notification
-        _, meta = read_image(path)
-    return tuple(float(s) for s in meta.spacing_um), tuple(meta.spacing_sources)
-
-
-def _write_result(out, mesh, grid, report, overwrite):
-    """Worker body of Save all: the CLI's outputs writer in a staging directory."""
-    from deltamic_core.pipeline.outputs import staged_directory, write_fit_outputs
-
-    shape, spacing, origin = grid
-    with staged_directory(out, overwrite=overwrite) as tmp:
-        write_fit_outputs(tmp, mesh, shape=shape, spacing_um=spacing, origin_um=origin, report=report)
-    return out
-
-
-def _rasterise_and_measure(mesh, grid):
-    """Worker body: (label image or None, cell table rows, grid). Plain numpy, no layers."""
-    from deltamic_core.geometry import label_image
-    from deltamic_core.pipeline.outputs import cell_table
-
-    rows = cell_table(mesh)
-    labels = None
-    if grid is not None:
-        shape, spacing, origin, _ = grid
-        labels = label_image(mesh, shape, spacing, origin)
-    return labels, rows, grid
 
 
 class _CloseWatcher(QObject):

@@ -1,0 +1,56 @@
+"""napari notifications and the button-handler guard shared by the widget's parts."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+
+def _show_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(f"deltaMic: {message}")
+
+
+def _show_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(f"deltaMic: {message}")
+
+
+@contextlib.contextmanager
+def _input_warnings_shown():
+    """The pipeline's warnings about the user's input (overlapping seeds shrunk, a mesh repaired,
+    ...) as napari notifications, on the Create mesh and Run paths; other warnings go on as
+    usual. Main thread only."""
+    from deltamic_core.pipeline.errors import InputWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, InputWarning):
+            _show_warning(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _show_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(f"deltaMic: {message}")
+
+
+def _guarded(method):
+    """Run a button handler; any exception becomes an error notification, never a crash."""
+
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the viewer keeps running
+            _show_error(str(exc) or type(exc).__name__)
+            return None
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
