@@ -25,7 +25,6 @@ writer then being a worker process in the killed group.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -41,20 +40,12 @@ import numpy as np
 import pytest
 
 from deltamic_core.io import outdir, write_tiff
+from report_helpers import say as _say
 
 N_FIT = int(os.environ.get("DELTAMIC_FAULT_KILLS", "50"))
 N_BATCH = int(os.environ.get("DELTAMIC_FAULT_KILLS_BATCH", "50"))
 N_BATCH_PROCESSES = int(os.environ.get("DELTAMIC_FAULT_KILLS_BATCH_PROCESSES", "2"))
 TABLE: dict = {}
-
-
-def _say(config, lines) -> None:
-    """Lines in the test report, also without ``-s`` (capture suspended while writing)."""
-    tr = config.pluginmanager.getplugin("terminalreporter")
-    cap = config.pluginmanager.getplugin("capturemanager")
-    with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
-        for line in lines:
-            tr.write_line(line) if tr else print(line)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,6 @@ earlier result, with and without ``--overwrite``). Properties:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from report_helpers import say as _say
 
 hypothesis = pytest.importorskip("hypothesis")
 import tifffile  # noqa: E402
@@ -344,15 +345,6 @@ def test_fuzz_cli(work, capsys, monkeypatch, argv):
     if not problems:
         COUNTS["held"] += 1
     assert not problems, (argv, rc, problems, err[-600:])
-
-
-def _say(config, lines) -> None:
-    """Lines in the test report, also without ``-s`` (capture suspended while writing)."""
-    tr = config.pluginmanager.getplugin("terminalreporter")
-    cap = config.pluginmanager.getplugin("capturemanager")
-    with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
-        for line in lines:
-            tr.write_line(line) if tr else print(line)
 
 
 @pytest.fixture(scope="module", autouse=True)

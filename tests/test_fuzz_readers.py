@@ -9,13 +9,14 @@ so CI is reproducible; the counts are in ``FUZZ_COUNTS`` (printed by ``-s``).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import struct
 import time
 
 import numpy as np
 import pytest
+
+from report_helpers import say as _say
 
 hypothesis = pytest.importorskip("hypothesis")
 import tifffile  # noqa: E402
@@ -40,15 +41,6 @@ COUNTS = {}
 def _count(name, ok=True):
     tried, fine = COUNTS.get(name, (0, 0))
     COUNTS[name] = (tried + 1, fine + bool(ok))
-
-
-def _say(config, lines) -> None:
-    """Lines in the test report, also without ``-s`` (capture suspended while writing)."""
-    tr = config.pluginmanager.getplugin("terminalreporter")
-    cap = config.pluginmanager.getplugin("capturemanager")
-    with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
-        for line in lines:
-            tr.write_line(line) if tr else print(line)
 
 
 @pytest.fixture(scope="module", autouse=True)

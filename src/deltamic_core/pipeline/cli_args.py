@@ -13,19 +13,11 @@ from __future__ import annotations
 import math
 
 from .errors import InputError
+from .psfspec import OPTION
 
-#: PSFSpec parameter -> command-line option (the inverse of the CLI's psf_spec)
-PSF_OPTIONS = {
-    "sigma_um": "--sigma",
-    "na": "--na",
-    "wavelength_um": "--wavelength",
-    "n_immersion": "--ni",
-    "n_sample": "--ns",
-    "depth_um": "--depth",
-    "ex_wavelength_um": "--ex-wavelength",
-    "pinhole_au": "--pinhole-au",
-    "zernike": "--zernike",
-}
+#: PSFSpec parameter -> command-line option: psfspec.OPTION, without the bead (it is the file
+#: after ``--psf measured``, handled on its own below)
+PSF_OPTIONS = {k: v for k, v in OPTION.items() if k != "bead"}
 _INIT_OPTIONS = {"seeds": "--seeds", "labels": "--labels", "mesh": "--init"}
 
 
