@@ -163,7 +163,9 @@ def _something_rendered(cfg):
 
 def _volume_level_rule(cfg):
     if cfg.volume_level == "solve" and (cfg.membrane_weight == 0 or cfg.photometric != "solve"):
-        raise ValueError("FitConfig.volume_level='solve' needs a membrane (membrane_weight > 0) and photometric='solve'")
+        raise ValueError(
+            "FitConfig.volume_level='solve' needs a membrane (membrane_weight > 0) and photometric='solve'"
+        )
 
 
 def _remesh_has_edge(cfg):
