@@ -226,7 +226,16 @@ def _membrane_and_cytoplasm(level, radius=2.4, centre=(6.0, 4.6, 4.6), thickness
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("level", [0.15, 0.5])
+@pytest.mark.parametrize(
+    "level",
+    [
+        # measured 2026-12-02: a low level comes out 0.19 for 0.15 (+27%): issue 16 is open on it
+        pytest.param(
+            0.15, marks=pytest.mark.xfail(strict=True, reason="low cytoplasm level biased high (0.19 for 0.15)")
+        ),
+        0.5,
+    ],
+)
 def test_stain_both_fits_the_cytoplasm_level(level):
     from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
 
