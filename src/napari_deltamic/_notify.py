@@ -54,3 +54,33 @@ def _guarded(method):
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
     return wrapper
+
+
+def start_worker(owner, name: str, buttons, function, *args, on_done, what: str, **kwargs):
+    """Run ``function(*args, **kwargs)`` in a napari thread worker while ``buttons`` are
+    disabled; ``on_done(result)`` on the main thread, or an error notification "``what``
+    failed: ...". ``owner`` keeps the worker (``owner._workers[name]``) until the next one of
+    that name (a worker nobody holds can be collected while it runs). Returns the worker."""
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(function, *args, **kwargs, _start_thread=False)
+
+    def enable():
+        for b in buttons:
+            b.setEnabled(True)
+
+    def done(result):
+        enable()
+        on_done(result)
+
+    def failed(exc):
+        enable()
+        _show_error(f"{what} failed: {exc}")
+
+    worker.returned.connect(done)
+    worker.errored.connect(failed)
+    for b in buttons:
+        b.setEnabled(False)
+    owner._workers[name] = worker
+    worker.start()
+    return worker

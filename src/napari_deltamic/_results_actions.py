@@ -9,7 +9,7 @@ from pathlib import Path
 from qtpy.QtWidgets import QFileDialog
 
 from ._layers import UNITS_ZYX, image_origin, labels_colormap, labels_features, layer_to_mesh
-from ._notify import _guarded, _show_error, _show_info
+from ._notify import _guarded, _show_info, start_worker
 
 
 class ResultsMixin:
@@ -47,34 +47,18 @@ class ResultsMixin:
     def _results_worker(self, on_done, *, labels: bool = True):
         """Rasterise (if ``labels``) and measure the fitted mesh in a worker thread; the
         Labels layer (features = the measurements) and the table are set on the main thread."""
-        from napari.qt.threading import create_worker
-
         mesh = self.result_mesh()
         image = self._image_layer() if labels else None
         grid = None
         if image is not None:
             grid = (tuple(image.data.shape[-3:]), self.spacing_um(), image_origin(image), image.name)
-        worker = create_worker(_rasterise_and_measure, mesh, grid, _start_thread=False)
-        buttons = (self.labels_button, self.measure_button)
 
         def done(result):
-            for b in buttons:
-                b.setEnabled(True)
             if not self._closing:
                 on_done(*result)
 
-        def failed(exc):
-            for b in buttons:
-                b.setEnabled(True)
-            _show_error(f"results failed: {exc}")
-
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        for b in buttons:
-            b.setEnabled(False)
-        self._results_worker_ref = worker
-        worker.start()
-        return worker
+        buttons = (self.labels_button, self.measure_button)
+        return start_worker(self, "results", buttons, _rasterise_and_measure, mesh, grid, on_done=done, what="results")
 
     def _set_results(self, labels, rows, grid) -> None:
         """Show measurements in the table and, with a label image, as a Labels layer whose
@@ -203,8 +187,6 @@ class ResultsMixin:
     def save_all(self, out, *, overwrite: bool = False):
         """Write the CLI's result folder for the current mesh to ``out`` (in a worker; staged and
         renamed into place with its manifest). Returns the worker."""
-        from napari.qt.threading import create_worker
-
         from deltamic_core.pipeline.outputs import check_replaceable
 
         mesh = self.result_mesh()
@@ -212,23 +194,24 @@ class ResultsMixin:
         src = self._image_file(image)
         check_replaceable(out, overwrite=overwrite, inputs=[src] if src else [])
         grid = (tuple(image.data.shape[-3:]), self.spacing_um(), image_origin(image))
-        worker = create_worker(_write_result, str(out), mesh, grid, self._report(mesh), overwrite, _start_thread=False)
 
         def done(path):
-            self.save_all_button.setEnabled(True)
             self.saved_result = path
             _show_info(f"result written to {path}")
 
-        def failed(exc):
-            self.save_all_button.setEnabled(True)
-            _show_error(f"Save all failed: {exc}")
-
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        self.save_all_button.setEnabled(False)
-        self._save_worker = worker
-        worker.start()
-        return worker
+        return start_worker(
+            self,
+            "save all",
+            (self.save_all_button,),
+            _write_result,
+            str(out),
+            mesh,
+            grid,
+            self._report(mesh),
+            overwrite,
+            on_done=done,
+            what="Save all",
+        )
 
     @_guarded
     def _save_all_dialog(self, *args):

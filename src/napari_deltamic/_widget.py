@@ -31,7 +31,7 @@ from ._layers import (
     mesh_to_layer_data,
     vertex_cell_ids,
 )
-from ._notify import _guarded, _input_warnings_shown, _show_error
+from ._notify import _guarded, _input_warnings_shown, _show_error, start_worker
 from ._panels import AUTO_SEEDS, FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
 from ._results_actions import ResultsMixin
 from ._runner import FitRunner, Step
@@ -107,6 +107,7 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self._last_step: Step | None = None
         self._last_update = 0.0
         self._fit_layer = None
+        self._workers = {}  # name -> the running thread worker of a button (_notify.start_worker)
         self.first_update_s: float | None = None  # time from Run to the first surface update
         self.step_times: list[float] = []
         self.measurements: list[dict] = []
@@ -360,8 +361,6 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
 
         The render runs in a worker thread; the layer appears when it is done. Returns the worker.
         """
-        from napari.qt.threading import create_worker
-
         from deltamic_core.pipeline import render_mesh_image
 
         image = self._image_layer()
@@ -369,16 +368,6 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         spacing = self.spacing_um()
         origin = image_origin(image)
         shape = tuple(image.data.shape[-3:])
-        worker = create_worker(
-            render_mesh_image,
-            mesh,
-            shape,
-            spacing,
-            self.make_psf(),
-            origin,
-            backend=self.backend_combo.currentText(),
-            _start_thread=False,
-        )
         name = f"{image.name} preview"
 
         def show(rendered):
@@ -394,18 +383,21 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
                     colormap="magenta",
                     blending="additive",
                 )
-            self.preview_button.setEnabled(True)
 
-        def failed(exc):
-            self.preview_button.setEnabled(True)
-            _show_error(f"preview failed: {exc}")
-
-        worker.returned.connect(show)
-        worker.errored.connect(failed)
-        self.preview_button.setEnabled(False)
-        self._preview_worker = worker
-        worker.start()
-        return worker
+        return start_worker(
+            self,
+            "preview",
+            (self.preview_button,),
+            render_mesh_image,
+            mesh,
+            shape,
+            spacing,
+            self.make_psf(),
+            origin,
+            backend=self.backend_combo.currentText(),
+            on_done=show,
+            what="preview",
+        )
 
     # ------------------------------------------------------------------ fit
     def fit_config(self):
