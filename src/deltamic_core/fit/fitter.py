@@ -241,6 +241,10 @@ class Fitter:
         Multiplies the data term per voxel (0 = ignore the voxel), e.g. to leave out the light
         of objects that are not modelled (``pipeline.objects``). Block-averaged on coarse
         levels, where voxels the scale-space blur mixes with ignored ones are ignored too.
+    frozen : (V,) bool array, optional
+        Vertices of ``init_mesh`` held where they are (e.g. the neighbours of one cell being
+        refitted, ``pipeline.cells``); they still render. Needs a fixed topology (no remeshing,
+        ``target_edge_um=None`` and ``share_membranes=False``).
     """
 
     def __init__(
@@ -253,6 +257,7 @@ class Fitter:
         origin_um=(0.0, 0.0, 0.0),
         face_weights=None,
         voxel_weight=None,
+        frozen=None,
     ):
         args = _checked_arguments(image, spacing_um, origin_um, init_mesh, psf, config, face_weights)
         config, self.spacing_um, self.origin_um, self.device, img, fw = args
@@ -270,6 +275,15 @@ class Fitter:
             if not np.all(np.isfinite(vw)) or vw.min() < 0 or vw.max() > 1 or vw.max() == 0:
                 raise ValueError("voxel_weight must be finite, in [0, 1] and not all 0")
             self._voxel_weight = torch.as_tensor(vw).to(self.device)
+        self._frozen = None
+        if frozen is not None:
+            fz = np.asarray(frozen, dtype=bool).reshape(-1)
+            if fz.shape != (len(init_mesh.verts),):
+                raise ValueError(f"frozen must have one flag per vertex ({len(init_mesh.verts)}), got {fz.shape}")
+            if config.target_edge_um is not None or config.share_membranes:
+                raise ValueError("frozen vertices need a fixed topology: target_edge_um=None, share_membranes=False")
+            self._frozen = torch.as_tensor(fz, device=self.device)[:, None]
+            self._frozen_at = torch.as_tensor(init_mesh.verts, dtype=torch.float64, device=self.device)
 
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -655,6 +669,9 @@ class Fitter:
         self._opt.lr = lr
         u_new = self._u + self._opt.direction(grad)
         x_new = self._precond.solve(u_new)
+        if self._frozen is not None:  # held vertices stay where they started
+            x_new = torch.where(self._frozen, self._frozen_at, x_new)
+            u_new = self._precond.to_differential(x_new)
         self._timings["solve"] += time.perf_counter() - t2
         if not bool(torch.isfinite(x_new).all()):
             raise _BadStep("non-finite vertices")
