@@ -10,7 +10,7 @@ import pytest
 import trimesh
 
 from deltamic_core.fit import FitConfig, Fitter
-from deltamic_core.geometry import cell_surface, icosphere, meshes_from_labels, merge_meshes
+from deltamic_core.geometry import cell_surface, icosphere, merge_meshes, meshes_from_labels
 from deltamic_core.pipeline import InputError
 from deltamic_core.pipeline.cells import refit_cell
 from deltamic_core.psf import GaussianPSF
