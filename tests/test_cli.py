@@ -246,6 +246,10 @@ BAD_CASES = {
     ),
     "unknown loss": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--loss", "l7"], "l7"),
     "no command": ([], "command is required"),
+    "iterations not one per level": (
+        ["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--iterations", "5", "6"],
+        "--iterations",
+    ),
     "levels not ending at 1": (["fit", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--levels", "2"], "--levels"),
     "track with --frame": (["track", "{d}/good.tif", "--seeds", "{d}/seeds_ok.csv", "--frame", "0"], "--frame"),
     "frame of a 3D image": (

@@ -57,7 +57,23 @@ JOBS = [
         out="o",
     ),
     FitJob(image="a.tif", init=InitSpec("seeds", "s.csv"), psf=PSFSpec("measured", {"bead": "bead.tif"}), out="o"),
+    FitJob(image="a.tif", init=InitSpec("seeds", "s.csv"), iterations=(30, 40, 5), out="o"),
 ]
+
+
+def test_iterations_one_count_or_one_per_level():
+    parse = build_parser().parse_args
+    one = job_from_args(parse(["fit", "a.tif", "--seeds", "s.csv", "--out", "o", "--iterations", "9"]))
+    per_level = job_from_args(
+        parse(["fit", "a.tif", "--seeds", "s.csv", "--out", "o", "--iterations", "30", "40", "5"])
+    )
+    assert one.iterations == 9 and one.fit_config().iterations == 9
+    cfg = per_level.fit_config()
+    assert [cfg.iterations_for_level(i) for i in range(3)] == [30, 40, 5]
+    with pytest.raises(InputError, match="--iterations has 2 entries but there are 3 levels"):
+        job_from_args(
+            parse(["fit", "a.tif", "--seeds", "s.csv", "--out", "o", "--iterations", "30", "40"])
+        ).fit_config()
 
 
 @pytest.mark.parametrize("job", JOBS, ids=range(len(JOBS)))

@@ -33,8 +33,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .pipeline import PipelineError, check_device, fit_to_directory, one_line
-from .pipeline.command_line import PROG, CLIError, build_parser, check_psf_options, count_init, job_from_args, psf_spec
+from .pipeline import PipelineError, fit_to_directory, one_line
+from .pipeline.command_line import PROG, CLIError, build_parser, count_init, job_from_args, psf_spec
 from .pipeline.errors import EXIT_FAILURE, EXIT_USAGE
 
 
@@ -256,7 +256,7 @@ def cmd_track(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    from .pipeline.batch import expand_items, fit_item, format_summary, run_tasks
+    from .pipeline.batch import format_summary, run_batch
 
     if args.frame is not None:
         raise CLIError("batch fits every time point of TZYX inputs: drop --frame")
@@ -267,24 +267,10 @@ def cmd_batch(args) -> int:
         )
     if args.scheduler and args.workers:
         raise CLIError("give --scheduler ADDRESS or --workers N, not both")
-    from .pipeline.outputs import check_replaceable
-
-    out = Path(args.out)
-    check_replaceable(out, resume=True, inputs=list(args.inputs))  # before any cluster starts
-    check_device(args.device, args.backend)
-    job = job_from_args(args).replace(image=None, out=None, progress=False)
-    check_psf_options(args)
-    job.fit_config()
-    try:
-        items = expand_items(args.inputs)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    print(f"batch: {len(items)} item(s) from {len(args.inputs)} input(s) -> {out}")
-    results = run_tasks(
-        fit_item,
-        items,
-        out,
-        kwargs={"job": job},
+    results = run_batch(
+        args.inputs,
+        args.out,
+        job_from_args(args),
         scheduler=args.scheduler,
         n_workers=args.workers,
         threads_per_worker=args.threads_per_worker,

@@ -354,9 +354,32 @@ def _submit_all(client, func, items, out: Path, threads: int, kwargs: dict, log)
 
 def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, job, **kwargs) -> list[dict]:
     """Fit every input (and every time point of TZYX inputs) with the options of ``job``
-    (a :class:`~deltamic_core.pipeline.FitJob`); other keyword arguments go to :func:`run_tasks`."""
-    items = expand_items(inputs)
-    return run_tasks(fit_item, items, out_dir, kwargs={"job": job}, **kwargs)
+    (a :class:`~deltamic_core.pipeline.FitJob`; its image and out are ignored); other keyword
+    arguments go to :func:`run_tasks`.
+
+    What every item would reject is refused before any cluster starts: an output folder that is
+    neither new nor a batch folder of these inputs, an unavailable device, bad fit options, a PSF
+    that cannot be built, an input that cannot be listed.
+    """
+    from .errors import InputError
+    from .outputs import check_replaceable
+    from .psfspec import make_psf
+    from .run import check_device
+
+    out = Path(out_dir)
+    check_replaceable(out, resume=True, inputs=list(inputs))
+    check_device(job.device, job.backend)
+    job = job.replace(image=None, out=None, progress=False)
+    make_psf(job.psf, (1.0, 1.0, 1.0))  # the spacing does not matter for what is checked
+    job.fit_config()
+    try:
+        items = expand_items(inputs)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    log = kwargs.get("log", print)
+    if log:
+        log(f"batch: {len(items)} item(s) from {len(inputs)} input(s) -> {out}")
+    return run_tasks(fit_item, items, out, kwargs={"job": job}, **kwargs)
 
 
 def format_summary(results: Sequence[dict]) -> str:

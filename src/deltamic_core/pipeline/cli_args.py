@@ -89,9 +89,12 @@ def fit_command(job, *, image: str | None = None, init: str | None = None, prog:
             f"the image's origin {tuple(float(o) for o in job.origin_um)} um has no command-line option "
             "(the command line puts voxel (0, 0, 0) at 0): crop or save the image as a file first"
         )
-    for name, option in (("channel", "--channel"), ("frame", "--frame"), ("iterations", "--iterations")):
+    for name, option in (("channel", "--channel"), ("frame", "--frame")):
         if getattr(job, name) is not None:
             words += [option, str(int(getattr(job, name)))]
+    if job.iterations is not None:
+        counts = job.iterations if isinstance(job.iterations, (tuple, list)) else (job.iterations,)
+        words += ["--iterations", *(str(int(n)) for n in counts)]
     if job.levels is not None:
         words += ["--levels", *(str(int(f)) for f in job.levels)]
     if job.loss is not None:

@@ -16,7 +16,7 @@ import math
 from .errors import InputError
 from .inputs import InitSpec
 from .job import FitJob
-from .psfspec import PSFSpec, make_psf, parse_zernike, psf_models
+from .psfspec import PSFSpec, parse_zernike, psf_models
 
 PROG = "deltamic"
 
@@ -105,8 +105,11 @@ OPTIONS = {
     "--mesh-units": dict(choices=("um", "voxel")),
     "--iterations": dict(
         type=_positive_int,
-        help="iterations per resolution level (default: the fitter's, 80 / 120 / 50 at factors 4 / 2 / 1, "
-        "each level ending early once its loss stalls)",
+        nargs="+",
+        metavar="N",
+        help="iterations at every resolution level, or one count per level in the order of --levels "
+        "(default: the fitter's, 80 / 120 / 50 at factors 4 / 2 / 1, each level ending early once its "
+        "loss stalls)",
     ),
     "--levels": dict(
         type=_positive_int,
@@ -364,6 +367,13 @@ def psf_spec(args) -> PSFSpec:
     )
 
 
+def _iterations(counts):
+    """``--iterations``: one count for every level (an int) or one per level (a tuple)."""
+    if not counts:
+        return None
+    return int(counts[0]) if len(counts) == 1 else tuple(int(c) for c in counts)
+
+
 def job_from_args(args) -> FitJob:
     """The FitJob of a parsed ``fit``/``track``/``batch`` command line."""
     return FitJob(
@@ -373,7 +383,7 @@ def job_from_args(args) -> FitJob:
         frame=args.frame,
         init=init_spec(args),
         psf=psf_spec(args),
-        iterations=args.iterations,
+        iterations=_iterations(args.iterations),
         levels=tuple(args.levels) if args.levels else None,
         loss=args.loss,
         edge_um=args.edge,
@@ -389,8 +399,3 @@ def job_from_args(args) -> FitJob:
         stain=getattr(args, "stain", "membrane"),
         per_object=bool(getattr(args, "per_object", False)),
     )
-
-
-def check_psf_options(args) -> None:
-    """Fail now on PSF options that every image would reject (the spacing does not matter)."""
-    make_psf(psf_spec(args), (1.0, 1.0, 1.0))

@@ -47,7 +47,8 @@ class FitJob:
     channel, frame : channel index of a multi-channel file; time point of a TZYX file
     init : :class:`InitSpec` (mesh, seeds or labels)
     psf : :class:`PSFSpec` (model, parameters, learn flag)
-    iterations, levels, loss, edge_um, lr, lambda_smooth : FitConfig fields (None: default)
+    iterations : iterations at every level (int) or one count per level (tuple); None: the defaults
+    levels, loss, edge_um, lr, lambda_smooth : FitConfig fields (None: default)
     config : further FitConfig fields by name
     device, backend : "cpu"/"cuda", mesh Fourier transform backend ("auto")
     threads : torch threads for the fit (None: leave torch's setting)
@@ -72,7 +73,7 @@ class FitJob:
     frame: int | None = None
     init: InitSpec | None = None
     psf: PSFSpec = field(default_factory=PSFSpec)
-    iterations: int | None = None
+    iterations: int | tuple | None = None
     levels: tuple | None = None
     loss: str | None = None
     edge_um: float | None = None
@@ -136,5 +137,8 @@ class FitJob:
         except (TypeError, ValueError) as exc:
             # FitConfig names its fields; say it in command-line terms
             raise InputError(
-                str(exc).replace("FitConfig.levels", "--levels").replace("FitConfig.", "fit option ")
+                str(exc)
+                .replace("FitConfig.levels", "--levels")
+                .replace("FitConfig.iterations", "--iterations")
+                .replace("FitConfig.", "fit option ")
             ) from None
