@@ -244,3 +244,38 @@ def test_touching_cells_from_two_spheres_end_with_one_shared_membrane():
     for cell in (1, 2):
         a, b = lab == cell, labels == cell
         assert (a & b).sum() / (a | b).sum() > 0.85
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. API edges
+# ---------------------------------------------------------------------------------------------
+def test_case11_api_edges():
+    import torch
+
+    from deltamic_core.fit import FitConfig, Fitter
+    from deltamic_core.geometry import icosphere
+    from deltamic_core.psf import GaussianPSF
+    from deltamic_core.render import Renderer
+
+    psf = GaussianPSF(sigma_um=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="whole numbers"):
+        Renderer((24.5, 32, 32), (1, 1, 1), psf)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Renderer((8, 8, 8), (1, 1, 1), psf, device="cuda")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Fitter(np.random.rand(8, 8, 8), (1, 1, 1), icosphere((4, 4, 4), 2, 1), psf, FitConfig(device="cuda"))
+    with pytest.raises(ValueError, match="adds up to 0"):
+        FitConfig(iterations=0)
+    with pytest.raises(ValueError, match="constant"):
+        Fitter(np.ones((8, 8, 8)), (1, 1, 1), icosphere((4, 4, 4), 2, 1), psf, FitConfig(iterations=1))
+    f = Fitter(
+        np.random.default_rng(0).random((12, 12, 12)),
+        (1, 1, 1),
+        icosphere((6, 6, 6), 3, 1),
+        psf,
+        FitConfig(iterations=1, levels=(1,)),
+    )
+    f.run()
+    res = f.run()  # a complete fit: returns at once
+    assert res.iterations == 1

@@ -157,3 +157,22 @@ def test_manifest_contributions():
     assert {e for w in c.writers for e in w.filename_extensions} == {".obj", ".ply", ".rec"}
     assert [s.display_name for s in c.sample_data] == ["deltaMic synthetic 3-cell embryo"]
     assert len(c.widgets) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. napari reader claims only what it can read
+# ---------------------------------------------------------------------------------------------
+def test_case10_get_reader_returns_none_for_what_it_cannot_read(tmp_path):
+    from napari_deltamic._reader import get_reader
+
+    tifffile.imwrite(tmp_path / "2d.tif", np.zeros((8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "text.tif").write_text("hello, not a tiff")
+    (tmp_path / "dir.tif").mkdir()
+    (tmp_path / "empty.ply").write_bytes(b"")
+    for name in ("2d.tif", "rgb.tif", "empty.tif", "text.tif", "missing.tif", "dir.tif", "empty.ply"):
+        assert get_reader(str(tmp_path / name)) is None, name
+    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((6, 8, 8), np.uint8))
+    assert get_reader(str(tmp_path / "ok.tif")) is not None
+    assert get_reader([str(tmp_path / "ok.tif"), str(tmp_path / "2d.tif")]) is None
