@@ -36,6 +36,7 @@ from ._panels import AUTO_SEEDS, FitPanel, ImagePanel, PSFPanel, ResultsPanel, S
 from ._results_actions import ResultsMixin
 from ._runner import FitRunner, Step
 from ._seeds import ClickSeeder
+from ._timelapse import Propagator, TimelapsePanel
 
 #: the panels' controls, reachable on the widget itself (w.run_button, w.sigma_boxes, ...)
 _CONTROLS = {
@@ -79,6 +80,7 @@ _CONTROLS = {
         "status_label",
         "loss_plot",
     ),
+    "timelapse_panel": ("propagate_button", "propagate_stop_button", "propagate_status"),
     "results_panel": (
         "export_button",
         "labels_button",
@@ -117,12 +119,14 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self.seed_panel = SeedPanel(self.viewer, self._layers)
         self.psf_panel = PSFPanel(self.viewer, self._layers)
         self.fit_panel = FitPanel()
+        self.timelapse_panel = TimelapsePanel()
         self.results_panel = ResultsPanel()
         for panel, names in _CONTROLS.items():
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
         self.seeder = ClickSeeder(self)
         self._connect()
+        self.propagator = Propagator(self, self.timelapse_panel)  # time-lapse (_timelapse.py)
 
         # the controls scroll, so the dock fits small screens
         content = QWidget()
@@ -591,7 +595,7 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
             self.save_settings()
             self._end_activity()
         self._closing = True
-        return self.runner.shutdown(timeout_s)
+        return self.propagator.shutdown(timeout_s) and self.runner.shutdown(timeout_s)
 
     def shutdown_now(self, *args) -> None:
         self.shutdown()

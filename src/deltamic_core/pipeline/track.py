@@ -137,6 +137,61 @@ def track_stack(
     return rows
 
 
+def propagation_order(n_frames: int, t0: int) -> list[tuple[int, int]]:
+    """The frames a propagation from frame ``t0`` fits, in order, as (t, the frame it starts from):
+    forwards t0+1, ..., T-1, then backwards t0-1, ..., 0 (each from its neighbour towards t0)."""
+    if not 0 <= int(t0) < int(n_frames):
+        raise ValueError(f"frame {t0} is not in the time series (frames 0..{int(n_frames) - 1})")
+    t0 = int(t0)
+    forward = [(t, t - 1) for t in range(t0 + 1, int(n_frames))]
+    backward = [(t, t + 1) for t in range(t0 - 1, -1, -1)]
+    return forward + backward
+
+
+def propagate_steps(
+    stack,
+    spacing_um,
+    mesh: Mesh,
+    psf,
+    config,
+    *,
+    t0: int = 0,
+    origin_um=(0.0, 0.0, 0.0),
+    holder: dict | None = None,
+):
+    """Fit the other frames of a time series from frame ``t0``'s fitted ``mesh``, step by step.
+
+    The frames come in :func:`propagation_order`; each starts from the fitted mesh of the frame
+    it follows (as :func:`track_stack` does), with the PSF that frame ended with (learnt
+    parameters carry over with ``config.learn_psf``). Yields ``(t, step, None)`` after every
+    iteration (a :class:`~deltamic_core.fit.StepResult`) and ``(t, None, result)`` when frame
+    ``t`` is done (its :class:`~deltamic_core.fit.FitResult`). ``stack`` is indexed one frame
+    at a time (a lazy array is read frame by frame). The Fitter lives only in
+    ``holder["fitter"]`` (as in :func:`~deltamic_core.pipeline.fit_steps`): clearing ``holder``
+    releases it and ends the generator.
+    """
+    from ..fit import Fitter
+
+    holder = {} if holder is None else holder
+    results = {int(t0): (mesh, psf)}
+    for t, previous in propagation_order(len(stack), t0):
+        start_mesh, start_psf = results[previous]
+        image = np.asarray(stack[t], dtype=np.float32)
+        holder["fitter"] = Fitter(image, tuple(spacing_um), start_mesh, start_psf, config, origin_um=tuple(origin_um))
+        while "fitter" in holder and not holder["fitter"].done:
+            yield t, holder["fitter"].step(), None
+        if "fitter" not in holder:
+            return
+        result = holder["fitter"].result()
+        if not np.all(np.isfinite(result.mesh.verts)):
+            from .errors import FitFailedError
+
+            raise FitFailedError(f"frame {t}: the fit produced a non-finite mesh")
+        results[t] = (result.mesh, holder["fitter"].psf)
+        yield t, None, result
+    holder.pop("fitter", None)
+
+
 def _fitted_mesh(fdir: Path, spacing_um) -> Mesh:
     # the next frame starts from what was written, so a resumed run and an uninterrupted one
     # start every frame from identical meshes
