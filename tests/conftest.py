@@ -99,6 +99,20 @@ def sample_cache_dir(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "deltamic-sample-cache"
 
 
+@pytest.fixture(scope="session")
+def embryo(sample_cache_dir):
+    """The napari sample embryo (image and truth), rendered once per session into the session's
+    sample cache."""
+    from napari_deltamic import _sample_data
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAPARI_DELTAMIC_CACHE", str(sample_cache_dir))
+    try:
+        yield _sample_data.synthetic_embryo()
+    finally:
+        mp.undo()
+
+
 @pytest.fixture
 def sample_cache(sample_cache_dir, monkeypatch):
     """NAPARI_DELTAMIC_CACHE set to the session's sample cache for this test; its path."""

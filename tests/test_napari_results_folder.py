@@ -21,29 +21,9 @@ pytestmark = [
 from qtpy.QtWidgets import QApplication, QFileDialog  # noqa: E402
 
 from gui_helpers import click as _click  # noqa: E402
+from gui_helpers import sphere_stack  # noqa: E402
 
 TIMEOUT_MS = 180_000
-
-
-def _sphere_stack(tmp_path):
-    """A TIFF of one noisy membrane sphere (r = 2.5 um) and a seeds CSV 0.4 um off its centre."""
-    from deltamic_core.geometry import seed_spheres
-    from deltamic_core.io import write_tiff
-    from deltamic_core.pipeline import render_mesh_image
-    from deltamic_core.psf import GaussianPSF
-
-    spacing, shape = (0.5, 0.25, 0.25), (16, 32, 32)
-    centre = (np.asarray(shape) - 1) * spacing / 2
-    truth = seed_spheres(centre[None], np.array([2.5]))
-    img = render_mesh_image(
-        truth, shape, spacing, GaussianPSF(sigma_um=spacing), noise="poisson", photons=50.0, background=2.0, seed=3
-    )
-    path = tmp_path / "sphere.tif"
-    write_tiff(path, img, spacing)
-    seed = centre + np.array([0.0, 0.4, -0.3])
-    seeds = tmp_path / "seeds.csv"
-    seeds.write_text("z,y,x\n" + ",".join(f"{v:.6f}" for v in seed) + "\n")
-    return path, seeds, seed
 
 
 def _files(d) -> list[str]:
@@ -58,7 +38,7 @@ def test_save_all_writes_the_cli_folder_and_open_result_reads_it_back(
     from deltamic_core.io import read_image, read_mesh
     from deltamic_core.io.outdir import manifest_matches
 
-    path, seeds_csv, seed = _sphere_stack(tmp_path)
+    path, seeds_csv, seed = sphere_stack(tmp_path)
     cli_out = tmp_path / "cli"
     argv = ["fit", str(path), "--seeds", str(seeds_csv), "--iterations", "4", "--levels", "1", "--quiet"]
     assert main([*argv, "--out", str(cli_out)]) == 0
@@ -139,7 +119,7 @@ def test_settings_are_remembered_and_copy_as_command_parses_back(
     from deltamic_core.cli import build_parser, job_from_args
     from deltamic_core.pipeline import InitSpec
 
-    path, _, seed = _sphere_stack(tmp_path)
+    path, _, seed = sphere_stack(tmp_path)
     viewer = make_napari_viewer(show=True)
     viewer.open(str(path), plugin="napari-deltamic")
     viewer.add_points(seed[None], name="seeds", size=0.5)
@@ -182,3 +162,17 @@ def test_settings_are_remembered_and_copy_as_command_parses_back(
     w3 = gui_open_widget(make_napari_viewer(show=True))
     assert w3.settings() == defaults
     assert gui_errors == []
+
+
+def test_a_result_with_a_count_per_level_keeps_the_default_and_says_so():
+    """The widget has one iteration count for every level: a report's ``--iterations 30 40 5``
+    leaves it at the default and says so (never a crash, never a silently different fit)."""
+    from napari_deltamic._settings import settings_from_command
+
+    words = ["deltamic", "fit", "a.tif", "--seeds", "s.csv", "--out", "o", "--levels", "4", "2", "1"]
+    notes: list[str] = []
+    one = settings_from_command([*words, "--iterations", "9"], {"iterations": 0}, notes)
+    assert one["iterations"] == 9 and notes == []
+    per_level = settings_from_command([*words, "--iterations", "30", "40", "5"], {"iterations": 0}, notes)
+    assert per_level["iterations"] == 0 and per_level["levels"] == "4 2 1"
+    assert len(notes) == 1 and "--iterations 30 40 5" in notes[0]

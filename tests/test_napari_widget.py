@@ -20,20 +20,9 @@ pytestmark = [
 from qtpy.QtCore import QThreadPool  # noqa: E402
 
 from gui_helpers import click as _click  # noqa: E402
-from napari_deltamic import _sample_data  # noqa: E402
+from gui_helpers import sphere_stack  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
-
-
-@pytest.fixture(scope="session")
-def embryo(sample_cache_dir):
-    """The sample embryo, rendered once per session into the session's sample cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAPARI_DELTAMIC_CACHE", str(sample_cache_dir))
-    try:
-        yield _sample_data.synthetic_embryo()
-    finally:
-        mp.undo()
 
 
 def _save_dialog_returns(monkeypatch, path) -> None:
@@ -361,27 +350,6 @@ def test_learn_psf_reports_and_copies_back_the_learned_widths(
     assert after != before
 
 
-def _sphere_stack(tmp_path):
-    """A TIFF of one noisy membrane sphere (r = 2.5 um) and a seeds CSV 0.4 um off its centre."""
-    from deltamic_core.geometry import seed_spheres
-    from deltamic_core.io import write_tiff
-    from deltamic_core.pipeline import render_mesh_image
-    from deltamic_core.psf import GaussianPSF
-
-    spacing, shape = (0.5, 0.25, 0.25), (16, 32, 32)
-    centre = (np.asarray(shape) - 1) * spacing / 2
-    truth = seed_spheres(centre[None], np.array([2.5]))
-    img = render_mesh_image(
-        truth, shape, spacing, GaussianPSF(sigma_um=spacing), noise="poisson", photons=50.0, background=2.0, seed=3
-    )
-    path = tmp_path / "sphere.tif"
-    write_tiff(path, img, spacing)
-    seed = centre + np.array([0.0, 0.4, -0.3])
-    seeds = tmp_path / "seeds.csv"
-    seeds.write_text("z,y,x\n" + ",".join(f"{v:.6f}" for v in seed) + "\n")
-    return path, seeds, seed
-
-
 @pytest.mark.slow
 def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, gui_open_widget, qtbot, gui_errors, tmp_path):
     """The widget opened from the Plugins menu, with its controls set to the values of a
@@ -389,7 +357,7 @@ def test_widget_fits_like_the_equivalent_command_line(make_napari_viewer, gui_op
     from deltamic_core.cli import main
     from deltamic_core.io import read_mesh
 
-    path, seeds, seed = _sphere_stack(tmp_path)
+    path, seeds, seed = sphere_stack(tmp_path)
     out = tmp_path / "cli"
     assert (
         main(

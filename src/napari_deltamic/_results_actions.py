@@ -9,7 +9,7 @@ from pathlib import Path
 from qtpy.QtWidgets import QFileDialog
 
 from ._layers import UNITS_ZYX, image_origin, labels_colormap, labels_features, layer_to_mesh
-from ._notify import _guarded, _show_info, start_worker
+from ._notify import _guarded, _show_info, _show_warning, start_worker
 
 
 class ResultsMixin:
@@ -264,7 +264,10 @@ class ResultsMixin:
         """Set the controls from a ``deltamic fit`` command line (a report's ``command``)."""
         from ._settings import settings_from_command
 
-        self.apply_settings(settings_from_command(words, self._default_settings))
+        notes: list[str] = []
+        self.apply_settings(settings_from_command(words, self._default_settings, notes))
+        for note in notes:
+            _show_warning(note)
 
     @_guarded
     def restore_defaults(self, *args) -> None:

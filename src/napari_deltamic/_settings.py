@@ -128,9 +128,9 @@ def save_settings(values: dict) -> None:
         pass
 
 
-def settings_from_command(words, defaults: dict) -> dict:
+def settings_from_command(words, defaults: dict, notes: list | None = None) -> dict:
     """Settings from a ``deltamic fit ...`` command line, parsed by the CLI's parser; what the
-    line does not set is the default."""
+    line does not set is the default. What the controls cannot hold is said in ``notes``."""
     from deltamic_core.pipeline.command_line import build_parser
 
     from ._panels import PSF_MODELS
@@ -142,7 +142,13 @@ def settings_from_command(words, defaults: dict) -> dict:
     out = json.loads(json.dumps(defaults))
     out["stain"] = args.stain
     out["learn_psf"] = bool(args.learn_psf)
-    out["iterations"] = int(args.iterations or 0)
+    counts = args.iterations or [0]
+    out["iterations"] = int(counts[0]) if len(counts) == 1 else 0
+    if len(counts) > 1 and notes is not None:
+        notes.append(
+            f"the result was fitted with --iterations {' '.join(str(c) for c in counts)} (one count per level); "
+            "the widget sets one count for every level, so it shows the default"
+        )
     if args.levels:
         out["levels"] = " ".join(str(f) for f in args.levels)
     if args.loss:
