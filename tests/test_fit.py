@@ -174,6 +174,78 @@ def test_callback_false_and_stop_from_another_thread():
     assert np.all(np.isfinite(out["res"].mesh.verts))
 
 
+def test_cancel_abandons_the_step_at_each_stage_and_the_fit_goes_on_unchanged(monkeypatch):
+    """cancel() arriving during a step (here from the renderer itself, as a Stop click from the
+    UI thread would) abandons it at the next stage boundary: before the backward pass, after
+    it, or while a level's plan is built. The state is that of the last completed step, so
+    the fit then continues exactly as an uninterrupted one."""
+    import deltamic_core.render as render
+    from deltamic_core.fit import FitCancelled
+
+    ref = _small_fitter().run()
+    fitter = _small_fitter()
+    fitter.cancel()  # before any step: the first step raises, nothing is built
+    with pytest.raises(FitCancelled):
+        fitter.step()
+    assert fitter.iteration == 0 and fitter.renderer is None
+
+    # while the first level's render plan is built
+    real = render.Renderer
+
+    def cancelling_renderer(*args, **kwargs):
+        fitter.cancel()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(render, "Renderer", cancelling_renderer)
+    with pytest.raises(FitCancelled):
+        fitter.step()
+    assert fitter.iteration == 0 and fitter.renderer is None
+    monkeypatch.setattr(render, "Renderer", real)
+    fitter.step()
+    before = fitter.current_mesh().verts
+
+    # during the forward render (the check before the backward pass), then during the backward
+    # (the gradient of the vertices is being computed: the check after it)
+    level = fitter._level
+    render_once = level.renderer.render
+
+    def cancelling_render(*args, **kwargs):
+        fitter.cancel()
+        return render_once(*args, **kwargs)
+
+    original = torch.Tensor.backward
+    backward_calls = []
+
+    def counted_backward(self, *args, **kwargs):
+        backward_calls.append(1)
+        return original(self, *args, **kwargs)
+
+    level.renderer.render = cancelling_render
+    monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
+    with pytest.raises(FitCancelled):
+        fitter.step()
+    level.renderer.render = render_once
+    assert backward_calls == []  # abandoned before the backward pass
+    assert fitter.iteration == 1
+    np.testing.assert_array_equal(fitter.current_mesh().verts, before)
+
+    def cancelling_backward(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        fitter.cancel()
+
+    monkeypatch.setattr(torch.Tensor, "backward", cancelling_backward)
+    with pytest.raises(FitCancelled):
+        fitter.step()
+    monkeypatch.setattr(torch.Tensor, "backward", original)
+    assert fitter.iteration == 1
+    np.testing.assert_array_equal(fitter.current_mesh().verts, before)
+
+    final = fitter.run()
+    assert fitter.done and final.iterations == 8 and final.n_rollbacks == 0
+    np.testing.assert_allclose(final.loss_history, ref.loss_history, rtol=1e-6)
+    np.testing.assert_allclose(final.mesh.verts, ref.mesh.verts, atol=1e-9)
+
+
 @pytest.mark.slow
 def test_learn_psf_recovers_gaussian_sigma():
     true_sigma = SIGMA

@@ -8,7 +8,7 @@ for reuse and testing.
 from __future__ import annotations
 
 from .config import FitConfig
-from .fitter import FitDivergedError, FitResult, Fitter, StepResult
+from .fitter import FitCancelled, FitDivergedError, FitResult, Fitter, StepResult
 from .levels import BlockAveragedPSF, block_average
 from .losses import intensity_weight, poisson_nll, robust_normalise, solve_photometric, weighted_mse
 from .optim import VertexAdam
@@ -20,6 +20,7 @@ __all__ = [
     "StepResult",
     "FitResult",
     "FitDivergedError",
+    "FitCancelled",
     "block_average",
     "BlockAveragedPSF",
     "intensity_weight",

@@ -38,11 +38,16 @@ from .losses import _quantiles, intensity_weight, poisson_nll, solve_photometric
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner
 
-__all__ = ["Fitter", "StepResult", "FitResult", "FitDivergedError"]
+__all__ = ["Fitter", "StepResult", "FitResult", "FitDivergedError", "FitCancelled"]
 
 
 class FitDivergedError(RuntimeError):
     """Raised when too many consecutive steps had to be rolled back."""
+
+
+class FitCancelled(RuntimeError):
+    """Raised by :meth:`Fitter.step` after :meth:`Fitter.cancel`: the step was abandoned between
+    two of its stages and the fit's state is the one before it."""
 
 
 @dataclass
@@ -287,6 +292,7 @@ class Fitter:
 
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._cancel = threading.Event()
         self._level: _Level | None = None  # the level being fitted (None before the first step)
         self._lr_scale = 1.0
         self._consecutive_failures = 0
@@ -500,6 +506,7 @@ class Fitter:
             max_memory_bytes=cfg.max_memory_bytes,
             fold_aliases=cfg.fold_aliases and f == 1,
         )
+        self._check_cancelled()  # nothing of the new level is in place yet
         self._backend = renderer.backend_name
         mesh = self.current_mesh() if self._level is not None else self._mesh
         rebuilt = False
@@ -660,8 +667,10 @@ class Fitter:
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise _BadStep("non-finite loss")
+        self._check_cancelled()
         loss.backward()
         self._timings["backward"] += time.perf_counter() - t1
+        self._check_cancelled()
         grad = u.grad
         if grad is None or not bool(torch.isfinite(grad).all()):
             raise _BadStep("non-finite vertex gradient")
@@ -713,9 +722,12 @@ class Fitter:
             would fall below ``lr * min_lr_factor``.
         RuntimeError
             when the fit is already complete (check :attr:`done`).
+        FitCancelled
+            when :meth:`cancel` was called before or during the step (the state is unchanged).
         """
         with self._lock:
             t_start = time.perf_counter()
+            self._check_cancelled()
             if not self._advance_level_if_needed():
                 raise RuntimeError("the fit is complete: every level has run its iterations")
             cfg = self.config
@@ -723,6 +735,10 @@ class Fitter:
             snap = self._snapshot()
             try:
                 loss_value = self._try_step(lr)
+            except FitCancelled:
+                self._restore(snap)
+                self._timings["total"] += time.perf_counter() - t_start
+                raise
             except (_BadStep, FloatingPointError) as exc:
                 self._restore(snap)
                 self._n_rollbacks += 1
@@ -802,6 +818,18 @@ class Fitter:
     def stop(self) -> None:
         """Ask a running :meth:`run` to return after the current step (thread-safe)."""
         self._stop.set()
+
+    def cancel(self) -> None:
+        """Abandon the step in progress as soon as possible (thread-safe): it raises
+        :class:`FitCancelled` at its next stage boundary (after the level's render plan, before
+        and after the backward pass), leaving the state of the last completed step; with no
+        step running, the next :meth:`step` raises it. Once raised, the fit can go on."""
+        self._cancel.set()
+
+    def _check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            self._cancel.clear()
+            raise FitCancelled("the fit was cancelled")
 
     def result(self) -> FitResult:
         """The current state as a :class:`FitResult` (final after the last step)."""
