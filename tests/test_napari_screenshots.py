@@ -13,7 +13,6 @@ pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui]
 
 from gui_helpers import click  # noqa: E402
-
 from napari_deltamic import _sample_data  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
@@ -54,7 +53,7 @@ def projected_box(viewer, layer, shot_shape) -> tuple[int, int, int, int]:
     sx, sy = shot_shape[1] / width, shot_shape[0] / height
     col0, col1 = np.floor(xy[:, 0].min() * sx), np.ceil(xy[:, 0].max() * sx) + 1
     row0, row1 = np.floor(xy[:, 1].min() * sy), np.ceil(xy[:, 1].max() * sy) + 1
-    clip = lambda v, n: int(min(max(v, 0), n))  # noqa: E731
+    clip = lambda v, n: int(min(max(v, 0), n))
     return clip(row0, shot_shape[0]), clip(row1, shot_shape[0]), clip(col0, shot_shape[1]), clip(col1, shot_shape[1])
 
 
