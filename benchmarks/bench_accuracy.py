@@ -91,6 +91,18 @@ The learnt Gaussian still widens (0.26/0.10/0.10 -> 0.37/0.14/0.14 um) to imitat
 confocal skirt. The full table (7 cases), the confocal PSF and voxel integration
 (``--fit-config '{"voxel_integrated": true}'``) at the current defaults were not run.
 
+Re-measured 2026-12-02 (load 12-15, in-process, same defaults): ``--tiny`` 0.091 / 0.35 /
+0.03% / 9.9% (contacts -4.6% and -9.9%), quick case 0.068 / 0.30 / 0.100% / 61% (1334 s).
+Why contacts miss: (a) the shared sheets sit on the true contact (mean 0.017 um on ``--tiny``)
+but stop short of its rim: near the junction the two cells' free membranes run together,
+coincident (0.017 um from the truth), over 8-14% of the true contact: two sheets of
+intensity 1 image exactly like one of intensity 2, so nothing in the data moves the junction
+out again; (b) on the quick case the 2-4 contact had a gap when the shared membranes were
+built (end of the first level) and stays two sheets (-63% after the second level, -61% at the end). The metric
+itself: on two overlapping spheres (analytic disc contact) the truth's marching-cubes
+meshes (h = 0.15 um) and face classification give the contact 1.15% too small (0.43% at
+h = 0.075), so the truth contacts carry about -1% of their own.
+
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """
