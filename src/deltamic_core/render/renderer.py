@@ -52,6 +52,7 @@ import torch
 from .._checks import as_tensor, check_memory, check_same_device, check_vertices
 from ..grid import FFTGrid, GridBand
 from .plan import PaddedBox, alias_fold, band_from_otf, boundary_otf, check_band_threshold, oversampled_grid, padded_box
+from . import volume_real
 from .spectra import face_unit_normals, signed_volume, volume_spectrum_from_parts
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -435,8 +436,8 @@ class Renderer:
         """
         r = torch.finfo(self.dtype).bits // 8
         c = 2 * r
-        if self.route == "real" and not volume:
-            return float(self._real.memory_estimate_bytes(n_faces, n_verts))
+        if self.route == "real" and (not volume or volume_real.supports(self._real)):
+            return float(self._real.memory_estimate_bytes(n_faces, n_verts)) * (2 if volume else 1)
         K = len(self.band)
         calls = 4 if volume else 1
         band = K * (3 * r + 8 + 2 * c) + 2 * calls * K * c  # freqs, index, otf, spectra (+grads)
@@ -524,7 +525,9 @@ class Renderer:
         backend = self._backend_for(faces.shape[0])
         self._last_backend = resolve(backend, self.device, announce=False)[0]
         freqs = self._freqs_arg(backend)
-        spec = mesh_ft(vc, faces, freqs, weights, backend=backend)
+        # a volume term alone (interior stain: every membrane weight 0) skips the surface transform
+        surface = _is_zero(volume_weight) or not _all_zero(weights)
+        spec = mesh_ft(vc, faces, freqs, weights, backend=backend) if surface else 0.0
         if not _is_zero(volume_weight):
             faces_t = faces.long()
             normals = face_unit_normals(vc, faces_t)
@@ -599,8 +602,8 @@ class Renderer:
         """
         v, faces, weights, n_faces = self._prepare(verts, faces, weights)
         self._check_render_memory(n_faces, v.shape[0], volume_weight)
-        if self.route == "real" and _is_zero(volume_weight):
-            image = self._real.render(v, faces.long(), weights)
+        if self.route == "real" and (_is_zero(volume_weight) or volume_real.supports(self._real)):
+            image = self._real_image(v, faces.long(), weights, volume_weight)
             self._last_backend = "realspace"
             if not (isinstance(gain, (int, float)) and gain == 1):
                 image = image * gain
@@ -627,6 +630,16 @@ class Renderer:
             image = image + background
         return image
 
+    def _real_image(self, v, faces, weights, volume_weight):
+        """The real-space route's image: the membrane splat (skipped when every weight is 0)
+        plus the volume term's (:mod:`.volume_real`)."""
+        if _is_zero(volume_weight):
+            return self._real.render(v, faces, weights)
+        image = volume_real.volume_image(self._real, v, faces, volume_weight)
+        if not _all_zero(weights):
+            image = image + self._real.render(v, faces, weights)
+        return image
+
     def _check_render_memory(self, n_faces, n_verts, volume_weight) -> None:
         key = (n_faces, n_verts, _is_zero(volume_weight))
         if getattr(self, "_mem_ok", None) == key:
@@ -649,6 +662,11 @@ def _weighted_signed_volume(verts, faces, w):
     v = verts.to(torch.float64)
     a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
     return ((a * torch.linalg.cross(b, c, dim=1)).sum(dim=1) * w.to(torch.float64)).sum() / 6.0
+
+
+def _all_zero(weights) -> bool:
+    """True for a face-weight tensor of zeros that needs no gradient (its transform is 0)."""
+    return weights is not None and not weights.requires_grad and not bool((weights != 0).any())
 
 
 def _is_zero(x) -> bool:

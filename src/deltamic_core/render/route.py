@@ -90,21 +90,24 @@ class RealPlan:
             return None
         return self.sigma_fn().to(dtype=self.r.dtype, device=self.r.device)
 
+    def refresh_rule(self) -> None:
+        """Follow a learnt sigma: rebuild the quadrature's rows when sigma has changed."""
+        if self.sigma_fn is None:
+            return
+        r = self.r
+        with torch.no_grad():
+            s = self.sigma_fn().detach().cpu().numpy()
+        if not np.array_equal(s, self._rule_sigma):
+            self._rule_sigma = s
+            self.kmax = _gaussian_kmax(1.0 / s**2)
+            self.quadrature.rows = SurfaceQuadrature(otf_weighted_rows(self.kmax, r.real_tol, r.band_threshold)).rows
+
     def render(self, verts, faces, weights):
         r = self.r
         if weights is None:
             weights = torch.ones(faces.shape[0], dtype=r.dtype, device=verts.device)
         v = verts.to(r.dtype)
-        if self.sigma_fn is not None:
-            # the rule follows a learnt sigma
-            with torch.no_grad():
-                s = self.sigma_fn().detach().cpu().numpy()
-            if not np.array_equal(s, self._rule_sigma):
-                self._rule_sigma = s
-                self.kmax = _gaussian_kmax(1.0 / s**2)
-                self.quadrature.rows = SurfaceQuadrature(
-                    otf_weighted_rows(self.kmax, r.real_tol, r.band_threshold)
-                ).rows
+        self.refresh_rule()
         mod = realspace.native_module(v.device) if isinstance(self.kernel, GaussianKernel) else None
         if mod is not None:
             img, self.last_n_points = realspace.splat_triangles(
