@@ -51,8 +51,8 @@ import torch
 
 from .._checks import as_tensor, check_memory, check_same_device, check_vertices
 from ..grid import FFTGrid, GridBand
-from .plan import PaddedBox, alias_fold, band_from_otf, boundary_otf, check_band_threshold, oversampled_grid, padded_box
 from . import volume_real
+from .plan import PaddedBox, alias_fold, band_from_otf, boundary_otf, check_band_threshold, oversampled_grid, padded_box
 from .spectra import face_unit_normals, signed_volume, volume_spectrum_from_parts
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
