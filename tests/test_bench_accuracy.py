@@ -1,0 +1,72 @@
+"""benchmarks/bench_accuracy.py: the truth's contact areas (the metric the contact goal is
+judged by) against analytic power-diagram contacts of plain spheres."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+class _Sphere:
+    """Power function |x - c|^2 - r^2 (the aggregate's cells without deformation)."""
+
+    def __init__(self, centre, radius):
+        self.c, self.r = np.asarray(centre, float), float(radius)
+
+    def __call__(self, x):
+        return ((x - self.c) ** 2).sum(axis=-1) - self.r**2
+
+
+def test_two_sphere_contact_is_the_power_disc(bench):
+    # radical plane at distance x1 from the first centre: disc of radius^2 = r1^2 - x1^2
+    c2 = np.array([0.3, 6.0, 0.2])
+    cells = [_Sphere([0, 0, 0], 4.0), _Sphere(c2, 3.5)]
+    d = np.linalg.norm(c2)
+    x1 = (d**2 + 4.0**2 - 3.5**2) / (2 * d)
+    disc = np.pi * (4.0**2 - x1**2)
+    got = bench.interface_area(cells, 0, 1, np.array([-5.0, -5, -5]), np.array([5.0, 9, 5]), h=0.1)
+    assert got == pytest.approx(disc, rel=2e-3)
+    # and it converges (second order): a finer step is closer
+    fine = bench.interface_area(cells, 0, 1, np.array([-5.0, -5, -5]), np.array([5.0, 9, 5]), h=0.07)
+    assert abs(fine / disc - 1) < abs(got / disc - 1)
+
+
+def test_third_cell_cuts_the_contact_disc(bench):
+    # cells 0 and 1 of equal radius meet on y = 2.5 (disc radius a around (0, 2.5, 0)); cell 2
+    # above claims z > z0 (its radical plane with cell 0), which removes a circular segment
+    r, e, r3 = 4.0, 4.0, 4.0
+    cells = [_Sphere([0, 0, 0], r), _Sphere([0, 5.0, 0], r), _Sphere([0, 0, e], r3)]
+    a = np.sqrt(r**2 - 2.5**2)
+    z0 = (e**2 + r**2 - r3**2) / (2 * e)
+    segment = a**2 * np.arccos(z0 / a) - z0 * np.sqrt(a**2 - z0**2)
+    want = np.pi * a**2 - segment
+    got = bench.interface_area(cells, 0, 1, np.array([-5.0, -2, -5]), np.array([5.0, 7, 5]), h=0.08)
+    assert got == pytest.approx(want, rel=2e-3)
+    assert got < 0.97 * np.pi * a**2  # the cut is really there
+
+
+def test_clipped_area_is_exact_for_a_linear_function(bench):
+    # unit right triangle, c = x - 0.5: the part x < 0.5 has area 1/2 - (1/2)(1/2)^2 = 3/8
+    v = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    f = np.array([[0, 1, 2]])
+    assert bench._clipped_area(v, f, v[:, 2] - 0.5)[0] == pytest.approx(3 / 8)
+    assert bench._clipped_area(v, f, 0.5 - v[:, 2])[0] == pytest.approx(1 / 8)
+    assert bench._clipped_area(v, f, v[:, 2] - 2.0)[0] == pytest.approx(0.5)
