@@ -339,6 +339,11 @@ class Fitter:
         return len(self._loss_history)
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(Z, Y, X) of the full-resolution image being fitted."""
+        return tuple(int(n) for n in self._image.shape)
+
+    @property
     def done(self) -> bool:
         """True when every level has run its iterations."""
         return self._done
@@ -363,6 +368,44 @@ class Fitter:
             if self._level is not None:
                 m.verts = self._x.detach().cpu().numpy().astype(np.float64)
             return m
+
+    def set_mesh(self, mesh: Mesh, source=None) -> None:
+        """Go on fitting ``mesh`` instead of the current mesh, between two steps (thread-safe:
+        waits for a running step), e.g. with cells added or removed (``pipeline.cells``).
+
+        The fit is not restarted: the level, iteration count, step size, PSF and photometric
+        state carry on, and ``mesh``'s vertices are taken exactly as given. ``source[i]`` is the
+        index of the current vertex that vertex i of ``mesh`` continues (its optimiser moments
+        carry over), -1 for a new vertex (fresh moments); None: all new. The convergence window
+        restarts (the loss before and after the change are not comparable).
+        """
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a deltamic_core.mesh.Mesh, got {type(mesh).__name__}")
+        if len(mesh.faces) == 0 or not np.all(np.isfinite(mesh.verts)):
+            raise ValueError("the new mesh must have faces and finite vertices")
+        src = np.full(len(mesh.verts), -1, dtype=np.int64) if source is None else np.asarray(source, np.int64)
+        with self._lock:
+            if src.shape != (len(mesh.verts),) or src.max(initial=-1) >= len(self._mesh.verts):
+                raise ValueError("source must give one current vertex index (or -1) per vertex of the new mesh")
+            if self._frozen is not None:
+                raise ValueError("a fit with frozen vertices keeps its topology")
+            mesh = mesh.copy()
+            if self._custom_weights is not None and len(self._custom_weights) != len(mesh.faces):
+                self._custom_weights = None
+            if self._level is None:  # before the first step: the fit simply starts from it
+                self._mesh = mesh
+                return
+            x0 = torch.as_tensor(mesh.verts, dtype=torch.float64, device=self.device)
+            self._level.renderer.check_inside(x0.to(self.dtype))  # ValueError: nothing changed
+            old = self._opt
+            self._set_topology(mesh, self._level.index)
+            self._x = x0
+            keep = torch.as_tensor(src >= 0, device=self.device)
+            from_old = torch.as_tensor(src[src >= 0], device=self.device)
+            self._opt.t = old.t
+            self._opt.m1[keep] = old.m1[from_old]
+            self._opt.m2[keep] = old.m2[from_old]
+            self._recent = []
 
     # ------------------------------------------------------------------ levels and topology
     def _face_weights(self, mesh: Mesh) -> torch.Tensor:

@@ -127,11 +127,18 @@ def fit_steps(p: Prepared, holder: dict | None = None):
 
     The Fitter lives only in ``holder["fitter"]`` (no local reference survives a ``yield``):
     a caller may release it, with its solver and render plan, by clearing ``holder`` while
-    the generator stays suspended; the generator then ends.
+    the generator stays suspended; the generator then ends. Cells are added or removed while it
+    runs by putting a :class:`~deltamic_core.pipeline.cells.CellChange` into
+    ``holder["changes"]`` (:func:`~deltamic_core.pipeline.cells.changes_queue`, made here if
+    absent): it is applied before the next step, the other cells go on where they are.
     """
+    from .cells import apply_changes, changes_queue
+
     holder = {} if holder is None else holder
+    changes = changes_queue(holder)
     holder["fitter"] = make_fitter(p)
     while "fitter" in holder and not holder["fitter"].done:
+        apply_changes(holder["fitter"], changes)
         yield holder["fitter"].step()
 
 
