@@ -13,6 +13,35 @@ def click(qtbot, button) -> None:
     qtbot.mouseClick(button, Qt.LeftButton)
 
 
+def canvas_of(viewer):
+    """The viewer's vispy canvas widget, found as a Qt child of the (one shown) main window."""
+    from qtpy.QtWidgets import QApplication, QMainWindow, QWidget
+
+    windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMainWindow) and w.isVisible()]
+    canvases = [c for w in windows for c in w.findChildren(QWidget) if type(c).__name__ == "CanvasBackendDesktop"]
+    assert len(canvases) == 1, canvases
+    return canvases[0]
+
+
+def click_canvas_at(qtbot, viewer, zyx_um) -> None:
+    """A left click on the canvas centre with world point ``zyx_um`` under it: in 2D the z slice
+    is chosen with the dims slider and the view panned to (y, x); in 3D the camera centred on the
+    point (the line of sight through the click passes through it)."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtWidgets import QApplication
+
+    if viewer.dims.ndisplay == 3:
+        viewer.camera.center = tuple(float(v) for v in zyx_um)
+    else:
+        viewer.dims.set_point(0, float(zyx_um[0]))
+        viewer.camera.center = (float(zyx_um[1]), float(zyx_um[2]))
+    canvas = canvas_of(viewer)
+    QApplication.processEvents()
+    centre = QPoint(canvas.width() // 2, canvas.height() // 2)
+    qtbot.mouseMove(canvas, centre)
+    qtbot.mouseClick(canvas, Qt.LeftButton, pos=centre)
+
+
 def sphere_stack(tmp_path):
     """A TIFF of one noisy membrane sphere (r = 2.5 um) and a seeds CSV 0.4 um off its centre."""
     from deltamic_core.geometry import seed_spheres

@@ -16,32 +16,12 @@ pytestmark = [
     pytest.mark.filterwarnings("error:Private attribute access:FutureWarning"),
 ]
 
-from qtpy.QtCore import QPoint, Qt  # noqa: E402
-from qtpy.QtWidgets import QApplication, QMainWindow, QWidget  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from gui_helpers import click as _click  # noqa: E402
+from gui_helpers import click_canvas_at as _click_canvas_at  # noqa: E402
 
 TIMEOUT_MS = 60_000
-
-
-def _canvas(viewer) -> QWidget:
-    """The viewer's vispy canvas widget, found as a Qt child of the main window."""
-    windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMainWindow) and w.isVisible()]
-    canvases = [c for w in windows for c in w.findChildren(QWidget) if type(c).__name__ == "CanvasBackendDesktop"]
-    assert len(canvases) == 1, canvases
-    return canvases[0]
-
-
-def _click_canvas_at(qtbot, viewer, zyx_um) -> None:
-    """A left click on the canvas where world point ``zyx_um`` is: the z slice is chosen with the
-    dims slider, the view panned so (y, x) is under the canvas centre, and the centre clicked."""
-    viewer.dims.set_point(0, float(zyx_um[0]))
-    viewer.camera.center = (float(zyx_um[1]), float(zyx_um[2]))
-    canvas = _canvas(viewer)
-    QApplication.processEvents()
-    centre = QPoint(canvas.width() // 2, canvas.height() // 2)
-    qtbot.mouseMove(canvas, centre)
-    qtbot.mouseClick(canvas, Qt.LeftButton, pos=centre)
 
 
 def _cell_centres(mesh) -> dict[int, np.ndarray]:

@@ -63,7 +63,8 @@ def start_worker(owner, name: str, buttons, function, *args, on_done, what: str,
     that name (a worker nobody holds can be collected while it runs). Returns the worker."""
     from napari.qt.threading import create_worker
 
-    worker = create_worker(function, *args, **kwargs, _start_thread=False)
+    # errors become one notification (below), not also a traceback re-raised in the Qt loop
+    worker = create_worker(function, *args, **kwargs, _start_thread=False, _ignore_errors=True)
 
     def enable():
         for b in buttons:

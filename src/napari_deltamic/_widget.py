@@ -21,6 +21,7 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
+from ._cells import CellEditor, CellsPanel
 from ._image_source import ImageSourceMixin
 from ._layers import (
     UNITS_ZYX,
@@ -90,6 +91,15 @@ _CONTROLS = {
         "save_all_button",
         "open_result_button",
     ),
+    "cells_panel": (
+        "cell_status",
+        "refit_button",
+        "delete_button",
+        "merge_button",
+        "split_button",
+        "undo_button",
+        "redo_button",
+    ),
 }
 
 
@@ -121,12 +131,14 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self.fit_panel = FitPanel()
         self.timelapse_panel = TimelapsePanel()
         self.results_panel = ResultsPanel()
+        self.cells_panel = CellsPanel()  # pick, refit, delete, merge, split a cell (_cells.py)
         for panel, names in _CONTROLS.items():
             for name in names:
                 setattr(self, name, getattr(getattr(self, panel), name))
         self.seeder = ClickSeeder(self)
         self._connect()
         self.propagator = Propagator(self, self.timelapse_panel)  # time-lapse (_timelapse.py)
+        self.cells = CellEditor(self, self.cells_panel)
 
         # the controls scroll, so the dock fits small screens
         content = QWidget()

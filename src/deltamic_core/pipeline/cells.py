@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["refit_cell", "change_cells", "CellChange", "apply_changes"]
+__all__ = ["refit_cell", "change_cells", "cells_at", "CellChange", "apply_changes", "changes_queue"]
 
 
 def refit_cell(
@@ -106,7 +106,7 @@ def refit_cell(
     return out, info
 
 
-def _inside_cells(mesh, points) -> np.ndarray:
+def cells_at(mesh, points) -> np.ndarray:
     """The cell id containing each point (0: none), by the winding number of each cell's surface."""
     from gpytoolbox import winding_number
 
@@ -166,7 +166,7 @@ def change_cells(mesh, *, add=None, remove=(), spacing_um, edge_um=None, bounds_
     if bounds_um is not None:
         lo, hi = (np.asarray(b, dtype=np.float64) for b in bounds_um)
         ok &= ((centres >= lo) & (centres <= hi)).all(axis=1)
-    within = _inside_cells(out, centres)
+    within = cells_at(out, centres)
     from gpytoolbox import squared_distance
 
     dist = np.sqrt(squared_distance(centres, out.verts, out.faces.astype(np.int64), use_cpp=True)[0])
