@@ -203,3 +203,43 @@ def test_refit_moves_the_picked_cell_only(make_napari_viewer, gui_open_widget, q
     click(qtbot, w.undo_button)
     qtbot.waitUntil(lambda: np.array_equal(_state(viewer)[0].verts, mesh0.verts), timeout=TIMEOUT_MS)
     assert gui_errors == []
+
+
+@pytest.mark.slow
+def test_seeds_added_and_removed_during_a_fit_join_and_leave_it(
+    make_napari_viewer, gui_open_widget, qtbot, gui_errors, embryo
+):
+    from deltamic_core.geometry import measure
+    from napari_deltamic._layers import layer_to_mesh
+
+    spacing = np.asarray(embryo["spacing_um"])
+    centroids = embryo["centroids_um"]
+    viewer = make_napari_viewer(show=True)
+    w = gui_open_widget(viewer)
+    image = viewer.add_image(embryo["image"], name=IMAGE, scale=tuple(spacing), units=("um",) * 3)
+    w.image_combo.set_layer(image)
+    seeds = viewer.add_points(centroids[:2] / spacing, name="seeds", scale=tuple(spacing), units=("um",) * 3)
+    click(qtbot, w.click_button)  # the seeds layer, in add mode
+    w.iter_box.setValue(30)
+    w.levels_edit.setText("1")
+    click(qtbot, w.run_button)
+    assert w.is_running
+    fit = viewer.layers[f"{IMAGE} fit"]
+    assert layer_to_mesh(fit).n_cells == 2
+
+    seeds.add(centroids[2] / spacing)  # what a click in add mode does
+    qtbot.waitUntil(lambda: layer_to_mesh(fit).n_cells == 3, timeout=TIMEOUT_MS)
+    assert w.is_running  # the fit took the new cell without restarting
+    seeds.selected_data = {0}
+    seeds.remove_selected()
+    qtbot.waitUntil(lambda: layer_to_mesh(fit).n_cells == 2, timeout=TIMEOUT_MS)
+    assert w.is_running
+    qtbot.waitUntil(lambda: not w.is_running, timeout=5 * TIMEOUT_MS)
+
+    assert w.progress.value() == w.progress.maximum() == 30  # one fit, all its iterations
+    result = layer_to_mesh(fit)
+    assert result.n_cells == 2
+    found = np.asarray(measure(result)["centroid"], dtype=float).reshape(-1, 3)
+    # the cells are those of the second seed and of the seed added during the fit
+    np.testing.assert_allclose(found, centroids[1:], atol=1.5)
+    assert gui_errors == []

@@ -5,7 +5,8 @@ estimator (``estimate_seed_radii``, or ``estimate_interior_radii`` for interior 
 the PSF width of the widget's PSF; the seed rules are the pipeline's (``seed_mesh``: a seed
 smaller than a voxel is refused, overlapping spheres are shrunk until they touch) and what they
 did is said in the widget. Adding, moving or deleting a point updates the initial mesh shown as
-the fit's Surface layer (after a short pause, so a drag does not rebuild it on every mouse move).
+the fit's Surface layer (after a short pause, so a drag does not rebuild it on every mouse move);
+during a fit the seeds added or deleted join or leave the running fit (:mod:`._live_seeds`).
 
 A seed's estimate depends only on the image, its centre and the distance to its nearest other
 seed (the estimator reads shells out to 0.75 x that distance and caps the radius at 0.45 x it),
@@ -19,6 +20,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
+from ._live_seeds import LiveSeeds
 
 #: name of the Points layer "Click to seed" creates
 SEEDS_LAYER = "seeds"
@@ -111,6 +114,7 @@ class ClickSeeder:
         self._timer.setSingleShot(True)
         self._timer.setInterval(self.delay_ms)
         self._timer.timeout.connect(self.update)
+        self.live = LiveSeeds(widget, self)  # seeds changed during a fit join or leave it
 
     # ------------------------------------------------------------------ the layer
     def start(self):
@@ -229,7 +233,7 @@ class ClickSeeder:
                 return messages
         self._show_radii(layer, radii)
         if w.is_running:
-            return [*messages, f"{len(centres)} seed(s); they apply at the next Run (the running fit keeps its cells)"]
+            return [*messages, f"{len(centres)} seed(s); " + self.live.sync(centres, radii)]
         mesh, notes = seed_preview(
             centres, radii, spacing, edge_um=w.seed_panel.edge_um(), shape=tuple(image_layer.data.shape[-3:])
         )
