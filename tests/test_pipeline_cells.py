@@ -191,3 +191,21 @@ def test_changes_posted_to_a_running_fit_steps_apply_before_the_next_step():
     assert int((step.labels == 1).any(axis=1).sum()) == n_faces_1
     rest = list(steps)
     assert rest[-1].iteration == 12 and rest[-1].loss < step.loss
+
+
+def test_set_mesh_with_the_same_mesh_goes_on_as_if_nothing_happened():
+    """The optimiser state carries over: a fit handed its own mesh (every vertex continuing
+    itself) follows the uninterrupted fit's path; with fresh moments (source None) it does not."""
+    config = FitConfig(iterations=6, levels=(1,), target_edge_um=None, share_membranes=False)
+    args = (_shell_image(), SPACING, _start_mesh(), GaussianPSF(sigma_um=(SIGMA,) * 3), config)
+    straight, carried, fresh = Fitter(*args), Fitter(*args), Fitter(*args)
+    straight.run(6)
+    for fitter, source in ((carried, "same"), (fresh, None)):
+        fitter.run(3)
+        mesh = fitter.current_mesh()
+        fitter.set_mesh(mesh, np.arange(len(mesh.verts)) if source == "same" else None)
+        fitter.run(3)
+    want = straight.current_mesh().verts
+    np.testing.assert_allclose(carried.current_mesh().verts, want, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(carried.result().loss_history, straight.result().loss_history, rtol=1e-9)
+    assert np.abs(fresh.current_mesh().verts - want).max() > 1e-3
