@@ -6,7 +6,8 @@ sees the seeds change during the fit, it posts the difference (seeds gone: their
 new seeds: spheres with their estimated radii) as one ``pipeline.cells.CellChange`` into the
 fit's ``holder["changes"]``, which the fit applies before its next step. One change is in flight
 at a time: when the fit has answered (a timer polls ``change.done``), the cell list follows the
-answer (refused seeds said once, as a warning) and the seeds are compared again.
+answer (refused seeds said once, as a warning) and the seeds are compared again. A seed moved
+during the fit is both: its cell leaves and a fresh sphere joins where the seed now is.
 """
 
 from __future__ import annotations
