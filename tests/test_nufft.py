@@ -15,6 +15,7 @@ from deltamic_core.meshft.nufft_backend import (
     _TOLS,
     NufftBackend,
     _subdivided_rule,
+    rule_for_spans,
     rule_order,
     triangle_rule,
 )
@@ -69,6 +70,42 @@ def test_rule_table_is_conservative_on_fresh_triangles(tol):
             approx = np.sum(w * np.exp(-2j * np.pi * (lam @ p) @ k))
             worst = max(worst, abs(approx - exact))
     assert worst <= tol
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-6])
+def test_fewest_point_rule_meets_every_requirement_on_long_triangles(tol):
+    """rule_for_spans: spans beyond the largest rule get split into s x s pieces whose order
+    resolves theta / s (not the largest order on every piece): the error against a 60 x 60
+    rule on each piece stays below tol at phase spans up to theta, and the points are the
+    fewest over every (order, split) the table allows."""
+    rng = np.random.default_rng(7)
+    theta = np.array([10.0, 59.0, 61.0, 75.0, 110.0, 160.0])
+    row = int(np.searchsorted(-_TOLS, -tol))
+    order, sub = rule_for_spans([(theta, tol), (0.5 * theta, tol * 1e-2)])
+    assert np.all(order <= _THETA_MAX.shape[1])
+    for th, n, s in zip(theta, order, sub):
+        for req, t in ((th, tol), (0.5 * th, tol * 1e-2)):
+            assert rule_order(np.array([req / s]), t)[0] <= n
+        # no (order, split) with fewer points resolves both requirements
+        for s2 in range(1, 40):
+            n2 = max(rule_order(np.array([th / s2]), tol)[0], rule_order(np.array([0.5 * th / s2]), tol * 1e-2)[0])
+            if n2 <= _THETA_MAX.shape[1]:
+                assert n * n * s * s <= n2 * n2 * s2 * s2
+    # the accuracy the table promises, on fresh triangles: phase span exactly theta over the diameter
+    big_lam, big_w = _subdivided_rule(60, 4)
+    for th, n, s in zip(theta, order, sub):
+        lam, w = _subdivided_rule(int(n), int(s))
+        for _ in range(4):
+            p = rng.normal(size=(3, 3))
+            diam = max(np.linalg.norm(p[i] - p[j]) for i, j in [(0, 1), (1, 2), (0, 2)])
+            d = rng.normal(size=3)
+            k = d / np.linalg.norm(d) * th / (2 * np.pi * diam)
+            exact = np.sum(big_w * np.exp(-2j * np.pi * (big_lam @ p) @ k))
+            approx = np.sum(w * np.exp(-2j * np.pi * (lam @ p) @ k))
+            assert abs(approx - exact) <= tol
+    # the old choice (largest order, then split) used 30^2 x 4 points at theta 61-75 rad
+    assert order[2] ** 2 * sub[2] ** 2 < 30**2 * 4 / 2
+    assert _THETA_MAX[row, -1] < 61
 
 
 def _sphere_case(dtype, radius=4.0, level=3, sigma=(1.0, 0.6, 0.6)):

@@ -45,7 +45,7 @@ import math
 import numpy as np
 import torch
 
-from ..meshft.nufft_backend import _THETA_MAX, _TOLS, MAX_ORDER, _subdivided_rule, rule_order
+from ..meshft.nufft_backend import _TOLS, _subdivided_rule, rule_for_spans
 
 # points per chunk (memory ~ chunk x window x 24 bytes)
 _CHUNK_ELEMS = 1 << 22
@@ -95,22 +95,12 @@ class SurfaceQuadrature:
     def orders(self, tri: torch.Tensor):
         """Rule order and subdivision per face (numpy int arrays)."""
         e = (tri[:, [1, 2, 0]] - tri).detach().to(torch.float64).cpu().numpy()  # (F, 3 edges, 3)
-        order = np.ones(len(e), dtype=np.int64)
-        sub = np.ones(len(e), dtype=np.int64)
-        for t, k in self.rows:
-            # largest phase span over the edges for frequencies in the ellipsoid-like set of
-            # per-axis extents k: 2 pi sqrt(sum_a (k_a e_a)^2)
-            span = 2 * np.pi * np.sqrt(((e * k[None, None, :]) ** 2).sum(-1)).max(1)
-            o = rule_order(span, t)
-            row = min(int(np.searchsorted(-_TOLS, -t)), len(_TOLS) - 1)
-            top = _THETA_MAX[row][-1]
-            big = o > MAX_ORDER
-            s = np.where(big, np.ceil(span / top).astype(np.int64), 1)
-            o = np.where(big, MAX_ORDER, o)
-            # keep the finer of the requirements (subdivision dominates the order)
-            finer = (s > sub) | ((s == sub) & (o > order))
-            order = np.where(finer, o, order)
-            sub = np.where(finer, s, sub)
+        # largest phase span over the edges for frequencies in the ellipsoid-like set of per-axis
+        # extents k: 2 pi sqrt(sum_a (k_a e_a)^2); every row's requirement met with the fewest points
+        reqs = [(2 * np.pi * np.sqrt(((e * k[None, None, :]) ** 2).sum(-1)).max(1), t) for t, k in self.rows]
+        if not reqs:
+            return np.ones(len(e), dtype=np.int64), np.ones(len(e), dtype=np.int64)
+        order, sub = rule_for_spans(reqs)
         return order, sub
 
     def points(self, verts: torch.Tensor, faces: torch.Tensor, weights: torch.Tensor):
