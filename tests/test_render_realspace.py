@@ -256,29 +256,81 @@ def test_update_band_on_the_real_route_follows_a_changed_sigma():
 # ---------------------------------------------------------------------------------------
 # the native (C++) splat of whole triangles against the pure-torch splat of the points
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_native_triangle_splat_matches_the_torch_point_splat(dtype, monkeypatch):
+# two cases: a sphere sticking out of a small image on several sides (clipped windows, skipped
+# points; each face's points go through its local patch) and an icosahedron of 7 um faces in a
+# larger image (windows boxes beyond the patch limit: the direct scatter)
+_NATIVE_CASES = {
+    "clipped": dict(radius=2.3, sub=2, center=(0.4, -0.9, 1.1), shape=(10, 16, 14), origin=(-2.0, -2.2, -1.3)),
+    "big faces": dict(radius=6.5, sub=0, center=(0.0, 0.0, 0.0), shape=(30, 60, 60), origin=(-7.4, -7.4, -7.4)),
+}
+
+
+def _native_and_torch_splat(case, dtype, native):
     from deltamic_core.render import realspace
 
-    if realspace.native_module("cpu") is None:
-        pytest.skip("native kernel not available")
-    # a sphere that sticks out of the image on several sides: clipped windows, skipped points
-    v0, f = _sphere(2.3, 2, center=(0.4, -0.9, 1.1), dtype=dtype)
+    c = _NATIVE_CASES[case]
+    v0, f = _sphere(c["radius"], c["sub"], center=c["center"], dtype=dtype)
     w0 = torch.linspace(0.5, 2.0, len(f), dtype=dtype)
-    g = torch.sin(torch.arange(10 * 16 * 14, dtype=dtype)).reshape(10, 16, 14)
-    out = {}
-    for native in (True, False):
-        monkeypatch.setattr(realspace, "USE_NATIVE", native)
+    g = torch.sin(torch.arange(math.prod(c["shape"]), dtype=dtype)).reshape(c["shape"])
+    old = realspace.USE_NATIVE
+    realspace.USE_NATIVE = native
+    try:
         psf = GaussianPSF((0.45, 0.12, 0.15))
         r = Renderer(
-            (10, 16, 14), (0.5, 0.25, 0.25), psf, origin_um=(-2.0, -2.2, -1.3), route="real", dtype=dtype, margin_um=2.0
+            c["shape"], (0.5, 0.25, 0.25), psf, origin_um=c["origin"], route="real", dtype=dtype, margin_um=2.0
         )
         v = v0.clone().requires_grad_(True)
         w = w0.clone().requires_grad_(True)
         img = r.render(v, f, w)
         (img * g).sum().backward()
-        out[native] = (img.detach(), v.grad, w.grad, psf.log_diag.grad.clone())  # sigma's gradient too
+    finally:
+        realspace.USE_NATIVE = old
+    return img.detach(), v.grad, w.grad, psf.log_diag.grad.clone()  # sigma's gradient too
+
+
+@pytest.mark.parametrize("case", sorted(_NATIVE_CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_triangle_splat_matches_the_torch_point_splat(dtype, case):
+    from deltamic_core.render import realspace
+
+    if realspace.native_module("cpu") is None:
+        pytest.skip("native kernel not available")
+    native = _native_and_torch_splat(case, dtype, True)
+    ref = _native_and_torch_splat(case, dtype, False)
     tol = 1e-12 if dtype == torch.float64 else 2e-5
-    for a, b in zip(out[True], out[False]):
+    for a, b in zip(native, ref):
         assert _rel_max(a, b) < tol
-    assert float(out[True][0].abs().max()) > 0
+    assert float(native[0].abs().max()) > 0
+
+
+_BASELINE_SCRIPT = (
+    "import sys, torch\n"
+    "sys.path.insert(0, {tests!r})\n"
+    "import test_render_realspace as t\n"
+    "from deltamic_core import _C\n"
+    "assert _C.cpu_isa() == 'baseline', _C.cpu_isa()\n"
+    "torch.save({{c: t._native_and_torch_splat(c, torch.float64, True) for c in t._NATIVE_CASES}}, {out!r})\n"
+)
+
+
+def test_native_splat_portable_clone_gives_the_same_image_and_gradients(tmp_path):
+    """The splat's loops are compiled twice like meshft's (AVX2+FMA and baseline x86-64):
+    DELTAMIC_MESHFT_ISA=baseline forces the portable one in a fresh process; both agree in
+    float64 (image, vertex, weight and sigma gradients)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from deltamic_core.render import realspace
+
+    if realspace.native_module("cpu") is None:
+        pytest.skip("native kernel not available")
+    out = tmp_path / "baseline.pt"
+    code = _BASELINE_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+    env = dict(os.environ, DELTAMIC_MESHFT_ISA="baseline")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
+    other = torch.load(out)
+    for case in _NATIVE_CASES:
+        for a, b in zip(other[case], _native_and_torch_splat(case, torch.float64, True)):
+            assert _rel_max(a, b) < 1e-12

@@ -24,8 +24,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <string>
 #include <vector>
 
+#include "meshft.h"
 #include "splat.h"
 
 namespace splat {
@@ -68,145 +71,60 @@ Setup make_setup(const std::vector<int64_t>& shape, const std::vector<double>& s
   return s;
 }
 
-// Window of one axis for coordinate y: first voxel i0, clipped range [lo, hi) of t, and the
-// factors g (and optionally dg/dd, dg/dsigma) at t in [lo, hi). Returns false if empty.
-template <bool Deriv, bool Sig>
-inline bool axis_factors(const Axis& A, double y, int64_t& i0, int& lo, int& hi, double* g,
-                         double* dg, double* sg) {
-  i0 = static_cast<int64_t>(std::floor((y - A.o - A.r) / A.h)) + 1;
-  lo = static_cast<int>(std::max<int64_t>(0, -i0));
-  hi = static_cast<int>(std::min<int64_t>(A.W, A.n - i0));
-  if (lo >= hi) return false;
-  const double d0 = static_cast<double>(i0) * A.h + A.o - y;
-  double d = d0 + lo * A.h;
-  double e = std::exp(-d * d * A.inv2s2);
-  double rho = std::exp(-(2.0 * d * A.h + A.h * A.h) * A.inv2s2);
-  for (int t = lo; t < hi; ++t) {
-    const bool in = std::fabs(d) <= A.r;
-    const double G = A.cn * e;  // normalised Gaussian / n(c)
-    g[t] = in ? G - A.cut : 0.0;
-    if (Deriv) dg[t] = in ? -G * d * A.inv_s2 : 0.0;
-    if (Sig) sg[t] = in ? (G * (d * d * A.inv_s2 - 1.0) + A.cut) / A.sigma : 0.0;
-    e *= rho;
-    rho *= A.qq;
-    d += A.h;
-  }
-  return true;
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define SPLAT_HAVE_AVX2_CLONE 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#pragma GCC optimize("fp-contract=fast")
+#endif
+namespace isa_avx2 {
+#include "splat_cpu_kernels.h"
+}  // namespace isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+namespace isa_base {
+#include "splat_cpu_kernels.h"
+}  // namespace isa_base
+
+// the clone meshft's kernels use (DELTAMIC_MESHFT_ISA=baseline forces the portable one)
+bool use_avx2() {
+#ifdef SPLAT_HAVE_AVX2_CLONE
+  static const bool ok = std::string(meshft::cpu_isa()) == "avx2+fma";
+  return ok;
+#else
+  return false;
+#endif
 }
 
 template <typename T>
 void forward_faces(const Setup& S, const T* tri, const T* strength, const int64_t* face_rule,
                    const int64_t* rule_start, const double* lam, const double* rw, int64_t f0,
                    int64_t f1, T* img) {
-  double gz[kMaxWindow], gy[kMaxWindow], gx[kMaxWindow];
-  const Axis &Az = S.ax[0], &Ay = S.ax[1], &Ax = S.ax[2];
-  for (int64_t f = f0; f < f1; ++f) {
-    const T* c = tri + 9 * f;
-    const double sf = static_cast<double>(strength[f]);
-    if (sf == 0.0) continue;
-    const int64_t r = face_rule[f];
-    for (int64_t q = rule_start[r]; q < rule_start[r + 1]; ++q) {
-      const double l0 = lam[3 * q], l1 = lam[3 * q + 1], l2 = lam[3 * q + 2];
-      const double yz = l0 * c[0] + l1 * c[3] + l2 * c[6];
-      const double yy = l0 * c[1] + l1 * c[4] + l2 * c[7];
-      const double yx = l0 * c[2] + l1 * c[5] + l2 * c[8];
-      int64_t iz, iy, ix;
-      int zl, zh, yl, yh, xl, xh;
-      if (!axis_factors<false, false>(Az, yz, iz, zl, zh, gz, nullptr, nullptr)) continue;
-      if (!axis_factors<false, false>(Ay, yy, iy, yl, yh, gy, nullptr, nullptr)) continue;
-      if (!axis_factors<false, false>(Ax, yx, ix, xl, xh, gx, nullptr, nullptr)) continue;
-      const double s = sf * rw[q];
-      T gxt[kMaxWindow];
-      for (int t = xl; t < xh; ++t) gxt[t] = static_cast<T>(gx[t]);
-      for (int tz = zl; tz < zh; ++tz) {
-        const double az = s * gz[tz];
-        if (az == 0.0) continue;
-        for (int ty = yl; ty < yh; ++ty) {
-          const T a = static_cast<T>(az * gy[ty]);
-          T* row = img + ((iz + tz) * S.Y + (iy + ty)) * S.X + ix;
-          for (int tx = xl; tx < xh; ++tx) row[tx] += a * gxt[tx];
-        }
-      }
-    }
-  }
+#ifdef SPLAT_HAVE_AVX2_CLONE
+  if (use_avx2()) return isa_avx2::forward_faces<T>(S, tri, strength, face_rule, rule_start, lam, rw, f0, f1, img);
+#endif
+  isa_base::forward_faces<T>(S, tri, strength, face_rule, rule_start, lam, rw, f0, f1, img);
 }
 
 template <typename T, bool Sig>
 void backward_faces(const Setup& S, const T* tri, const T* strength, const int64_t* face_rule,
                     const int64_t* rule_start, const double* lam, const double* rw, const T* grad,
                     int64_t f0, int64_t f1, T* gtri, T* gstr, double* gsig) {
-  double gz[kMaxWindow], gy[kMaxWindow], gx[kMaxWindow];
-  double dz[kMaxWindow], dy[kMaxWindow], dx[kMaxWindow];
-  double sz[kMaxWindow], sy[kMaxWindow], sx[kMaxWindow];
-  const Axis &Az = S.ax[0], &Ay = S.ax[1], &Ax = S.ax[2];
-  for (int64_t f = f0; f < f1; ++f) {
-    const T* c = tri + 9 * f;
-    const double sf = static_cast<double>(strength[f]);
-    const int64_t r = face_rule[f];
-    double gc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-    double gs = 0.0;
-    for (int64_t q = rule_start[r]; q < rule_start[r + 1]; ++q) {
-      const double l0 = lam[3 * q], l1 = lam[3 * q + 1], l2 = lam[3 * q + 2];
-      const double yz = l0 * c[0] + l1 * c[3] + l2 * c[6];
-      const double yy = l0 * c[1] + l1 * c[4] + l2 * c[7];
-      const double yx = l0 * c[2] + l1 * c[5] + l2 * c[8];
-      int64_t iz, iy, ix;
-      int zl, zh, yl, yh, xl, xh;
-      if (!axis_factors<true, Sig>(Az, yz, iz, zl, zh, gz, dz, sz)) continue;
-      if (!axis_factors<true, Sig>(Ay, yy, iy, yl, yh, gy, dy, sy)) continue;
-      if (!axis_factors<true, Sig>(Ax, yx, ix, xl, xh, gx, dx, sx)) continue;
-      double val = 0, ddz = 0, ddy = 0, ddx = 0, vsz = 0, vsy = 0, vsx = 0;
-      for (int tz = zl; tz < zh; ++tz) {
-        double a0 = 0, ady = 0, a1 = 0, a2 = 0, asy = 0;
-        for (int ty = yl; ty < yh; ++ty) {
-          const T* row = grad + ((iz + tz) * S.Y + (iy + ty)) * S.X + ix;
-          double x0 = 0, x1 = 0, x2 = 0;
-          for (int tx = xl; tx < xh; ++tx) {
-            const double v = static_cast<double>(row[tx]);
-            x0 += gx[tx] * v;
-            x1 += dx[tx] * v;
-            if (Sig) x2 += sx[tx] * v;
-          }
-          a0 += gy[ty] * x0;
-          ady += dy[ty] * x0;
-          a1 += gy[ty] * x1;
-          if (Sig) {
-            a2 += gy[ty] * x2;
-            asy += sy[ty] * x0;
-          }
-        }
-        val += gz[tz] * a0;
-        ddz += dz[tz] * a0;
-        ddy += gz[tz] * ady;
-        ddx += gz[tz] * a1;
-        if (Sig) {
-          vsz += sz[tz] * a0;
-          vsy += gz[tz] * asy;
-          vsx += gz[tz] * a2;
-        }
-      }
-      const double s = sf * rw[q];
-      // d = x_voxel - y: d/dy = -d/dd
-      const double pz = -s * ddz, py = -s * ddy, px = -s * ddx;
-      gc[0] += l0 * pz;
-      gc[1] += l0 * py;
-      gc[2] += l0 * px;
-      gc[3] += l1 * pz;
-      gc[4] += l1 * py;
-      gc[5] += l1 * px;
-      gc[6] += l2 * pz;
-      gc[7] += l2 * py;
-      gc[8] += l2 * px;
-      gs += rw[q] * val;
-      if (Sig) {
-        gsig[0] += s * vsz;
-        gsig[1] += s * vsy;
-        gsig[2] += s * vsx;
-      }
-    }
-    for (int k = 0; k < 9; ++k) gtri[9 * f + k] = static_cast<T>(gc[k]);
-    gstr[f] = static_cast<T>(gs);
-  }
+#ifdef SPLAT_HAVE_AVX2_CLONE
+  if (use_avx2())
+    return isa_avx2::backward_faces<T, Sig>(S, tri, strength, face_rule, rule_start, lam, rw, grad, f0, f1, gtri,
+                                            gstr, gsig);
+#endif
+  isa_base::backward_faces<T, Sig>(S, tri, strength, face_rule, rule_start, lam, rw, grad, f0, f1, gtri, gstr,
+                                   gsig);
 }
 
 void check_args(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
