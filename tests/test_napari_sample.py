@@ -66,3 +66,28 @@ def test_cache_key_depends_on_every_parameter():
 
 
 # File > Open Sample in a shown viewer: tests/test_napari_user_paths.py
+
+
+def test_sample_truth_mesh_is_wound_by_its_labels_and_editable():
+    """The sample's truth layer is a labelled mesh a user can measure and edit like a fit: every
+    cell's faces wound outward (trimesh's own volume of the cell's closed surface, positive and
+    equal to the labelled signed volume), and each cell can be split by a plane."""
+    import trimesh
+
+    from deltamic_core.geometry.edit import split_cell
+    from deltamic_core.geometry.measure import measure
+
+    mesh, _ = _sample_data.embryo_mesh()
+    table = measure(mesh)  # orients the faces itself: the reference volumes
+    volumes = dict(zip(np.asarray(table["cell"]).tolist(), np.asarray(table["volume_um3"]).tolist()))
+    for cell in (1, 2, 3):
+        sel = (mesh.labels == cell).any(axis=1)
+        faces = mesh.faces[sel].copy()
+        inward = mesh.labels[sel, 1] == cell  # normal points from l1 into l2: into this cell
+        faces[inward] = faces[inward][:, [0, 2, 1]]
+        tm = trimesh.Trimesh(mesh.verts, faces, process=False)
+        assert tm.volume > 0
+        assert volumes[cell] == pytest.approx(tm.volume, rel=1e-9)
+        centre = mesh.verts[np.unique(faces)].mean(axis=0)
+        parts = split_cell(mesh, cell, centre + [0, 1, 0], centre - [0, 1, 0])
+        assert len(np.unique(parts.labels[parts.labels > 0])) == 4
