@@ -87,7 +87,7 @@ def _run(args) -> int:
         app.processEvents()
         time.sleep(0.02)
     if widget.is_running:
-        widget.stop_fit()  # Stop button: ends after the current iteration, keeps the last mesh
+        widget.stop_fit()  # Stop button: abandons the step in progress, keeps the last mesh
         while widget.is_running:
             app.processEvents()
             time.sleep(0.02)

@@ -61,3 +61,10 @@ def sphere_stack(tmp_path):
     seeds = tmp_path / "seeds.csv"
     seeds.write_text("z,y,x\n" + ",".join(f"{v:.6f}" for v in seed) + "\n")
     return path, seeds, seed
+
+
+def start_fit(qtbot, w, timeout_ms: int = 180_000) -> None:
+    """Click Run and wait until the fit's worker has prepared the job (the initial mesh is
+    shown and the progress bar leaves its busy state), or has ended (an input error)."""
+    click(qtbot, w.run_button)
+    qtbot.waitUntil(lambda: w.progress.maximum() > 0 or not w.is_running, timeout=timeout_ms)

@@ -75,7 +75,7 @@ def _seed_setup(viewer, w, centres, radius):
 
 
 def test_overlapping_seeds_are_shrunk_and_the_widget_says_so(
-    make_napari_viewer, gui_open_widget, gui_errors, gui_warnings
+    make_napari_viewer, gui_open_widget, qtbot, gui_errors, gui_warnings
 ):
     viewer = make_napari_viewer(show=True)
     w = gui_open_widget(viewer)
@@ -95,9 +95,17 @@ def test_overlapping_seeds_are_shrunk_and_the_widget_says_so(
     # no vertex of one sphere strictly inside the other
     r_other = d[np.arange(len(v)), 1 - near]
     assert r_other.min() >= 3.0 - 1e-6
+    # Run prepares the job in its worker: the same warning, once, as a notification
+    gui_warnings.clear()
+    w.iter_box.setValue(1)
+    w.levels_edit.setText("1")
+    w.run_button.click()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=120_000)
+    assert not gui_errors, gui_errors
+    assert sum("overlapping seed sphere(s) shrunk" in m for m in gui_warnings) == 1, gui_warnings
 
 
-def test_seed_smaller_than_a_voxel_is_refused(make_napari_viewer, gui_open_widget, gui_errors, gui_warnings):
+def test_seed_smaller_than_a_voxel_is_refused(make_napari_viewer, gui_open_widget, qtbot, gui_errors, gui_warnings):
     viewer = make_napari_viewer(show=True)
     w = gui_open_widget(viewer)
     _seed_setup(viewer, w, [[8.0, 12.0, 12.0]], 0.5)  # voxel 1 um
@@ -107,6 +115,7 @@ def test_seed_smaller_than_a_voxel_is_refused(make_napari_viewer, gui_open_widge
     assert "\n" not in gui_errors[0]
     assert len(viewer.layers) == n_layers  # nothing built
     # the same refusal when Run is pressed with these seeds
-    w.run_button.click()
+    w.run_button.click()  # checked by the fit's worker
+    qtbot.waitUntil(lambda: not w.is_running, timeout=60_000)
     assert len(gui_errors) == 2 and "smaller than a voxel" in gui_errors[1], gui_errors
-    assert not w.is_running
+    assert w.run_button.isEnabled()

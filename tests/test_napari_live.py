@@ -1,10 +1,14 @@
-"""A running fit in napari's own activity dock, in a shown viewer under Xvfb: napari's progress
-bar (its text carries the loss) appears when Run is clicked, advances with the fit, and goes
-away when Stop is clicked; every Surface update is a new fit state (no unchanged mesh re-sent).
-Speed numbers (time to the first update, updates per second, Stop latency) are measured by
-``benchmarks/bench_napari.py``, not asserted here."""
+"""A running fit in a shown viewer under Xvfb, driven through the buttons: napari's progress bar
+in its activity dock (its text carries the loss) appears when Run is clicked, advances with the
+fit, and goes away when Stop is clicked; every Surface update is a new fit state (no unchanged
+mesh re-sent); Stop abandons the step in progress and keeps the last completed one; a fit that
+diverges or fails inside a step ends with one error notification and the widget idle again.
+Speed numbers (time to the first update, updates per second, Stop latency, the longest stall of
+the UI thread) are measured by ``benchmarks/bench_napari.py``, not asserted here."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -15,27 +19,11 @@ pytestmark = [
     pytest.mark.filterwarnings("error:Private attribute access:FutureWarning"),
 ]
 
-from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QApplication, QLabel, QMainWindow, QProgressBar, QWidget  # noqa: E402
 
-from napari_deltamic import _sample_data  # noqa: E402
+from gui_helpers import click, start_fit  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
-
-
-@pytest.fixture(scope="session")
-def embryo(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAPARI_DELTAMIC_CACHE", str(tmp_path_factory.getbasetemp() / "deltamic-sample-cache"))
-    try:
-        yield _sample_data.synthetic_embryo()
-    finally:
-        mp.undo()
-
-
-def _click(qtbot, button) -> None:
-    assert button.isEnabled(), f"the {button.text()!r} button is disabled"
-    qtbot.mouseClick(button, Qt.LeftButton)
 
 
 def _activity_bars() -> list[tuple[str, int]]:
@@ -53,12 +41,9 @@ def _activity_bars() -> list[tuple[str, int]]:
     return out
 
 
-@pytest.mark.slow
-def test_fit_progress_and_loss_in_the_activity_dock_and_stop(
-    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors
-):
-    viewer = make_napari_viewer(show=True)
-    w = gui_open_widget(viewer)
+def _one_cell(viewer, open_widget, embryo, iterations: int = 500):
+    """The widget from the Plugins menu on a crop of the sample around one cell, one seed."""
+    w = open_widget(viewer)
     spacing = np.asarray(embryo["spacing_um"])
     c = embryo["centroids_um"][0]
     lo = np.maximum(np.floor((c - 5.5) / spacing).astype(int), 0)
@@ -70,11 +55,51 @@ def test_fit_progress_and_loss_in_the_activity_dock_and_stop(
     w.seed_combo.set_layer(viewer.layers["seeds"])
     w.radius_box.setValue(3.0)
     w.edge_box.setValue(1.5)
-    w.iter_box.setValue(500)
+    w.iter_box.setValue(iterations)
     w.levels_edit.setText("1")
+    return w
+
+
+class _RenderFault:
+    """Replaces ``Renderer.render`` (the fit's forward model, run in the worker thread): normal
+    until ``arm()``, then each call is ``fault(original, *args)``; ``entered`` is set on the
+    first faulty call."""
+
+    def __init__(self, monkeypatch, fault):
+        from deltamic_core.render.renderer import Renderer
+
+        original = Renderer.render
+        self.armed = threading.Event()
+        self.entered = threading.Event()
+
+        def render(renderer, *args, **kwargs):
+            if not self.armed.is_set():
+                return original(renderer, *args, **kwargs)
+            self.entered.set()
+            return fault(lambda: original(renderer, *args, **kwargs))
+
+        monkeypatch.setattr(Renderer, "render", render)
+
+    def arm(self) -> None:
+        self.armed.set()
+
+    def disarm(self) -> None:
+        self.armed.clear()
+
+
+def _idle(w) -> bool:
+    return not w.is_running and w.run_button.isEnabled() and not w.stop_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_fit_progress_and_loss_in_the_activity_dock_and_stop(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors
+):
+    viewer = make_napari_viewer(show=True)
+    w = _one_cell(viewer, gui_open_widget, embryo)
     assert not any("deltaMic" in t for t, _ in _activity_bars())
 
-    _click(qtbot, w.run_button)
+    start_fit(qtbot, w)
     layer = viewer.layers["crop fit"]
     states = []
     layer.events.data.connect(lambda e: states.append(np.array(layer.vertices, copy=True)))
@@ -85,7 +110,7 @@ def test_fit_progress_and_loss_in_the_activity_dock_and_stop(
     assert "loss" in text and value >= 1
     assert w.activity.total == 500
 
-    _click(qtbot, w.stop_button)
+    click(qtbot, w.stop_button)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
     qtbot.waitUntil(lambda: not any("deltaMic fit" in t for t, _ in _activity_bars()), timeout=10_000)
     # every update showed a new state of the fit: consecutive meshes all differ
@@ -93,3 +118,88 @@ def test_fit_progress_and_loss_in_the_activity_dock_and_stop(
     for a, b in zip(states, states[1:]):
         assert a.shape != b.shape or np.abs(a - b).max() > 0
     assert gui_errors == []
+
+
+@pytest.mark.slow
+def test_stop_abandons_the_step_in_progress_and_keeps_the_last_completed_one(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch
+):
+    release = threading.Event()
+
+    def held(render):  # the step's render waits until the test lets it go (after Stop)
+        release.wait(60)
+        return render()
+
+    fault = _RenderFault(monkeypatch, held)
+    viewer = make_napari_viewer(show=True)
+    w = _one_cell(viewer, gui_open_widget, embryo)
+    start_fit(qtbot, w)
+    layer = viewer.layers["crop fit"]
+    qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 2, timeout=FIT_TIMEOUT_MS)
+    fault.arm()
+    qtbot.waitUntil(fault.entered.is_set, timeout=FIT_TIMEOUT_MS)  # a step is in its render now
+    w.runner.deliver()  # what the runner's timer does: every completed step is shown now
+    completed = len(w.loss_plot.losses)
+    assert completed >= 2 and layer.metadata["fit_iteration"] == completed
+    click(qtbot, w.stop_button)
+    release.set()  # the render returns; the cancelled step must not be completed
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert _idle(w)
+    assert len(w.loss_plot.losses) == completed
+    assert layer.metadata["fit_iteration"] == completed
+    assert w.runner.last_result.mesh.metadata["fit_iterations"] == completed
+    np.testing.assert_allclose(layer.vertices, w.runner.last_result.mesh.verts, atol=1e-4)
+    assert f"done: {completed} iterations" in w.status_label.text()
+    assert gui_errors == []
+
+
+def _non_finite(render):
+    import torch
+
+    return torch.full_like(render(), float("inf"))
+
+
+def _allocation_fails(render):  # torch's words when an allocation fails
+    raise RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+        "you tried to allocate 1073741824 bytes."
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (_non_finite, "fit failed: fit diverged: 8 consecutive steps"),
+        (_allocation_fails, "not enough memory for this fit"),
+    ],
+    ids=["diverges", "runtime-error"],
+)
+def test_a_fit_failing_inside_a_step_ends_with_one_error_and_the_widget_idle(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch, fault, message
+):
+    # both are RuntimeErrors raised inside Fitter.step in the worker thread: FitDivergedError
+    # after 8 rolled-back steps (every render non-finite), and an allocation failure of torch's
+    faulty = _RenderFault(monkeypatch, fault)
+    viewer = make_napari_viewer(show=True)
+    w = _one_cell(viewer, gui_open_widget, embryo)
+    start_fit(qtbot, w)
+    layer = viewer.layers["crop fit"]
+    qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 2, timeout=FIT_TIMEOUT_MS)
+    faulty.arm()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert _idle(w)
+    assert len(gui_errors) == 1 and message in gui_errors[0], gui_errors
+    # the last good mesh stays, as the last step before the failure left it
+    n = len(w.loss_plot.losses)
+    assert n >= 2 and layer.metadata["fit_iteration"] == n
+    assert np.isfinite(layer.vertices).all()
+    assert message in w.status_label.text() and f"iteration {n}" in w.status_label.text()
+    qtbot.waitUntil(lambda: not any("deltaMic fit" in t for t, _ in _activity_bars()), timeout=10_000)
+    # and the widget runs again
+    faulty.disarm()
+    gui_errors.clear()
+    w.iter_box.setValue(2)
+    start_fit(qtbot, w)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert _idle(w) and gui_errors == [] and layer.metadata["fit_iteration"] == 2

@@ -20,7 +20,7 @@ pytestmark = [
 from qtpy.QtCore import QThreadPool  # noqa: E402
 
 from gui_helpers import click as _click  # noqa: E402
-from gui_helpers import sphere_stack  # noqa: E402
+from gui_helpers import sphere_stack, start_fit  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
 
@@ -70,9 +70,9 @@ def test_run_updates_the_surface_then_stop_keeps_the_last_mesh(
 ):
     viewer = make_napari_viewer(show=True)
     w, _ = _setup(viewer, gui_open_widget, embryo, iterations=500)
-    _click(qtbot, w.run_button)
+    start_fit(qtbot, w)
     assert w.is_running and not w.run_button.isEnabled() and w.stop_button.isEnabled()
-    layer = viewer.layers["crop fit"]  # the seed mesh, shown at once
+    layer = viewer.layers["crop fit"]  # the seed mesh, shown once the worker prepared the job
     seed = np.array(layer.vertices, copy=True)
     # the Surface layer updates while the fit runs
     qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 2, timeout=FIT_TIMEOUT_MS)
@@ -95,7 +95,7 @@ def test_short_fit_lowers_the_loss_and_gives_results(
 ):
     viewer = make_napari_viewer(show=True)
     w, image = _setup(viewer, gui_open_widget, embryo, iterations=4)
-    _click(qtbot, w.run_button)
+    start_fit(qtbot, w)
     layer = viewer.layers["crop fit"]
     v0 = np.array(layer.vertices, copy=True)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
@@ -201,9 +201,12 @@ def test_errors_are_reported_not_raised(make_napari_viewer, gui_open_widget, qtb
     assert "no seeds" in gui_errors[-1]
 
     viewer.layers["none"].data = np.array([[100.0, 100.0, 100.0]])  # far outside the 8 x 8 x 8 um box
-    _click(qtbot, w.run_button)
-    assert "outside the image" in gui_errors[-1]
-    assert not w.is_running and w.run_button.isEnabled()
+    n = len(gui_errors)
+    _click(qtbot, w.run_button)  # the seeds are checked by the fit's worker
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert len(gui_errors) == n + 1 and "outside the image" in gui_errors[-1]
+    assert "fit failed" not in gui_errors[-1]  # a mistake in the input, said as it is
+    assert w.run_button.isEnabled() and not w.stop_button.isEnabled()
 
     w.psf_combo.setCurrentText("Hanser + Zernike")
     w.zernike_edit.setText("4=abc")

@@ -117,8 +117,9 @@ class ImageSourceMixin:
             f"voxel size typed in the widget ({axes})" if axes else "voxel size from the layer's scale"
         )
 
-    def _image_volume(self, layer) -> np.ndarray:
-        """The (Z, Y, X) float32 volume to fit: the current time point of a time series."""
+    def _image_volume(self, layer, *, materialise: bool = True) -> np.ndarray:
+        """The (Z, Y, X) float32 volume to fit: the current time point of a time series (as the
+        layer holds it, e.g. lazily, with ``materialise=False``)."""
         from deltamic_core._checks import check_memory
 
         data = layer.data
@@ -127,7 +128,7 @@ class ImageSourceMixin:
             data = data[t]
         # lazy (dask/zarr) layers: refuse before materialising a volume that cannot fit
         check_memory(4.0 * float(np.prod(data.shape[-3:])), f"image layer {layer.name!r} as float32")
-        return np.asarray(data, dtype=np.float32)
+        return np.asarray(data, dtype=np.float32) if materialise else data
 
     # ------------------------------------------------------------------ result folder, command line
     def _image_file(self, layer) -> str | None:

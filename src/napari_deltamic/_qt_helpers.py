@@ -136,10 +136,17 @@ class LossPlot(QWidget):
         self.canvas.draw_idle()
 
     def append(self, iteration: int, loss: float) -> None:
-        if not math.isfinite(loss):
+        self.extend([(iteration, loss)])
+
+    def extend(self, points) -> None:
+        """Add (iteration, loss) points (non-finite losses are skipped) and redraw once."""
+        n = len(self.losses)
+        for iteration, loss in points:
+            if math.isfinite(loss):
+                self.iterations.append(int(iteration))
+                self.losses.append(float(loss))
+        if len(self.losses) == n:
             return
-        self.iterations.append(int(iteration))
-        self.losses.append(float(loss))
         self._line.set_data(self.iterations, self.losses)
         ax = self.ax
         ax.set_xlim(0, max(1, self.iterations[-1]))

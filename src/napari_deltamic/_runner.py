@@ -1,20 +1,31 @@
-"""The widget's fit runner: a napari thread worker driving the pipeline's fit, step by step.
+"""The widget's fit runner: the job prepared and fitted in a napari thread worker, the newest
+state handed to the main thread at the pace it can draw.
 
-:class:`FitRunner` starts ``deltamic_core.pipeline.fit_steps`` on a prepared FitJob in a
-``thread_worker`` generator that yields one :class:`Step` per iteration. The worker never
-touches layers: the yielded values are delivered on the main thread (Qt queued signal), so
-the viewer stays responsive and Stop/close ask the generator to quit after the current step.
+:class:`FitRunner` runs one fit at a time. The worker thread does all of the work: it prepares
+the job (``pipeline.prepare``: the input checks, seed radii, the initial mesh), builds the
+fit and steps it (``pipeline.fit_steps``). It never touches a layer: it posts into a
+:class:`Mailbox` (the prepared job once, then every step), and a timer on the main thread
+takes what is there: the newest state only (states the viewer had no time to draw are
+dropped), the loss of every step. Stop cancels the step in progress (``Fitter.cancel``): the
+fit ends within a stage of the step, keeping the last completed one.
+
+Failures of the worker reach the main thread as a :class:`FitError` at the end of the run,
+never as an exception raised out of the generator: superqt's worker takes a RuntimeError that
+escapes it for "the Qt object was deleted" and ends without its ``errored`` and ``finished``
+signals, and the fit's own errors (``FitDivergedError``, ``FitCancelled``, torch's) are
+RuntimeErrors.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QObject, Qt, QTimer
 
 
 @dataclass
@@ -30,50 +41,145 @@ class Step:
     rolled_back: bool
     psf_params: dict  # the PSF model's as_dict() (changes with "learn PSF")
     seconds: float  # wall time of this iteration
-    since_start: float  # wall time since the fit was started (includes building the fit plan)
+    since_start: float  # wall time since Run (includes preparing the job and the fit's plan)
 
 
-def fit_step_values(prepared, t0: float, holder: dict):
-    """Worker body: the pipeline's fit steps as :class:`Step` values.
+class FitError(Exception):
+    """A failure in the fit's worker, with the original exception (``original``) and its message.
 
-    The Fitter lives only in ``holder`` (see ``pipeline.fit_steps``): clearing it releases the
-    solver and render plan even while the quit generator stays suspended.
+    Deliberately not a RuntimeError (see the module's docstring)."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original) or type(original).__name__)
+        self.original = original
+
+
+@dataclass
+class Delivery:
+    """What the worker posted since the main thread last looked."""
+
+    prepared: object = None  # the prepared job (pipeline.Prepared), once, first
+    notes: list = field(default_factory=list)  # the pipeline's InputWarnings while preparing it
+    latest: Step | None = None  # the newest accepted step
+    losses: list = field(default_factory=list)  # (iteration, loss, seconds) of every accepted step
+    rolled_back: list = field(default_factory=list)  # iterations whose step was rolled back
+
+    def __bool__(self) -> bool:
+        return self.prepared is not None or self.latest is not None or bool(self.rolled_back)
+
+
+class Mailbox:
+    """Latest-value slot between the worker (``post_*``) and the main thread (:meth:`take`)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._box = Delivery()
+        self.error: FitError | None = None
+
+    def post_prepared(self, prepared, notes: list) -> None:
+        with self._lock:
+            self._box.prepared, self._box.notes = prepared, list(notes)
+
+    def post_step(self, step: Step) -> None:
+        with self._lock:
+            if step.rolled_back:
+                self._box.rolled_back.append(step.iteration)
+            else:
+                self._box.latest = step  # an older state not yet taken is dropped
+                self._box.losses.append((step.iteration, step.loss, step.seconds))
+
+    def take(self) -> Delivery:
+        """What was posted since the last take; the prepared job alone first (its initial mesh
+        is shown before any fitted state)."""
+        with self._lock:
+            box = self._box
+            if box.prepared is not None:
+                first = Delivery(prepared=box.prepared, notes=box.notes)
+                box.prepared, box.notes = None, []
+                return first
+            self._box = Delivery()
+        return box
+
+
+def _to_step(res, seconds: float, since_start: float) -> Step:
+    return Step(
+        int(res.iteration),
+        float(res.loss),
+        np.asarray(res.verts, dtype=np.float64),
+        np.asarray(res.faces, dtype=np.int64),
+        None if res.labels is None else np.asarray(res.labels, dtype=np.int32),
+        int(res.level),
+        bool(res.rolled_back),
+        dict(res.psf_params),
+        seconds,
+        since_start,
+    )
+
+
+def _prepare(make_prepared: Callable, mailbox: Mailbox):
+    """``make_prepared()`` with the pipeline's InputWarnings collected for the main thread (as
+    notifications there); other warnings go on as usual."""
+    from deltamic_core.pipeline.errors import InputWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        prepared = make_prepared()
+    notes = []
+    for w in caught:
+        if issubclass(w.category, InputWarning):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    mailbox.post_prepared(prepared, notes)
+    return prepared
+
+
+def fit_worker(make_prepared: Callable, holder: dict, mailbox: Mailbox, t0: float):
+    """Worker body: prepare the job, then fit it step by step, posting into ``mailbox``.
+
+    Yields nothing useful (a yield between steps lets ``worker.quit()`` end it). The Fitter
+    lives only in ``holder`` (see ``pipeline.fit_steps``): clearing it releases the solver and
+    the render plan even while the quit generator stays suspended. Never raises: a failure is
+    left in ``mailbox.error``; a cancelled step (Stop) simply ends the fit.
     """
+    from deltamic_core.fit import FitCancelled
     from deltamic_core.pipeline import fit_steps
 
-    t_prev = time.perf_counter()
-    for res in fit_steps(prepared, holder):
-        now = time.perf_counter()
-        labels = None if res.labels is None else np.asarray(res.labels, dtype=np.int32)
-        step = Step(
-            int(res.iteration),
-            float(res.loss),
-            np.asarray(res.verts, dtype=np.float64),
-            np.asarray(res.faces, dtype=np.int64),
-            labels,
-            int(res.level),
-            bool(res.rolled_back),
-            dict(res.psf_params),
-            now - t_prev,
-            now - t0,
-        )
-        del res
-        yield step
+    try:
+        prepared = _prepare(make_prepared, mailbox)
+        if holder["stop"].is_set():
+            return
         t_prev = time.perf_counter()
+        for res in fit_steps(prepared, holder):
+            now = time.perf_counter()
+            mailbox.post_step(_to_step(res, now - t_prev, now - t0))
+            del res
+            yield None
+            t_prev = time.perf_counter()
+    except Exception as exc:  # noqa: BLE001 - reported on the main thread when the worker ends
+        if not isinstance(exc, FitCancelled):
+            mailbox.error = FitError(exc)
 
 
-class FitRunner:
-    """One fit at a time in a background thread; callbacks run on the main thread.
+class FitRunner(QObject):
+    """One fit at a time in a background thread; the callbacks run on the main thread.
 
-    ``on_step(Step)``, ``on_error(exception)`` and ``on_finished()`` are the worker's
-    ``yielded``, ``errored`` and ``finished`` signals.
+    ``on_prepared(prepared, notes)`` once the worker has prepared the job; ``on_update(Delivery)``
+    when new steps arrived (at most every ``interval_ms``, and only while the main thread is
+    free); ``on_error(FitError)`` and then ``on_finished()`` when the worker has ended.
     """
 
-    def __init__(self, on_step: Callable, on_error: Callable, on_finished: Callable):
-        self._on_step, self._on_error, self._on_finished = on_step, on_error, on_finished
+    def __init__(self, on_prepared, on_update, on_error, on_finished, *, interval_ms: int = 40, parent=None):
+        super().__init__(parent)
+        self._on_prepared, self._on_update = on_prepared, on_update
+        self._on_error, self._on_finished = on_error, on_finished
         self.worker = None
         self._holder: dict = {}
+        self._mailbox = Mailbox()
         self._thread_done = threading.Event()
+        self._timer = QTimer(self)
+        self._timer.setInterval(int(interval_ms))
+        self._timer.timeout.connect(self.deliver)
         self.started_at = 0.0
         self.last_result = None  # FitResult of the last finished fit
         self.last_timings: dict = {}
@@ -83,44 +189,69 @@ class FitRunner:
     def is_running(self) -> bool:
         return self.worker is not None
 
-    def start(self, prepared) -> None:
+    def start(self, make_prepared: Callable) -> None:
+        """Run ``make_prepared()`` (-> ``pipeline.Prepared``) and then its fit in a worker."""
         from napari.qt.threading import create_worker
 
         if self.worker is not None:
             raise ValueError("a fit is already running: stop it first")
-        self._holder = {}
-        self.last_result, self.last_prepared = None, prepared
+        self._holder = {"stop": threading.Event()}
+        self._mailbox = Mailbox()
+        self.last_result, self.last_prepared = None, None
         self.started_at = time.perf_counter()
-        worker = create_worker(fit_step_values, prepared, self.started_at, self._holder, _start_thread=False)
-        worker.yielded.connect(self._on_step)
-        worker.errored.connect(self._on_error)
+        worker = create_worker(
+            fit_worker, make_prepared, self._holder, self._mailbox, self.started_at, _start_thread=False
+        )
         worker.finished.connect(self._finished)
         # set from the worker thread itself, so shutdown() can wait without an event loop
         self._thread_done = threading.Event()
         worker.finished.connect(self._thread_done.set, Qt.DirectConnection)
         self.worker = worker
         worker.start()
+        self._timer.start()
+
+    def deliver(self) -> bool:
+        """Hand what the worker posted to the callbacks (main thread); False if nothing was new."""
+        box = self._mailbox.take()
+        if box.prepared is not None:
+            self.last_prepared = box.prepared
+            self._on_prepared(box.prepared, box.notes)
+        elif box:
+            self._on_update(box)
+        return bool(box)
 
     def _finished(self) -> None:
+        self._timer.stop()
         self.worker = None
+        while self.deliver():  # what was posted since the last tick, the last state included
+            pass
         fitter = self._holder.get("fitter")
         if fitter is not None:
             try:  # the fit's final state (as the CLI reports it); the thread has ended
                 self.last_result = fitter.result()
+                elapsed = time.perf_counter() - self.started_at
                 self.last_timings = {
-                    "fit_s": time.perf_counter() - self.started_at,
-                    "per_iteration_s": (time.perf_counter() - self.started_at) / max(fitter.iteration, 1),
+                    "fit_s": elapsed,
+                    "per_iteration_s": elapsed / max(fitter.iteration, 1),
                     **{f"fitter_{k}_s": float(v) for k, v in self.last_result.timings.items()},
                 }
             except Exception:  # noqa: BLE001 - a report without the fit's history, not a crash
                 self.last_result = None
         self._holder.clear()  # release the Fitter (solver, render plan) now
+        if self._mailbox.error is not None:
+            self._on_error(self._mailbox.error)
         self._on_finished()
 
     def stop(self) -> None:
-        """Ask the fit to stop after the current iteration."""
-        if self.worker is not None:
-            self.worker.quit()
+        """Stop now: the step in progress is abandoned at its next stage (the fit keeps the
+        last completed step); before the first step, the fit ends without one."""
+        if self.worker is None:
+            return
+        self._holder["stop"].set()  # before looking for the fitter: see pipeline.fit_steps
+        fitter = self._holder.get("fitter")
+        if fitter is not None:
+            fitter.cancel()
+        self.worker.quit()
 
     def shutdown(self, timeout_s: float = 60.0) -> bool:
         """Stop a running fit and wait (up to ``timeout_s``) for its thread to end, processing no
@@ -129,10 +260,10 @@ class FitRunner:
         if worker is None:
             return True
         try:
-            worker.yielded.disconnect(self._on_step)
-        except (TypeError, RuntimeError):
+            self._timer.stop()
+        except RuntimeError:  # deleted with the widget
             pass
-        worker.quit()
+        self.stop()
         if self._thread_done.wait(timeout_s):
             self.worker = None
             self._holder.clear()

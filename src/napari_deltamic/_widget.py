@@ -15,7 +15,6 @@ Surface layers hold vertices in um, so image and meshes overlay without further 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject
@@ -32,7 +31,7 @@ from ._layers import (
     mesh_to_layer_data,
     vertex_cell_ids,
 )
-from ._notify import _guarded, _input_warnings_shown, _show_error, start_worker
+from ._notify import _guarded, _input_warnings_shown, _show_error, _show_warning, start_worker
 from ._panels import AUTO_SEEDS, FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
 from ._results_actions import ResultsMixin
 from ._runner import FitRunner, Step
@@ -106,9 +105,6 @@ _CONTROLS = {
 class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
     """Dock widget: image + seeds + PSF -> fitted cell meshes, labels and measurements."""
 
-    #: the Surface layer is refreshed at most this often during a fit (seconds)
-    update_interval_s = 0.1
-
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         import napari
@@ -117,13 +113,14 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self._layers = napari.layers
         self._closing = False
         self._last_step: Step | None = None
-        self._last_update = 0.0
         self._fit_layer = None
         self._workers = {}  # name -> the running thread worker of a button (_notify.start_worker)
         self.first_update_s: float | None = None  # time from Run to the first surface update
         self.step_times: list[float] = []
         self.measurements: list[dict] = []
-        self.runner = FitRunner(self._on_step, self._on_error, self._on_finished)
+        self._applied_iteration = None
+        self._run_error: str | None = None  # the last run's failure, as notified
+        self.runner = FitRunner(self._on_prepared, self._on_update, self._on_error, self._on_finished, parent=self)
 
         self.image_panel = ImagePanel(self.viewer, self._layers)
         self.seed_panel = SeedPanel(self.viewer, self._layers)
@@ -241,14 +238,15 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
             return PSFSpec(learn=bool(self.learn_psf.isChecked()))
         return self.psf_panel.psf_spec()
 
-    def fit_job(self):
+    def fit_job(self, *, materialise: bool = True):
         """The FitJob of the widget's settings: the job ``deltamic fit`` builds from the
-        equivalent command line (same defaults), on the current image layer's data."""
+        equivalent command line (same defaults), on the current image layer's data (as the
+        layer holds it with ``materialise=False``: ``pipeline.prepare`` reads it)."""
         from deltamic_core.pipeline import FitJob
 
         image = self._image_layer()
         return FitJob(
-            image_data=self._image_volume(image),
+            image_data=self._image_volume(image, materialise=materialise),
             spacing_um=self.spacing_um(),
             origin_um=tuple(image_origin(image)),
             init=self.init_spec(),
@@ -261,10 +259,25 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
 
     def prepare(self):
         """The checked fit of :meth:`fit_job` (``pipeline.prepare``; a bead layer's PSF if chosen)."""
-        from deltamic_core import pipeline
+        return self._preparation()()
 
-        measured = self.make_psf() if self.psf_panel.model() is None else None
-        return pipeline.prepare(self.fit_job(), psf=measured)
+    def _preparation(self):
+        """``make() -> pipeline.Prepared`` for a worker thread: the controls are read now (main
+        thread), the image read, checked and seeded, and a bead image measured, by ``make``."""
+        job = self.fit_job(materialise=False)
+        bead = None if self.psf_panel.model() is not None else self._bead_layer()
+        bead_data, bead_spacing = (None, None) if bead is None else (bead.data, image_spacing(bead))
+
+        def make():
+            from deltamic_core import pipeline
+            from deltamic_core.psf import MeasuredPSF
+
+            measured = None
+            if bead is not None:
+                measured = MeasuredPSF.from_bead_image(np.asarray(bead_data, dtype=np.float32), bead_spacing)
+            return pipeline.prepare(job, psf=measured)
+
+        return make
 
     # ------------------------------------------------------------------ seeds
     def stain(self) -> str:
@@ -343,8 +356,8 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         data, kwargs, _ = mesh_to_layer_data(mesh, name, extra_metadata={VOXEL_UNITS_KEY: False})
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], self._layers.Surface):
             layer = self.viewer.layers[name]
+            layer.metadata = kwargs["metadata"]  # first: the data event sees the mesh it shows
             layer.data = data
-            layer.metadata = kwargs["metadata"]
             layer.contrast_limits = kwargs["contrast_limits"]
             return layer
         return self.viewer.add_surface(data, **kwargs)
@@ -357,12 +370,16 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
 
         if self.psf_panel.model() is not None:
             return pipeline.make_psf(self.psf_spec(), self.spacing_um())
+        bead = self._bead_layer()
+        return MeasuredPSF.from_bead_image(np.asarray(bead.data, dtype=np.float32), image_spacing(bead))
+
+    def _bead_layer(self):
         bead = self.bead_combo.layer()
         if bead is None:
             raise ValueError("measured PSF: choose an Image layer holding a bead image")
         if bead.ndim != 3:
             raise ValueError(f"measured PSF: bead image {bead.name!r} has {bead.ndim} dimensions, (Z, Y, X) needed")
-        return MeasuredPSF.from_bead_image(np.asarray(bead.data, dtype=np.float32), image_spacing(bead))
+        return bead
 
     def _current_mesh(self):
         """The mesh to preview: the fit layer if present, else the seeds."""
@@ -432,27 +449,37 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
 
     @_guarded
     def run_fit(self, *args):
-        """Start a fit in a background thread; the Surface layer updates as it goes."""
+        """Start a fit in a background thread: the job is prepared there too (input checks,
+        seed radii, the initial mesh, shown when ready); the Surface layer updates as it goes."""
         if self.runner.is_running:
             raise ValueError("a fit is already running: stop it first")
-        with _input_warnings_shown():
-            prepared = self.prepare()
+        make = self._preparation()  # reads the controls; the work is done by the worker
         self.save_settings()
-        self._fit_layer = self._show_mesh(prepared.init_mesh, self._fit_layer_name())
         self._last_step = None
         self.step_times = []
         self.first_update_s = None
-        self.loss_plot.clear()
-        self.progress.setRange(0, prepared.config.total_iterations)
-        self.progress.setValue(0)
-        self.status_label.setText("building the render plan...")
-        self._last_update = 0.0
         self._applied_iteration = None
-        self._start_activity(prepared.config.total_iterations)
-        self.runner.start(prepared)
+        self._run_error = None
+        self.loss_plot.clear()
+        self.progress.setRange(0, 0)  # busy until the job is prepared
+        self.status_label.setText("preparing the fit...")
+        self.runner.start(make)
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         return self.runner.worker
+
+    def _on_prepared(self, prepared, notes) -> None:
+        """The worker prepared the job: show the initial mesh, the progress bars."""
+        for note in notes:
+            _show_warning(note)
+        if self._closing:
+            return
+        self._fit_layer = self._show_mesh(prepared.init_mesh, self._fit_layer_name())
+        total = prepared.config.total_iterations
+        self.progress.setRange(0, total)
+        self.progress.setValue(0)
+        self.status_label.setText("building the render plan...")
+        self._start_activity(total)
 
     def _start_activity(self, total: int) -> None:
         """A progress bar in napari's activity dock (napari's ``progress``), the loss in its text."""
@@ -497,31 +524,34 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
             bar.close()
 
     def stop_fit(self, *args) -> None:
-        """Ask the fit to stop after the current iteration; the last good mesh stays."""
+        """Stop the fit now (the step in progress is abandoned); the last good mesh stays."""
         if self.runner.is_running:
-            self.status_label.setText("stopping after this iteration...")
+            self.status_label.setText("stopping...")
             self.runner.stop()
 
-    def _on_step(self, step: Step) -> None:
+    def _on_update(self, box) -> None:
+        """New steps from the worker (``_runner.Delivery``): the newest state is drawn, the loss of
+        every step plotted."""
         if self._closing:
             return
-        if step.rolled_back:
+        if box.rolled_back:
             # the core undid a step that produced NaN/Inf and halved the step size
-            self.status_label.setText(f"iteration {step.iteration}: step rolled back (non-finite), step size halved")
+            self.status_label.setText(
+                f"iteration {box.rolled_back[-1]}: step rolled back (non-finite), step size halved"
+            )
+        step = box.latest
+        if step is None:
             return
         if not (math.isfinite(step.loss) and np.isfinite(step.verts).all()):
             self.stop_fit()
             _show_error(f"iteration {step.iteration} produced NaN/Inf; stopped and kept the last good mesh")
             return
         self._last_step = step
-        self.step_times.append(step.seconds)
-        self.loss_plot.append(step.iteration, step.loss)
+        self.step_times.extend(seconds for _, _, seconds in box.losses)
+        self.loss_plot.extend((it, loss) for it, loss, _ in box.losses)
         self.progress.setValue(step.iteration)
         self._activity_state = (step.iteration, step.loss)  # shown by the activity timer
-        now = time.perf_counter()
-        if now - self._last_update >= self.update_interval_s or step.iteration == self.progress.maximum():
-            self._apply_step(step)
-            self._last_update = time.perf_counter()
+        self._apply_step(step)
         per_it = float(np.median(self.step_times))
         self.status_label.setText(
             f"iteration {step.iteration}/{self.progress.maximum()}  loss {step.loss:.4g}  {per_it:.2f} s/iteration"
@@ -531,29 +561,38 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         layer = self._fit_layer
         if layer is None or layer not in self.viewer.layers:
             return  # the user deleted the layer: keep fitting, show nothing
-        if getattr(self, "_applied_iteration", None) == step.iteration:
+        if self._applied_iteration == step.iteration:
             return  # already shown: never re-send an unchanged mesh
         self._applied_iteration = step.iteration
-        from deltamic_core.mesh import Mesh
-
-        mesh = Mesh(step.verts, step.faces, labels=step.labels)
-        layer.data = (step.verts.astype(np.float32), step.faces, vertex_cell_ids(mesh))
         meta = dict(layer.metadata)
+        same_cells = _same(meta.get("labels"), step.labels) and _same(layer.faces, step.faces)
         if step.labels is not None:
             meta["labels"] = step.labels
         meta["fit_iteration"] = step.iteration
         meta["fit_loss"] = step.loss
-        layer.metadata = meta
+        layer.metadata = meta  # first: the data event below sees the state it shows
+        verts = step.verts.astype(np.float32)
+        if same_cells:  # only the vertices moved: faces and cell colours stay
+            layer.vertices = verts
+        else:
+            from deltamic_core.mesh import Mesh
+
+            layer.data = (verts, step.faces, vertex_cell_ids(Mesh(step.verts, step.faces, labels=step.labels)))
         if self.first_update_s is None:
             self.first_update_s = step.since_start
 
     def _on_error(self, exc: Exception) -> None:
-        msg = str(exc) or type(exc).__name__
-        if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
+        """The worker failed (``_runner.FitError``): one notification, in the user's terms."""
+        original = getattr(exc, "original", exc)
+        msg = str(exc) or type(original).__name__
+        if isinstance(original, MemoryError) or any(m in msg.lower() for m in ("out of memory", "not enough memory")):
             msg = (
                 f"not enough memory for this fit ({msg}): crop the image, use fewer/larger triangles, or a smaller band"
             )
-        _show_error(f"fit failed: {msg}")
+        if not isinstance(original, ValueError):  # a ValueError is about the input: said as it is
+            msg = f"fit failed: {msg}"
+        self._run_error = msg
+        _show_error(msg)
 
     def _on_finished(self) -> None:
         self._end_activity()
@@ -562,6 +601,8 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         if self._last_step is not None:
             self._apply_step(self._last_step)  # the last good mesh, also after Stop
             text = f"done: {self._last_step.iteration} iterations, loss {self._last_step.loss:.4g}"
+            if self._run_error:
+                text = f"{self._run_error}\nkept the mesh of iteration {self._last_step.iteration}"
             if self.learn_psf.isChecked():
                 text += "\nlearned " + self._show_learned_psf(self._last_step.psf_params)
             self.status_label.setText(text)
@@ -569,7 +610,9 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
             if labels_layer is not None and labels_layer in self.viewer.layers:
                 self.make_labels()  # keep the Labels layer and its features in step with the meshes
         else:
-            self.status_label.setText("stopped before the first iteration")
+            self.status_label.setText(self._run_error or "stopped before the first iteration")
+        if self.progress.maximum() == 0:  # ended while preparing: no busy bar any more
+            self.progress.setRange(0, 1)
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
 
@@ -653,3 +696,11 @@ class _CloseWatcher(QObject):
             if len(chain) > 1 and obj is chain[-1]:
                 self._callback()
         return False
+
+
+def _same(a, b) -> bool:
+    """Two optional arrays hold the same values (None only equals None)."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.array_equal(a, b))

@@ -130,14 +130,19 @@ def fit_steps(p: Prepared, holder: dict | None = None):
     the generator stays suspended; the generator then ends. Cells are added or removed while it
     runs by putting a :class:`~deltamic_core.pipeline.cells.CellChange` into
     ``holder["changes"]`` (:func:`~deltamic_core.pipeline.cells.changes_queue`, made here if
-    absent): it is applied before the next step, the other cells go on where they are.
+    absent): it is applied before the next step, the other cells go on where they are. A
+    ``threading.Event`` in ``holder["stop"]``, once set, ends the generator before the next
+    step (a caller that also calls ``holder["fitter"].cancel()`` abandons the step in
+    progress: it raises :class:`~deltamic_core.fit.FitCancelled`, the state stays the last
+    completed step's).
     """
     from .cells import apply_changes, changes_queue
 
     holder = {} if holder is None else holder
     changes = changes_queue(holder)
     holder["fitter"] = make_fitter(p)
-    while "fitter" in holder and not holder["fitter"].done:
+    stop = holder.get("stop")
+    while "fitter" in holder and not holder["fitter"].done and not (stop is not None and stop.is_set()):
         apply_changes(holder["fitter"], changes)
         yield holder["fitter"].step()
 
