@@ -15,7 +15,7 @@ pytestmark = [
     pytest.mark.filterwarnings("error:Private attribute access:FutureWarning"),
 ]
 
-from gui_helpers import click, click_canvas_at  # noqa: E402
+from gui_helpers import click, click_canvas_at, start_fit  # noqa: E402
 
 TIMEOUT_MS = 60_000
 IMAGE = "embryo"
@@ -222,7 +222,7 @@ def test_seeds_added_and_removed_during_a_fit_join_and_leave_it(
     click(qtbot, w.click_button)  # the seeds layer, in add mode
     w.iter_box.setValue(30)
     w.levels_edit.setText("1")
-    click(qtbot, w.run_button)
+    start_fit(qtbot, w)
     assert w.is_running
     fit = viewer.layers[f"{IMAGE} fit"]
     assert layer_to_mesh(fit).n_cells == 2

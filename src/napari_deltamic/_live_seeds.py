@@ -35,6 +35,7 @@ class LiveSeeds:
         self.refused: set = set()
         self.pending = None  # (CellChange, added seeds) in flight
         self._prepared = None  # the fit the cell list belongs to
+        self._starting = False  # seeds changed while the fit's job was being prepared
         self._timer = QTimer(widget)
         self._timer.setInterval(self.poll_ms)
         self._timer.timeout.connect(self._poll)
@@ -55,6 +56,9 @@ class LiveSeeds:
         """Post the difference between the seeds and the running fit's cells; what happens, in words."""
         from deltamic_core.pipeline.cells import CellChange, changes_queue
 
+        if self.w.runner.last_prepared is None:  # Run clicked, its worker still preparing the job
+            self._starting = True
+            return "the fit is starting: the seeds are compared with its cells once it runs"
         self._follow_fit()
         if self.cells is None:
             return "the running fit did not start from these seeds: they apply at the next Run"
@@ -77,6 +81,12 @@ class LiveSeeds:
         self.pending = (change, add)
         self._timer.start()
         return f"running fit: {len(add)} cell(s) in, {len(remove)} out at its next step..."
+
+    def fit_prepared(self) -> None:
+        """The running fit's job is prepared: seeds changed meanwhile are compared now."""
+        if self._starting:
+            self._starting = False
+            self.seeder.schedule()
 
     def _poll(self) -> None:
         if self.pending is None:

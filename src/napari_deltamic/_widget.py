@@ -480,6 +480,7 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self.progress.setValue(0)
         self.status_label.setText("building the render plan...")
         self._start_activity(total)
+        self.seeder.live.fit_prepared()  # seeds clicked while the job was prepared join the fit now
 
     def _start_activity(self, total: int) -> None:
         """A progress bar in napari's activity dock (napari's ``progress``), the loss in its text."""
