@@ -224,6 +224,28 @@ def test_auto_route_follows_the_sampling_and_builds_the_band_only_when_asked():
     assert img.shape == (12, 16, 16) and bool(torch.isfinite(img).all())
 
 
+def test_auto_route_with_the_native_splat_takes_well_sampled_gaussians_too(monkeypatch):
+    """With the native Gaussian splat, "auto" compares the window with the oversampling the
+    Fourier route would need (window <= 3000 x its product), also without oversampling; the
+    pure-torch splat keeps the old rule (only undersampled PSFs, small windows)."""
+    from deltamic_core.render import realspace
+
+    if realspace.native_module("cpu") is None:
+        pytest.skip("native kernel not available")
+    sampled = ((0.8, 0.35, 0.35), (0.5, 0.25, 0.25))  # no oversampling needed, 1,872-voxel window
+    r = Renderer((12, 16, 16), sampled[1], GaussianPSF(sampled[0]))
+    assert r._real is not None and math.prod(r._real.fourier_oversampling) == 1
+    assert r.route == "real" and math.prod(r._real.window) == 1872
+    too_wide = Renderer((12, 16, 16), (0.5, 0.25, 0.25), GaussianPSF((1.2, 0.55, 0.55)))  # 6,480 voxels
+    assert too_wide.route == "fourier"
+    # a Fourier band asked for more accuracy than the real route's tolerance gives keeps the old rule
+    strict = Renderer((12, 16, 16), sampled[1], GaussianPSF(sampled[0]), band_threshold=1e-8)
+    assert strict.route == "fourier"
+    monkeypatch.setattr(realspace, "USE_NATIVE", False)
+    assert Renderer((12, 16, 16), sampled[1], GaussianPSF(sampled[0])).route == "fourier"
+    assert Renderer((12, 16, 16), (0.5, 0.25, 0.25), GaussianPSF((0.35, 0.09, 0.09))).route == "real"
+
+
 def test_real_route_is_refused_for_a_learnt_psf_it_cannot_differentiate():
     psf = GaussianPSF(covariance_um2=[[0.1, 0.0, 0.0], [0.0, 0.01, 0.0], [0.0, 0.0, 0.01]])
     with pytest.raises(ValueError, match="route='real'"):

@@ -49,7 +49,7 @@ import warnings
 
 import torch
 
-from .._checks import as_tensor, check_memory, check_same_device, check_vertices
+from .._checks import as_tensor, check_faces, check_memory, check_same_device, check_vertices
 from ..grid import FFTGrid, GridBand
 from . import volume_real
 from .plan import PaddedBox, alias_fold, band_from_otf, boundary_otf, check_band_threshold, oversampled_grid, padded_box
@@ -603,7 +603,13 @@ class Renderer:
         v, faces, weights, n_faces = self._prepare(verts, faces, weights)
         self._check_render_memory(n_faces, v.shape[0], volume_weight)
         if self.route == "real" and (_is_zero(volume_weight) or volume_real.supports(self._real)):
-            image = self._real_image(v, faces.long(), weights, volume_weight)
+            # the Fourier route's transform checks these; the splat indexes with them directly
+            faces = check_faces(faces, v.shape[0], "faces")
+            if weights is not None and (weights.ndim != 1 or weights.shape[0] != n_faces):
+                raise ValueError(
+                    f"weights must have shape (F,) = ({n_faces},), one intensity per face, got {tuple(weights.shape)}"
+                )
+            image = self._real_image(v, faces, weights, volume_weight)
             self._last_backend = "realspace"
             if not (isinstance(gain, (int, float)) and gain == 1):
                 image = image * gain
