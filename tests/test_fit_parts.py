@@ -493,3 +493,55 @@ def test_close_contact_gaps_fills_thin_gaps_between_cells_only():
     # a single cell is never grown
     single = np.where(lab == 1, 1, 0).astype(np.int32)
     np.testing.assert_array_equal(close_contact_gaps(single, spacing, 5.0), single)
+
+
+def test_tension_adds_its_fraction_of_the_data_loss_and_pulls_the_surface_in():
+    from deltamic_core.geometry import face_areas
+
+    plain, tense = _tiny_fitter(), _tiny_fitter(tension=0.5)
+    area0 = float(face_areas(tense.current_mesh().verts, tense.current_mesh().faces).sum())
+    l_plain, l_tense = plain.step().loss, tense.step().loss
+    # first step: same mesh, so the data loss is the same and the area term is half of it
+    assert l_tense == pytest.approx(1.5 * l_plain, rel=1e-6)
+    assert tense._tension_scale * area0 == pytest.approx(0.5 * l_plain, rel=1e-6)
+
+    def radius(fitter):
+        v = fitter.run().mesh.verts
+        return float(np.linalg.norm(v - 6.0, axis=1).mean())
+
+    # a strong tension makes the fitted shell smaller than the data alone (radius 3)
+    r_plain = radius(_tiny_fitter(iterations=30))
+    r_tense = radius(_tiny_fitter(iterations=30, tension=5.0))
+    assert r_tense < r_plain - 0.05
+    with pytest.raises(ValueError, match="tension"):
+        FitConfig(tension=-1.0)
+
+
+def test_reshare_joins_a_new_contact_and_keeps_the_current_surfaces():
+    from deltamic_core.fit import Fitter
+    from deltamic_core.geometry import cell_surface, contacts, icosphere, merge_meshes, meshes_from_labels
+    from deltamic_core.psf import GaussianPSF
+
+    # cells 1 and 2 already share a membrane; cell 3 (a separate sphere) now overlaps cell 2
+    spacing = (0.5, 0.5, 0.5)
+    lab = np.zeros((20, 20, 36), np.int32)
+    lab[5:15, 5:15, 4:12] = 1
+    lab[5:15, 5:15, 12:20] = 2
+    pair = meshes_from_labels(lab, spacing, 1.0, shared=True)
+    sphere = icosphere((5.0, 5.0, 12.4), 2.5, 3)  # cell 2 ends at x = 9.75 um
+    mesh = merge_meshes([pair, sphere])
+    assert [tuple(p) for p in zip(contacts(mesh)["cell_a"], contacts(mesh)["cell_b"])] == [(1, 2)]
+    img = np.random.default_rng(0).random(lab.shape)
+    fitter = Fitter(img, spacing, mesh, GaussianPSF(sigma_um=1.0), FitConfig(levels=(1,), iterations=1))
+    out = fitter._share_membranes(mesh, again=True)
+    got = contacts(out)
+    assert {(int(a), int(b)) for a, b in zip(got["cell_a"], got["cell_b"])} == {(1, 2), (2, 3)}
+    # the free part of the sphere is back on the sphere (the rebuild alone is voxel-accurate)
+    free3 = np.unique(out.faces[((out.labels == 0) & (out.labels.max(axis=1, keepdims=True) == 3)).any(axis=1)])
+    free3 = np.setdiff1d(free3, np.unique(out.faces[(out.labels > 0).all(axis=1)]))
+    r = np.linalg.norm(out.verts[free3] - [5.0, 5.0, 12.4], axis=1)
+    assert np.abs(r - 2.5).max() < 0.05
+    # nothing new to join: no rebuild (and without `again`, a mesh with shared faces stays)
+    assert fitter._share_membranes(out, again=True) is None
+    assert fitter._share_membranes(mesh) is None
+    assert cell_surface(out, 3).faces.size > 0

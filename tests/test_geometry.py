@@ -539,3 +539,34 @@ def test_meshes_from_labels_shared_membranes():
     for cell in (1, 2, 5):
         iou = np.count_nonzero((lab == cell) & (back == cell)) / np.count_nonzero((lab == cell) | (back == cell))
         assert iou >= 0.95, (cell, iou)
+
+
+def test_snap_to_cells_puts_a_rebuilt_mesh_back_on_the_reference_surfaces():
+    from deltamic_core.geometry import snap_to_cells
+
+    # reference: two separate spheres of radius 3 (0.2 um apart); the rebuild: their labels
+    # grown by 0.3 um until they touch, as one shared-membrane mesh (voxel-accurate, too big)
+    r, spacing = 3.0, (0.25, 0.25, 0.25)
+    c1, c2 = np.array([4.0, 4.0, 4.0 - 3.1]) + [0, 0, 4.0], np.array([4.0, 4.0, 4.0 + 3.1]) + [0, 0, 4.0]
+    reference = merge_meshes([icosphere(c1, r, 5), icosphere(c2, r, 5)])
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip((33, 33, 65), spacing)], indexing="ij")
+    p = np.stack([z, y, x], axis=-1)
+    d1, d2 = np.linalg.norm(p - c1, axis=-1), np.linalg.norm(p - c2, axis=-1)
+    lab = np.where((d1 < r + 0.3) & (d1 <= d2), 1, np.where(d2 < r + 0.3, 2, 0)).astype(np.int32)
+    rebuilt = meshes_from_labels(lab, spacing, 0.5, shared=True)
+    shared = (rebuilt.labels > 0).all(axis=1)
+    assert shared.any()
+    free1 = np.unique(rebuilt.faces[(rebuilt.labels == 0).any(axis=1) & (rebuilt.labels == 1).any(axis=1)])
+    free1 = np.setdiff1d(free1, np.unique(rebuilt.faces[shared]))  # not on the junction
+    before = np.abs(np.linalg.norm(rebuilt.verts[free1] - c1, axis=1) - r)
+    assert before.mean() > 0.15  # the rebuild really is off
+    out = snap_to_cells(rebuilt, reference, max_um=1.0)
+    np.testing.assert_array_equal(out.faces, rebuilt.faces)
+    np.testing.assert_array_equal(out.labels, rebuilt.labels)
+    after = np.abs(np.linalg.norm(out.verts[free1] - c1, axis=1) - r)
+    assert after.max() < 0.01  # on the sphere (up to the icosphere's chords)
+    # a shared vertex goes half way between the two cells' surfaces: on the mid plane
+    mid = np.unique(rebuilt.faces[shared])
+    assert np.abs(out.verts[mid, 2] - 0.5 * (c1[2] + c2[2])).max() < 0.02
+    # moves longer than max_um are not made
+    np.testing.assert_array_equal(snap_to_cells(rebuilt, reference, max_um=0.1).verts[free1], rebuilt.verts[free1])

@@ -209,6 +209,8 @@ _CHECKS = (
     ("coarse_blur", _nonneg),
     ("share_membranes", _flag),
     ("contact_gap_um", _nonneg),
+    ("reshare_membranes", _flag),
+    ("tension", _nonneg),
     ("band_threshold", _below_one),
     ("backend", _string),
     ("device", _device),
@@ -338,6 +340,18 @@ class FitConfig:
         their contact (given to the nearer cell): after the blurred first level touching cells
         often keep a thin gap, which would otherwise stay two sheets. 0 = only cells whose
         voxels touch share a membrane.
+    reshare_membranes : bool
+        At every later level change, rebuild again (with ``contact_gap_um``) when the
+        rasterised cells touch as a pair that is not yet a contact of the mesh (two cells whose
+        gap closed during the level), then move the rebuilt mesh back onto the current,
+        sub-voxel surfaces (:func:`deltamic_core.geometry.snap_to_cells`).
+    tension : float >= 0
+        A surface-tension prior: the loss gets ``tension x L0 x A / A0`` added, A the total
+        membrane area (a shared membrane counted once), A0 and L0 the area and the data loss at
+        each level's first step (so ``tension`` is the relative loss of a relative area change).
+        Two neighbours' free membranes that run together along their contact image exactly
+        like their shared membrane, so the data cannot move the junction over them; the area
+        can: zipping them into the shared sheet removes one of the two. 0 = off.
 
     Rendering
     ---------
@@ -386,6 +400,8 @@ class FitConfig:
     coarse_blur: float = 2.0
     share_membranes: bool = True
     contact_gap_um: float = 0.0
+    reshare_membranes: bool = False
+    tension: float = 0.0
 
     band_threshold: float = 1e-3
     backend: str = "auto"

@@ -308,6 +308,7 @@ class Fitter:
         self._backend = config.backend
         self._shared_done = False
         self._level_rebuilt = False
+        self._tension_scale = None  # loss per um^2 of membrane on this level (FitConfig.tension)
         self._photo = self._photo_opt = None  # learnt log-gain and background (photometric="learn")
         self._psf_opt = None
         if config.learn_psf:
@@ -429,14 +430,15 @@ class Fitter:
             self._custom_weights = None
         return out
 
-    def _share_membranes(self, mesh: Mesh) -> Mesh | None:
+    def _share_membranes(self, mesh: Mesh, again: bool = False) -> Mesh | None:
         """One multi-material mesh (shared membranes as single sheets) for separate closed
         cells that touch, or None when there is nothing to merge (see
         ``FitConfig.share_membranes``)."""
-        from ..geometry import label_image, meshes_from_labels
+        from ..geometry import label_image, meshes_from_labels, snap_to_cells
         from ..geometry.ops import edge_lengths
 
-        if mesh.labels is None or len(mesh.cell_ids) < 2 or bool((mesh.labels > 0).all(axis=1).any()):
+        already = mesh.labels is not None and bool((mesh.labels > 0).all(axis=1).any())
+        if mesh.labels is None or len(mesh.cell_ids) < 2 or (already and not again):
             return None
         if self._custom_weights is not None:
             return None  # custom weights cannot follow a change of topology
@@ -448,14 +450,16 @@ class Fitter:
         # their surfaces: fill it so that the contact becomes one sheet, not two
         lab = close_contact_gaps(lab, self.spacing_um, self.config.contact_gap_um)
         # touching = face-adjacent voxels of two different cells
-        touch = False
+        pairs = set()
         for axis in range(3):
             a = np.moveaxis(lab, axis, 0)
             p, q = a[1:], a[:-1]
-            if bool(((p != q) & (p > 0) & (q > 0)).any()):
-                touch = True
-                break
-        if len(ids) < 2 or not touch or len(ids) != len(mesh.cell_ids):
+            sel = (p != q) & (p > 0) & (q > 0)
+            pairs.update(zip(np.minimum(p[sel], q[sel]).tolist(), np.maximum(p[sel], q[sel]).tolist()))
+        if already:  # a rebuild only for a contact the mesh does not have yet
+            both = mesh.labels[(mesh.labels > 0).all(axis=1)]
+            pairs -= set(zip(both.min(axis=1).tolist(), both.max(axis=1).tolist()))
+        if len(ids) < 2 or not pairs or len(ids) != len(mesh.cell_ids):
             self._timings["remesh"] += time.perf_counter() - t0
             return None  # a cell vanished on the grid (too small): keep the separate surfaces
         edge = self.config.target_edge_um
@@ -464,6 +468,8 @@ class Fitter:
         out = meshes_from_labels(lab, self.spacing_um, edge, shared=True)
         # the label image is in the frame whose voxel (0, 0, 0) is at the origin
         out = out.copy(verts=out.verts + np.asarray(self.origin_um))
+        if again:  # the current surfaces are sub-voxel accurate: keep them
+            out = snap_to_cells(out, mesh, 2.0 * max(self.spacing_um))
         self._timings["remesh"] += time.perf_counter() - t0
         if not np.all(np.isfinite(out.verts)) or len(out.faces) == 0:
             return None
@@ -553,9 +559,10 @@ class Fitter:
         self._backend = renderer.backend_name
         mesh = self.current_mesh() if self._level is not None else self._mesh
         rebuilt = False
-        if cfg.share_membranes and index > 0 and not self._shared_done:
+        if cfg.share_membranes and index > 0 and (cfg.reshare_membranes or not self._shared_done):
+            again = self._shared_done
             self._shared_done = True
-            shared = self._share_membranes(mesh)
+            shared = self._share_membranes(mesh, again=again)
             if shared is not None:
                 mesh, rebuilt = shared, True
         # a rebuilt mesh is only voxel-accurate: it needs full-size steps, not a refinement's
@@ -567,6 +574,7 @@ class Fitter:
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
         self._consecutive_failures = 0
+        self._tension_scale = None
         self._photo = self._photo_opt = None
         return _Level(
             index,
@@ -695,6 +703,16 @@ class Fitter:
         self._backend = r.backend_name
         return membrane + self._volume_level * volume
 
+    def _tension_term(self, x: torch.Tensor, data_loss: torch.Tensor) -> torch.Tensor:
+        """FitConfig.tension x L0 x A / A0: the membrane area A (a shared membrane counted
+        once) in units of its value A0 and of the data loss L0 at the level's first step."""
+        a = x[self._faces]
+        area = 0.5 * torch.linalg.vector_norm(torch.cross(a[:, 1] - a[:, 0], a[:, 2] - a[:, 0], dim=1), dim=1).sum()
+        if self._tension_scale is None:
+            ref = abs(float(data_loss.detach()))
+            self._tension_scale = self.config.tension * ref / max(float(area.detach()), 1e-30)
+        return (self._tension_scale * area).to(data_loss.dtype)
+
     def _try_step(self, lr: float) -> float:
         u = self._u.clone().requires_grad_(True)
         if self._psf_opt is not None:
@@ -705,6 +723,8 @@ class Fitter:
         x = self._precond.to_vertices(u)
         rendered = self._render(x)
         loss = self._loss(rendered)
+        if self.config.tension > 0:
+            loss = loss + self._tension_term(x, loss)
         t1 = time.perf_counter()
         self._timings["render"] += t1 - t0
         loss_value = float(loss.detach())

@@ -4,7 +4,8 @@ Everything works on :class:`~deltamic_core.mesh.Mesh` (vertices in um, (z, y, x)
 labelled (l1, l2) with the normal pointing from l1 into l2; a plain mesh is one outward cell).
 
 - :mod:`.ops`: areas, normals, volumes (NumPy or differentiable torch), edges, adjacency,
-  per-cell surfaces, orientation repair (``orient_outward``), ``merge_meshes``.
+  per-cell surfaces, orientation repair (``orient_outward``), ``merge_meshes``,
+  ``snap_to_cells`` (a rebuilt mesh back onto the surfaces it was rasterised from).
 - :mod:`.seed`: ``icosphere``, ``seed_spheres``, ``meshes_from_labels`` (one closed surface per
   label, or with ``shared=True`` one multi-material mesh from :mod:`.surface_nets`).
 - :mod:`.remesh`: isotropic remeshing per interface patch with junction resampling
@@ -35,6 +36,7 @@ from .ops import (
     orient_consistently,
     orient_outward,
     signed_volume,
+    snap_to_cells,
     vertex_face_adjacency,
     volumes_by_label,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "merge_meshes",
     "volumes_by_label",
     "offset_to_volume",
+    "snap_to_cells",
     "orient_outward",
     "orient_consistently",
     "icosphere",

@@ -19,6 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from ..mesh import Mesh
 
 __all__ = [
+    "snap_to_cells",
     "face_normals",
     "face_areas",
     "signed_volume",
@@ -199,6 +200,37 @@ def cell_volumes(mesh: Mesh) -> dict[int, float]:
     for c in np.unique(labels[labels > 0]):
         out[int(c)] = float(tet[labels[:, 0] == c].sum() - tet[labels[:, 1] == c].sum())
     return out
+
+
+def snap_to_cells(mesh: Mesh, reference: Mesh, max_um: float) -> Mesh:
+    """``mesh`` with every vertex moved to the mean of its closest points on the surfaces, in
+    ``reference``, of the cells it bounds (a vertex of a shared membrane between two cells
+    goes half way between their two surfaces); vertices whose move would exceed ``max_um``,
+    and cells missing from ``reference``, stay. Connectivity and labels are unchanged.
+
+    Used after a rebuild from a label image (voxel-accurate) to put the new mesh back on the
+    sub-voxel surfaces it was rasterised from."""
+    from gpytoolbox import squared_distance
+
+    labels = face_labels(mesh)
+    ref_labels = face_labels(reference)
+    total = np.zeros_like(mesh.verts)
+    count = np.zeros(len(mesh.verts))
+    for cell in np.unique(labels[labels > 0]):
+        if not (ref_labels == cell).any():
+            continue
+        ref = cell_surface(reference, int(cell))
+        idx = np.unique(cell_faces(mesh, int(cell)))
+        _, tri, bary = squared_distance(mesh.verts[idx], ref.verts, ref.faces, use_cpp=True)
+        total[idx] += np.einsum("pk,pkd->pd", bary, ref.verts[ref.faces[tri]])
+        count[idx] += 1
+    out = mesh.verts.copy()
+    has = count > 0
+    target = total[has] / count[has, None]
+    ok = np.linalg.norm(target - out[has], axis=1) <= max_um
+    rows = np.nonzero(has)[0][ok]
+    out[rows] = target[ok]
+    return mesh.copy(verts=out)
 
 
 def offset_to_volume(surface: Mesh, target_um3: float) -> Mesh:
