@@ -495,10 +495,26 @@ def test_close_contact_gaps_fills_thin_gaps_between_cells_only():
     np.testing.assert_array_equal(close_contact_gaps(single, spacing, 5.0), single)
 
 
+def _two_half_balls_fitter(**cfg):
+    """Two cells sharing a flat membrane (a ball of radius 3 cut in half) fitted to a blurred
+    shell of radius 3 on a 12^3 grid."""
+    from deltamic_core.fit import Fitter
+    from deltamic_core.geometry import meshes_from_labels
+    from deltamic_core.psf import GaussianPSF
+
+    z, y, x = np.meshgrid(*[np.arange(14.0)] * 3, indexing="ij")
+    r = np.sqrt((z - 7) ** 2 + (y - 7) ** 2 + (x - 7) ** 2)
+    lab = np.where(r < 3.0, np.where(x < 7, 1, 2), 0).astype(np.int32)
+    mesh = meshes_from_labels(lab, 1.0, 1.0, shared=True)
+    img = np.exp(-((r - 3.0) ** 2) / 2.0)
+    config = FitConfig(**{"iterations": 4, "levels": (1,), **cfg})
+    return Fitter(img, 1.0, mesh, GaussianPSF(sigma_um=1.0), config)
+
+
 def test_tension_adds_its_fraction_of_the_data_loss_and_pulls_the_surface_in():
     from deltamic_core.geometry import face_areas
 
-    plain, tense = _tiny_fitter(), _tiny_fitter(tension=0.5)
+    plain, tense = _two_half_balls_fitter(), _two_half_balls_fitter(tension=0.5)
     area0 = float(face_areas(tense.current_mesh().verts, tense.current_mesh().faces).sum())
     l_plain, l_tense = plain.step().loss, tense.step().loss
     # first step: same mesh, so the data loss is the same and the area term is half of it
@@ -507,12 +523,14 @@ def test_tension_adds_its_fraction_of_the_data_loss_and_pulls_the_surface_in():
 
     def radius(fitter):
         v = fitter.run().mesh.verts
-        return float(np.linalg.norm(v - 6.0, axis=1).mean())
+        return float(np.linalg.norm(v - 7.0, axis=1).max())
 
-    # a strong tension makes the fitted shell smaller than the data alone (radius 3)
-    r_plain = radius(_tiny_fitter(iterations=30))
-    r_tense = radius(_tiny_fitter(iterations=30, tension=5.0))
+    # a strong tension makes the fitted cells smaller than the data alone (radius 3)
+    r_plain = radius(_two_half_balls_fitter(iterations=30))
+    r_tense = radius(_two_half_balls_fitter(iterations=30, tension=5.0))
     assert r_tense < r_plain - 0.05
+    # a mesh without shared membranes (cells that do not touch yet) gets no tension
+    assert _tiny_fitter(tension=5.0).step().loss == pytest.approx(_tiny_fitter().step().loss, rel=1e-9)
     with pytest.raises(ValueError, match="tension"):
         FitConfig(tension=-1.0)
 

@@ -351,7 +351,8 @@ class FitConfig:
         each level's first step (so ``tension`` is the relative loss of a relative area change).
         Two neighbours' free membranes that run together along their contact image exactly
         like their shared membrane, so the data cannot move the junction over them; the area
-        can: zipping them into the shared sheet removes one of the two. 0 = off.
+        can: zipping them into the shared sheet removes one of the two. Only on meshes that
+        have shared membranes (before the cells touch it would hold them apart). 0 = off.
 
     Rendering
     ---------

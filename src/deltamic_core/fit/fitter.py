@@ -481,6 +481,9 @@ class Fitter:
         cfg = self.config
         self._mesh = mesh
         self._faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=self.device)
+        # the tension prior acts on meshes with shared membranes only: before the cells touch,
+        # it would hold them apart
+        self._has_contacts = mesh.labels is not None and bool((mesh.labels > 0).all(axis=1).any())
         self._weights = self._face_weights(mesh)
         if cfg.volume_level == "solve":  # unit density: the level multiplies the volume image
             self._volume_weights = torch.as_tensor(volume_face_weights(mesh), dtype=self.dtype, device=self.device)
@@ -705,7 +708,8 @@ class Fitter:
 
     def _tension_term(self, x: torch.Tensor, data_loss: torch.Tensor) -> torch.Tensor:
         """FitConfig.tension x L0 x A / A0: the membrane area A (a shared membrane counted
-        once) in units of its value A0 and of the data loss L0 at the level's first step."""
+        once) in units of its value A0 and of the data loss L0 at the level's first step (on
+        meshes with shared membranes only)."""
         a = x[self._faces]
         area = 0.5 * torch.linalg.vector_norm(torch.cross(a[:, 1] - a[:, 0], a[:, 2] - a[:, 0], dim=1), dim=1).sum()
         if self._tension_scale is None:
@@ -723,7 +727,7 @@ class Fitter:
         x = self._precond.to_vertices(u)
         rendered = self._render(x)
         loss = self._loss(rendered)
-        if self.config.tension > 0:
+        if self.config.tension > 0 and self._has_contacts:
             loss = loss + self._tension_term(x, loss)
         t1 = time.perf_counter()
         self._timings["render"] += t1 - t0
