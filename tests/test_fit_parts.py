@@ -314,6 +314,7 @@ def test_vertex_adam_state_round_trip():
         ({"p": 0}, "p"),
         ({"iterations": (10, 10, 10), "levels": (2, 1)}, "iterations"),
         ({"band_threshold": 2}, "band_threshold"),
+        ({"reshare_membranes": True}, "reshare_membranes"),
     ],
 )
 def test_fitconfig_rejects_bad_values_naming_the_field(kwargs, field):
@@ -551,7 +552,7 @@ def test_reshare_joins_a_new_contact_and_keeps_the_current_surfaces():
     assert [tuple(p) for p in zip(contacts(mesh)["cell_a"], contacts(mesh)["cell_b"])] == [(1, 2)]
     img = np.random.default_rng(0).random(lab.shape)
     fitter = Fitter(img, spacing, mesh, GaussianPSF(sigma_um=1.0), FitConfig(levels=(1,), iterations=1))
-    out = fitter._share_membranes(mesh, again=True)
+    out = fitter._share_membranes(mesh, again="new")
     got = contacts(out)
     assert {(int(a), int(b)) for a, b in zip(got["cell_a"], got["cell_b"])} == {(1, 2), (2, 3)}
     # the free part of the sphere is back on the sphere (the rebuild alone is voxel-accurate)
@@ -560,6 +561,7 @@ def test_reshare_joins_a_new_contact_and_keeps_the_current_surfaces():
     r = np.linalg.norm(out.verts[free3] - [5.0, 5.0, 12.4], axis=1)
     assert np.abs(r - 2.5).max() < 0.05
     # nothing new to join: no rebuild (and without `again`, a mesh with shared faces stays)
-    assert fitter._share_membranes(out, again=True) is None
+    assert fitter._share_membranes(out, again="new") is None
+    assert fitter._share_membranes(out, again="always") is not None
     assert fitter._share_membranes(mesh) is None
     assert cell_surface(out, 3).faces.size > 0

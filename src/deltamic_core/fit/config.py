@@ -209,7 +209,7 @@ _CHECKS = (
     ("coarse_blur", _nonneg),
     ("share_membranes", _flag),
     ("contact_gap_um", _nonneg),
-    ("reshare_membranes", _flag),
+    ("reshare_membranes", _one_of(("off", "new", "always"))),
     ("tension", _nonneg),
     ("band_threshold", _below_one),
     ("backend", _string),
@@ -340,11 +340,13 @@ class FitConfig:
         their contact (given to the nearer cell): after the blurred first level touching cells
         often keep a thin gap, which would otherwise stay two sheets. 0 = only cells whose
         voxels touch share a membrane.
-    reshare_membranes : bool
-        At every later level change, rebuild again (with ``contact_gap_um``) when the
+    reshare_membranes : {"off", "new", "always"}
+        At every later level change, rebuild again (with ``contact_gap_um``): "new" when the
         rasterised cells touch as a pair that is not yet a contact of the mesh (two cells whose
-        gap closed during the level), then move the rebuilt mesh back onto the current,
-        sub-voxel surfaces (:func:`deltamic_core.geometry.snap_to_cells`).
+        gap closed during the level), "always" whenever cells touch (this also zips two
+        neighbours' free membranes that run together closer than about a voxel into their
+        shared one). The rebuilt mesh is then moved back onto the current, sub-voxel surfaces
+        (:func:`deltamic_core.geometry.snap_to_cells`).
     tension : float >= 0
         A surface-tension prior: the loss gets ``tension x L0 x A / A0`` added, A the total
         membrane area (a shared membrane counted once), A0 and L0 the area and the data loss at
@@ -401,7 +403,7 @@ class FitConfig:
     coarse_blur: float = 2.0
     share_membranes: bool = True
     contact_gap_um: float = 0.0
-    reshare_membranes: bool = False
+    reshare_membranes: str = "off"
     tension: float = 0.0
 
     band_threshold: float = 1e-3

@@ -430,10 +430,11 @@ class Fitter:
             self._custom_weights = None
         return out
 
-    def _share_membranes(self, mesh: Mesh, again: bool = False) -> Mesh | None:
+    def _share_membranes(self, mesh: Mesh, again: str = "") -> Mesh | None:
         """One multi-material mesh (shared membranes as single sheets) for separate closed
         cells that touch, or None when there is nothing to merge (see
-        ``FitConfig.share_membranes``)."""
+        ``FitConfig.share_membranes``). ``again`` ("new" or "always", see
+        ``FitConfig.reshare_membranes``) rebuilds a mesh that already has shared membranes."""
         from ..geometry import label_image, meshes_from_labels, snap_to_cells
         from ..geometry.ops import edge_lengths
 
@@ -456,7 +457,7 @@ class Fitter:
             p, q = a[1:], a[:-1]
             sel = (p != q) & (p > 0) & (q > 0)
             pairs.update(zip(np.minimum(p[sel], q[sel]).tolist(), np.maximum(p[sel], q[sel]).tolist()))
-        if already:  # a rebuild only for a contact the mesh does not have yet
+        if already and again == "new":  # a rebuild only for a contact the mesh does not have yet
             both = mesh.labels[(mesh.labels > 0).all(axis=1)]
             pairs -= set(zip(both.min(axis=1).tolist(), both.max(axis=1).tolist()))
         if len(ids) < 2 or not pairs or len(ids) != len(mesh.cell_ids):
@@ -562,8 +563,8 @@ class Fitter:
         self._backend = renderer.backend_name
         mesh = self.current_mesh() if self._level is not None else self._mesh
         rebuilt = False
-        if cfg.share_membranes and index > 0 and (cfg.reshare_membranes or not self._shared_done):
-            again = self._shared_done
+        if cfg.share_membranes and index > 0 and (cfg.reshare_membranes != "off" or not self._shared_done):
+            again = cfg.reshare_membranes if self._shared_done else ""
             self._shared_done = True
             shared = self._share_membranes(mesh, again=again)
             if shared is not None:
