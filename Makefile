@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= demo_out
 
-.PHONY: demo test bench lint lint-format setup setup-test napari clean
+.PHONY: demo test bench lint lint-format setup setup-test napari figure clean
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -34,6 +34,11 @@ lint-format:
 napari:
 	@test -x $(VENV)/bin/napari || { echo "make napari: napari is not installed in $(VENV): run 'make demo' first" >&2; exit 1; }
 	$(PY) scripts/napari_demo.py $(NAPARI_ARGS)
+
+# docs/figure_workflow.png, the README's figure: seeding, fitting and a per-cell refit in napari
+figure:
+	@test -x $(VENV)/bin/napari || { echo "make figure: napari is not installed in $(VENV): run 'make demo' first" >&2; exit 1; }
+	$(PY) scripts/make_figure.py $(FIGURE_ARGS)
 
 bench: setup-test
 	$(PY) benchmarks/run_all.py

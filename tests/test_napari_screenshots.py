@@ -12,11 +12,10 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui]
 
-from gui_helpers import click  # noqa: E402
+from gui_helpers import MIN_CHANGED, click, screenshot, surface_contrast  # noqa: E402
 from napari_deltamic import _sample_data  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
-MIN_CHANGED = 0.02  # of the canvas pixels inside the projected bounding box
 
 
 @pytest.fixture(scope="module")
@@ -27,61 +26,6 @@ def embryo(tmp_path_factory):
         yield _sample_data.synthetic_embryo()
     finally:
         mp.undo()
-
-
-def _screenshot(viewer, qtbot):
-    qtbot.wait(50)
-    return np.asarray(viewer.screenshot(canvas_only=True, flash=False))
-
-
-def projected_box(viewer, layer, shot_shape) -> tuple[int, int, int, int]:
-    """(row0, row1, col0, col1) of the screenshot around ``layer``'s vertices as drawn: the
-    vertices (those in the current slice in 2D) mapped by vispy from the layer's visual to
-    the canvas (the camera's view and projection), scaled to the screenshot's pixels."""
-    canvas = viewer.window._qt_viewer.canvas
-    node = canvas.layer_to_visual[layer].node
-    verts = np.asarray(layer.vertices, dtype=np.float64)
-    displayed = list(viewer.dims.displayed)
-    hidden = [a for a in range(verts.shape[1]) if a not in displayed]
-    if hidden:  # napari draws the faces within half a data unit of the slice
-        point = np.asarray(viewer.dims.point)[hidden]
-        verts = verts[np.all(np.abs(verts[:, hidden] - point) <= 0.5, axis=1)]
-    assert len(verts), "no vertex of the mesh in the view"
-    mapped = node.get_transform("visual", "canvas").map(verts[:, displayed][:, ::-1])
-    xy = mapped[:, :2] / mapped[:, 3:4]
-    width, height = canvas._scene_canvas.size
-    sx, sy = shot_shape[1] / width, shot_shape[0] / height
-    col0, col1 = np.floor(xy[:, 0].min() * sx), np.ceil(xy[:, 0].max() * sx) + 1
-    row0, row1 = np.floor(xy[:, 1].min() * sy), np.ceil(xy[:, 1].max() * sy) + 1
-    clip = lambda v, n: int(min(max(v, 0), n))
-    return clip(row0, shot_shape[0]), clip(row1, shot_shape[0]), clip(col0, shot_shape[1]), clip(col1, shot_shape[1])
-
-
-def surface_contrast(viewer, layer, qtbot, out_dir, state: str) -> dict:
-    """Screenshots with ``layer`` shown and hidden (saved as PNG in ``out_dir``); the fraction
-    of changed pixels inside its projected box, and the share of all changes inside it."""
-    import imageio.v3 as iio
-
-    layer.visible = True
-    shown = _screenshot(viewer, qtbot)
-    box = projected_box(viewer, layer, shown.shape)
-    layer.visible = False
-    hidden = _screenshot(viewer, qtbot)
-    layer.visible = True
-    assert shown.shape == hidden.shape
-    for name, shot in (("shown", shown), ("hidden", hidden)):
-        path = out_dir / f"{state}_surface_{name}.png"
-        iio.imwrite(path, shot)
-        np.testing.assert_array_equal(iio.imread(path), shot)  # the saved picture is the screenshot
-    changed = np.any(shown[..., :3] != hidden[..., :3], axis=-1)
-    r0, r1, c0, c1 = box
-    inside = changed[r0:r1, c0:c1]
-    return {
-        "box": box,
-        "fraction_in_box": float(inside.mean()) if inside.size else 0.0,
-        "share_inside": float(inside.sum()) / max(int(changed.sum()), 1),
-        "changed": int(changed.sum()),
-    }
 
 
 @pytest.mark.slow
@@ -107,7 +51,7 @@ def test_screenshots_of_seeded_fitting_and_fitted_show_the_mesh(
     viewer.dims.ndisplay = 3
     viewer.reset_view()
     viewer.scene.camera.angles = (-20.0, 30.0, 120.0)
-    _screenshot(viewer, qtbot)  # the canvas takes its final size once drawn
+    screenshot(viewer, qtbot)  # the canvas takes its final size once drawn
 
     results = {}
     click(qtbot, w.seed_button)  # Create mesh
