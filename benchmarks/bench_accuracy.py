@@ -106,6 +106,26 @@ itself (fixed since): the truth meshes' classified faces (marching cubes, h = 0.
 the contact 1.15% too small on an analytic disc and -1.0% / -1.6% on ``--tiny``'s two
 contacts; the contacts are now the exact interfaces (cache version 5).
 
+Contact levers, 2026-12-02 (load 11-20; exact truth contacts, so the defaults' ``--tiny``
+contacts read -5.5% / -11.3%), ``--fit-psf gaussian`` + ``--fit-config``, contacts in %:
+
+==============================================================  ======  ====  =======  ============
+fit                                                             mean d  HD95  vol err  contacts
+==============================================================  ======  ====  =======  ============
+``--tiny``, current defaults                                    0.091   0.35  0.03%    -5.5 / -11.3
+``{"tension": 0.03}``, from the first level (held cells apart)  0.091   0.35  0.07%    -6.8 / -18.1
+``{"tension": 0.1}``, meshes with shared faces only             0.087   0.33  0.10%    -4.7 / -10.0
+``{"tension": 0.3}``, same                                      0.082   0.30  0.31%    -3.2 / -7.9
+``{"reshare_membranes": "always"}``                             0.077   0.28  0.05%    -4.5 / -8.4
+quick case, ``{"reshare_membranes": "new"}`` (= the defaults)   0.068   0.30  0.10%    2-4: -61.4
+==============================================================  ======  ====  =======  ============
+
+("new" never fired on the quick case: cells 2 and 4 already share 27 of their 69 um^2 and the
+rest stays two free sheets, 12 um^2 of them within 0.2 um of each other, which only "always"
+rebuilds.) Tension zips the junction (the coincident free area within 0.1 um drops from 0.77
+to 0.10 um^2 on the 1-3 contact) but shrinks the cells; none of these reaches 2%, and all stay
+off by default until measured on the quick case.
+
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """
