@@ -213,8 +213,10 @@ def test_renderer_auto_switches_to_nufft_above_the_size_threshold(monkeypatch):
     verts, faces, weights, _ = _sphere_case(torch.float64, radius=3.0, level=2)
     psf = GaussianPSF(sigma_um=(0.8, 0.4, 0.4)).requires_grad_(False)
     shape, spacing = (32, 32, 32), 0.5
-    exact = Renderer(shape, spacing, psf, backend=EXACT, dtype=torch.float64).render(verts, faces, weights)
-    auto = Renderer(shape, spacing, psf, backend="auto", dtype=torch.float64)
+    # the Fourier route's backend choice ("auto" would take the real-space route for this PSF)
+    kw = dict(route="fourier", dtype=torch.float64)
+    exact = Renderer(shape, spacing, psf, backend=EXACT, **kw).render(verts, faces, weights)
+    auto = Renderer(shape, spacing, psf, backend="auto", **kw)
     monkeypatch.setenv("DELTAMIC_NUFFT_MIN_PAIRS", "1e12")
     auto.render(verts, faces, weights)
     assert auto.backend_name in ("cpu", "torch")

@@ -138,16 +138,19 @@ def rule_for_spans(requirements) -> tuple[np.ndarray, np.ndarray]:
         top = _THETA_MAX[min(int(np.searchsorted(-_TOLS, -tol)), len(_TOLS) - 1)][-1]
         s_need = max(s_need, int(np.ceil(float(theta.max(initial=0.0)) / top)))
     s_max = max(1, s_need) * MAX_ORDER
+    active = np.arange(n_faces)  # the triangles a larger split could still improve
     for sub in range(1, s_max + 1):
-        n = np.ones(n_faces, dtype=np.int64)
+        n = np.ones(len(active), dtype=np.int64)
         for theta, tol in reqs:
-            n = np.maximum(n, rule_order(theta / sub, tol))
+            n = np.maximum(n, rule_order(theta[active] / sub, tol))
         pts = np.where(n <= MAX_ORDER, n * n * sub * sub, np.iinfo(np.int64).max)
-        better = pts < best
-        best = np.where(better, pts, best)
-        best_n = np.where(better, n, best_n)
-        best_s = np.where(better, sub, best_s)
-        if sub * sub >= best.max():  # no larger split can beat any triangle's best
+        better = pts < best[active]
+        idx = active[better]
+        best[idx] = pts[better]
+        best_n[idx] = n[better]
+        best_s[idx] = sub
+        active = active[(sub + 1) ** 2 < best[active]]  # order 1 on (sub + 1)^2 pieces must beat it
+        if len(active) == 0:
             break
     return best_n, best_s
 
@@ -201,7 +204,8 @@ class NufftBackend:
     # ------------------------------------------------------------------ geometry
     def _groups(self, tri, band):
         """Faces grouped by quadrature rule: list of (face indices, barycentrics (Q, 3), weights (Q,))."""
-        e = (tri[:, [1, 2, 0]] - tri).detach().abs().to(torch.float64).cpu().numpy()  # (F, 3 edges, 3)
+        t = tri.detach().to(torch.float64).cpu().numpy()
+        e = np.abs(t[:, [1, 2, 0]] - t)  # (F, 3 edges, 3); numpy: torch's fancy index is slow here
         span = (e @ self._band_info(band)["kmax"]).max(1) * 2 * np.pi
         order, sub = rule_for_spans([(span, self.tol)])
         keys = order * 1000 + sub
