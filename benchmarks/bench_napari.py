@@ -48,13 +48,24 @@ def _ensure_display() -> None:
 
 
 def _wait(app, cond, timeout_s: float) -> bool:
+    """Run Qt's event loop (as napari does: idle until an event) until ``cond()`` or the timeout."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
     t0 = time.perf_counter()
-    while not cond():
-        app.processEvents()
-        if time.perf_counter() - t0 > timeout_s:
-            return False
-        time.sleep(0.002)
-    return True
+    loop = QEventLoop()
+    timer = QTimer()
+    timer.setInterval(5)
+
+    def check():
+        if cond() or time.perf_counter() - t0 > timeout_s:
+            loop.quit()
+
+    timer.timeout.connect(check)
+    timer.start()
+    if not cond():
+        loop.exec_()
+    timer.stop()
+    return bool(cond())
 
 
 class Heartbeat:
@@ -138,8 +149,9 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock) -> dict:
 
     w._apply_step = timed_apply
     prepared_at = []
-    on_prepared = w.runner._on_prepared
-    w.runner._on_prepared = lambda *a: (prepared_at.append(time.perf_counter()), on_prepared(*a))
+    on_prepared = getattr(w.runner, "_on_prepared", None)  # (absent before the job moved to the worker)
+    if on_prepared is not None:
+        w.runner._on_prepared = lambda *a: (prepared_at.append(time.perf_counter()), on_prepared(*a))
     connect()
     viewer.layers.events.inserted.connect(connect)
     beat = Heartbeat()
@@ -168,12 +180,18 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock) -> dict:
         stall_s = beat.stop()
     finally:
         w._apply_step = apply
-        w.runner._on_prepared = on_prepared
+        if on_prepared is not None:
+            w.runner._on_prepared = on_prepared
         viewer.layers.events.inserted.disconnect(connect)
         for layer in connected:
             layer.events.data.disconnect(on_data)
     paints = draw.paints[n_paints:]
+    elapsed = time.perf_counter() - t_run
     return {
+        "paints_per_s": len(paints) / elapsed,
+        "paint_share": sum(paints) / elapsed,
+        "busy_share": sum(g - 0.010 for g in beat.gaps if g > 0.020) / elapsed,
+        "step_s": float(np.median(w.step_times)) if w.step_times else float("nan"),
         "first_update_s": t_first,
         "prepared_s": (prepared_at[0] - t_run) if prepared_at else float("nan"),
         "first_step_s": first_step_s,
@@ -208,6 +226,12 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=float, default=8.0, help="seconds of updates measured per run")
     p.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly)")
     p.add_argument("--ndisplay", type=int, default=2, choices=(2, 3), help="napari's 2D (default) or 3D view")
+    p.add_argument(
+        "--no-activity-dock",
+        action="store_true",
+        help="diagnostic: no napari progress bar (napari then shows no animated 'in progress' indicator, "
+        "each of whose frames repaints the whole window)",
+    )
     args = p.parse_args(argv)
     _ensure_display()
     os.environ.setdefault(
@@ -222,6 +246,10 @@ def main(argv=None) -> int:
     from npe2 import PluginManifest
     from qtpy.QtWidgets import QApplication
 
+    if args.no_activity_dock:
+        from napari_deltamic._widget import DeltaMicWidget
+
+        DeltaMicWidget._start_activity = lambda self, total: None
     manifest = PluginManifest.from_distribution("napari-deltamic")
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1600, 1000)
@@ -238,7 +266,7 @@ def main(argv=None) -> int:
     image = viewer.layers["embryo (synthetic)"]
     print(
         f"sample embryo {image.data.shape} voxels of {tuple(float(s) for s in image.scale)} um, 3 seeds, "
-        f"widget defaults, {args.ndisplay}D view, torch threads {torch.get_num_threads()}, "
+        f"widget defaults, {args.ndisplay}D view{', no activity dock' if args.no_activity_dock else ''}, torch threads {torch.get_num_threads()}, "
         f"load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -252,6 +280,8 @@ def main(argv=None) -> int:
             f"{row['updates_per_s']:.1f} updates/s ({row['iterations_per_s']:.1f} iterations/s), "
             f"re-sent unchanged {row['resent_unchanged']}, longest UI stall {row['stall_s'] * 1000:.0f} ms, "
             f"per update: layer {row['apply_ms']:.0f} ms + paint {row['paint_ms']:.0f} ms, "
+            f"{row['paints_per_s']:.1f} paints/s ({100 * row['paint_share']:.0f}% of the time; UI thread busy "
+            f"{100 * row['busy_share']:.0f}%), worker step {row['step_s']:.2f} s, "
             f"Stop {row['stop_s'] * 1000:.0f} ms (at iteration {row['iterations']}), "
             f"load {os.getloadavg()[0]:.1f}",
             flush=True,

@@ -177,8 +177,8 @@ def _drive(args, viewer, on_panel) -> int:
     )
 
     # (b), (c) Run: the Surface follows the fit live
-    w.run_button.click()  # the job is prepared in the fit's worker: the bar is busy until then
-    qt.until(lambda: w.progress.maximum() > 0 or not w.is_running, "the fit's preparation")
+    w.run_button.click()  # the job is prepared in the fit's worker
+    qt.until(lambda: w.runner.last_prepared is not None or not w.is_running, "the fit's preparation")
     if not w.is_running and "fit_iteration" not in fit.metadata:
         print("the fit did not start (see the error notification)", file=sys.stderr)
         return 1

@@ -69,9 +69,9 @@ def sphere_stack(tmp_path):
 
 def start_fit(qtbot, w, timeout_ms: int = 180_000) -> None:
     """Click Run and wait until the fit's worker has prepared the job (the initial mesh is
-    shown and the progress bar leaves its busy state), or has ended (an input error)."""
+    shown), or has ended (an input error)."""
     click(qtbot, w.run_button)
-    qtbot.waitUntil(lambda: w.progress.maximum() > 0 or not w.is_running, timeout=timeout_ms)
+    qtbot.waitUntil(lambda: w.runner.last_prepared is not None or not w.is_running, timeout=timeout_ms)
 
 
 def screenshot(viewer, qtbot):

@@ -197,3 +197,26 @@ def test_a_failed_compilation_is_remembered_and_not_retried(tmp_path):
     (marker,) = (tmp_path / "cache").glob("meshft-*/build-failed.json")
     rec = json.loads(marker.read_text())
     assert "failed to build it" in rec["reason"] and "internal compiler error" in rec["log"]
+
+
+WARM_UP = r"""
+import json, sys
+from deltamic_core.meshft import _native
+from deltamic_core.pipeline import warm_up
+warm_up()
+print(json.dumps({"state": _native.state(), "loaded": [m for m in ("trimesh", "finufft") if m in sys.modules]}))
+"""
+
+
+def test_warm_up_never_compiles_the_kernel(tmp_path):
+    # pipeline.warm_up (run by the napari widget when it opens) loads an already-built kernel
+    # only: with an empty kernel cache it leaves the kernel unbuilt, and still imports the rest
+    env = {k: v for k, v in os.environ.items() if k not in ("DELTAMIC_NO_EXT",)}
+    env["DELTAMIC_KERNEL_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.run([sys.executable, "-c", WARM_UP], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["state"] in ("buildable", "unavailable"), out
+    assert not list(tmp_path.glob("cache/meshft-*/*.so"))
+    assert out["loaded"] == ["trimesh", "finufft"]
+    assert "preparing its fast CPU kernel" not in proc.stderr

@@ -73,7 +73,7 @@ def test_run_updates_the_surface_then_stop_keeps_the_last_mesh(
     start_fit(qtbot, w)
     assert w.is_running and not w.run_button.isEnabled() and w.stop_button.isEnabled()
     layer = viewer.layers["crop fit"]  # the seed mesh, shown once the worker prepared the job
-    seed = np.array(layer.vertices, copy=True)
+    seed = w.runner.last_prepared.init_mesh.verts  # the mesh the fit starts from
     # the Surface layer updates while the fit runs
     qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 2, timeout=FIT_TIMEOUT_MS)
     assert w.is_running
@@ -97,7 +97,7 @@ def test_short_fit_lowers_the_loss_and_gives_results(
     w, image = _setup(viewer, gui_open_widget, embryo, iterations=4)
     start_fit(qtbot, w)
     layer = viewer.layers["crop fit"]
-    v0 = np.array(layer.vertices, copy=True)
+    v0 = w.runner.last_prepared.init_mesh.verts  # the mesh the fit starts from
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
     assert gui_errors == []
     losses = w.loss_plot.values()

@@ -34,7 +34,7 @@ from ._layers import (
 from ._notify import _guarded, _input_warnings_shown, _show_error, _show_warning, start_worker
 from ._panels import AUTO_SEEDS, FitPanel, ImagePanel, PSFPanel, ResultsPanel, SeedPanel
 from ._results_actions import ResultsMixin
-from ._runner import FitRunner, Step
+from ._runner import FitRunner, Step, start_warm_up, wait_warm_up
 from ._seeds import ClickSeeder
 from ._timelapse import Propagator, TimelapsePanel
 
@@ -157,6 +157,7 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self._default_settings = self.settings()
         self.apply_settings(load_settings())  # remembered from the last session
         self._install_close_hooks()
+        start_warm_up()  # imports and kernel of a first fit, while the user sets things up
         self._fit_width()
         self.psf_combo.currentIndexChanged.connect(self._fit_width)
 
@@ -461,7 +462,9 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self._applied_iteration = None
         self._run_error = None
         self.loss_plot.clear()
-        self.progress.setRange(0, 0)  # busy until the job is prepared
+        # no busy (animated) bar while the job is prepared: every frame would repaint the window
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
         self.status_label.setText("preparing the fit...")
         self.runner.start(make)
         self.run_button.setEnabled(False)
@@ -597,6 +600,7 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
 
     def _on_finished(self) -> None:
         self._end_activity()
+        self.loss_plot.redraw()  # the last points, now
         if self._closing:
             return
         if self._last_step is not None:
@@ -612,8 +616,6 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
                 self.make_labels()  # keep the Labels layer and its features in step with the meshes
         else:
             self.status_label.setText(self._run_error or "stopped before the first iteration")
-        if self.progress.maximum() == 0:  # ended while preparing: no busy bar any more
-            self.progress.setRange(0, 1)
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
 
@@ -651,6 +653,7 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
             self.save_settings()
             self._end_activity()
         self._closing = True
+        wait_warm_up(timeout_s)
         return self.propagator.shutdown(timeout_s) and self.runner.shutdown(timeout_s)
 
     def shutdown_now(self, *args) -> None:

@@ -23,7 +23,18 @@ from .inputs import (
 )
 from .job import FitJob
 from .psfspec import PSF_BUILDERS, PSFSpec, make_psf, parse_zernike, psf_width_um, register_psf
-from .run import FitOutcome, Prepared, check_device, fit_and_write, fit_steps, fit_to_directory, prepare, run, run_fit
+from .run import (
+    FitOutcome,
+    Prepared,
+    check_device,
+    fit_and_write,
+    fit_steps,
+    fit_to_directory,
+    prepare,
+    run,
+    run_fit,
+    warm_up,
+)
 from .synthetic import place_target, render_mesh_image, surface_distance
 
 __all__ = [
@@ -58,6 +69,7 @@ __all__ = [
     "prepare",
     "run",
     "run_fit",
+    "warm_up",
     "place_target",
     "render_mesh_image",
     "surface_distance",

@@ -147,6 +147,37 @@ def fit_steps(p: Prepared, holder: dict | None = None):
         yield holder["fitter"].step()
 
 
+def warm_up() -> None:
+    """Pay ahead of a first fit what a process pays once: the lazily imported modules (trimesh,
+    scipy's, the renderer's, finufft) and loading an already-built native kernel (never
+    compiles: a kernel still to be built is built by the first real fit, as before). A tiny
+    job (one seed in a 12^3 noise box) is prepared and stepped twice on the kernel-free
+    backends. For front ends that can run it while the user is busy elsewhere (a thread)."""
+    from ..meshft import _native
+    from ..meshft._build import KernelUnavailable
+    from ..meshft._registry import available_backends
+    from .inputs import InitSpec
+    from .psfspec import PSFSpec
+
+    try:
+        _native.extension(build=False)
+    except KernelUnavailable:
+        pass
+    rng = np.random.default_rng(0)
+    job = FitJob(
+        image_data=rng.random((12, 12, 12), dtype=np.float32),
+        spacing_um=(1.0, 1.0, 1.0),
+        init=InitSpec("seeds", data=(np.array([[5.5, 5.5, 5.5]]), None)),
+        psf=PSFSpec(),
+        iterations=2,
+        levels=(1,),
+        backend="nufft" if "nufft" in available_backends() else "torch",
+        progress=False,
+    )
+    for _ in fit_steps(prepare(job)):
+        pass
+
+
 def run_fit(
     image,
     spacing_um,
