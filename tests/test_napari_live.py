@@ -104,6 +104,8 @@ def test_fit_progress_and_loss_in_the_activity_dock_and_stop(
     states = []
     layer.events.data.connect(lambda e: states.append(np.array(layer.vertices, copy=True)))
     qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 4, timeout=FIT_TIMEOUT_MS)
+    # the activity bar follows the fit on its own timer
+    qtbot.waitUntil(lambda: any("loss" in t for t, _ in _activity_bars()), timeout=FIT_TIMEOUT_MS)
     bars = [(t, v) for t, v in _activity_bars() if "deltaMic fit" in t]
     assert len(bars) == 1, _activity_bars()
     text, value = bars[0]

@@ -151,8 +151,9 @@ def warm_up() -> None:
     """Pay ahead of a first fit what a process pays once: the lazily imported modules (trimesh,
     scipy's, the renderer's, finufft) and loading an already-built native kernel (never
     compiles: a kernel still to be built is built by the first real fit, as before). A tiny
-    job (one seed in a 12^3 noise box) is prepared and stepped twice on the kernel-free
-    backends. For front ends that can run it while the user is busy elsewhere (a thread)."""
+    job (one seed in a 12^3 noise box) is prepared, and stepped twice when the kernel is
+    loaded (the real-space route would build it otherwise). For front ends that can run it
+    while the user is busy elsewhere (a thread)."""
     from ..meshft import _native
     from ..meshft._build import KernelUnavailable
     from ..meshft._registry import available_backends
@@ -160,9 +161,9 @@ def warm_up() -> None:
     from .psfspec import PSFSpec
 
     try:
-        _native.extension(build=False)
+        kernel = _native.extension(build=False)
     except KernelUnavailable:
-        pass
+        kernel = None
     rng = np.random.default_rng(0)
     job = FitJob(
         image_data=rng.random((12, 12, 12), dtype=np.float32),
@@ -174,7 +175,13 @@ def warm_up() -> None:
         backend="nufft" if "nufft" in available_backends() else "torch",
         progress=False,
     )
-    for _ in fit_steps(prepare(job)):
+    prepared = prepare(job)
+    if kernel is None:
+        from ..meshft import nufft_backend  # noqa: F401
+        from ..render import Renderer  # noqa: F401 - the imports only
+
+        return
+    for _ in fit_steps(prepared):
         pass
 
 
