@@ -248,8 +248,9 @@ def baseline(image, spacing, min_distance_um=2.0):
     return objs, time.perf_counter() - t0
 
 
-def deltamic(image, spacing, sigma, *, iterations=None, per_object=True, threads=2):
-    """`deltamic fit --stain interior --auto-seeds [--per-object]` through the pipeline's FitJob."""
+def deltamic(image, spacing, sigma, *, iterations=None, per_object=True, threads=2, seeds=None):
+    """`deltamic fit --stain interior --auto-seeds [--per-object]` through the pipeline's FitJob;
+    with ``seeds`` (n, 3) um: `--seeds CSV` of those centres without radii instead."""
     from deltamic_core.geometry import cell_surface, measure
     from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
 
@@ -257,7 +258,7 @@ def deltamic(image, spacing, sigma, *, iterations=None, per_object=True, threads
     job = FitJob(
         image_data=image,
         spacing_um=tuple(spacing),
-        init=InitSpec("auto"),
+        init=InitSpec("auto") if seeds is None else InitSpec("seeds", data=(np.asarray(seeds, float), None)),
         psf=PSFSpec("gaussian", {"sigma_um": tuple(sigma)}),
         stain="interior",
         iterations=iterations,
@@ -321,17 +322,18 @@ def summary(name, rows, n_found, dt, vxy):
 # =============================================================================================
 # parts
 # =============================================================================================
-def part_nuclei(args):
+def nuclei_image(args, n, pad_um=0.0):
+    """The nuclei stack of ``n`` objects (``pad_um`` of empty field added on every lateral side):
+    image, spacing, fit sigma, truth surfaces, radii, true centroids, a description."""
     rng = np.random.default_rng(args.seed)
-    n = args.objects
     shapes, nbrs = nuclei(n, rng)
     spacing = np.asarray(args.spacing, float)
-    lo = np.min([s.c - 1.6 * s.r for s in shapes], axis=0) - 2.0
-    hi = np.max([s.c + 1.6 * s.r for s in shapes], axis=0) + 2.0
+    pad = np.array([0.0, pad_um, pad_um])
+    lo = np.min([s.c - 1.6 * s.r for s in shapes], axis=0) - 2.0 - pad
+    hi = np.max([s.c + 1.6 * s.r for s in shapes], axis=0) + 2.0 + pad
     offset = -lo
     shape = tuple(int(math.ceil(e / s)) for e, s in zip(hi - lo, spacing))
     brightness = rng.uniform(1 - args.brightness_spread, 1 + args.brightness_spread, n)
-    t0 = time.perf_counter()
     truth = truth_surfaces(shapes, nbrs, offset)
     dens, m, fs = fill_density(shapes, nbrs, brightness, shape, spacing, offset, ss=1)
     kern = psf_kernel(args.psf, fs)
@@ -339,21 +341,30 @@ def part_nuclei(args):
         dens, m, shape, kern, photons=args.photons, background=args.background, read_noise=args.read_noise, rng=rng
     )
     del dens
-    sigma = fit_sigma(kern, fs, spacing)
     touching = sum(
         1
         for i in range(n)
         for j in nbrs[i]
         if j > i and np.linalg.norm(shapes[i].c - shapes[j].c) < 1.05 * (shapes[i].r + shapes[j].r)
     )
+    radii = [s.r for s in shapes]
+    centres = np.array([t[2] for t in truth_iter(truth, radii)])
+    about = (
+        f"{n} objects ({n - n // 2} ellipsoids, {n // 2} blobs, ~{touching} touching pairs), image {shape} "
+        f"voxels of {tuple(float(v) for v in spacing)} um"
+    )
+    return image, spacing, fit_sigma(kern, fs, spacing), truth, radii, centres, about
+
+
+def part_nuclei(args):
+    t0 = time.perf_counter()
+    image, spacing, sigma, truth, radii, centres, about = nuclei_image(args, args.objects)
     print(
-        f"nuclei: {n} objects ({n - n // 2} ellipsoids, {n // 2} blobs, ~{touching} touching pairs), image {shape} "
-        f"voxels of {tuple(spacing)} um, {args.psf} PSF (psfmodels), {args.photons:.0f} photons, brightness "
+        f"nuclei: {about}, {args.psf} PSF (psfmodels), {args.photons:.0f} photons, brightness "
         f"+-{args.brightness_spread * 100:.0f}%; fit PSF Gaussian sigma {tuple(round(s, 3) for s in sigma)} um; "
         f"generated in {time.perf_counter() - t0:.0f} s",
         flush=True,
     )
-    radii = [s.r for s in shapes]
     vxy = spacing[1]
     print(
         "| method | objects found | matched | mean distance um (xy vox) | 90th pct | volume error mean | mean abs | max abs | wall |"
@@ -364,15 +375,41 @@ def part_nuclei(args):
         "Otsu + distance-transform watershed + marching cubes", score(b_objs, truth, radii), len(b_objs), b_dt, vxy
     )
     its = (20, 30, 10) if args.quick else None
-    objs, dt, _ = deltamic(image, spacing, sigma, iterations=its, threads=args.threads)
-    d_fit = summary(
-        f"deltamic --stain interior --auto-seeds --per-object{' (iterations 20 30 10)' if its else ''}",
-        score(objs, truth, radii),
-        len(objs),
-        dt,
-        vxy,
+    note = " (iterations 20 30 10)" if its else ""
+    for init in args.init:
+        seeds = centres if init == "seeds" else None
+        objs, dt, _ = deltamic(image, spacing, sigma, iterations=its, threads=args.threads, seeds=seeds)
+        how = "--seeds (true centres, no radius)" if seeds is not None else "--auto-seeds"
+        d_fit = summary(
+            f"deltamic --stain interior {how} --per-object{note}", score(objs, truth, radii), len(objs), dt, vxy
+        )
+        print(f"distance ratio deltamic ({init}) / baseline: {d_fit / d_base:.2f} (goal <= 0.5)", flush=True)
+
+
+def part_scaling(args):
+    """Wall time of ``--per-object`` fits vs the number of objects (and vs the field at a fixed
+    number): a fixed small iteration count per level, so the figure is the cost of the crops."""
+    its = tuple(args.scaling_iterations)
+    print(
+        f"\nscaling: --stain interior --auto-seeds --per-object, iterations {' '.join(map(str, its))} per crop "
+        "(cost, not accuracy)",
+        flush=True,
     )
-    print(f"distance ratio deltamic / baseline: {d_fit / d_base:.2f} (goal <= 0.5)")
+    print("| objects | field voxels | seeds found | crops: mean voxels | cells per crop | wall | wall / object |")
+    print("|---|---|---|---|---|---|---|")
+    cases = [(n, 0.0) for n in args.scaling_objects] + [(args.scaling_objects[0], args.scaling_pad)]
+    for n, pad in cases:
+        image, spacing, sigma, *_ = nuclei_image(args, n, pad_um=pad)
+        objs, dt, out = deltamic(image, spacing, sigma, iterations=its, threads=args.threads)
+        crops = out.timings["crops"]
+        vox = np.mean([np.prod(c["shape"]) for c in crops])
+        cells = np.mean([c["cells"] for c in crops])
+        label = f"{n}" + (f" (field padded {pad:.0f} um)" if pad else "")
+        print(
+            f"| {label} | {int(np.prod(image.shape))} | {len(objs)} | {vox:.0f} | {cells:.1f} | {dt:.0f} s | "
+            f"{dt / max(len(objs), 1):.1f} s |",
+            flush=True,
+        )
 
 
 def droplet_axes(t, T, r0):
@@ -448,7 +485,13 @@ def part_bleach(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 nuclei, 5 frames, fewer iterations")
-    ap.add_argument("--part", choices=("nuclei", "bleach", "all"), default="all")
+    ap.add_argument("--part", choices=("nuclei", "bleach", "scaling", "all"), default="all")
+    ap.add_argument(
+        "--init", nargs="+", choices=("auto", "seeds"), default=["auto"], help="nuclei: --auto-seeds and/or true seeds"
+    )
+    ap.add_argument("--scaling-objects", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--scaling-pad", type=float, default=12.0, help="um of empty field added laterally (scaling)")
+    ap.add_argument("--scaling-iterations", type=int, nargs=3, default=[3, 3, 3])
     ap.add_argument("--objects", type=int, default=None, help="number of nuclei (default 24, quick 8)")
     ap.add_argument("--frames", type=int, default=None, help="time-lapse frames (default 10, quick 5)")
     ap.add_argument("--spacing", type=float, nargs=3, default=(0.5, 0.25, 0.25))
@@ -470,6 +513,8 @@ def main(argv=None):
         part_nuclei(args)
     if args.part in ("bleach", "all"):
         part_bleach(args)
+    if args.part == "scaling":
+        part_scaling(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Interior (volume) staining: signed per-face volume weights in the renderer and the fitter.
+"""``--stain interior|both`` through the pipeline and the command line: interior seed radii,
+automatic seeds, fits of a filled droplet, the cytoplasm level of ``--stain both`` and the
+refusals of options that need a filled stain.
 
-Truth: voxel fill fractions of the same ball computed by supersampling (no deltamic code), and
-the renderer's own scalar volume term on an outward-oriented plain mesh.
+Truth: supersampled fills (and membrane shells) blurred by scipy, Poisson noise (no deltamic
+code); numpy's least squares for the two-level solver.
 """
 
 from __future__ import annotations
@@ -10,74 +12,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-
-from deltamic_core.fit.fitter import volume_face_weights
-from deltamic_core.geometry import icosphere, merge_meshes, seed_spheres
-from deltamic_core.mesh import Mesh
-from deltamic_core.psf import GaussianPSF
-from deltamic_core.render import Renderer
-
-SHAPE, SPACING = (24, 40, 40), (0.5, 0.25, 0.25)
-SIGMA = (0.8, 0.3, 0.3)
-
-
-def _renderer():
-    return Renderer(SHAPE, SPACING, GaussianPSF(sigma_um=SIGMA), dtype=torch.float64)
-
-
-def _render(r, mesh, vw):
-    v = torch.tensor(mesh.verts)
-    f = torch.tensor(mesh.faces)
-    return r.render(v, f, torch.zeros(len(f), dtype=torch.float64), volume_weight=vw).detach().numpy()
-
-
-def _ball_image(center, radius, ss=4):
-    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(SHAPE, SPACING)]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    inside = (zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2 <= radius**2
-    fill = inside.reshape(SHAPE[0], ss, SHAPE[1], ss, SHAPE[2], ss).mean(axis=(1, 3, 5))
-    return ndimage.gaussian_filter(fill, [s / d for s, d in zip(SIGMA, SPACING)], mode="constant", truncate=5)
-
-
-def test_rec_convention_mesh_renders_a_bright_filled_object():
-    c, rad = (6.0, 5.0, 5.0), 2.5
-    seed = seed_spheres([c], rad, 4)  # .rec convention: normals point INTO the cell
-    r = _renderer()
-    w = volume_face_weights(seed)
-    assert np.all(w == -1.0)  # every face (0, 1): normal from the medium into the cell
-    img = _render(r, seed, torch.tensor(w))
-    truth = _ball_image(c, rad)
-    assert img.min() > -1e-3 and img.max() == pytest.approx(truth.max(), rel=0.02)
-    # the icosphere's volume is a bit below the ball's: compare totals with its own volume
-    assert np.abs(img - truth).max() < 0.03
-    # the unsigned scalar term on the same mesh is the negative (the reported failure's cause)
-    assert np.allclose(_render(r, seed, 1.0), -img, atol=1e-9)
-    # and on an outward plain mesh the scalar and the per-face form agree
-    plain = icosphere(c, rad, 4)
-    assert np.allclose(_render(r, plain, 1.0), _render(r, plain, torch.tensor(volume_face_weights(plain))), atol=1e-9)
-
-
-def test_shared_faces_cancel_and_cell_weights_scale_regions():
-    a = seed_spheres([(6.0, 5.0, 3.5)], 1.8, 3)
-    b = seed_spheres([(6.0, 5.0, 6.5)], 1.8, 3)
-    two = merge_meshes([a, b])
-    r = _renderer()
-    both = _render(r, two, torch.tensor(volume_face_weights(two)))
-    one = _render(r, a, torch.tensor(volume_face_weights(a)))
-    other = _render(r, b, torch.tensor(volume_face_weights(b)))
-    assert np.allclose(both, one + other, atol=1e-9)
-    half = _render(r, two, torch.tensor(volume_face_weights(two, {2: 0.5})))
-    assert np.allclose(half, one + 0.5 * other, atol=1e-9)
-    # a face between two cells of equal weight contributes nothing
-    lab = np.array([[1, 2], [0, 1]])
-    w = volume_face_weights(Mesh(np.eye(3), np.array([[0, 1, 2], [0, 2, 1]]), lab))
-    assert w.tolist() == [0.0, -1.0]
-
-
-def test_per_face_volume_weight_must_match_the_faces():
-    seed = seed_spheres([(6.0, 5.0, 5.0)], 2.0, 2)
-    with pytest.raises(ValueError, match="volume_weight per face must have"):
-        _render(_renderer(), seed, torch.ones(3, dtype=torch.float64))
 
 
 def _droplet(tmp_path, radius=2.6, centre=(6.0, 4.4, 4.4), seed=(6.3, 4.2, 4.6)):
@@ -210,13 +144,14 @@ def test_solve_two_levels_matches_numpy_least_squares():
     assert a == pytest.approx(g, rel=1e-9) and b == pytest.approx(b0, rel=1e-9)
 
 
-def _membrane_and_cytoplasm(level, radius=2.4, centre=(6.0, 4.6, 4.6), thickness=0.25, ss=4, seed=2):
+def _membrane_and_cytoplasm(level, radius=2.4, centre=(6.0, 4.6, 4.6), thickness=0.1, ss=6, seed=2):
     """A cell with a membrane (shell of `thickness` um of density 1/thickness: surface density
-    1 per um^2) and a cytoplasm of density `level` per um^3: supersampled fill, scipy blur,
-    Poisson noise (no deltamic code)."""
+    1 per um^2) and a cytoplasm of density `level` per um^3: supersampled fill averaged over
+    each voxel (the detector integrates over the voxel), scipy blur, Poisson noise (no deltamic
+    code). Returns the image, the spacing and the optics' sigma (without the voxel box)."""
     shape, sp, sigma = (24, 46, 46), (0.5, 0.2, 0.2), (0.6, 0.2, 0.2)
     axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, sp)]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij", sparse=True)
     r = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2)
     dens = (np.abs(r - radius) < thickness / 2) / thickness + level * (r < radius)
     dens = dens.reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
@@ -226,20 +161,18 @@ def _membrane_and_cytoplasm(level, radius=2.4, centre=(6.0, 4.6, 4.6), thickness
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "level",
-    [
-        # measured 2026-12-02: a low level comes out 0.19 for 0.15 (+27%): issue 16 is open on it
-        pytest.param(
-            0.15, marks=pytest.mark.xfail(strict=True, reason="low cytoplasm level biased high (0.19 for 0.15)")
-        ),
-        0.5,
-    ],
-)
+@pytest.mark.parametrize("level", [0.15, 0.5])
 def test_stain_both_fits_the_cytoplasm_level(level):
+    """The level of a low and a high cytoplasm. The fit is given the PSF a user measures on such
+    a stack: the optics widened by the voxel box (variance + voxel^2 / 12 per axis). Measured
+    2026-12-02 without noise: with the optics' sigma alone the level came out 0.19 for 0.15
+    (+27%) and 0.56 for 0.5, with the widened one 0.166 and 0.523, and with a 0.1 um membrane
+    instead of a 0.25 um shell (which a thin-sheet model blurs too little) 0.151 and 0.503."""
+    from deltamic_core.geometry import measure
     from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
 
-    img, sp, sigma = _membrane_and_cytoplasm(level)
+    img, sp, optics = _membrane_and_cytoplasm(level)
+    sigma = tuple(float(np.hypot(s, d / np.sqrt(12.0))) for s, d in zip(optics, sp))
     job = FitJob(
         image_data=img,
         spacing_um=sp,
@@ -251,9 +184,9 @@ def test_stain_both_fits_the_cytoplasm_level(level):
         progress=False,
     )
     res = run(job).result
-    assert res.volume_level == pytest.approx(level, rel=0.15)
-    vol = float(__import__("deltamic_core.geometry", fromlist=["measure"]).measure(res.mesh)["volume_um3"][0])
-    assert vol == pytest.approx(4 / 3 * np.pi * 2.4**3, rel=0.04)
+    assert res.volume_level == pytest.approx(level, rel=0.05)
+    vol = float(measure(res.mesh)["volume_um3"][0])
+    assert vol == pytest.approx(4 / 3 * np.pi * 2.4**3, rel=0.02)
 
 
 def test_stain_both_solves_the_level_and_interior_has_no_membrane():
@@ -269,79 +202,6 @@ def test_stain_both_solves_the_level_and_interior_has_no_membrane():
         FitConfig(volume_level="learn")
     with pytest.raises(ValueError, match="needs a membrane"):
         FitConfig(volume_level="solve", membrane_weight=0.0, volume_weight=1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# many objects: one crop per object (pipeline.objects)
-# ----------------------------------------------------------------------------------------------
-FIELD_SP, FIELD_SIGMA = (0.5, 0.25, 0.25), (0.6, 0.25, 0.25)
-
-
-def _field(centres, radius=2.0, shape=(20, 40, 100), ss=3, seed=4):
-    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, FIELD_SP)]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    fill = np.zeros(zz.shape, np.float32)
-    for c in centres:
-        fill += ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= radius**2
-    fill = fill.reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
-    img = ndimage.gaussian_filter(fill, [s / d for s, d in zip(FIELD_SIGMA, FIELD_SP)], mode="constant")
-    return np.random.default_rng(seed).poisson(200 * img + 10).astype(np.float32)
-
-
-def test_object_crops_do_not_grow_with_the_field():
-    from deltamic_core.pipeline.objects import plan_object_crops
-
-    seeds = seed_spheres([(5.0, 5.0, 5.0), (5.0, 5.0, 9.5), (5.0, 5.0, 20.0)], 2.0, 2)
-    small = plan_object_crops(seeds, (24, 40, 100), FIELD_SP, psf_reach_um=(1.5, 0.6, 0.6))
-    large = plan_object_crops(seeds, (40, 160, 400), FIELD_SP, psf_reach_um=(1.5, 0.6, 0.6))
-    assert [c.shape for c in small] == [c.shape for c in large]
-    assert [c.cells for c in small] == [[1, 2], [2, 1], [3]]  # neighbours within reach share a crop
-    # every crop holds its cells' initial spheres with the margin (1 um) and the PSF's reach
-    for crop in small:
-        lo = np.asarray(crop.origin_um)
-        hi = lo + (np.asarray(crop.shape) - 1) * np.asarray(FIELD_SP)
-        for c in crop.cells:
-            v = seeds.verts[np.unique(seeds.faces[(seeds.labels == c).any(axis=1)])]
-            assert np.all(v.min(0) - lo >= np.array([2.5, 1.6, 1.6]) - 0.5 * np.asarray(FIELD_SP))
-            assert np.all(hi - v.max(0) >= np.array([2.5, 1.6, 1.6]) - 0.5 * np.asarray(FIELD_SP))
-
-
-@pytest.mark.slow
-def test_per_object_fit_matches_each_object_fitted_alone():
-    import gpytoolbox
-
-    from deltamic_core.geometry import cell_surface, measure
-    from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
-
-    a, b = (5.0, 5.0, 6.0), (5.2, 4.8, 18.5)
-    common = dict(
-        spacing_um=FIELD_SP,
-        psf=PSFSpec("gaussian", {"sigma_um": FIELD_SIGMA}),
-        stain="interior",
-        levels=(2, 1),
-        iterations=(20, 15),
-        progress=False,
-    )
-    seeds = np.array([[5.2, 5.3, 6.2], [5.0, 4.6, 18.2]])
-    both = run(
-        FitJob(
-            image_data=_field([a, b]),
-            init=InitSpec("seeds", data=(seeds, np.array([1.5, 1.5]))),
-            per_object=True,
-            **common,
-        )
-    ).result.mesh
-    assert both.n_cells == 2
-    for k, c in enumerate((a, b)):
-        alone = run(
-            FitJob(image_data=_field([c]), init=InitSpec("seeds", data=(seeds[k : k + 1], np.array([1.5]))), **common)
-        ).result.mesh
-        got, ref = cell_surface(both, k + 1), cell_surface(alone, 1)
-        v_got, v_ref = float(measure(got)["volume_um3"][0]), float(measure(ref)["volume_um3"][0])
-        assert v_got == pytest.approx(v_ref, rel=0.01)
-        assert v_ref == pytest.approx(4 / 3 * np.pi * 8.0, rel=0.03)
-        d = np.sqrt(gpytoolbox.squared_distance(got.verts, ref.verts, ref.faces.astype(np.int32), use_aabb=True)[0])
-        assert d.mean() < 0.03 and d.max() < 0.15
 
 
 def test_per_object_needs_a_filled_stain(tmp_path, capsys):

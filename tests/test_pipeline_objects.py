@@ -1,0 +1,80 @@
+"""Many separate filled objects, one crop per object (``pipeline.objects``): crops that do not
+grow with the field, and a per-object fit that matches each object fitted alone (images made
+by supersampled fills and scipy blurs, no deltamic code)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from deltamic_core.geometry import seed_spheres
+
+FIELD_SP, FIELD_SIGMA = (0.5, 0.25, 0.25), (0.6, 0.25, 0.25)
+
+
+def _field(centres, radius=2.0, shape=(20, 40, 100), ss=3, seed=4):
+    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, FIELD_SP)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    fill = np.zeros(zz.shape, np.float32)
+    for c in centres:
+        fill += ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= radius**2
+    fill = fill.reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
+    img = ndimage.gaussian_filter(fill, [s / d for s, d in zip(FIELD_SIGMA, FIELD_SP)], mode="constant")
+    return np.random.default_rng(seed).poisson(200 * img + 10).astype(np.float32)
+
+
+def test_object_crops_do_not_grow_with_the_field():
+    from deltamic_core.pipeline.objects import plan_object_crops
+
+    seeds = seed_spheres([(5.0, 5.0, 5.0), (5.0, 5.0, 9.5), (5.0, 5.0, 20.0)], 2.0, 2)
+    small = plan_object_crops(seeds, (24, 40, 100), FIELD_SP, psf_reach_um=(1.5, 0.6, 0.6))
+    large = plan_object_crops(seeds, (40, 160, 400), FIELD_SP, psf_reach_um=(1.5, 0.6, 0.6))
+    assert [c.shape for c in small] == [c.shape for c in large]
+    assert [c.cells for c in small] == [[1, 2], [2, 1], [3]]  # neighbours within reach share a crop
+    # every crop holds its cells' initial spheres with the margin (1 um) and the PSF's reach
+    for crop in small:
+        lo = np.asarray(crop.origin_um)
+        hi = lo + (np.asarray(crop.shape) - 1) * np.asarray(FIELD_SP)
+        for c in crop.cells:
+            v = seeds.verts[np.unique(seeds.faces[(seeds.labels == c).any(axis=1)])]
+            assert np.all(v.min(0) - lo >= np.array([2.5, 1.6, 1.6]) - 0.5 * np.asarray(FIELD_SP))
+            assert np.all(hi - v.max(0) >= np.array([2.5, 1.6, 1.6]) - 0.5 * np.asarray(FIELD_SP))
+
+
+@pytest.mark.slow
+def test_per_object_fit_matches_each_object_fitted_alone():
+    import gpytoolbox
+
+    from deltamic_core.geometry import cell_surface, measure
+    from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
+
+    a, b = (5.0, 5.0, 6.0), (5.2, 4.8, 18.5)
+    common = dict(
+        spacing_um=FIELD_SP,
+        psf=PSFSpec("gaussian", {"sigma_um": FIELD_SIGMA}),
+        stain="interior",
+        levels=(2, 1),
+        iterations=(20, 15),
+        progress=False,
+    )
+    seeds = np.array([[5.2, 5.3, 6.2], [5.0, 4.6, 18.2]])
+    both = run(
+        FitJob(
+            image_data=_field([a, b]),
+            init=InitSpec("seeds", data=(seeds, np.array([1.5, 1.5]))),
+            per_object=True,
+            **common,
+        )
+    ).result.mesh
+    assert both.n_cells == 2
+    for k, c in enumerate((a, b)):
+        alone = run(
+            FitJob(image_data=_field([c]), init=InitSpec("seeds", data=(seeds[k : k + 1], np.array([1.5]))), **common)
+        ).result.mesh
+        got, ref = cell_surface(both, k + 1), cell_surface(alone, 1)
+        v_got, v_ref = float(measure(got)["volume_um3"][0]), float(measure(ref)["volume_um3"][0])
+        assert v_got == pytest.approx(v_ref, rel=0.01)
+        assert v_ref == pytest.approx(4 / 3 * np.pi * 8.0, rel=0.03)
+        d = np.sqrt(gpytoolbox.squared_distance(got.verts, ref.verts, ref.faces.astype(np.int32), use_aabb=True)[0])
+        assert d.mean() < 0.03 and d.max() < 0.15
