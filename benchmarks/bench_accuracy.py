@@ -117,14 +117,25 @@ fit                                                             mean d  HD95  vo
 ``{"tension": 0.1}``, meshes with shared faces only             0.087   0.33  0.10%    -4.7 / -10.0
 ``{"tension": 0.3}``, same                                      0.082   0.30  0.31%    -3.2 / -7.9
 ``{"reshare_membranes": "always"}``                             0.077   0.28  0.05%    -4.5 / -8.4
+``{"reshare_membranes": "always", "tension": 0.1}``             0.073   0.26  0.10%    -4.0 / -7.6
+``{"reshare_membranes": "always", "contact_gap_um": 0.5}``      0.082   0.28  0.08%    +3.9 / +2.1
+``--tiny``, current defaults, re-run on today's main            0.091   0.35  0.03%    -5.5 / -11.3
 quick case, ``{"reshare_membranes": "new"}`` (= the defaults)   0.068   0.30  0.10%    2-4: -61.4
+quick case, ``{"reshare_membranes": "always"}``                 0.055   0.22  0.12%    2-4: -42.4
+quick case, ``always`` + ``"contact_gap_um": 0.5``              0.053   0.20  0.15%    2-4: -30.9
+quick case, current defaults, re-run on today's main            0.068   0.30  0.10%    2-4: -61.4
 ==============================================================  ======  ====  =======  ============
 
 ("new" never fired on the quick case: cells 2 and 4 already share 27 of their 69 um^2 and the
 rest stays two free sheets, 12 um^2 of them within 0.2 um of each other, which only "always"
 rebuilds.) Tension zips the junction (the coincident free area within 0.1 um drops from 0.77
-to 0.10 um^2 on the 1-3 contact) but shrinks the cells; none of these reaches 2%, and all stay
-off by default until measured on the quick case.
+to 0.10 um^2 on the 1-3 contact) but shrinks the cells. A rebuild at every level change
+("always", the rebuilt mesh snapped back onto the fitted surfaces) is the best single lever:
+closer surfaces on both cases, contacts closer; with ``contact_gap_um`` 0.5 the ``--tiny``
+contacts overshoot slightly (+3.9 / +2.1%: sheets within a voxel are zipped beyond the true
+junction). None reaches 2% everywhere, and "always" costs volume on the quick case (0.12%,
+0.15% with the gap closing, vs 0.10%): all stay off by default (quick-case walls 524-628 s at
+load 13-20, watershed 13-26 s).
 
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
