@@ -122,7 +122,7 @@ fit                                                             mean d  HD95  vo
 ``--tiny``, current defaults, re-run on today's main            0.091   0.35  0.03%    -5.5 / -11.3
 quick case, ``{"reshare_membranes": "new"}`` (= the defaults)   0.068   0.30  0.10%    2-4: -61.4
 quick case, ``{"reshare_membranes": "always"}``                 0.055   0.22  0.12%    2-4: -42.4
-quick case, ``always`` + ``"contact_gap_um": 0.5``              0.053   0.20  0.15%    2-4: -30.9
+quick case, ``always`` + ``"contact_gap_um": 0.5``              0.053   0.20  0.15%    3-4: +30.9
 quick case, current defaults, re-run on today's main            0.068   0.30  0.10%    2-4: -61.4
 ==============================================================  ======  ====  =======  ============
 
@@ -134,7 +134,8 @@ to 0.10 um^2 on the 1-3 contact) but shrinks the cells. A rebuild at every level
 closer surfaces on both cases, contacts closer; with ``contact_gap_um`` 0.5 the ``--tiny``
 contacts overshoot slightly (+3.9 / +2.1%: sheets within a voxel are zipped beyond the true
 junction). None reaches 2% everywhere, and "always" costs volume on the quick case (0.12%,
-0.15% with the gap closing, vs 0.10%): all stay off by default (quick-case walls 524-628 s at
+0.15% with the gap closing, vs 0.10%; with it the 2-4 contact is -8.1% but the small 3-4 one,
+9.5 um^2, +30.9%): all stay off by default (quick-case walls 524-628 s at
 load 13-20, watershed 13-26 s).
 
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
