@@ -66,17 +66,23 @@ def start_worker(owner, name: str, buttons, function, *args, on_done, what: str,
     # errors become one notification (below), not also a traceback re-raised in the Qt loop
     worker = create_worker(function, *args, **kwargs, _start_thread=False, _ignore_errors=True)
 
-    def enable():
-        for b in buttons:
-            b.setEnabled(True)
+    def enable() -> bool:
+        """Re-enable the buttons; False when the widget is gone (closed while this worker ran:
+        then there is nothing left to update)."""
+        try:
+            for b in buttons:
+                b.setEnabled(True)
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+            return False
+        return True
 
     def done(result):
-        enable()
-        on_done(result)
+        if enable():
+            on_done(result)
 
     def failed(exc):
-        enable()
-        _show_error(f"{what} failed: {exc}")
+        if enable():
+            _show_error(f"{what} failed: {exc}")
 
     worker.returned.connect(done)
     worker.errored.connect(failed)
