@@ -356,3 +356,103 @@ def test_native_splat_portable_clone_gives_the_same_image_and_gradients(tmp_path
     for case in _NATIVE_CASES:
         for a, b in zip(other[case], _native_and_torch_splat(case, torch.float64, True)):
             assert _rel_max(a, b) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------
+# coarse levels: the block-averaged Gaussian (BlockAveragedPSF) on the real-space route
+# ---------------------------------------------------------------------------------------
+def _coarse_and_fine(F, blur, native, sigma=(0.3, 0.1, 0.1), psf=None):
+    """The coarse level's image on the real route, and its definition: the mean of F^3 fine
+    voxels of the fine image (plain Gaussian of sigma sqrt(sigma^2 + blur^2)), whose voxel
+    (i F + (F - 1) / 2) sits at the coarse voxel i's centre."""
+    from deltamic_core.fit import block_average
+    from deltamic_core.psf import BlockAveragedPSF
+    from deltamic_core.render import realspace
+
+    fine, shape = (0.5, 0.25, 0.25), (8, 12, 12)
+    sp = tuple(F * s for s in fine)
+    origin = tuple(-0.5 * (n - 1) * s + 0.013 for n, s in zip(shape, sp))
+    fine_origin = tuple(o - 0.5 * (F - 1) * s for o, s in zip(origin, fine))
+    v, f = _sphere(2.6, 2, center=(0.2, -0.15, 0.1))
+    inner = psf if psf is not None else GaussianPSF(sigma).requires_grad_(False)
+    old = realspace.USE_NATIVE
+    realspace.USE_NATIVE = native
+    try:
+        level_psf = BlockAveragedPSF(inner, F, fine, blur_um=blur)
+        r = Renderer(shape, sp, level_psf, origin_um=origin, route="real", dtype=torch.float64)
+        if native and blur == 0:  # "auto" takes it: a narrow PSF on a coarse grid, the native splat
+            assert Renderer(shape, sp, level_psf, origin_um=origin, dtype=torch.float64).route == "real"
+        coarse = r.render(v, f)
+        wide = GaussianPSF(tuple(math.sqrt(s * s + blur * blur) for s in sigma))
+        rf = Renderer(tuple(n * F for n in shape), fine, wide, origin_um=fine_origin, route="real", dtype=torch.float64)
+        ref = block_average(rf.render(v, f).detach(), F)
+    finally:
+        realspace.USE_NATIVE = old
+    return coarse, ref, (r, v, f)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("F,blur", [(2, 0.0), (3, 0.0), (2, 0.4)])
+def test_coarse_level_real_route_is_the_block_average_of_the_fine_image(F, blur, native):
+    from deltamic_core.render import realspace
+
+    if native and realspace.native_module("cpu") is None:
+        pytest.skip("native kernel not available")
+    coarse, ref, _ = _coarse_and_fine(F, blur, native)
+    assert float(ref.max()) > 0
+    # exact up to rounding: the same points, the f^3 samples summed in the kernel instead
+    assert _rel_max(coarse.detach(), ref) < 1e-12
+
+
+def test_coarse_level_real_route_fails_a_shifted_block_centre():
+    """The check above can fail: the fine image block-averaged from a grid shifted by half a
+    fine voxel differs from the coarse real-route image by far more than its tolerance."""
+    from deltamic_core.fit import block_average
+
+    coarse, _, (r, v, f) = _coarse_and_fine(2, 0.0, False)
+    # the right fine origin is the coarse one minus half a fine voxel; this one is half a voxel off
+    rf = Renderer(
+        tuple(2 * n for n in r.shape),
+        (0.5, 0.25, 0.25),
+        GaussianPSF((0.3, 0.1, 0.1)),
+        origin_um=r.origin_um,
+        route="real",
+        dtype=torch.float64,
+    )
+    wrong = block_average(rf.render(v, f).detach(), 2)
+    assert _rel_max(coarse.detach(), wrong) > 1e-2
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_coarse_level_real_route_gradients_match_finite_differences(native, frozen_rules):
+    """Vertex gradients and the learnt inner sigma's through the block average and the blur."""
+    from deltamic_core.render import realspace
+
+    if native and realspace.native_module("cpu") is None:
+        pytest.skip("native kernel not available")
+    psf = GaussianPSF((0.3, 0.1, 0.1))
+    _, _, (r, v, f) = _coarse_and_fine(2, 0.3, native, psf=psf)
+    target = torch.rand(r.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    old = realspace.USE_NATIVE
+    realspace.USE_NATIVE = native
+    try:
+
+        def loss(x=v):
+            return ((r.render(x, f) - target) ** 2).sum()
+
+        _fd_check(loss, v)
+        psf.zero_grad()
+        loss().backward()
+        grad = psf.log_diag.grad.clone()
+        eps = 1e-6
+        for a in range(3):
+            with torch.no_grad():
+                psf.log_diag[a] += eps
+                lp = float(loss())
+                psf.log_diag[a] -= 2 * eps
+                lm = float(loss())
+                psf.log_diag[a] += eps
+            fd = (lp - lm) / (2 * eps)
+            assert abs(float(grad[a]) - fd) <= 1e-5 * max(1.0, abs(fd)), (a, float(grad[a]), fd)
+    finally:
+        realspace.USE_NATIVE = old

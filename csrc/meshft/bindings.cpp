@@ -157,13 +157,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("face_rule"), py::arg("rule_start"), py::arg("lam"), py::arg("rule_weights"),
         py::arg("shape"), py::arg("spacing"), py::arg("origin"), py::arg("sigma"), py::arg("radius"),
         py::arg("window"), py::arg("phi_c"), py::arg("norm"),
+        py::arg("block") = std::vector<int64_t>{1, 1, 1}, py::arg("block_step") = std::vector<double>{0.0, 0.0, 0.0},
         "Real-space route, Gaussian PSF: triangle quadrature points splatted on the voxel "
         "centres (see splat.h and deltamic_core.render.realspace).");
   m.def("splat_gauss_backward", &splat::gauss_backward, py::arg("tri"), py::arg("strength"),
         py::arg("face_rule"), py::arg("rule_start"), py::arg("lam"), py::arg("rule_weights"),
         py::arg("grad"), py::arg("shape"), py::arg("spacing"), py::arg("origin"), py::arg("sigma"),
         py::arg("radius"), py::arg("window"), py::arg("phi_c"), py::arg("norm"),
-        py::arg("need_sigma"),
+        py::arg("need_sigma"), py::arg("block") = std::vector<int64_t>{1, 1, 1},
+        py::arg("block_step") = std::vector<double>{0.0, 0.0, 0.0},
         "Adjoint of splat_gauss_forward: (grad_tri, grad_strength, grad_sigma float64).");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;

@@ -3,9 +3,11 @@
 //
 //   gauss_forward(tri (F, 3, 3), strength (F,), face_rule (F,) int64, rule_start (R + 1,) int64,
 //                 lam (Q, 3) float64, rule_weights (Q,) float64, shape, spacing, origin, sigma,
-//                 radius, window, phi_c, norm) -> image (Z, Y, X)
+//                 radius, window, phi_c, norm, block, block_step) -> image (Z, Y, X)
 //     image[n] = sum_f sum_{q in rule(f)} strength_f w_q prod_a g_a(x_n,a - y_q,a),
-//     y_q = sum_c lam_qc tri_fc, g the truncated Gaussian (GaussianKernel in realspace.py).
+//     y_q = sum_c lam_qc tri_fc, g the truncated Gaussian (GaussianKernel in realspace.py), or,
+//     with block[a] = B > 1, the mean of B of them shifted by (m - (B - 1) / 2) block_step[a]
+//     (BlockGaussianKernel: a coarse level's block-averaged PSF); radius is the Gaussian's cut.
 //   gauss_backward(..., grad (Z, Y, X), ..., need_sigma)
 //     -> (grad_tri (F, 3, 3), grad_strength (F,), grad_sigma (3,) float64).
 //
@@ -24,7 +26,8 @@ at::Tensor gauss_forward(const at::Tensor& tri, const at::Tensor& strength, cons
                          const std::vector<int64_t>& shape, const std::vector<double>& spacing,
                          const std::vector<double>& origin, const std::vector<double>& sigma,
                          const std::vector<double>& radius, const std::vector<int64_t>& window,
-                         double phi_c, double norm);
+                         double phi_c, double norm, const std::vector<int64_t>& block,
+                         const std::vector<double>& block_step);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_backward(
     const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
@@ -32,6 +35,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_backward(
     const std::vector<int64_t>& shape, const std::vector<double>& spacing,
     const std::vector<double>& origin, const std::vector<double>& sigma,
     const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c, double norm,
-    bool need_sigma);
+    bool need_sigma, const std::vector<int64_t>& block, const std::vector<double>& block_step);
 
 }  // namespace splat

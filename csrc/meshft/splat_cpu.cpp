@@ -9,7 +9,10 @@
 // first voxel is i0 = floor((y - o - r) / h) + 1 and the displacements are d_t = d0 + t h,
 // d0 = i0 h + o - y in (-r, -r + h]. The per-axis factor is
 //     g(d) = (G(d; sigma) - G(r; sigma)) / n(c)   for |d| <= r, else 0
-// (continuous at the cut, unit integral; see GaussianKernel). The Gaussians of one axis are a
+// (continuous at the cut, unit integral; see GaussianKernel). A coarse level's PSF (the
+// Gaussian followed by the mean of B fine samples spaced b, BlockAveragedPSF) is per axis the
+// mean of B such factors shifted by c_m = (m - (B - 1) / 2) b: g_B(d) = (1/B) sum_m g(d + c_m),
+// whose window reaches R = r + (B - 1) b / 2 (B = 1: the plain Gaussian). The Gaussians of one axis are a
 // geometric-like sequence: G(d_{t+1}) = G(d_t) * rho_t, rho_{t+1} = rho_t * exp(-h^2 / sigma^2),
 // so each axis costs two exponentials per point, not one per window voxel.
 //
@@ -40,6 +43,8 @@ struct Axis {
   double h, o, r, sigma;
   int64_t n, W;
   double inv2s2, cn, cut, qq, inv_s2;
+  int64_t B;    // block-average samples (1: none)
+  double b, R;  // their spacing; the window's reach r + (B - 1) b / 2
 };
 
 struct Setup {
@@ -50,7 +55,7 @@ struct Setup {
 Setup make_setup(const std::vector<int64_t>& shape, const std::vector<double>& spacing,
                  const std::vector<double>& origin, const std::vector<double>& sigma,
                  const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c,
-                 double norm) {
+                 double norm, const std::vector<int64_t>& block, const std::vector<double>& block_step) {
   Setup s;
   for (int a = 0; a < 3; ++a) {
     Axis& A = s.ax[a];
@@ -62,8 +67,11 @@ Setup make_setup(const std::vector<int64_t>& shape, const std::vector<double>& s
     A.W = window[a];
     A.inv2s2 = 0.5 / (A.sigma * A.sigma);
     A.inv_s2 = 1.0 / (A.sigma * A.sigma);
-    A.cn = 1.0 / (std::sqrt(2.0 * M_PI) * A.sigma * norm);
-    A.cut = phi_c / (A.sigma * norm);
+    A.B = block[a];
+    A.b = block_step[a];
+    A.R = A.r + 0.5 * static_cast<double>(A.B - 1) * A.b;
+    A.cn = 1.0 / (std::sqrt(2.0 * M_PI) * A.sigma * norm * static_cast<double>(A.B));
+    A.cut = phi_c / (A.sigma * norm * static_cast<double>(A.B));
     A.qq = std::exp(-A.h * A.h * A.inv_s2);
   }
   s.Y = shape[1];
@@ -131,7 +139,12 @@ void check_args(const at::Tensor& tri, const at::Tensor& strength, const at::Ten
                 const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw,
                 const std::vector<int64_t>& shape, const std::vector<int64_t>& window,
                 const std::vector<double>& spacing, const std::vector<double>& origin,
-                const std::vector<double>& sigma, const std::vector<double>& radius) {
+                const std::vector<double>& sigma, const std::vector<double>& radius,
+                const std::vector<int64_t>& block, const std::vector<double>& block_step) {
+  TORCH_CHECK_VALUE(block.size() == 3 && block_step.size() == 3, "block and block_step must have 3 entries");
+  for (int a = 0; a < 3; ++a)
+    TORCH_CHECK_VALUE(block[a] >= 1 && block[a] <= 64 && block_step[a] >= 0,
+                      "block must be in [1, 64] and block_step non-negative");
   TORCH_CHECK_VALUE(tri.is_cpu() && tri.dim() == 3 && tri.size(1) == 3 && tri.size(2) == 3 &&
                         tri.is_contiguous(),
                     "tri must be a contiguous CPU tensor of shape (F, 3, 3)");
@@ -251,9 +264,11 @@ at::Tensor gauss_forward(const at::Tensor& tri, const at::Tensor& strength, cons
                          const std::vector<int64_t>& shape, const std::vector<double>& spacing,
                          const std::vector<double>& origin, const std::vector<double>& sigma,
                          const std::vector<double>& radius, const std::vector<int64_t>& window,
-                         double phi_c, double norm) {
-  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, sigma, radius);
-  const Setup S = make_setup(shape, spacing, origin, sigma, radius, window, phi_c, norm);
+                         double phi_c, double norm, const std::vector<int64_t>& block,
+                         const std::vector<double>& block_step) {
+  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, sigma, radius, block,
+             block_step);
+  const Setup S = make_setup(shape, spacing, origin, sigma, radius, window, phi_c, norm, block, block_step);
   at::Tensor img = at::zeros({shape[0], shape[1], shape[2]}, tri.options());
   const int64_t F = tri.size(0);
   const int nt = threads_for(F);
@@ -274,13 +289,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_backward(
     const std::vector<int64_t>& shape, const std::vector<double>& spacing,
     const std::vector<double>& origin, const std::vector<double>& sigma,
     const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c, double norm,
-    bool need_sigma) {
-  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, sigma, radius);
+    bool need_sigma, const std::vector<int64_t>& block, const std::vector<double>& block_step) {
+  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, sigma, radius, block,
+             block_step);
   TORCH_CHECK_VALUE(grad.is_cpu() && grad.scalar_type() == tri.scalar_type() && grad.dim() == 3 &&
                         grad.size(0) == shape[0] && grad.size(1) == shape[1] &&
                         grad.size(2) == shape[2] && grad.is_contiguous(),
                     "grad must be a contiguous CPU tensor of the image's shape and tri's dtype");
-  const Setup S = make_setup(shape, spacing, origin, sigma, radius, window, phi_c, norm);
+  const Setup S = make_setup(shape, spacing, origin, sigma, radius, window, phi_c, norm, block, block_step);
   const int64_t F = tri.size(0);
   at::Tensor gtri = at::zeros_like(tri);
   at::Tensor gstr = at::zeros_like(strength);

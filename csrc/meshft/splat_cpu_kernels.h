@@ -45,28 +45,33 @@ inline double exp_lane(double x) {
 template <bool Deriv, bool Sig>
 inline void axis_block(const Axis& A, const double* y, double* fl, double* g, double* dg, double* sg) {
   alignas(64) double d[kLanes], e[kLanes], rho[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    const double f = std::floor((y[l] - A.o - A.r) / A.h) + 1.0;
-    fl[l] = f;
-    const double d0 = f * A.h + A.o - y[l];
-    d[l] = d0;
-    e[l] = exp_lane(-d0 * d0 * A.inv2s2);
-    rho[l] = exp_lane(-(2.0 * d0 * A.h + A.h * A.h) * A.inv2s2);
-  }
-  for (int t = 0; t < A.W; ++t) {
-    double* gt = g + t * kLanes;
-    double* dgt = Deriv ? dg + t * kLanes : nullptr;
-    double* sgt = Sig ? sg + t * kLanes : nullptr;
+  for (int l = 0; l < kLanes; ++l) fl[l] = std::floor((y[l] - A.o - A.R) / A.h) + 1.0;
+  // B > 1 (a block-averaged PSF): the mean of B Gaussian factors, the m-th displaced by c_m
+  // (1/B is in cn and cut); m = 0 writes, the others add
+  for (int64_t m = 0; m < A.B; ++m) {
+    const double c = (static_cast<double>(m) - 0.5 * static_cast<double>(A.B - 1)) * A.b;
     for (int l = 0; l < kLanes; ++l) {
-      const double dd = d[l];
-      const bool in = std::fabs(dd) <= A.r;
-      const double G = A.cn * e[l];  // normalised Gaussian / n(c)
-      gt[l] = in ? G - A.cut : 0.0;
-      if (Deriv) dgt[l] = in ? -G * dd * A.inv_s2 : 0.0;
-      if (Sig) sgt[l] = in ? (G * (dd * dd * A.inv_s2 - 1.0) + A.cut) / A.sigma : 0.0;
-      e[l] *= rho[l];
-      rho[l] *= A.qq;
-      d[l] = dd + A.h;
+      const double d0 = fl[l] * A.h + A.o - y[l] + c;
+      d[l] = d0;
+      e[l] = exp_lane(-d0 * d0 * A.inv2s2);
+      rho[l] = exp_lane(-(2.0 * d0 * A.h + A.h * A.h) * A.inv2s2);
+    }
+    const bool first = m == 0;  // (the buffers hold garbage before: select, never multiply)
+    for (int t = 0; t < A.W; ++t) {
+      double* gt = g + t * kLanes;
+      double* dgt = Deriv ? dg + t * kLanes : nullptr;
+      double* sgt = Sig ? sg + t * kLanes : nullptr;
+      for (int l = 0; l < kLanes; ++l) {
+        const double dd = d[l];
+        const bool in = std::fabs(dd) <= A.r;
+        const double G = A.cn * e[l];  // normalised Gaussian / (n(c) B)
+        gt[l] = (first ? 0.0 : gt[l]) + (in ? G - A.cut : 0.0);
+        if (Deriv) dgt[l] = (first ? 0.0 : dgt[l]) + (in ? -G * dd * A.inv_s2 : 0.0);
+        if (Sig) sgt[l] = (first ? 0.0 : sgt[l]) + (in ? (G * (dd * dd * A.inv_s2 - 1.0) + A.cut) / A.sigma : 0.0);
+        e[l] *= rho[l];
+        rho[l] *= A.qq;
+        d[l] = dd + A.h;
+      }
     }
   }
 }
@@ -86,8 +91,8 @@ inline void block_points(const T* c, const double* lam, int64_t qb, int n, doubl
 // Voxel box [lo, hi) of axis A covering the windows of every point of a face whose coordinate
 // lies in [ymin, ymax] (one voxel of slack for rounding), clipped to the image.
 inline void face_box(const Axis& A, double ymin, double ymax, int64_t& lo, int64_t& hi) {
-  lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor((ymin - A.o - A.r) / A.h)));
-  hi = std::min<int64_t>(A.n, static_cast<int64_t>(std::floor((ymax - A.o - A.r) / A.h)) + 2 + A.W);
+  lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor((ymin - A.o - A.R) / A.h)));
+  hi = std::min<int64_t>(A.n, static_cast<int64_t>(std::floor((ymax - A.o - A.R) / A.h)) + 2 + A.W);
 }
 
 constexpr int kCopies = 4;             // interleaved accumulators of a face's patch

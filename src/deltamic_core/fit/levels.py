@@ -4,7 +4,7 @@ A coarse level fits ``block_average(image, f)``. Each coarse voxel is the mean o
 samples (spacing s) of the blurred object, i.e. a point sample of the object blurred by the PSF
 *and* by the discrete box of those f samples. The box's transfer function per axis is the
 Dirichlet kernel D_f(k) = sin(pi f s k) / (f sin(pi s k)), so the coarse renderer uses the PSF
-wrapped by :class:`BlockAveragedPSF` (OTF * prod_axis D_f): without it the coarse level would
+wrapped by :class:`~deltamic_core.psf.BlockAveragedPSF` (OTF * prod_axis D_f): without it the coarse level would
 converge to a biased surface (too thin a modelled membrane).
 
 A coarse level can also be a level of a Gaussian scale space: the block-averaged image is
@@ -17,11 +17,10 @@ further off than that).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from torch import nn
+
+from ..psf.block import BlockAveragedPSF, dirichlet_kernel  # noqa: F401 - re-exported (the optics live in psf)
 
 __all__ = ["block_average", "gaussian_blur", "BlockAveragedPSF"]
 
@@ -52,44 +51,3 @@ def gaussian_blur(image: torch.Tensor, sigma_um: float, spacing_um) -> torch.Ten
     arr = image.detach().cpu().numpy().astype(np.float64)
     out = gaussian_filter(arr, [sigma_um / s for s in spacing_um], mode="nearest", truncate=4.0)
     return torch.from_numpy(out).to(dtype=image.dtype, device=image.device)
-
-
-def dirichlet_kernel(k: torch.Tensor, factor: int, spacing_um: float) -> torch.Tensor:
-    """Transfer function of the mean of ``factor`` samples spaced ``spacing_um`` apart and
-    centred on 0: sin(pi f s k) / (f sin(pi s k)), 1 at k = 0 (k in cycles/um)."""
-    a = math.pi * spacing_um * k
-    small = a.abs() < 1e-6
-    den = factor * torch.sin(torch.where(small, torch.ones_like(a), a))
-    val = torch.sin(factor * a) / den
-    return torch.where(small, torch.ones_like(a), val)
-
-
-class BlockAveragedPSF(nn.Module):
-    """``psf`` followed by the block average of ``factor`` samples (fine spacing
-    ``spacing_um``) per axis, and optionally by an isotropic Gaussian of standard deviation
-    ``blur_um`` (um). Shares the wrapped model's parameters (learning the PSF on a coarse
-    level updates the original model)."""
-
-    def __init__(self, psf: nn.Module, factor: int, spacing_um, blur_um: float = 0.0):
-        super().__init__()
-        self.inner = psf
-        self.factor = int(factor)
-        self.fine_spacing_um = tuple(float(s) for s in spacing_um)
-        self.blur_um = float(blur_um)
-
-    def otf(self, grid, dtype=torch.float32, device=None) -> torch.Tensor:
-        base = self.inner.otf(grid, dtype=dtype, device=device)
-        fz, fy, fx = grid.freq_grid(dtype=torch.float64, device=base.device)
-        f, (sz, sy, sx) = self.factor, self.fine_spacing_um
-        box = dirichlet_kernel(fz, f, sz) * dirichlet_kernel(fy, f, sy) * dirichlet_kernel(fx, f, sx)
-        if self.blur_um > 0:
-            box = box * torch.exp(-2.0 * math.pi**2 * self.blur_um**2 * (fz * fz + fy * fy + fx * fx))
-        return base * box.to(base.real.dtype)
-
-    def extent_um(self) -> tuple[float, float, float]:
-        return tuple(
-            e + 0.5 * self.factor * s + 4.0 * self.blur_um for e, s in zip(self.inner.extent_um(), self.fine_spacing_um)
-        )
-
-    def as_dict(self) -> dict:
-        return self.inner.as_dict()

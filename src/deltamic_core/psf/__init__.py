@@ -8,6 +8,7 @@ Every model is an :class:`torch.nn.Module` with physical, learnable parameters e
 from __future__ import annotations
 
 from ._base import PSFModel
+from .block import BlockAveragedPSF
 from .confocal import ConfocalPSF
 from .gaussian import GaussianPSF
 from .gibson_lanni import GibsonLanniPSF
@@ -18,6 +19,7 @@ from .zernike import noll_to_nm, zernike_noll
 
 __all__ = [
     "PSFModel",
+    "BlockAveragedPSF",
     "GaussianPSF",
     "GibsonLanniPSF",
     "HanserPSF",

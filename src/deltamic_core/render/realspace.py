@@ -24,6 +24,8 @@ Kernels:
 - :class:`GaussianKernel` (axis-aligned :class:`~deltamic_core.psf.GaussianPSF`): separable,
   three 1D Gaussians per point; differentiable w.r.t. the point positions, weights and sigma
   (so a learnt PSF keeps its gradient on this route);
+- :class:`BlockGaussianKernel` (a coarse level's block-averaged axis-aligned Gaussian): the
+  mean of a few shifted Gaussians per axis, as separable and differentiable as the Gaussian;
 - :class:`TableKernel` (any PSF whose real-space values can be computed: a full-covariance
   Gaussian, a :class:`~deltamic_core.psf.MeasuredPSF`): the PSF tabulated once per plan on a
   lattice ``q`` times finer than the voxels, read by trilinear interpolation in the point's
@@ -235,6 +237,9 @@ class GaussianKernel:
     """
 
     separable = True
+    #: block-average samples per axis and their spacing (um): 1 and 0 for a plain Gaussian
+    block = (1, 1, 1)
+    block_step = (0.0, 0.0, 0.0)
 
     def __init__(self, psf, trunc: float = 3e-4):
         self.psf = psf
@@ -245,6 +250,11 @@ class GaussianKernel:
         self.norm = math.erf(self.c / math.sqrt(2)) - 2 * self.c * phi
 
     def radius(self, sigma: torch.Tensor):
+        """Half-width of the kernel's support per axis (um)."""
+        return tuple(float(s) * self.c for s in sigma.detach().cpu())
+
+    def gaussian_radius(self, sigma: torch.Tensor):
+        """Half-width of one Gaussian's support per axis (its cut; :meth:`radius` here)."""
         return tuple(float(s) * self.c for s in sigma.detach().cpu())
 
     def factors(self, d0, spacing, window, sigma, radius, need_deriv=False, need_sigma=False):
@@ -266,6 +276,40 @@ class GaussianKernel:
             )
             out.append((g, dd, ds))
         return out
+
+
+class BlockGaussianKernel(GaussianKernel):
+    """A coarse level's PSF on the real-space route: an axis-aligned Gaussian followed by the
+    mean of ``block`` fine samples spaced ``block_step`` per axis
+    (:class:`~deltamic_core.psf.BlockAveragedPSF`). Per axis the factor is the mean of
+    ``block`` truncated Gaussians (:class:`GaussianKernel`) displaced by c_m = (m - (B - 1) / 2)
+    x step: g_B(d) = (1/B) sum_m g(d + c_m); its support reaches r + (B - 1) step / 2. The sigma
+    handed in is the Gaussian's (the wrapper's extra blur already folded in by the caller:
+    sqrt(sigma^2 + blur^2)). Separable and exact, so a learnt sigma keeps its gradient.
+    """
+
+    def __init__(self, psf, block: int, block_step, trunc: float = 3e-4):
+        super().__init__(psf, trunc=trunc)
+        self.block = (int(block),) * 3
+        self.block_step = tuple(float(s) for s in block_step)
+        self._half = tuple(0.5 * (b - 1) * s for b, s in zip(self.block, self.block_step))
+
+    def radius(self, sigma: torch.Tensor):
+        return tuple(r + h for r, h in zip(self.gaussian_radius(sigma), self._half))
+
+    def factors(self, d0, spacing, window, sigma, radius, need_deriv=False, need_sigma=False):
+        rc = self.gaussian_radius(sigma)
+        B = self.block[0]
+        acc = None
+        for m in range(B):
+            c = torch.tensor([(m - 0.5 * (B - 1)) * s for s in self.block_step], dtype=d0.dtype, device=d0.device)
+            part = GaussianKernel.factors(self, d0 + c, spacing, window, sigma, rc, need_deriv, need_sigma)
+            acc = (
+                part
+                if acc is None
+                else [tuple(None if u is None else u + v for u, v in zip(A, P)) for A, P in zip(acc, part)]
+            )
+        return [tuple(None if u is None else u / B for u in A) for A in acc]
 
 
 class TableKernel:
@@ -486,7 +530,9 @@ class _TriSplat(torch.autograd.Function):
     def forward(ctx, tri, strength, sigma, mod, kernel, geom, rules):
         ctx.mod, ctx.kernel, ctx.geom, ctx.rules = mod, kernel, geom, rules
         ctx.save_for_backward(tri, strength, sigma)
-        return mod.splat_gauss_forward(tri, strength, *rules, *geom, kernel.phi_c, kernel.norm)
+        return mod.splat_gauss_forward(
+            tri, strength, *rules, *geom, kernel.phi_c, kernel.norm, list(kernel.block), list(kernel.block_step)
+        )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -494,7 +540,16 @@ class _TriSplat(torch.autograd.Function):
         tri, strength, sigma = ctx.saved_tensors
         need_sigma = bool(ctx.needs_input_grad[2])
         gt, gs, gsig = ctx.mod.splat_gauss_backward(
-            tri, strength, *ctx.rules, grad.contiguous(), *ctx.geom, ctx.kernel.phi_c, ctx.kernel.norm, need_sigma
+            tri,
+            strength,
+            *ctx.rules,
+            grad.contiguous(),
+            *ctx.geom,
+            ctx.kernel.phi_c,
+            ctx.kernel.norm,
+            need_sigma,
+            list(ctx.kernel.block),
+            list(ctx.kernel.block_step),
         )
         return gt, gs, (gsig.to(sigma.dtype) if need_sigma else None), None, None, None, None
 
@@ -525,7 +580,7 @@ def splat_triangles(mod, kernel, quadrature, shape, spacing, origin, verts, face
         [float(v) for v in spacing],
         [float(v) for v in origin],
         [float(v) for v in sigma.detach().cpu()],
-        [float(v) for v in radius],
+        [float(v) for v in kernel.gaussian_radius(sigma)],  # the native side adds the block's reach
         [int(v) for v in window],
     )
     img = _TriSplat.apply(tri, strength, sigma, mod, kernel, geom, (face_rule, start, lam, w))

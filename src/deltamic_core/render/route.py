@@ -7,7 +7,9 @@ is small compared with that oversampling (window voxels x reads per voxel <=
 ``MAX_WINDOW_PER_OVERSAMPLING`` x the product of the oversampling factors: a PSF wider than
 the voxels is cheaper in Fourier space) and (3) a real-space kernel exists for the PSF: an axis-aligned Gaussian (learnable
 sigma keeps its gradient), a full-covariance Gaussian or a :class:`MeasuredPSF` (fixed
-parameters). Everything else stays on the Fourier route. Measured by
+parameters), or a coarse level's block-averaged axis-aligned Gaussian
+(:class:`~deltamic_core.psf.BlockAveragedPSF` on a grid of its block's spacing; learnable
+sigma too). Everything else stays on the Fourier route. Measured by
 ``benchmarks/bench_speed.py``.
 
 With the native triangle splat (an axis-aligned Gaussian on the CPU with the kernel built) the
@@ -28,6 +30,7 @@ import torch
 
 from . import realspace
 from .realspace import (
+    BlockGaussianKernel,
     GaussianKernel,
     SurfaceQuadrature,
     TableKernel,
@@ -154,7 +157,7 @@ class RealPlan:
 def real_plan(renderer, *, required: bool):
     """The :class:`RealPlan` for ``renderer``'s PSF, or None when no real-space kernel exists
     (then a ValueError when ``required``)."""
-    from ..psf import GaussianPSF, MeasuredPSF
+    from ..psf import BlockAveragedPSF, GaussianPSF, MeasuredPSF
 
     psf = renderer.psf
     dtype, device = renderer.dtype, renderer.device
@@ -166,6 +169,24 @@ def real_plan(renderer, *, required: bool):
         with torch.no_grad():
             s = psf.sigma_um.detach().cpu().numpy()
         return RealPlan(renderer, kernel, _gaussian_kmax(1.0 / s**2), sigma_fn=lambda: psf.sigma_um)
+    if (
+        isinstance(psf, BlockAveragedPSF)
+        and isinstance(psf.inner, GaussianPSF)
+        and not psf.inner.is_full_covariance
+        and all(abs(a - b) <= 1e-9 * b for a, b in zip(sp, [psf.factor * s for s in psf.fine_spacing_um]))
+    ):
+        # a coarse level: the Gaussian (widened by the extra blur) averaged over the block's
+        # fine samples, on the coarse grid (spacing factor x fine)
+        inner, blur2 = psf.inner, psf.blur_um**2
+
+        def sigma_fn():
+            return torch.sqrt(inner.sigma_um**2 + blur2)
+
+        kernel = BlockGaussianKernel(inner, psf.factor, psf.fine_spacing_um, trunc=trunc)
+        with torch.no_grad():
+            s = sigma_fn().detach().cpu().numpy()
+        # the box's |transfer| <= 1: the widened Gaussian's band bounds the quadrature's needs
+        return RealPlan(renderer, kernel, _gaussian_kmax(1.0 / s**2), sigma_fn=sigma_fn)
     if isinstance(psf, GaussianPSF) and not learnable:
         with torch.no_grad():
             S = psf.covariance_um2.detach().cpu().numpy()

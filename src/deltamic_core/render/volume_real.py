@@ -36,8 +36,13 @@ from .realspace import GaussianKernel, _window_size
 
 def supports(plan) -> bool:
     """True when ``plan`` (a :class:`~deltamic_core.render.route.RealPlan`) has a kernel this
-    module can integrate (the separable Gaussian)."""
-    return plan is not None and isinstance(plan.kernel, GaussianKernel) and plan.sigma_fn is not None
+    module can integrate (the separable Gaussian; not yet a coarse level's block average)."""
+    return (
+        plan is not None
+        and isinstance(plan.kernel, GaussianKernel)
+        and tuple(plan.kernel.block) == (1, 1, 1)
+        and plan.sigma_fn is not None
+    )
 
 
 def _cdf(kernel: GaussianKernel, d, s):
