@@ -121,3 +121,36 @@ def test_learnt_sigma_gets_the_gradient_of_the_volume_image():
         h[a] = 1e-5
         fd = (float(loss(base + h)[0].detach()) - float(loss(base - h)[0].detach())) / 2e-5
         assert float(g[a]) == pytest.approx(fd, rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.parametrize("F,blur", [(2, 0.0), (3, 0.3)])
+def test_coarse_level_volume_term_is_the_block_average_of_the_fine_one(F, blur):
+    """A coarse level's volume image on the real route (the block-averaged Gaussian: a mean of
+    shifted steps along z, of shifted Gaussians across) equals its definition, the mean of F^3
+    fine voxels of the fine real-route volume image of the blur-widened Gaussian; and its
+    vertex gradient matches the fine image's block average's."""
+    from deltamic_core.fit import block_average
+    from deltamic_core.psf import BlockAveragedPSF
+
+    fine, shape = (0.5, 0.25, 0.25), (8, 12, 12)
+    sp = tuple(F * s for s in fine)
+    origin = tuple(-0.5 * (n - 1) * s + 0.013 for n, s in zip(shape, sp))
+    fine_origin = tuple(o - 0.5 * (F - 1) * s for o, s in zip(origin, fine))
+    sigma = (0.3, 0.1, 0.1)
+    level_psf = BlockAveragedPSF(GaussianPSF(sigma).requires_grad_(False), F, fine, blur_um=blur)
+    coarse = Renderer(shape, sp, level_psf, origin_um=origin, route="real", dtype=torch.float64)
+    wide = GaussianPSF(tuple(float(np.hypot(s, blur)) for s in sigma)).requires_grad_(False)
+    ref = Renderer(tuple(n * F for n in shape), fine, wide, origin_um=fine_origin, route="real", dtype=torch.float64)
+    mesh = icosphere((0.3, -0.2, 0.15), 2.1, subdivisions=2)
+    probe = torch.rand(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    grads, imgs = [], []
+    for r, post in ((coarse, lambda im: im), (ref, lambda im: block_average(im, F))):
+        v = torch.tensor(mesh.verts, dtype=torch.float64).requires_grad_(True)
+        img = post(_render(r, mesh, 1.0, verts=v))
+        (img * probe).sum().backward()
+        imgs.append(img.detach())
+        grads.append(v.grad)
+    # the fine image is the region's blurred indicator: interior voxels near 1
+    assert float(imgs[1].max()) > 0.9
+    assert float((imgs[0] - imgs[1]).abs().max()) < 1e-12
+    assert float((grads[0] - grads[1]).abs().max()) < 1e-10 * float(grads[1].abs().max())

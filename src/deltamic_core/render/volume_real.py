@@ -36,13 +36,8 @@ from .realspace import GaussianKernel, _window_size
 
 def supports(plan) -> bool:
     """True when ``plan`` (a :class:`~deltamic_core.render.route.RealPlan`) has a kernel this
-    module can integrate (the separable Gaussian; not yet a coarse level's block average)."""
-    return (
-        plan is not None
-        and isinstance(plan.kernel, GaussianKernel)
-        and tuple(plan.kernel.block) == (1, 1, 1)
-        and plan.sigma_fn is not None
-    )
+    module can integrate (the separable Gaussian, also a coarse level's block average of it)."""
+    return plan is not None and isinstance(plan.kernel, GaussianKernel) and plan.sigma_fn is not None
 
 
 def _cdf(kernel: GaussianKernel, d, s):
@@ -90,10 +85,17 @@ def _splat_step(kernel, shape, spacing, origin, x, s, sigma):
     sp = torch.tensor(spacing, dtype=dt, device=dev)
     o = torch.tensor(origin, dtype=dt, device=dev)
     rad = torch.tensor(radius, dtype=dt, device=dev)
+    # a coarse level's block average (BlockGaussianKernel): the z factor is the mean of B
+    # steps displaced by c_m (the plain Gaussian: B = 1, c = 0); kernel.factors averages y, x
+    B = int(kernel.block[0])
+    shifts = [(m - 0.5 * (B - 1)) * kernel.block_step[0] for m in range(B)]
     with torch.no_grad():
         i0 = torch.floor((x.detach() - o - rad) / sp).to(torch.int64) + 1
-        # first voxel strictly above the point along z: where the Heaviside part starts
-        k0 = (torch.floor((x.detach()[:, 0] - o[0]) / sp[0]).to(torch.int64) + 1).clamp(0, Z)
+        # first voxel strictly above the point along z (x_z - y_z + c > 0): where each
+        # Heaviside part starts
+        k0 = torch.stack(
+            [(torch.floor((x.detach()[:, 0] - c - o[0]) / sp[0]).to(torch.int64) + 1).clamp(0, Z) for c in shifts], 1
+        )
         iy = i0[:, 1:2] + torch.arange(Wy, device=dev)[None, :]
         ix = i0[:, 2:3] + torch.arange(Wx, device=dev)[None, :]
         iz = i0[:, 0:1] + torch.arange(Wz, device=dev)[None, :]
@@ -111,17 +113,21 @@ def _splat_step(kernel, shape, spacing, origin, x, s, sigma):
     foot = (s[:, None, None] * gy[:, :, None]) * gx[:, None, :]  # (P, Wy, Wx)
     iyc, ixc = iy.clamp(0, Y - 1), ix.clamp(0, X - 1)
     yx = iyc[:, :, None] * X + ixc[:, None, :]  # (P, Wy, Wx)
-    # Heaviside part: the footprint from voxel k0 up (a cumulative sum over z)
+    # Heaviside parts: the footprint (/ B) from voxel k0 up (a cumulative sum over z)
     step = torch.zeros((Z + 1) * Y * X, dtype=dt, device=dev)
-    step = step.index_add(0, (k0[:, None, None] * (Y * X) + yx).reshape(-1), foot.reshape(-1))
+    part = (foot / B).reshape(-1)
+    for m in range(B):
+        step = step.index_add(0, (k0[:, m, None, None] * (Y * X) + yx).reshape(-1), part)
     image = torch.cumsum(step.reshape(Z + 1, Y, X)[:Z], dim=0)
     # the compact rest G_z - H over the z window
     t = torch.arange(Wz, device=dev, dtype=dt)
-    dz = d0[:, 0:1] + t[None, :] * sp[0]
-    sz, rz = sigma[0], radius[0]
-    inside = dz.abs() <= rz
-    rest = torch.where(inside, _cdf(kernel, dz, sz) - (dz > 0).to(dt), torch.zeros((), dtype=dt, device=dev))
-    rest = rest * okz
+    sz, rz = sigma[0], kernel.gaussian_radius(sigma)[0]
+    zero = torch.zeros((), dtype=dt, device=dev)
+    rest = 0.0
+    for c in shifts:
+        dz = d0[:, 0:1] + t[None, :] * sp[0] + c
+        rest = rest + torch.where(dz.abs() <= rz, _cdf(kernel, dz, sz) - (dz > 0).to(dt), zero)
+    rest = rest * okz / B
     izc = iz.clamp(0, Z - 1)
     idx = izc[:, :, None, None] * (Y * X) + yx[:, None, :, :]  # (P, Wz, Wy, Wx)
     vals = rest[:, :, None, None] * foot[:, None, :, :]
