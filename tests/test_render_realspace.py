@@ -382,6 +382,9 @@ def _coarse_and_fine(F, blur, native, sigma=(0.3, 0.1, 0.1), psf=None):
         r = Renderer(shape, sp, level_psf, origin_um=origin, route="real", dtype=torch.float64)
         if native and blur == 0:  # "auto" takes it: a narrow PSF on a coarse grid, the native splat
             assert Renderer(shape, sp, level_psf, origin_um=origin, dtype=torch.float64).route == "real"
+            # also as the fitter builds its coarse levels (no alias folding on the Fourier route)
+            unfolded = Renderer(shape, sp, level_psf, origin_um=origin, dtype=torch.float64, fold_aliases=False)
+            assert unfolded.route == "real"
         coarse = r.render(v, f)
         wide = GaussianPSF(tuple(math.sqrt(s * s + blur * blur) for s in sigma))
         rf = Renderer(tuple(n * F for n in shape), fine, wide, origin_um=fine_origin, route="real", dtype=torch.float64)

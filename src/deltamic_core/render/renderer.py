@@ -190,7 +190,12 @@ class Renderer:
         self._real = None
         self._probe = torch.zeros(0, device=self.device)
         self.route = "fourier"
-        if route != "fourier" and fold_aliases:
+        # a coarse level's block-averaged PSF (no alias folding asked: the Fourier route drops
+        # the PSF's band beyond the coarse Nyquist limit) has an exact real-space kernel that is
+        # as cheap: it is considered too
+        from ..psf import BlockAveragedPSF
+
+        if route != "fourier" and (fold_aliases or isinstance(psf, BlockAveragedPSF)):
             from .route import real_plan
 
             self._real = real_plan(self, required=(route == "real"))
