@@ -54,7 +54,7 @@ class LiveSeeds:
 
     def sync(self, centres, radii) -> str:
         """Post the difference between the seeds and the running fit's cells; what happens, in words."""
-        from deltamic_core.pipeline.cells import CellChange, changes_queue
+        from deltamic_core.pipeline.cells import CellChange
 
         if self.w.runner.last_prepared is None:  # Run clicked, its worker still preparing the job
             self._starting = True
@@ -77,7 +77,7 @@ class LiveSeeds:
             add_radii=np.array([r for _, r in add], dtype=np.float64),
             remove=remove,
         )
-        changes_queue(self.w.runner._holder).put(change)
+        self.w.runner.post_change(change)
         self.pending = (change, add)
         self._timer.start()
         return f"running fit: {len(add)} cell(s) in, {len(remove)} out at its next step..."

@@ -18,6 +18,8 @@ RuntimeErrors.
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 import warnings
@@ -161,6 +163,78 @@ def fit_worker(make_prepared: Callable, holder: dict, mailbox: Mailbox, t0: floa
             mailbox.error = FitError(exc)
 
 
+def server_worker(make_prepared: Callable, server, holder: dict, mailbox: Mailbox, t0: float):
+    """Worker body of the process path: prepare the job here, fit it in the fit server
+    (``deltamic_core.pipeline.fit_server``) and relay its messages into ``mailbox``.
+
+    The thread only waits on the server's connection (no GIL held), so the fit never competes
+    with the viewer's drawing. Reads until the server's ``end`` of the job (Stop is a message
+    to the server, never ``worker.quit()``: the next job must not read this one's end). Faces
+    and labels come only when they changed; the relay keeps the last ones for each Step.
+    Never raises (see :func:`fit_worker`).
+    """
+    from deltamic_core.pipeline.fit_server import FitServerError
+
+    try:
+        prepared = _prepare(make_prepared, mailbox)
+        if not server.wait_connected():
+            raise FitServerError(server.failed or "the fit server is not available")
+        with holder["lock"]:
+            if holder["stop"].is_set():
+                return
+            server.send("job", prepared)
+            holder["sent"] = True
+        del prepared
+        faces = labels = None
+        stop_at = None
+        while True:
+            if not server.poll(0.1):
+                if holder["stop"].is_set():
+                    stop_at = stop_at or time.perf_counter()
+                    if time.perf_counter() - stop_at > 30.0:
+                        raise FitServerError("the fit server did not stop within 30 s")
+                yield None
+                continue
+            msg = server.recv()
+            kind = msg[0]
+            if kind == "step":
+                _, it, loss, verts, new_faces, new_labels, level, rolled_back, psf_params, seconds = msg
+                if new_faces is not None:
+                    faces, labels = new_faces, (None if new_labels is False else new_labels)
+                now = time.perf_counter()
+                mailbox.post_step(
+                    Step(it, loss, verts, faces, labels, level, rolled_back, psf_params, seconds, now - t0)
+                )
+            elif kind == "changed":
+                _, ident, added, notes, error = msg
+                change = holder["pending"].pop(ident, None)
+                if change is not None:
+                    change.added, change.notes, change.error = added, notes, error
+                    change.done.set()
+            elif kind == "error":
+                mailbox.error = FitError(msg[1])
+            elif kind == "end":
+                holder["result"] = msg[1]
+                return
+    except Exception as exc:  # noqa: BLE001 - reported on the main thread when the worker ends
+        mailbox.error = FitError(exc)
+        if isinstance(exc, FitServerError):
+            holder["server_broken"] = True
+
+
+def process_mode_default() -> bool:
+    """The widget's fits run in a fit server process when ``DELTAMIC_FIT_PROCESS=1`` (for now: off by default)."""
+    return os.environ.get("DELTAMIC_FIT_PROCESS", "0").strip().lower() not in ("0", "no", "false", "off")
+
+
+def server_threads() -> int:
+    """Torch threads of the fit server (``DELTAMIC_FIT_THREADS``, default 2)."""
+    try:
+        return max(int(os.environ.get("DELTAMIC_FIT_THREADS", "2")), 1)
+    except ValueError:
+        return 2
+
+
 _warm_lock = threading.Lock()
 _warm_thread: threading.Thread | None = None
 
@@ -199,8 +273,14 @@ class FitRunner(QObject):
     free); ``on_error(FitError)`` and then ``on_finished()`` when the worker has ended.
     """
 
-    def __init__(self, on_prepared, on_update, on_error, on_finished, *, interval_ms: int = 40, parent=None):
+    def __init__(
+        self, on_prepared, on_update, on_error, on_finished, *, interval_ms: int = 40, use_process=None, parent=None
+    ):
         super().__init__(parent)
+        self.use_process = process_mode_default() if use_process is None else bool(use_process)
+        self.server = None  # the fit server (deltamic_core.pipeline.fit_server.FitServer)
+        self.mode: str | None = None  # "process" or "thread": where the last fit ran
+        self._change_ids = itertools.count(1)
         self._on_prepared, self._on_update = on_prepared, on_update
         self._on_error, self._on_finished = on_error, on_finished
         self.worker = None
@@ -219,19 +299,67 @@ class FitRunner(QObject):
     def is_running(self) -> bool:
         return self.worker is not None
 
+    def start_server(self) -> bool:
+        """Start the fit server (when the widget opens: it imports and warms up meanwhile).
+        False, and fits in a thread of this process, if it cannot be started."""
+        if not self.use_process:
+            return False
+        if self.server is not None and self.server.failed is None and self.server.process.poll() is None:
+            return True
+        self.close_server()
+        from deltamic_core.pipeline.fit_server import FitServer, FitServerError
+
+        try:
+            self.server = FitServer(threads=server_threads()).start()
+        except FitServerError as exc:
+            warnings.warn(f"{exc}; fits run in the viewer's process", stacklevel=2)
+            self.server = None
+            return False
+        return True
+
+    def close_server(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+
+    def post_change(self, change) -> None:
+        """Hand a ``pipeline.cells.CellChange`` to the running fit (applied before its next
+        step; ``change.done`` is set when it was answered)."""
+        if self.mode == "process":
+            ident = next(self._change_ids)
+            self._holder["pending"][ident] = change
+            self.server.send("change", ident, change.add_centres, change.add_radii, tuple(change.remove))
+        else:
+            from deltamic_core.pipeline.cells import changes_queue
+
+            changes_queue(self._holder).put(change)
+
     def start(self, make_prepared: Callable) -> None:
-        """Run ``make_prepared()`` (-> ``pipeline.Prepared``) and then its fit in a worker."""
+        """Run ``make_prepared()`` (-> ``pipeline.Prepared``) and then its fit: in the fit server
+        when it runs, else in this process's worker thread."""
         from napari.qt.threading import create_worker
 
         if self.worker is not None:
             raise ValueError("a fit is already running: stop it first")
-        self._holder = {"stop": threading.Event()}
         self._mailbox = Mailbox()
         self.last_result, self.last_prepared = None, None
         self.started_at = time.perf_counter()
-        worker = create_worker(
-            fit_worker, make_prepared, self._holder, self._mailbox, self.started_at, _start_thread=False
-        )
+        server = self.server
+        if server is not None and (server.failed is not None or server.process.poll() is not None):
+            self.start_server()  # it died since: a new one (this Run then waits for its warm-up)
+            server = self.server
+        if server is not None:
+            self.mode = "process"
+            self._holder = {"stop": threading.Event(), "lock": threading.Lock(), "pending": {}}
+            body, target = server_worker, server
+        else:
+            self.mode = "thread"
+            self._holder = {"stop": threading.Event()}
+            body, target = fit_worker, None
+        args = (make_prepared, self._holder, self._mailbox, self.started_at)
+        if target is not None:
+            args = (make_prepared, target, self._holder, self._mailbox, self.started_at)
+        worker = create_worker(body, *args, _start_thread=False)
         worker.finished.connect(self._finished)
         # set from the worker thread itself, so shutdown() can wait without an event loop
         self._thread_done = threading.Event()
@@ -256,17 +384,20 @@ class FitRunner(QObject):
         while self.deliver():  # what was posted since the last tick, the last state included
             pass
         fitter = self._holder.get("fitter")
-        if fitter is not None:
-            try:  # the fit's final state (as the CLI reports it); the thread has ended
-                self.last_result = fitter.result()
+        try:  # the fit's final state (as the CLI reports it); the thread has ended
+            self.last_result = fitter.result() if fitter is not None else self._holder.get("result")
+            if self.last_result is not None:
                 elapsed = time.perf_counter() - self.started_at
                 self.last_timings = {
                     "fit_s": elapsed,
-                    "per_iteration_s": elapsed / max(fitter.iteration, 1),
+                    "per_iteration_s": elapsed / max(self.last_result.iterations, 1),
                     **{f"fitter_{k}_s": float(v) for k, v in self.last_result.timings.items()},
                 }
-            except Exception:  # noqa: BLE001 - a report without the fit's history, not a crash
-                self.last_result = None
+        except Exception:  # noqa: BLE001 - a report without the fit's history, not a crash
+            self.last_result = None
+        if self._holder.get("server_broken"):
+            self.close_server()
+            self.start_server()  # for the next Run
         self._holder.clear()  # release the Fitter (solver, render plan) now
         if self._mailbox.error is not None:
             self._on_error(self._mailbox.error)
@@ -276,6 +407,15 @@ class FitRunner(QObject):
         """Stop now: the step in progress is abandoned at its next stage (the fit keeps the
         last completed step); before the first step, the fit ends without one."""
         if self.worker is None:
+            return
+        if self.mode == "process":  # the server cancels its step; the relay reads on to its end
+            with self._holder["lock"]:
+                self._holder["stop"].set()
+                if self._holder.get("sent"):
+                    try:
+                        self.server.send("stop")
+                    except Exception:  # noqa: BLE001 - the relay sees the broken server and ends
+                        pass
             return
         self._holder["stop"].set()  # before looking for the fitter: see pipeline.fit_steps
         fitter = self._holder.get("fitter")
@@ -288,6 +428,7 @@ class FitRunner(QObject):
         Qt events (safe inside napari's close sequence). True if no fit is running any more."""
         worker = self.worker
         if worker is None:
+            self.close_server()
             return True
         try:
             self._timer.stop()
@@ -297,5 +438,7 @@ class FitRunner(QObject):
         if self._thread_done.wait(timeout_s):
             self.worker = None
             self._holder.clear()
+            self.close_server()
             return True
+        self.close_server()  # kills it if it does not quit: never an orphan
         return False

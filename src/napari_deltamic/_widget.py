@@ -157,7 +157,8 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         self._default_settings = self.settings()
         self.apply_settings(load_settings())  # remembered from the last session
         self._install_close_hooks()
-        start_warm_up()  # imports and kernel of a first fit, while the user sets things up
+        self.runner.start_server()  # the fit server process: starts and warms up meanwhile
+        start_warm_up()  # imports of preparing a job (and of a fit in this process, the fallback)
         self._fit_width()
         self.psf_combo.currentIndexChanged.connect(self._fit_width)
 

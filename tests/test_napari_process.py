@@ -1,0 +1,95 @@
+"""The widget's fit in the fit server process (``deltamic_core.pipeline.fit_server``), driven
+through the real buttons in a shown viewer: the fit runs in another process, Stop, a
+divergence said once, a seed added during the fit, the fallback to a thread, no orphan."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from gui_helpers import click, start_fit
+from test_napari_cells import test_seeds_added_and_removed_during_a_fit_join_and_leave_it as _seeds_during_fit
+from test_napari_live import FIT_TIMEOUT_MS, _idle, _one_cell
+
+
+@pytest.fixture(autouse=True)
+def _process(monkeypatch):
+    monkeypatch.setenv("DELTAMIC_FIT_PROCESS", "1")
+    monkeypatch.setenv("DELTAMIC_FIT_THREADS", "1")
+
+
+def _gone(proc) -> bool:
+    return proc.poll() is not None
+
+
+@pytest.mark.slow
+def test_the_fit_runs_in_the_server_stops_and_leaves_no_process_after_close(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors
+):
+    viewer = make_napari_viewer(show=True)
+    w = _one_cell(viewer, gui_open_widget, embryo)
+    proc = w.runner.server.process
+    assert proc.pid != os.getpid() and not _gone(proc)
+    start_fit(qtbot, w)
+    assert w.runner.mode == "process"
+    layer = viewer.layers["crop fit"]
+    qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 3, timeout=FIT_TIMEOUT_MS)
+    click(qtbot, w.stop_button)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert _idle(w)
+    res = w.runner.last_result  # the server's final state: what the layer shows
+    assert res.iterations == layer.metadata["fit_iteration"] < 500
+    np.testing.assert_allclose(layer.vertices, res.mesh.verts, atol=1e-4)
+    assert f"done: {res.iterations} iterations" in w.status_label.text()
+    assert gui_errors == []
+    assert not _gone(proc)  # the same server serves the next Run
+    viewer.close()
+    qtbot.waitUntil(lambda: _gone(proc), timeout=10_000)
+
+
+@pytest.mark.slow
+def test_a_divergence_in_the_server_is_said_once_and_keeps_the_last_good_mesh(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch
+):
+    faults = Path(__file__).parent / "fit_server_faults"  # its sitecustomize loads in the server
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(faults), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("DELTAMIC_TEST_RENDER_INF_AFTER", "3")
+    viewer = make_napari_viewer(show=True)
+    w = _one_cell(viewer, gui_open_widget, embryo)
+    start_fit(qtbot, w)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert w.runner.mode == "process" and _idle(w)
+    assert len(gui_errors) == 1 and "fit failed: fit diverged" in gui_errors[0], gui_errors
+    assert np.isfinite(viewer.layers["crop fit"].vertices).all()
+
+
+@pytest.mark.slow
+def test_seeds_added_during_a_fit_in_the_server_join_it(make_napari_viewer, gui_open_widget, qtbot, gui_errors, embryo):
+    _seeds_during_fit(make_napari_viewer, gui_open_widget, qtbot, gui_errors, embryo)
+
+
+@pytest.mark.slow
+def test_without_a_server_the_fit_runs_in_a_thread(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch
+):
+    from deltamic_core.pipeline.fit_server import FitServer, FitServerError
+
+    def cannot_start(self):
+        raise FitServerError("the fit server could not be started: test")
+
+    monkeypatch.setattr(FitServer, "start", cannot_start)
+    viewer = make_napari_viewer(show=True)
+    with pytest.warns(UserWarning, match="fits run in the viewer's process"):
+        w = _one_cell(viewer, gui_open_widget, embryo, iterations=3)
+    assert w.runner.server is None
+    start_fit(qtbot, w)
+    assert w.runner.mode == "thread"
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert w.runner.last_result.iterations == 3 == viewer.layers["crop fit"].metadata["fit_iteration"]
+    assert gui_errors == []
