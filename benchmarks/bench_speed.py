@@ -10,10 +10,13 @@ image grid padded by the PSF extent (no oversampling), same threads, same proces
   plan building and one iteration on a 73 x 202 x 130 embryo grid, both routes;
 - goal 1 (proxy until the independent accuracy benchmark lands): the 4-cell-sized embryo fit at
   the accuracy issue's effort (80/120/100 iterations) vs the seeded watershed, same image;
+- goal "c" (coarse levels of the goal-1 proxy): one iteration per level factor on the
+  real-space route vs the Fourier route (the rule of ``render.route`` for block-averaged PSFs;
+  ``--coarse-blur`` sets ``FitConfig.coarse_blur``, which sets the coarse windows);
 - goal 4 (proxy, no viewer): the napari sample's fit at the widget's defaults: time to the
   first step result after the fitter is created, steps per second at each level.
 
-Run: ``.venv/bin/python benchmarks/bench_speed.py [--goals 2 3 1 4] [--quick] [--threads 2]``.
+Run: ``.venv/bin/python benchmarks/bench_speed.py [--goals 2 3 1 4 c] [--quick] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -296,6 +299,73 @@ def goal1(args):
             break
 
 
+def _goal1_problem():
+    """The goal-1 proxy's image (4-cell-sized embryo, Gaussian 0.35/0.12/0.12 um), its seeds'
+    spheres and the watershed's seconds (same image)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bfe", Path(__file__).with_name("bench_fit_embryo.py"))
+    bfe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bfe)
+    from deltamic_core.geometry import measure, seed_spheres
+    from deltamic_core.pipeline import estimate_seed_radii
+
+    spacing = (0.5, 0.25, 0.25)
+    sigma = (0.35, 0.12, 0.12)
+    truth = read_mesh(REC, spacing_um=0.25)
+    lo = truth.verts.min(0) - 3.0
+    truth = truth.copy(verts=truth.verts - lo)
+    shape = tuple(int(np.ceil(e / s)) for e, s in zip(truth.verts.max(0) + 3.0, spacing))
+    image = observed_image(truth, shape, spacing, GaussianPSF(sigma))
+    centroids = np.asarray(measure(truth)["centroid"], dtype=np.float64)
+    t = _clock()
+    bfe.watershed_baseline(image, spacing, (0.0, 0.0, 0.0), centroids)
+    t_ws = _clock() - t
+    radii = estimate_seed_radii(image, spacing, centroids, blur_um=sigma)
+    return image, spacing, sigma, seed_spheres(centroids, radii, edge_um=1.0), t_ws
+
+
+def goal_coarse(args):
+    """Coarse levels (BlockAveragedPSF, no alias folding on the Fourier route) of the goal-1
+    proxy: one iteration on the real-space route vs the Fourier route, per factor."""
+    print("\n== coarse levels of the goal-1 proxy: one iteration, real-space vs Fourier route")
+    image, spacing, sigma, init, _ = _goal1_problem()
+    import deltamic_core.render.renderer as rmod
+
+    orig = rmod.Renderer.__init__
+    for f in (4, 2):
+        for route in ("real", "fourier"):
+
+            def init_(self, *a, _route=route, **k):
+                k.setdefault("route", _route)
+                orig(self, *a, **k)
+
+            rmod.Renderer.__init__ = init_
+            try:
+                cfg = FitConfig(levels=(f, 1), iterations=(6, 0), coarse_blur=args.coarse_blur)
+                fitter = Fitter(image, spacing, init, GaussianPSF(sigma), cfg)
+                t = _clock()
+                fitter.step()
+                first = _clock() - t
+                ts = []
+                for _ in range(4):
+                    t = _clock()
+                    fitter.step()
+                    ts.append(_clock() - t)
+            finally:
+                rmod.Renderer.__init__ = orig
+            r = fitter.renderer
+            extra = (
+                f"{r._real.last_n_points} points, window {r._real.window} = {math.prod(r._real.window)}"
+                if r.route == "real"
+                else f"band {len(r.band)}, oversampling {r.oversampling}, backend {r.backend_name}"
+            )
+            print(
+                f"  factor {f}, grid {r.shape}, {route:>7}: iteration {statistics.median(ts):.3f} s "
+                f"(first incl. plan {first:.2f} s); {extra}"
+            )
+
+
 def goal4(args):
     print("\n== goal 4 (proxy, no viewer): napari sample embryo, widget defaults")
     from deltamic_core.fit import FitConfig as FC
@@ -336,6 +406,7 @@ def main(argv=None):
     ap.add_argument("--goals", nargs="+", default=["2", "3", "1", "4"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--coarse-blur", type=float, default=FitConfig().coarse_blur, help="goal c: FitConfig.coarse_blur")
     ap.add_argument("--clock", choices=sorted(_CLOCKS), default="wall", help="time the floor and iterations by")
     args = ap.parse_args(argv)
     global _clock
@@ -343,7 +414,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}, clock {args.clock}")
     for g in args.goals:
-        {"1": goal1, "2": goal2, "3": goal3, "4": goal4}[g](args)
+        {"1": goal1, "2": goal2, "3": goal3, "4": goal4, "c": goal_coarse}[g](args)
 
 
 if __name__ == "__main__":
