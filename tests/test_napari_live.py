@@ -79,6 +79,8 @@ class _RenderFault:
             return fault(lambda: original(renderer, *args, **kwargs))
 
         monkeypatch.setattr(Renderer, "render", render)
+        # the fault is in this process: the fit must run here (test_napari_process injects its own)
+        monkeypatch.setenv("DELTAMIC_FIT_PROCESS", "0")
 
     def arm(self) -> None:
         self.armed.set()

@@ -223,8 +223,8 @@ def server_worker(make_prepared: Callable, server, holder: dict, mailbox: Mailbo
 
 
 def process_mode_default() -> bool:
-    """The widget's fits run in a fit server process when ``DELTAMIC_FIT_PROCESS=1`` (for now: off by default)."""
-    return os.environ.get("DELTAMIC_FIT_PROCESS", "0").strip().lower() not in ("0", "no", "false", "off")
+    """The widget's fits run in a fit server process unless ``DELTAMIC_FIT_PROCESS=0``."""
+    return os.environ.get("DELTAMIC_FIT_PROCESS", "1").strip().lower() not in ("0", "no", "false", "off")
 
 
 def server_threads() -> int:
