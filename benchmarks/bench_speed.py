@@ -276,10 +276,10 @@ def goal1(args):
     import deltamic_core.render.renderer as rmod
 
     orig = rmod.Renderer.__init__
-    for route in ("real", "fourier") if not args.quick else ("real",):
+    for route in args.goal1_routes:
 
         def init_(self, *a, _route=route, **k):
-            k.setdefault("route", _route)
+            k.setdefault("route", _route)  # "auto" is the default: every level chooses
             orig(self, *a, **k)
 
         rmod.Renderer.__init__ = init_
@@ -295,8 +295,6 @@ def goal1(args):
             f"  {shape} voxels, {len(truth.faces)}-face truth, iterations {its}, route {route}: fit {t_fit:.1f} s, "
             f"watershed {t_ws:.1f} s: {t_fit / t_ws:.1f} x watershed; timings {tim}"
         )
-        if route == "fourier":
-            break
 
 
 def _goal1_problem():
@@ -404,6 +402,13 @@ def goal4(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--goals", nargs="+", default=["2", "3", "1", "4"])
+    ap.add_argument(
+        "--goal1-routes",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "real", "fourier"],
+        help="renderer routes goal 1 fits with, one fit each (auto: the defaults)",
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--coarse-blur", type=float, default=FitConfig().coarse_blur, help="goal c: FitConfig.coarse_blur")
