@@ -188,7 +188,10 @@ class NufftBackend:
         self.nthreads = nthreads
         self._cache: dict = {}
         self._plans: dict = {}
-        self._last_points = None
+        self._plan_pts: dict = {}  # id(plan) -> (plan, the angle arrays it was last given)
+        self._geom = None
+        self.n_geometry_builds = 0  # quadrature geometries computed / reused (see _geometry)
+        self.n_geometry_hits = 0
         self.last_n_points = 0
         # finufft's fine-grid factor: 1.25 (smaller FFTs, wider kernel) measured faster than 2
         # on the renderer's oversampled bands (benchmarks/bench_speed.py); env override
@@ -233,18 +236,62 @@ class NufftBackend:
     def _points(self, verts, faces, weights, band):
         """Quadrature points as (3, P) (axis-major, as finufft wants them), real strengths (P,),
         and the layout needed to chain gradients back (groups, areas, normals)."""
-        tri = verts[faces]  # (F, 3 corners, 3 axes)
-        area, unit = self._areas(tri)
-        strength = weights * area
-        groups = self._groups(tri, band)
-        xs, ss = [], []
-        for idx, lam, w in groups:
-            t = tri[idx]  # (Fg, 3, 3)
-            # x[d, f, q] = sum_c t[f, c, d] lam[q, c]: one GEMM with a length-3 inner dimension
-            x = (t.transpose(1, 2).reshape(-1, 3) @ lam.T).reshape(len(idx), 3, -1).permute(1, 0, 2)
-            xs.append(x.reshape(3, -1))
-            ss.append((strength[idx, None] * w[None, :]).reshape(-1))
-        return torch.cat(xs, 1), torch.cat(ss), (tri, groups, area, unit)
+        geom = self._geometry(verts, faces, band)
+        return geom["x"], self._strengths(geom, weights), geom["layout"]
+
+    def _geometry(self, verts, faces, band):
+        """The weight-free part of the quadrature: points (3, P), their angles and phase for
+        ``band`` and the layout (triangles, rule groups, areas, unit normals). Kept for the
+        last geometry: the membrane and the volume term's three transforms of one render, and
+        their backwards, share the points (they differ in the weights only). The key is the
+        vertices' and faces' values (compared, not addresses), the band and the tolerance, so
+        moved vertices never reuse stale points."""
+        c = self._geom
+        if (
+            c is not None
+            and c["band"] is band
+            and c["tol"] == self.tol
+            and c["verts"].shape == verts.shape
+            and c["verts"].dtype == verts.dtype
+            and c["verts"].device == verts.device
+            and c["faces"].shape == faces.shape
+            and torch.equal(c["verts"], verts.detach())
+            and torch.equal(c["faces"], faces)
+        ):
+            self.n_geometry_hits += 1
+            return c
+        with torch.no_grad():
+            tri = verts.detach()[faces]  # (F, 3 corners, 3 axes)
+            area, unit = self._areas(tri)
+            groups = self._groups(tri, band)
+            xs = []
+            for idx, lam, _w in groups:
+                t = tri[idx]  # (Fg, 3, 3)
+                # x[d, f, q] = sum_c t[f, c, d] lam[q, c]: one GEMM with a length-3 inner dimension
+                x = (t.transpose(1, 2).reshape(-1, 3) @ lam.T).reshape(len(idx), 3, -1).permute(1, 0, 2)
+                xs.append(x.reshape(3, -1))
+            x = torch.cat(xs, 1)
+            real_np, _ = _np_dtypes(verts.dtype)
+            ang, phase = self._angles(x, self._band_info(band), real_np)
+        self._geom = {
+            "band": band,
+            "tol": self.tol,
+            "verts": verts.detach().clone(),
+            "faces": faces.detach().clone(),
+            "x": x,
+            "ang": ang,
+            "phase": phase,
+            "layout": (tri, groups, area, unit),
+        }
+        self.n_geometry_builds += 1
+        return self._geom
+
+    @staticmethod
+    def _strengths(geom, weights):
+        """Strengths (P,) w_t A_t x rule weight, in the points' order."""
+        _tri, groups, area, _unit = geom["layout"]
+        strength = weights.detach() * area
+        return torch.cat([(strength[idx, None] * w[None, :]).reshape(-1) for idx, _lam, w in groups])
 
     @staticmethod
     def _chain(faces, weights, n_verts, layout, grad_x, grad_s):
@@ -302,6 +349,14 @@ class NufftBackend:
         phase = np.exp(-1j * (info["shift"].astype(np.float64) @ f))
         return [np.ascontiguousarray(f[a], dtype=real_dtype) for a in range(3)], phase
 
+    def _setpts(self, plan, ang):
+        """plan.setpts unless ``plan`` already holds these points (the same cached arrays)."""
+        held = self._plan_pts.get(id(plan))
+        if held is not None and held[0] is plan and held[1] is ang:
+            return
+        plan.setpts(*ang)
+        self._plan_pts[id(plan)] = (plan, ang)
+
     def _plan(self, kind, n_modes, n_trans, dtype):
         """A finufft plan, kept across calls (an iteration reuses it: only setpts + execute)."""
         complex_dtype = "complex128" if dtype == torch.float64 else "complex64"
@@ -314,6 +369,7 @@ class NufftBackend:
         if plan is None:
             if len(self._plans) >= 4:
                 self._plans.clear()
+                self._plan_pts.clear()
             plan = finufft.Plan(
                 kind,
                 n_modes,
@@ -328,49 +384,27 @@ class NufftBackend:
             self._plans[key] = plan
         return plan
 
-    def _points_cached(self, verts, faces, weights, band, *, backward):
-        """The forward computes the points and keeps them; the backward of the same tensors
-        (alive in the graph, so the key cannot be a recycled address) reuses them once."""
-        key = (
-            verts.data_ptr(),
-            verts._version,
-            tuple(verts.shape),
-            faces.data_ptr(),
-            faces._version,
-            weights.data_ptr(),
-            weights._version,
-            id(band),
-            self.tol,
-        )
-        if backward and self._last_points is not None and self._last_points[0] == key:
-            out = self._last_points[1]
-            self._last_points = None
-            return out
-        with torch.no_grad():
-            out = self._points(verts, faces, weights, band)
-        if not backward:
-            self._last_points = (key, out)
-        return out
-
     # ------------------------------------------------------------------ passes
     def forward(self, verts, faces, weights, band):
         info = self._band_info(band)
-        x, s, _ = self._points_cached(verts, faces, weights, band, backward=False)
-        self.last_n_points = int(x.shape[1])
-        real_np, complex_np = _np_dtypes(verts.dtype)
-        ang, phase = self._angles(x, info, real_np)
-        c = (s.detach().cpu().numpy().astype(np.float64) * phase).astype(complex_np)
+        geom = self._geometry(verts, faces, band)
+        s = self._strengths(geom, weights)
+        self.last_n_points = int(s.shape[0])
+        _, complex_np = _np_dtypes(verts.dtype)
+        ang, phase = geom["ang"], geom["phase"]
+        c = (s.cpu().numpy().astype(np.float64) * phase).astype(complex_np)
         plan = self._plan(1, info["n_modes"], 1, verts.dtype)
-        plan.setpts(*ang)
+        self._setpts(plan, ang)
         out = plan.execute(c)[info["pos"]]
         return torch.from_numpy(out).to(verts.device)
 
     def backward(self, verts, faces, weights, band, grad_out):
         info = self._band_info(band)
-        real_np, complex_np = _np_dtypes(verts.dtype)
+        _, complex_np = _np_dtypes(verts.dtype)
         with torch.no_grad():
-            x, s, layout = self._points_cached(verts, faces, weights, band, backward=True)
-            ang, phase = self._angles(x, info, real_np)
+            geom = self._geometry(verts, faces, band)
+            x, s, layout = geom["x"], self._strengths(geom, weights), geom["layout"]
+            ang, phase = geom["ang"], geom["phase"]
             g = np.conj(grad_out.detach().cpu().numpy())
             f = np.zeros((4,) + info["n_modes"], dtype=complex_np)
             pos = info["pos"]
@@ -378,7 +412,7 @@ class NufftBackend:
             for a in range(3):
                 f[a + 1][pos] = g * (-2j * np.pi * info["k"][:, a])
             plan = self._plan(2, info["n_modes"], 4, verts.dtype)
-            plan.setpts(*ang)
+            self._setpts(plan, ang)
             vals = plan.execute(f) * phase[None, :]  # (4, P): S and H_z, H_y, H_x at the points
             grad_x = torch.from_numpy(np.ascontiguousarray(vals[1:].real)).to(x) * s[None, :]
             grad_s = torch.from_numpy(np.ascontiguousarray(vals[0].real)).to(s)
