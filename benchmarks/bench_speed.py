@@ -250,28 +250,8 @@ def goal3(args):
 
 def goal1(args):
     print("\n== goal 1 (proxy): embryo fit at the accuracy issue's effort vs seeded watershed, same image")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bfe", Path(__file__).with_name("bench_fit_embryo.py"))
-    bfe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bfe)
-    from deltamic_core.geometry import measure, seed_spheres
-    from deltamic_core.pipeline import estimate_seed_radii
-
-    spacing = (0.5, 0.25, 0.25)
-    sigma = (0.35, 0.12, 0.12)
-    truth = read_mesh(REC, spacing_um=0.25)
-    lo = truth.verts.min(0) - 3.0
-    truth = truth.copy(verts=truth.verts - lo)
-    shape = tuple(int(np.ceil(e / s)) for e, s in zip(truth.verts.max(0) + 3.0, spacing))
-    image = observed_image(truth, shape, spacing, GaussianPSF(sigma))
-    meas = measure(truth)
-    centroids = np.asarray(meas["centroid"], dtype=np.float64)
-    t = time.perf_counter()
-    bfe.watershed_baseline(image, spacing, (0.0, 0.0, 0.0), centroids)
-    t_ws = time.perf_counter() - t
-    radii = estimate_seed_radii(image, spacing, centroids, blur_um=sigma)
-    init = seed_spheres(centroids, radii, edge_um=1.0)
+    image, spacing, sigma, init, t_ws = _goal1_problem()
+    shape = tuple(image.shape)
     its = (20, 20, 20) if args.quick else (80, 120, 100)
     import deltamic_core.render.renderer as rmod
 
@@ -285,14 +265,14 @@ def goal1(args):
         rmod.Renderer.__init__ = init_
         try:
             fitter = Fitter(image, spacing, init, GaussianPSF(sigma), FitConfig(iterations=its))
-            t = time.perf_counter()
+            t = _clock()
             fitter.run()
-            t_fit = time.perf_counter() - t
+            t_fit = _clock() - t
         finally:
             rmod.Renderer.__init__ = orig
         tim = fitter.result().timings if hasattr(fitter.result(), "timings") else {}
         print(
-            f"  {shape} voxels, {len(truth.faces)}-face truth, iterations {its}, route {route}: fit {t_fit:.1f} s, "
+            f"  {shape} voxels, iterations {its}, route {route}: fit {t_fit:.1f} s, "
             f"watershed {t_ws:.1f} s: {t_fit / t_ws:.1f} x watershed; timings {tim}"
         )
 

@@ -150,6 +150,22 @@ def _fd_check(fn, x, n_probe=6, eps=1e-6, seed=0, rtol=1e-5):
         assert abs(an - float(fd)) <= rtol * max(1.0, abs(float(fd))), (an, float(fd))
 
 
+def _fd_check_log_diag(psf, loss, eps=1e-6, rtol=1e-5):
+    """The gradient of ``loss()`` w.r.t. a GaussianPSF's log-sigmas vs central differences."""
+    psf.zero_grad()
+    loss().backward()
+    grad = psf.log_diag.grad.clone()
+    for a in range(3):
+        with torch.no_grad():
+            psf.log_diag[a] += eps
+            lp = float(loss())
+            psf.log_diag[a] -= 2 * eps
+            lm = float(loss())
+            psf.log_diag[a] += eps
+        fd = (lp - lm) / (2 * eps)
+        assert abs(float(grad[a]) - fd) <= rtol * max(1.0, abs(fd)), (a, float(grad[a]), fd)
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "measured"])
 def test_real_route_vertex_and_weight_gradients_match_finite_differences(kind, frozen_rules):
     if kind == "gaussian":
@@ -190,19 +206,7 @@ def test_learnt_gaussian_sigma_gets_its_gradient_on_the_real_route(frozen_rules)
     def loss():
         return ((r.render(v, f) - target) ** 2).sum()
 
-    psf.zero_grad()
-    loss().backward()
-    grad = psf.log_diag.grad.clone()
-    eps = 1e-6
-    for a in range(3):
-        with torch.no_grad():
-            psf.log_diag[a] += eps
-            lp = float(loss())
-            psf.log_diag[a] -= 2 * eps
-            lm = float(loss())
-            psf.log_diag[a] += eps
-        fd = (lp - lm) / (2 * eps)
-        assert abs(float(grad[a]) - fd) <= 1e-5 * max(1.0, abs(fd)), (a, float(grad[a]), fd)
+    _fd_check_log_diag(psf, loss)
 
 
 # ---------------------------------------------------------------------------------------
@@ -444,18 +448,6 @@ def test_coarse_level_real_route_gradients_match_finite_differences(native, froz
             return ((r.render(x, f) - target) ** 2).sum()
 
         _fd_check(loss, v)
-        psf.zero_grad()
-        loss().backward()
-        grad = psf.log_diag.grad.clone()
-        eps = 1e-6
-        for a in range(3):
-            with torch.no_grad():
-                psf.log_diag[a] += eps
-                lp = float(loss())
-                psf.log_diag[a] -= 2 * eps
-                lm = float(loss())
-                psf.log_diag[a] += eps
-            fd = (lp - lm) / (2 * eps)
-            assert abs(float(grad[a]) - fd) <= 1e-5 * max(1.0, abs(fd)), (a, float(grad[a]), fd)
+        _fd_check_log_diag(psf, loss)
     finally:
         realspace.USE_NATIVE = old
