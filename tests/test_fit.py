@@ -246,6 +246,38 @@ def test_cancel_abandons_the_step_at_each_stage_and_the_fit_goes_on_unchanged(mo
     np.testing.assert_allclose(final.mesh.verts, ref.mesh.verts, atol=1e-9)
 
 
+def test_cancel_during_a_level_change_mesh_rebuild_keeps_the_finished_level():
+    """A Stop arriving while the next level rebuilds its mesh (shared membranes, remesh: the
+    slow part of a level change) abandons the change before it installs anything: the fit is
+    still on the finished level, and then continues exactly as an uninterrupted one."""
+    from deltamic_core.fit import FitCancelled
+
+    ref = _small_fitter().run()
+    fitter = _small_fitter()
+    for _ in range(4):
+        fitter.step()
+    level, before = fitter._level, fitter.current_mesh().verts
+    share = fitter._share_membranes
+    calls = []
+
+    def cancelling_share(*args, **kwargs):
+        calls.append(1)
+        fitter.cancel()
+        return share(*args, **kwargs)
+
+    fitter._share_membranes = cancelling_share
+    with pytest.raises(FitCancelled):
+        fitter.step()
+    del fitter._share_membranes
+    assert calls == [1]
+    assert fitter._level is level and fitter.iteration == 4
+    np.testing.assert_array_equal(fitter.current_mesh().verts, before)
+    final = fitter.run()
+    assert fitter.done and final.iterations == 8
+    np.testing.assert_allclose(final.loss_history, ref.loss_history, rtol=1e-6)
+    np.testing.assert_allclose(final.mesh.verts, ref.mesh.verts, atol=1e-9)
+
+
 @pytest.mark.slow
 def test_learn_psf_recovers_gaussian_sigma():
     true_sigma = SIGMA

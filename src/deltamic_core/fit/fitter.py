@@ -574,6 +574,9 @@ class Fitter:
         if cfg.target_edge_um is not None and not rebuilt:
             mesh = self._remesh(mesh, cfg.target_edge_um * f)
         self._timings["setup"] += time.perf_counter() - t0
+        # the membranes' rebuild and the remesh can take seconds: a Stop during them lands here,
+        # still before anything of the new level is installed
+        self._check_cancelled()
         self._set_topology(mesh, index)
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
@@ -889,8 +892,8 @@ class Fitter:
 
     def cancel(self) -> None:
         """Abandon the step in progress as soon as possible (thread-safe): it raises
-        :class:`FitCancelled` at its next stage boundary (after the level's render plan, before
-        and after the backward pass), leaving the state of the last completed step; with no
+        :class:`FitCancelled` at its next stage boundary (after the level's render plan and
+        after its mesh rebuild, before and after the backward pass), leaving the state of the last completed step; with no
         step running, the next :meth:`step` raises it. Once raised, the fit can go on."""
         self._cancel.set()
 
