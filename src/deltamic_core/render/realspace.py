@@ -251,7 +251,7 @@ class GaussianKernel:
 
     def radius(self, sigma: torch.Tensor):
         """Half-width of the kernel's support per axis (um)."""
-        return tuple(float(s) * self.c for s in sigma.detach().cpu())
+        return self.gaussian_radius(sigma)
 
     def gaussian_radius(self, sigma: torch.Tensor):
         """Half-width of one Gaussian's support per axis (its cut; :meth:`radius` here)."""

@@ -190,12 +190,11 @@ class Renderer:
         self._real = None
         self._probe = torch.zeros(0, device=self.device)
         self.route = "fourier"
-        # a coarse level's block-averaged PSF (no alias folding asked: the Fourier route drops
-        # the PSF's band beyond the coarse Nyquist limit) has an exact real-space kernel that is
-        # as cheap: it is considered too
-        from ..psf import BlockAveragedPSF
-
-        if route != "fourier" and (fold_aliases or isinstance(psf, BlockAveragedPSF)):
+        # the real-space route is considered whatever fold_aliases says: its image is the exact
+        # one (every alias included), and where the Fourier route drops the aliases (a coarse
+        # level's block-averaged PSF, fold_aliases=False) RealPlan's own rule for unfolded
+        # renderers decides whether it is preferred
+        if route != "fourier":
             from .route import real_plan
 
             self._real = real_plan(self, required=(route == "real"))
