@@ -160,6 +160,7 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock) -> dict:
         beat.start()
         t_run = time.perf_counter()
         QTest.mouseClick(w.run_button, Qt.LeftButton)
+        mode = w.runner.mode  # "thread" while the fit server still warms up (the first Run)
         ok = _wait(app, lambda: len(updates) > 0 or not w.is_running, 600)
         if not ok or not updates:
             raise RuntimeError("the fit ended before its first update")
@@ -203,6 +204,7 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock) -> dict:
         "apply_ms": 1000 * float(np.median(apply_s)) if apply_s else float("nan"),
         "paint_ms": 1000 * float(np.median(paints)) if paints else float("nan"),
         "iterations": it1,
+        "process": float(mode == "process"),
     }
 
 
@@ -275,7 +277,7 @@ def main(argv=None) -> int:
         row = one_run(viewer, w, app, args.window, draw)
         rows.append(row)
         print(
-            f"run {r + 1}{' (cold)' if r == 0 else ''}: first update {row['first_update_s']:.2f} s "
+            f"run {r + 1}{' (cold)' if r == 0 else ''}, {'server' if row['process'] else 'thread'}: first update {row['first_update_s']:.2f} s "
             f"(job prepared {row['prepared_s']:.2f} s, first step done {row['first_step_s']:.2f} s), "
             f"{row['updates_per_s']:.1f} updates/s ({row['iterations_per_s']:.1f} iterations/s), "
             f"re-sent unchanged {row['resent_unchanged']}, longest UI stall {row['stall_s'] * 1000:.0f} ms, "

@@ -28,6 +28,18 @@ def _gone(proc) -> bool:
     return proc.poll() is not None
 
 
+def _start_on_server(qtbot, w) -> None:
+    """Run once the server has warmed up (a Run before that fits in the thread: see below)."""
+    qtbot.waitUntil(w.runner.server.is_ready, timeout=FIT_TIMEOUT_MS)
+    start_fit(qtbot, w)
+    assert w.runner.mode == "process"
+
+
+def _faults(monkeypatch) -> None:
+    folder = Path(__file__).parent / "fit_server_faults"  # its sitecustomize loads in the server
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+
+
 @pytest.mark.slow
 def test_the_fit_runs_in_the_server_stops_and_leaves_no_process_after_close(
     make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors
@@ -36,8 +48,7 @@ def test_the_fit_runs_in_the_server_stops_and_leaves_no_process_after_close(
     w = _one_cell(viewer, gui_open_widget, embryo)
     proc = w.runner.server.process
     assert proc.pid != os.getpid() and not _gone(proc)
-    start_fit(qtbot, w)
-    assert w.runner.mode == "process"
+    _start_on_server(qtbot, w)
     layer = viewer.layers["crop fit"]
     qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 3, timeout=FIT_TIMEOUT_MS)
     click(qtbot, w.stop_button)
@@ -57,12 +68,11 @@ def test_the_fit_runs_in_the_server_stops_and_leaves_no_process_after_close(
 def test_a_divergence_in_the_server_is_said_once_and_keeps_the_last_good_mesh(
     make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch
 ):
-    faults = Path(__file__).parent / "fit_server_faults"  # its sitecustomize loads in the server
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(faults), os.environ.get("PYTHONPATH", "")]))
+    _faults(monkeypatch)
     monkeypatch.setenv("DELTAMIC_TEST_RENDER_INF_AFTER", "3")
     viewer = make_napari_viewer(show=True)
     w = _one_cell(viewer, gui_open_widget, embryo)
-    start_fit(qtbot, w)
+    _start_on_server(qtbot, w)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
     assert w.runner.mode == "process" and _idle(w)
     assert len(gui_errors) == 1 and "fit failed: fit diverged" in gui_errors[0], gui_errors
@@ -70,8 +80,35 @@ def test_a_divergence_in_the_server_is_said_once_and_keeps_the_last_good_mesh(
 
 
 @pytest.mark.slow
-def test_seeds_added_during_a_fit_in_the_server_join_it(make_napari_viewer, gui_open_widget, qtbot, gui_errors, embryo):
+def test_seeds_added_during_a_fit_in_the_server_join_it(
+    make_napari_viewer, gui_open_widget, qtbot, gui_errors, embryo, monkeypatch
+):
+    import test_napari_cells
+
+    monkeypatch.setattr(test_napari_cells, "start_fit", _start_on_server)
     _seeds_during_fit(make_napari_viewer, gui_open_widget, qtbot, gui_errors, embryo)
+
+
+@pytest.mark.slow
+def test_a_run_while_the_server_warms_up_fits_in_the_thread_and_the_next_run_in_the_server(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch, tmp_path
+):
+    gate = tmp_path / "warm-up may go on"
+    _faults(monkeypatch)
+    monkeypatch.setenv("DELTAMIC_TEST_WARM_UP_GATE", str(gate))
+    viewer = make_napari_viewer(show=True)
+    w = _one_cell(viewer, gui_open_widget, embryo, iterations=3)
+    qtbot.waitUntil(lambda: w.runner.server.wait_connected(0), timeout=FIT_TIMEOUT_MS)
+    assert not w.runner.server.is_ready()  # held in its warm-up
+    start_fit(qtbot, w)
+    assert w.runner.mode == "thread"  # the user does not wait for the server
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert w.runner.last_result.iterations == 3 == viewer.layers["crop fit"].metadata["fit_iteration"]
+    gate.touch()
+    _start_on_server(qtbot, w)  # warmed up now: the next Run is the server's
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert w.runner.last_result.iterations == 3 == viewer.layers["crop fit"].metadata["fit_iteration"]
+    assert gui_errors == []
 
 
 @pytest.mark.slow

@@ -348,8 +348,12 @@ class FitRunner(QObject):
         self.started_at = time.perf_counter()
         server = self.server
         if server is not None and (server.failed is not None or server.process.poll() is not None):
-            self.start_server()  # it died since: a new one (this Run then waits for its warm-up)
+            self.start_server()  # it died since: a new one, which warms up for the next Run
             server = self.server
+        if server is not None and not server.is_ready():
+            # still importing and warming up (6-10 s after the widget opened): this fit runs in
+            # the thread, which starts in about a second, and the server takes the next Run
+            server = None
         if server is not None:
             self.mode = "process"
             self._holder = {"stop": threading.Event(), "lock": threading.Lock(), "pending": {}}

@@ -102,6 +102,20 @@ class FitServer:
             return False
         return self._conn is not None and self.failed is None
 
+    def is_ready(self) -> bool:
+        """True once the child has said it is warmed up. Never blocks: reads that message when
+        it is waiting (call it only while no job runs, the receiving thread's rule)."""
+        if self.ready.is_set():
+            return True
+        if self._conn is None or self.failed is not None:
+            return False
+        try:
+            while not self.ready.is_set() and self._conn.poll(0):
+                self.recv()  # before the first job the child sends nothing but "ready"
+        except (OSError, EOFError, FitServerError):
+            return False
+        return self.ready.is_set()
+
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None and self.failed is None
