@@ -134,15 +134,8 @@ def test_fast_length_is_smallest_smooth_length():
 
 def test_band_is_the_relative_otf_threshold_and_relax_widens_it():
     psf = GaussianPSF((0.7, 0.3, 0.3))
-    r = Renderer(
-        (16, 24, 20),
-        (0.5, 0.25, 0.25),
-        psf,
-        band_threshold=1e-2,
-        dtype=torch.float64,
-        fold_aliases=False,
-        route="fourier",
-    )
+    fourier_unfolded = dict(band_threshold=1e-2, dtype=torch.float64, fold_aliases=False, route="fourier")
+    r = Renderer((16, 24, 20), (0.5, 0.25, 0.25), psf, **fourier_unfolded)
     otf = psf.otf(r.grid, dtype=torch.float64).detach()
     mask = torch.zeros(r.grid.rfft_shape, dtype=torch.bool)
     mask.view(-1)[r.band.flat_index()] = True
