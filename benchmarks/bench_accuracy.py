@@ -692,7 +692,7 @@ def evaluate(surfaces: dict, volumes: dict, contacts: dict | None, truth, voxel_
         d, h = surface_metrics(surfaces[c][0], surfaces[c][1], v, f)
         dists.append(d / voxel_xy)
         hds.append(h / voxel_xy)
-        verr.append(abs(volumes.get(c, 0.0) / vols[c] - 1.0) * 100)
+        verr.append((volumes.get(c, 0.0) / vols[c] - 1.0) * 100)
     for (a, b), s in con_true.items():
         if s < 5.0:
             continue
@@ -702,7 +702,8 @@ def evaluate(surfaces: dict, volumes: dict, contacts: dict | None, truth, voxel_
         "dist_vox": float(np.mean(dists)) if dists else float("nan"),
         "dist_cells": [round(float(x), 3) for x in dists],
         "hd95_vox": float(np.max(hds)) if hds else float("nan"),
-        "vol_err_pct": float(np.max(verr)) if verr else float("nan"),
+        "vol_err_pct": float(np.max(np.abs(verr))) if verr else float("nan"),
+        "vol_cells_pct": [round(float(x), 2) for x in verr],  # signed V / V_true - 1 per cell
         "contact_err_pct": float(np.max(cerr)) if cerr else None,
         "lost": lost,
     }
@@ -1042,10 +1043,10 @@ def main(argv=None):
 
 def _print_row(r):
     ws = r["watershed"]
-    line = f"  [{r['case']}] watershed {fmt(ws['dist_vox'])} vox ({r['watershed_s']:.1f} s)"
+    line = f"  [{r['case']}] watershed {fmt(ws['dist_vox'])} vox, vol % per cell {ws['vol_cells_pct']} ({r['watershed_s']:.1f} s)"
     if "fit" in r:
         f = r["fit"]
-        line += f" | fit {fmt(f['dist_vox'])} vox per cell {f['dist_cells']} ({r['fit_s']:.0f} s)"
+        line += f" | fit {fmt(f['dist_vox'])} vox per cell {f['dist_cells']}, vol % {f['vol_cells_pct']} ({r['fit_s']:.0f} s)"
     print(line, flush=True)
 
 
