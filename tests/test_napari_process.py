@@ -5,6 +5,7 @@ divergence said once, a seed added during the fit, the fallback to a thread, no 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,54 @@ def test_without_a_server_the_fit_runs_in_a_thread(
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
     assert w.runner.last_result.iterations == 3 == viewer.layers["crop fit"].metadata["fit_iteration"]
     assert gui_errors == []
+
+
+def test_the_job_sent_to_the_server_holds_the_image_once():
+    import pickle
+
+    from deltamic_core import pipeline
+    from deltamic_core.pipeline.inputs import InitSpec
+    from deltamic_core.pipeline.psfspec import PSFSpec
+    from napari_deltamic._runner import Mailbox, server_worker
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 4000, (32, 80, 80), dtype=np.uint16)  # a camera's stack, not float32
+    job = pipeline.FitJob(
+        image_data=image,
+        spacing_um=(1.0, 0.5, 0.5),
+        init=InitSpec("seeds", data=(np.array([[16.0, 20.0, 20.0]]), None)),
+        psf=PSFSpec(),
+        iterations=2,
+        levels=(1,),
+        progress=False,
+    )
+
+    class Recorder:  # the fit server's end as the relay uses it
+        def __init__(self):
+            self.sent = []
+
+        def wait_connected(self):
+            return True
+
+        def send(self, *msg):
+            self.sent.append(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+        def poll(self, timeout_s):
+            return True
+
+        def recv(self):
+            return ("end", None)
+
+    server = Recorder()
+    holder = {"stop": threading.Event(), "lock": threading.Lock(), "pending": {}}
+    mailbox = Mailbox()
+    for _ in server_worker(lambda: pipeline.prepare(job), server, holder, mailbox, 0.0):
+        pass
+    assert mailbox.error is None
+    local = mailbox.take().prepared  # what the widget keeps: the job with the user's array
+    assert local.job.image_data is image
+    (data,) = server.sent
+    kind, sent = pickle.loads(data)
+    assert kind == "job" and sent.job.image_data is None
+    np.testing.assert_array_equal(sent.image, image.astype(np.float32))  # the fitted image went
+    assert len(data) < local.image.nbytes + image.nbytes // 2  # once: the float32 copy (and a small mesh)

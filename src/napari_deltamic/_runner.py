@@ -163,6 +163,17 @@ def fit_worker(make_prepared: Callable, holder: dict, mailbox: Mailbox, t0: floa
             mailbox.error = FitError(exc)
 
 
+def _without_image_copy(prepared):
+    """``prepared`` without its job's in-memory image: the server fits ``prepared.image`` (the
+    checked float32 copy), so the user's array (e.g. uint16) is not pickled along with it."""
+    import dataclasses
+
+    job = prepared.job
+    if getattr(job, "image_data", None) is None:
+        return prepared
+    return dataclasses.replace(prepared, job=job.replace(image_data=None))
+
+
 def server_worker(make_prepared: Callable, server, holder: dict, mailbox: Mailbox, t0: float):
     """Worker body of the process path: prepare the job here, fit it in the fit server
     (``deltamic_core.pipeline.fit_server``) and relay its messages into ``mailbox``.
@@ -182,7 +193,7 @@ def server_worker(make_prepared: Callable, server, holder: dict, mailbox: Mailbo
         with holder["lock"]:
             if holder["stop"].is_set():
                 return
-            server.send("job", prepared)
+            server.send("job", _without_image_copy(prepared))
             holder["sent"] = True
         del prepared
         faces = labels = None
