@@ -3,13 +3,15 @@
 A stack with hundreds of nuclei is mostly background; one fit of the whole field renders, blurs
 and compares every voxel at every step, so its cost grows with the field. Here every cell of the
 initial mesh gets its own crop: the cell's box, grown by ``margin_um`` (room to grow, plus the
-PSF's reach), together with the neighbours whose boxes come within that margin (their light
-falls into the crop, so they are fitted too, in the same crop), while the voxels nearer to any
-other cell are left out of the crop's data term (:func:`ownership_weight`: their light is not
-modelled there). Only the cell itself is kept
-from its crop's fit; the kept surfaces are assembled into one multi-cell mesh. The cost is the
-sum over objects of a fit of (object + its neighbours) in a box of their size: it scales with
-the number of objects and their density, not with the field.
+PSF's reach). The objects are fitted one after the other, each once: the light of the neighbours
+whose grown boxes reach into the crop is rendered once (from their fitted surfaces when they
+were fitted already, else from their initial ones) and subtracted from the crop's data as a
+fixed image, while the voxels nearer to any other cell are left out of the crop's data term
+(:func:`ownership_weight`: there a neighbour's shape error would dominate). Only the cell is
+fitted in its crop; the kept surfaces are assembled into one multi-cell mesh. The cost is the
+sum over objects of one fit of the object in a box of its size: it scales with the number of
+objects, not with the field. (``neighbours=True`` instead fits the neighbours again in every
+crop they reach, the former behaviour.)
 
 Every crop is an ordinary :class:`~deltamic_core.fit.Fitter` run with the same PSF and
 :class:`~deltamic_core.fit.FitConfig`; its origin is the crop's first voxel centre, so the
@@ -117,6 +119,65 @@ def _submesh(mesh, cells):
     return merge_meshes([cell_surface(mesh, c).copy(metadata={}) for c in cells])
 
 
+def _cells_image(surfaces, crop, spacing_um, psf, config):
+    """The light (unit gain, no background) of the closed ``surfaces`` on the grid of ``crop``:
+    their filled volumes blurred by ``psf`` (the interior-stain model of the fit)."""
+    import torch
+
+    from ..fit.config import DTYPES
+    from ..fit.fitter import volume_face_weights
+    from ..geometry import merge_meshes
+    from ..render import Renderer
+
+    mesh = merge_meshes(surfaces)
+    dtype = DTYPES.get(config.dtype, config.dtype)
+    # a neighbour may stick out of the crop: pad the periodic box so its blur does not wrap
+    lo = np.asarray(crop.origin_um, dtype=float)
+    hi = lo + (np.asarray(crop.shape) - 1) * np.asarray(spacing_um, dtype=float)
+    out = np.maximum(np.maximum(lo - mesh.verts.min(axis=0), mesh.verts.max(axis=0) - hi), 0.0)
+    r = Renderer(
+        tuple(crop.shape),
+        spacing_um,
+        psf,
+        origin_um=crop.origin_um,
+        band_threshold=config.band_threshold,
+        backend=config.backend,
+        dtype=dtype,
+        device=config.device,
+        max_memory_bytes=config.max_memory_bytes,
+        margin_um=tuple(float(v) + 0.5 for v in out),
+    )
+    with torch.no_grad():
+        out = r.render(
+            torch.as_tensor(mesh.verts, dtype=dtype, device=config.device),
+            torch.as_tensor(mesh.faces, dtype=torch.int64, device=config.device),
+            torch.zeros(len(mesh.faces), dtype=dtype, device=config.device),
+            volume_weight=torch.as_tensor(volume_face_weights(mesh), dtype=dtype, device=config.device),
+        )
+    return out.detach().cpu().numpy().astype(np.float64)
+
+
+def _fixed_neighbours(data, crop, own, others, spacing_um, psf, config):
+    """The neighbours' light in ``crop`` (image units), to be held fixed while ``own`` is fitted.
+
+    ``others``: (surface, gain or None) of the neighbours whose blur reaches the crop: a fitted
+    neighbour (its gain known from its own crop) is rendered with its gain; the others (initial
+    spheres) share one gain solved, with the background, by least squares together with the
+    object's initial surface against the crop's data."""
+    fixed = np.zeros(crop.shape)
+    known = [(s, g) for s, g in others if g is not None]
+    unknown = [s for s, g in others if g is None]
+    for s, g in known:
+        fixed += g * _cells_image([s], crop, spacing_um, psf, config)
+    if unknown:
+        guess = _cells_image(unknown, crop, spacing_um, psf, config)
+        obj = _cells_image([own], crop, spacing_um, psf, config)
+        a = np.stack([(obj + guess).ravel(), np.ones(obj.size)], axis=1)
+        g, _ = np.linalg.lstsq(a, (np.asarray(data, dtype=np.float64) - fixed).ravel(), rcond=None)[0]
+        fixed += max(float(g), 0.0) * guess
+    return fixed
+
+
 def fit_objects(
     image,
     spacing_um,
@@ -126,10 +187,17 @@ def fit_objects(
     *,
     origin_um=(0.0, 0.0, 0.0),
     margin_um=None,
-    neighbours=True,
+    neighbours="fixed",
     callback=None,
 ):
     """Fit every cell of ``init_mesh`` in its own crop of ``image`` (see the module docstring).
+
+    ``neighbours``: ``"fixed"`` (default) fits each object once, alone in the crop of its own
+    grown box, with the light of the other objects whose blur reaches that crop subtracted from
+    the crop's data as a fixed image (rendered once per crop, from their fitted surfaces when
+    they were fitted already, else from their initial ones); ``True`` fits the neighbours in the
+    crop too (each object is then fitted in every crop it reaches); ``False`` fits the object
+    alone without the neighbours' light.
 
     Returns ``(result, info)``: a :class:`~deltamic_core.fit.FitResult` whose mesh is the
     assembled multi-cell mesh (cells 1..n in the order of ``init_mesh``'s cell ids, each a
@@ -143,16 +211,30 @@ def fit_objects(
 
     img = np.asarray(image)
     reach = 3.0 * np.asarray(psf_width_um(psf), dtype=float)
-    crops = plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach, neighbours)
+    # the fixed image models filled objects only (a membrane's light would be left out of it)
+    fixed_mode = neighbours == "fixed" and config.membrane_weight == 0 and config.volume_level != "solve"
+    if neighbours == "fixed" and not fixed_mode:
+        neighbours = True
+    crops = plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach, neighbours is True)
+    reached = {
+        c.cell: c.cells[1:]
+        for c in plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach, True)
+    }
     boxes = _cell_boxes(init_mesh)
     t0 = time.perf_counter()
     kept, info, results = [], {"crops": []}, []
+    current = {c: (cell_surface(init_mesh, c).copy(metadata={}), None) for c in boxes} if fixed_mode else {}
     for k, crop in enumerate(crops):
         sub = _submesh(init_mesh, crop.cells)
         centre = measure(sub)
         c0 = np.array([centre[f"centroid_{a}_um"][0] for a in "zyx"])
         weight = ownership_weight(crop, boxes, spacing_um)
-        fitter = Fitter(img[crop.slices], spacing_um, sub, psf, config, origin_um=crop.origin_um, voxel_weight=weight)
+        data = img[crop.slices]
+        if fixed_mode and reached[crop.cell]:
+            others = [current[d] for d in reached[crop.cell]]
+            fixed = _fixed_neighbours(data, crop, current[crop.cell][0], others, spacing_um, psf, config)
+            data = np.clip(np.asarray(data, dtype=np.float64) - fixed, 0.0, None).astype(np.float32)
+        fitter = Fitter(data, spacing_um, sub, psf, config, origin_um=crop.origin_um, voxel_weight=weight)
         fitter.run(None)
         res = fitter.result()
         m = res.mesh
@@ -163,6 +245,8 @@ def fit_objects(
         cent = np.stack([np.asarray(table[f"centroid_{a}_um"], dtype=float) for a in "zyx"], axis=1)
         cell = 1 if 1 in ids else ids[int(np.argmin(np.linalg.norm(cent - c0, axis=1)))]
         kept.append(cell_surface(m, cell).copy(metadata={}))
+        if fixed_mode:
+            current[crop.cell] = (kept[-1], float(res.gain))
         info["crops"].append(
             {"cell": crop.cell, "shape": list(crop.shape), "cells": len(crop.cells), "used": float(weight.mean())}
         )
