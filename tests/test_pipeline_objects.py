@@ -24,6 +24,18 @@ def _field(centres, radius=2.0, shape=(20, 40, 100), ss=3, seed=4):
     return np.random.default_rng(seed).poisson(200 * img + 10).astype(np.float32)
 
 
+def _interior_job(psf_spec):
+    """The FitJob settings of the per-object fits here (interior stain, two short levels)."""
+    return dict(
+        spacing_um=FIELD_SP,
+        psf=psf_spec("gaussian", {"sigma_um": FIELD_SIGMA}),
+        stain="interior",
+        levels=(2, 1),
+        iterations=(20, 15),
+        progress=False,
+    )
+
+
 def test_object_crops_do_not_grow_with_the_field():
     from deltamic_core.pipeline.objects import plan_object_crops
 
@@ -50,14 +62,7 @@ def test_per_object_fit_matches_each_object_fitted_alone():
     from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
 
     a, b = (5.0, 5.0, 6.0), (5.2, 4.8, 18.5)
-    common = dict(
-        spacing_um=FIELD_SP,
-        psf=PSFSpec("gaussian", {"sigma_um": FIELD_SIGMA}),
-        stain="interior",
-        levels=(2, 1),
-        iterations=(20, 15),
-        progress=False,
-    )
+    common = _interior_job(PSFSpec)
     seeds = np.array([[5.2, 5.3, 6.2], [5.0, 4.6, 18.2]])
     both = run(
         FitJob(
@@ -115,12 +120,7 @@ def test_touching_objects_are_fitted_once_with_the_neighbours_light_held_fixed()
     out = run(
         FitJob(
             image_data=_field([a, b], shape=(20, 40, 68)),
-            spacing_um=FIELD_SP,
-            psf=PSFSpec("gaussian", {"sigma_um": FIELD_SIGMA}),
-            stain="interior",
-            levels=(2, 1),
-            iterations=(20, 15),
-            progress=False,
+            **_interior_job(PSFSpec),
             init=InitSpec("seeds", data=(np.array([[5.2, 5.3, 6.2], [4.9, 4.8, 10.3]]), np.array([1.5, 1.5]))),
             per_object=True,
         )
