@@ -42,36 +42,12 @@
 namespace meshft {
 namespace {
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define MESHFT_HAVE_AVX2_CLONE 1
-#if defined(__clang__)
-// clang ignores #pragma GCC target; this gives every function in the region (templates and
-// lambdas included) the target. clang contracts a*b+c within an expression by default.
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-// -std=c++17 implies -ffp-contract=off; the AVX2 clone may fuse multiply-adds (faster and, if
-// anything, more accurate; the baseline clone cannot: no FMA in baseline x86-64).
-#pragma GCC optimize("fp-contract=fast")
-#endif
-namespace isa_avx2 {
-#include "meshft_cpu_kernels.h"
-}  // namespace isa_avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
-
-namespace isa_base {
-#include "meshft_cpu_kernels.h"
-}  // namespace isa_base
+#define DELTAMIC_SIMD_KERNELS "meshft_cpu_kernels.h"
+#include "simd_clones.h"
 
 // DELTAMIC_MESHFT_ISA=baseline forces the portable clone (the tests run both).
 bool use_avx2() {
-#ifdef MESHFT_HAVE_AVX2_CLONE
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
   static const bool ok = [] {
     const char* isa = std::getenv("DELTAMIC_MESHFT_ISA");
     if (isa != nullptr && std::string(isa) == "baseline") return false;
@@ -86,7 +62,7 @@ bool use_avx2() {
 template <typename T>
 void forward_kernel(const T* verts, const int64_t* faces, const T* weights, const T* freqs,
                     int64_t V, int64_t F, int64_t K, c10::complex<T>* out) {
-#ifdef MESHFT_HAVE_AVX2_CLONE
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
   if (use_avx2()) return isa_avx2::forward_kernel<T>(verts, faces, weights, freqs, V, F, K, out);
 #endif
   isa_base::forward_kernel<T>(verts, faces, weights, freqs, V, F, K, out);
@@ -96,7 +72,7 @@ template <typename T>
 void backward_kernel(const T* verts, const int64_t* faces, const T* weights, const T* freqs,
                      const c10::complex<T>* grad_out, int64_t V, int64_t F, int64_t K,
                      T* grad_verts, T* grad_weights) {
-#ifdef MESHFT_HAVE_AVX2_CLONE
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
   if (use_avx2()) {
     return isa_avx2::backward_kernel<T>(verts, faces, weights, freqs, grad_out, V, F, K,
                                         grad_verts, grad_weights);

@@ -79,32 +79,12 @@ Setup make_setup(const std::vector<int64_t>& shape, const std::vector<double>& s
   return s;
 }
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define SPLAT_HAVE_AVX2_CLONE 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
-#endif
-namespace isa_avx2 {
-#include "splat_cpu_kernels.h"
-}  // namespace isa_avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
-
-namespace isa_base {
-#include "splat_cpu_kernels.h"
-}  // namespace isa_base
+#define DELTAMIC_SIMD_KERNELS "splat_cpu_kernels.h"
+#include "simd_clones.h"
 
 // the clone meshft's kernels use (DELTAMIC_MESHFT_ISA=baseline forces the portable one)
 bool use_avx2() {
-#ifdef SPLAT_HAVE_AVX2_CLONE
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
   static const bool ok = std::string(meshft::cpu_isa()) == "avx2+fma";
   return ok;
 #else
@@ -116,7 +96,7 @@ template <typename T>
 void forward_faces(const Setup& S, const T* tri, const T* strength, const int64_t* face_rule,
                    const int64_t* rule_start, const double* lam, const double* rw, int64_t f0,
                    int64_t f1, T* img) {
-#ifdef SPLAT_HAVE_AVX2_CLONE
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
   if (use_avx2()) return isa_avx2::forward_faces<T>(S, tri, strength, face_rule, rule_start, lam, rw, f0, f1, img);
 #endif
   isa_base::forward_faces<T>(S, tri, strength, face_rule, rule_start, lam, rw, f0, f1, img);
@@ -126,7 +106,7 @@ template <typename T, bool Sig>
 void backward_faces(const Setup& S, const T* tri, const T* strength, const int64_t* face_rule,
                     const int64_t* rule_start, const double* lam, const double* rw, const T* grad,
                     int64_t f0, int64_t f1, T* gtri, T* gstr, double* gsig) {
-#ifdef SPLAT_HAVE_AVX2_CLONE
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
   if (use_avx2())
     return isa_avx2::backward_faces<T, Sig>(S, tri, strength, face_rule, rule_start, lam, rw, grad, f0, f1, gtri,
                                             gstr, gsig);

@@ -137,7 +137,7 @@ def base_flags(kind: str) -> tuple[list[str], list[str]]:
     nothing reads the FP exception flags). MSVC: /O2; it never assumes trapping math by
     default (/fp:precise), and torch adds /std:c++17 /EHsc itself.
 
-    The AVX2+FMA clone needs no flag: meshft_cpu.cpp compiles it with a target pragma and
+    The AVX2+FMA clone needs no flag: simd_clones.h compiles it with a target pragma and
     picks it at run time (GCC and clang on x86-64).
     """
     if kind == "msvc":
