@@ -762,7 +762,10 @@ def fit_psf_args(case: Case, mode: str, meta: dict) -> list[str]:
     confocal = case.psf.startswith("confocal")
     opt = OPTICS["confocal" if confocal else "widefield"]
     if mode == "gaussian":  # Gaussian of the measured bead FWHM, refined (--learn-psf)
-        return ["--psf", "gaussian", "--sigma", *[f"{s:.4f}" for s in meta["info"]["psf_sigma_um"]], "--learn-psf"]
+        # on 0.5 um voxels the lateral sigma (0.097 um) is below the CLI's floor of 0.25 voxel,
+        # which it refuses: use the floor, as its message tells the user to
+        sig = [max(s, 0.25 * h) for s, h in zip(meta["info"]["psf_sigma_um"], case.spacing)]
+        return ["--psf", "gaussian", "--sigma", *[f"{math.ceil(s * 1e4) / 1e4:.4f}" for s in sig], "--learn-psf"]
     if confocal:
         return [
             "--psf",
