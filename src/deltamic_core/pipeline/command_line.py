@@ -136,8 +136,8 @@ OPTIONS = {
     ),
     "--per-object": dict(
         action="store_true",
-        help="with --stain interior/both: fit every object in its own crop with its neighbours "
-        "(many nuclei: the cost grows with the objects, not with the field)",
+        help="with --stain interior/both: fit every object once in its own crop, the light of its "
+        "neighbours held fixed (many nuclei: the cost grows with the objects, not with the field)",
     ),
     "--mechanics": dict(
         action="store_true",
