@@ -132,3 +132,45 @@ def test_touching_objects_are_fitted_once_with_the_neighbours_light_held_fixed()
         assert float(measure(s)["volume_um3"][0]) == pytest.approx(4 / 3 * np.pi * 8.0, rel=0.02)
         r = np.linalg.norm(s.verts - np.asarray(c), axis=1)
         assert np.abs(r - 2.0).mean() < 0.04
+
+
+def test_fitted_neighbours_are_rendered_in_one_render_with_their_gains(monkeypatch):
+    """The fixed image of several fitted neighbours is one render whose per-face volume weights
+    carry each neighbour's gain: it equals the sum of the neighbours rendered one by one (float
+    tolerance) and the gain-weighted blurred fills (scipy, no deltamic rendering)."""
+    import deltamic_core.render as render
+    from deltamic_core.fit import FitConfig
+    from deltamic_core.geometry import cell_surface
+    from deltamic_core.pipeline.objects import _cells_image, _fixed_neighbours, plan_object_crops
+    from deltamic_core.psf import GaussianPSF
+
+    centres = [(5.0, 5.0, 9.5), (5.0, 5.0, 5.0), (5.0, 9.5, 9.5), (5.0, 5.0, 14.0)]
+    gains = [0.7, 1.3, 2.1]
+    seeds = seed_spheres(centres, 2.0, 4)
+    psf, config = GaussianPSF(FIELD_SIGMA), FitConfig()
+    crop = plan_object_crops(seeds, (20, 40, 100), FIELD_SP, psf_reach_um=(1.8, 0.75, 0.75), neighbours=False)[0]
+    assert sorted(crop.near) == [2, 3, 4]  # the three neighbours reach the object's crop
+    surf = [cell_surface(seeds, c) for c in (1, 2, 3, 4)]
+    built = []
+    real = render.Renderer
+
+    def counting(*a, **k):
+        built.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(render, "Renderer", counting)
+    data = np.zeros(crop.shape, np.float32)
+    got = _fixed_neighbours(data, crop, surf[0], list(zip(surf[1:], gains)), FIELD_SP, psf, config)
+    assert len(built) == 1
+    monkeypatch.setattr(render, "Renderer", real)
+    one_by_one = sum(g * _cells_image([s], crop, FIELD_SP, psf, config) for s, g in zip(surf[1:], gains))
+    np.testing.assert_allclose(got, one_by_one, rtol=0, atol=1e-5 * np.abs(one_by_one).max())
+    axes = [(np.arange(n * 3) - 1) / 3 * s for n, s in zip((20, 40, 100), FIELD_SP)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    fill = sum(
+        g * (((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= 4.0) for c, g in zip(centres[1:], gains)
+    )
+    fill = fill.reshape(20, 3, 40, 3, 100, 3).mean(axis=(1, 3, 5))
+    ref = ndimage.gaussian_filter(fill, [s / d for s, d in zip(FIELD_SIGMA, FIELD_SP)], mode="constant")[crop.slices]
+    assert np.abs(got - ref).max() < 0.06 * max(gains)
+    assert abs(got.sum() / ref.sum() - 1) < 0.01

@@ -30,13 +30,16 @@ __all__ = ["ObjectCrop", "plan_object_crops", "fit_objects"]
 
 @dataclass
 class ObjectCrop:
-    """The crop of one object: ``image[slices]``, its cells (``cells[0]`` is the object)."""
+    """The crop of one object: ``image[slices]``, its cells (``cells[0]`` is the object);
+    ``near``: the other cells whose grown boxes overlap the object's (whether or not they are
+    fitted in this crop)."""
 
     cell: int
     cells: list
     slices: tuple
     origin_um: tuple
     shape: tuple = field(default=())
+    near: list = field(default_factory=list)
 
 
 def _cell_boxes(mesh):
@@ -73,16 +76,14 @@ def plan_object_crops(
     out = []
     n = np.asarray(shape[-3:])
     for c, (lo, hi) in grown.items():
-        near = [
-            d for d, (lo2, hi2) in grown.items() if neighbours and d != c and np.all(lo2 <= hi) and np.all(hi2 >= lo)
-        ]
-        cells = [c, *near]
+        near = [d for d, (lo2, hi2) in grown.items() if d != c and np.all(lo2 <= hi) and np.all(hi2 >= lo)]
+        cells = [c, *near] if neighbours else [c]
         lo_all = np.min([grown[d][0] for d in cells], axis=0)
         hi_all = np.max([grown[d][1] for d in cells], axis=0)
         i0 = np.clip(np.floor((lo_all - org) / sp).astype(int), 0, n - 1)
         i1 = np.clip(np.ceil((hi_all - org) / sp).astype(int) + 1, 1, n)
         slices = tuple(slice(int(a), int(b)) for a, b in zip(i0, i1))
-        out.append(ObjectCrop(c, cells, slices, tuple(org + i0 * sp), tuple(int(b - a) for a, b in zip(i0, i1))))
+        out.append(ObjectCrop(c, cells, slices, tuple(org + i0 * sp), tuple(int(b - a) for a, b in zip(i0, i1)), near))
     return out
 
 
@@ -119,9 +120,10 @@ def _submesh(mesh, cells):
     return merge_meshes([cell_surface(mesh, c).copy(metadata={}) for c in cells])
 
 
-def _cells_image(surfaces, crop, spacing_um, psf, config):
-    """The light (unit gain, no background) of the closed ``surfaces`` on the grid of ``crop``:
-    their filled volumes blurred by ``psf`` (the interior-stain model of the fit)."""
+def _cells_image(surfaces, crop, spacing_um, psf, config, gains=None):
+    """The light (no background) of the closed ``surfaces`` on the grid of ``crop``: their
+    filled volumes blurred by ``psf`` (the interior-stain model of the fit), surface k with the
+    gain ``gains[k]`` (default 1 each), all in one render."""
     import torch
 
     from ..fit.config import DTYPES
@@ -130,6 +132,7 @@ def _cells_image(surfaces, crop, spacing_um, psf, config):
     from ..render import Renderer
 
     mesh = merge_meshes(surfaces)
+    cell_weights = None if gains is None else {k + 1: float(g) for k, g in enumerate(gains)}
     dtype = DTYPES.get(config.dtype, config.dtype)
     # a neighbour may stick out of the crop: pad the periodic box so its blur does not wrap
     lo = np.asarray(crop.origin_um, dtype=float)
@@ -152,7 +155,7 @@ def _cells_image(surfaces, crop, spacing_um, psf, config):
             torch.as_tensor(mesh.verts, dtype=dtype, device=config.device),
             torch.as_tensor(mesh.faces, dtype=torch.int64, device=config.device),
             torch.zeros(len(mesh.faces), dtype=dtype, device=config.device),
-            volume_weight=torch.as_tensor(volume_face_weights(mesh), dtype=dtype, device=config.device),
+            volume_weight=torch.as_tensor(volume_face_weights(mesh, cell_weights), dtype=dtype, device=config.device),
         )
     return out.detach().cpu().numpy().astype(np.float64)
 
@@ -167,8 +170,8 @@ def _fixed_neighbours(data, crop, own, others, spacing_um, psf, config):
     fixed = np.zeros(crop.shape)
     known = [(s, g) for s, g in others if g is not None]
     unknown = [s for s, g in others if g is None]
-    for s, g in known:
-        fixed += g * _cells_image([s], crop, spacing_um, psf, config)
+    if known:  # one render: every fitted neighbour's volume weighted by its gain
+        fixed += _cells_image([s for s, _ in known], crop, spacing_um, psf, config, [g for _, g in known])
     if unknown:
         guess = _cells_image(unknown, crop, spacing_um, psf, config)
         obj = _cells_image([own], crop, spacing_um, psf, config)
@@ -216,10 +219,6 @@ def fit_objects(
     if neighbours == "fixed" and not fixed_mode:
         neighbours = True
     crops = plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach, neighbours is True)
-    reached = {
-        c.cell: c.cells[1:]
-        for c in plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach, True)
-    }
     boxes = _cell_boxes(init_mesh)
     t0 = time.perf_counter()
     kept, info, results = [], {"crops": []}, []
@@ -230,8 +229,8 @@ def fit_objects(
         c0 = np.array([centre[f"centroid_{a}_um"][0] for a in "zyx"])
         weight = ownership_weight(crop, boxes, spacing_um)
         data = img[crop.slices]
-        if fixed_mode and reached[crop.cell]:
-            others = [current[d] for d in reached[crop.cell]]
+        if fixed_mode and crop.near:
+            others = [current[d] for d in crop.near]
             fixed = _fixed_neighbours(data, crop, current[crop.cell][0], others, spacing_um, psf, config)
             data = np.clip(np.asarray(data, dtype=np.float64) - fixed, 0.0, None).astype(np.float32)
         fitter = Fitter(data, spacing_um, sub, psf, config, origin_um=crop.origin_um, voxel_weight=weight)
