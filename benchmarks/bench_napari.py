@@ -23,7 +23,8 @@ Targets (issue 15 / issue 12 goal 4): first update <= 1 s, >= 5 new states per s
 thread never blocks, Stop <= 0.5 s. Runs ``--runs`` times (default 3) and prints each run and
 the medians.
 
-Usage: ``python benchmarks/bench_napari.py [--runs 3] [--window 8] [--threads 2] [--ndisplay 2]``;
+Usage: ``python benchmarks/bench_napari.py [--runs 3] [--window 8] [--threads 2] [--ndisplay 2]
+[--stop-at 80] [--wait-server]``;
 without a display it re-runs itself under ``xvfb-run`` when that exists.
 """
 
@@ -118,7 +119,7 @@ class DrawClock:
             self._t = None
 
 
-def one_run(viewer, w, app, window_s: float, draw: DrawClock) -> dict:
+def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0) -> dict:
     import numpy as np
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
@@ -169,11 +170,16 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock) -> dict:
         n0 = len(updates)
         it0 = w._last_step.iteration if w._last_step else 0
         t0 = time.perf_counter()
-        _wait(app, lambda: not w.is_running, window_s)
+        if stop_at:  # Stop as soon as the state of iteration stop_at is shown (the step after it runs)
+            reached = lambda: not w.is_running or (w._last_step is not None and w._last_step.iteration >= stop_at)
+            _wait(app, reached, 600)
+        else:
+            _wait(app, lambda: not w.is_running, window_s)
         t1 = time.perf_counter()
         it1 = w._last_step.iteration if w._last_step else 0
         window = [u for u in updates[n0:] if u[0] <= t1]
         resent = sum(1 for a, b in zip(updates, updates[1:]) if a[2] == b[2])
+        stop_level = w._last_step.level if w._last_step else -1
         t_stop = time.perf_counter()
         QTest.mouseClick(w.stop_button, Qt.LeftButton)
         _wait(app, lambda: not w.is_running, 120)
@@ -204,6 +210,7 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock) -> dict:
         "apply_ms": 1000 * float(np.median(apply_s)) if apply_s else float("nan"),
         "paint_ms": 1000 * float(np.median(paints)) if paints else float("nan"),
         "iterations": it1,
+        "stop_level": stop_level,
         "process": float(mode == "process"),
     }
 
@@ -228,6 +235,20 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=float, default=8.0, help="seconds of updates measured per run")
     p.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly)")
     p.add_argument("--ndisplay", type=int, default=2, choices=(2, 3), help="napari's 2D (default) or 3D view")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=0,
+        metavar="N",
+        help="click Stop as soon as the state of iteration N is shown instead of after --window seconds "
+        "(N = 80, the last step of the defaults' first level: Stop during the level change, which rebuilds "
+        "the touching cells with shared membranes); the updates are counted from the first one to then",
+    )
+    p.add_argument(
+        "--wait-server",
+        action="store_true",
+        help="every Run after the fit server has warmed up (run 1 is otherwise a thread fit when the server is not ready)",
+    )
     p.add_argument(
         "--no-activity-dock",
         action="store_true",
@@ -274,7 +295,9 @@ def main(argv=None) -> int:
     )
     rows = []
     for r in range(args.runs):
-        row = one_run(viewer, w, app, args.window, draw)
+        if args.wait_server and w.runner.server is not None:
+            _wait(app, w.runner.server.is_ready, 120)
+        row = one_run(viewer, w, app, args.window, draw, stop_at=args.stop_at)
         rows.append(row)
         print(
             f"run {r + 1}{' (cold)' if r == 0 else ''}, {'server' if row['process'] else 'thread'}: first update {row['first_update_s']:.2f} s "
@@ -284,7 +307,7 @@ def main(argv=None) -> int:
             f"per update: layer {row['apply_ms']:.0f} ms + paint {row['paint_ms']:.0f} ms, "
             f"{row['paints_per_s']:.1f} paints/s ({100 * row['paint_share']:.0f}% of the time; UI thread busy "
             f"{100 * row['busy_share']:.0f}%), worker step {row['step_s']:.2f} s, "
-            f"Stop {row['stop_s'] * 1000:.0f} ms (at iteration {row['iterations']}), "
+            f"Stop {row['stop_s'] * 1000:.0f} ms (at iteration {row['iterations']}, level {row['stop_level']}), "
             f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )

@@ -278,6 +278,69 @@ def test_cancel_during_a_level_change_mesh_rebuild_keeps_the_finished_level():
     np.testing.assert_allclose(final.mesh.verts, ref.mesh.verts, atol=1e-9)
 
 
+def _touching_pair_fitter():
+    """Two overlapping spheres as two cells on a (2, 1) fit: entering level 1 rebuilds them as
+    one mesh with a shared membrane (label image, surface nets, junction resampling, remesh
+    patch by patch, snap back: the slow part of a level change)."""
+    from deltamic_core.geometry import merge_meshes
+
+    a, b = np.array([8.0, 8.0, 6.0]), np.array([8.0, 8.0, 10.5])
+    img = 100.0 * (shell_image(SHAPE, SPACING, a, 3.0, SIGMA) + shell_image(SHAPE, SPACING, b, 3.0, SIGMA)) + 10.0
+    init = merge_meshes([icosphere(a, 3.0, subdivisions=2), icosphere(b, 3.0, subdivisions=2)])
+    cfg = FitConfig(levels=(2, 1), iterations=(2, 2), share_membranes=True)
+    return Fitter(img, SPACING, init, GaussianPSF(sigma_um=SIGMA), cfg)
+
+
+def test_a_stop_inside_the_membrane_rebuild_abandons_the_rest_and_the_resumed_fit_rebuilds(monkeypatch):
+    """cancel() arriving in the middle of a level change's membrane rebuild (here: when its
+    surface nets are done, as a Stop click from the UI thread would) abandons the remaining
+    work at its next cancellation point (no patch is remeshed any more); the fit is still on
+    the finished level with its last step's mesh, and going on builds the level, shared
+    membranes included, exactly as an uninterrupted fit does."""
+    import sys
+
+    from deltamic_core.fit import FitCancelled
+
+    ref = _touching_pair_fitter()
+    for _ in range(3):
+        expected = ref.step()
+    assert expected.level == 1 and (expected.labels > 0).all(axis=1).any()  # the rebuild shares a membrane
+
+    fitter = _touching_pair_fitter()
+    for _ in range(2):
+        fitter.step()
+    level, before = fitter._level, fitter.current_mesh()
+    seed_mod, remesh_mod = sys.modules["deltamic_core.geometry.seed"], sys.modules["deltamic_core.geometry.remesh"]
+    nets, patch = seed_mod.surface_nets, remesh_mod._remesh_patch
+    patches = []
+
+    def stop_after_nets(*args, **kwargs):
+        out = nets(*args, **kwargs)
+        fitter.cancel()
+        return out
+
+    def counted_patch(*args, **kwargs):
+        patches.append(1)
+        return patch(*args, **kwargs)
+
+    monkeypatch.setattr(seed_mod, "surface_nets", stop_after_nets)
+    monkeypatch.setattr(remesh_mod, "_remesh_patch", counted_patch)
+    with pytest.raises(FitCancelled):
+        fitter.step()
+    assert patches == []  # the rest of the rebuild was abandoned
+    assert fitter._level is level and fitter.iteration == 2
+    np.testing.assert_array_equal(fitter.current_mesh().verts, before.verts)
+    np.testing.assert_array_equal(fitter.current_mesh().faces, before.faces)
+
+    monkeypatch.setattr(seed_mod, "surface_nets", nets)
+    res = fitter.step()
+    assert patches  # built this time
+    assert res.level == 1 and res.iteration == 3
+    np.testing.assert_array_equal(res.faces, expected.faces)
+    np.testing.assert_array_equal(res.labels, expected.labels)
+    np.testing.assert_allclose(res.verts, expected.verts, atol=1e-9)
+
+
 @pytest.mark.slow
 def test_learn_psf_recovers_gaussian_sigma():
     true_sigma = SIGMA

@@ -157,6 +157,62 @@ def test_stop_abandons_the_step_in_progress_and_keeps_the_last_completed_one(
     assert gui_errors == []
 
 
+@pytest.mark.slow
+def test_stop_during_a_level_change_abandons_the_membrane_rebuild_and_keeps_the_finished_level(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch
+):
+    """Stop clicked while the fit enters its next level and rebuilds the touching cells as one
+    mesh with shared membranes (seconds of work): the rebuild is abandoned at its next
+    cancellation point (no patch of it is remeshed after the Stop), the fit ends with the last
+    step of the finished level, shown and reported."""
+    import sys
+
+    seed_mod, remesh_mod = sys.modules["deltamic_core.geometry.seed"], sys.modules["deltamic_core.geometry.remesh"]
+    nets, patch = seed_mod.surface_nets, remesh_mod._remesh_patch
+    entered, stopped = threading.Event(), threading.Event()
+    after_stop = []
+
+    def held_nets(*args, **kwargs):  # the rebuild's first piece waits for the Stop click
+        out = nets(*args, **kwargs)
+        entered.set()
+        stopped.wait(60)
+        return out
+
+    def counted_patch(*args, **kwargs):
+        if stopped.is_set():
+            after_stop.append(1)
+        return patch(*args, **kwargs)
+
+    monkeypatch.setattr(seed_mod, "surface_nets", held_nets)
+    monkeypatch.setattr(remesh_mod, "_remesh_patch", counted_patch)
+    monkeypatch.setenv("DELTAMIC_FIT_PROCESS", "0")  # the patches are in this process
+    viewer = make_napari_viewer(show=True)
+    w = gui_open_widget(viewer)
+    image = viewer.add_image(embryo["image"], name="embryo", scale=tuple(embryo["spacing_um"]))
+    viewer.add_points(embryo["centroids_um"], name="seeds", size=1.0)
+    w.image_combo.set_layer(image)
+    w.seed_combo.set_layer(viewer.layers["seeds"])
+    w.radius_box.setValue(4.0)  # the three spheres overlap: the cells touch at the level change
+    w.iter_box.setValue(2)
+    w.levels_edit.setText("2, 1")
+    start_fit(qtbot, w)
+    qtbot.waitUntil(entered.is_set, timeout=FIT_TIMEOUT_MS)  # level 1 is being built
+    click(qtbot, w.stop_button)
+    stopped.set()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert _idle(w)
+    assert after_stop == []
+    layer = viewer.layers["embryo fit"]
+    res = w.runner.last_result
+    assert res.iterations == 2 == layer.metadata["fit_iteration"] == len(w.loss_plot.losses)
+    assert set(res.level_history) == {0}
+    assert not (res.mesh.labels > 0).all(axis=1).any()  # the separate surfaces of level 0
+    np.testing.assert_array_equal(layer.faces, res.mesh.faces)
+    np.testing.assert_allclose(layer.vertices, res.mesh.verts, atol=1e-4)
+    assert "done: 2 iterations" in w.status_label.text()
+    assert gui_errors == []
+
+
 def _non_finite(render):
     import torch
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._cancel import cancellable, checkpoint
 from .._checks import check_device, check_image, check_not_constant, check_spacing, check_vector3
 from ..mesh import Mesh
 from .config import FitConfig
@@ -110,6 +111,7 @@ def close_contact_gaps(lab: np.ndarray, spacing_um, gap_um: float) -> np.ndarray
     d2 = np.full(sub.shape, np.inf, np.float32)
     l1 = np.zeros(sub.shape, lab.dtype)
     for i in ids:
+        checkpoint()
         m = sub == i
         if not m.any():
             continue
@@ -563,20 +565,23 @@ class Fitter:
         self._backend = renderer.backend_name
         mesh = self.current_mesh() if self._level is not None else self._mesh
         rebuilt = False
-        if cfg.share_membranes and index > 0 and (cfg.reshare_membranes != "off" or not self._shared_done):
-            again = cfg.reshare_membranes if self._shared_done else ""
-            self._shared_done = True
-            shared = self._share_membranes(mesh, again=again)
-            if shared is not None:
-                mesh, rebuilt = shared, True
+        share = cfg.share_membranes and index > 0 and (cfg.reshare_membranes != "off" or not self._shared_done)
+        # the membranes' rebuild and the remesh take seconds (1.7-4 s on the sample embryo): they
+        # have cancellation points (deltamic_core._cancel), so a Stop during them abandons them
+        # within a fraction of a second, before anything of the new level is installed (a fit
+        # that goes on after FitCancelled builds the level again, membranes included)
+        with cancellable(self._check_cancelled):
+            if share:
+                shared = self._share_membranes(mesh, again=cfg.reshare_membranes if self._shared_done else "")
+                if shared is not None:
+                    mesh, rebuilt = shared, True
+            if cfg.target_edge_um is not None and not rebuilt:
+                mesh = self._remesh(mesh, cfg.target_edge_um * f)
+        self._timings["setup"] += time.perf_counter() - t0
+        self._check_cancelled()
+        self._shared_done = self._shared_done or share
         # a rebuilt mesh is only voxel-accurate: it needs full-size steps, not a refinement's
         self._level_rebuilt = rebuilt
-        if cfg.target_edge_um is not None and not rebuilt:
-            mesh = self._remesh(mesh, cfg.target_edge_um * f)
-        self._timings["setup"] += time.perf_counter() - t0
-        # the membranes' rebuild and the remesh can take seconds: a Stop during them lands here,
-        # still before anything of the new level is installed
-        self._check_cancelled()
         self._set_topology(mesh, index)
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
@@ -892,9 +897,10 @@ class Fitter:
 
     def cancel(self) -> None:
         """Abandon the step in progress as soon as possible (thread-safe): it raises
-        :class:`FitCancelled` at its next stage boundary (after the level's render plan and
-        after its mesh rebuild, before and after the backward pass), leaving the state of the last completed step; with no
-        step running, the next :meth:`step` raises it. Once raised, the fit can go on."""
+        :class:`FitCancelled` at its next stage boundary (after the level's render plan, at
+        the cancellation points of a level change's membrane rebuild and remesh, before and
+        after the backward pass), leaving the state of the last completed step; with no step
+        running, the next :meth:`step` raises it. Once raised, the fit can go on."""
         self._cancel.set()
 
     def _check_cancelled(self) -> None:

@@ -24,6 +24,8 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
+from .._cancel import checkpoint
+
 __all__ = ["resample_junctions", "relieve_junction_fans"]
 
 
@@ -51,6 +53,7 @@ def _junction_edges(faces: np.ndarray, patch: np.ndarray) -> np.ndarray:
 
 def _split_long(verts, faces, labels, patch, h_max, max_passes=12):
     for _ in range(max_passes):
+        checkpoint()
         junction = _junction_edges(faces, patch)
         if len(junction) == 0:
             break
@@ -176,6 +179,7 @@ def _collapse_short(verts, faces, labels, patch, h_min, h_max):
     corner = np.bincount(junction.reshape(-1), minlength=len(verts)) != 2
     state = _Collapser(verts, faces)
     for u, v in short[np.argsort(length[length < h_min])].tolist():
+        checkpoint()
         if u in state.touched or v in state.touched:
             continue  # an end already moved or vanished in this pass
         if corner[u] and corner[v]:
@@ -234,6 +238,7 @@ def relieve_junction_fans(verts, faces, labels, edge_um: float, min_angle_deg: f
     faces = faces.copy()
     pts = verts.tolist()
     for _ in range(passes):
+        checkpoint()
         face_min = _face_min_angles(verts, faces)
         # directed edge (a, b) -> face; an interior patch edge has both directions in one patch
         half, uses = {}, {}

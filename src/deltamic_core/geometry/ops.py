@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
 
+from .._cancel import checkpoint
 from ..mesh import Mesh
 
 __all__ = [
@@ -217,6 +218,7 @@ def snap_to_cells(mesh: Mesh, reference: Mesh, max_um: float) -> Mesh:
     total = np.zeros_like(mesh.verts)
     count = np.zeros(len(mesh.verts))
     for cell in np.unique(labels[labels > 0]):
+        checkpoint()
         if not (ref_labels == cell).any():
             continue
         ref = cell_surface(reference, int(cell))

@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+from .._cancel import checkpoint
 from ..mesh import Mesh
 from ._junctions import relieve_junction_fans as _relieve_junction_fans
 from ._junctions import resample_junctions as _resample_junctions
@@ -146,6 +147,7 @@ def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iteratio
     fixed = np.unique(boundary) if len(boundary) else np.zeros(0, dtype=np.int64)
     if len(fixed) == len(v):
         return None
+    checkpoint()
     try:
         new_v, new_f = gp.remesh_botsch(
             np.ascontiguousarray(v, dtype=np.float64),
@@ -157,6 +159,7 @@ def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iteratio
         )
     except (ValueError, RuntimeError, MemoryError):
         return None
+    checkpoint()
     new_f = np.asarray(new_f, dtype=np.int64)
     new_v = _relax_slivers(np.asarray(new_v, dtype=np.float64), new_f, len(fixed))
     if len(new_f) == 0 or not np.all(np.isfinite(new_v)) or not np.array_equal(new_v[: len(fixed)], v[fixed]):
@@ -185,6 +188,7 @@ def _restore_cell_volumes(verts, faces, labels, outer_free: dict, target: np.nda
     the cell keeps its volume (shared membranes and junctions are not moved)."""
     verts = verts.copy()
     for _ in range(passes):
+        checkpoint()
         current = volumes_by_label(verts, faces, labels, len(target))
         for cell, free in outer_free.items():
             sel = (labels[:, 0] == 0) & (labels[:, 1] == cell)
@@ -275,6 +279,7 @@ def remesh(
     outer_free = {}  # cell -> indices of the free (new) vertices of its outer patch (0, cell)
     n_total = len(verts)
     for key in np.unique(pair_key):
+        checkpoint()
         sel = pair_key == key
         patch_faces = faces[sel]
         pair = labels[np.flatnonzero(sel)[0]]
@@ -302,6 +307,7 @@ def remesh(
     all_v = np.concatenate(out_verts)
     all_f = np.concatenate(out_faces)
     all_l = np.concatenate(out_labels).astype(np.int32)
+    checkpoint()
     if resample_junctions and not plain:
         all_v, all_f, all_l = _relieve_junction_fans(all_v, all_f, all_l, edge_um)
     if preserve_volume and outer_free:

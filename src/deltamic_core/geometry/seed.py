@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._cancel import checkpoint
 from .._checks import check_spacing, check_vector3
 from ..mesh import Mesh
 from .ops import merge_meshes, offset_to_volume, signed_volume
@@ -160,7 +161,9 @@ def meshes_from_labels(
     if not any(o is not None for o in objects):
         raise ValueError("label_image contains no labels (all zero)")
     if shared:
-        mesh = remesh(surface_nets(lab, tuple(spacing)), edge)
+        nets = surface_nets(lab, tuple(spacing))
+        checkpoint()
+        mesh = remesh(nets, edge)
         mesh.metadata = {
             "kind": "meshes_from_labels",
             "spacing_um": tuple(spacing.tolist()),
@@ -174,6 +177,7 @@ def meshes_from_labels(
     for index, box in enumerate(objects):
         if box is None:
             continue
+        checkpoint()
         cell = index + 1
         lo = np.array([b.start for b in box])
         hi = np.array([b.stop for b in box])
