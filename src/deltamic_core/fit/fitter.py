@@ -36,7 +36,7 @@ from ..mesh import Mesh
 from .config import FitConfig
 from .levels import BlockAveragedPSF, block_average, gaussian_blur
 from .losses import _quantiles, intensity_weight, poisson_nll, solve_photometric, solve_two_levels, weighted_mse
-from .optim import VertexAdam
+from .optim import ParamAdam, VertexAdam
 from .precondition import LaplacianPreconditioner
 
 __all__ = ["Fitter", "StepResult", "FitResult", "FitDivergedError", "FitCancelled"]
@@ -317,7 +317,7 @@ class Fitter:
             params = [p for p in self.psf.parameters() if p.requires_grad]
             if not params:
                 raise ValueError("learn_psf=True but the PSF model has no learnable parameters")
-            self._psf_opt = torch.optim.Adam(params, lr=config.psf_lr)
+            self._psf_opt = ParamAdam(params, lr=config.psf_lr)
         else:
             for p in self.psf.parameters():
                 p.requires_grad_(False)
@@ -679,7 +679,7 @@ class Fitter:
                 self._photo = torch.tensor(
                     [math.log(g), b], dtype=torch.float64, device=self.device, requires_grad=True
                 )
-                self._photo_opt = torch.optim.Adam([self._photo], lr=cfg.photometric_lr)
+                self._photo_opt = ParamAdam([self._photo], lr=cfg.photometric_lr)
         if cfg.photometric == "learn":
             g_t = torch.exp(self._photo[0]).to(self.dtype)
             b_t = self._photo[1].to(self.dtype)
