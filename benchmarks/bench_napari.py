@@ -194,6 +194,10 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0) 
             layer.events.data.disconnect(on_data)
     paints = draw.paints[n_paints:]
     elapsed = time.perf_counter() - t_run
+    # a Run during the server's warm-up starts in the thread and goes over to the server when ready
+    handed = getattr(w.runner, "handed_over_at", None)
+    served = [u for u in window if handed is not None and u[1] > handed]
+    served_rate = (len(served) - 1) / (served[-1][0] - served[0][0]) if len(served) > 2 else float("nan")
     return {
         "paints_per_s": len(paints) / elapsed,
         "paint_share": sum(paints) / elapsed,
@@ -211,6 +215,8 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0) 
         "paint_ms": 1000 * float(np.median(paints)) if paints else float("nan"),
         "iterations": it1,
         "stop_level": stop_level,
+        "handed_over_at": float("nan") if handed is None else float(handed),
+        "served_per_s": served_rate,
         "process": float(mode == "process"),
     }
 
@@ -308,7 +314,13 @@ def main(argv=None) -> int:
             f"{row['paints_per_s']:.1f} paints/s ({100 * row['paint_share']:.0f}% of the time; UI thread busy "
             f"{100 * row['busy_share']:.0f}%), worker step {row['step_s']:.2f} s, "
             f"Stop {row['stop_s'] * 1000:.0f} ms (at iteration {row['iterations']}, level {row['stop_level']}), "
-            f"load {os.getloadavg()[0]:.1f}",
+            + (
+                f"handed over to the server after iteration {row['handed_over_at']:.0f} "
+                f"({row['served_per_s']:.1f} new states/s from then), "
+                if row["handed_over_at"] == row["handed_over_at"]
+                else ""
+            )
+            + f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}

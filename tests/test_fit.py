@@ -126,10 +126,12 @@ def test_ellipsoid_from_sphere_mean_distance_below_half_voxel():
     assert abs(mesh_volume(res.mesh.verts, res.mesh.faces) / vol_true - 1) < 0.05
 
 
-def _small_fitter(iterations=(4, 4)):
+def _small_fitter(iterations=(4, 4), learn=False):
     img = 100.0 * shell_image(SHAPE, SPACING, CENTRE, R0, SIGMA) + 10.0
     init = icosphere(CENTRE, 0.8 * R0, subdivisions=1)
-    return Fitter(img, SPACING, init, GaussianPSF(sigma_um=SIGMA), FitConfig(levels=(2, 1), iterations=iterations))
+    more = {"learn_psf": True, "photometric": "learn"} if learn else {}
+    cfg = FitConfig(levels=(2, 1), iterations=iterations, **more)
+    return Fitter(img, SPACING, init, GaussianPSF(sigma_um=1.2 * SIGMA if learn else SIGMA), cfg)
 
 
 def test_stop_and_resume_matches_an_uninterrupted_run():
@@ -339,6 +341,42 @@ def test_a_stop_inside_the_membrane_rebuild_abandons_the_rest_and_the_resumed_fi
     np.testing.assert_array_equal(res.faces, expected.faces)
     np.testing.assert_array_equal(res.labels, expected.labels)
     np.testing.assert_allclose(res.verts, expected.verts, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("make", "at"),
+    [
+        (_touching_pair_fitter, 1),  # on the first level
+        (_touching_pair_fitter, 3),  # after the level change that built shared membranes
+        (lambda: _small_fitter(learn=True), 2),  # a learnt PSF and gain/background, their Adams
+    ],
+    ids=["first-level", "after-rebuild", "learnt-psf"],
+)
+def test_a_fit_exported_and_loaded_in_a_new_fitter_goes_on_as_the_uninterrupted_one(make, at):
+    """export_state after some steps, pickled (as it travels to the fit server), loaded into a
+    new Fitter of the same job: the rest of the fit is the uninterrupted fit's, step for step."""
+    import pickle
+
+    ref = make().run()
+    first = make()
+    for _ in range(at):
+        first.step()
+    state = pickle.loads(pickle.dumps(first.export_state()))
+    second = make()
+    second.load_state(state)
+    assert second.iteration == at
+    final = second.run()
+    assert second.done and final.iterations == ref.iterations and final.n_rollbacks == ref.n_rollbacks
+    np.testing.assert_allclose(final.loss_history, ref.loss_history, rtol=1e-6)
+    np.testing.assert_array_equal(final.mesh.faces, ref.mesh.faces)
+    np.testing.assert_allclose(final.mesh.verts, ref.mesh.verts, atol=1e-8)
+    assert final.psf_params.keys() == ref.psf_params.keys()
+    np.testing.assert_allclose(final.psf_params["sigma_um"], ref.psf_params["sigma_um"], rtol=1e-6)
+    assert (final.gain, final.background) == pytest.approx((ref.gain, ref.background))
+    with pytest.raises(ValueError, match="not taken a step"):
+        second.load_state(state)
+    with pytest.raises(ValueError, match="taken a step"):
+        make().export_state()
 
 
 @pytest.mark.slow

@@ -113,6 +113,54 @@ def test_a_run_while_the_server_warms_up_fits_in_the_thread_and_the_next_run_in_
 
 
 @pytest.mark.slow
+def test_a_run_during_the_warm_up_goes_over_to_the_server_when_it_is_ready_and_continues_there(
+    make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch, tmp_path
+):
+    """Run while the server warms up: the fit starts in the thread at once; when the server is
+    ready the running fit is handed over (its state: mesh, level, optimiser, histories) and
+    continues there, iteration after iteration, from the thread's last state; Stop then stops
+    the server's fit and the result is the server's."""
+    gate = tmp_path / "warm-up may go on"
+    _faults(monkeypatch)
+    monkeypatch.setenv("DELTAMIC_TEST_WARM_UP_GATE", str(gate))
+    viewer = make_napari_viewer(show=True)
+    w = _one_cell(viewer, gui_open_widget, embryo)
+    qtbot.waitUntil(lambda: w.runner.server.wait_connected(0), timeout=FIT_TIMEOUT_MS)
+    assert not w.runner.server.is_ready()  # held in its warm-up
+    start_fit(qtbot, w)
+    assert w.runner.mode == "thread"
+    layer = viewer.layers["crop fit"]
+    shown = {}  # iteration -> vertices shown
+    layer.events.data.connect(lambda e: shown.__setitem__(layer.metadata.get("fit_iteration"), layer.vertices.copy()))
+    qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= 3, timeout=FIT_TIMEOUT_MS)
+    assert w.runner._holder.get("sent") is None  # still in the thread
+    gate.touch()  # the server warms up now, and takes the fit over when ready
+    qtbot.waitUntil(lambda: w.runner._holder.get("sent") is True, timeout=FIT_TIMEOUT_MS)
+    handed = w.runner._holder["handed_over_at"]
+    qtbot.waitUntil(lambda: layer.metadata.get("fit_iteration", 0) >= handed + 3, timeout=FIT_TIMEOUT_MS)
+    click(qtbot, w.stop_button)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
+    assert _idle(w) and w.runner.handed_over_at == handed >= 3
+    res = w.runner.last_result  # sent by the server at its end
+    assert res.iterations == layer.metadata["fit_iteration"] > handed
+    # one fit: every iteration once, the thread's losses kept as the start of the server's history
+    assert w.loss_plot.iterations == list(range(1, res.iterations + 1))
+    np.testing.assert_allclose(res.loss_history, w.loss_plot.losses, rtol=1e-5)
+    np.testing.assert_allclose(layer.vertices, res.mesh.verts, atol=1e-4)
+    # the server went on from the thread's last state: its first step moves the mesh as little
+    # as the thread's steps did, far less than a fit started again from the seed would
+    # (the viewer shows the newest state when it has time: not every iteration has a picture)
+    last_thread = max(i for i in shown if i and i <= handed)
+    first_server = min(i for i in shown if i and i > handed)
+    first_shown = min(i for i in shown if i)
+    moved = np.abs(shown[first_server] - shown[last_thread]).max()
+    restarted = np.abs(shown[first_server] - shown[first_shown]).max()
+    assert last_thread > first_shown and moved < restarted
+    assert f"done: {res.iterations} iterations" in w.status_label.text()
+    assert gui_errors == []
+
+
+@pytest.mark.slow
 def test_without_a_server_the_fit_runs_in_a_thread(
     make_napari_viewer, gui_open_widget, qtbot, embryo, gui_errors, monkeypatch
 ):

@@ -136,13 +136,18 @@ def _prepare(make_prepared: Callable, mailbox: Mailbox):
     return prepared
 
 
-def fit_worker(make_prepared: Callable, holder: dict, mailbox: Mailbox, t0: float):
+def fit_worker(make_prepared: Callable, holder: dict, mailbox: Mailbox, t0: float, server=None):
     """Worker body: prepare the job, then fit it step by step, posting into ``mailbox``.
 
     Yields nothing useful (a yield between steps lets ``worker.quit()`` end it). The Fitter
     lives only in ``holder`` (see ``pipeline.fit_steps``): clearing it releases the solver and
     the render plan even while the quit generator stays suspended. Never raises: a failure is
     left in ``mailbox.error``; a cancelled step (Stop) simply ends the fit.
+
+    ``server``: the fit server, still warming up when the fit started. As soon as it is ready
+    (checked between steps) the fit is handed over to it: the Fitter's state
+    (``Fitter.export_state``) goes with the job, the server goes on from there and this
+    worker relays its states as :func:`server_worker` does (``holder["sent"]`` is then set).
     """
     from deltamic_core.fit import FitCancelled
     from deltamic_core.pipeline import fit_steps
@@ -152,15 +157,51 @@ def fit_worker(make_prepared: Callable, holder: dict, mailbox: Mailbox, t0: floa
         if holder["stop"].is_set():
             return
         t_prev = time.perf_counter()
-        for res in fit_steps(prepared, holder):
+        steps = fit_steps(prepared, holder)
+        for res in steps:
             now = time.perf_counter()
             mailbox.post_step(_to_step(res, now - t_prev, now - t0))
             del res
             yield None
+            if server is not None and _hand_over(prepared, server, holder):
+                steps.close()
+                del prepared
+                break
             t_prev = time.perf_counter()
+        else:
+            return
+        yield from _relay(server, holder, mailbox, t0)
     except Exception as exc:  # noqa: BLE001 - reported on the main thread when the worker ends
         if not isinstance(exc, FitCancelled):
-            mailbox.error = FitError(exc)
+            _failed(exc, holder, mailbox)
+
+
+def _failed(exc: Exception, holder: dict, mailbox: Mailbox) -> None:
+    from deltamic_core.pipeline.fit_server import FitServerError
+
+    mailbox.error = FitError(exc)
+    if isinstance(exc, FitServerError):
+        holder["server_broken"] = True
+
+
+def _hand_over(prepared, server, holder: dict) -> bool:
+    """Send the thread's fit to the fit server if it is ready now (between two steps; not
+    after a Stop, nor with a cell change waiting for the next step): True if it was sent (the
+    thread's Fitter is then released)."""
+    from deltamic_core.pipeline.cells import changes_queue
+
+    if not server.alive or not server.is_ready():
+        return False
+    with holder["lock"]:  # against Stop and cell changes from the main thread
+        fitter = holder.get("fitter")
+        if holder["stop"].is_set() or fitter is None or fitter.done or not changes_queue(holder).empty():
+            return False
+        state = fitter.export_state()
+        server.send("job", _without_image_copy(prepared), state)
+        holder["sent"] = True
+        holder["handed_over_at"] = fitter.iteration
+        holder.pop("fitter")
+    return True
 
 
 def _without_image_copy(prepared):
@@ -176,13 +217,8 @@ def _without_image_copy(prepared):
 
 def server_worker(make_prepared: Callable, server, holder: dict, mailbox: Mailbox, t0: float):
     """Worker body of the process path: prepare the job here, fit it in the fit server
-    (``deltamic_core.pipeline.fit_server``) and relay its messages into ``mailbox``.
-
-    The thread only waits on the server's connection (no GIL held), so the fit never competes
-    with the viewer's drawing. Reads until the server's ``end`` of the job (Stop is a message
-    to the server, never ``worker.quit()``: the next job must not read this one's end). Faces
-    and labels come only when they changed; the relay keeps the last ones for each Step.
-    Never raises (see :func:`fit_worker`).
+    (``deltamic_core.pipeline.fit_server``) and relay its messages into ``mailbox``
+    (:func:`_relay`). Never raises (see :func:`fit_worker`).
     """
     from deltamic_core.pipeline.fit_server import FitServerError
 
@@ -196,41 +232,50 @@ def server_worker(make_prepared: Callable, server, holder: dict, mailbox: Mailbo
             server.send("job", _without_image_copy(prepared))
             holder["sent"] = True
         del prepared
-        faces = labels = None
-        stop_at = None
-        while True:
-            if not server.poll(0.1):
-                if holder["stop"].is_set():
-                    stop_at = stop_at or time.perf_counter()
-                    if time.perf_counter() - stop_at > 30.0:
-                        raise FitServerError("the fit server did not stop within 30 s")
-                yield None
-                continue
-            msg = server.recv()
-            kind = msg[0]
-            if kind == "step":
-                _, it, loss, verts, new_faces, new_labels, level, rolled_back, psf_params, seconds = msg
-                if new_faces is not None:
-                    faces, labels = new_faces, (None if new_labels is False else new_labels)
-                now = time.perf_counter()
-                mailbox.post_step(
-                    Step(it, loss, verts, faces, labels, level, rolled_back, psf_params, seconds, now - t0)
-                )
-            elif kind == "changed":
-                _, ident, added, notes, error = msg
-                change = holder["pending"].pop(ident, None)
-                if change is not None:
-                    change.added, change.notes, change.error = added, notes, error
-                    change.done.set()
-            elif kind == "error":
-                mailbox.error = FitError(msg[1])
-            elif kind == "end":
-                holder["result"] = msg[1]
-                return
+        yield from _relay(server, holder, mailbox, t0)
     except Exception as exc:  # noqa: BLE001 - reported on the main thread when the worker ends
-        mailbox.error = FitError(exc)
-        if isinstance(exc, FitServerError):
-            holder["server_broken"] = True
+        _failed(exc, holder, mailbox)
+
+
+def _relay(server, holder: dict, mailbox: Mailbox, t0: float):
+    """Relay the fit server's messages about the job sent into ``mailbox`` until its ``end``.
+
+    The thread only waits on the server's connection (no GIL held), so the fit never competes
+    with the viewer's drawing. Reads until the server's ``end`` of the job (Stop is a message
+    to the server, never ``worker.quit()``: the next job must not read this one's end). Faces
+    and labels come only when they changed; the relay keeps the last ones for each Step.
+    """
+    from deltamic_core.pipeline.fit_server import FitServerError
+
+    faces = labels = None
+    stop_at = None
+    while True:
+        if not server.poll(0.1):
+            if holder["stop"].is_set():
+                stop_at = stop_at or time.perf_counter()
+                if time.perf_counter() - stop_at > 30.0:
+                    raise FitServerError("the fit server did not stop within 30 s")
+            yield None
+            continue
+        msg = server.recv()
+        kind = msg[0]
+        if kind == "step":
+            _, it, loss, verts, new_faces, new_labels, level, rolled_back, psf_params, seconds = msg
+            if new_faces is not None:
+                faces, labels = new_faces, (None if new_labels is False else new_labels)
+            now = time.perf_counter()
+            mailbox.post_step(Step(it, loss, verts, faces, labels, level, rolled_back, psf_params, seconds, now - t0))
+        elif kind == "changed":
+            _, ident, added, notes, error = msg
+            change = holder["pending"].pop(ident, None)
+            if change is not None:
+                change.added, change.notes, change.error = added, notes, error
+                change.done.set()
+        elif kind == "error":
+            mailbox.error = FitError(msg[1])
+        elif kind == "end":
+            holder["result"] = msg[1]
+            return
 
 
 def process_mode_default() -> bool:
@@ -292,7 +337,8 @@ class FitRunner(QObject):
         super().__init__(parent)
         self.use_process = process_mode_default() if use_process is None else bool(use_process)
         self.server = None  # the fit server (deltamic_core.pipeline.fit_server.FitServer)
-        self.mode: str | None = None  # "process" or "thread": where the last fit ran
+        self.mode: str | None = None  # "process" or "thread": where the last fit started
+        self.handed_over_at: int | None = None  # the iteration after which it went to the server
         self._change_ids = itertools.count(1)
         self._on_prepared, self._on_update = on_prepared, on_update
         self._on_error, self._on_finished = on_error, on_finished
@@ -338,14 +384,16 @@ class FitRunner(QObject):
     def post_change(self, change) -> None:
         """Hand a ``pipeline.cells.CellChange`` to the running fit (applied before its next
         step; ``change.done`` is set when it was answered)."""
-        if self.mode == "process":
-            ident = next(self._change_ids)
-            self._holder["pending"][ident] = change
-            self.server.send("change", ident, change.add_centres, change.add_radii, tuple(change.remove))
-        else:
-            from deltamic_core.pipeline.cells import changes_queue
+        from deltamic_core.pipeline.cells import changes_queue
 
-            changes_queue(self._holder).put(change)
+        holder = self._holder
+        with holder.setdefault("lock", threading.Lock()):  # a thread fit may be handing itself over
+            if self.mode == "process" or holder.get("sent"):
+                ident = next(self._change_ids)
+                holder["pending"][ident] = change
+                self.server.send("change", ident, change.add_centres, change.add_radii, tuple(change.remove))
+            else:
+                changes_queue(holder).put(change)
 
     def start(self, make_prepared: Callable) -> None:
         """Run ``make_prepared()`` (-> ``pipeline.Prepared``) and then its fit: in the fit server
@@ -356,27 +404,23 @@ class FitRunner(QObject):
             raise ValueError("a fit is already running: stop it first")
         self._mailbox = Mailbox()
         self.last_result, self.last_prepared = None, None
+        self.handed_over_at = None
         self.started_at = time.perf_counter()
         server = self.server
         if server is not None and (server.failed is not None or server.process.poll() is not None):
             self.start_server()  # it died since: a new one, which warms up for the next Run
             server = self.server
-        if server is not None and not server.is_ready():
-            # still importing and warming up (6-10 s after the widget opened): this fit runs in
-            # the thread, which starts in about a second, and the server takes the next Run
-            server = None
-        if server is not None:
+        self._holder = {"stop": threading.Event(), "lock": threading.Lock(), "pending": {}}
+        if server is not None and server.is_ready():
             self.mode = "process"
-            self._holder = {"stop": threading.Event(), "lock": threading.Lock(), "pending": {}}
-            body, target = server_worker, server
+            args = (make_prepared, server, self._holder, self._mailbox, self.started_at)
+            worker = create_worker(server_worker, *args, _start_thread=False)
         else:
+            # no server, or still importing and warming up (6-10 s after the widget opened): the
+            # fit starts in the thread at once, and goes over to the server when it is ready
             self.mode = "thread"
-            self._holder = {"stop": threading.Event()}
-            body, target = fit_worker, None
-        args = (make_prepared, self._holder, self._mailbox, self.started_at)
-        if target is not None:
-            args = (make_prepared, target, self._holder, self._mailbox, self.started_at)
-        worker = create_worker(body, *args, _start_thread=False)
+            args = (make_prepared, self._holder, self._mailbox, self.started_at)
+            worker = create_worker(fit_worker, *args, server=server, _start_thread=False)
         worker.finished.connect(self._finished)
         # set from the worker thread itself, so shutdown() can wait without an event loop
         self._thread_done = threading.Event()
@@ -401,6 +445,7 @@ class FitRunner(QObject):
         while self.deliver():  # what was posted since the last tick, the last state included
             pass
         fitter = self._holder.get("fitter")
+        self.handed_over_at = self._holder.get("handed_over_at")
         try:  # the fit's final state (as the CLI reports it); the thread has ended
             self.last_result = fitter.result() if fitter is not None else self._holder.get("result")
             if self.last_result is not None:
@@ -425,16 +470,16 @@ class FitRunner(QObject):
         last completed step); before the first step, the fit ends without one."""
         if self.worker is None:
             return
-        if self.mode == "process":  # the server cancels its step; the relay reads on to its end
-            with self._holder["lock"]:
-                self._holder["stop"].set()
-                if self._holder.get("sent"):
-                    try:
-                        self.server.send("stop")
-                    except Exception:  # noqa: BLE001 - the relay sees the broken server and ends
-                        pass
+        with self._holder["lock"]:
+            self._holder["stop"].set()  # before looking for the fitter: see pipeline.fit_steps
+            sent = self._holder.get("sent")
+            if sent:  # the server cancels its step; the relay reads on to its end
+                try:
+                    self.server.send("stop")
+                except Exception:  # noqa: BLE001 - the relay sees the broken server and ends
+                    pass
+        if sent or self.mode == "process":
             return
-        self._holder["stop"].set()  # before looking for the fitter: see pipeline.fit_steps
         fitter = self._holder.get("fitter")
         if fitter is not None:
             fitter.cancel()

@@ -27,9 +27,11 @@ if _after is not None:
 # exists: a test holds the server "still warming up" for as long as it needs
 _gate = os.environ.get("DELTAMIC_TEST_WARM_UP_GATE")
 if _gate is not None:
+    import importlib
     import time
 
-    import deltamic_core.pipeline.run as _run
+    # (not ``import deltamic_core.pipeline.run as _run``: that is the package's run() function)
+    _run = importlib.import_module("deltamic_core.pipeline.run")
 
     _warm_up = _run.warm_up
 

@@ -88,6 +88,28 @@ class StepResult:
     remeshed: bool = False
 
 
+def _numpy(obj):
+    """``obj`` with every tensor (in dicts, lists, tuples) as a numpy array."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy().copy()
+    if isinstance(obj, dict):
+        return {k: _numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_numpy(v) for v in obj)
+    return obj
+
+
+def _tensors(obj, device):
+    """The inverse of :func:`_numpy` (every numpy array a tensor on ``device``)."""
+    if isinstance(obj, np.ndarray):
+        return torch.as_tensor(obj, device=device)
+    if isinstance(obj, dict):
+        return {k: _tensors(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors(v, device) for v in obj)
+    return obj
+
+
 def close_contact_gaps(lab: np.ndarray, spacing_um, gap_um: float) -> np.ndarray:
     """Label image with every background voxel that lies between two different cells, within
     ``gap_um`` of both together (distance to the nearest + to the second-nearest cell), given
@@ -295,6 +317,7 @@ class Fitter:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._cancel = threading.Event()
+        self._loading = False  # in load_state: cancel() is kept for the first step
         self._level: _Level | None = None  # the level being fitted (None before the first step)
         self._lr_scale = 1.0
         self._consecutive_failures = 0
@@ -410,6 +433,88 @@ class Fitter:
             self._opt.m2[keep] = old.m2[from_old]
             self._recent = []
 
+    def export_state(self) -> dict:
+        """The fit's state between two steps, as plain numpy and Python values (picklable
+        without torch), for :meth:`load_state` on a Fitter of the same image, PSF model and
+        config, e.g. in another process (the napari widget hands a fit started in its thread
+        over to its fit server). Needs at least one step; thread-safe (waits for a running step).
+
+        Holds the level, the mesh (with the vertices its preconditioner was built from), the
+        optimiser's variables and moments, the step-size scale, the histories, the PSF (and
+        its optimiser) and the photometric state: the fit then goes on as it would have here.
+        """
+        with self._lock:
+            if self._level is None:
+                raise ValueError("export_state needs a fit that has taken a step")
+            opt = self._opt.state()
+            return {
+                "level": self._level.index,
+                "mesh": self._mesh.copy(),  # the topology, verts as the preconditioner was built from
+                "u": _numpy(self._u),
+                "x": _numpy(self._x),
+                "opt": {"t": opt["t"], "m1": _numpy(opt["m1"]), "m2": _numpy(opt["m2"]), "lr": opt["lr"]},
+                "loss_history": list(self._loss_history),
+                "level_history": list(self._level_history),
+                "recent": list(self._recent),
+                "lr_scale": self._lr_scale,
+                "consecutive_failures": self._consecutive_failures,
+                "n_rollbacks": self._n_rollbacks,
+                "done": self._done,
+                "converged": self._converged,
+                "timings": dict(self._timings),
+                "gain": self._gain,
+                "background": self._background,
+                "volume_level": self._volume_level,
+                "shared_done": self._shared_done,
+                "level_rebuilt": self._level_rebuilt,
+                "tension_scale": self._tension_scale,
+                "custom_weights": None if self._custom_weights is None else self._custom_weights.copy(),
+                "psf": _numpy(self.psf.state_dict()),
+                "psf_opt": None if self._psf_opt is None else _numpy(self._psf_opt.state_dict()),
+                "photo": None if self._photo is None else _numpy(self._photo),
+                "photo_opt": None if self._photo_opt is None else _numpy(self._photo_opt.state_dict()),
+            }
+
+    def load_state(self, state: dict) -> None:
+        """Go on from ``state`` (:meth:`export_state` of a Fitter of the same image, PSF model
+        and config), before this Fitter's first step: the level's render plan is built for the
+        state's mesh (no membrane rebuild or remesh), then every variable is restored."""
+        with self._lock:
+            if self._level is not None:
+                raise ValueError("load_state needs a Fitter that has not taken a step yet")
+            dev = self.device
+            self.psf.load_state_dict(_tensors(state["psf"], dev))  # before the plan: its OTF
+            self._loading = True  # a cancel() now is for the first step (which raises at once)
+            self._custom_weights = state["custom_weights"]
+            self._shared_done, self._level_rebuilt = state["shared_done"], state["level_rebuilt"]
+            try:
+                self._level = self._build_level(int(state["level"]), mesh=state["mesh"])
+            finally:
+                self._loading = False
+            self._u = torch.as_tensor(state["u"], dtype=torch.float64, device=dev)
+            self._x = torch.as_tensor(state["x"], dtype=torch.float64, device=dev)
+            opt = state["opt"]
+            self._opt.load_state(
+                {**opt, "m1": torch.as_tensor(opt["m1"], device=dev), "m2": torch.as_tensor(opt["m2"], device=dev)}
+            )
+            self._loss_history = list(state["loss_history"])
+            self._level_history = list(state["level_history"])
+            self._recent = list(state["recent"])
+            self._lr_scale = state["lr_scale"]
+            self._consecutive_failures = state["consecutive_failures"]
+            self._n_rollbacks = state["n_rollbacks"]
+            self._done, self._converged = state["done"], state["converged"]
+            self._timings = dict(state["timings"])
+            self._gain, self._background = state["gain"], state["background"]
+            self._volume_level = state["volume_level"]
+            self._tension_scale = state["tension_scale"]
+            if self._psf_opt is not None and state["psf_opt"] is not None:
+                self._psf_opt.load_state_dict(_tensors(state["psf_opt"], dev))
+            if state["photo"] is not None:
+                self._photo = torch.as_tensor(state["photo"], device=dev).clone().requires_grad_(True)
+                self._photo_opt = ParamAdam([self._photo], lr=self.config.photometric_lr)
+                self._photo_opt.load_state_dict(_tensors(state["photo_opt"], dev))
+
     # ------------------------------------------------------------------ levels and topology
     def _face_weights(self, mesh: Mesh) -> torch.Tensor:
         if self._custom_weights is not None and len(self._custom_weights) == len(mesh.faces):
@@ -511,7 +616,7 @@ class Fitter:
             tuple(self._u.shape), lr=1.0, kind=cfg.optimizer, betas=cfg.betas, dtype=torch.float64, device=self.device
         )
 
-    def _build_level(self, index: int) -> _Level:
+    def _build_level(self, index: int, mesh: Mesh | None = None) -> _Level:
         from ..render import Renderer
 
         cfg = self.config
@@ -563,25 +668,26 @@ class Fitter:
         )
         self._check_cancelled()  # nothing of the new level is in place yet
         self._backend = renderer.backend_name
-        mesh = self.current_mesh() if self._level is not None else self._mesh
-        rebuilt = False
-        share = cfg.share_membranes and index > 0 and (cfg.reshare_membranes != "off" or not self._shared_done)
-        # the membranes' rebuild and the remesh take seconds (1.7-4 s on the sample embryo): they
-        # have cancellation points (deltamic_core._cancel), so a Stop during them abandons them
-        # within a fraction of a second, before anything of the new level is installed (a fit
-        # that goes on after FitCancelled builds the level again, membranes included)
-        with cancellable(self._check_cancelled):
-            if share:
-                shared = self._share_membranes(mesh, again=cfg.reshare_membranes if self._shared_done else "")
-                if shared is not None:
-                    mesh, rebuilt = shared, True
-            if cfg.target_edge_um is not None and not rebuilt:
-                mesh = self._remesh(mesh, cfg.target_edge_um * f)
-        self._timings["setup"] += time.perf_counter() - t0
-        self._check_cancelled()
-        self._shared_done = self._shared_done or share
-        # a rebuilt mesh is only voxel-accurate: it needs full-size steps, not a refinement's
-        self._level_rebuilt = rebuilt
+        if mesh is None:  # (given: the level's own mesh, when a fit goes on from load_state)
+            mesh = self.current_mesh() if self._level is not None else self._mesh
+            rebuilt = False
+            share = cfg.share_membranes and index > 0 and (cfg.reshare_membranes != "off" or not self._shared_done)
+            # the membranes' rebuild and the remesh take seconds (1.7-4 s on the sample embryo):
+            # they have cancellation points (deltamic_core._cancel), so a Stop during them abandons
+            # them within a fraction of a second, before anything of the new level is installed (a
+            # fit that goes on after FitCancelled builds the level again, membranes included)
+            with cancellable(self._check_cancelled):
+                if share:
+                    shared = self._share_membranes(mesh, again=cfg.reshare_membranes if self._shared_done else "")
+                    if shared is not None:
+                        mesh, rebuilt = shared, True
+                if cfg.target_edge_um is not None and not rebuilt:
+                    mesh = self._remesh(mesh, cfg.target_edge_um * f)
+            self._timings["setup"] += time.perf_counter() - t0
+            self._check_cancelled()
+            self._shared_done = self._shared_done or share
+            # a rebuilt mesh is only voxel-accurate: it needs full-size steps, not a refinement's
+            self._level_rebuilt = rebuilt
         self._set_topology(mesh, index)
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
@@ -904,7 +1010,7 @@ class Fitter:
         self._cancel.set()
 
     def _check_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self._cancel.is_set() and not self._loading:
             self._cancel.clear()
             raise FitCancelled("the fit was cancelled")
 

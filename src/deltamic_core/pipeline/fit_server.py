@@ -14,7 +14,8 @@ tensors). Child -> parent: ``("ready",)``; per step ``("step", iteration, loss, 
 labels, level, rolled_back, psf_params, seconds)`` with ``faces``/``labels`` None when unchanged
 since the last step sent; ``("changed", id, added, notes, error)`` for a cell change applied;
 ``("error", exception)``; ``("end", FitResult or None)`` once per job. Parent -> child:
-``("job", prepared)``, ``("stop",)`` (cancels the step in progress), ``("change", id, centres,
+``("job", prepared)`` or ``("job", prepared, state)`` (``Fitter.export_state()`` of a fit of
+that job begun elsewhere, which the server continues), ``("stop",)`` (cancels the step in progress), ``("change", id, centres,
 radii, remove)``, ``("quit",)``. The child exits when its connection closes (its parent
 gone): no orphan.
 
@@ -61,6 +62,7 @@ class FitServer:
         self._conn = None
         self._connected = threading.Event()
         self._send_lock = threading.Lock()
+        self._ready_lock = threading.Lock()
         self._listener = None
 
     # ------------------------------------------------------------------ life cycle
@@ -110,8 +112,9 @@ class FitServer:
         if self._conn is None or self.failed is not None:
             return False
         try:
-            while not self.ready.is_set() and self._conn.poll(0):
-                self.recv()  # before the first job the child sends nothing but "ready"
+            with self._ready_lock:  # (the widget's thread fit asks too, to hand itself over)
+                while not self.ready.is_set() and self._conn.poll(0):
+                    self.recv()  # before the first job the child sends nothing but "ready"
         except (OSError, EOFError, FitServerError):
             return False
         return self.ready.is_set()
@@ -205,7 +208,7 @@ class _Child:
                 msg = pickle.loads(self.conn.recv_bytes())
                 kind = msg[0]
                 if kind == "job":
-                    self.jobs.put(msg[1])
+                    self.jobs.put(msg[1:])
                 elif kind == "stop":
                     with self.holder_lock:
                         holder = self.holder
@@ -242,7 +245,7 @@ class _Child:
         except (OSError, EOFError):
             pass
 
-    def run_job(self, prepared) -> None:
+    def run_job(self, prepared, state=None) -> None:
         import time
 
         import numpy as np
@@ -257,7 +260,7 @@ class _Child:
         try:
             last_faces = last_labels = None
             t_prev = time.perf_counter()
-            for res in fit_steps(prepared, holder):
+            for res in fit_steps(prepared, holder, state):
                 now = time.perf_counter()
                 faces = np.asarray(res.faces, dtype=np.int64)
                 labels = None if res.labels is None else np.asarray(res.labels, dtype=np.int32)
@@ -318,11 +321,11 @@ def _serve(address: str, threads: int) -> None:
     child.send("ready")
     threading.Thread(target=child.listen, name="deltamic-fit-server-listen", daemon=True).start()
     while True:
-        prepared = child.jobs.get()
-        if prepared is None:
+        job = child.jobs.get()
+        if job is None:
             break
         try:
-            child.run_job(prepared)
+            child.run_job(*job)
         except (OSError, EOFError):
             break
     conn.close()

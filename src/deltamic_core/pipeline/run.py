@@ -122,7 +122,7 @@ def make_fitter(p: Prepared):
     return Fitter(p.image, p.spacing_um, p.init_mesh, p.psf, p.config, origin_um=p.origin_um)
 
 
-def fit_steps(p: Prepared, holder: dict | None = None):
+def fit_steps(p: Prepared, holder: dict | None = None, state: dict | None = None):
     """Build the Fitter and yield its :class:`~deltamic_core.fit.StepResult` after each step.
 
     The Fitter lives only in ``holder["fitter"]`` (no local reference survives a ``yield``):
@@ -134,13 +134,18 @@ def fit_steps(p: Prepared, holder: dict | None = None):
     ``threading.Event`` in ``holder["stop"]``, once set, ends the generator before the next
     step (a caller that also calls ``holder["fitter"].cancel()`` abandons the step in
     progress: it raises :class:`~deltamic_core.fit.FitCancelled`, the state stays the last
-    completed step's).
+    completed step's). ``state`` (:meth:`~deltamic_core.fit.Fitter.export_state` of a fit of
+    the same job, e.g. in another process) continues that fit instead of starting one.
     """
     from .cells import apply_changes, changes_queue
 
     holder = {} if holder is None else holder
     changes = changes_queue(holder)
-    holder["fitter"] = make_fitter(p)
+    fitter = make_fitter(p)
+    if state is not None:
+        fitter.load_state(state)
+    holder["fitter"] = fitter
+    del fitter
     stop = holder.get("stop")
     while "fitter" in holder and not holder["fitter"].done and not (stop is not None and stop.is_set()):
         apply_changes(holder["fitter"], changes)
