@@ -167,6 +167,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("need_sigma"), py::arg("block") = std::vector<int64_t>{1, 1, 1},
         py::arg("block_step") = std::vector<double>{0.0, 0.0, 0.0},
         "Adjoint of splat_gauss_forward: (grad_tri, grad_strength, grad_sigma float64).");
+  m.def("splat_table_forward", &splat::table_forward, py::arg("tri"), py::arg("strength"),
+        py::arg("face_rule"), py::arg("rule_start"), py::arg("lam"), py::arg("rule_weights"),
+        py::arg("shape"), py::arg("spacing"), py::arg("origin"), py::arg("radius"), py::arg("window"),
+        py::arg("q"), py::arg("values"), py::arg("derivs"), py::arg("reach"),
+        "Real-space route, low-rank separable table PSF (sum of rank products of per-axis cubic "
+        "Hermite tables; see splat.h and deltamic_core.render.realspace.LowRankTableKernel).");
+  m.def("splat_table_backward", &splat::table_backward, py::arg("tri"), py::arg("strength"),
+        py::arg("face_rule"), py::arg("rule_start"), py::arg("lam"), py::arg("rule_weights"),
+        py::arg("grad"), py::arg("shape"), py::arg("spacing"), py::arg("origin"), py::arg("radius"),
+        py::arg("window"), py::arg("q"), py::arg("values"), py::arg("derivs"), py::arg("reach"),
+        "Adjoint of splat_table_forward: (grad_tri, grad_strength).");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

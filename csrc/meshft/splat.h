@@ -11,6 +11,13 @@
 //   gauss_backward(..., grad (Z, Y, X), ..., need_sigma)
 //     -> (grad_tri (F, 3, 3), grad_strength (F,), grad_sigma (3,) float64).
 //
+//   table_forward(tri, strength, face_rule, rule_start, lam, rule_weights, shape, spacing, origin,
+//                 radius, window, q, values [3 x (rank, J) float64], derivs [same], reach (3, rank))
+//     the same sum with a low-rank separable PSF h(d) = sum_r f_rz(d_z) f_ry(d_y) f_rx(d_x), each
+//     factor the cubic Hermite interpolant of node values and derivatives at -radius + j h / q
+//     (splat_table_kernels.h; LowRankTableKernel in realspace.py); table_backward(..., grad, ...)
+//     -> (grad_tri, grad_strength).
+//
 // tri, strength, grad share one float dtype; everything contiguous, on the CPU.
 #pragma once
 
@@ -36,5 +43,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_backward(
     const std::vector<double>& origin, const std::vector<double>& sigma,
     const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c, double norm,
     bool need_sigma, const std::vector<int64_t>& block, const std::vector<double>& block_step);
+
+at::Tensor table_forward(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
+                         const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw,
+                         const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+                         const std::vector<double>& origin, const std::vector<double>& radius,
+                         const std::vector<int64_t>& window, const std::vector<int64_t>& q,
+                         const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& derivs,
+                         const at::Tensor& reach);
+
+std::tuple<at::Tensor, at::Tensor> table_backward(
+    const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule, const at::Tensor& rule_start,
+    const at::Tensor& lam, const at::Tensor& rw, const at::Tensor& grad, const std::vector<int64_t>& shape,
+    const std::vector<double>& spacing, const std::vector<double>& origin, const std::vector<double>& radius,
+    const std::vector<int64_t>& window, const std::vector<int64_t>& q, const std::vector<at::Tensor>& values,
+    const std::vector<at::Tensor>& derivs, const at::Tensor& reach);
 
 }  // namespace splat

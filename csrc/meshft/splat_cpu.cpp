@@ -52,6 +52,21 @@ struct Setup {
   int64_t Y, X;
 };
 
+// the low-rank table PSF (splat_table_kernels.h): per axis, node values and derivatives of
+// every term on a lattice of step dh = h / q, and each term's reach
+struct TableAxis {
+  const double* val;  // (rank, J): node values
+  const double* der;  // (rank, J): node derivatives (per um)
+  int64_t J, q;
+  double dh;
+  const double* reach;  // (rank,): |d| beyond which the term is zero (um)
+};
+
+struct TableSetup {
+  TableAxis t[3];
+  int64_t rank;
+};
+
 Setup make_setup(const std::vector<int64_t>& shape, const std::vector<double>& spacing,
                  const std::vector<double>& origin, const std::vector<double>& sigma,
                  const std::vector<double>& radius, const std::vector<int64_t>& window, double phi_c,
@@ -80,6 +95,9 @@ Setup make_setup(const std::vector<int64_t>& shape, const std::vector<double>& s
 }
 
 #define DELTAMIC_SIMD_KERNELS "splat_cpu_kernels.h"
+#include "simd_clones.h"
+// the low-rank table kernel's loops (they use the helpers above, in the same clone namespaces)
+#define DELTAMIC_SIMD_KERNELS "splat_table_kernels.h"
 #include "simd_clones.h"
 
 // the clone meshft's kernels use (DELTAMIC_MESHFT_ISA=baseline forces the portable one)
@@ -113,6 +131,30 @@ void backward_faces(const Setup& S, const T* tri, const T* strength, const int64
 #endif
   isa_base::backward_faces<T, Sig>(S, tri, strength, face_rule, rule_start, lam, rw, grad, f0, f1, gtri, gstr,
                                    gsig);
+}
+
+template <typename T>
+void table_forward_faces(const Setup& S, const TableSetup& TS, const T* tri, const T* strength,
+                         const int64_t* face_rule, const int64_t* rule_start, const double* lam, const double* rw,
+                         int64_t f0, int64_t f1, T* img) {
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
+  if (use_avx2())
+    return isa_avx2::table_forward_faces<T>(S, TS, tri, strength, face_rule, rule_start, lam, rw, f0, f1, img);
+#endif
+  isa_base::table_forward_faces<T>(S, TS, tri, strength, face_rule, rule_start, lam, rw, f0, f1, img);
+}
+
+template <typename T>
+void table_backward_faces(const Setup& S, const TableSetup& TS, const T* tri, const T* strength,
+                          const int64_t* face_rule, const int64_t* rule_start, const double* lam, const double* rw,
+                          const T* grad, int64_t f0, int64_t f1, T* gtri, T* gstr) {
+#ifdef DELTAMIC_HAVE_AVX2_CLONE
+  if (use_avx2())
+    return isa_avx2::table_backward_faces<T>(S, TS, tri, strength, face_rule, rule_start, lam, rw, grad, f0, f1,
+                                             gtri, gstr);
+#endif
+  isa_base::table_backward_faces<T>(S, TS, tri, strength, face_rule, rule_start, lam, rw, grad, f0, f1, gtri,
+                                    gstr);
 }
 
 void check_args(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
@@ -237,6 +279,77 @@ Rules rules_of(const at::Tensor& face_rule, const at::Tensor& rule_start, const 
                rw.data_ptr<double>()};
 }
 
+TableSetup make_table(const Setup& S, const std::vector<int64_t>& q, const std::vector<at::Tensor>& values,
+                      const std::vector<at::Tensor>& derivs, const at::Tensor& reach) {
+  TORCH_CHECK_VALUE(q.size() == 3 && values.size() == 3 && derivs.size() == 3,
+                    "q, values and derivs must have 3 entries (z, y, x)");
+  TORCH_CHECK_VALUE(reach.is_cpu() && reach.scalar_type() == at::kDouble && reach.dim() == 2 &&
+                        reach.size(0) == 3 && reach.is_contiguous(),
+                    "reach must be a contiguous CPU float64 (3, rank) tensor");
+  TableSetup T;
+  T.rank = reach.size(1);
+  TORCH_CHECK_VALUE(T.rank >= 1 && T.rank <= 64, "the table's rank must be in [1, 64]");
+  for (int a = 0; a < 3; ++a) {
+    const at::Tensor& v = values[a];
+    const at::Tensor& d = derivs[a];
+    TORCH_CHECK_VALUE(v.is_cpu() && v.scalar_type() == at::kDouble && v.dim() == 2 && v.size(0) == T.rank &&
+                          v.is_contiguous() && d.is_cpu() && d.scalar_type() == at::kDouble &&
+                          d.sizes() == v.sizes() && d.is_contiguous(),
+                      "values and derivs must be contiguous CPU float64 (rank, J) tensors");
+    TORCH_CHECK_VALUE(q[a] >= 1 && v.size(1) >= S.ax[a].W * q[a] + 2,
+                      "each table needs q >= 1 and at least window * q + 2 nodes");
+    TableAxis& A = T.t[a];
+    A.val = v.data_ptr<double>();
+    A.der = d.data_ptr<double>();
+    A.J = v.size(1);
+    A.q = q[a];
+    A.dh = S.ax[a].h / static_cast<double>(q[a]);
+    A.reach = reach.data_ptr<double>() + a * T.rank;
+  }
+  return T;
+}
+
+template <typename T>
+void table_forward_impl(const Setup& S, const TableSetup& TS, const T* tri, const T* str, const Rules& R, int64_t F,
+                        int64_t N, int nt, T* out) {
+  if (nt == 1) {
+    table_forward_faces<T>(S, TS, tri, str, R.face_rule, R.start, R.lam, R.w, 0, F, out);
+    return;
+  }
+  std::vector<std::vector<T>> priv(nt - 1);
+#pragma omp parallel num_threads(nt)
+  {
+    const int id = omp_get_thread_num();
+    const int n = omp_get_num_threads();
+    T* dst = out;
+    if (id > 0) {
+      priv[id - 1].assign(N, T(0));
+      dst = priv[id - 1].data();
+    }
+    const int64_t f0 = F * id / n, f1 = F * (id + 1) / n;
+    table_forward_faces<T>(S, TS, tri, str, R.face_rule, R.start, R.lam, R.w, f0, f1, dst);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      T acc = out[i];
+      for (int k = 0; k < n - 1; ++k) acc += priv[k].empty() ? T(0) : priv[k][i];
+      out[i] = acc;
+    }
+  }
+}
+
+template <typename T>
+void table_backward_impl(const Setup& S, const TableSetup& TS, const T* tri, const T* str, const Rules& R,
+                         const T* grad, int64_t F, int nt, T* gtri, T* gstr) {
+  const int64_t chunk = 32;
+  const int64_t n_chunks = (F + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t ci = 0; ci < n_chunks; ++ci) {
+    const int64_t f0 = ci * chunk, f1 = std::min(F, f0 + chunk);
+    table_backward_faces<T>(S, TS, tri, str, R.face_rule, R.start, R.lam, R.w, grad, f0, f1, gtri, gstr);
+  }
+}
+
 }  // namespace
 
 at::Tensor gauss_forward(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
@@ -293,6 +406,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_backward(
                          nt, need_sigma, gtri.data_ptr<float>(), gstr.data_ptr<float>(),
                          gsig.data_ptr<double>());
   return {gtri, gstr, gsig};
+}
+
+at::Tensor table_forward(const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule,
+                         const at::Tensor& rule_start, const at::Tensor& lam, const at::Tensor& rw,
+                         const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+                         const std::vector<double>& origin, const std::vector<double>& radius,
+                         const std::vector<int64_t>& window, const std::vector<int64_t>& q,
+                         const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& derivs,
+                         const at::Tensor& reach) {
+  const std::vector<double> one{1.0, 1.0, 1.0}, nostep{0.0, 0.0, 0.0};
+  const std::vector<int64_t> noblock{1, 1, 1};
+  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, one, radius, noblock,
+             nostep);
+  const Setup S = make_setup(shape, spacing, origin, one, radius, window, 0.0, 1.0, noblock, nostep);
+  const TableSetup TS = make_table(S, q, values, derivs, reach);
+  at::Tensor img = at::zeros({shape[0], shape[1], shape[2]}, tri.options());
+  const int64_t F = tri.size(0);
+  const int nt = threads_for(F);
+  const Rules R = rules_of(face_rule, rule_start, lam, rw);
+  pybind11::gil_scoped_release nogil;
+  if (tri.scalar_type() == at::kDouble)
+    table_forward_impl<double>(S, TS, tri.data_ptr<double>(), strength.data_ptr<double>(), R, F, img.numel(), nt,
+                               img.data_ptr<double>());
+  else
+    table_forward_impl<float>(S, TS, tri.data_ptr<float>(), strength.data_ptr<float>(), R, F, img.numel(), nt,
+                              img.data_ptr<float>());
+  return img;
+}
+
+std::tuple<at::Tensor, at::Tensor> table_backward(
+    const at::Tensor& tri, const at::Tensor& strength, const at::Tensor& face_rule, const at::Tensor& rule_start,
+    const at::Tensor& lam, const at::Tensor& rw, const at::Tensor& grad, const std::vector<int64_t>& shape,
+    const std::vector<double>& spacing, const std::vector<double>& origin, const std::vector<double>& radius,
+    const std::vector<int64_t>& window, const std::vector<int64_t>& q, const std::vector<at::Tensor>& values,
+    const std::vector<at::Tensor>& derivs, const at::Tensor& reach) {
+  const std::vector<double> one{1.0, 1.0, 1.0}, nostep{0.0, 0.0, 0.0};
+  const std::vector<int64_t> noblock{1, 1, 1};
+  check_args(tri, strength, face_rule, rule_start, lam, rw, shape, window, spacing, origin, one, radius, noblock,
+             nostep);
+  TORCH_CHECK_VALUE(grad.is_cpu() && grad.scalar_type() == tri.scalar_type() && grad.dim() == 3 &&
+                        grad.size(0) == shape[0] && grad.size(1) == shape[1] &&
+                        grad.size(2) == shape[2] && grad.is_contiguous(),
+                    "grad must be a contiguous CPU tensor of the image's shape and tri's dtype");
+  const Setup S = make_setup(shape, spacing, origin, one, radius, window, 0.0, 1.0, noblock, nostep);
+  const TableSetup TS = make_table(S, q, values, derivs, reach);
+  const int64_t F = tri.size(0);
+  at::Tensor gtri = at::zeros_like(tri);
+  at::Tensor gstr = at::zeros_like(strength);
+  const int nt = threads_for(F);
+  const Rules R = rules_of(face_rule, rule_start, lam, rw);
+  pybind11::gil_scoped_release nogil;
+  if (tri.scalar_type() == at::kDouble)
+    table_backward_impl<double>(S, TS, tri.data_ptr<double>(), strength.data_ptr<double>(), R,
+                                grad.data_ptr<double>(), F, nt, gtri.data_ptr<double>(), gstr.data_ptr<double>());
+  else
+    table_backward_impl<float>(S, TS, tri.data_ptr<float>(), strength.data_ptr<float>(), R, grad.data_ptr<float>(),
+                               F, nt, gtri.data_ptr<float>(), gstr.data_ptr<float>());
+  return {gtri, gstr};
 }
 
 }  // namespace splat

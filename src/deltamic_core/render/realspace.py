@@ -585,3 +585,194 @@ def splat_triangles(mod, kernel, quadrature, shape, spacing, origin, verts, face
     )
     img = _TriSplat.apply(tri, strength, sigma, mod, kernel, geom, (face_rule, start, lam, w))
     return img, n_points
+
+
+# ---------------------------------------------------------------------------------------
+# low-rank separable table kernel (a sampled PSF: MeasuredPSF), native CPU splat
+# ---------------------------------------------------------------------------------------
+class LowRankTableKernel:
+    """A sampled PSF as a sum of ``rank`` separable terms (:mod:`.lowrank`), each factor a
+    cubic Hermite table (values and derivatives of the factor's sinc interpolant on a lattice
+    of step dh_a = h_a / q_a, ~1/8 of the sample spacing), zero beyond the term's reach (where
+    the term falls below ``trunc`` of the peak; the last table interval ramps it to zero, so the
+    kernel is continuous). Splatted by the native ``splat_table_forward``/``backward``
+    (``csrc/meshft/splat_table_kernels.h``); the pure-torch fallback is the sum of the terms'
+    separable splats (:class:`_TermKernel`), the native kernel's reference in the tests.
+
+    ``max_error``: the decomposition's largest sample error plus the tables' interpolation
+    error (both relative to the PSF's peak).
+    """
+
+    separable = False
+
+    def __init__(self, terms, spacing_um, *, trunc: float = 3e-4, nodes_per_sample: int = 8):
+        from .lowrank import sinc_interp
+
+        self.terms = terms
+        self.spacing = tuple(float(s) for s in spacing_um)
+        peak = terms.peak
+        R = terms.rank
+        # first pass: the factors on a fine grid, for each term's reach per axis
+        fine = []
+        for a in range(3):
+            s0, c = terms.spacing[a], terms.coords[a]
+            ext = float(np.abs(c).max()) + s0
+            x = np.arange(-ext, ext + 1e-12, s0 / nodes_per_sample)
+            v, _ = sinc_interp(terms.factors[a], c, s0, x)
+            fine.append((x, v))
+        amax = np.stack([np.abs(v).max(1) for _, v in fine])  # (3, R)
+        self.q, dh, reach = [], [], np.zeros((3, R))
+        for a in range(3):
+            s0 = terms.spacing[a]
+            q = max(1, int(math.ceil(self.spacing[a] / (s0 / nodes_per_sample) - 1e-9)))
+            self.q.append(q)
+            dh.append(self.spacing[a] / q)
+            x, v = fine[a]
+            others = np.prod(np.delete(amax, a, axis=0), axis=0)  # (R,)
+            for r in range(R):
+                sig = np.abs(v[r]) * others[r] > trunc * peak
+                last = float(np.abs(x[sig]).max()) if sig.any() else 0.0
+                reach[a, r] = last + dh[a]
+        self.radius_um = tuple(float(reach[a].max()) for a in range(3))
+        self.window = _window_size(self.radius_um, self.spacing)
+        self.reach = reach
+        self.dh = tuple(dh)
+        vals, ders, herr = [], [], []
+        for a in range(3):
+            J = self.window[a] * self.q[a] + 2
+            x = -self.radius_um[a] + np.arange(J) * dh[a]
+            v, d = sinc_interp(terms.factors[a], terms.coords[a], terms.spacing[a], x)
+            inside = np.abs(x)[None, :] <= reach[a][:, None] - dh[a] * (1 - 1e-9)
+            v, d = np.where(inside, v, 0.0), np.where(inside, d, 0.0)
+            vals.append(np.ascontiguousarray(v))
+            ders.append(np.ascontiguousarray(d))
+            # interpolation error at the mid-nodes (inside the reach), relative to the peak
+            xm = x[:-1] + 0.5 * dh[a]
+            vm, _ = sinc_interp(terms.factors[a], terms.coords[a], terms.spacing[a], xm)
+            hm = 0.5 * (v[:, :-1] + v[:, 1:]) + 0.125 * dh[a] * (d[:, :-1] - d[:, 1:])
+            ins = inside[:, :-1] & inside[:, 1:]
+            others = np.prod(np.delete(amax, a, axis=0), axis=0)
+            herr.append(float((np.abs(hm - vm) * ins * others[:, None]).sum(0).max()) / peak)
+        self.values = [torch.from_numpy(v) for v in vals]
+        self.derivs = [torch.from_numpy(d) for d in ders]
+        self.reach_t = torch.from_numpy(np.ascontiguousarray(reach))
+        self.table_error = float(sum(herr))
+        self.max_error = float(terms.max_error + self.table_error)
+
+    @property
+    def rank(self) -> int:
+        return self.terms.rank
+
+    def radius(self, sigma=None):
+        return self.radius_um
+
+    def effective_window(self) -> float:
+        """Mean window voxels summed over the terms (the splat's cost per point)."""
+        per = (2 * self.reach / np.asarray(self.spacing)[:, None]).clip(min=0) + 1  # (3, R)
+        return float(np.prod(np.minimum(per, np.asarray(self.window)[:, None]), axis=0).sum())
+
+    def factor(self, a: int, r: int, d: torch.Tensor, need_deriv: bool = False):
+        """Term r's factor on axis a (and its derivative) at displacements d (any shape)."""
+        v = self.values[a][r].to(dtype=d.dtype, device=d.device)
+        D = self.derivs[a][r].to(dtype=d.dtype, device=d.device)
+        h = self.dh[a]
+        u = (d + self.radius_um[a]) / h
+        m = torch.floor(u.detach()).clamp(0, v.shape[0] - 2)
+        phi = u - m
+        m = m.to(torch.int64)
+        f0, f1, s0, s1 = v[m], v[m + 1], h * D[m], h * D[m + 1]
+        p2, p3 = phi * phi, phi * phi * phi
+        g = (2 * p3 - 3 * p2 + 1) * f0 + (-2 * p3 + 3 * p2) * f1 + (p3 - 2 * p2 + phi) * s0 + (p3 - p2) * s1
+        inside = d.abs() <= float(self.reach[a, r])
+        zero = torch.zeros((), dtype=d.dtype, device=d.device)
+        g = torch.where(inside, g, zero)
+        if not need_deriv:
+            return g, None
+        dg = ((6 * p2 - 6 * phi) * (f0 - f1) + (3 * p2 - 4 * phi + 1) * s0 + (3 * p2 - 2 * phi) * s1) / h
+        return g, torch.where(inside, dg, zero)
+
+
+class _TermKernel:
+    """One term of a :class:`LowRankTableKernel` as a separable kernel for :func:`splat`."""
+
+    separable = True
+
+    def __init__(self, kernel, r):
+        self.k, self.r = kernel, r
+
+    def radius(self, sigma=None):
+        return self.k.radius_um
+
+    def factors(self, d0, spacing, window, sigma, radius, need_deriv=False, need_sigma=False):
+        out = []
+        for a in range(3):
+            t = torch.arange(window[a], device=d0.device, dtype=d0.dtype)
+            d = d0[:, a : a + 1] + t[None, :] * spacing[a]
+            g, dg = self.k.factor(a, self.r, d, need_deriv)
+            out.append((g, dg, None))
+        return out
+
+
+def splat_lowrank_torch(kernel, shape, spacing, origin, x, s):
+    """Pure-torch image of points ``x`` (P, 3) with strengths ``s`` for a
+    :class:`LowRankTableKernel`: the sum of its terms' separable splats (differentiable)."""
+    img = None
+    for r in range(kernel.rank):
+        part = splat(_TermKernel(kernel, r), shape, spacing, origin, x, s)
+        img = part if img is None else img + part
+    return img
+
+
+class _TableTriSplat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tri, strength, mod, kernel, geom, rules):
+        ctx.mod, ctx.kernel, ctx.geom, ctx.rules = mod, kernel, geom, rules
+        ctx.save_for_backward(tri, strength)
+        k = kernel
+        return mod.splat_table_forward(tri, strength, *rules, *geom, k.q, k.values, k.derivs, k.reach_t)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        tri, strength = ctx.saved_tensors
+        k = ctx.kernel
+        gt, gs = ctx.mod.splat_table_backward(
+            tri, strength, *ctx.rules, grad.contiguous(), *ctx.geom, k.q, k.values, k.derivs, k.reach_t
+        )
+        return gt, gs, None, None, None, None
+
+
+def _sorted_triangles(quadrature, shape, spacing, origin, verts, faces, weights):
+    """Triangles (F, 3, 3), strengths and rules, faces in the order of their centroid's voxel."""
+    tri = verts[faces]
+    n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
+    tiny = torch.finfo(verts.dtype).tiny
+    strength = weights * (0.5 * torch.sqrt((n * n).sum(1).clamp_min(tiny)))
+    with torch.no_grad():
+        c = tri.detach().mean(1)
+        sp = torch.tensor(spacing, dtype=c.dtype)
+        o = torch.tensor(origin, dtype=c.dtype)
+        ijk = torch.floor((c - o) / sp).to(torch.int64)
+        key = (ijk[:, 0] * (shape[1] + 2) + ijk[:, 1]) * (shape[2] + 2) + ijk[:, 2]
+        perm = torch.argsort(key, stable=True)
+    face_rule, start, lam, w, n_points = quadrature.face_rules(tri)
+    return (
+        tri[perm].contiguous(),
+        strength[perm].contiguous(),
+        (face_rule[perm].contiguous(), start, lam, w),
+        n_points,
+    )
+
+
+def splat_triangles_table(mod, kernel, quadrature, shape, spacing, origin, verts, faces, weights):
+    """Image of the triangles with a :class:`LowRankTableKernel` (native kernel): the same sums
+    as :func:`splat_lowrank_torch` of ``quadrature.points``. Returns (image, n_points)."""
+    tri, strength, rules, n_points = _sorted_triangles(quadrature, shape, spacing, origin, verts, faces, weights)
+    geom = (
+        [int(v) for v in shape],
+        [float(v) for v in spacing],
+        [float(v) for v in origin],
+        [float(v) for v in kernel.radius_um],
+        [int(v) for v in kernel.window],
+    )
+    return _TableTriSplat.apply(tri, strength, mod, kernel, geom, rules), n_points

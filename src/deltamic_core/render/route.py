@@ -19,6 +19,12 @@ gives (band_threshold < 1e-2 x real_tol: then the rule above). Measured (embryo,
 nufft Fourier route) 0.17 vs 23 s at window 45 / oversampling 32, 0.25 vs 4.6 s at 288 / 8,
 0.35 vs 1.55 s at 810 / 4, 0.21 vs 2.2 s at 540 / 4 (128^3), 0.45 vs 0.90 s at 1872 / 1,
 0.48 vs 0.53 s at 3744 / 1 and 0.67 vs 0.45 s at 6480 / 1.
+
+A :class:`MeasuredPSF` with the native kernel built gets the low-rank separable table kernel
+(:class:`~.realspace.LowRankTableKernel`, decomposition in :mod:`.lowrank`, error bound
+``LOWRANK_TOL_PER_REAL_TOL`` x real_tol of the peak); "auto" takes it when the Fourier route
+would oversample and the terms' summed window <= ``LOWRANK_WINDOW_PER_OVERSAMPLING`` x the
+oversampling product. Without a decomposition meeting the bound: the dense trilinear table.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from . import realspace
 from .realspace import (
     BlockGaussianKernel,
     GaussianKernel,
+    LowRankTableKernel,
     SurfaceQuadrature,
     TableKernel,
     _window_size,
@@ -49,6 +56,13 @@ NATIVE_WINDOW_PER_OVERSAMPLING = 3000
 # (3-cell tiny-agg3 fit, 1 thread, CPU s per step, real vs Fourier): window 600 (factor 4,
 # 1 um blur) 0.063-0.070 vs 0.093; window 2601 (factor 2, 1 um blur) 0.142 vs 0.114-0.118
 COARSE_NATIVE_WINDOW = 1200
+# the native low-rank table splat (MeasuredPSF): effective window (voxels summed over the terms)
+# <= this x the oversampling product
+LOWRANK_WINDOW_PER_OVERSAMPLING = 3000
+# its decomposition's error bound (max over the samples, relative to the peak) = this x real_tol,
+# and the largest rank tried
+LOWRANK_TOL_PER_REAL_TOL = 0.1
+LOWRANK_MAX_RANK = 16
 # table kernels: lattice step (fraction of the PSF's width per axis) and size cap (entries)
 _TABLE_STEP = 1.0 / 12.0
 _TABLE_MAX = 1 << 24
@@ -107,9 +121,13 @@ class RealPlan:
         # the real route's image error is ~1e-2 x real_tol of its maximum: where the Fourier
         # route was asked for better (a tiny band_threshold) only the old rule sends it there
         accurate = 1e-2 * renderer.real_tol <= renderer.band_threshold
-        if accurate and isinstance(kernel, GaussianKernel) and realspace.native_module(renderer.device) is not None:
+        native = realspace.native_module(renderer.device) is not None
+        if accurate and isinstance(kernel, GaussianKernel) and native:
             limit = COARSE_NATIVE_WINDOW if unfolded else NATIVE_WINDOW_PER_OVERSAMPLING * q
             self.preferred = math.prod(self.window) <= limit
+        elif isinstance(kernel, LowRankTableKernel) and native:
+            # the native low-rank splat costs ~ the Gaussian's per window voxel and term
+            self.preferred = q > 1 and kernel.effective_window() <= LOWRANK_WINDOW_PER_OVERSAMPLING * q
         else:
             self.preferred = q > 1 and math.prod(self.window) * reads <= MAX_WINDOW_PER_OVERSAMPLING * q
 
@@ -136,6 +154,16 @@ class RealPlan:
             weights = torch.ones(faces.shape[0], dtype=r.dtype, device=verts.device)
         v = verts.to(r.dtype)
         self.refresh_rule()
+        if isinstance(self.kernel, LowRankTableKernel):
+            mod = realspace.native_module(v.device)
+            if mod is not None:
+                img, self.last_n_points = realspace.splat_triangles_table(
+                    mod, self.kernel, self.quadrature, r.shape, r.spacing_um, r.origin_um, v, faces, weights.to(r.dtype)
+                )
+                return img
+            x, s = self.quadrature.points(v, faces, weights.to(r.dtype))
+            self.last_n_points = int(x.shape[0])
+            return realspace.splat_lowrank_torch(self.kernel, r.shape, r.spacing_um, r.origin_um, x, s)
         mod = realspace.native_module(v.device) if isinstance(self.kernel, GaussianKernel) else None
         if mod is not None:
             img, self.last_n_points = realspace.splat_triangles(
@@ -212,6 +240,11 @@ def real_plan(renderer, *, required: bool):
         q = _table_q([math.sqrt(S[a, a]) for a in range(3)], radius, sp)
         kernel = TableKernel(values, radius, sp, q, dtype, device)
         return RealPlan(renderer, kernel, _gaussian_kmax(np.diag(Si)))
+    if isinstance(psf, MeasuredPSF) and realspace.native_module(device) is not None:
+        kernel = lowrank_kernel(psf, sp, trunc=trunc, tol=LOWRANK_TOL_PER_REAL_TOL * renderer.real_tol)
+        if kernel is not None:
+            otf = psf.otf(psf.grid, dtype=torch.float64).abs().cpu().numpy()
+            return RealPlan(renderer, kernel, _otf_kmax(otf, [f.numpy() for f in psf.grid.freqs()]))
     if isinstance(psf, MeasuredPSF):
         h = psf.samples.detach().cpu().numpy()
         s0 = psf.spacing_um
@@ -241,6 +274,21 @@ def real_plan(renderer, *, required: bool):
         why = "its parameters are learnt" if learnable else "no real-space kernel exists for it"
         raise ValueError(f"route='real' is not available for a {kind} ({why}): use route='auto' or 'fourier'")
     return None
+
+
+def lowrank_kernel(psf, spacing, *, trunc, tol):
+    """The :class:`LowRankTableKernel` of a MeasuredPSF's samples (max error <= ``tol`` of the
+    peak, decomposition and tables together), or None when no rank <= ``LOWRANK_MAX_RANK`` meets it."""
+    from .lowrank import separable_decomposition
+
+    h = np.fft.fftshift(psf.samples.detach().cpu().numpy().astype(np.float64))
+    terms = separable_decomposition(h, psf.spacing_um, tol=0.9 * tol, trunc=trunc, max_rank=LOWRANK_MAX_RANK)
+    if terms is None:
+        return None
+    kernel = LowRankTableKernel(terms, spacing, trunc=trunc)
+    if kernel.max_error > tol or max(kernel.window) > 64:
+        return None
+    return kernel
 
 
 def _table_q(sigma, radius, spacing):
