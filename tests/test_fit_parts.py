@@ -628,3 +628,28 @@ def test_reshare_joins_a_new_contact_and_keeps_the_current_surfaces():
     assert fitter._share_membranes(out, again="always") is not None
     assert fitter._share_membranes(mesh) is None
     assert cell_surface(out, 3).faces.size > 0
+
+
+def test_a_level_holds_the_mesh_the_coarser_level_held():
+    """A mesh reaching beyond the full-resolution box (which the coarse level's wider box held)
+    is fitted on: the level's renderer gets the margin (before: the first render raised)."""
+    from scipy import ndimage
+
+    from deltamic_core.fit import FitConfig, Fitter
+    from deltamic_core.geometry import icosphere
+    from deltamic_core.psf import GaussianPSF
+    from deltamic_core.render import Renderer
+
+    sp, shape, psf = (0.25, 0.25, 0.25), (24, 24, 24), GaussianPSF((0.25, 0.25, 0.25))
+    mesh = icosphere((2.9, 2.9, 6.0), 1.2, 2)
+    hi = Renderer(shape, sp, psf).box.wrap_free_bounds()[1]
+    assert mesh.verts[:, 2].max() > hi[2]  # beyond what the full-resolution box holds
+    ax = np.arange(24) * 0.25
+    zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
+    ball = ((zz - 2.9) ** 2 + (yy - 2.9) ** 2 + (xx - 5.4) ** 2 <= 1.2**2).astype(float)
+    img = (100 * ndimage.gaussian_filter(ball, 1.0) + 10).astype(np.float32)
+    cfg = FitConfig(levels=(4, 1), iterations=(0, 2), membrane_weight=0.0, volume_weight=1.0)
+    fitter = Fitter(img, sp, mesh, psf, cfg)
+    fitter.run(None)
+    out = fitter.result()
+    assert out.iterations == 2 and np.isfinite(out.mesh.verts).all()

@@ -92,6 +92,31 @@ def test_auto_seeds_find_one_seed_per_filled_object(tmp_path):
         auto_seeds(np.full((8, 8, 8), 3.0), sp)
 
 
+def test_auto_seeds_separate_a_cluster_of_touching_objects():
+    """Five balls (r 2 um) packed 3.4 um apart in two layers, their contacts flat (each voxel
+    goes to the nearest centre): the blurred image has one maximum for the cluster, the
+    thresholded cluster's distance to the background one per ball (before: 1 seed for 5)."""
+    from deltamic_core.pipeline import auto_seeds
+
+    sp, r, d, ss = (0.5, 0.25, 0.25), 2.0, 3.4, 2
+    shape = (16, 60, 60)
+    centres = np.array(
+        [(3.0, 3.5 + iy * d, 3.5 + ix * d) for iy in range(2) for ix in range(2)]
+        + [(3.0 + 0.85 * d, 3.5 + 0.5 * d, 3.5 + 0.5 * d)]
+    )
+    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, sp)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    d2 = np.min([((pts - c) ** 2).sum(-1) for c in centres], axis=0)
+    fill = (d2 <= r * r).reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
+    img = ndimage.gaussian_filter(fill, [s / t for s, t in zip((0.3, 0.12, 0.12), sp)], mode="constant")
+    img = np.random.default_rng(0).poisson(100 * img + 10).astype(np.float32)
+    seeds = auto_seeds(img, sp)
+    assert len(seeds) == len(centres)
+    dist = np.linalg.norm(centres[:, None] - seeds[None], axis=2)
+    assert sorted(dist.argmin(axis=1)) == list(range(len(centres)))  # one seed per ball
+    assert dist.min(axis=1).max() < 0.5
+
+
 def test_auto_seeds_option_needs_an_interior_stain(tmp_path, capsys):
     from deltamic_core.cli import main
 

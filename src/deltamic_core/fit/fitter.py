@@ -688,6 +688,7 @@ class Fitter:
             self._shared_done = self._shared_done or share
             # a rebuilt mesh is only voxel-accurate: it needs full-size steps, not a refinement's
             self._level_rebuilt = rebuilt
+        renderer = self._holding(renderer, mesh, level_psf, obs_l.shape, spacing, origin, f)
         self._set_topology(mesh, index)
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
@@ -706,6 +707,32 @@ class Fitter:
             offset,
             renderer,
             cfg.iterations_for_level(index),
+        )
+
+    def _holding(self, renderer, mesh, psf, shape, spacing, origin, f):
+        """``renderer``, or one with a larger margin when ``mesh`` (which the previous level's
+        wider box held) reaches beyond its wrap-free box: a level's first render must not fail."""
+        from ..render import Renderer
+
+        lo_ok, hi_ok = (np.asarray(b, dtype=float) for b in renderer.box.wrap_free_bounds())
+        # at least one voxel of the level inside, or the first step out would fail
+        room = np.asarray(spacing, dtype=float)
+        excess = np.maximum(np.maximum(lo_ok - mesh.verts.min(axis=0), mesh.verts.max(axis=0) - hi_ok) + room, 0.0)
+        if not np.any(excess > 0):
+            return renderer
+        cfg = self.config
+        return Renderer(
+            tuple(shape),
+            spacing,
+            psf,
+            origin_um=origin,
+            band_threshold=cfg.band_threshold,
+            backend=cfg.backend,
+            dtype=self.dtype,
+            device=self.device,
+            max_memory_bytes=cfg.max_memory_bytes,
+            fold_aliases=cfg.fold_aliases and f == 1,
+            margin_um=tuple(float(e) + float(s) for e, s in zip(excess, spacing)),
         )
 
     def _advance_level_if_needed(self) -> bool:
