@@ -138,6 +138,39 @@ junction). None reaches 2% everywhere, and "always" costs volume on the quick ca
 9.5 um^2, +30.9%): all stay off by default (quick-case walls 524-628 s at
 load 13-20, watershed 13-26 s).
 
+Contacts decided by the surfaces, 2026-12-03 (load 9-13, 1 thread, ``--cases embryo3-coarse
+agg6-coarse --fit-psf gaussian``, previous rebuild = ``--fit-config '{"reshare_membranes": "off",
+"merge_gap_um": 0, "reshare_final_at": 0}'``, then the new defaults, back to back). Per pair
+(``contact a-b`` lines; truth um^2, error %): the previous rebuild zipped by voxel adjacency once,
+after the blurred first level, so near-touching sheets stayed two (embryo 2-3, agg6 1-4, 1-5, 3-5:
+47.9 um^2 of agg6 1-4's free membranes within 0.1 um of each other) and interpenetrating
+first-level surfaces were zipped into the wedge (agg6 2-3, 2-6). Now the contacts are decided
+by the gap between the current surfaces (``merge_gap_um`` 0.1 um) at every level change and
+half-way through the last level (``reshare_final_at``); ``snap_to_cells`` refused no vertex:
+
+==================  ======  =======================  ========================  ==============
+pair                truth   watershed                fit, previous rebuild     fit, now
+==================  ======  =======================  ========================  ==============
+embryo3 1-2         177.9   +7.5                     +15.6                     +7.5
+embryo3 1-3         148.3   +8.5                     +15.1                     +7.6
+embryo3 2-3          37.2   +10.4                    -39.2                     +3.5
+agg6 1-4             78.0   -7.1                     -72.6                     -4.3
+agg6 1-5             11.7   +48.4                    -100 (two sheets)         +23.1
+agg6 2-3             12.0   +121.4                   +155.4                    +110.1
+agg6 2-6             54.7   -1.7                     +27.0                     +14.3
+agg6 3-5             24.0   +15.5                    -79.1                     +4.6
+==================  ======  =======================  ========================  ==============
+
+Whole rows (mean d / HD95 / worst vol / worst contact): embryo3-coarse 0.133 / 0.61 / 0.25% /
+39.2% -> 0.090 / 0.37 / 0.12% / 7.6% (watershed 0.251 / 0.67 / 1.50% / 10.4%); agg6-coarse
+0.143 / 1.25 / 1.01% / 155.4% -> 0.089 / 0.59 / 0.60% / 110.1% (watershed 0.280 / 0.75 / 5.41% /
+121.4%). The two extra rebuilds cost ~7-10% of the fit (``fitter_remesh_s`` 4.5 -> 17.5 s of
+42 -> 92 s on embryo3 while the load doubled the per-iteration time). What is left: the shared
+sheets still overshoot where the first level's separate surfaces interpenetrated (agg6 2-3: the
+two cells' level-4 surfaces overlap over 33.5 um^2 of a 12 um^2 contact, which the later
+levels shrink only partly; embryo3 1-2: 4.4 um^2 of the fitted sheet lies where the true
+membranes are > 0.3 um apart).
+
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """
@@ -685,6 +718,7 @@ def evaluate(surfaces: dict, volumes: dict, contacts: dict | None, truth, voxel_
     """Table row from a method's per-cell surfaces (um), volumes and contacts."""
     surf, vols, con_true, _, _ = truth
     dists, hds, verr, cerr, lost = [], [], [], [], 0
+    pairs = {}
     for c, (v, f) in surf.items():
         if c not in surfaces or len(surfaces[c][1]) == 0:
             lost += 1
@@ -698,6 +732,7 @@ def evaluate(surfaces: dict, volumes: dict, contacts: dict | None, truth, voxel_
             continue
         got = (contacts or {}).get((a, b), 0.0)
         cerr.append(abs(got / s - 1.0) * 100)
+        pairs[f"{a}-{b}"] = [round(s, 1), round(got, 1), round((got / s - 1.0) * 100, 1)]  # truth, got, %
     return {
         "dist_vox": float(np.mean(dists)) if dists else float("nan"),
         "dist_cells": [round(float(x), 3) for x in dists],
@@ -705,6 +740,7 @@ def evaluate(surfaces: dict, volumes: dict, contacts: dict | None, truth, voxel_
         "vol_err_pct": float(np.max(np.abs(verr))) if verr else float("nan"),
         "vol_cells_pct": [round(float(x), 2) for x in verr],  # signed V / V_true - 1 per cell
         "contact_err_pct": float(np.max(cerr)) if cerr else None,
+        "contact_pairs": pairs,  # "a-b": [truth um^2, measured um^2, signed error %]
         "lost": lost,
     }
 
@@ -1051,6 +1087,10 @@ def _print_row(r):
         f = r["fit"]
         line += f" | fit {fmt(f['dist_vox'])} vox per cell {f['dist_cells']}, vol % {f['vol_cells_pct']} ({r['fit_s']:.0f} s)"
     print(line, flush=True)
+    fc = r.get("fit", {}).get("contact_pairs", {})
+    for pair, (true, got, pct) in ws.get("contact_pairs", {}).items():
+        fit = f"fit {fc[pair][1]:.1f} ({fc[pair][2]:+.1f}%)" if pair in fc else "fit -"
+        print(f"      contact {pair}: truth {true:.1f} um^2, watershed {got:.1f} ({pct:+.1f}%), {fit}", flush=True)
 
 
 def print_table(rows, args):

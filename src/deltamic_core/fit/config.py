@@ -209,7 +209,9 @@ _CHECKS = (
     ("coarse_blur", _nonneg),
     ("share_membranes", _flag),
     ("contact_gap_um", _nonneg),
+    ("merge_gap_um", _nonneg),
     ("reshare_membranes", _one_of(("off", "new", "always"))),
+    ("reshare_final_at", _unit_closed),
     ("tension", _nonneg),
     ("band_threshold", _below_one),
     ("backend", _string),
@@ -340,13 +342,28 @@ class FitConfig:
         their contact (given to the nearer cell): after the blurred first level touching cells
         often keep a thin gap, which would otherwise stay two sheets. 0 = only cells whose
         voxels touch share a membrane.
+    merge_gap_um : float >= 0
+        At every rebuild, decide each contact by the current surfaces instead of by voxel
+        adjacency: two cells share a membrane where their surfaces are within this (um; exact
+        signed distances, overlaps included) and not where they are further apart, so that a
+        near-touching double sheet is zipped and a shared sheet stops at the triple junction
+        instead of running a voxel into the wedge between the cells
+        (:func:`deltamic_core.geometry.contact_labels_by_gap`). Default 0.1 um: two membranes
+        closer than that image as one through any light microscope. 0 = voxel adjacency only.
     reshare_membranes : {"off", "new", "always"}
-        At every later level change, rebuild again (with ``contact_gap_um``): "new" when the
-        rasterised cells touch as a pair that is not yet a contact of the mesh (two cells whose
-        gap closed during the level), "always" whenever cells touch (this also zips two
-        neighbours' free membranes that run together closer than about a voxel into their
-        shared one). The rebuilt mesh is then moved back onto the current, sub-voxel surfaces
+        At every later level change, rebuild again (with ``contact_gap_um`` and
+        ``merge_gap_um``): "new" when the rasterised cells touch as a pair that is not yet a
+        contact of the mesh (two cells whose gap closed during the level), "always" (default)
+        whenever cells touch (this also zips two neighbours' free membranes that run together
+        into their shared one, and moves every contact's rim to where the current surfaces
+        part). The rebuilt mesh is then moved back onto the current, sub-voxel surfaces
         (:func:`deltamic_core.geometry.snap_to_cells`).
+    reshare_final_at : float in [0, 1]
+        Rebuild once more after this fraction of the full-resolution level's iterations (as
+        "always"; default 0.5). At the level change the surfaces are only as accurate as the
+        coarser level made them, so near-touching sheets can still be further apart than
+        ``merge_gap_um``; half-way through the last level they are as close as the data make
+        them. 0 = off.
     tension : float >= 0
         A surface-tension prior: the loss gets ``tension x L0 x A / A0`` added, A the total
         membrane area (a shared membrane counted once), A0 and L0 the area and the data loss at
@@ -403,7 +420,9 @@ class FitConfig:
     coarse_blur: float = 2.0
     share_membranes: bool = True
     contact_gap_um: float = 0.0
-    reshare_membranes: str = "off"
+    merge_gap_um: float = 0.1
+    reshare_membranes: str = "always"
+    reshare_final_at: float = 0.5
     tension: float = 0.0
 
     band_threshold: float = 1e-3

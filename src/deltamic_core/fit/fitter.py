@@ -542,7 +542,7 @@ class Fitter:
         cells that touch, or None when there is nothing to merge (see
         ``FitConfig.share_membranes``). ``again`` ("new" or "always", see
         ``FitConfig.reshare_membranes``) rebuilds a mesh that already has shared membranes."""
-        from ..geometry import label_image, meshes_from_labels, snap_to_cells
+        from ..geometry import contact_labels_by_gap, label_image, meshes_from_labels, snap_to_cells
         from ..geometry.ops import edge_lengths
 
         already = mesh.labels is not None and bool((mesh.labels > 0).all(axis=1).any())
@@ -557,6 +557,8 @@ class Fitter:
         # after the blurred first level two touching cells often leave a thin gap between
         # their surfaces: fill it so that the contact becomes one sheet, not two
         lab = close_contact_gaps(lab, self.spacing_um, self.config.contact_gap_um)
+        # contacts where the current surfaces touch, not where voxels happen to
+        lab = contact_labels_by_gap(lab, mesh, self.spacing_um, self.origin_um, self.config.merge_gap_um)
         # touching = face-adjacent voxels of two different cells
         pairs = set()
         for axis in range(3):
@@ -759,6 +761,17 @@ class Fitter:
         if conv and self._level_index == len(cfg.levels) - 1:
             self._converged = True
         return conv
+
+    def _reshare_now(self) -> bool:
+        """True after the step that ends the first ``reshare_final_at`` of the full-resolution
+        level's iterations (see ``FitConfig.reshare_final_at``)."""
+        cfg = self.config
+        if not cfg.share_membranes or cfg.reshare_final_at <= 0 or self._frozen is not None:
+            return False
+        if self._level_index != len(cfg.levels) - 1 or cfg.levels[-1] != 1:
+            return False
+        n = self._level.n_iterations
+        return self._level_iter == max(1, round(cfg.reshare_final_at * n)) and self._level_iter < n
 
     # ------------------------------------------------------------------ one step
     def _lr_now(self) -> float:
@@ -976,6 +989,14 @@ class Fitter:
                 mesh = self._remesh(self.current_mesh(), cfg.target_edge_um * self._level.factor)
                 self._set_topology(mesh, self._level.index)
                 remeshed = True
+            if self._reshare_now():
+                # the full-resolution surfaces are now as close as the data make them: zip the
+                # near-touching sheets that were still apart at the level change
+                mesh = self._share_membranes(self.current_mesh(), again="always")  # timed as "remesh"
+                if mesh is not None:
+                    self._set_topology(mesh, self._level.index)
+                    self._recent = []  # the losses before and after are not comparable
+                    remeshed = True
             self._timings["total"] += time.perf_counter() - t_start
             # look ahead so that `done` is accurate right after the last step
             if self._level_iter >= self._level.n_iterations or self._level_converged():

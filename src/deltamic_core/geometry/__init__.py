@@ -12,12 +12,15 @@ labelled (l1, l2) with the normal pointing from l1 into l2; a plain mesh is one 
   (:mod:`._junctions`), volume preservation and ``triangle_quality``.
 - :mod:`.measure`: ``measure`` (volume, area, sphericity, centroid per cell), ``contacts``.
 - :mod:`.rasterize`: ``label_image`` (ray parity along x, per cell bounding box).
+- :mod:`.contact_gap`: ``contact_labels_by_gap`` (a label image's contacts decided by the gap
+  between the cells' surfaces, for the shared-membrane rebuild).
 - :mod:`.edit`: cell edits on a multi-material mesh: ``delete_cell``, ``merge_cells``,
   ``split_cell`` (by the plane between two points), each keeping every cell closed.
 - :mod:`.mechanics`: ``mechanics`` (per-vertex mean/Gaussian curvature per interface, contact
   angles on triple lines, Young-Dupre tensions, Laplace pressures).
 """
 
+from .contact_gap import contact_labels_by_gap
 from .edit import delete_cell, merge_cells, split_cell
 from .measure import Measurements, contact_matrix, contacts, measure
 from .mechanics import MechanicsResult, mechanics
@@ -77,6 +80,7 @@ __all__ = [
     "MechanicsResult",
     "label_image",
     "inside_mask",
+    "contact_labels_by_gap",
     "delete_cell",
     "merge_cells",
     "split_cell",
