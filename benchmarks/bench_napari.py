@@ -11,7 +11,9 @@ from the Plugins menu (``add_plugin_dock_widget``), the sample's seeds layer as 
   fingerprints the vertices of every update and counts any re-sent unchanged mesh);
 - fit iterations per second in the same window (the ceiling for updates per second);
 - the longest stall of the UI thread from the Run click to the end of Stop (a 10 ms QTimer
-  heartbeat: the longest gap between two of its ticks);
+  heartbeat: the longest gap between two of its ticks), and the UI thread's own CPU time over
+  the same span as a share of the wall time (the busy share from the heartbeat's gaps also
+  counts the time the OS gave the thread no core, which on the shared 2 cores is most of it);
 - what drawing costs on the main thread: the widget's layer update (napari + vispy set_data)
   and the canvas paint (vispy's draw event, first to last handler), per update;
 - Stop latency: from the Stop click to the fit's thread having ended (Run enabled again).
@@ -103,6 +105,7 @@ class DrawClock:
         from qtpy.QtWidgets import QApplication, QMainWindow, QWidget
 
         windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMainWindow) and w.isVisible()]
+        self.window = windows[0]
         backend = [c for w in windows for c in w.findChildren(QWidget) if type(c).__name__ == "CanvasBackendDesktop"]
         canvas = backend[0]._vispy_canvas  # vispy's SceneCanvas behind napari's canvas widget
         self.paints: list[float] = []
@@ -119,7 +122,27 @@ class DrawClock:
             self._t = None
 
 
-def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0) -> dict:
+class WindowRepaints:
+    """Counts the main window's repaints (its UpdateRequest events: each composes the whole
+    window, the canvas's GL widget included, which under software GL costs tens of ms)."""
+
+    def __init__(self, window):
+        from qtpy.QtCore import QEvent, QObject
+
+        outer = self
+
+        class _Filter(QObject):
+            def eventFilter(self, obj, event):
+                if event.type() == QEvent.UpdateRequest:
+                    outer.count += 1
+                return False
+
+        self.count = 0
+        self._filter = _Filter()
+        window.installEventFilter(self._filter)
+
+
+def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0, repaints=None) -> dict:
     import numpy as np
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
@@ -160,6 +183,8 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0) 
     try:
         beat.start()
         t_run = time.perf_counter()
+        cpu_run = time.thread_time()  # the UI thread's own CPU time (what it did, whatever the load)
+        repaints0 = repaints.count if repaints is not None else 0
         QTest.mouseClick(w.run_button, Qt.LeftButton)
         mode = w.runner.mode  # "thread" while the fit server still warms up (the first Run)
         ok = _wait(app, lambda: len(updates) > 0 or not w.is_running, 600)
@@ -185,6 +210,8 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0) 
         _wait(app, lambda: not w.is_running, 120)
         stop_s = time.perf_counter() - t_stop
         stall_s = beat.stop()
+        ui_cpu_s = time.thread_time() - cpu_run
+        n_repaints = (repaints.count - repaints0) if repaints is not None else 0
     finally:
         w._apply_step = apply
         if on_prepared is not None:
@@ -202,6 +229,8 @@ def one_run(viewer, w, app, window_s: float, draw: DrawClock, stop_at: int = 0) 
         "paints_per_s": len(paints) / elapsed,
         "paint_share": sum(paints) / elapsed,
         "busy_share": sum(g - 0.010 for g in beat.gaps if g > 0.020) / elapsed,
+        "ui_cpu_share": ui_cpu_s / elapsed,
+        "window_repaints_per_s": n_repaints / elapsed,
         "step_s": float(np.median(w.step_times)) if w.step_times else float("nan"),
         "first_update_s": t_first,
         "prepared_s": (prepared_at[0] - t_run) if prepared_at else float("nan"),
@@ -291,6 +320,7 @@ def main(argv=None) -> int:
     w.restore_defaults()
     viewer.dims.ndisplay = args.ndisplay
     draw = DrawClock()
+    repaints = WindowRepaints(draw.window)
     _wait(app, lambda: False, 1.0)  # the first paints
     image = viewer.layers["embryo (synthetic)"]
     print(
@@ -303,7 +333,7 @@ def main(argv=None) -> int:
     for r in range(args.runs):
         if args.wait_server and w.runner.server is not None:
             _wait(app, w.runner.server.is_ready, 120)
-        row = one_run(viewer, w, app, args.window, draw, stop_at=args.stop_at)
+        row = one_run(viewer, w, app, args.window, draw, stop_at=args.stop_at, repaints=repaints)
         rows.append(row)
         print(
             f"run {r + 1}{' (cold)' if r == 0 else ''}, {'server' if row['process'] else 'thread'}: first update {row['first_update_s']:.2f} s "
@@ -312,7 +342,9 @@ def main(argv=None) -> int:
             f"re-sent unchanged {row['resent_unchanged']}, longest UI stall {row['stall_s'] * 1000:.0f} ms, "
             f"per update: layer {row['apply_ms']:.0f} ms + paint {row['paint_ms']:.0f} ms, "
             f"{row['paints_per_s']:.1f} paints/s ({100 * row['paint_share']:.0f}% of the time; UI thread busy "
-            f"{100 * row['busy_share']:.0f}%), worker step {row['step_s']:.2f} s, "
+            f"{100 * row['busy_share']:.0f}%, its CPU {100 * row['ui_cpu_share']:.0f}% of the wall time, "
+            f"{row['window_repaints_per_s']:.1f} window repaints/s), "
+            f"worker step {row['step_s']:.2f} s, "
             f"Stop {row['stop_s'] * 1000:.0f} ms (at iteration {row['iterations']}, level {row['stop_level']}), "
             + (
                 f"handed over to the server after iteration {row['handed_over_at']:.0f} "
@@ -330,7 +362,8 @@ def main(argv=None) -> int:
         f"median of {len(rows)}: first update {med['first_update_s']:.2f} s (target <= 1; cold run "
         f"{rows[0]['first_update_s']:.2f} s), {med['updates_per_s']:.1f} new states/s (target >= 5; fit "
         f"{med['iterations_per_s']:.1f} it/s in napari, {alone:.1f} it/s alone over {n_alone} iterations), "
-        f"longest UI stall {med['stall_s'] * 1000:.0f} ms, per update {med['apply_ms']:.0f} + "
+        f"longest UI stall {med['stall_s'] * 1000:.0f} ms, UI thread CPU {100 * med['ui_cpu_share']:.0f}% of the wall "
+        f"time, {med['window_repaints_per_s']:.1f} window repaints/s, per update {med['apply_ms']:.0f} + "
         f"{med['paint_ms']:.0f} ms, Stop {med['stop_s'] * 1000:.0f} ms (target <= 500), "
         f"load {os.getloadavg()[0]:.1f}",
         flush=True,

@@ -22,6 +22,7 @@ pytestmark = [
 from qtpy.QtWidgets import QApplication, QLabel, QMainWindow, QProgressBar, QWidget  # noqa: E402
 
 from gui_helpers import click, start_fit  # noqa: E402
+from napari_deltamic._widget import INDICATOR_SPEED_PERCENT  # noqa: E402
 
 FIT_TIMEOUT_MS = 180_000
 
@@ -39,6 +40,18 @@ def _activity_bars() -> list[tuple[str, int]]:
             values = [pb.value() for pb in bar.findChildren(QProgressBar)]
             out.append((texts, values[0] if values else -1))
     return out
+
+
+def _indicator_speeds() -> list[int]:
+    """Speeds (percent) of napari's animated "in progress" indicators (loading.gif movies on
+    labels of the shown main window)."""
+    return [
+        label.movie().speed()
+        for win in QApplication.topLevelWidgets()
+        if isinstance(win, QMainWindow) and win.isVisible()
+        for label in win.findChildren(QLabel)
+        if label.movie() is not None and label.movie().fileName().endswith("loading.gif")
+    ]
 
 
 def _one_cell(viewer, open_widget, embryo, iterations: int = 500):
@@ -113,10 +126,14 @@ def test_fit_progress_and_loss_in_the_activity_dock_and_stop(
     text, value = bars[0]
     assert "loss" in text and value >= 1
     assert w.activity.total == 500
+    # napari's animated "in progress" indicator runs slowly while the fit runs (each of its
+    # frames repaints the whole window), at its own pace again afterwards
+    assert _indicator_speeds() == [INDICATOR_SPEED_PERCENT] and INDICATOR_SPEED_PERCENT < 100
 
     click(qtbot, w.stop_button)
     qtbot.waitUntil(lambda: not w.is_running, timeout=FIT_TIMEOUT_MS)
     qtbot.waitUntil(lambda: not any("deltaMic fit" in t for t, _ in _activity_bars()), timeout=10_000)
+    assert _indicator_speeds() == [100]
     # every update showed a new state of the fit: consecutive meshes all differ
     assert len(states) >= 2
     for a, b in zip(states, states[1:]):
