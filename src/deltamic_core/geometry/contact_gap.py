@@ -28,23 +28,33 @@ from .rasterize import inside_mask
 __all__ = ["contact_labels_by_gap"]
 
 
-def _signed_distances(points, idx_frac, mesh, cells, vox, shape):
+def _signed_distances(points, idx_frac, mesh, cells, vox, margin):
     """(len(cells), P) signed distances (um, negative inside) of ``points`` to each cell's
-    closed surface; ``idx_frac`` (P, 3) are the points in voxel units, all on one grid shifted
+    closed surface, +inf for points more than ``margin`` voxels (per axis) outside the cell's
+    bounding box; ``idx_frac`` (P, 3) are the points in voxel units, all on one grid shifted
     by a common sub-voxel offset from the voxel centres (the rasteriser's inside test is used
     on that shifted grid, so the sign agrees with the label image's)."""
     from gpytoolbox import squared_distance
 
-    shift = idx_frac[0] - np.floor(idx_frac[0]) if len(idx_frac) else np.zeros(3)
-    cells_idx = np.round(idx_frac - shift).astype(np.int64)
     sd = np.full((len(cells), len(points)), np.inf)
+    if len(points) == 0:
+        return sd
+    shift = idx_frac[0] - np.floor(idx_frac[0])
+    grid_idx = np.round(idx_frac - shift).astype(np.int64)
     for k, c in enumerate(cells):
-        surf = cell_surface(mesh, c)
-        if len(surf.faces) == 0 or len(points) == 0:
+        faces = cell_faces(mesh, c)
+        if len(faces) == 0:
             continue
-        d2, _, _ = squared_distance(points, surf.verts, surf.faces.astype(np.int64), use_cpp=True)
-        inside = inside_mask(vox - shift, cell_faces(mesh, c), shape)[tuple(cells_idx.T)]
-        sd[k] = np.where(inside, -1.0, 1.0) * np.sqrt(d2)
+        corners = vox[np.unique(faces)] - shift
+        lo = np.floor(corners.min(axis=0)).astype(np.int64) - margin
+        hi = np.ceil(corners.max(axis=0)).astype(np.int64) + margin + 1
+        sel = np.nonzero(np.all((grid_idx >= lo) & (grid_idx < hi), axis=1))[0]
+        if len(sel) == 0:
+            continue
+        surf = cell_surface(mesh, c)
+        d2, _, _ = squared_distance(points[sel], surf.verts, surf.faces.astype(np.int64), use_cpp=True)
+        inside = inside_mask(vox - shift - lo, faces, tuple(int(n) for n in hi - lo))[tuple((grid_idx[sel] - lo).T)]
+        sd[k, sel] = np.where(inside, -1.0, 1.0) * np.sqrt(d2)
     return sd
 
 
@@ -69,12 +79,18 @@ def contact_labels_by_gap(lab: np.ndarray, mesh: Mesh, spacing_um, origin_um, ga
     pos = {c: k for k, c in enumerate(ids)}
     out = lab.copy()
     # background voxels with two cells among their 26 neighbours: filled where the gap is thin
+    # (each cell in its bounding box: a label image of many cells is large)
+    # beyond `margin` voxels of a cell's bounding box its surface is further than the gap
+    margin = int(np.ceil(gap_um / spacing.min())) + 1
     near = np.zeros(lab.shape, np.int8)
+    objects = ndi.find_objects(lab.astype(np.int64, copy=False))
     for c in ids:
-        near += ndi.binary_dilation(lab == c, structure=np.ones((3, 3, 3), bool)) & (lab != c)
+        box = tuple(slice(max(sl.start - 1, 0), min(sl.stop + 1, n)) for sl, n in zip(objects[c - 1], lab.shape))
+        sub = lab[box]
+        near[box] += ndi.binary_dilation(sub == c, structure=np.ones((3, 3, 3), bool)) & (sub != c)
     bidx = np.argwhere((lab == 0) & (near >= 2))
     if len(bidx):
-        sd = _signed_distances(origin + bidx * spacing, bidx.astype(float), mesh, ids, vox, lab.shape)
+        sd = _signed_distances(origin + bidx * spacing, bidx.astype(float), mesh, ids, vox, margin)
         part = np.sort(sd, axis=0)
         close = part[0] + part[1] <= gap_um
         out[tuple(bidx[close].T)] = np.asarray(ids, dtype=lab.dtype)[np.argmin(sd, axis=0)[close]]
@@ -95,7 +111,7 @@ def contact_labels_by_gap(lab: np.ndarray, mesh: Mesh, spacing_um, origin_um, ga
         step = np.zeros(3)
         step[axis] = 0.5
         frac = p_full + step
-        sd = _signed_distances(origin + frac * spacing, frac, mesh, ids, vox, lab.shape)
+        sd = _signed_distances(origin + frac * spacing, frac, mesh, ids, vox, margin)
         lp, lq = p[sel], q[sel]
         cols = np.arange(len(lp))
         w = sd[[pos[int(c)] for c in lp], cols] + sd[[pos[int(c)] for c in lq], cols]
