@@ -62,15 +62,24 @@ def floor_seconds(shape, spacing, psf, repeat=5):
     return median_time(lambda: torch.fft.rfftn(x), repeat)[0], padded
 
 
-def embryo_in_box(shape, spacing, fill=0.85):
-    """The bundled embryo scaled to fill ``fill`` of the box (largest relative extent)."""
+def embryo_in_box(shape, spacing, fill=0.85, faces=None):
+    """The bundled embryo scaled to fill ``fill`` of the box (largest relative extent);
+    ``faces``: then remeshed (the fit's own isotropic remeshing) to about that many faces, to
+    time the mesh sizes a fit actually uses."""
     mesh = read_mesh(REC, spacing_um=(1.0, 1.0, 1.0))
     v = mesh.verts
     lo, hi = v.min(0), v.max(0)
     box = np.asarray(shape) * np.asarray(spacing)
     scale = fill * (box / (hi - lo)).min()
     v = (v - (lo + hi) / 2) * scale + box / 2 - np.asarray(spacing) / 2
-    return mesh.copy(verts=v)
+    mesh = mesh.copy(verts=v)
+    if faces:
+        from deltamic_core.geometry import remesh
+        from deltamic_core.geometry.ops import edge_lengths
+
+        # faces ~ 1 / edge^2 at a fixed area
+        mesh = remesh(mesh, float(edge_lengths(mesh.verts, mesh.faces).mean()) * math.sqrt(len(mesh.faces) / float(faces)))
+    return mesh
 
 
 def observed_image(mesh, shape, spacing, psf):
@@ -192,7 +201,7 @@ def goal2(args):
     sizes = [(64, 64, 64)] if args.quick else [(128, 128, 128), (256, 512, 512)]
     for shape in sizes:
         spacing = (0.25, 0.25, 0.25) if shape[0] == shape[1] else (0.5, 0.25, 0.25)
-        mesh = embryo_in_box(shape, spacing)
+        mesh = embryo_in_box(shape, spacing, faces=args.goal2_faces)
         image = observed_image(mesh, shape, spacing, psf)
         floor, padded = floor_seconds(shape, spacing, psf)
         print(
@@ -391,6 +400,13 @@ def main(argv=None):
     )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--goal2-faces",
+        type=int,
+        default=None,
+        metavar="N",
+        help="goal 2: remesh the embryo to about N faces first (the issue's fit-size meshes: 10000-20000)",
+    )
     ap.add_argument("--coarse-blur", type=float, default=FitConfig().coarse_blur, help="goal c: FitConfig.coarse_blur")
     ap.add_argument("--clock", choices=sorted(_CLOCKS), default="wall", help="time the floor and iterations by")
     args = ap.parse_args(argv)
