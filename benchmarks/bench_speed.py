@@ -7,7 +7,9 @@ image grid padded by the PSF extent (no oversampling), same threads, same proces
   preconditioned update) at 128^3 and 256 x 512 x 512, Fourier route (before) vs real-space
   route (after); the transform's backward / forward on the same mesh;
 - goal 3: undersampled PSFs (a confocal PSF given as a ``MeasuredPSF``, a narrow Gaussian):
-  plan building and one iteration on a 73 x 202 x 130 embryo grid, both routes;
+  plan building and one iteration on a 73 x 202 x 130 embryo grid, every route (real: native
+  splat, Gaussian or the MeasuredPSF's low-rank table; real-torch: the pure-torch splat, for the
+  MeasuredPSF the dense trilinear table; fourier; auto: what the renderer picks);
 - goal 1 (proxy until the independent accuracy benchmark lands): the 4-cell-sized embryo fit at
   the accuracy issue's effort (80/120/100 iterations) vs the seeded watershed, same image;
 - goal "c" (coarse levels of the goal-1 proxy): one iteration per level factor on the
@@ -235,26 +237,39 @@ def goal3(args):
         ("fit start Gaussian 0.35/0.12/0.12", GaussianPSF((0.35, 0.12, 0.12)).requires_grad_(False)),
         (f"MeasuredPSF ({source}, fwhm {tuple(round(x, 3) for x in measured.fwhm_um())})", measured),
     ]
+    cases = [c for c, key in zip(cases, ["narrow", "start", "measured"]) if key in args.goal3_cases]
     for name, psf in cases:
         image = observed_image(mesh, shape, spacing, GaussianPSF((0.3, 0.09, 0.09)))
         floor, padded = floor_seconds(shape, spacing, psf)
         print(f"{name}: {shape} voxels, {len(mesh.faces)} faces; floor {1e3 * floor:.1f} ms (rfftn {padded})")
-        for route in ["real", "real-torch", "fourier"]:
-            if route == "real-torch" and not isinstance(psf, GaussianPSF):
-                continue  # the native splat is Gaussian-only: same code as "real"
-            t = time.perf_counter()
-            r = Renderer(shape, spacing, psf, route=route.split("-")[0])
-            if route == "fourier":
-                r.band  # noqa: B018
-            plan = time.perf_counter() - t
+        # MeasuredPSF: "real" is the native low-rank separable table splat, "real-torch" the
+        # pure-torch dense trilinear table (what "real" was before it)
+        for route in ["real", "real-torch", "fourier", "auto"]:
+            from deltamic_core.render import realspace
+
+            realspace.USE_NATIVE = route != "real-torch"
+            try:
+                t = time.perf_counter()
+                r = Renderer(shape, spacing, psf, route=route.split("-")[0])
+                if r.route == "fourier":
+                    r.band  # noqa: B018
+                plan = time.perf_counter() - t
+            finally:
+                realspace.USE_NATIVE = True
             first, step, fitter = one_iteration(mesh, image, spacing, psf, route, steps=2)
             rr = fitter.renderer
-            extra = (
-                f"{rr._real.last_n_points} points, window {rr._real.window}"
-                if rr.route == "real"
-                else f"band {len(rr.band)}, oversampling {rr.oversampling}, backend {rr.backend_name}"
+            if rr.route == "real":
+                k = rr._real.kernel
+                extra = f"{rr._real.last_n_points} points, window {rr._real.window}, {type(k).__name__}"
+                if isinstance(k, realspace.LowRankTableKernel):
+                    extra += f" rank {k.rank} (max error {k.max_error:.1e} of peak), terms' window {k.effective_window():.0f}"
+            else:
+                extra = f"band {len(rr.band)}, oversampling {rr.oversampling}, backend {rr.backend_name}"
+            print(
+                f"  {route:>10}: plan {plan:.2f} s, iteration {step:.3f} s = {step / floor:.1f} x floor "
+                f"(route {rr.route}); {extra}",
+                flush=True,
             )
-            print(f"  {route:>7}: plan {plan:.2f} s, iteration {step:.3f} s = {step / floor:.1f} x floor; {extra}")
 
 
 def goal1(args):
@@ -399,6 +414,13 @@ def main(argv=None):
         help="renderer routes goal 1 fits with, one fit each (auto: the defaults)",
     )
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--goal3-cases",
+        nargs="+",
+        default=["narrow", "start", "measured"],
+        choices=["narrow", "start", "measured"],
+        help="goal 3: the PSFs to run (narrow Gaussian, the fit's start Gaussian, the confocal MeasuredPSF)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--goal2-faces",

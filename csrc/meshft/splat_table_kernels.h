@@ -76,6 +76,23 @@ inline void term_range(const Axis& A, double reach, double d0, int clo, int chi,
   hi = std::min(chi, b);
 }
 
+// One term's clipped window: rows of N (> 0: a compile-time length, the loop unrolls) or n x voxels.
+template <typename T, int N>
+inline void scatter_term(const double* gz_, const T* gy, const T* gx, double s, const int* lo, const int* hi,
+                         int n, T* base, int64_t sz, int64_t sy) {
+  const int len = N > 0 ? N : n;
+  for (int tz = lo[0]; tz < hi[0]; ++tz) {
+    const T az = static_cast<T>(s * gz_[tz * kLanes]);
+    if (az == T(0)) continue;
+    T* plane = base + tz * sz;
+    for (int ty = lo[1]; ty < hi[1]; ++ty) {
+      const T a = az * gy[ty];
+      T* row = plane + ty * sy;
+      for (int tx = 0; tx < len; ++tx) row[tx] += a * gx[tx];
+    }
+  }
+}
+
 template <typename T>
 inline void table_scatter_point(const Setup& S, const TableSetup& TS, const double* const* g, const double* d0,
                                 int l, double s, const int* clo, const int* chi, T* base, int64_t sz, int64_t sy) {
@@ -92,17 +109,22 @@ inline void table_scatter_point(const Setup& S, const TableSetup& TS, const doub
     const double* gz_ = g[0] + r * Wz * kLanes;
     const double* gy_ = g[1] + r * Wy * kLanes;
     const double* gx_ = g[2] + r * Wx * kLanes;
-    for (int t = lo[2]; t < hi[2]; ++t) gx[t] = static_cast<T>(gx_[t * kLanes + l]);
+    const int n = hi[2] - lo[2];
+    for (int t = 0; t < n; ++t) gx[t] = static_cast<T>(gx_[(lo[2] + t) * kLanes + l]);
     for (int t = lo[1]; t < hi[1]; ++t) gy[t] = static_cast<T>(gy_[t * kLanes + l]);
-    for (int tz = lo[0]; tz < hi[0]; ++tz) {
-      const T az = static_cast<T>(s * gz_[tz * kLanes + l]);
-      if (az == T(0)) continue;
-      T* plane = base + tz * sz;
-      for (int ty = lo[1]; ty < hi[1]; ++ty) {
-        const T a = az * gy[ty];
-        T* row = plane + ty * sy;
-        for (int tx = lo[2]; tx < hi[2]; ++tx) row[tx] += a * gx[tx];
-      }
+    const double* gz = gz_ + l;
+    T* b = base + lo[2];
+    switch (n) {
+      case 1: scatter_term<T, 1>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 2: scatter_term<T, 2>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 3: scatter_term<T, 3>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 4: scatter_term<T, 4>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 5: scatter_term<T, 5>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 6: scatter_term<T, 6>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 7: scatter_term<T, 7>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 8: scatter_term<T, 8>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      case 9: scatter_term<T, 9>(gz, gy, gx, s, lo, hi, n, b, sz, sy); break;
+      default: scatter_term<T, 0>(gz, gy, gx, s, lo, hi, n, b, sz, sy);
     }
   }
 }
@@ -191,6 +213,41 @@ void table_forward_faces(const Setup& S, const TableSetup& TS, const T* tri, con
   }
 }
 
+// One term's sums over its clipped window (x rows of N > 0 voxels, a compile-time length, or n):
+// f = (g_z, dg_z, g_y, dg_y) strided by kLanes, gx/dx the x factors from the row's first voxel.
+template <typename T, int N>
+inline void gather_term(const double* const* f, const double* gx, const double* dx, const int* lo, const int* hi,
+                        int n, const T* base, int64_t sz, int64_t sy, double* o) {
+  const int len = N > 0 ? N : n;
+  double val = 0, ddz = 0, ddy = 0, ddx = 0;
+  for (int tz = lo[0]; tz < hi[0]; ++tz) {
+    double a0 = 0, ady = 0, a1 = 0;
+    const T* plane = base + tz * sz;
+    for (int ty = lo[1]; ty < hi[1]; ++ty) {
+      const T* row = plane + ty * sy;
+      double x0 = 0, x1 = 0;
+      for (int tx = 0; tx < len; ++tx) {
+        const double v = static_cast<double>(row[tx]);
+        x0 += gx[tx] * v;
+        x1 += dx[tx] * v;
+      }
+      const double gyv = f[2][ty * kLanes];
+      a0 += gyv * x0;
+      ady += f[3][ty * kLanes] * x0;
+      a1 += gyv * x1;
+    }
+    const double gzv = f[0][tz * kLanes];
+    val += gzv * a0;
+    ddz += f[1][tz * kLanes] * a0;
+    ddy += gzv * ady;
+    ddx += gzv * a1;
+  }
+  o[0] = val;
+  o[1] = ddz;
+  o[2] = ddy;
+  o[3] = ddx;
+}
+
 // Sums of one point over its clipped window: out = (<grad, h>, <grad, dh/dd_z>, .._y, .._x).
 template <typename T>
 inline void table_gather_point(const Setup& S, const TableSetup& TS, const double* const* g,
@@ -210,32 +267,30 @@ inline void table_gather_point(const Setup& S, const TableSetup& TS, const doubl
     const double *gz_ = g[0] + r * Wz * kLanes, *dz_ = dg[0] + r * Wz * kLanes;
     const double *gy_ = g[1] + r * Wy * kLanes, *dy_ = dg[1] + r * Wy * kLanes;
     const double *gx_ = g[2] + r * Wx * kLanes, *dx_ = dg[2] + r * Wx * kLanes;
-    for (int t = lo[2]; t < hi[2]; ++t) {
-      gx[t] = gx_[t * kLanes + l];
-      dx[t] = dx_[t * kLanes + l];
+    const int n = hi[2] - lo[2];
+    for (int t = 0; t < n; ++t) {
+      gx[t] = gx_[(lo[2] + t) * kLanes + l];
+      dx[t] = dx_[(lo[2] + t) * kLanes + l];
     }
-    for (int tz = lo[0]; tz < hi[0]; ++tz) {
-      double a0 = 0, ady = 0, a1 = 0;
-      const T* plane = base + tz * sz;
-      for (int ty = lo[1]; ty < hi[1]; ++ty) {
-        const T* row = plane + ty * sy;
-        double x0 = 0, x1 = 0;
-        for (int tx = lo[2]; tx < hi[2]; ++tx) {
-          const double v = static_cast<double>(row[tx]);
-          x0 += gx[tx] * v;
-          x1 += dx[tx] * v;
-        }
-        const double gyv = gy_[ty * kLanes + l];
-        a0 += gyv * x0;
-        ady += dy_[ty * kLanes + l] * x0;
-        a1 += gyv * x1;
-      }
-      const double gzv = gz_[tz * kLanes + l];
-      val += gzv * a0;
-      ddz += dz_[tz * kLanes + l] * a0;
-      ddy += gzv * ady;
-      ddx += gzv * a1;
+    const double* f[4] = {gz_ + l, dz_ + l, gy_ + l, dy_ + l};
+    const T* b = base + lo[2];
+    double o[4];
+    switch (n) {
+      case 1: gather_term<T, 1>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 2: gather_term<T, 2>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 3: gather_term<T, 3>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 4: gather_term<T, 4>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 5: gather_term<T, 5>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 6: gather_term<T, 6>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 7: gather_term<T, 7>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 8: gather_term<T, 8>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      case 9: gather_term<T, 9>(f, gx, dx, lo, hi, n, b, sz, sy, o); break;
+      default: gather_term<T, 0>(f, gx, dx, lo, hi, n, b, sz, sy, o);
     }
+    val += o[0];
+    ddz += o[1];
+    ddy += o[2];
+    ddx += o[3];
   }
   out[0] = val;
   out[1] = ddz;
