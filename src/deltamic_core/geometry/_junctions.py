@@ -103,16 +103,33 @@ def _split_long(verts, faces, labels, patch, h_max, max_passes=12):
     return verts, faces, labels, patch
 
 
-def _normal(v, f):
-    return np.cross(v[f[1]] - v[f[0]], v[f[2]] - v[f[0]])
+def _cross(a, b):
+    """Cross product of two 3-sequences in plain Python floats (per-collapse checks run in a
+    loop, where numpy's per-call overhead on 3-vectors dominated); the same operations, in the
+    same order, as ``numpy.cross``."""
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _sub(a, b):
+    return (a[0] - b[0], a[1] - b[1], a[2] - b[2])
+
+
+def _dot(a, b):
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 class _Collapser:
-    """Edge collapses on a triangle soup with shared vertices, with safety checks."""
+    """Edge collapses on a triangle soup with shared vertices, with safety checks.
+
+    Each collapse looks at a few faces only, where numpy calls on 3-vectors cost more than the
+    arithmetic: the vertices and faces it touches are read into Python tuples/lists once
+    (``pts``/``tri`` hold only those) and written back at the end.
+    """
 
     def __init__(self, verts, faces):
-        self.verts = verts.copy()
-        self.faces = faces.copy()
+        self._verts, self._faces = verts.copy(), faces.copy()
+        self.pts: dict[int, tuple] = {}
+        self.tri: dict[int, list] = {}
         self.alive = np.ones(len(faces), dtype=bool)
         incidence = sp.csr_matrix(
             (np.ones(faces.size, dtype=np.int8), (faces.reshape(-1), np.repeat(np.arange(len(faces)), 3))),
@@ -122,44 +139,74 @@ class _Collapser:
         self._vert_faces: dict[int, set] = {}
         self.touched: set = set()
 
+    def point(self, x: int) -> tuple:
+        p = self.pts.get(x)
+        if p is None:
+            p = self.pts[x] = tuple(self._verts[x].tolist())
+        return p
+
+    def face(self, fi: int) -> list:
+        f = self.tri.get(fi)
+        if f is None:
+            f = self.tri[fi] = self._faces[fi].tolist()
+        return f
+
+    @property
+    def verts(self) -> np.ndarray:
+        if self.pts:
+            index = np.fromiter(self.pts, dtype=np.int64, count=len(self.pts))
+            self._verts[index] = np.array(list(self.pts.values()), dtype=self._verts.dtype)
+        return self._verts
+
+    @property
+    def faces(self) -> np.ndarray:
+        if self.tri:
+            index = np.fromiter(self.tri, dtype=np.int64, count=len(self.tri))
+            self._faces[index] = np.array(list(self.tri.values()), dtype=self._faces.dtype)
+        return self._faces
+
     def faces_of(self, v: int) -> set:
         if v not in self._vert_faces:
             rows = self._indices[self._indptr[v] : self._indptr[v + 1]]
-            self._vert_faces[v] = {int(fi) for fi in rows if self.alive[fi]}
+            self._vert_faces[v] = set(rows[self.alive[rows]].tolist())
         return self._vert_faces[v]
 
-    def collapse(self, u: int, v: int, target: np.ndarray, h_max: float) -> bool:
-        """Merge u into v, placing v at ``target``; refuse (return False) if unsafe."""
-        faces, verts = self.faces, self.verts
+    def collapse(self, u: int, v: int, target, h_max: float) -> bool:
+        """Merge u into v, placing v at ``target`` (3 floats); refuse (return False) if unsafe."""
+        face, point = self.face, self.point
+        target = tuple(float(t) for t in target)
         fu, fv = self.faces_of(u), self.faces_of(v)
         shared = fu & fv
         if not shared:
             return False
         opposite = set()
         for fi in shared:
-            opposite.update(x for x in faces[fi].tolist() if x != u and x != v)
-        nbr_u = {x for fi in fu for x in faces[fi].tolist()} - {u, v}
-        nbr_v = {x for fi in fv for x in faces[fi].tolist()} - {u, v}
+            opposite.update(x for x in face(fi) if x != u and x != v)
+        nbr_u = {x for fi in fu for x in face(fi)} - {u, v}
+        nbr_v = {x for fi in fv for x in face(fi)} - {u, v}
         if nbr_u & nbr_v != opposite:
             return False  # link condition: collapsing would glue two sheets together
         # like Botsch-Kobbelt: never create an edge longer than the split threshold
-        if np.any(np.linalg.norm(verts[list(nbr_u | nbr_v)] - target, axis=1) > h_max):
-            return False
+        for x in nbr_u | nbr_v:
+            d = _sub(point(x), target)
+            if math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]) > h_max:
+                return False
         changed = []
         for fi in (fu | fv) - shared:
-            old = faces[fi]
-            p0, p1, p2 = (target if x in (u, v) else verts[x] for x in old.tolist())
-            before = _normal(verts, old)
-            after = np.cross(p1 - p0, p2 - p0)
-            if np.dot(before, after) <= 0 or np.linalg.norm(after) < 1e-3 * np.linalg.norm(before):
+            old = face(fi)
+            p0, p1, p2 = (target if x == u or x == v else point(x) for x in old)
+            q0 = point(old[0])
+            before = _cross(_sub(point(old[1]), q0), _sub(point(old[2]), q0))
+            after = _cross(_sub(p1, p0), _sub(p2, p0))
+            if _dot(before, after) <= 0 or math.sqrt(_dot(after, after)) < 1e-3 * math.sqrt(_dot(before, before)):
                 return False  # a face would flip or degenerate
-            changed.append((fi, np.where(old == u, v, old)))
-        verts[v] = target
+            changed.append((fi, [v if x == u else x for x in old]))
+        self.pts[v] = target
         for fi, new in changed:
-            faces[fi] = new
+            self.tri[fi] = new
         for fi in shared:
             self.alive[fi] = False
-            for x in faces[fi].tolist():
+            for x in face(fi):
                 if x in self._vert_faces:
                     self._vert_faces[x].discard(fi)
         self._vert_faces[v] = (fu | fv) - shared
@@ -186,7 +233,8 @@ def _collapse_short(verts, faces, labels, patch, h_min, h_max):
             continue
         if corner[u]:
             u, v = v, u  # u (removed) must be an ordinary junction vertex
-        target = state.verts[v] if corner[v] else 0.5 * (state.verts[u] + state.verts[v])
+        pu, pv = state.point(u), state.point(v)
+        target = pv if corner[v] else [0.5 * (pu[0] + pv[0]), 0.5 * (pu[1] + pv[1]), 0.5 * (pu[2] + pv[2])]
         state.collapse(u, v, target, h_max)
     alive = state.alive
     return state.verts, state.faces[alive], labels[alive], patch[alive]
