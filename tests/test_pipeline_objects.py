@@ -174,3 +174,37 @@ def test_fitted_neighbours_are_rendered_in_one_render_with_their_gains(monkeypat
     ref = ndimage.gaussian_filter(fill, [s / d for s, d in zip(FIELD_SIGMA, FIELD_SP)], mode="constant")[crop.slices]
     assert np.abs(got - ref).max() < 0.06 * max(gains)
     assert abs(got.sum() / ref.sum() - 1) < 0.01
+
+
+@pytest.mark.slow
+def test_second_pass_gives_the_contacts_back_to_the_objects_fitted_later():
+    """Three filled spheres in a row, touching (flat contacts: each voxel to the nearest power
+    centre), the middle one smaller, seeds with too small radii: fitted once, the first object
+    takes the middle one's light (+5.2% on the middle one); the second pass, with every
+    neighbour's fitted light held fixed, brings every volume within 4.5% of the fill's."""
+    from deltamic_core.geometry import cell_surface, measure
+    from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
+
+    shape, ss = (20, 40, 64), 3
+    centres, radii = [(5.0, 5.0, 5.0), (5.0, 5.0, 8.8), (5.0, 5.0, 12.4)], [2.3, 1.9, 2.2]
+    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, FIELD_SP)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    power = np.stack([((pts - c) ** 2).sum(-1) - r * r for c, r in zip(centres, radii)])
+    lab = np.where(power.min(0) <= 0, power.argmin(0) + 1, 0)
+    truth = [(lab == k + 1).sum() * np.prod(FIELD_SP) / ss**3 for k in range(3)]
+    fill = (lab > 0).astype(np.float32).reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
+    img = ndimage.gaussian_filter(fill, [s / d for s, d in zip(FIELD_SIGMA, FIELD_SP)], mode="constant")
+    img = np.random.default_rng(4).poisson(200 * img + 10).astype(np.float32)
+    seeds = np.array([[5.2, 5.3, 5.2], [4.9, 4.8, 8.6], [5.0, 5.1, 12.6]])
+    out = run(
+        FitJob(
+            image_data=img,
+            **_interior_job(PSFSpec),
+            init=InitSpec("seeds", data=(seeds, np.array([1.5, 1.2, 1.5]))),
+            per_object=True,
+        )
+    )
+    m = out.result.mesh
+    got = np.array([float(measure(cell_surface(m, k + 1))["volume_um3"][0]) for k in range(3)])
+    assert np.abs(got / np.asarray(truth) - 1).max() < 0.045
+    assert all("pass2_shape" in c for c in out.timings["crops"])

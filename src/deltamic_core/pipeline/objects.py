@@ -8,9 +8,14 @@ whose grown boxes reach into the crop is rendered once (from their fitted surfac
 were fitted already, else from their initial ones) and subtracted from the crop's data as a
 fixed image, while the voxels nearer to any other cell are left out of the crop's data term
 (:func:`ownership_weight`: there a neighbour's shape error would dominate). Only the cell is
-fitted in its crop; the kept surfaces are assembled into one multi-cell mesh. The cost is the
-sum over objects of one fit of the object in a box of its size: it scales with the number of
-objects, not with the field. (``neighbours=True`` instead fits the neighbours again in every
+fitted in its crop. A second pass then refits every object at full resolution only, from its
+first surface, in a crop of its fitted box, with the light of all its (now fitted) neighbours
+held fixed: in the first pass a neighbour fitted later was only its initial sphere, so the
+objects fitted early took its light at their contacts (bench_interior nuclei, 24 objects:
+mean distance 0.120 -> 0.103 um with automatic seeds, 0.093 -> 0.077 with the true centres).
+The kept surfaces are assembled into one multi-cell mesh. The cost is the sum over objects of
+one fit of the object in a box of its size (plus the full-resolution refit): it scales with
+the number of objects, not with the field. (``neighbours=True`` instead fits the neighbours again in every
 crop they reach, the former behaviour.)
 
 Every crop is an ordinary :class:`~deltamic_core.fit.Fitter` run with the same PSF and
@@ -192,6 +197,7 @@ def fit_objects(
     margin_um=None,
     neighbours="fixed",
     callback=None,
+    passes=2,
 ):
     """Fit every cell of ``init_mesh`` in its own crop of ``image`` (see the module docstring).
 
@@ -200,7 +206,9 @@ def fit_objects(
     the crop's data as a fixed image (rendered once per crop, from their fitted surfaces when
     they were fitted already, else from their initial ones); ``True`` fits the neighbours in the
     crop too (each object is then fitted in every crop it reaches); ``False`` fits the object
-    alone without the neighbours' light.
+    alone without the neighbours' light. ``passes``: with ``"fixed"``, 2 (default) refits every
+    object once more at full resolution with all its neighbours' fitted light held fixed (see
+    the module docstring); 1 fits each object once.
 
     Returns ``(result, info)``: a :class:`~deltamic_core.fit.FitResult` whose mesh is the
     assembled multi-cell mesh (cells 1..n in the order of ``init_mesh``'s cell ids, each a
@@ -252,6 +260,8 @@ def fit_objects(
         results.append(res)
         if callback is not None:
             callback(k + 1, len(crops))
+    if fixed_mode and int(passes) > 1 and len(kept) > 1:
+        kept, results = _second_pass(img, spacing_um, origin_um, kept, results, psf, config, reach, info)
     info["wall_s"] = time.perf_counter() - t0
     timings = {}
     for r in results:
@@ -272,3 +282,45 @@ def fit_objects(
         config=results[0].config,
     )
     return result, info
+
+
+def _second_pass(img, spacing_um, origin_um, kept, results, psf, config, reach, info):
+    """Refit every object at full resolution from its first-pass surface, in a crop of its
+    fitted box grown by ``PASS2_MARGIN_UM`` and the PSF's reach, with the light of all its
+    neighbours, now fitted, held fixed (no voxel left out). In the first pass the neighbours
+    fitted later were only their initial spheres (one gain for all): the objects fitted early
+    took their light at the contacts."""
+    import dataclasses
+
+    from ..fit import Fitter
+    from ..geometry import cell_surface, merge_meshes
+
+    last = len(config.levels) - 1
+    cfg2 = dataclasses.replace(
+        config,
+        levels=(1,),
+        iterations=(config.iterations_for_level(last),),
+        lambda_smooth=(config.lambda_for_level(last),),
+    )
+    mesh = merge_meshes(kept)
+    crops = plan_object_crops(mesh, img.shape, spacing_um, origin_um, PASS2_MARGIN_UM, reach, False)
+    current = {k + 1: (s, float(r.gain)) for k, (s, r) in enumerate(zip(kept, results))}
+    out_k, out_r = list(kept), list(results)
+    for crop in crops:
+        data = img[crop.slices]
+        if crop.near:
+            others = [current[d] for d in crop.near]
+            fixed = _fixed_neighbours(data, crop, current[crop.cell][0], others, spacing_um, psf, cfg2)
+            data = np.clip(np.asarray(data, dtype=np.float64) - fixed, 0.0, None).astype(np.float32)
+        fitter = Fitter(data, spacing_um, current[crop.cell][0], psf, cfg2, origin_um=crop.origin_um)
+        fitter.run(None)
+        res = fitter.result()
+        surf = cell_surface(res.mesh, 1).copy(metadata={})
+        current[crop.cell] = (surf, float(res.gain))
+        out_k[crop.cell - 1] = surf
+        out_r[crop.cell - 1] = res
+        info["crops"][crop.cell - 1]["pass2_shape"] = list(crop.shape)
+    return out_k, out_r
+
+
+PASS2_MARGIN_UM = 0.5
