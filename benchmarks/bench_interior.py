@@ -71,6 +71,24 @@ FWHM, deltamic's image model (Gaussian widened by voxel^2/12, volume term) prefe
 not the cause; with the psfmodels confocal PSF it prefers +0.39% (the Gaussian of the FWHM
 lacks the confocal PSF's skirt). The rest of the bias (+0.1% to +0.75%) is the fit's (mesh,
 smoothing, convergence), and varies with the shape.
+
+Status 2026-12-03 (h16a; load 9-11, ``--threads 1``, iterations 20 30 10, baseline same run).
+Nuclei, 24 objects (41 x 133 x 105 voxels, ~41 touching pairs; baseline 0.110 um, volume
++4.96% mean, 13.6% worst): before, the 22 auto-seeds (2 merged pairs, 20/24 matched) crashed
+the fit (a merged object grew out of its crop at a level change). Distance-transform seeds:
+24/24; one pass 0.120 um (ratio 1.09), with the second pass 0.103 (0.94); true centres 0.093
+-> 0.077 (0.70); per-object HD95 (mean over objects, ``surface_metrics``) baseline 0.428 um,
+automatic seeds 0.575 -> 0.522, true centres 0.464 -> 0.407 (the contacts). 8 objects (``--quick``): 0.038 um vs 0.080 (0.48). What is left, per object:
+isolated nuclei come out at 0.02-0.03 um (0.1 voxel); the error is at touching contacts,
+where two filled objects of one brightness show no edge: the contact's position is not in
+the image, the object fitted first takes the shared light (+15-25% on a few objects, -12% on
+their neighbours). A geometric partition of the unfitted neighbours' light (power distance
+of the initial spheres) helped with the true centres (0.077 -> 0.071) but not with the
+automatic seeds (0.118, one object +76%): not kept.
+Scaling (``--part scaling``, iterations 3 3 3): 4 / 8 / 16 / 32 objects 18 / 31 / 67 / 153 s
+(4.5 / 3.9 / 4.2 / 4.8 s per object); 4 objects in a field padded 12 um (5x the voxels) 17 s.
+Bleach ``--quick`` (5 frames, iterations 20 30 10): +0.46 / +0.50 / +0.99 / +0.47 / +0.65%,
+worst 0.99% (goal 1%), CV 0.22% (goal 0.3%); baseline worst 7.32%, CV 1.17%.
 """
 
 from __future__ import annotations
