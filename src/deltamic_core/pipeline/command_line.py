@@ -136,8 +136,9 @@ OPTIONS = {
     ),
     "--per-object": dict(
         action="store_true",
-        help="with --stain interior/both: fit every object once in its own crop, the light of its "
-        "neighbours held fixed (many nuclei: the cost grows with the objects, not with the field)",
+        help="with --stain interior/both: fit every object in its own crop, the light of its "
+        "neighbours held fixed, then refit it at full resolution once all its neighbours are fitted "
+        "(many nuclei: the cost grows with the objects, not with the field)",
     ),
     "--mechanics": dict(
         action="store_true",

@@ -58,7 +58,8 @@ class FitJob:
     stain : "membrane" (surface signal), "interior" (filled objects: nuclei, cytoplasm,
         droplets; volume signal only) or "both" (membrane plus a cytoplasm level relative to the membrane density, solved
         with the gain and background every step from 0.2 per um; ``FitResult.volume_level``)
-    per_object : fit every cell once in its own crop, its neighbours' light held as a fixed image
+    per_object : fit every cell in its own crop, its neighbours' light held as a fixed image, then
+        refit it at full resolution with all its neighbours fitted
         (:func:`~deltamic_core.pipeline.objects.fit_objects`): for many separate objects
         (nuclei), the cost then grows with the objects, not with the field
     mechanics : also write the mechanics analysis of the fitted mesh (mechanics.csv,
