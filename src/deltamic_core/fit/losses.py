@@ -9,6 +9,7 @@ normalisation (which couples the fit to the two most extreme voxels of the image
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -28,7 +29,22 @@ def _quantiles(x: torch.Tensor, qs: tuple[float, float], max_samples: int = 2_00
     if flat.numel() > max_samples:
         stride = -(-flat.numel() // max_samples)
         flat = flat[::stride]
-    q = torch.quantile(flat.to(torch.float64), torch.tensor(qs, dtype=torch.float64, device=flat.device))
+    flat = flat.to(torch.float64)
+    q = torch.tensor(qs, dtype=torch.float64)
+    if flat.device.type != "cpu" or flat.numel() == 0 or not bool(torch.isfinite(flat).all()):
+        q = torch.quantile(flat, q.to(flat.device))
+        return float(q[0]), float(q[1])
+    # torch.quantile's 'linear' rule (ranks q (n - 1), lerp between the neighbouring order
+    # statistics) on order statistics found by a partial sort: the same values, without
+    # sorting the whole image (0.1-0.2 s per level on a 2 M voxel stack)
+    rank = q * (flat.numel() - 1)
+    below = rank.long()
+    above = rank.ceil().long()
+    kth = np.unique(np.concatenate([below.numpy(), above.numpy()]))
+    part = np.partition(flat.numpy(), kth)
+    v_below = torch.as_tensor(part[below.numpy()])
+    v_above = torch.as_tensor(part[above.numpy()])
+    q = torch.lerp(v_below, v_above, rank - below.to(torch.float64))
     return float(q[0]), float(q[1])
 
 
