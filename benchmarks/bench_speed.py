@@ -80,7 +80,9 @@ def embryo_in_box(shape, spacing, fill=0.85, faces=None):
         from deltamic_core.geometry.ops import edge_lengths
 
         # faces ~ 1 / edge^2 at a fixed area
-        mesh = remesh(mesh, float(edge_lengths(mesh.verts, mesh.faces).mean()) * math.sqrt(len(mesh.faces) / float(faces)))
+        mesh = remesh(
+            mesh, float(edge_lengths(mesh.verts, mesh.faces).mean()) * math.sqrt(len(mesh.faces) / float(faces))
+        )
     return mesh
 
 
