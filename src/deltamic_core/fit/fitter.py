@@ -619,8 +619,6 @@ class Fitter:
         )
 
     def _build_level(self, index: int, mesh: Mesh | None = None) -> _Level:
-        from ..render import Renderer
-
         cfg = self.config
         t0 = time.perf_counter()
         f = cfg.levels[index]
@@ -656,18 +654,7 @@ class Fitter:
         # filter): they drop the PSF's frequencies beyond their Nyquist limit instead of folding
         # them, which would oversample the band and cost as much as the full resolution.
         level_psf = self.psf if f == 1 else BlockAveragedPSF(self.psf, f, self.spacing_um, blur_um)
-        renderer = Renderer(
-            tuple(obs_l.shape),
-            spacing,
-            level_psf,
-            origin_um=origin,
-            band_threshold=cfg.band_threshold,
-            backend=cfg.backend,
-            dtype=self.dtype,
-            device=self.device,
-            max_memory_bytes=cfg.max_memory_bytes,
-            fold_aliases=cfg.fold_aliases and f == 1,
-        )
+        renderer = self._level_renderer(tuple(obs_l.shape), spacing, level_psf, origin, f)
         self._check_cancelled()  # nothing of the new level is in place yet
         self._backend = renderer.backend_name
         if mesh is None:  # (given: the level's own mesh, when a fit goes on from load_state)
@@ -714,7 +701,6 @@ class Fitter:
     def _holding(self, renderer, mesh, psf, shape, spacing, origin, f):
         """``renderer``, or one with a larger margin when ``mesh`` (which the previous level's
         wider box held) reaches beyond its wrap-free box: a level's first render must not fail."""
-        from ..render import Renderer
 
         lo_ok, hi_ok = (np.asarray(b, dtype=float) for b in renderer.box.wrap_free_bounds())
         # at least one voxel of the level inside, or the first step out would fail
@@ -722,9 +708,17 @@ class Fitter:
         excess = np.maximum(np.maximum(lo_ok - mesh.verts.min(axis=0), mesh.verts.max(axis=0) - hi_ok) + room, 0.0)
         if not np.any(excess > 0):
             return renderer
+        return self._level_renderer(
+            tuple(shape), spacing, psf, origin, f, margin_um=tuple(float(e) + float(s) for e, s in zip(excess, spacing))
+        )
+
+    def _level_renderer(self, shape, spacing, psf, origin, f, **extra):
+        """The Renderer of a level of factor ``f`` (coarse levels fold no aliases)."""
+        from ..render import Renderer
+
         cfg = self.config
         return Renderer(
-            tuple(shape),
+            shape,
             spacing,
             psf,
             origin_um=origin,
@@ -734,7 +728,7 @@ class Fitter:
             device=self.device,
             max_memory_bytes=cfg.max_memory_bytes,
             fold_aliases=cfg.fold_aliases and f == 1,
-            margin_um=tuple(float(e) + float(s) for e, s in zip(excess, spacing)),
+            **extra,
         )
 
     def _advance_level_if_needed(self) -> bool:
