@@ -326,13 +326,14 @@ class FitConfig:
         a sub-micrometre PSF). 0 = plain block averaging. Never applied at full resolution,
         and capped at 1/16 of the image's smallest side (the blur extends the image beyond
         its borders by their values, a guess that must stay a small part of the box).
-        Default 1.0 (was 2.0): on the independent benchmark (``bench_accuracy.py --fit-psf
-        gaussian``, seeds with and without radius, same run) 1.0 against 2.0 gave mean
-        distances 0.078 / 0.088 / 0.041 / 0.060 against 0.089 / 0.090 / 0.045 / 0.063 xy voxel
-        (agg6-coarse, embryo3-coarse, agg4-fine, tiny-agg3) and worst contact errors 60 / 7.2 /
-        8.8 / 2.2% against 110 / 7.6 / 49 / 4.1%, and the narrower coarse windows put those
-        levels on the cheaper real-space route (CPU per coarse step 62-70 ms against 53-104 ms;
-        the coarse levels' CPU 13.6 s against 18.5 s on agg4-fine).
+        Default 2.0. Measured against 1.0 on the independent benchmark (``bench_accuracy.py
+        --fit-psf gaussian``): 1.0 was closer on agg6-coarse, embryo3-coarse, agg4-fine and
+        tiny-agg3 (0.078 / 0.088 / 0.041 / 0.060 against 0.089 / 0.090 / 0.045 / 0.063 xy
+        voxel) and cheaper, but on embryo3-fine (0.25 um voxels, seed spheres of 0.6 x the cell
+        radius, i.e. ~2.5 um inside the membranes) its 1 um coarse blur did not reach the
+        membranes: the model and the data did not overlap, the solved gain went to ~0 and the
+        fit stayed at its seeds (-79% volume). The reach needed is set by how far the seeds
+        are off, not by the voxel size, so 2.0 stays until the blur follows the seeds.
     share_membranes : bool
         When the first level ends, rebuild a mesh of separate closed cells (e.g. seed spheres)
         whose cells now touch as one multi-material mesh: the current cells are rasterised on
@@ -424,7 +425,7 @@ class FitConfig:
     levels: tuple = (4, 2, 1)
     target_edge_um: float | None = None
     remesh_every: int = 0
-    coarse_blur: float = 1.0
+    coarse_blur: float = 2.0
     share_membranes: bool = True
     contact_gap_um: float = 0.0
     merge_gap_um: float = 0.1
