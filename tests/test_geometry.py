@@ -654,3 +654,32 @@ def test_junction_collapses_match_numpy_reference(monkeypatch, edge):
     for a, b in zip(new, ref):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+
+
+def test_remesh_patch_keeps_pillow_faces_instead_of_crashing(tmp_path):
+    """A real shared-membrane patch (from a fit of the agg8-fine benchmark image) with two faces
+    on the same three vertices: gpytoolbox's remesh_botsch killed the process on it (SIGSEGV).
+    The patch is remeshed in a child process, which must finish, with those two faces kept."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "remesh_pillow_patch.npz"
+    code = (
+        "import sys, numpy as np\n"
+        "from deltamic_core.geometry.remesh import _remesh_patch\n"
+        "d = np.load(sys.argv[1])\n"
+        "f = d['faces'].astype(np.int64)\n"
+        "out = _remesh_patch(d['verts'], f, float(d['edge_um']), int(d['iterations']), True)\n"
+        "assert out is not None\n"
+        "key = np.sort(f, axis=1)\n"
+        "_, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)\n"
+        "pillow = np.sort(f[cnt[inv.reshape(-1)] > 1], axis=1)\n"
+        "kept = np.sort(np.asarray(out[3]), axis=1)\n"
+        "assert len(pillow) == 2 and all((kept == p).all(1).any() for p in pillow), (pillow, kept)\n"
+        "assert len(out[2]) > 100\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-1500:])
+    assert proc.stdout.strip() == "ok"

@@ -123,7 +123,12 @@ def _remesh_patch(verts: np.ndarray, faces: np.ndarray, edge_um: float, iteratio
 
     # Non-manifold spots (edges with more than two faces, pinched vertices) are cut out: the
     # faces around them are kept as they are and the rest is remeshed with the cut held fixed.
-    kept = np.zeros(len(faces), dtype=bool)
+    # Two faces on the same three vertices (a two-triangle "pillow", left by surface nets where
+    # a cell is one voxel thin) are kept as they are too: gpytoolbox's remesh_botsch crashes
+    # the process (SIGSEGV) on them.
+    key = np.sort(faces, axis=1)
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    kept = counts[inverse.reshape(-1)] > 1
     for _ in range(6):
         bad = _nonmanifold_vertices(faces[~kept], len(verts))
         if len(bad) == 0:
