@@ -557,24 +557,8 @@ class _TriSplat(torch.autograd.Function):
 def splat_triangles(mod, kernel, quadrature, shape, spacing, origin, verts, faces, weights, sigma):
     """Image of the triangles (native kernel): same sums as :func:`splat` of
     ``quadrature.points``, without materialising the points. Returns (image, n_points)."""
-    tri = verts[faces]  # (F, 3, 3)
-    n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
-    tiny = torch.finfo(verts.dtype).tiny
-    strength = weights * (0.5 * torch.sqrt((n * n).sum(1).clamp_min(tiny)))
-    radius = kernel.radius(sigma)
-    window = _window_size(radius, spacing)
-    with torch.no_grad():
-        # faces in the order of their centroid's voxel: the scatter and gather walk memory in order
-        c = tri.detach().mean(1)
-        sp = torch.tensor(spacing, dtype=c.dtype)
-        o = torch.tensor(origin, dtype=c.dtype)
-        ijk = torch.floor((c - o) / sp).to(torch.int64)
-        key = (ijk[:, 0] * (shape[1] + 2) + ijk[:, 1]) * (shape[2] + 2) + ijk[:, 2]
-        perm = torch.argsort(key, stable=True)  # deterministic: the same faces, the same order
-    face_rule, start, lam, w, n_points = quadrature.face_rules(tri)  # chosen in mesh order
-    face_rule = face_rule[perm].contiguous()
-    tri = tri[perm].contiguous()
-    strength = strength[perm].contiguous()
+    tri, strength, rules, n_points = _sorted_triangles(quadrature, shape, spacing, origin, verts, faces, weights)
+    window = _window_size(kernel.radius(sigma), spacing)
     geom = (
         [int(v) for v in shape],
         [float(v) for v in spacing],
@@ -583,7 +567,7 @@ def splat_triangles(mod, kernel, quadrature, shape, spacing, origin, verts, face
         [float(v) for v in kernel.gaussian_radius(sigma)],  # the native side adds the block's reach
         [int(v) for v in window],
     )
-    img = _TriSplat.apply(tri, strength, sigma, mod, kernel, geom, (face_rule, start, lam, w))
+    img = _TriSplat.apply(tri, strength, sigma, mod, kernel, geom, rules)
     return img, n_points
 
 
@@ -743,7 +727,9 @@ class _TableTriSplat(torch.autograd.Function):
 
 
 def _sorted_triangles(quadrature, shape, spacing, origin, verts, faces, weights):
-    """Triangles (F, 3, 3), strengths and rules, faces in the order of their centroid's voxel."""
+    """Triangles (F, 3, 3), strengths and rules, faces in the order of their centroid's voxel
+    (the scatter and gather then walk memory in order; a stable sort: the same faces, the same
+    order). The rules are chosen in mesh order."""
     tri = verts[faces]
     n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
     tiny = torch.finfo(verts.dtype).tiny
