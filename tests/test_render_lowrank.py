@@ -5,15 +5,15 @@ and finite-difference vertex gradients."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 from deltamic_core.psf import MeasuredPSF
 from deltamic_core.render import Renderer
+from splat_helpers import NATIVE_CASES, assert_portable_clone_agrees, splat_with_grads
+from splat_helpers import rel_max as _rel_max
+from splat_helpers import sphere as _sphere
 
 
 def _native():
@@ -23,18 +23,6 @@ def _native():
     if mod is None or not hasattr(mod, "splat_table_forward"):
         pytest.skip("native kernel not available")
     return mod
-
-
-def _sphere(radius, subdivisions, center, dtype=torch.float64):
-    m = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
-    v = torch.tensor(np.asarray(m.vertices) + np.asarray(center), dtype=dtype)
-    return v, torch.tensor(np.asarray(m.faces), dtype=torch.int64)
-
-
-def _rel_max(a, b):
-    a = a.detach().to(torch.float64)
-    b = b.detach().to(torch.float64)
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def _two_gaussians(n0=(24, 40, 40), s0=(0.1, 0.04, 0.04)):
@@ -126,38 +114,17 @@ def test_table_kernel_reports_and_enforces_its_error_bound():
 # ---------------------------------------------------------------------------------------
 # the native splat == the pure-torch splat of the same kernel
 # ---------------------------------------------------------------------------------------
-_CASES = {
-    # a sphere sticking out of a small image (clipped windows, skipped points, local patches)
-    "clipped": dict(radius=2.3, sub=2, center=(0.4, -0.9, 1.1), shape=(10, 16, 14), origin=(-2.0, -2.2, -1.3)),
-    # an icosahedron of 7 um faces (window boxes beyond the patch limit: the direct scatter)
-    "big faces": dict(radius=6.5, sub=0, center=(0.0, 0.0, 0.0), shape=(30, 60, 60), origin=(-7.4, -7.4, -7.4)),
-}
-
-
 def _lowrank_splat(case, dtype, native):
     from deltamic_core.render import realspace
 
-    c = _CASES[case]
-    v0, f = _sphere(c["radius"], c["sub"], center=c["center"], dtype=dtype)
-    w0 = torch.linspace(0.5, 2.0, len(f), dtype=dtype)
-    g = torch.sin(torch.arange(math.prod(c["shape"]), dtype=dtype)).reshape(c["shape"])
+    def low_rank(r):
+        assert isinstance(r._real.kernel, realspace.LowRankTableKernel) and r._real.kernel.rank in (2, 3)
+
     h, s0 = _two_gaussians()
-    psf = MeasuredPSF(np.fft.ifftshift(h), s0)
-    r = Renderer(c["shape"], (0.5, 0.25, 0.25), psf, origin_um=c["origin"], route="real", dtype=dtype, margin_um=2.0)
-    assert isinstance(r._real.kernel, realspace.LowRankTableKernel) and r._real.kernel.rank in (2, 3)
-    old = realspace.USE_NATIVE
-    realspace.USE_NATIVE = native
-    try:
-        v = v0.clone().requires_grad_(True)
-        w = w0.clone().requires_grad_(True)
-        img = r.render(v, f, w)
-        (img * g).sum().backward()
-    finally:
-        realspace.USE_NATIVE = old
-    return img.detach(), v.grad, w.grad
+    return splat_with_grads(case, dtype, native, MeasuredPSF(np.fft.ifftshift(h), s0), check=low_rank)
 
 
-@pytest.mark.parametrize("case", sorted(_CASES))
+@pytest.mark.parametrize("case", sorted(NATIVE_CASES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_native_lowrank_splat_matches_the_torch_splat_of_its_terms(dtype, case):
     _native()
@@ -170,27 +137,8 @@ def test_native_lowrank_splat_matches_the_torch_splat_of_its_terms(dtype, case):
 
 
 def test_native_lowrank_splat_portable_clone_agrees(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     _native()
-    out = tmp_path / "baseline.pt"
-    code = (
-        "import sys, torch\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "import test_render_lowrank as t\n"
-        "from deltamic_core import _C\n"
-        "assert _C.cpu_isa() == 'baseline', _C.cpu_isa()\n"
-        f"torch.save({{c: t._lowrank_splat(c, torch.float64, True) for c in t._CASES}}, {str(out)!r})\n"
-    )
-    env = dict(os.environ, DELTAMIC_MESHFT_ISA="baseline")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
-    other = torch.load(out)
-    for case in _CASES:
-        for a, b in zip(other[case], _lowrank_splat(case, torch.float64, True)):
-            assert _rel_max(a, b) < 1e-12
+    assert_portable_clone_agrees("test_render_lowrank", "_lowrank_splat", tmp_path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,20 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 from deltamic_core.meshft import available_backends
 from deltamic_core.psf import GaussianPSF, MeasuredPSF
 from deltamic_core.render import Renderer
+from splat_helpers import NATIVE_CASES, assert_portable_clone_agrees, splat_with_grads
+from splat_helpers import rel_max as _rel_max
+from splat_helpers import sphere as _sphere
 
 # the exact transform (native kernel when built): the reference the real-space route must match
 _EXACT = "cpu" if "cpu" in available_backends() else "torch"
-
-
-def _sphere(radius, subdivisions, center, dtype=torch.float64):
-    m = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
-    v = torch.tensor(np.asarray(m.vertices) + np.asarray(center), dtype=dtype)
-    return v, torch.tensor(np.asarray(m.faces), dtype=torch.int64)
 
 
 def _pair(psf, shape, spacing, origin, *, real_tol, thr=1e-10, dtype=torch.float64):
@@ -29,12 +25,6 @@ def _pair(psf, shape, spacing, origin, *, real_tol, thr=1e-10, dtype=torch.float
     real = Renderer(shape, spacing, psf, route="real", real_tol=real_tol, **kw)
     four = Renderer(shape, spacing, psf, route="fourier", backend=_EXACT, **kw)
     return real, four
-
-
-def _rel_max(a, b):
-    a = a.detach().to(torch.float64)
-    b = b.detach().to(torch.float64)
-    return float((a - b).abs().max() / b.abs().max())
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,39 +272,12 @@ def test_update_band_on_the_real_route_follows_a_changed_sigma():
 # ---------------------------------------------------------------------------------------
 # the native (C++) splat of whole triangles against the pure-torch splat of the points
 # ---------------------------------------------------------------------------------------
-# two cases: a sphere sticking out of a small image on several sides (clipped windows, skipped
-# points; each face's points go through its local patch) and an icosahedron of 7 um faces in a
-# larger image (windows boxes beyond the patch limit: the direct scatter)
-_NATIVE_CASES = {
-    "clipped": dict(radius=2.3, sub=2, center=(0.4, -0.9, 1.1), shape=(10, 16, 14), origin=(-2.0, -2.2, -1.3)),
-    "big faces": dict(radius=6.5, sub=0, center=(0.0, 0.0, 0.0), shape=(30, 60, 60), origin=(-7.4, -7.4, -7.4)),
-}
-
-
 def _native_and_torch_splat(case, dtype, native):
-    from deltamic_core.render import realspace
-
-    c = _NATIVE_CASES[case]
-    v0, f = _sphere(c["radius"], c["sub"], center=c["center"], dtype=dtype)
-    w0 = torch.linspace(0.5, 2.0, len(f), dtype=dtype)
-    g = torch.sin(torch.arange(math.prod(c["shape"]), dtype=dtype)).reshape(c["shape"])
-    old = realspace.USE_NATIVE
-    realspace.USE_NATIVE = native
-    try:
-        psf = GaussianPSF((0.45, 0.12, 0.15))
-        r = Renderer(
-            c["shape"], (0.5, 0.25, 0.25), psf, origin_um=c["origin"], route="real", dtype=dtype, margin_um=2.0
-        )
-        v = v0.clone().requires_grad_(True)
-        w = w0.clone().requires_grad_(True)
-        img = r.render(v, f, w)
-        (img * g).sum().backward()
-    finally:
-        realspace.USE_NATIVE = old
-    return img.detach(), v.grad, w.grad, psf.log_diag.grad.clone()  # sigma's gradient too
+    psf = GaussianPSF((0.45, 0.12, 0.15))
+    return (*splat_with_grads(case, dtype, native, psf), psf.log_diag.grad.clone())  # sigma's too
 
 
-@pytest.mark.parametrize("case", sorted(_NATIVE_CASES))
+@pytest.mark.parametrize("case", sorted(NATIVE_CASES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_native_triangle_splat_matches_the_torch_point_splat(dtype, case):
     from deltamic_core.render import realspace
@@ -329,37 +292,15 @@ def test_native_triangle_splat_matches_the_torch_point_splat(dtype, case):
     assert float(native[0].abs().max()) > 0
 
 
-_BASELINE_SCRIPT = (
-    "import sys, torch\n"
-    "sys.path.insert(0, {tests!r})\n"
-    "import test_render_realspace as t\n"
-    "from deltamic_core import _C\n"
-    "assert _C.cpu_isa() == 'baseline', _C.cpu_isa()\n"
-    "torch.save({{c: t._native_and_torch_splat(c, torch.float64, True) for c in t._NATIVE_CASES}}, {out!r})\n"
-)
-
-
 def test_native_splat_portable_clone_gives_the_same_image_and_gradients(tmp_path):
     """The splat's loops are compiled twice like meshft's (AVX2+FMA and baseline x86-64):
     DELTAMIC_MESHFT_ISA=baseline forces the portable one in a fresh process; both agree in
     float64 (image, vertex, weight and sigma gradients)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from deltamic_core.render import realspace
 
     if realspace.native_module("cpu") is None:
         pytest.skip("native kernel not available")
-    out = tmp_path / "baseline.pt"
-    code = _BASELINE_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
-    env = dict(os.environ, DELTAMIC_MESHFT_ISA="baseline")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
-    other = torch.load(out)
-    for case in _NATIVE_CASES:
-        for a, b in zip(other[case], _native_and_torch_splat(case, torch.float64, True)):
-            assert _rel_max(a, b) < 1e-12
+    assert_portable_clone_agrees("test_render_realspace", "_native_and_torch_splat", tmp_path)
 
 
 # ---------------------------------------------------------------------------------------
