@@ -484,3 +484,47 @@ def test_case11_api_edges():
     f.run()
     res = f.run()  # a complete fit: returns at once
     assert res.iterations == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the coarse level's reach (FitConfig.reach_overlap)
+# ---------------------------------------------------------------------------------------------
+REACH_SHAPE, REACH_SPACING, REACH_R, REACH_SIGMA = (64, 64, 64), 0.4, 7.0, 0.3
+REACH_CENTRE = np.array([12.6, 12.8, 12.7])
+
+
+@pytest.fixture(scope="module")
+def far_shell():
+    return 100.0 * shell_image(REACH_SHAPE, REACH_SPACING, REACH_CENTRE, REACH_R, REACH_SIGMA) + 10.0
+
+
+@pytest.mark.parametrize("reach", [0.1, 0.0])
+def test_the_first_level_reaches_membranes_its_own_blur_does_not(far_shell, reach):
+    """A seed sphere of half the cell's radius, 3.5 um inside its membrane: the first level's
+    own blur (0.4 um) cannot see the membrane, so the model and the data do not overlap, the
+    solved gain collapses and the fit stays at the seed (reach off: radius 3.46 um). With the
+    reach the level starts wider (the blur grows until the model overlaps the data, here 1.35
+    um), narrows back to its own once converged, and ends on the shell (analytic 7 um)."""
+    init = icosphere(REACH_CENTRE, 0.5 * REACH_R, subdivisions=2)
+    cfg = FitConfig(levels=(4, 1), iterations=(40, 0), coarse_blur=0.25, reach_overlap=reach)
+    fitter = Fitter(far_shell, REACH_SPACING, init, GaussianPSF(sigma_um=REACH_SIGMA), cfg)
+    res = fitter.run()
+    radius = surface_radius(res.mesh.verts, res.mesh.faces, REACH_CENTRE)
+    if reach == 0:  # the fixed point this guards against
+        assert abs(radius - 0.5 * REACH_R) < 0.1, radius
+        return
+    assert abs(radius - REACH_R) < 0.1, radius
+    blurs = [b for _, b, _ in fitter._overlap_log]
+    assert max(blurs) > 2 * blurs[0] and blurs[-1] == blurs[0]  # wider, then back to its own
+
+
+def test_a_seed_with_no_membrane_in_reach_is_named_in_a_warning(far_shell):
+    """Cell 2's seed lies in empty background: no blur makes its model overlap the data, so the
+    fit warns, naming the cell, instead of silently keeping it where it started."""
+    from deltamic_core.geometry import seed_spheres
+
+    init = seed_spheres([REACH_CENTRE, [3.5, 3.5, 3.5]], [0.6 * REACH_R, 2.0], subdivisions=2)
+    cfg = FitConfig(levels=(4, 1), iterations=(2, 0))
+    fitter = Fitter(far_shell, REACH_SPACING, init, GaussianPSF(sigma_um=REACH_SIGMA), cfg)
+    with pytest.warns(RuntimeWarning, match=r"cell 2: the initial surface is too far from the membranes"):
+        fitter.step()

@@ -207,6 +207,7 @@ _CHECKS = (
     ("remesh_every", _int_at_least(0)),
     (None, _remesh_has_edge),
     ("coarse_blur", _nonneg),
+    ("reach_overlap", _unit_closed),
     ("share_membranes", _flag),
     ("contact_gap_um", _nonneg),
     ("merge_gap_um", _nonneg),
@@ -326,14 +327,23 @@ class FitConfig:
         a sub-micrometre PSF). 0 = plain block averaging. Never applied at full resolution,
         and capped at 1/16 of the image's smallest side (the blur extends the image beyond
         its borders by their values, a guess that must stay a small part of the box).
-        Default 2.0. Measured against 1.0 on the independent benchmark (``bench_accuracy.py
-        --fit-psf gaussian``): 1.0 was closer on agg6-coarse, embryo3-coarse, agg4-fine and
-        tiny-agg3 (0.078 / 0.088 / 0.041 / 0.060 against 0.089 / 0.090 / 0.045 / 0.063 xy
-        voxel) and cheaper, but on embryo3-fine (0.25 um voxels, seed spheres of 0.6 x the cell
-        radius, i.e. ~2.5 um inside the membranes) its 1 um coarse blur did not reach the
-        membranes: the model and the data did not overlap, the solved gain went to ~0 and the
-        fit stayed at its seeds (-79% volume). The reach needed is set by how far the seeds
-        are off, not by the voxel size, so 2.0 stays until the blur follows the seeds.
+        Default 1.0 (with ``reach_overlap``: the reach follows the seeds).
+    reach_overlap : float in [0, 1]
+        How far a coarse level's data term reaches is set by its blur, but how far it must
+        reach is set by how far the initial surfaces are from the membranes (seed spheres of
+        0.6 x the cell radius on 0.25 um voxels sit ~2.5 um inside them): where the model's
+        membranes lie only on dark data, the solved gain collapses to ~0, the loss is flat and
+        the fit stays at its seeds. So before each coarse level (and before it narrows) the
+        correlation of the current model's image with the data is measured in every cell's
+        region (the voxels nearest its sphere); while some cell's is below ``reach_overlap``
+        the blur grows by 1.5x (up to an eighth of the image's smallest side). A level that
+        starts wider narrows back to its own blur (or the narrowest that still reaches) at its
+        loss plateau or half-way through its iterations. When even the widest blur does not
+        reach a cell the fit warns, naming the cells. 0 = off (the fixed ``coarse_blur``).
+        Default 0.1. Measured on the independent benchmark (``bench_accuracy.py --fit-psf
+        gaussian``): embryo3-fine's seeds need 2.25 um on its 1 um first level (correlations
+        -0.12 to -0.14 at 1 um, 0.11-0.27 at 2.25 um); the other cases' own 1.0 blur reaches
+        (0.16-0.58), agg8-fine's cell 7 (0.05) takes 1.5 um.
     share_membranes : bool
         When the first level ends, rebuild a mesh of separate closed cells (e.g. seed spheres)
         whose cells now touch as one multi-material mesh: the current cells are rasterised on
@@ -425,7 +435,8 @@ class FitConfig:
     levels: tuple = (4, 2, 1)
     target_edge_um: float | None = None
     remesh_every: int = 0
-    coarse_blur: float = 2.0
+    coarse_blur: float = 1.0
+    reach_overlap: float = 0.1
     share_membranes: bool = True
     contact_gap_um: float = 0.0
     merge_gap_um: float = 0.1

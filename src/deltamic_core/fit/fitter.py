@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import bisect
 import copy
+import dataclasses
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -208,6 +210,9 @@ class _Level:
     offset: float
     renderer: object
     n_iterations: int
+    blur_um: float = 0.0  # the scale-space blur of this stage of the level (FitConfig.coarse_blur)
+    base_blur_um: float = 0.0  # the level's own blur (a wider one reaches far membranes first)
+    psf: object = None  # the level's PSF model (BlockAveragedPSF on coarse levels)
 
 
 def _checked_arguments(image, spacing_um, origin_um, init_mesh, psf, config, face_weights):
@@ -334,6 +339,7 @@ class Fitter:
         self._shared_done = False
         self._level_rebuilt = False
         self._tension_scale = None  # loss per um^2 of membrane on this level (FitConfig.tension)
+        self._overlap_log: list = []  # (level, blur um, {cell: model-data correlation}) of each reach check
         self._photo = self._photo_opt = None  # learnt log-gain and background (photometric="learn")
         self._psf_opt = None
         if config.learn_psf:
@@ -449,6 +455,8 @@ class Fitter:
             opt = self._opt.state()
             return {
                 "level": self._level.index,
+                "blur_um": self._level.blur_um,
+                "base_blur_um": self._level.base_blur_um,
                 "mesh": self._mesh.copy(),  # the topology, verts as the preconditioner was built from
                 "u": _numpy(self._u),
                 "x": _numpy(self._x),
@@ -488,7 +496,8 @@ class Fitter:
             self._custom_weights = state["custom_weights"]
             self._shared_done, self._level_rebuilt = state["shared_done"], state["level_rebuilt"]
             try:
-                self._level = self._build_level(int(state["level"]), mesh=state["mesh"])
+                self._level = self._build_level(int(state["level"]), mesh=state["mesh"], blur_um=state.get("blur_um"))
+                self._level.base_blur_um = state.get("base_blur_um", self._level.base_blur_um)
             finally:
                 self._loading = False
             self._u = torch.as_tensor(state["u"], dtype=torch.float64, device=dev)
@@ -618,16 +627,24 @@ class Fitter:
             tuple(self._u.shape), lr=1.0, kind=cfg.optimizer, betas=cfg.betas, dtype=torch.float64, device=self.device
         )
 
-    def _build_level(self, index: int, mesh: Mesh | None = None) -> _Level:
+    def _base_blur_um(self, f: int) -> float:
+        """A coarse level's scale-space blur (``FitConfig.coarse_blur`` x its voxel), capped so
+        that its reach (4 sigma) stays within a quarter of the image's smallest side (the image
+        beyond the box is unknown, extended by its border values: that guess stays marginal)."""
+        if f == 1:
+            return 0.0
+        blur_um = self.config.coarse_blur * f * min(self.spacing_um)
+        return min(blur_um, self._smallest_side_um() / 16.0)
+
+    def _smallest_side_um(self) -> float:
+        return min(n * s for n, s in zip(self._image.shape, self.spacing_um))
+
+    def _level_data(self, f: int, blur_um: float):
+        """The observed image of a level of factor ``f`` blurred by ``blur_um`` (loss units),
+        its weights, normalisation, PSF model and renderer plan."""
         cfg = self.config
-        t0 = time.perf_counter()
-        f = cfg.levels[index]
         obs = block_average(self._image, f)
         spacing = tuple(s * f for s in self.spacing_um)
-        blur_um = cfg.coarse_blur * f * min(self.spacing_um) if f > 1 else 0.0
-        # the image beyond the box is unknown (extended by its border values): keep the blur's
-        # reach (4 sigma) within a quarter of the smallest side so that guess stays marginal
-        blur_um = min(blur_um, min(n * s for n, s in zip(self._image.shape, self.spacing_um)) / 16.0)
         obs = gaussian_blur(obs, blur_um, spacing)
         origin = tuple(o + (f - 1) / 2.0 * s for o, s in zip(self.origin_um, self.spacing_um))
         if cfg.loss == "mse":
@@ -655,6 +672,18 @@ class Fitter:
         # them, which would oversample the band and cost as much as the full resolution.
         level_psf = self.psf if f == 1 else BlockAveragedPSF(self.psf, f, self.spacing_um, blur_um)
         renderer = self._level_renderer(tuple(obs_l.shape), spacing, level_psf, origin, f)
+        return obs_l, weight, scale, offset, level_psf, renderer, spacing, origin
+
+    def _build_level(self, index: int, mesh: Mesh | None = None, blur_um: float | None = None) -> _Level:
+        """Level ``index`` (its data, plan, mesh and optimiser); ``blur_um`` a stage's blur
+        (from :meth:`export_state`), else the level's own or a wider one (:meth:`_reaching`)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        f = cfg.levels[index]
+        base = self._base_blur_um(f)
+        given_blur = blur_um
+        blur_um = base if blur_um is None else float(blur_um)
+        obs_l, weight, scale, offset, level_psf, renderer, spacing, origin = self._level_data(f, blur_um)
         self._check_cancelled()  # nothing of the new level is in place yet
         self._backend = renderer.backend_name
         if mesh is None:  # (given: the level's own mesh, when a fit goes on from load_state)
@@ -684,7 +713,7 @@ class Fitter:
         self._consecutive_failures = 0
         self._tension_scale = None
         self._photo = self._photo_opt = None
-        return _Level(
+        level = _Level(
             index,
             f,
             tuple(obs_l.shape),
@@ -696,6 +725,151 @@ class Fitter:
             offset,
             renderer,
             cfg.iterations_for_level(index),
+            blur_um,
+            base,
+            level_psf,
+        )
+        if given_blur is None:
+            level = self._reaching(level)
+        return level
+
+    # ------------------------------------------------------------------ the coarse levels' reach
+    def _stage(self, level: _Level, blur_um: float) -> _Level:
+        """``level`` with its data and model blurred by ``blur_um`` instead (the same mesh)."""
+        obs_l, weight, scale, offset, psf, renderer, spacing, origin = self._level_data(level.factor, blur_um)
+        renderer = self._holding(renderer, self.current_mesh(), psf, obs_l.shape, spacing, origin, level.factor)
+        self._tension_scale = None  # the loss' scale changes with the data
+        self._photo = self._photo_opt = None
+        return dataclasses.replace(
+            level,
+            observed=obs_l,
+            weight=weight,
+            scale=scale,
+            offset=offset,
+            renderer=renderer,
+            blur_um=blur_um,
+            psf=psf,
+        )
+
+    def _cell_regions(self, level: _Level):
+        """(ids, region index per voxel of ``level``'s grid): every voxel belongs to the cell of
+        the current mesh whose sphere (centroid, mean vertex distance) is nearest in the power
+        distance |x - c|^2 - r^2, so the regions of touching cells of different sizes meet near
+        their contact; a mesh without labels is one region. A cell whose vertices are all
+        held (``frozen``) has the id None."""
+        mesh = self._mesh
+        x = self._x.detach().cpu().numpy()
+        if mesh.labels is None:
+            return [1], np.zeros(level.shape, dtype=np.int64)
+        ids = [int(c) for c in mesh.cell_ids]
+        frozen = None if self._frozen is None else self._frozen[:, 0].cpu().numpy()
+        held = []  # cells whose vertices are all held (FitConfig frozen): nothing to reach
+        axes = [o + np.arange(n) * sp for o, n, sp in zip(level.origin_um, level.shape, level.spacing_um)]
+        best = np.full(level.shape, np.inf)
+        region = np.zeros(level.shape, dtype=np.int64)
+        for k, c in enumerate(ids):
+            vi = np.unique(mesh.faces[(mesh.labels == c).any(axis=1)])
+            if frozen is not None and frozen[vi].all():
+                held.append(c)
+            v = x[vi]
+            centre = v.mean(axis=0)
+            r2 = float(np.mean(np.sum((v - centre) ** 2, axis=1)))
+            d = sum(
+                ((a - ci) ** 2).reshape([-1 if i == j else 1 for j in range(3)])
+                for i, (a, ci) in enumerate(zip(axes, centre))
+            )
+            d = d - r2
+            closer = d < best
+            region[closer] = k
+            best = np.where(closer, d, best)
+        return [c if c not in held else None for c in ids], region
+
+    def _overlap(self, rendered: torch.Tensor, level: _Level) -> dict:
+        """{cell: correlation of the (unscaled) model image with the level's data} over each
+        cell's region (:meth:`_cell_regions`), weighted like the loss. Near 0 or negative: the
+        model's membranes lie where the data are dark, the solved gain collapses to its floor and
+        the vertex gradient vanishes (the fit cannot move towards membranes it does not see)."""
+        r = rendered.detach().to(torch.float64).cpu().numpy()
+        o = level.observed.detach().to(torch.float64).cpu().numpy()
+        w = None if level.weight is None else level.weight.detach().to(torch.float64).cpu().numpy()
+        ids, region = self._cell_regions(level)
+        out = {}
+        for k, c in enumerate(ids):
+            if c is None:
+                continue
+            m = region == k
+            ww = np.ones(int(m.sum())) if w is None else w[m]
+            if not ww.sum() > 0:
+                continue
+            rr, oo = r[m], o[m]
+            dr = rr - np.dot(ww, rr) / ww.sum()
+            do = oo - np.dot(ww, oo) / ww.sum()
+            den = math.sqrt(float(np.dot(ww * dr, dr)) * float(np.dot(ww * do, do)))
+            out[c] = float(np.dot(ww * dr, do)) / den if den > 0 else 0.0
+        return out
+
+    def _level_overlap(self, level: _Level) -> dict:
+        """:meth:`_overlap` of the current mesh rendered on ``level`` (one render, no gradient)."""
+        prev = self._level
+        self._level = level
+        try:
+            with torch.no_grad():
+                rendered = self._render(self._x)
+        finally:
+            self._level = prev
+        rho = self._overlap(rendered, level)
+        self._overlap_log.append((level.index, level.blur_um, rho))
+        return rho
+
+    def _reach_ok(self, rho: dict) -> bool:
+        return not rho or min(rho.values()) >= self.config.reach_overlap
+
+    def _reaching(self, level: _Level) -> _Level:
+        """``level``, with a wider blur where its own does not reach the membranes from the
+        current surfaces (``FitConfig.reach_overlap``): the blur grows by 1.5x until every cell's
+        model overlaps the data, up to an eighth of the image's smallest side."""
+        cfg = self.config
+        if level.factor == 1 or cfg.reach_overlap <= 0 or level.base_blur_um <= 0:
+            return level
+        cap = max(self._smallest_side_um() / 8.0, level.blur_um)
+        rho = self._level_overlap(level)
+        while not self._reach_ok(rho) and level.blur_um < cap:
+            self._check_cancelled()
+            level = self._stage(level, min(level.blur_um * 1.5, cap))
+            rho = self._level_overlap(level)
+        if not self._reach_ok(rho):
+            self._warn_unreached(rho, level.blur_um)
+            # no wider blur to come back from: fit at this one (the narrower ones see even less)
+            level.base_blur_um = level.blur_um
+        return level
+
+    def _narrowed(self, level: _Level) -> _Level:
+        """``level`` at the narrowest of its blurs (its own, x1.5, x1.5^2...) below the current
+        one that still reaches the membranes from the current surfaces, for the rest of the
+        level (``base_blur_um`` raised to it: one narrowing per level); the current stage when
+        none does."""
+        blur = level.base_blur_um
+        while blur < level.blur_um / 1.01:
+            self._check_cancelled()
+            stage = self._stage(level, blur)
+            if self._reach_ok(self._level_overlap(stage)):
+                stage.base_blur_um = blur
+                return stage
+            blur *= 1.5
+        level.base_blur_um = level.blur_um
+        return level
+
+    def _warn_unreached(self, rho: dict, blur_um: float) -> None:
+        far = sorted(c for c, v in rho.items() if v < self.config.reach_overlap)
+        which = f"cell{'s' if len(far) > 1 else ''} {', '.join(map(str, far))}"
+        warnings.warn(
+            f"{which}: the initial surface is too far from the membranes in the image for the fit to "
+            f"find them (even blurred by {blur_um:.2g} um the model and the image do not overlap: "
+            f"correlation {min(rho.values()):.2f}); the fit would stay near its start. Give seed radii "
+            "closer to the cells' size (or leave the radius column out to have them estimated from "
+            "the image), or seeds nearer the cells' centres",
+            RuntimeWarning,
+            stacklevel=4,
         )
 
     def _holding(self, renderer, mesh, psf, shape, spacing, origin, f):
@@ -737,7 +911,18 @@ class Fitter:
         if self._level is None:
             self._level = self._build_level(0)
             self._recent = []
-        while self._level_iter >= self._level.n_iterations or self._level_converged():
+        while True:
+            lvl = self._level
+            if lvl.blur_um > lvl.base_blur_um and (
+                self._level_converged() or self._level_iter >= lvl.n_iterations // 2
+            ):
+                # a wider blur reached the membranes: go on at the level's own (or the
+                # narrowest that still reaches), within the level's iterations
+                self._level = self._narrowed(lvl)
+                self._recent = []
+                continue
+            if not (self._level_iter >= lvl.n_iterations or self._level_converged()):
+                break
             index = self._level.index + 1
             if index >= len(cfg.levels):
                 self._done = True
