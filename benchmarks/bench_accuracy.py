@@ -15,10 +15,34 @@ Fourier transform, no OTF, no band):
    (spacing <= 0.083 um laterally and 0.125 um axially, an integer fraction 1/m of the voxel);
 3. the optics: a PSF from ``psfmodels`` (confocal = excitation x emission through a 1 Airy
    unit pinhole, or widefield; vectorial or scalar) sampled at the fine grid (computed 3x
-   finer laterally and subsampled, so psfmodels' pinhole disc is well resolved), convolved by
-   ``scipy.signal.oaconvolve`` (zero padding, no wrap-around); the kernel box is +-12 um
-   axially and +-8 um laterally for widefield (cache version 7; before, +-5 / +-3.5 um kept 43%
-   of that energy), +-1.6 / +-0.75 um for confocal (92% of the energy within +-5 / +-3 um);
+   finer laterally and subsampled: psfmodels interpolates a radial profile sampled at a step
+   tied to its dxy, whose samples are 2.5% of the peak off a 15x finer computation at 1x and
+   0.35% at 3x; the pinhole disc gets 10 samples per radius), convolved by
+   ``scipy.signal.oaconvolve`` (zero padding, no wrap-around). Kernel boxes: +-12 um axially and
+   +-8 um laterally for widefield (cache version 7; before, +-5 / +-3.5 um kept 43% of that
+   energy); +-10 / +-5 um for confocal (cache version 8; before, +-1.6 / +-0.75 um). The confocal
+   kernel is excitation and emission from ``psfmodels.make_psf`` with the pinhole applied by FFT
+   to an emission PSF computed on the box widened by the pinhole's radius (``confocal_kernel``):
+   equal to ``psfmodels.confocal_psf`` to 5e-16 of the peak wherever that one's pinhole step
+   stays inside its box (tests/test_bench_accuracy.py), without its dimmed edge (it convolves a
+   truncated emission PSF) and faster than its direct ``convolve2d`` (which took 333 s for a
+   +-6.4 / +-3 um box; this one 92 s for +-10 / +-5 um at load 24 on the 2 cores). The confocal PSF's energy per plane falls only as 1 / z^2 (z^2 x the
+   energy of a 0.125 um plane ~ 0.010 from 1 to 8 um), so a small box misses much of its light.
+   Light held by each box, relative to a +-20 / +-10 um box (``--kernel-light``, fine grid
+   0.125 / 0.083 um):
+
+   ==================  ==============  ==============
+   box (z / lateral)   vectorial       scalar
+   ==================  ==============  ==============
+   +-1.6 / +-0.75 um   88.86%          89.36%
+   +-3.2 / +-1.5 um    94.63%          94.94%
+   +-5 / +-3 um        97.38%          97.46%
+   +-6.4 / +-3 um      97.75%          97.90%
+   +-8 / +-4 um        98.49%          98.58%
+   +-10 / +-5 um       98.99%          99.05%
+   +-15 / +-7.5 um     99.66%          99.68%
+   ==================  ==============  ==============
+
 4. the detector: the mean of each m x m x m block of fine samples (voxel integration; the fine
    grid is offset by -(m - 1) / (2 m) voxel so that every block centre lands on the voxel
    centre origin + i * spacing, the project's convention), scaled to ``--photons`` at the
@@ -182,6 +206,37 @@ the kernel box at +-12 / +-8 um (cache version 7): volume -0.71%, mean d 0.206 v
 ``--fit-psf gaussian`` on the old images: -4.40%, the learnt Gaussian widened to sigma
 2.78 / 0.57 / 0.57 um to imitate the haze.)
 
+The confocal kernel box (cache version 8: +-10 / +-5 um, 99% of the light of a box twice as
+large, instead of +-1.6 / +-0.75 um, 89%), 2026-12-03 (load 13-24, 1 thread, ``--fit-psf
+gaussian``, current defaults), old and new images (mean d / HD95 / worst vol / worst contact):
+
+==============  ==================================  ==================================
+case            version 7 (+-1.6 / +-0.75 um)       version 8 (+-10 / +-5 um)
+==============  ==================================  ==================================
+agg4-fine       watershed 0.236 / 0.79 / 0.94% /    watershed 0.241 / 0.78 / 0.93% /
+                247.8%; fit 0.045 / 0.16 / 0.22%    255.0%; fit 0.047 / 0.16 / 0.23%
+                / 49.0% (503 s)                     / 19.3% (717 s)
+embryo3-fine    watershed 0.237 / 0.64 / 0.41% /    watershed 0.238 / 0.65 / 0.42% /
+                10.9%; fit 0.092 / 0.29 / 0.12% /   11.6%; fit 0.093 / 0.30 / 0.15% /
+                3.0% (855 s)                        3.7% (437 s)
+==============  ==================================  ==================================
+
+(version 8 watershed rows of the other confocal cases: embryo3-coarse 0.253 / 0.68 / 1.48% /
+11.6%, agg6-coarse 0.288 / 0.77 / 5.58% / 121.2%, agg8-fine 0.254 / 0.85 / 1.25% / 52.5%.) The
+missing 10% of the light was a faint haze: both methods barely move. ``--fit-psf measured`` fits
+with ``--psf measured bead.tif``, a bead stack of the same optics (``make_bead``).
+
+Why the physical PSFs were slow (render + backward of three 6 um spheres on agg4-fine's
+71 x 163 x 121 grid, 1 thread, load 13-20): the learnt Gaussian takes the real-space route,
+0.35 s; ``ConfocalPSF`` had no real-space kernel and took the Fourier route, which folds aliases
+from a 2 x 4 x 4 oversampled band: plan 30 s, 34-60 s per render + backward. With fixed optics
+(no ``--learn-psf``) its Nyquist-rate samples now take the MeasuredPSF low-rank route
+(``render.route.nyquist_samples``: rank 8, window 10 x 8 x 8 voxels): plan 2.9 s, 13 s (the
+window, not the rank, costs: the confocal's skirt above 3e-4 of the peak reaches +-2.4 um
+axially). A measured bead (``make_bead``: ~2000 photons at the peak) still takes the Fourier
+route (plan 117 s, 67-139 s per render + backward): its noise keeps the low-rank decomposition
+above its 1e-3-of-the-peak bound up to rank 32 (1e-2 is met at rank 13), so the route refuses it.
+
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """
@@ -206,7 +261,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
 REC = ROOT / "src" / "deltamic_core" / "data" / "Sample01_007.rec"
-GEN_VERSION = 7  # bump when the image generation changes (invalidates the cache)
+GEN_VERSION = 8  # bump when the image generation changes (invalidates the cache)
+# the widefield images are the same as in version 7 (only the confocal kernel box changed in 8):
+# their cache keys stay
+WIDEFIELD_GEN_VERSION = 7
 
 # fine-grid targets (um): lateral, axial
 FINE_XY, FINE_Z = 0.0834, 0.125
@@ -513,24 +571,50 @@ def surface_points(v, f, weight_per_area, density, rng):
     return p, (area.sum() / n) * weight_per_area[idx]
 
 
-def psf_kernel(kind: str, fine_spacing, depth_um=0.0):
-    """PSF from psfmodels on the fine grid (centre at the middle sample), unit sum."""
-    import psfmodels
+# kernel box half-widths (z, lateral) in um. Widefield: its out-of-focus light spreads far (the
+# energy per plane barely falls with defocus): the former +-5 / +-3.5 um box held only 43% of
+# the energy within +-12 / +-8 um. Confocal: the energy per plane falls as ~1 / z^2 only, so the
+# former +-1.6 / +-0.75 um box held 88.9% of the light within +-20 / +-10 um, this one 99.0%
+# (``--kernel-light`` prints the table)
+WIDEFIELD_BOX = (12.0, 8.0)
+CONFOCAL_BOX = (10.0, 5.0)
+# psfmodels samples its radial profile at a step tied to dxy: the PSF is computed this much finer
+# laterally and subsampled (at 1x its samples are 2.5% of the peak off those of a 15x computation,
+# at 3x 0.35%), which also resolves the pinhole disc (10 samples per radius)
+PSF_SUB = 3
 
-    confocal = kind.startswith("confocal")
-    model = "vectorial" if kind.endswith("vectorial") else "scalar"
-    opt = OPTICS["confocal" if confocal else "widefield"]
-    sz, sxy = fine_spacing[0], fine_spacing[1]
-    # half-widths of the kernel box (um): a widefield PSF's out-of-focus light spreads far (its
-    # energy per plane barely falls with defocus): the former +-5 / +-3.5 um box held only 43% of
-    # the energy within +-12 / +-8 um, so the images had a fraction of a real widefield haze
-    hz, hxy = (1.6, 0.75) if confocal else (12.0, 8.0)
-    nz, nh = int(math.ceil(hz / sz)), int(math.ceil(hxy / sxy))
-    sub = 3
-    nx = 2 * nh * sub + 1
-    zv = depth_um + sz * np.arange(-nz, nz + 1)
+
+def _pinhole_disc(radius_px: float) -> np.ndarray:
+    """psfmodels' pinhole (``confocal_psf``'s top hat): 1 on samples within ``radius_px`` of the centre."""
+    n = int(math.floor(radius_px))
+    x = np.arange(-n, n + 1)
+    return (np.hypot(x[:, None], x[None, :]) <= radius_px).astype(np.float64)
+
+
+def confocal_kernel(zv, n_half: int, dxy: float, *, model: str, depth_um=0.0, sub=PSF_SUB, chunk=8, phase=(0, 0)):
+    """psfmodels' confocal PSF (``confocal_psf``: excitation x (emission conv_xy the pinhole top
+    hat), ``sub`` x finer laterally) on an unbounded box, returned on (len(zv), 2 n + 1, 2 n + 1)
+    samples of step ``dxy`` (the finer computation subsampled; ``phase`` (y, x) in 0..sub-1 shifts
+    the samples by phase / sub samples: the point source sits that much off the middle one).
+
+    Excitation and emission come from ``psfmodels.make_psf``; the emission is computed on the box
+    widened by the pinhole's radius, so the pinhole convolution (FFT, 'valid' part) sees no
+    truncated emission: ``confocal_psf`` itself convolves the emission of its own box with zero
+    beyond it, which dims its values within a pinhole radius of the box's edge, and convolves
+    directly (``convolve2d``, ~n^4 per plane: 333 s for a +-6.4 / +-3 um box). Equal to
+    ``confocal_psf`` away from its edges (tests/test_bench_accuracy.py)."""
+    import psfmodels
+    from scipy.signal import fftconvolve
+
+    opt = OPTICS["confocal"]
+    d = dxy / sub
+    disc = _pinhole_disc(opt["pinhole_au"] * 0.61 * opt["em_wvl"] / opt["NA"] / d)
+    pr = disc.shape[0] // 2
+    nx = 2 * (n_half + 1) * sub + 1  # one more sample each side for the phase
+    n_out = 2 * n_half + 1
+    py, px = phase
     common = dict(
-        dxy=sxy / sub,
+        dxy=d,
         pz=depth_um,
         NA=opt["NA"],
         ni=opt["ni"],
@@ -540,14 +624,114 @@ def psf_kernel(kind: str, fine_spacing, depth_um=0.0):
         oversample_factor=1,
         normalize=False,
     )
+    zv = np.asarray(zv, dtype=np.float64)
+    out = np.empty((len(zv), 2 * n_half + 1, 2 * n_half + 1))
+    for s in range(0, len(zv), chunk):  # a few planes at a time (memory)
+        z = zv[s : s + chunk]
+        em = np.asarray(psfmodels.make_psf(z, nx + 2 * pr, wvl=opt["em_wvl"], **common), dtype=np.float64)
+        ex = np.asarray(psfmodels.make_psf(z, nx, wvl=opt["ex_wvl"], **common), dtype=np.float64)
+        em = fftconvolve(em, disc[None], mode="valid", axes=(1, 2))
+        out[s : s + chunk] = (ex * em)[:, sub + py :: sub, sub + px :: sub][:, :n_out, :n_out]
+    return out
+
+
+def psf_kernel(kind: str, fine_spacing, depth_um=0.0, box_um=None):
+    """PSF from psfmodels on the fine grid (centre at the middle sample), unit sum, on the box
+    of half-widths ``box_um`` (z, lateral; default ``CONFOCAL_BOX`` / ``WIDEFIELD_BOX``)."""
+    import psfmodels
+
+    confocal = kind.startswith("confocal")
+    model = "vectorial" if kind.endswith("vectorial") else "scalar"
+    sz, sxy = fine_spacing[0], fine_spacing[1]
+    hz, hxy = box_um or (CONFOCAL_BOX if confocal else WIDEFIELD_BOX)
+    nz, nh = int(math.ceil(hz / sz)), int(math.ceil(hxy / sxy))
+    zv = depth_um + sz * np.arange(-nz, nz + 1)
     if confocal:
-        h = psfmodels.confocal_psf(
-            zv, nx, ex_wvl=opt["ex_wvl"], em_wvl=opt["em_wvl"], pinhole_au=opt["pinhole_au"], **common
-        )
+        h = confocal_kernel(zv, nh, sxy, model=model, depth_um=depth_um)
     else:
-        h = psfmodels.make_psf(zv, nx, wvl=opt["em_wvl"], **common)
-    h = np.asarray(h, dtype=np.float64)[:, ::sub, ::sub]
+        opt = OPTICS["widefield"]
+        h = psfmodels.make_psf(
+            zv,
+            2 * nh * PSF_SUB + 1,
+            dxy=sxy / PSF_SUB,
+            pz=depth_um,
+            NA=opt["NA"],
+            ni=opt["ni"],
+            ni0=opt["ni"],
+            ns=opt["ns"],
+            model=model,
+            oversample_factor=1,
+            normalize=False,
+            wvl=opt["em_wvl"],
+        )
+        h = np.asarray(h, dtype=np.float64)[:, ::PSF_SUB, ::PSF_SUB]
     return h / h.sum()
+
+
+def kernel_light(kind: str, fine_spacing, boxes, reference_um):
+    """Fraction of the light of the ``reference_um`` box (z, lateral half-widths) that each box
+    of ``boxes`` holds (same fine-grid samples, cropped)."""
+    h = psf_kernel(kind, fine_spacing, box_um=reference_um)
+    cz, cy = h.shape[0] // 2, h.shape[1] // 2
+    out = []
+    for bz, bxy in boxes:
+        kz, kh = int(math.ceil(bz / fine_spacing[0])), int(math.ceil(bxy / fine_spacing[1]))
+        out.append(float(h[cz - kz : cz + kz + 1, cy - kh : cy + kh + 1, cy - kh : cy + kh + 1].sum()))
+    return out
+
+
+# the bead stack of ``--fit-psf measured``: a point source imaged by the same optics on the fine
+# grid (a Nyquist-sampled bead acquisition, 0.125 / 0.083 um), off the middle sample by (0.3, 1/3,
+# 2/3) samples, in a +-4 / +-2 um box; ~2000 photons at the peak over 8 +- Poisson, read noise 2
+BEAD_BOX_UM = (4.0, 2.0)
+BEAD_PHOTONS = 2000.0
+
+
+def make_bead(case: Case, *, background, read_noise, seed, **_):
+    """(bead stack float32, spacing) for ``case``'s optics (same psfmodels PSF as its images)."""
+    import psfmodels
+
+    fs = np.asarray(case.spacing) / np.asarray(fine_factors(case.spacing))
+    sz, sxy = float(fs[0]), float(fs[1])
+    nz, nh = int(math.ceil(BEAD_BOX_UM[0] / sz)), int(math.ceil(BEAD_BOX_UM[1] / sxy))
+    zv = sz * (np.arange(-nz, nz + 1) + 0.3)
+    model = "vectorial" if case.psf.endswith("vectorial") else "scalar"
+    if case.psf.startswith("confocal"):
+        h = confocal_kernel(zv, nh, sxy, model=model, phase=(1, 2))
+    else:
+        opt = OPTICS["widefield"]
+        nx = 2 * (nh + 1) * PSF_SUB + 1
+        h = psfmodels.make_psf(
+            zv,
+            nx,
+            dxy=sxy / PSF_SUB,
+            pz=0.0,
+            NA=opt["NA"],
+            ni=opt["ni"],
+            ni0=opt["ni"],
+            ns=opt["ns"],
+            model=model,
+            oversample_factor=1,
+            normalize=False,
+            wvl=opt["em_wvl"],
+        )
+        h = np.asarray(h)[:, PSF_SUB + 1 :: PSF_SUB, PSF_SUB + 2 :: PSF_SUB][:, : 2 * nh + 1, : 2 * nh + 1]
+    rng = np.random.default_rng(seed + 1000)
+    counts = rng.poisson(BEAD_PHOTONS * h / h.max() + background) + rng.normal(0.0, read_noise, h.shape)
+    return counts.astype(np.float32), (sz, sxy, sxy)
+
+
+def prepare_bead(d: Path, case: Case, gen: dict) -> Path:
+    """The case's bead stack (``bead.tif`` in its cache directory), made once."""
+    from deltamic_core.io import write_tiff
+
+    path = d / "bead.tif"
+    if not path.exists():
+        bead, sp = make_bead(case, **gen)
+        tmp = d / "bead.tmp.tif"
+        write_tiff(tmp, bead, sp)
+        os.replace(tmp, path)
+    return path
 
 
 def fine_factors(spacing):
@@ -617,7 +801,8 @@ def fwhm_sigma(kern, fs):
 # cache
 # =============================================================================================
 def case_dir(case: Case, gen: dict) -> Path:
-    key = json.dumps({"case": asdict(case), "gen": gen, "v": GEN_VERSION}, sort_keys=True, default=list)
+    version = GEN_VERSION if case.psf.startswith("confocal") else WIDEFIELD_GEN_VERSION
+    key = json.dumps({"case": asdict(case), "gen": gen, "v": version}, sort_keys=True, default=list)
     return RESULTS / f"{case.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
@@ -811,6 +996,8 @@ def watershed_baseline(image, spacing, seeds, radii):
 def fit_psf_args(case: Case, mode: str, meta: dict) -> list[str]:
     confocal = case.psf.startswith("confocal")
     opt = OPTICS["confocal" if confocal else "widefield"]
+    if mode == "measured":  # the bead stack of the same optics (prepare_bead)
+        return ["--psf", "measured", str(meta["bead"])]
     if mode == "gaussian":  # Gaussian of the measured bead FWHM, refined (--learn-psf)
         # on 0.5 um voxels the lateral sigma (0.097 um) is below the CLI's floor of 0.25 voxel,
         # which it refuses: use the floor, as its message tells the user to
@@ -951,10 +1138,11 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="+", default=None, help="case names: " + ", ".join(c.name for c in CASES))
     ap.add_argument(
         "--fit-psf",
-        choices=("physical", "gaussian"),
+        choices=("physical", "gaussian", "measured"),
         default="physical",
         help="physical: --psf confocal / gibson-lanni with the true optics; gaussian: "
-        "--psf gaussian from the optics + --learn-psf",
+        "--psf gaussian from the optics + --learn-psf; measured: --psf measured BEAD.tif (a bead "
+        "stack of the same optics, 0.125 / 0.083 um samples)",
     )
     ap.add_argument("--fit-args", default="", help="extra `deltamic fit` options, e.g. '--iterations 100'")
     ap.add_argument(
@@ -983,7 +1171,15 @@ def main(argv=None):
         action="store_true",
         help="also run bench_fit_embryo.py (Gaussian, rendered by the project's own model)",
     )
+    ap.add_argument(
+        "--kernel-light",
+        action="store_true",
+        help="print the fraction of the confocal PSF's light that kernel boxes hold (vs a box twice "
+        "CONFOCAL_BOX) and exit",
+    )
     args = ap.parse_args(argv)
+    if args.kernel_light:
+        return print_kernel_light()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
@@ -1017,6 +1213,8 @@ def main(argv=None):
 
             radii = estimate_seed_radii(image, case.spacing, seeds)
         vxy = case.spacing[1]
+        if args.fit_psf == "measured":
+            meta["bead"] = prepare_bead(d, case, gen)
         if args.fit_only:
             _, wall, cmd = run_fit_cli(
                 d,
@@ -1092,6 +1290,22 @@ def main(argv=None):
         )
         p.write_text(json.dumps(old, indent=1))
     return rows
+
+
+def print_kernel_light():
+    """The light each confocal kernel box holds, relative to a box twice ``CONFOCAL_BOX``, on the
+    0.5 / 0.25 um cases' fine grid."""
+    fs = np.asarray(CASES[0].spacing) / np.asarray(fine_factors(CASES[0].spacing))
+    boxes = [(1.6, 0.75), (3.2, 1.5), (5.0, 3.0), (6.4, 3.0), (8.0, 4.0), CONFOCAL_BOX, (15.0, 7.5)]
+    ref = tuple(2 * b for b in CONFOCAL_BOX)
+    out = {}
+    for kind in ("confocal-vectorial", "confocal-scalar"):
+        t0 = time.perf_counter()
+        out[kind] = kernel_light(kind, fs, boxes, ref)
+        print(f"{kind}: reference box +-{ref[0]:g} / +-{ref[1]:g} um computed in {time.perf_counter() - t0:.0f} s")
+        for (bz, bxy), f in zip(boxes, out[kind]):
+            print(f"  +-{bz:g} / +-{bxy:g} um: {100 * f:.2f}%")
+    return out
 
 
 def _print_row(r):

@@ -109,3 +109,34 @@ def test_gaussian_fit_sigma_is_one_the_cli_accepts(bench):
     assert all(s >= 0.25 * h for s, h in zip(sig, case.spacing))
     assert sig[0] == pytest.approx(0.266)  # an axis above the floor is untouched
     assert "--learn-psf" in args
+
+
+def test_confocal_kernel_is_psfmodels_confocal_psf_without_its_box_edge(bench):
+    # the benchmark's confocal kernel (excitation and emission from psfmodels, the pinhole
+    # applied by FFT to an emission PSF wider than the box) equals psfmodels' own confocal_psf
+    # (same 3x finer lateral grid, subsampled) wherever that one's pinhole step stays inside its
+    # box; within a pinhole radius of the edge confocal_psf has convolved zeros and is dimmer
+    psfmodels = pytest.importorskip("psfmodels")
+    opt = bench.OPTICS["confocal"]
+    zv, n, dxy, sub = 0.125 * np.arange(-3, 4), 6, 0.0834, bench.PSF_SUB
+    ours = bench.confocal_kernel(zv, n, dxy, model="scalar")
+    ref = psfmodels.confocal_psf(
+        zv,
+        2 * n * sub + 1,
+        ex_wvl=opt["ex_wvl"],
+        em_wvl=opt["em_wvl"],
+        pinhole_au=opt["pinhole_au"],
+        dxy=dxy / sub,
+        pz=0.0,
+        NA=opt["NA"],
+        ni=opt["ni"],
+        ni0=opt["ni"],
+        ns=opt["ns"],
+        model="scalar",
+        oversample_factor=1,
+        normalize=False,
+    )[:, ::sub, ::sub]
+    m = int(np.ceil(opt["pinhole_au"] * 0.61 * opt["em_wvl"] / opt["NA"] / dxy))
+    inner = (slice(None), slice(m, -m), slice(m, -m))
+    np.testing.assert_allclose(ours[inner], ref[inner], rtol=1e-10, atol=1e-14 * ours.max())
+    assert (ref[:, 0, :] < 0.9 * ours[:, 0, :]).any()  # confocal_psf's dimmed edge
