@@ -194,7 +194,7 @@ class RealPlan:
 def real_plan(renderer, *, required: bool):
     """The :class:`RealPlan` for ``renderer``'s PSF, or None when no real-space kernel exists
     (then a ValueError when ``required``)."""
-    from ..psf import BlockAveragedPSF, GaussianPSF, MeasuredPSF
+    from ..psf import BlockAveragedPSF, ConfocalPSF, GaussianPSF, MeasuredPSF
 
     psf = renderer.psf
     dtype, device = renderer.dtype, renderer.device
@@ -240,11 +240,16 @@ def real_plan(renderer, *, required: bool):
         q = _table_q([math.sqrt(S[a, a]) for a in range(3)], radius, sp)
         kernel = TableKernel(values, radius, sp, q, dtype, device)
         return RealPlan(renderer, kernel, _gaussian_kmax(np.diag(Si)))
+    if isinstance(psf, ConfocalPSF) and not learnable and realspace.native_module(device) is not None:
+        # fixed optics: its samples at the Nyquist rate of its band are the continuous PSF (their
+        # sinc interpolant), so the MeasuredPSF route below applies to them
+        psf = nyquist_samples(psf)
     if isinstance(psf, MeasuredPSF) and realspace.native_module(device) is not None:
         kernel = lowrank_kernel(psf, sp, trunc=trunc, tol=LOWRANK_TOL_PER_REAL_TOL * renderer.real_tol)
         if kernel is not None:
             otf = psf.otf(psf.grid, dtype=torch.float64).abs().cpu().numpy()
             return RealPlan(renderer, kernel, _otf_kmax(otf, [f.numpy() for f in psf.grid.freqs()]))
+    psf = renderer.psf
     if isinstance(psf, MeasuredPSF):
         h = psf.samples.detach().cpu().numpy()
         s0 = psf.spacing_um
@@ -274,6 +279,35 @@ def real_plan(renderer, *, required: bool):
         why = "its parameters are learnt" if learnable else "no real-space kernel exists for it"
         raise ValueError(f"route='real' is not available for a {kind} ({why}): use route='auto' or 'fourier'")
     return None
+
+
+# a fixed-parameter model sampled for the low-rank route: the box is this x its extent_um (where
+# it falls to 1e-3 of its peak; the decomposition crops at ``trunc`` of the peak) and the step
+# this x the Nyquist step of its band
+_SAMPLED_BOX = 1.5
+_SAMPLED_STEP = 0.9
+
+
+def nyquist_samples(psf):
+    """A :class:`MeasuredPSF` of ``psf``'s point samples (``psf.psf``) on a grid finer than the
+    Nyquist step of its band limits (``psf._band_limits()``: axial, lateral), over
+    ``_SAMPLED_BOX`` x its extent: the samples' band-limited interpolant is the continuous PSF.
+    Kept on the model (keyed by its parameter values) for the next renderer."""
+    from ..grid import FFTGrid
+    from ..psf import MeasuredPSF
+
+    key = tuple(sorted(psf._values().items()))
+    cached = getattr(psf, "_nyquist_samples", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    kz, kxy = psf._band_limits()
+    step = tuple(_SAMPLED_STEP * 0.5 / k for k in (kz, kxy, kxy))
+    shape = tuple(2 * int(math.ceil(_SAMPLED_BOX * e / s)) + 1 for e, s in zip(psf.extent_um(), step))
+    with torch.no_grad():
+        h = psf.psf(FFTGrid(shape, step), dtype=torch.float64).cpu().numpy()
+    out = MeasuredPSF(np.clip(h, 0.0, None), step)
+    psf._nyquist_samples = (key, out)
+    return out
 
 
 def lowrank_kernel(psf, spacing, *, trunc, tol):
