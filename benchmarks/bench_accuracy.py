@@ -237,6 +237,14 @@ axially). A measured bead (``make_bead``: ~2000 photons at the peak) still takes
 route (plan 117 s, 67-139 s per render + backward): its noise keeps the low-rank decomposition
 above its 1e-3-of-the-peak bound up to rank 32 (1e-2 is met at rank 13), so the route refuses it.
 
+``--psf confocal`` with the true optics (NA 1.1 water, 488 / 525 nm, 1 AU; the route above, the
+defaults before e9a5ee8's coarse_blur 1.0), agg4-fine, version 8, 1 thread, load 13-24, the same
+run's watershed 0.241 / 0.78 / 0.93% / 255.0% (34 s): fit 0.049 / 0.16 / 0.25% / 20.2% in 1197 s
+(242 iterations, render 399 s + backward 586 s), against ``--psf gaussian --learn-psf`` 20 minutes
+earlier 0.047 / 0.16 / 0.23% / 19.3% in 717 s (render 183 s + backward 312 s): as close, 1.7x
+the time. ``--psf measured`` and embryo3-fine were not fitted (the measured bead's Fourier route:
+~100 s per iteration).
+
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """
