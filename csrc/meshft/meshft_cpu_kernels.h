@@ -293,14 +293,13 @@ inline void compact_large(const TileFreqs& tf, const FaceEdges& g, FaceLanes<T>&
 
 // Calls fn(std::integral_constant<int, N>) with the shortest series length N that is accurate
 // for nodes up to r (see SeriesLength in meshft_math.h).
-template <typename T, typename Fn>
+template <typename T, int I = 0, typename Fn>
 inline void with_series_length(T r, Fn&& fn) {
   using SL = SeriesLength<T>;
-  static_assert(SL::kCount == 4, "update the dispatch below");
-  if (r <= SL::max_r(0)) return fn(std::integral_constant<int, SL::kTerms[0]>{});
-  if (r <= SL::max_r(1)) return fn(std::integral_constant<int, SL::kTerms[1]>{});
-  if (r <= SL::max_r(2)) return fn(std::integral_constant<int, SL::kTerms[2]>{});
-  return fn(std::integral_constant<int, SL::kTerms[3]>{});
+  if constexpr (I + 1 < SL::kCount) {
+    if (r > SL::max_r(I)) return with_series_length<T, I + 1>(r, fn);
+  }
+  fn(std::integral_constant<int, SL::kTerms[I]>{});
 }
 
 // Forward: adds s * f[0, p, q] (relative to the anchor) of one face to the group sums.
