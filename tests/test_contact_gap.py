@@ -115,3 +115,75 @@ def test_the_full_resolution_level_rebuilds_its_contacts_half_way():
     assert run(0.0) == ([False] * 4, 0.0)
     with pytest.raises(ValueError, match="reshare_final_at"):
         FitConfig(reshare_final_at=1.5)
+
+
+def test_the_rebuild_rasterises_on_voxels_of_half_the_edge(monkeypatch):
+    # two half balls of radius 5 um pressed onto planes 0.06 um apart, image voxels of 0.2 um,
+    # edge 1 um: the rebuild's label image has 0.5 um voxels (rebuild_voxel 0.5), so the
+    # remesher gets a sixth of the surface nets faces, and the rebuilt mesh (snapped back
+    # onto the cells) is as good as from the image grid: the contact disc, the volumes
+    import deltamic_core.geometry.seed as seed
+    from deltamic_core.fit.fitter import rebuild_grid
+    from deltamic_core.geometry import measure
+
+    r, gap, c = 5.0, 0.06, 6.6
+
+    def half(centre, keep_below):
+        m = icosphere(tuple(centre), r, 4)
+        v = m.verts.copy()
+        cut = c - gap / 2 if keep_below else c + gap / 2
+        v[:, 2] = np.minimum(v[:, 2], cut) if keep_below else np.maximum(v[:, 2], cut)
+        return Mesh(v, m.faces)
+
+    mesh = merge_meshes([half((5.9, 6.0, c - 0.5), True), half((5.9, 6.0, c + 0.5), False)])
+    disc = np.pi * (r**2 - (0.5 - gap / 2) ** 2)
+    shape, spacing = (60, 61, 66), (0.2, 0.2, 0.2)
+    img = np.random.default_rng(0).random(shape)
+    nets_faces = []
+    real = seed.surface_nets
+    monkeypatch.setattr(seed, "surface_nets", lambda *a, **k: nets_faces.append(len((m := real(*a, **k)).faces)) or m)
+    truth = measure(mesh)["volume_um3"]
+    for voxel in (0.0, 0.5):
+        config = FitConfig(levels=(1,), iterations=1, target_edge_um=1.0, rebuild_voxel=voxel)
+        out = Fitter(img, spacing, mesh, GaussianPSF(sigma_um=0.3), config)._share_membranes(mesh, "always")
+        assert float(contacts(out)["area_um2"].sum()) == pytest.approx(disc, rel=0.04)
+        np.testing.assert_allclose(measure(out)["volume_um3"], truth, rtol=0.02)
+    assert nets_faces[1] < nets_faces[0] / 4
+    # the grid: max(image voxel, 0.5 um) per axis, from the same origin, covering the image
+    assert rebuild_grid(shape, spacing, 0.5) == ((0.5, 0.5, 0.5), (25, 25, 27))
+    assert rebuild_grid(shape, (0.6, 0.2, 0.2), 0.5) == ((0.6, 0.5, 0.5), (60, 25, 27))
+    assert rebuild_grid(shape, spacing, 0.0) == (spacing, shape)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_the_merge_gap_grows_with_the_psf_along_its_axis(axis):
+    # two half balls pressed onto planes 0.2 um apart, across z (axis 0) or across x (axis 2);
+    # PSF sigma 0.26 um along z, 0.1 um laterally, merge_gap_um 0.1: "psf" zips the pair
+    # across z (0.2 um < 0.1 x 2.6) into the contact disc, not across x; "isotropic" neither
+    gap, c = 0.2, 5.1
+
+    def half(centre, keep_below):
+        m = icosphere(tuple(centre), R, 4)
+        v = m.verts.copy()
+        cut = c - gap / 2 if keep_below else c + gap / 2
+        v[:, axis] = np.minimum(v[:, axis], cut) if keep_below else np.maximum(v[:, axis], cut)
+        return Mesh(v, m.faces)
+
+    lo, hi = np.array([5.2, 5.1, 5.3]), np.array([5.2, 5.1, 5.3])
+    lo[axis], hi[axis] = c - 0.5, c + 0.5
+    mesh = merge_meshes([half(lo, True), half(hi, False)])
+    disc = np.pi * (R**2 - (0.5 - gap / 2) ** 2)
+    img = np.random.default_rng(0).random((22, 42, 42))
+    psf = GaussianPSF(sigma_um=(0.26, 0.1, 0.1))
+    area = {}
+    for axes in ("psf", "isotropic"):
+        config = FitConfig(levels=(1,), iterations=1, target_edge_um=0.6, merge_gap_um=0.1, merge_gap_axes=axes)
+        out = Fitter(img, SPACING, mesh, psf, config)._share_membranes(mesh)
+        area[axes] = 0.0 if out is None else float(contacts(out)["area_um2"].sum())
+    assert area["isotropic"] == 0.0
+    if axis == 0:
+        assert area["psf"] == pytest.approx(disc, rel=0.05)
+    else:
+        assert area["psf"] == 0.0
+    with pytest.raises(ValueError, match="merge_gap_axes"):
+        FitConfig(merge_gap_axes="z")

@@ -211,8 +211,10 @@ _CHECKS = (
     ("share_membranes", _flag),
     ("contact_gap_um", _nonneg),
     ("merge_gap_um", _nonneg),
+    ("merge_gap_axes", _one_of(("psf", "isotropic"))),
     ("reshare_membranes", _one_of(("off", "new", "always"))),
     ("reshare_final_at", _unit_closed),
+    ("rebuild_voxel", _nonneg),
     ("tension", _nonneg),
     ("band_threshold", _below_one),
     ("backend", _string),
@@ -371,6 +373,19 @@ class FitConfig:
         instead of running a voxel into the wedge between the cells
         (:func:`deltamic_core.geometry.contact_labels_by_gap`). Default 0.1 um: two membranes
         closer than that image as one through any light microscope. 0 = voxel adjacency only.
+    merge_gap_axes : {"psf", "isotropic"}
+        "psf": ``merge_gap_um`` holds along the PSF's narrowest axis and grows with
+        its width along the others (the gap is measured in coordinates divided by the PSF's
+        standard deviations relative to the smallest; the voxel size for a PSF model without
+        them): a confocal's axial PSF is ~2.6 times its lateral one, so two sheets 0.26 um
+        apart along z image like one as much as two 0.1 um apart laterally. Measured on the
+        independent benchmark: axial contacts (normals along z) were left as two free sheets
+        0.1-0.3 um apart by the fit and lost in part or entirely (agg8-fine 4-8, agg4-fine
+        3-4). "isotropic" (default): the same ``merge_gap_um`` along every axis. "psf"
+        measured (with ``rebuild_voxel`` 0.5, same run): agg4-fine 3-4 -68.8% -> +31.3%
+        (worst contact 69 -> 31%), tiny-agg3 -0.8 / -2.9% -> +1.2 / -0.6%, but agg8-fine 4-8
+        still lost (its sheets end 0.2-0.3 um apart) and embryo3-fine 2-3 +1.1 -> -6.3%, so
+        it is not the default.
     reshare_membranes : {"off", "new", "always"}
         At every later level change, rebuild again (with ``contact_gap_um`` and
         ``merge_gap_um``): "new" when the rasterised cells touch as a pair that is not yet a
@@ -385,6 +400,17 @@ class FitConfig:
         coarser level made them, so near-touching sheets can still be further apart than
         ``merge_gap_um``; half-way through the last level they are as close as the data make
         them. 0 = off.
+    rebuild_voxel : float >= 0
+        Every shared-membrane rebuild rasterises the cells on voxels of ``max(image voxel,
+        rebuild_voxel x edge)`` per axis (edge = ``target_edge_um``, else the current mesh's
+        mean edge), not on the image's: the new mesh is remeshed to that edge anyway and then
+        snapped back onto the current sub-voxel surfaces, and the remesher's input (the surface
+        nets of the label image) shrinks with the voxel area. 0 (default) = the image grid.
+        0.5 (two voxels per edge) cuts a rebuild's CPU 3.3-4.0 -> 0.9-1.1 s on agg4-fine
+        (remesh input 86k -> 26k faces) but, measured on the independent benchmark
+        (``--fit-psf gaussian``, 1 thread, same run), the fits came out less close:
+        embryo3-fine 0.092 -> 0.115 xy voxel, agg4-fine 0.045 -> 0.050 (tiny-agg3 0.063 both,
+        agg8-fine 0.072 -> 0.074), so it stays off.
     tension : float >= 0
         A surface-tension prior: the loss gets ``tension x L0 x A / A0`` added, A the total
         membrane area (a shared membrane counted once), A0 and L0 the area and the data loss at
@@ -443,8 +469,10 @@ class FitConfig:
     share_membranes: bool = True
     contact_gap_um: float = 0.0
     merge_gap_um: float = 0.1
+    merge_gap_axes: str = "isotropic"
     reshare_membranes: str = "always"
     reshare_final_at: float = 0.5
+    rebuild_voxel: float = 0.0
     tension: float = 0.0
 
     band_threshold: float = 1e-3

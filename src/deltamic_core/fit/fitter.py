@@ -112,6 +112,20 @@ def _tensors(obj, device):
     return obj
 
 
+def rebuild_grid(shape, spacing_um, voxel_um: float):
+    """(spacing, shape) of the label image a shared-membrane rebuild rasterises the cells on:
+    voxels of ``max(image voxel, voxel_um)`` per axis, from the same origin, covering at least
+    the image's voxel centres (``voxel_um`` <= 0: the image grid itself)."""
+    spacing = np.asarray(spacing_um, dtype=np.float64)
+    n = np.asarray(shape, dtype=np.int64)
+    coarse = np.maximum(spacing, float(voxel_um))
+    if np.array_equal(coarse, spacing):
+        return tuple(float(s) for s in spacing), tuple(int(k) for k in n)
+    # voxel centres origin + i * coarse, i = 0..m-1, up to at least the last image centre
+    m = np.ceil((n - 1) * spacing / coarse - 1e-9).astype(np.int64) + 1
+    return tuple(float(s) for s in coarse), tuple(int(k) for k in m)
+
+
 def close_contact_gaps(lab: np.ndarray, spacing_um, gap_um: float) -> np.ndarray:
     """Label image with every background voxel that lies between two different cells, within
     ``gap_um`` of both together (distance to the nearest + to the second-nearest cell), given
@@ -560,14 +574,19 @@ class Fitter:
         if self._custom_weights is not None:
             return None  # custom weights cannot follow a change of topology
         t0 = time.perf_counter()
-        shape = tuple(self._image.shape)
-        lab = label_image(mesh, shape, self.spacing_um, self.origin_um)
+        edge = self.config.target_edge_um
+        if edge is None:
+            edge = float(np.mean(edge_lengths(mesh.verts, mesh.faces)))
+        spacing, shape = rebuild_grid(self._image.shape, self.spacing_um, self.config.rebuild_voxel * edge)
+        lab = label_image(mesh, shape, spacing, self.origin_um)
         ids = np.unique(lab[lab > 0])
         # after the blurred first level two touching cells often leave a thin gap between
         # their surfaces: fill it so that the contact becomes one sheet, not two
-        lab = close_contact_gaps(lab, self.spacing_um, self.config.contact_gap_um)
+        lab = close_contact_gaps(lab, spacing, self.config.contact_gap_um)
         # contacts where the current surfaces touch, not where voxels happen to
-        lab = contact_labels_by_gap(lab, mesh, self.spacing_um, self.origin_um, self.config.merge_gap_um)
+        lab = contact_labels_by_gap(
+            lab, mesh, spacing, self.origin_um, self.config.merge_gap_um, axis_scale=self._merge_axis_scale()
+        )
         # touching = face-adjacent voxels of two different cells
         pairs = set()
         for axis in range(3):
@@ -581,18 +600,28 @@ class Fitter:
         if len(ids) < 2 or not pairs or len(ids) != len(mesh.cell_ids):
             self._timings["remesh"] += time.perf_counter() - t0
             return None  # a cell vanished on the grid (too small): keep the separate surfaces
-        edge = self.config.target_edge_um
-        if edge is None:
-            edge = float(np.mean(edge_lengths(mesh.verts, mesh.faces)))
-        out = meshes_from_labels(lab, self.spacing_um, edge, shared=True)
+        out = meshes_from_labels(lab, spacing, edge, shared=True)
         # the label image is in the frame whose voxel (0, 0, 0) is at the origin
         out = out.copy(verts=out.verts + np.asarray(self.origin_um))
         if again:  # the current surfaces are sub-voxel accurate: keep them
-            out = snap_to_cells(out, mesh, 2.0 * max(self.spacing_um))
+            out = snap_to_cells(out, mesh, 2.0 * max(spacing))
         self._timings["remesh"] += time.perf_counter() - t0
         if not np.all(np.isfinite(out.verts)) or len(out.faces) == 0:
             return None
         return out
+
+    def _merge_axis_scale(self):
+        """Per-axis scale of the contact gap (``FitConfig.merge_gap_axes``): the PSF's
+        standard deviations (z, y, x) when the model has them (a Gaussian), else the voxel
+        size; None for "isotropic"."""
+        if self.config.merge_gap_axes == "isotropic":
+            return None
+        sigma = getattr(self.psf, "sigma_um", None)
+        if sigma is not None:
+            s = np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=np.float64).reshape(-1)
+            if s.shape == (3,) and np.all(np.isfinite(s)) and np.all(s > 0):
+                return tuple(float(v) for v in s)
+        return tuple(float(v) for v in self.spacing_um)
 
     def _set_topology(self, mesh: Mesh, index: int) -> None:
         """(Re)build everything that depends on the connectivity for level ``index``: weights,

@@ -58,10 +58,16 @@ def _signed_distances(points, idx_frac, mesh, cells, vox, margin):
     return sd
 
 
-def contact_labels_by_gap(lab: np.ndarray, mesh: Mesh, spacing_um, origin_um, gap_um: float) -> np.ndarray:
+def contact_labels_by_gap(
+    lab: np.ndarray, mesh: Mesh, spacing_um, origin_um, gap_um: float, axis_scale=None
+) -> np.ndarray:
     """``lab`` (a label image rasterised from ``mesh``, voxel (0, 0, 0) at ``origin_um``) with
     its contacts decided by the gap between the cells' surfaces (see the module docstring);
-    ``gap_um`` <= 0 returns ``lab`` unchanged.
+    ``gap_um`` <= 0 returns ``lab`` unchanged. ``axis_scale`` (3 positive floats, e.g. the
+    PSF's widths (z, y, x)): the gap is measured in coordinates divided by
+    ``axis_scale / min(axis_scale)``, so that two sheets apart along z by ``gap_um`` x that
+    ratio count as touching, like two sheets ``gap_um`` apart laterally (what a microscope
+    whose axial PSF is wider cannot tell from one sheet either).
 
     The gap is evaluated at background voxels' centres (the gap passes through the voxel) and,
     for two face-adjacent voxels of different cells, at the middle of their common face
@@ -76,12 +82,17 @@ def contact_labels_by_gap(lab: np.ndarray, mesh: Mesh, spacing_um, origin_um, ga
     spacing = np.asarray(spacing_um, float)
     origin = np.asarray(origin_um, float)
     vox = (mesh.verts - origin) / spacing
+    scale = np.ones(3) if axis_scale is None else np.asarray(axis_scale, float)
+    if scale.shape != (3,) or not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        raise ValueError(f"axis_scale must be 3 positive floats, got {axis_scale!r}")
+    scale = scale / scale.min()
+    metric = mesh.copy(verts=mesh.verts / scale)  # distances measured in scaled coordinates
     pos = {c: k for k, c in enumerate(ids)}
     out = lab.copy()
     # background voxels with two cells among their 26 neighbours: filled where the gap is thin
     # (each cell in its bounding box: a label image of many cells is large)
     # beyond `margin` voxels of a cell's bounding box its surface is further than the gap
-    margin = int(np.ceil(gap_um / spacing.min())) + 1
+    margin = int(np.ceil(gap_um * scale.max() / spacing.min())) + 1
     near = np.zeros(lab.shape, np.int8)
     objects = ndi.find_objects(lab.astype(np.int64, copy=False))
     for c in ids:
@@ -90,7 +101,7 @@ def contact_labels_by_gap(lab: np.ndarray, mesh: Mesh, spacing_um, origin_um, ga
         near[box] += ndi.binary_dilation(sub == c, structure=np.ones((3, 3, 3), bool)) & (sub != c)
     bidx = np.argwhere((lab == 0) & (near >= 2))
     if len(bidx):
-        sd = _signed_distances(origin + bidx * spacing, bidx.astype(float), mesh, ids, vox, margin)
+        sd = _signed_distances((origin + bidx * spacing) / scale, bidx.astype(float), metric, ids, vox, margin)
         part = np.sort(sd, axis=0)
         close = part[0] + part[1] <= gap_um
         out[tuple(bidx[close].T)] = np.asarray(ids, dtype=lab.dtype)[np.argmin(sd, axis=0)[close]]
@@ -111,7 +122,7 @@ def contact_labels_by_gap(lab: np.ndarray, mesh: Mesh, spacing_um, origin_um, ga
         step = np.zeros(3)
         step[axis] = 0.5
         frac = p_full + step
-        sd = _signed_distances(origin + frac * spacing, frac, mesh, ids, vox, margin)
+        sd = _signed_distances((origin + frac * spacing) / scale, frac, metric, ids, vox, margin)
         lp, lq = p[sel], q[sel]
         cols = np.arange(len(lp))
         w = sd[[pos[int(c)] for c in lp], cols] + sd[[pos[int(c)] for c in lq], cols]
