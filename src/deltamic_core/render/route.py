@@ -63,6 +63,13 @@ LOWRANK_WINDOW_PER_OVERSAMPLING = 3000
 # and the largest rank tried
 LOWRANK_TOL_PER_REAL_TOL = 0.1
 LOWRANK_MAX_RANK = 16
+# the quadrature's per-frequency tolerance (see realspace.otf_weighted_rows) = this x real_tol
+# (at most 0.5, the rule table's top row). Measured (bench_speed's 14k-face embryo at 128^3,
+# 0.25 um voxels, float64, max image error relative to the image's maximum against the exact
+# quadrature): Gaussian 0.45/0.16/0.16 um at factor 1 / 5 / 10: 19.8 / 11.2 / 8.9 points per
+# face, error 3.2e-5 / 4.7e-4 / 3.4e-3; 0.3/0.09/0.09 um: 41.4 / 25.3 / 17.4 points, 6.3e-5 /
+# 1.1e-3 / 3.1e-3. The kernel's truncation (3e-4 of the peak per axis) alone is 1.2e-3 there.
+QUADRATURE_TOL_PER_REAL_TOL = 5.0
 # table kernels: lattice step (fraction of the PSF's width per axis) and size cap (entries)
 _TABLE_STEP = 1.0 / 12.0
 _TABLE_MAX = 1 << 24
@@ -92,6 +99,12 @@ def _otf_kmax(otf_abs: np.ndarray, freqs):
     return kmax
 
 
+def _quadrature_rows(kmax, renderer):
+    """The OTF-weighted rule rows of ``renderer``'s real-space quadrature."""
+    tol = min(0.5, QUADRATURE_TOL_PER_REAL_TOL * renderer.real_tol)
+    return otf_weighted_rows(kmax, tol, renderer.band_threshold)
+
+
 class RealPlan:
     """Kernel + quadrature of the real-space route for one renderer."""
 
@@ -100,7 +113,7 @@ class RealPlan:
         self.kernel = kernel
         self.kmax = kmax
         self.sigma_fn = sigma_fn
-        self.quadrature = SurfaceQuadrature(otf_weighted_rows(kmax, renderer.real_tol, renderer.band_threshold))
+        self.quadrature = SurfaceQuadrature(_quadrature_rows(kmax, renderer))
         sp = renderer.spacing_um
         # estimated oversampling the Fourier route would need (first q with q / (2 s) >= kmax)
         k = kmax(renderer.band_threshold)
@@ -118,7 +131,8 @@ class RealPlan:
         # above (a 540-voxel window at oversampling 4: 3x slower)
         reads = 1 if kernel.separable else 8
         q = math.prod(self.fourier_oversampling)
-        # the real route's image error is ~1e-2 x real_tol of its maximum: where the Fourier
+        # the real route's image error (quadrature ~5e-2 x real_tol, truncation ~1e-3 of its
+        # maximum) is of the band threshold's level: where the Fourier
         # route was asked for better (a tiny band_threshold) only the old rule sends it there
         accurate = 1e-2 * renderer.real_tol <= renderer.band_threshold
         native = realspace.native_module(renderer.device) is not None
@@ -146,7 +160,7 @@ class RealPlan:
         if not np.array_equal(s, self._rule_sigma):
             self._rule_sigma = s
             self.kmax = _gaussian_kmax(1.0 / s**2)
-            self.quadrature.rows = SurfaceQuadrature(otf_weighted_rows(self.kmax, r.real_tol, r.band_threshold)).rows
+            self.quadrature.rows = SurfaceQuadrature(_quadrature_rows(self.kmax, r)).rows
 
     def render(self, verts, faces, weights):
         r = self.r
