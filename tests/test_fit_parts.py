@@ -11,6 +11,7 @@ import torch
 from deltamic_core.fit import (
     FitConfig,
     LaplacianPreconditioner,
+    ObservedStats,
     VertexAdam,
     block_average,
     intensity_weight,
@@ -155,6 +156,17 @@ def test_solve_photometric_matches_lstsq(weighted):
     (g_ref, b_ref), *_ = np.linalg.lstsq(design, o.ravel() * sw, rcond=None)
     assert g == pytest.approx(g_ref, rel=1e-9)
     assert b == pytest.approx(b_ref, rel=1e-9, abs=1e-12)
+    # the observed image's statistics made once and reused (as the fitter does every step),
+    # here for a second render too
+    stats = ObservedStats(torch.from_numpy(o), torch.from_numpy(w) if weighted else None)
+    for rr in (r, 0.5 * r**2):
+        g, b = solve_photometric(
+            torch.from_numpy(rr), torch.from_numpy(o), torch.from_numpy(w) if weighted else None, stats=stats
+        )
+        design = np.stack([rr.ravel(), np.ones(rr.size)], axis=1) * sw[:, None]
+        (g_ref, b_ref), *_ = np.linalg.lstsq(design, o.ravel() * sw, rcond=None)
+        assert g == pytest.approx(g_ref, rel=1e-9)
+        assert b == pytest.approx(b_ref, rel=1e-9, abs=1e-12)
 
 
 def test_solve_photometric_enforces_positive_gain():

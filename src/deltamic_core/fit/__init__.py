@@ -10,7 +10,7 @@ from __future__ import annotations
 from .config import FitConfig
 from .fitter import FitCancelled, FitDivergedError, FitResult, Fitter, StepResult
 from .levels import BlockAveragedPSF, block_average
-from .losses import intensity_weight, poisson_nll, robust_normalise, solve_photometric, weighted_mse
+from .losses import ObservedStats, intensity_weight, poisson_nll, robust_normalise, solve_photometric, weighted_mse
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner, mesh_laplacian
 
@@ -28,6 +28,7 @@ __all__ = [
     "weighted_mse",
     "poisson_nll",
     "solve_photometric",
+    "ObservedStats",
     "LaplacianPreconditioner",
     "mesh_laplacian",
     "VertexAdam",

@@ -37,7 +37,15 @@ from .._checks import check_device, check_image, check_not_constant, check_spaci
 from ..mesh import Mesh
 from .config import FitConfig
 from .levels import BlockAveragedPSF, block_average, gaussian_blur
-from .losses import _quantiles, intensity_weight, poisson_nll, solve_photometric, solve_two_levels, weighted_mse
+from .losses import (
+    ObservedStats,
+    _quantiles,
+    intensity_weight,
+    poisson_nll,
+    solve_photometric,
+    solve_two_levels,
+    weighted_mse,
+)
 from .optim import ParamAdam, VertexAdam
 from .precondition import LaplacianPreconditioner
 
@@ -227,6 +235,7 @@ class _Level:
     blur_um: float = 0.0  # the scale-space blur of this stage of the level (FitConfig.coarse_blur)
     base_blur_um: float = 0.0  # the level's own blur (a wider one reaches far membranes first)
     psf: object = None  # the level's PSF model (BlockAveragedPSF on coarse levels)
+    photo_stats: object = None  # losses.ObservedStats of observed and weight (made at the first solve)
 
 
 def _checked_arguments(image, spacing_um, origin_um, init_mesh, psf, config, face_weights):
@@ -778,6 +787,7 @@ class Fitter:
             renderer=renderer,
             blur_um=blur_um,
             psf=psf,
+            photo_stats=None,  # of the new observed image and weight
         )
 
     def _cell_regions(self, level: _Level):
@@ -1027,7 +1037,9 @@ class Fitter:
         cfg = self.config
         lvl = self._level
         if cfg.photometric == "solve" or self._photo is None:
-            g, b = solve_photometric(rendered, lvl.observed, lvl.weight)
+            if lvl.photo_stats is None:
+                lvl.photo_stats = ObservedStats(lvl.observed, lvl.weight)
+            g, b = solve_photometric(rendered, lvl.observed, lvl.weight, stats=lvl.photo_stats)
             if cfg.photometric == "learn":
                 # initialise the learnt gain/background at their least-squares optimum
                 self._photo = torch.tensor(
