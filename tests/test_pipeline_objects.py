@@ -208,3 +208,79 @@ def test_second_pass_gives_the_contacts_back_to_the_objects_fitted_later():
     got = np.array([float(measure(cell_surface(m, k + 1))["volume_um3"][0]) for k in range(3)])
     assert np.abs(got / np.asarray(truth) - 1).max() < 0.045
     assert all("pass2_shape" in c for c in out.timings["crops"])
+
+
+def _touching_pair(shape=(20, 40, 64), ss=3):
+    """Two filled spheres of one brightness (radius 2.2 um, centres 3.6 um apart) cut by their
+    power plane (a flat contact, no edge between them in the image): image, true volumes."""
+    centres, radii = [(5.0, 5.0, 6.0), (5.0, 5.0, 9.6)], [2.2, 2.2]
+    axes = [(np.arange(n * ss) - (ss - 1) / 2) / ss * s for n, s in zip(shape, FIELD_SP)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    power = np.stack([((pts - c) ** 2).sum(-1) - r * r for c, r in zip(centres, radii)])
+    lab = np.where(power.min(0) <= 0, power.argmin(0) + 1, 0)
+    truth = np.array([(lab == k + 1).sum() * np.prod(FIELD_SP) / ss**3 for k in range(2)])
+    fill = (lab > 0).astype(np.float32).reshape(shape[0], ss, shape[1], ss, shape[2], ss).mean(axis=(1, 3, 5))
+    img = ndimage.gaussian_filter(fill, [s / d for s, d in zip(FIELD_SIGMA, FIELD_SP)], mode="constant")
+    return np.random.default_rng(4).poisson(200 * img + 10).astype(np.float32), truth
+
+
+def test_watershed_split_follows_the_neck_from_markers_off_the_maximum():
+    """The contact prior divides the foreground of two touching equal spheres at their neck
+    (each half within 5% of the other and on its own side of the contact plane x = 7.8 um),
+    also from seeds off the spheres' centres (a marker below the neck must not let the other
+    flood take its object: it climbs the distance map first)."""
+    from deltamic_core.geometry import measure
+    from deltamic_core.pipeline.objects import split_initial_mesh, watershed_split
+
+    img, _ = _touching_pair()
+    seeds = seed_spheres([[5.2, 5.3, 5.6], [4.9, 4.8, 10.0]], 1.5, 3)
+    lab = watershed_split(img, FIELD_SP, seeds)
+    v = np.array([(lab == k).sum() for k in (1, 2)], float)
+    assert abs(v[0] / v[1] - 1) < 0.05  # the plane falls between voxel columns 31 and 32
+    x = np.arange(lab.shape[2]) * FIELD_SP[2]
+    assert x[np.nonzero((lab == 1).any(axis=(0, 1)))[0].max()] < 7.8 + FIELD_SP[2]
+    assert x[np.nonzero((lab == 2).any(axis=(0, 1)))[0].min()] > 7.8 - FIELD_SP[2]
+    split = measure(split_initial_mesh(img, FIELD_SP, seeds))
+    assert list(split["cell"]) == [1, 2]
+    assert np.allclose(split["volume_um3"], v * np.prod(FIELD_SP), rtol=0.02)
+
+
+@pytest.mark.slow
+def test_touching_objects_of_one_brightness_share_their_light_at_the_neck():
+    """Two touching filled spheres of one brightness (no edge at the contact), seeds off
+    centre and too small: with the watershed contact prior both volumes come out within 2% of
+    the truth (without it, contacts="none": +4.0% / -3.8%, the object fitted first takes the
+    shared light)."""
+    from deltamic_core.geometry import cell_surface, measure
+    from deltamic_core.pipeline import FitJob, InitSpec, PSFSpec, run
+
+    img, truth = _touching_pair()
+    out = run(
+        FitJob(
+            image_data=img,
+            **_interior_job(PSFSpec),
+            init=InitSpec("seeds", data=(np.array([[5.2, 5.3, 5.6], [4.9, 4.8, 10.0]]), np.array([1.5, 1.5]))),
+            per_object=True,
+        )
+    )
+    m = out.result.mesh
+    got = np.array([float(measure(cell_surface(m, k + 1))["volume_um3"][0]) for k in range(2)])
+    assert np.abs(got / truth - 1).max() < 0.02
+
+
+def test_isolated_objects_keep_their_seed_surfaces():
+    """The contact prior only replaces cells whose regions meet: two separate spheres keep
+    their seed surfaces (vertex for vertex), a touching pair beside them does not."""
+    from deltamic_core.pipeline.objects import split_initial_mesh
+
+    img, _ = _touching_pair(shape=(20, 40, 100))
+    far = _field([(5.0, 5.0, 20.0)], shape=(20, 40, 100)) - 10.0
+    seeds = seed_spheres([[5.2, 5.3, 5.6], [4.9, 4.8, 10.0], [5.0, 5.0, 20.0]], 1.5, 3)
+    out = split_initial_mesh(img + far, FIELD_SP, seeds)
+    assert list(out.cell_ids) == [1, 2, 3]
+    assert np.array_equal(
+        np.sort(out.verts[np.unique(out.faces[(out.labels == 3).any(1)])], axis=0),
+        np.sort(seeds.verts[np.unique(seeds.faces[(seeds.labels == 3).any(1)])], axis=0),
+    )
+    v1 = out.verts[np.unique(out.faces[(out.labels == 1).any(1)])]
+    assert v1[:, 2].max() > 7.5  # cell 1 now reaches its neck, not its 1.5 um seed sphere

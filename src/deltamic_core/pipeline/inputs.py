@@ -218,6 +218,25 @@ def read_seeds(path) -> tuple[np.ndarray, np.ndarray | None]:
     return c, np.asarray(radii, dtype=np.float64)
 
 
+def foreground(image: np.ndarray, spacing_um, blur_um=None, threshold: float | None = None):
+    """``(smooth, mask)``: the image smoothed by a Gaussian of ``blur_um`` (default one voxel
+    per axis) and its bright objects, thresholded at ``threshold`` (default Otsu's threshold of
+    the smoothed image), holes filled: the foreground of :func:`auto_seeds`."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    sp = np.asarray(spacing_um, dtype=float)
+    blur = np.broadcast_to(np.asarray(sp if blur_um is None else blur_um, dtype=float), (3,))
+    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), blur / sp, mode="nearest")
+    if float(smooth.max() - smooth.min()) <= 1e-12 * max(abs(float(smooth.max())), 1.0):
+        raise InputError("no bright objects found for automatic seeds (the image has no contrast)")
+    level = threshold_otsu(smooth) if threshold is None else float(threshold)
+    mask = ndimage.binary_fill_holes(smooth > level)
+    if not mask.any():
+        raise InputError("no bright objects found for automatic seeds (the image has no contrast)")
+    return smooth, mask
+
+
 def auto_seeds(
     image: np.ndarray, spacing_um, blur_um=None, min_distance_um: float | None = None, threshold: float | None = None
 ) -> np.ndarray:
@@ -237,17 +256,9 @@ def auto_seeds(
     """
     from scipy import ndimage
     from skimage.feature import peak_local_max
-    from skimage.filters import threshold_otsu
 
     sp = np.asarray(spacing_um, dtype=float)
-    blur = np.broadcast_to(np.asarray(sp if blur_um is None else blur_um, dtype=float), (3,))
-    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), blur / sp, mode="nearest")
-    if float(smooth.max() - smooth.min()) <= 1e-12 * max(abs(float(smooth.max())), 1.0):
-        raise InputError("no bright objects found for automatic seeds (the image has no contrast)")
-    level = threshold_otsu(smooth) if threshold is None else float(threshold)
-    mask = ndimage.binary_fill_holes(smooth > level)
-    if not mask.any():
-        raise InputError("no bright objects found for automatic seeds (the image has no contrast)")
+    smooth, mask = foreground(image, sp, blur_um, threshold)
     dist = ndimage.distance_transform_edt(mask, sampling=sp)
     cand = peak_local_max(dist, min_distance=1, labels=ndimage.label(mask)[0], exclude_border=False)
     if len(cand) == 0:
