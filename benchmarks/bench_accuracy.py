@@ -599,6 +599,28 @@ def _pinhole_disc(radius_px: float) -> np.ndarray:
     return (np.hypot(x[:, None], x[None, :]) <= radius_px).astype(np.float64)
 
 
+def _make_psf(z, nx, dxy, opt, wvl, model, depth_um):
+    """psfmodels' widefield PSF (float64) of the optics ``opt`` at wavelength ``wvl``: planes
+    ``z`` (um), ``nx`` x ``nx`` samples of ``dxy`` um, point source at depth ``depth_um``."""
+    import psfmodels
+
+    h = psfmodels.make_psf(
+        z,
+        nx,
+        dxy=dxy,
+        pz=depth_um,
+        NA=opt["NA"],
+        ni=opt["ni"],
+        ni0=opt["ni"],
+        ns=opt["ns"],
+        model=model,
+        oversample_factor=1,
+        normalize=False,
+        wvl=wvl,
+    )
+    return np.asarray(h, dtype=np.float64)
+
+
 def confocal_kernel(zv, n_half: int, dxy: float, *, model: str, depth_um=0.0, sub=PSF_SUB, chunk=8, phase=(0, 0)):
     """psfmodels' confocal PSF (``confocal_psf``: excitation x (emission conv_xy the pinhole top
     hat), ``sub`` x finer laterally) on an unbounded box, returned on (len(zv), 2 n + 1, 2 n + 1)
@@ -611,7 +633,6 @@ def confocal_kernel(zv, n_half: int, dxy: float, *, model: str, depth_um=0.0, su
     beyond it, which dims its values within a pinhole radius of the box's edge, and convolves
     directly (``convolve2d``, ~n^4 per plane: 333 s for a +-6.4 / +-3 um box). Equal to
     ``confocal_psf`` away from its edges (tests/test_bench_accuracy.py)."""
-    import psfmodels
     from scipy.signal import fftconvolve
 
     opt = OPTICS["confocal"]
@@ -621,23 +642,12 @@ def confocal_kernel(zv, n_half: int, dxy: float, *, model: str, depth_um=0.0, su
     nx = 2 * (n_half + 1) * sub + 1  # one more sample each side for the phase
     n_out = 2 * n_half + 1
     py, px = phase
-    common = dict(
-        dxy=d,
-        pz=depth_um,
-        NA=opt["NA"],
-        ni=opt["ni"],
-        ni0=opt["ni"],
-        ns=opt["ns"],
-        model=model,
-        oversample_factor=1,
-        normalize=False,
-    )
     zv = np.asarray(zv, dtype=np.float64)
     out = np.empty((len(zv), 2 * n_half + 1, 2 * n_half + 1))
     for s in range(0, len(zv), chunk):  # a few planes at a time (memory)
         z = zv[s : s + chunk]
-        em = np.asarray(psfmodels.make_psf(z, nx + 2 * pr, wvl=opt["em_wvl"], **common), dtype=np.float64)
-        ex = np.asarray(psfmodels.make_psf(z, nx, wvl=opt["ex_wvl"], **common), dtype=np.float64)
+        em = _make_psf(z, nx + 2 * pr, d, opt, opt["em_wvl"], model, depth_um)
+        ex = _make_psf(z, nx, d, opt, opt["ex_wvl"], model, depth_um)
         em = fftconvolve(em, disc[None], mode="valid", axes=(1, 2))
         out[s : s + chunk] = (ex * em)[:, sub + py :: sub, sub + px :: sub][:, :n_out, :n_out]
     return out
@@ -646,7 +656,6 @@ def confocal_kernel(zv, n_half: int, dxy: float, *, model: str, depth_um=0.0, su
 def psf_kernel(kind: str, fine_spacing, depth_um=0.0, box_um=None):
     """PSF from psfmodels on the fine grid (centre at the middle sample), unit sum, on the box
     of half-widths ``box_um`` (z, lateral; default ``CONFOCAL_BOX`` / ``WIDEFIELD_BOX``)."""
-    import psfmodels
 
     confocal = kind.startswith("confocal")
     model = "vectorial" if kind.endswith("vectorial") else "scalar"
@@ -658,21 +667,8 @@ def psf_kernel(kind: str, fine_spacing, depth_um=0.0, box_um=None):
         h = confocal_kernel(zv, nh, sxy, model=model, depth_um=depth_um)
     else:
         opt = OPTICS["widefield"]
-        h = psfmodels.make_psf(
-            zv,
-            2 * nh * PSF_SUB + 1,
-            dxy=sxy / PSF_SUB,
-            pz=depth_um,
-            NA=opt["NA"],
-            ni=opt["ni"],
-            ni0=opt["ni"],
-            ns=opt["ns"],
-            model=model,
-            oversample_factor=1,
-            normalize=False,
-            wvl=opt["em_wvl"],
-        )
-        h = np.asarray(h, dtype=np.float64)[:, ::PSF_SUB, ::PSF_SUB]
+        h = _make_psf(zv, 2 * nh * PSF_SUB + 1, sxy / PSF_SUB, opt, opt["em_wvl"], model, depth_um)
+        h = h[:, ::PSF_SUB, ::PSF_SUB]
     return h / h.sum()
 
 
@@ -697,7 +693,6 @@ BEAD_PHOTONS = 2000.0
 
 def make_bead(case: Case, *, background, read_noise, seed, **_):
     """(bead stack float32, spacing) for ``case``'s optics (same psfmodels PSF as its images)."""
-    import psfmodels
 
     fs = np.asarray(case.spacing) / np.asarray(fine_factors(case.spacing))
     sz, sxy = float(fs[0]), float(fs[1])
@@ -709,21 +704,8 @@ def make_bead(case: Case, *, background, read_noise, seed, **_):
     else:
         opt = OPTICS["widefield"]
         nx = 2 * (nh + 1) * PSF_SUB + 1
-        h = psfmodels.make_psf(
-            zv,
-            nx,
-            dxy=sxy / PSF_SUB,
-            pz=0.0,
-            NA=opt["NA"],
-            ni=opt["ni"],
-            ni0=opt["ni"],
-            ns=opt["ns"],
-            model=model,
-            oversample_factor=1,
-            normalize=False,
-            wvl=opt["em_wvl"],
-        )
-        h = np.asarray(h)[:, PSF_SUB + 1 :: PSF_SUB, PSF_SUB + 2 :: PSF_SUB][:, : 2 * nh + 1, : 2 * nh + 1]
+        h = _make_psf(zv, nx, sxy / PSF_SUB, opt, opt["em_wvl"], model, 0.0)
+        h = h[:, PSF_SUB + 1 :: PSF_SUB, PSF_SUB + 2 :: PSF_SUB][:, : 2 * nh + 1, : 2 * nh + 1]
     rng = np.random.default_rng(seed + 1000)
     counts = rng.poisson(BEAD_PHOTONS * h / h.max() + background) + rng.normal(0.0, read_noise, h.shape)
     return counts.astype(np.float32), (sz, sxy, sxy)
