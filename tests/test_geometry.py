@@ -683,3 +683,28 @@ def test_remesh_patch_keeps_pillow_faces_instead_of_crashing(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-1500:])
     assert proc.stdout.strip() == "ok"
+
+
+def test_remesh_botsch_direct_call_equals_gpytoolbox_wrapper():
+    """The patch remesher calls gpytoolbox's binding directly (its wrapper repeats our
+    manifold/boundary checks): on an open patch with fixed boundary vertices, and on a closed
+    one, the result must be gpytoolbox.remesh_botsch's, bit for bit."""
+    import gpytoolbox as gp
+
+    from deltamic_core.geometry.remesh import _remesh_botsch
+
+    sphere = icosphere((0.0, 0.0, 0.0), 5.0, subdivisions=4)
+    v, f = sphere.verts, sphere.faces
+    cap = f[(v[f].mean(axis=1)[:, 0] > -1.5)]  # an open cap: its rim is the fixed boundary
+    used = np.unique(cap)
+    local = np.full(len(v), -1)
+    local[used] = np.arange(len(used))
+    pv, pf = np.ascontiguousarray(v[used]), local[cap]
+    fixed = np.unique(_boundary_edges(pf))
+    assert 0 < len(fixed) < len(pv)
+    for verts, faces, keep in ((pv, pf, fixed), (v, f, np.zeros(0, dtype=np.int64))):
+        ref = gp.remesh_botsch(verts, faces.astype(np.int32), 5, 0.6, True, feature=keep.astype(np.int32))
+        got = _remesh_botsch(verts, faces, 5, 0.6, True, keep)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert len(got[1]) != len(faces)  # it did remesh
