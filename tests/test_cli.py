@@ -406,3 +406,30 @@ def test_track_follows_a_growing_cell_and_resumes(tmp_path, capsys):
     assert (out / "t0001" / "report.json").stat().st_mtime_ns == stamp
     rep = json.loads((out / "report.json").read_text())
     assert [f.get("resumed", False) for f in rep["frames"]] == [True, True]
+
+
+def test_garbage_collector_is_settled_only_in_the_console_script(tmp_path):
+    """The console script freezes the imports' objects and raises the collector's thresholds
+    (cli._settle_heap); a caller's main([...]) in its own process (a test runner, a notebook)
+    must keep its garbage collector as it was."""
+    import gc
+
+    from deltamic_core import cli
+
+    before = (gc.get_freeze_count(), gc.get_threshold())
+    assert cli.main(["fit", str(tmp_path / "missing.tif"), "--seeds", "x.csv", "--out", str(tmp_path / "o")]) != 0
+    assert (gc.get_freeze_count(), gc.get_threshold()) == before
+    code = (
+        "import gc, sys\n"
+        "from deltamic_core import cli\n"
+        "sys.argv = ['deltamic', 'fit', sys.argv[1], '--seeds', 'x.csv', '--out', sys.argv[2]]\n"
+        "cli.main()\n"
+        "print(gc.get_freeze_count() > 0, gc.get_threshold()[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "missing.tif"), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.stdout.split() == ["True", "20000"], out.stderr[-1000:]

@@ -43,6 +43,7 @@ from .pipeline.errors import EXIT_FAILURE, EXIT_USAGE
 # ---------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success)."""
+    own_process = argv is None  # the console script (not a caller's main([...])): see _settle_heap
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     debug = "--debug" in argv
     with warnings.catch_warnings():
@@ -54,10 +55,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         if not debug:
             warnings.showwarning = _show_warning
-        return _main(argv, debug)
+        return _main(argv, debug, own_process)
 
 
-def _main(argv: list, debug: bool) -> int:
+def _settle_heap() -> None:
+    """Python's cyclic garbage collector scans every live object at each full collection, the
+    ~10^5 that importing torch and co. leaves included, and a fit makes many short-lived ones
+    (a shared-membrane rebuild's per-collapse tuples and sets): freeze what the imports made
+    (never scanned again) and collect young objects less often. Only in a process of its own
+    (the console script): frozen objects are never freed. Measured on the benchmark's
+    agg4-fine fit (1 thread): 0.65 -> 0.36 s of collector CPU per process."""
+    import gc
+
+    import torch  # noqa: F401 - the command imports it anyway: the bulk of the long-lived objects
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 20, 20)
+
+
+def _main(argv: list, debug: bool, own_process: bool = False) -> int:
     try:
         parser = build_parser()
         try:
@@ -67,6 +84,8 @@ def _main(argv: list, debug: bool) -> int:
         if args.command is None:
             raise CLIError("a command is required: render, fit, track, batch or mechanics (see 'deltamic --help')")
         args.argv = [PROG] + argv
+        if own_process:
+            _settle_heap()
         handler = {
             "render": cmd_render,
             "fit": cmd_fit,
