@@ -129,6 +129,82 @@ inline void table_scatter_point(const Setup& S, const TableSetup& TS, const doub
   }
 }
 
+// All terms of one point at once (rank <= kFusedRank): per (z, y) row of the union of the
+// terms' windows the row gets sum_r (s a_r(z) b_r(y)) c_r(x), one load and store per voxel for
+// every term (one term after the other stored and re-read each row R times). The factors are
+// exactly 0 beyond a term's reach, so the union's extra products add zeros: the same sums.
+constexpr int kFusedRank = 16;
+
+template <typename T, int N>
+inline void scatter_fused_rows(const T (*cz)[kFusedRank], const T (*cy)[kFusedRank], const T (*gx)[kMaxWindow],
+                               int R, const int* lo, const int* hi, int n, T* base, int64_t sz, int64_t sy) {
+  const int len = N > 0 ? N : n;
+  for (int tz = lo[0]; tz < hi[0]; ++tz) {
+    const T* az = cz[tz];
+    T* plane = base + tz * sz;
+    for (int ty = lo[1]; ty < hi[1]; ++ty) {
+      const T* by = cy[ty];
+      T c[kFusedRank];
+      bool any = false;
+      for (int r = 0; r < R; ++r) {
+        c[r] = az[r] * by[r];
+        any |= c[r] != T(0);
+      }
+      if (!any) continue;
+      T* row = plane + ty * sy;
+      T acc[N > 0 ? N : kMaxWindow];
+      for (int tx = 0; tx < len; ++tx) acc[tx] = row[tx];
+      for (int r = 0; r < R; ++r) {
+        const T cr = c[r];
+        const T* gr = gx[r];
+        for (int tx = 0; tx < len; ++tx) acc[tx] += cr * gr[tx];
+      }
+      for (int tx = 0; tx < len; ++tx) row[tx] = acc[tx];
+    }
+  }
+}
+
+template <typename T>
+inline void table_scatter_point_fused(const Setup& S, const TableSetup& TS, const double* const* g, const double* d0,
+                                      int l, double s, const int* clo, const int* chi, T* base, int64_t sz,
+                                      int64_t sy) {
+  const int W[3] = {static_cast<int>(S.ax[0].W), static_cast<int>(S.ax[1].W), static_cast<int>(S.ax[2].W)};
+  const int R = static_cast<int>(TS.rank);
+  int lo[3] = {kMaxWindow, kMaxWindow, kMaxWindow}, hi[3] = {0, 0, 0};
+  for (int r = 0; r < R; ++r) {
+    int tl[3], th[3];
+    bool empty = false;
+    for (int a = 0; a < 3; ++a) {
+      term_range(S.ax[a], TS.t[a].reach[r], d0[a * kLanes + l], clo[a], chi[a], tl[a], th[a]);
+      empty |= tl[a] >= th[a];
+    }
+    if (empty) continue;
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = std::min(lo[a], tl[a]);
+      hi[a] = std::max(hi[a], th[a]);
+    }
+  }
+  if (lo[0] >= hi[0] || lo[1] >= hi[1] || lo[2] >= hi[2]) return;
+  // a term empty at this point (none of its window inside) has factors that are 0 wherever
+  // another term's window is (its reach excludes those voxels) or outside the clip: still exact
+  alignas(64) T cz[kMaxWindow][kFusedRank], cy[kMaxWindow][kFusedRank], gx[kFusedRank][kMaxWindow];
+  for (int r = 0; r < R; ++r) {
+    for (int t = lo[0]; t < hi[0]; ++t) cz[t][r] = static_cast<T>(s * g[0][(r * W[0] + t) * kLanes + l]);
+    for (int t = lo[1]; t < hi[1]; ++t) cy[t][r] = static_cast<T>(g[1][(r * W[1] + t) * kLanes + l]);
+    for (int t = lo[2]; t < hi[2]; ++t) gx[r][t - lo[2]] = static_cast<T>(g[2][(r * W[2] + t) * kLanes + l]);
+  }
+  const int n = hi[2] - lo[2];
+  T* b = base + lo[2];
+  switch (n) {
+    case 5: scatter_fused_rows<T, 5>(cz, cy, gx, R, lo, hi, n, b, sz, sy); break;
+    case 6: scatter_fused_rows<T, 6>(cz, cy, gx, R, lo, hi, n, b, sz, sy); break;
+    case 7: scatter_fused_rows<T, 7>(cz, cy, gx, R, lo, hi, n, b, sz, sy); break;
+    case 8: scatter_fused_rows<T, 8>(cz, cy, gx, R, lo, hi, n, b, sz, sy); break;
+    case 9: scatter_fused_rows<T, 9>(cz, cy, gx, R, lo, hi, n, b, sz, sy); break;
+    default: scatter_fused_rows<T, 0>(cz, cy, gx, R, lo, hi, n, b, sz, sy);
+  }
+}
+
 // Per-thread scratch of the factors: 3 axes x rank x W x kLanes (value, derivative) and d0.
 struct TableScratch {
   std::vector<double> buf;
@@ -156,6 +232,7 @@ void table_forward_faces(const Setup& S, const TableSetup& TS, const T* tri, con
                          const int64_t* face_rule, const int64_t* rule_start, const double* lam, const double* rw,
                          int64_t f0, int64_t f1, T* img) {
   TableScratch sc(S, TS, false);
+  const bool fused = TS.rank <= kFusedRank;
   alignas(64) double y[3][kLanes], fl[3][kLanes];
   std::vector<T> patch(kCopies * 1024);
   const int64_t zero[3] = {0, 0, 0};
@@ -196,7 +273,10 @@ void table_forward_faces(const Setup& S, const TableSetup& TS, const T* tri, con
         const double s = sf * rw[qb + l];
         T* base = dst + (local ? (l % kCopies) * cs : 0) + (i0[0] - bb[0]) * sz + (i0[1] - bb[1]) * sy +
                   (i0[2] - bb[2]);
-        table_scatter_point<T>(S, TS, sc.g, sc.d0, l, s, lo, hi, base, sz, sy);
+        if (fused)
+          table_scatter_point_fused<T>(S, TS, sc.g, sc.d0, l, s, lo, hi, base, sz, sy);
+        else
+          table_scatter_point<T>(S, TS, sc.g, sc.d0, l, s, lo, hi, base, sz, sy);
       }
     }
     if (!local) continue;
@@ -298,11 +378,108 @@ inline void table_gather_point(const Setup& S, const TableSetup& TS, const doubl
   out[3] = ddx;
 }
 
+// The adjoint of table_scatter_point_fused: all terms of one point at once, the per-term sums
+// vectorised over the terms (RP: the rank padded to a multiple of 4 with zero factors), each
+// window voxel read once. The same sums as table_gather_point (zeros added beyond the reaches).
+template <typename T, int RP>
+inline void gather_fused(const double (*f)[kFusedRank], int nz, int ny, int n, const T* base, int64_t sz, int64_t sy,
+                         double* out) {
+  // f rows: [0, nz) gz, [nz, 2 nz) dz, then gy, dy (ny each), then gx, dx (n each)
+  const double(*gz)[kFusedRank] = f;
+  const double(*dz)[kFusedRank] = f + nz;
+  const double(*gy)[kFusedRank] = f + 2 * nz;
+  const double(*dy)[kFusedRank] = f + 2 * nz + ny;
+  const double(*gx)[kFusedRank] = f + 2 * nz + 2 * ny;
+  const double(*dx)[kFusedRank] = f + 2 * nz + 2 * ny + n;
+  double val[RP] = {}, ddz[RP] = {}, ddy[RP] = {}, ddx[RP] = {};
+  for (int tz = 0; tz < nz; ++tz) {
+    double a0[RP] = {}, ady[RP] = {}, a1[RP] = {};
+    const T* plane = base + tz * sz;
+    for (int ty = 0; ty < ny; ++ty) {
+      const T* row = plane + ty * sy;
+      double x0[RP] = {}, x1[RP] = {};
+      for (int tx = 0; tx < n; ++tx) {
+        const double v = static_cast<double>(row[tx]);
+        for (int r = 0; r < RP; ++r) {
+          x0[r] += gx[tx][r] * v;
+          x1[r] += dx[tx][r] * v;
+        }
+      }
+      for (int r = 0; r < RP; ++r) {
+        a0[r] += gy[ty][r] * x0[r];
+        ady[r] += dy[ty][r] * x0[r];
+        a1[r] += gy[ty][r] * x1[r];
+      }
+    }
+    for (int r = 0; r < RP; ++r) {
+      val[r] += gz[tz][r] * a0[r];
+      ddz[r] += dz[tz][r] * a0[r];
+      ddy[r] += gz[tz][r] * ady[r];
+      ddx[r] += gz[tz][r] * a1[r];
+    }
+  }
+  double o[4] = {0, 0, 0, 0};
+  for (int r = 0; r < RP; ++r) {
+    o[0] += val[r];
+    o[1] += ddz[r];
+    o[2] += ddy[r];
+    o[3] += ddx[r];
+  }
+  for (int k = 0; k < 4; ++k) out[k] = o[k];
+}
+
+template <typename T>
+inline void table_gather_point_fused(const Setup& S, const TableSetup& TS, const double* const* g,
+                                     const double* const* dg, const double* d0, int l, const int* clo,
+                                     const int* chi, const T* base, int64_t sz, int64_t sy, double* out) {
+  const int W[3] = {static_cast<int>(S.ax[0].W), static_cast<int>(S.ax[1].W), static_cast<int>(S.ax[2].W)};
+  const int R = static_cast<int>(TS.rank);
+  int lo[3] = {kMaxWindow, kMaxWindow, kMaxWindow}, hi[3] = {0, 0, 0};
+  for (int r = 0; r < R; ++r) {
+    int tl[3], th[3];
+    bool empty = false;
+    for (int a = 0; a < 3; ++a) {
+      term_range(S.ax[a], TS.t[a].reach[r], d0[a * kLanes + l], clo[a], chi[a], tl[a], th[a]);
+      empty |= tl[a] >= th[a];
+    }
+    if (empty) continue;
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = std::min(lo[a], tl[a]);
+      hi[a] = std::max(hi[a], th[a]);
+    }
+  }
+  out[0] = out[1] = out[2] = out[3] = 0.0;
+  if (lo[0] >= hi[0] || lo[1] >= hi[1] || lo[2] >= hi[2]) return;
+  const int RP = (R + 3) / 4 * 4;
+  const int nz = hi[0] - lo[0], ny = hi[1] - lo[1], n = hi[2] - lo[2];
+  alignas(64) double f[6 * kMaxWindow][kFusedRank];
+  double(*p)[kFusedRank] = f;
+  const int cnt[3] = {nz, ny, n};
+  for (int a = 0; a < 3; ++a) {
+    for (int k = 0; k < 2; ++k) {
+      const double* src = k == 0 ? g[a] : dg[a];
+      for (int t = 0; t < cnt[a]; ++t) {
+        for (int r = 0; r < R; ++r) p[t][r] = src[(r * W[a] + lo[a] + t) * kLanes + l];
+        for (int r = R; r < RP; ++r) p[t][r] = 0.0;
+      }
+      p += cnt[a];
+    }
+  }
+  const T* b = base + lo[0] * sz + lo[1] * sy + lo[2];
+  switch (RP) {
+    case 4: gather_fused<T, 4>(f, nz, ny, n, b, sz, sy, out); break;
+    case 8: gather_fused<T, 8>(f, nz, ny, n, b, sz, sy, out); break;
+    case 12: gather_fused<T, 12>(f, nz, ny, n, b, sz, sy, out); break;
+    default: gather_fused<T, 16>(f, nz, ny, n, b, sz, sy, out);
+  }
+}
+
 template <typename T>
 void table_backward_faces(const Setup& S, const TableSetup& TS, const T* tri, const T* strength,
                           const int64_t* face_rule, const int64_t* rule_start, const double* lam, const double* rw,
                           const T* grad, int64_t f0, int64_t f1, T* gtri, T* gstr) {
   TableScratch sc(S, TS, true);
+  const bool fused = TS.rank <= kFusedRank;
   alignas(64) double y[3][kLanes], fl[3][kLanes];
   const int64_t zero[3] = {0, 0, 0};
   const int64_t full[3] = {S.ax[0].n, S.ax[1].n, S.ax[2].n};
@@ -326,7 +503,10 @@ void table_backward_faces(const Setup& S, const TableSetup& TS, const T* tri, co
         if (!clip_box(S, i0, zero, full, lo, hi)) continue;
         const T* base = grad + i0[0] * sz + i0[1] * sy + i0[2];
         double o[4];
-        table_gather_point<T>(S, TS, sc.g, sc.dg, sc.d0, l, lo, hi, base, sz, sy, o);
+        if (fused)
+          table_gather_point_fused<T>(S, TS, sc.g, sc.dg, sc.d0, l, lo, hi, base, sz, sy, o);
+        else
+          table_gather_point<T>(S, TS, sc.g, sc.dg, sc.d0, l, lo, hi, base, sz, sy, o);
         const int64_t q = qb + l;
         const double l0 = lam[3 * q], l1 = lam[3 * q + 1], l2 = lam[3 * q + 2];
         const double s = sf * rw[q];
