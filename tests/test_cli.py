@@ -410,8 +410,9 @@ def test_track_follows_a_growing_cell_and_resumes(tmp_path, capsys):
 
 def test_garbage_collector_is_settled_only_in_the_console_script(tmp_path):
     """The console script freezes the imports' objects and raises the collector's thresholds
-    (cli._settle_heap); a caller's main([...]) in its own process (a test runner, a notebook)
-    must keep its garbage collector as it was."""
+    (cli._settle_heap) and asks for passive OpenMP waiting unless the user chose a policy
+    (cli._passive_threads); a caller's main([...]) in its own process (a test runner, a
+    notebook) must keep its garbage collector as it was."""
     import gc
 
     from deltamic_core import cli
@@ -424,12 +425,23 @@ def test_garbage_collector_is_settled_only_in_the_console_script(tmp_path):
         "from deltamic_core import cli\n"
         "sys.argv = ['deltamic', 'fit', sys.argv[1], '--seeds', 'x.csv', '--out', sys.argv[2]]\n"
         "cli.main()\n"
-        "print(gc.get_freeze_count() > 0, gc.get_threshold()[0])\n"
+        "import os\n"
+        "print(gc.get_freeze_count() > 0, gc.get_threshold()[0], os.environ.get('OMP_WAIT_POLICY'))\n"
     )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "missing.tif"), str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
-    assert out.stdout.split() == ["True", "20000"], out.stderr[-1000:]
+    assert out.stdout.split() == ["True", "20000", "PASSIVE"], out.stderr[-1000:]
+    mine = subprocess.run(  # a policy the user chose is kept
+        [sys.executable, "-c", code, str(tmp_path / "missing.tif"), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+    )
+    assert mine.stdout.split()[-1] == "ACTIVE", mine.stderr[-1000:]
