@@ -245,6 +245,17 @@ earlier 0.047 / 0.16 / 0.23% / 19.3% in 717 s (render 183 s + backward 312 s): a
 the time. ``--psf measured`` and embryo3-fine were not fitted (the measured bead's Fourier route:
 ~100 s per iteration).
 
+Finer facets late in the fit, 2026-12-04 (1 thread, load 9-22, ``--fit-psf gaussian``, mean d /
+HD95 / worst vol): embryo3-fine's 0.091 / 0.31 / 0.12% is unbiased (mean signed distance -0.002
+voxel; free membranes 66% of it, triple-junction surroundings 23%) and at the chord limit of its
+1.46 um facets (the truth remeshed to 1.46 um, vertices on it: 0.099). ``--fit-config
+'{"subdivide_final_at": 0.5}'`` (each triangle split in four half-way through the last level,
+``subdivide_lambda_factor`` 2): embryo3-fine 0.076 / 0.25 / 0.13%, agg4-fine 0.045 / 0.14 /
+0.27% (defaults 0.045 / 0.14 / 0.27%), tiny-agg3 0.069 / 0.22 / 0.04% (defaults 0.061 / 0.19 /
+0.05%): off by default (factor 1: embryo3-fine 0.068, agg4-fine 0.049; factor 4: 0.088, 0.044,
+tiny 0.061). ``target_edge_um`` 0.9 and 1.2 lost cells on embryo3-fine (the coarse levels get
+3.6-4.8 um edges) and 1.0 crashed in gpytoolbox's remesher (SIGSEGV, at the half-way rebuild).
+
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """

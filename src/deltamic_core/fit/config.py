@@ -215,6 +215,8 @@ _CHECKS = (
     ("reshare_membranes", _one_of(("off", "new", "always"))),
     ("reshare_final_at", _unit_closed),
     ("rebuild_voxel", _nonneg),
+    ("subdivide_final_at", _optional(_below_one)),
+    ("subdivide_lambda_factor", _pos),
     ("tension", _nonneg),
     ("band_threshold", _below_one),
     ("backend", _string),
@@ -411,6 +413,26 @@ class FitConfig:
         (``--fit-psf gaussian``, 1 thread, same run), the fits came out less close:
         embryo3-fine 0.092 -> 0.115 xy voxel, agg4-fine 0.045 -> 0.050 (tiny-agg3 0.063 both,
         agg8-fine 0.072 -> 0.074), so it stays off.
+    subdivide_final_at : float in (0, 1) or None
+        After this fraction of the full-resolution level's iterations (after that step's
+        ``reshare_final_at`` rebuild when both fall on the same step), split every triangle in
+        four at its edge midpoints (:func:`deltamic_core.geometry.subdivide`): the rest of the
+        fit moves a mesh of half the edge length (no remesher involved). Without
+        ``target_edge_um`` the mesh's edge is set by the seed spheres (~1.5 um on the 0.25 um
+        benchmark images), and facets that size cannot follow a creased surface closer than
+        their chords allow: the bundled embryo's true cells (a real segmentation, 1.6 um
+        facets) remeshed to 1.46 um edges with every vertex on the true surface are 0.099 xy
+        voxel from it, at 1.0 um 0.057, at 0.7 um 0.032. None (default) = off. Measured on the
+        independent benchmark (``bench_accuracy.py --fit-psf gaussian``, 1 thread, load 9-22,
+        2026-12-04), mean distance in xy voxels with 0.5, per ``subdivide_lambda_factor``:
+        embryo3-fine 0.091 (off) -> 0.068 (1) / 0.076 (2) / 0.088 (4); agg4-fine 0.045 ->
+        0.049 / 0.045 / 0.044; tiny-agg3 0.061 -> 0.069 (2) / 0.061 (4). The embryo's creased
+        cells gain, the aggregates' smooth ones do not and lose to the noise a softer mesh
+        follows, so it stays off. A fit's CPU grows ~14% (tiny-agg3, factor 1: 9.5 -> 10.8 s).
+    subdivide_lambda_factor : float > 0
+        The subdivided mesh's preconditioner uses the level's lambda x this (default 2). The
+        uniform Laplacian smooths over ~sqrt(lambda) edges, so 1 halves the smoothing length in
+        um along with the edges and 4 keeps it.
     tension : float >= 0
         A surface-tension prior: the loss gets ``tension x L0 x A / A0`` added, A the total
         membrane area (a shared membrane counted once), A0 and L0 the area and the data loss at
@@ -473,6 +495,8 @@ class FitConfig:
     reshare_membranes: str = "always"
     reshare_final_at: float = 0.5
     rebuild_voxel: float = 0.0
+    subdivide_final_at: float | None = None
+    subdivide_lambda_factor: float = 2.0
     tension: float = 0.0
 
     band_threshold: float = 1e-3

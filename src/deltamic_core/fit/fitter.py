@@ -361,6 +361,7 @@ class Fitter:
         self._backend = config.backend
         self._shared_done = False
         self._level_rebuilt = False
+        self._lambda_mult = 1.0  # FitConfig.subdivide_lambda_factor once the mesh is subdivided
         self._tension_scale = None  # loss per um^2 of membrane on this level (FitConfig.tension)
         self._overlap_log: list = []  # (level, blur um, {cell: model-data correlation}) of each reach check
         self._photo = self._photo_opt = None  # learnt log-gain and background (photometric="learn")
@@ -498,6 +499,7 @@ class Fitter:
                 "volume_level": self._volume_level,
                 "shared_done": self._shared_done,
                 "level_rebuilt": self._level_rebuilt,
+                "lambda_mult": self._lambda_mult,
                 "tension_scale": self._tension_scale,
                 "custom_weights": None if self._custom_weights is None else self._custom_weights.copy(),
                 "psf": _numpy(self.psf.state_dict()),
@@ -521,6 +523,9 @@ class Fitter:
             try:
                 self._level = self._build_level(int(state["level"]), mesh=state["mesh"], blur_um=state.get("blur_um"))
                 self._level.base_blur_um = state.get("base_blur_um", self._level.base_blur_um)
+                if state.get("lambda_mult", 1.0) != 1.0:  # a subdivided mesh's preconditioner
+                    self._lambda_mult = float(state["lambda_mult"])
+                    self._set_topology(state["mesh"], self._level.index)
             finally:
                 self._loading = False
             self._u = torch.as_tensor(state["u"], dtype=torch.float64, device=dev)
@@ -656,7 +661,7 @@ class Fitter:
         x0 = torch.as_tensor(mesh.verts, dtype=torch.float64, device=self.device)
         t0 = time.perf_counter()
         self._precond = LaplacianPreconditioner(
-            mesh.verts, mesh.faces, cfg.lambda_for_level(index), cfg.p, cfg.laplacian
+            mesh.verts, mesh.faces, cfg.lambda_for_level(index) * self._lambda_mult, cfg.p, cfg.laplacian
         )
         self._timings["solve"] += time.perf_counter() - t0
         self._u = self._precond.to_differential(x0)
@@ -745,6 +750,7 @@ class Fitter:
             # a rebuilt mesh is only voxel-accurate: it needs full-size steps, not a refinement's
             self._level_rebuilt = rebuilt
         renderer = self._holding(renderer, mesh, level_psf, obs_l.shape, spacing, origin, f)
+        self._lambda_mult = 1.0
         self._set_topology(mesh, index)
         # a new level has a new step scale (its voxel size) and new photometric normalisation
         self._lr_scale = 1.0
@@ -991,6 +997,18 @@ class Fitter:
         n = self._level.n_iterations
         return self._level_iter == max(1, round(cfg.reshare_final_at * n)) and self._level_iter < n
 
+    def _subdivide_now(self) -> bool:
+        """True after the step that ends the first ``subdivide_final_at`` of the
+        full-resolution level's iterations (see ``FitConfig.subdivide_final_at``)."""
+        cfg = self.config
+        at = cfg.subdivide_final_at
+        if at is None or self._frozen is not None or self._custom_weights is not None:
+            return False
+        if self._level_index != len(cfg.levels) - 1 or cfg.levels[-1] != 1:
+            return False
+        n = self._level.n_iterations
+        return self._level_iter == max(1, round(at * n)) and self._level_iter < n
+
     # ------------------------------------------------------------------ one step
     def _lr_now(self) -> float:
         cfg = self.config
@@ -1209,6 +1227,7 @@ class Fitter:
                 mesh = self._remesh(self.current_mesh(), cfg.target_edge_um * self._level.factor)
                 self._set_topology(mesh, self._level.index)
                 remeshed = True
+            subdivide_now = self._subdivide_now()  # before the rebuild resets nothing it reads
             if self._reshare_now():
                 # the full-resolution surfaces are now as close as the data make them: zip the
                 # near-touching sheets that were still apart at the level change
@@ -1217,6 +1236,15 @@ class Fitter:
                     self._set_topology(mesh, self._level.index)
                     self._recent = []  # the losses before and after are not comparable
                     remeshed = True
+            if subdivide_now:
+                from ..geometry import subdivide
+
+                t_sub = time.perf_counter()
+                self._lambda_mult = cfg.subdivide_lambda_factor
+                self._set_topology(subdivide(self.current_mesh()), self._level.index)
+                self._timings["remesh"] += time.perf_counter() - t_sub
+                self._recent = []  # the losses before and after are not comparable
+                remeshed = True
             self._timings["total"] += time.perf_counter() - t_start
             # look ahead so that `done` is accurate right after the last step
             if self._level_iter >= self._level.n_iterations or self._level_converged():

@@ -40,6 +40,7 @@ from .ops import (
     orient_outward,
     signed_volume,
     snap_to_cells,
+    subdivide,
     vertex_face_adjacency,
     volumes_by_label,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "offset_to_volume",
     "snap_to_cells",
     "orient_outward",
+    "subdivide",
     "orient_consistently",
     "icosphere",
     "seed_spheres",

@@ -37,6 +37,7 @@ __all__ = [
     "offset_to_volume",
     "orient_outward",
     "orient_consistently",
+    "subdivide",
 ]
 
 
@@ -255,6 +256,23 @@ def offset_to_volume(surface: Mesh, target_um3: float) -> Mesh:
         return surface.copy(metadata={})
     offset = (target_um3 - vol) / area
     return Mesh(verts + offset * vn, faces)
+
+
+def subdivide(mesh: Mesh) -> Mesh:
+    """Every triangle split in four at its edge midpoints (one new vertex per edge, so shared
+    membranes and junction edges stay stitched), wound and labelled like its parent: the same
+    surface with half the edge length and four times the faces."""
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    nv = len(mesh.verts)
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    uniq, inverse = np.unique(e, axis=0, return_inverse=True)
+    mid = nv + inverse.reshape(3, len(f))  # midpoint ids of the edges ab, bc, ca of every face
+    ab, bc, ca = mid
+    a, b, c = f.T
+    faces = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
+    verts = np.concatenate([mesh.verts, 0.5 * (mesh.verts[uniq[:, 0]] + mesh.verts[uniq[:, 1]])])
+    labels = None if mesh.labels is None else np.tile(mesh.labels, (4, 1))
+    return Mesh(verts, faces, labels, dict(mesh.metadata))
 
 
 def volumes_by_label(verts, faces, labels, n_labels: int | None = None):
