@@ -187,3 +187,65 @@ def test_the_merge_gap_grows_with_the_psf_along_its_axis(axis):
         assert area["psf"] == 0.0
     with pytest.raises(ValueError, match="merge_gap_axes"):
         FitConfig(merge_gap_axes="z")
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_sheets_closer_than_two_psf_sigmas_along_their_normal_are_zipped(axis):
+    # two half balls pressed onto planes 0.4 um apart, across z (axis 0) or across x (axis 2);
+    # PSF sigma 0.26 um along z, 0.1 um laterally: zip_gap_sigmas 2 zips the pair across z
+    # (0.4 um < 2 x 0.26) into its contact disc (the flat faces), not across x (0.4 > 2 x 0.1);
+    # merge_gap_um alone (0.1 um) neither; at a later rebuild (the first one's surfaces are the
+    # blurred first level's)
+    gap, c = 0.4, 5.1
+
+    def half(centre, keep_below):
+        m = icosphere(tuple(centre), R, 4)
+        v = m.verts.copy()
+        cut = c - gap / 2 if keep_below else c + gap / 2
+        v[:, axis] = np.minimum(v[:, axis], cut) if keep_below else np.maximum(v[:, axis], cut)
+        return Mesh(v, m.faces)
+
+    lo, hi = np.array([5.2, 5.1, 5.3]), np.array([5.2, 5.1, 5.3])
+    lo[axis], hi[axis] = c - 0.5, c + 0.5
+    mesh = merge_meshes([half(lo, True), half(hi, False)])
+    disc = np.pi * (R**2 - (0.5 - gap / 2) ** 2)
+    img = np.random.default_rng(0).random((22, 42, 42))
+    psf = GaussianPSF(sigma_um=(0.26, 0.1, 0.1))
+    area = {}
+    for k in (0.0, 2.0):
+        config = FitConfig(levels=(1,), iterations=1, target_edge_um=0.6, zip_gap_sigmas=k)
+        out = Fitter(img, SPACING, mesh, psf, config)._share_membranes(mesh, "always")  # a later rebuild
+        area[k] = 0.0 if out is None else float(contacts(out)["area_um2"].sum())
+    assert area[0.0] == 0.0
+    if axis == 0:
+        assert area[2.0] == pytest.approx(disc, rel=0.05)
+    else:
+        assert area[2.0] == 0.0
+    with pytest.raises(ValueError, match="zip_gap_sigmas"):
+        FitConfig(zip_gap_sigmas=-1.0)
+
+
+def test_zip_new_contacts_takes_only_the_pairs_that_did_not_touch():
+    # cells 1 | 2 touch in both images (2's rim one voxel wider in `zipped`); 1 and 3 are a
+    # voxel apart in `lab` and touch in `zipped`: only the 1-3 contact is taken
+    from deltamic_core.geometry import touching_pairs, zip_new_contacts
+
+    lab = np.zeros((8, 8, 20), np.int32)
+    lab[1:7, 1:7, 1:6] = 1
+    lab[2:6, 2:6, 6:10] = 2
+    lab[1:7, 1:7, 15:19] = 3
+    lab[1:7, 1:7, 11:14] = 1  # a second part of cell 1, a voxel from 3 (x = 14 empty)
+    zipped = lab.copy()
+    zipped[1:7, 1:7, 14] = 3  # the gap closed
+    zipped[1:7, 2, 6:8] = 2  # a wider 1-2 rim (near their interface)
+    assert touching_pairs(lab) == {(1, 2)}
+    assert touching_pairs(zipped) == {(1, 2), (1, 3)}
+    out = zip_new_contacts(lab, zipped)
+    assert touching_pairs(out) == {(1, 2), (1, 3)}
+    np.testing.assert_array_equal(out[..., :11], lab[..., :11])  # the 1-2 contact as in lab
+    np.testing.assert_array_equal(out[..., 11:], zipped[..., 11:])
+    np.testing.assert_array_equal(zip_new_contacts(lab, lab), lab)
+    # named pairs (a contact zipped at an earlier rebuild keeps the wide rule): 1-2 taken too
+    both = zip_new_contacts(lab, zipped, pairs={(1, 2), (1, 3)})
+    np.testing.assert_array_equal(both, zipped)
+    np.testing.assert_array_equal(zip_new_contacts(lab, zipped, pairs={(2, 3)}), lab)  # not touching

@@ -360,6 +360,7 @@ class Fitter:
         self._volume_level = float(config.volume_weight)
         self._backend = config.backend
         self._shared_done = False
+        self._zip_pairs: set = set()  # pairs zipped by FitConfig.zip_gap_sigmas
         self._level_rebuilt = False
         self._lambda_mult = 1.0  # FitConfig.subdivide_lambda_factor once the mesh is subdivided
         self._tension_scale = None  # loss per um^2 of membrane on this level (FitConfig.tension)
@@ -498,6 +499,7 @@ class Fitter:
                 "background": self._background,
                 "volume_level": self._volume_level,
                 "shared_done": self._shared_done,
+                "zip_pairs": sorted(self._zip_pairs),
                 "level_rebuilt": self._level_rebuilt,
                 "lambda_mult": self._lambda_mult,
                 "tension_scale": self._tension_scale,
@@ -520,6 +522,7 @@ class Fitter:
             self._loading = True  # a cancel() now is for the first step (which raises at once)
             self._custom_weights = state["custom_weights"]
             self._shared_done, self._level_rebuilt = state["shared_done"], state["level_rebuilt"]
+            self._zip_pairs = {tuple(p) for p in state.get("zip_pairs", ())}
             try:
                 self._level = self._build_level(int(state["level"]), mesh=state["mesh"], blur_um=state.get("blur_um"))
                 self._level.base_blur_um = state.get("base_blur_um", self._level.base_blur_um)
@@ -579,7 +582,14 @@ class Fitter:
         cells that touch, or None when there is nothing to merge (see
         ``FitConfig.share_membranes``). ``again`` ("new" or "always", see
         ``FitConfig.reshare_membranes``) rebuilds a mesh that already has shared membranes."""
-        from ..geometry import contact_labels_by_gap, label_image, meshes_from_labels, snap_to_cells
+        from ..geometry import (
+            contact_labels_by_gap,
+            label_image,
+            meshes_from_labels,
+            snap_to_cells,
+            touching_pairs,
+            zip_new_contacts,
+        )
         from ..geometry.ops import edge_lengths
 
         already = mesh.labels is not None and bool((mesh.labels > 0).all(axis=1).any())
@@ -598,9 +608,23 @@ class Fitter:
         # their surfaces: fill it so that the contact becomes one sheet, not two
         lab = close_contact_gaps(lab, spacing, self.config.contact_gap_um)
         # contacts where the current surfaces touch, not where voxels happen to
-        lab = contact_labels_by_gap(
+        gapped = contact_labels_by_gap(
             lab, mesh, spacing, self.origin_um, self.config.merge_gap_um, axis_scale=self._merge_axis_scale()
         )
+        # two cells that do not share a membrane yet, whose surfaces face each other closer
+        # than the PSF resolves along their normal: one membrane (FitConfig.zip_gap_sigmas)
+        # (not at the first rebuild: the first level's blurred surfaces are no evidence of that)
+        sigma = self._psf_sigma_um() if self.config.zip_gap_sigmas > 0 and again else None
+        if sigma is not None:
+            wide = contact_labels_by_gap(
+                lab, mesh, spacing, self.origin_um, self.config.zip_gap_sigmas * min(sigma), axis_scale=sigma
+            )
+            # the pairs zipped this way keep the wide rule at later rebuilds: a contact zipped
+            # while its sheets were still partly apart grows to the rest of them
+            zip_pairs = (touching_pairs(wide) - touching_pairs(gapped)) | (touching_pairs(wide) & self._zip_pairs)
+            gapped = zip_new_contacts(gapped, wide, zip_pairs)
+            self._zip_pairs |= zip_pairs
+        lab = gapped
         # touching = face-adjacent voxels of two different cells
         pairs = set()
         for axis in range(3):
@@ -623,6 +647,20 @@ class Fitter:
         if not np.all(np.isfinite(out.verts)) or len(out.faces) == 0:
             return None
         return out
+
+    def _psf_sigma_um(self):
+        """The PSF's standard deviations (z, y, x) in um: a Gaussian's own, a measured PSF's
+        FWHM / 2.355; None for other models."""
+        sigma = getattr(self.psf, "sigma_um", None)
+        if sigma is not None:
+            s = np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=np.float64).reshape(-1)
+        elif hasattr(self.psf, "fwhm_um"):
+            s = np.asarray(self.psf.fwhm_um(), dtype=np.float64) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        else:
+            return None
+        if s.shape == (3,) and np.all(np.isfinite(s)) and np.all(s > 0):
+            return tuple(float(v) for v in s)
+        return None
 
     def _merge_axis_scale(self):
         """Per-axis scale of the contact gap (``FitConfig.merge_gap_axes``): the PSF's

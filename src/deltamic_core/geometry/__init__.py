@@ -20,7 +20,7 @@ labelled (l1, l2) with the normal pointing from l1 into l2; a plain mesh is one 
   angles on triple lines, Young-Dupre tensions, Laplace pressures).
 """
 
-from .contact_gap import contact_labels_by_gap
+from .contact_gap import contact_labels_by_gap, touching_pairs, zip_new_contacts
 from .edit import delete_cell, merge_cells, split_cell
 from .measure import Measurements, contact_matrix, contacts, measure
 from .mechanics import MechanicsResult, mechanics
@@ -83,6 +83,8 @@ __all__ = [
     "label_image",
     "inside_mask",
     "contact_labels_by_gap",
+    "touching_pairs",
+    "zip_new_contacts",
     "delete_cell",
     "merge_cells",
     "split_cell",

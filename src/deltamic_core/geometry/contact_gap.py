@@ -25,7 +25,7 @@ from ..mesh import Mesh
 from .ops import cell_faces, cell_surface
 from .rasterize import inside_mask
 
-__all__ = ["contact_labels_by_gap"]
+__all__ = ["contact_labels_by_gap", "touching_pairs", "zip_new_contacts"]
 
 
 def _signed_distances(points, idx_frac, mesh, cells, vox, margin):
@@ -132,4 +132,39 @@ def contact_labels_by_gap(
             touching[tuple(v.T)] = True
             joined[tuple(v[w <= gap_um].T)] = True
     out[touching & ~joined] = 0
+    return out
+
+
+def touching_pairs(lab: np.ndarray) -> set:
+    """The pairs (a, b), a < b, of cells with face-adjacent voxels in the label image."""
+    pairs = set()
+    for axis in range(3):
+        a = np.moveaxis(lab, axis, 0)
+        p, q = a[1:], a[:-1]
+        sel = (p != q) & (p > 0) & (q > 0)
+        pairs.update(zip(np.minimum(p[sel], q[sel]).tolist(), np.maximum(p[sel], q[sel]).tolist()))
+    return pairs
+
+
+def zip_new_contacts(lab: np.ndarray, zipped: np.ndarray, pairs=None, reach: int = 2) -> np.ndarray:
+    """``lab`` with some contacts taken from ``zipped`` (a label image of the same cells whose
+    contacts were decided by a wider gap): ``pairs`` ((a, b) tuples, a < b; None = the pairs
+    of cells that touch in ``zipped`` but not in ``lab``). Near each of them (within ``reach``
+    voxels of their interface in ``zipped``) the voxels of either cell in either image take
+    ``zipped``'s label; the other contacts, and everything away from these pairs, stay as in
+    ``lab``."""
+    from scipy import ndimage as ndi
+
+    new = touching_pairs(zipped) - touching_pairs(lab) if pairs is None else set(pairs) & touching_pairs(zipped)
+    if not new:
+        return lab
+    out = lab.copy()
+    for a, b in sorted(new):
+        za, zb = zipped == a, zipped == b
+        ball = np.ones((3, 3, 3), bool)
+        interface = (za & ndi.binary_dilation(zb, ball)) | (zb & ndi.binary_dilation(za, ball))
+        near = ndi.binary_dilation(interface, ball, iterations=reach)
+        ours = np.isin(zipped, (a, b)) | np.isin(lab, (a, b))
+        take = near & ours & (zipped != lab)
+        out[take] = zipped[take]
     return out
