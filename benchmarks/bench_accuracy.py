@@ -1032,6 +1032,7 @@ def fit_psf_args(case: Case, mode: str, meta: dict) -> list[str]:
         str(opt["ni"]),
         "--ns",
         str(opt["ns"]),
+        *(["--vectorial"] if case.psf.endswith("vectorial") else []),
     ]
 
 

@@ -53,6 +53,12 @@ JOBS = [
     FitJob(
         image="a.tif",
         init=InitSpec("seeds", "s.csv"),
+        psf=PSFSpec("gibson-lanni", {"na": 1.0, "wavelength_um": 0.525, "n_sample": 1.33, "vectorial": True}),
+        out="o",
+    ),
+    FitJob(
+        image="a.tif",
+        init=InitSpec("seeds", "s.csv"),
         psf=PSFSpec("confocal", {"na": 1.3, "wavelength_um": 0.6, "ex_wavelength_um": 0.488, "pinhole_au": 0.8}),
         out="o",
     ),

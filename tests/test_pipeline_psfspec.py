@@ -49,6 +49,9 @@ def test_models_get_the_immersion_index_under_one_name():
     assert (d["n_immersion"], d["n_immersion_design"], d["n_sample"], d["particle_depth_um"]) == pytest.approx(
         (1.4, 1.4, 1.38, 3.0)
     )
+    assert not gl.vectorial
+    vec = make_psf(PSFSpec("gibson-lanni", {**optics, "n_sample": 1.38, "vectorial": True}), (1, 1, 1))
+    assert vec.vectorial and vec.as_dict()["vectorial"] is True
     h = make_psf(PSFSpec("hanser", {**optics, "zernike": "11=0.1"}), (1, 1, 1))
     assert isinstance(h, HanserPSF)
     assert h.as_dict()["n_immersion"] == pytest.approx(1.4)
@@ -62,6 +65,7 @@ def test_models_get_the_immersion_index_under_one_name():
         (PSFSpec("gibson-lanni", {"na": 1.2, "wavelength_um": 0.5, "n_immersion": 1.5}), "needs --ns"),
         (PSFSpec("hanser", {"sigma_um": (1.0,)}), "--sigma applies to --psf gaussian, not --psf hanser"),
         (PSFSpec("gaussian", {"depth_um": 1.0}), "--depth applies to --psf gibson-lanni"),
+        (PSFSpec("confocal", {"vectorial": True}), "--vectorial applies to --psf gibson-lanni"),
         (PSFSpec("gaussian", {"na": 1.2}), "needs --na, --wavelength and --ni"),
         (PSFSpec("gaussian", {"sigma_um": (1.0, 2.0)}), "--sigma takes 1 or 3 values"),
         (PSFSpec("airy"), "unknown PSF model 'airy'"),

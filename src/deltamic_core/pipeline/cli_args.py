@@ -77,6 +77,8 @@ def fit_command(job, *, image: str | None = None, init: str | None = None, prog:
             words += [option, *(_num(v) for v in values)]
         elif name == "zernike":
             words += [option, *(f"{k}={_num(c)}" for k, c in sorted(parse_zernike(value).items()))]
+        elif name == "vectorial":  # a flag
+            words += [option] if value else []
         else:
             words += [option, _num(value)]
     if psf.learn:

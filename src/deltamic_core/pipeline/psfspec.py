@@ -16,6 +16,7 @@ Parameter names (shared by every model that has them):
 ``zernike``        pupil aberrations {Noll index: waves} (Hanser)
 ``ex_wavelength_um`` excitation wavelength in vacuum (confocal; default: the emission wavelength)
 ``pinhole_au``     pinhole diameter in Airy units of the emission (confocal; default 1)
+``vectorial``      the vectorial model instead of the scalar one (Gibson-Lanni; default False)
 ``bead``           path of a bead image (measured)
 """
 
@@ -40,6 +41,7 @@ OPTION = {
     "zernike": "--zernike",
     "ex_wavelength_um": "--ex-wavelength",
     "pinhole_au": "--pinhole-au",
+    "vectorial": "--vectorial",
     "bead": "--psf measured BEAD.tif",
 }
 
@@ -125,7 +127,7 @@ def _gaussian(p: dict, spacing_um):
     return GaussianPSF(sigma_um=tuple(spacing_um))
 
 
-@register_psf("gibson-lanni", ("na", "wavelength_um", "n_immersion", "n_sample", "depth_um"))
+@register_psf("gibson-lanni", ("na", "wavelength_um", "n_immersion", "n_sample", "depth_um", "vectorial"))
 def _gibson_lanni(p: dict, spacing_um):
     from ..psf import GibsonLanniPSF
 
@@ -140,6 +142,8 @@ def _gibson_lanni(p: dict, spacing_um):
     )
     if "depth_um" in p:
         kw["particle_depth_um"] = p["depth_um"]
+    if p.get("vectorial"):
+        kw["vectorial"] = True
     return GibsonLanniPSF(**kw)
 
 

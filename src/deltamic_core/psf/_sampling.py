@@ -82,6 +82,38 @@ def bessel_j0(x: torch.Tensor) -> torch.Tensor:
     return _BesselJ0.apply(x)
 
 
+class _BesselJ1(torch.autograd.Function):
+    """J1 with its derivative J0 - J1 / x (-> 1/2 at x = 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.special.bessel_j1(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        small = x.abs() < 1e-4
+        safe = torch.where(small, torch.ones_like(x), x)
+        d = torch.special.bessel_j0(x) - torch.special.bessel_j1(x) / safe
+        return g * torch.where(small, 0.5 - 0.1875 * x * x, d)
+
+
+def bessel_j1(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable Bessel function of the first kind, order 1."""
+    return _BesselJ1.apply(x)
+
+
+def bessel_j2(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable J2 = 2 J1(x) / x - J0(x) (x^2 / 8 - x^4 / 96 near 0, where the recurrence
+    cancels)."""
+    small = x.abs() < 1e-2
+    safe = torch.where(small, torch.ones_like(x), x)
+    rec = 2.0 * bessel_j1(safe) / safe - bessel_j0(safe)
+    x2 = x * x
+    return torch.where(small, x2 / 8.0 - x2 * x2 / 96.0, rec)
+
+
 @functools.lru_cache(maxsize=64)
 def _leggauss_np(n: int):
     from scipy.special import roots_legendre

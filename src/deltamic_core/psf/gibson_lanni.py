@@ -9,13 +9,13 @@ import torch
 
 from ..grid import FFTGrid
 from ._base import PARAM_DTYPE, SampledPSFModel, _check_dtype, _check_grid, _nonnegative, _positive, _sampling_settings
-from ._sampling import bessel_j0, interp1d_uniform, leggauss, oversampling_factors
+from ._sampling import bessel_j0, bessel_j1, bessel_j2, interp1d_uniform, leggauss, oversampling_factors
 
 _POSITIVE = ("na", "wavelength_um", "n_immersion", "n_immersion_design", "n_sample", "ng", "ng0", "tg", "tg0", "ti0")
 
 
 class GibsonLanniPSF(SampledPSFModel):
-    r"""Scalar Gibson-Lanni PSF of a widefield microscope with a stratified sample.
+    r"""Gibson-Lanni PSF of a widefield microscope with a stratified sample, scalar or vectorial.
 
     Model (S. F. Gibson and F. Lanni, JOSA A 8(10):1601, 1991; in the form of F. Aguet,
     PhD thesis, EPFL 2009): with k0 = 2 pi / lambda, the normalised pupil radius
@@ -34,6 +34,26 @@ class GibsonLanniPSF(SampledPSFModel):
     integral uses Gauss-Legendre quadrature on fixed nodes in rho (so NA, n_s, depth... are
     differentiable), with a node count set from the total phase and Bessel oscillation over
     the evaluated range; J0 comes from ``torch.special.bessel_j0`` (with a J1 backward).
+
+    Vectorial model (``vectorial=True``; F. Aguet, PhD thesis, EPFL 2009, after P. Török et
+    al.): the field of an isotropic emitter (a freely rotating dipole) through the same
+    stratified medium, with the aplanatic objective's sqrt(cos theta_i) apodisation and the
+    Fresnel transmissions t_s, t_p of the immersion -> coverslip and coverslip -> sample
+    interfaces (t t' below; Aguet's ordering, the reciprocal path of the emitted light; n_s sin
+    theta_s = n_g sin theta_g = n_i sin theta_i = NA rho):
+
+        h(r, z) ∝ |I_0|^2 + 2 |I_1|^2 + |I_2|^2
+        I_m = int_0^alpha sqrt(cos theta_i) sin theta_i J_m(k0 NA rho r) exp(i k0 W) F_m d theta_i
+        F_0 = t_s t_s' + t_p t_p' cos theta_s,  F_1 = t_p t_p' (n_i / n_s) sin theta_i,
+        F_2 = t_s t_s' - t_p t_p' cos theta_s
+
+    with t_s = 2 n_1 cos theta_1 / (n_1 cos theta_1 + n_2 cos theta_2), t_p = 2 n_1 cos theta_1
+    / (n_2 cos theta_1 + n_1 cos theta_2) per interface (1 -> 2; the other ordering, sample ->
+    immersion, moves the PSF by 1-2% of its peak when n_s != n_i). Integrated in rho like the
+    scalar model (d theta_i = NA d rho / (n_i cos theta_i)). At NA 1.0 in water it is 5% wider
+    laterally at focus than the scalar model (FWHM 0.285 vs 0.270 um at 525 nm), with 15% less
+    peak per unit energy; ``psfmodels.make_psf(model="vectorial")`` computes the same model
+    (tests/test_psf_vectorial.py).
 
     Sampling and OTF: the PSF is radially symmetric, so its lateral 2D Fourier transform is
     the Hankel transform H(z, k) = 2 pi int_0^R h(z, r) J0(2 pi k r) r dr, evaluated by
@@ -64,6 +84,7 @@ class GibsonLanniPSF(SampledPSFModel):
         energy per plane at any defocus, so a bound is needed).
     learn : names of the learnable parameters (others are fixed buffers); any of
         ``na, wavelength_um, n_immersion, n_immersion_design, n_sample, ng, ng0, tg, tg0, ti0, particle_depth_um``.
+    vectorial : the vectorial model above instead of the scalar one (default False).
     otf_method : "hankel" (default) or "grid", see above. They differ only in the lateral
         domain the PSF is integrated over (disc vs periodic box): for a widefield PSF, whose
         far-defocused planes are wide and dim, that moves the OTF by a few percent at low
@@ -90,8 +111,10 @@ class GibsonLanniPSF(SampledPSFModel):
         max_extent_um=(12.0, 8.0, 8.0),
         learn=("na", "n_sample", "particle_depth_um"),
         otf_method: str = "hankel",
+        vectorial: bool = False,
     ):
         super().__init__()
+        self.vectorial = bool(vectorial)
         if otf_method not in ("hankel", "grid"):
             raise ValueError(f"otf_method must be 'hankel' or 'grid', got {otf_method!r}")
         self.otf_method = otf_method
@@ -215,9 +238,35 @@ class GibsonLanniPSF(SampledPSFModel):
         # exp(i phase); the imaginary part of phase (evanescent, > 0) damps the amplitude
         e = torch.exp(1j * phase)
         k0na = 2.0 * math.pi / self.wavelength_um * self.na
-        bes = bessel_j0(k0na * r_um[None, :] * rho[:, None]) * (w * rho)[:, None]  # (Nrho, Nr)
-        amp = e @ bes.to(e.dtype)
-        return amp.real**2 + amp.imag**2
+        arg = k0na * r_um[None, :] * rho[:, None]  # (Nrho, Nr)
+        if not self.vectorial:
+            bes = bessel_j0(arg) * (w * rho)[:, None]
+            amp = e @ bes.to(e.dtype)
+            return amp.real**2 + amp.imag**2
+        f0, f1, f2 = self._vectorial_factors(rho, w)
+        out = 0.0
+        for f, bessel, mult in ((f0, bessel_j0, 1.0), (f1, bessel_j1, 2.0), (f2, bessel_j2, 1.0)):
+            amp = (e * f[None, :]) @ bessel(arg).to(e.dtype)
+            out = out + mult * (amp.real**2 + amp.imag**2)
+        return out
+
+    def _vectorial_factors(self, rho: torch.Tensor, w: torch.Tensor):
+        """Quadrature-ready factors (complex, (Nrho,)) of the vectorial integrals I_0, I_1, I_2 in
+        rho: F_m x sqrt(cos theta_i) sin theta_i d theta_i / d rho, up to a constant (rho / sqrt(cos
+        theta_i)) times the Gauss weights ``w``. See the class docstring."""
+        na, ni, ns, ng = self.na, self.n_immersion, self.n_sample, self.ng
+        s2 = (na * rho) ** 2
+
+        def cos_t(n):  # cos theta in the layer of index n (complex past the critical angle)
+            return torch.sqrt(torch.complex(n * n - s2, torch.zeros_like(s2))) / n
+
+        cs, cg, ci = cos_t(ns), cos_t(ng), cos_t(ni)
+        # immersion -> coverslip, coverslip -> sample (t_s = 2 n_1 c_1 / (n_1 c_1 + n_2 c_2),
+        # t_p = 2 n_1 c_1 / (n_2 c_1 + n_1 c_2), c = cos theta)
+        ts = (2.0 * ni * ci / (ni * ci + ng * cg)) * (2.0 * ng * cg / (ng * cg + ns * cs))
+        tp = (2.0 * ni * ci / (ng * ci + ni * cg)) * (2.0 * ng * cg / (ns * cg + ng * cs))
+        jac = w * rho / torch.sqrt(ci)
+        return jac * (ts + tp * cs), jac * tp * (na * rho / ns), jac * (ts - tp * cs)
 
     def _intensity(self, fine: FFTGrid, device) -> torch.Tensor:
         z, y, x = fine.centred_coords(dtype=PARAM_DTYPE, device=device)
@@ -316,6 +365,8 @@ class GibsonLanniPSF(SampledPSFModel):
         d["extent_threshold"] = self.extent_threshold
         d["max_extent_um"] = list(self.max_extent_um)
         d["otf_method"] = self.otf_method
+        if self.vectorial:
+            d["vectorial"] = True
         d["learn"] = [
             n
             for n in list(_POSITIVE) + ["particle_depth_um"]
