@@ -256,6 +256,20 @@ voxel; free membranes 66% of it, triple-junction surroundings 23%) and at the ch
 tiny 0.061). ``target_edge_um`` 0.9 and 1.2 lost cells on embryo3-fine (the coarse levels get
 3.6-4.8 um edges) and 1.0 crashed in gpytoolbox's remesher (SIGSEGV, at the half-way rebuild).
 
+Widefield, 2026-12-04 (1 thread, load 8-19): ``--fit-psf physical`` on a widefield case is
+``--psf gibson-lanni`` with the true optics, plus ``--vectorial`` on the vectorial cases (the
+model of their images; the fit's vectorial model is within 1e-4 of psfmodels' peak,
+tests/test_psf_peers.py). elongated-fine's fit was tapered, +0.16 um at its shallow (brighter)
+end and -0.20 um at the deep one: with a constant gain the fit traded membrane area for the
+depth attenuation's brightness. With the gain linear in depth and a background plane
+(``FitConfig.photometric_field="linear"``, now the default), mean d / HD95 / worst volume:
+elongated-fine 0.460 / 2.32 / 0.01% (scalar, constant) -> 0.195 / 0.65 / 0.00% (vectorial,
+linear; scalar + linear 0.223 / 0.83 / 1.02%, vectorial + constant 0.466 / 2.41 / 0.77%),
+watershed 1.079; nonconvex-coarse 0.214 / 0.80 / 0.68% -> 0.204 / 0.79 / 0.52%; agg4-fine
+(``--fit-psf gaussian``) 0.045 / 0.14 / 0.27% / 11.2% -> 0.038 / 0.11 / 0.04% / 6.0%; embryo3-coarse
+0.071 / 0.24 / 0.10% / 5.8% -> 0.067 / 0.23 / 0.08% / 11.0% (contacts 2-3 and 1-3 worse). Left: the z-facing
+surfaces (|d| ~0.1 um where |n_z| > 0.7 vs 0.012 um on the sides).
+
 Usage: ``nice python benchmarks/bench_accuracy.py [--quick | --tiny] [--cases NAME ...] [--fit-psf
 physical|gaussian] [--fit-args "--iterations ..."] [--fit-config JSON] [--tag NAME] [--threads 2]``.
 """

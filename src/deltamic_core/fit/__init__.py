@@ -10,7 +10,16 @@ from __future__ import annotations
 from .config import FitConfig
 from .fitter import FitCancelled, FitDivergedError, FitResult, Fitter, StepResult
 from .levels import BlockAveragedPSF, block_average
-from .losses import ObservedStats, intensity_weight, poisson_nll, robust_normalise, solve_photometric, weighted_mse
+from .losses import (
+    FieldStats,
+    ObservedStats,
+    intensity_weight,
+    poisson_nll,
+    robust_normalise,
+    solve_photometric,
+    solve_photometric_field,
+    weighted_mse,
+)
 from .optim import VertexAdam
 from .precondition import LaplacianPreconditioner, mesh_laplacian
 
@@ -29,6 +38,8 @@ __all__ = [
     "poisson_nll",
     "solve_photometric",
     "ObservedStats",
+    "solve_photometric_field",
+    "FieldStats",
     "LaplacianPreconditioner",
     "mesh_laplacian",
     "VertexAdam",

@@ -14,6 +14,7 @@ __all__ = ["FitConfig"]
 
 LOSSES = ("mse", "poisson")
 PHOTOMETRIC = ("solve", "learn")
+PHOTOMETRIC_FIELDS = ("constant", "linear")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -195,6 +196,7 @@ _CHECKS = (
     ("poisson_floor", _pos),
     ("photometric", _one_of(PHOTOMETRIC)),
     ("photometric_lr", _pos),
+    ("photometric_field", _one_of(PHOTOMETRIC_FIELDS)),
     ("volume_weight", _nonneg),
     ("membrane_weight", _nonneg),
     (None, _something_rendered),
@@ -294,6 +296,16 @@ class FitConfig:
         Gain and background eliminated in closed form each step (weighted least squares,
         positive gain) or learnt as parameters with ``photometric_lr``.
     photometric_lr : float
+    photometric_field : {"linear", "constant"}
+        The solved gain and background: a gain linear in depth (the attenuation of the emitted
+        light along z, bleaching along the stack) and a background plane in (z, y, x)
+        ("linear", the default, ``losses.solve_photometric_field``; with ``photometric="solve"``
+        only, a learnt gain and background stay constant), or constants ("constant", before
+        2026-12-04). Measured on bench_accuracy (1 thread, mean d xy voxel / worst volume):
+        elongated-fine (widefield, ``--psf gibson-lanni --vectorial``) 0.466 / 0.77% -> 0.195 /
+        0.00%; nonconvex-coarse (widefield scalar) 0.214 / 0.68% -> 0.204 / 0.52%; agg4-fine
+        (confocal, ``--psf gaussian --learn-psf``) 0.045 / 0.27% -> 0.038 / 0.04%; embryo3-coarse
+        0.071 / 0.10% -> 0.067 / 0.08% (its worst contact 5.8% -> 11.0%).
     volume_weight : float
         Weight of the enclosed-volume (cytoplasm) signal relative to the membrane, passed to
         the renderer as signed per-face weights built from the labels (every cell filled,
@@ -497,6 +509,7 @@ class FitConfig:
     poisson_floor: float = 1e-3
     photometric: str = "solve"
     photometric_lr: float = 0.02
+    photometric_field: str = "linear"
     volume_weight: float = 0.0
     membrane_weight: float = 1.0
     volume_level: str = "fixed"

@@ -38,11 +38,13 @@ from ..mesh import Mesh
 from .config import FitConfig
 from .levels import BlockAveragedPSF, block_average, gaussian_blur
 from .losses import (
+    FieldStats,
     ObservedStats,
     _quantiles,
     intensity_weight,
     poisson_nll,
     solve_photometric,
+    solve_photometric_field,
     solve_two_levels,
     weighted_mse,
 )
@@ -1092,6 +1094,17 @@ class Fitter:
     def _loss(self, rendered: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         lvl = self._level
+        if cfg.photometric == "solve" and cfg.photometric_field == "linear":
+            if lvl.photo_stats is None:
+                lvl.photo_stats = FieldStats(lvl.observed, lvl.weight)
+            g_f, (b_z, b_yx), (g, b) = solve_photometric_field(rendered, lvl.photo_stats)
+            dt = rendered.dtype
+            model = torch.addcmul(b_z.to(dt), g_f.to(dt), rendered) + b_yx.to(dt)
+            self._gain = g * lvl.scale
+            self._background = b * lvl.scale + lvl.offset
+            if cfg.loss == "mse":
+                return weighted_mse(model, lvl.observed, lvl.weight)
+            return poisson_nll(model, lvl.observed, lvl.weight, floor=cfg.poisson_floor)
         if cfg.photometric == "solve" or self._photo is None:
             if lvl.photo_stats is None:
                 lvl.photo_stats = ObservedStats(lvl.observed, lvl.weight)

@@ -19,6 +19,8 @@ __all__ = [
     "poisson_nll",
     "ObservedStats",
     "solve_photometric",
+    "FieldStats",
+    "solve_photometric_field",
     "solve_two_levels",
 ]
 
@@ -225,6 +227,136 @@ def solve_photometric(
     gain = max(gain, floor)
     background = stats.o_mean - gain * r_mean
     return gain, background
+
+
+def _unit_coords(n: int) -> torch.Tensor:
+    """Positions of ``n`` samples along an axis, from -0.5 (first) to 0.5 (last), float64."""
+    return torch.linspace(-0.5, 0.5, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+
+
+class FieldStats:
+    """What :func:`solve_photometric_field` needs of the observed image and the weight, once per
+    fit level: the coordinates (z, y, x in [-0.5, 0.5] over the image), the weighted moments of
+    the background plane's columns (1, z, y, x) and their products with the observed image."""
+
+    def __init__(self, observed: torch.Tensor, weight: torch.Tensor | None = None):
+        with torch.no_grad():
+            o = observed.detach().to(torch.float64)
+            w = torch.ones_like(o) if weight is None else weight.detach().to(torch.float64)
+            if not float(w.sum()) > 0:
+                raise ValueError("weight must have a positive sum")
+            nz, ny, nx = o.shape
+            self.z, self.y, self.x = _unit_coords(nz), _unit_coords(ny), _unit_coords(nx)
+            # per step the render is multiplied by these in its own dtype (float32 in a fit): the
+            # per-plane partial sums are then converted to float64
+            dt = observed.dtype if observed.dtype in (torch.float32, torch.float64) else torch.float64
+            self.w = None if weight is None else w.to(dt)
+            self.wo = (w * o).to(dt)
+            wz, wzy, wzx = w.sum((1, 2)), w.sum(2), w.sum(1)  # (Z,), (Z, Y), (Z, X)
+            wyx = (w.sum(0) * self.y[:, None] * self.x[None, :]).sum()
+            self.cc = self._plane_moments(wz, wzy, wzx, wyx)  # sum w c_i c_j, (4, 4)
+            wo = w * o
+            self.co = self._plane_sums(wo.sum((1, 2)), wo.sum(2), wo.sum(1))  # sum w o c_i, (4,)
+            self.soo = float((wo * o).sum())
+        self.shape = tuple(observed.shape)
+
+    def _plane_sums(self, pz, pzy, pzx) -> torch.Tensor:
+        """sum q c_i for c = (1, z, y, x), from the partial sums of q over (y, x), x and y."""
+        z, y, x = self.z, self.y, self.x
+        return torch.stack([pz.sum(), (pz * z).sum(), (pzy.sum(0) * y).sum(), (pzx.sum(0) * x).sum()])
+
+    def _plane_moments(self, pz, pzy, pzx, pyx) -> torch.Tensor:
+        """sum q c_i c_j (4 x 4) for c = (1, z, y, x), from the partial sums of q over (y, x), x
+        and y, and ``pyx`` = sum q y x."""
+        z, y, x = self.z, self.y, self.x
+        m = torch.empty(4, 4, dtype=torch.float64)
+        s1 = self._plane_sums(pz, pzy, pzx)
+        m[0] = s1
+        m[:, 0] = s1
+        m[1, 1] = (pz * z * z).sum()
+        m[1, 2] = m[2, 1] = (pzy * z[:, None] * y[None, :]).sum()
+        m[1, 3] = m[3, 1] = (pzx * z[:, None] * x[None, :]).sum()
+        m[2, 2] = (pzy.sum(0) * y * y).sum()
+        m[3, 3] = (pzx.sum(0) * x * x).sum()
+        m[2, 3] = m[3, 2] = pyx
+        return m
+
+
+def solve_photometric_field(
+    rendered: torch.Tensor, stats: FieldStats, *, min_gain: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
+    """Weighted least squares for ``observed ~ (g0 + g1 z) * rendered + (b0 + b1 z + b2 y + b3 x)``
+    (z, y, x in [-0.5, 0.5] over the image): a gain that varies linearly with depth (the
+    attenuation of the emitted light in the sample, or a bleaching along the stack) and a
+    background plane (uneven illumination, camera offset gradients).
+
+    The 6 x 6 normal equations are formed from partial sums of ``w r``, ``w r^2`` and ``w r o``
+    (float64) and solved directly. When the depth gain would not stay positive over the image
+    (``min(g0 +- g1 / 2) < min_gain x scale``), g1 is dropped (a constant gain, the background
+    plane kept); when the constant gain is not positive either, it is clamped to the floor.
+
+    Returns
+    -------
+    (gain, (background_z, background_yx), (g_centre, b_centre)) : the gain and the background's
+        z part as (Z, 1, 1) tensors and its (y, x) part as a (1, Y, X) tensor (float64, no
+        gradient; the model image is ``gain * r + background_z + background_yx``), and the gain
+        and background at the image centre.
+    """
+    if tuple(rendered.shape) != stats.shape:
+        raise ValueError(f"rendered shape {tuple(rendered.shape)} differs from observed shape {stats.shape}")
+    z, y, x = stats.z, stats.y, stats.x
+    with torch.no_grad():
+        r = rendered.detach().to(stats.wo.dtype)
+        wr = r if stats.w is None else stats.w * r
+        f64 = torch.float64
+        p_rzy, p_rzx = wr.sum(2).to(f64), wr.sum(1).to(f64)  # partial sums of w r (cascaded)
+        p_rz = p_rzy.sum(1)
+        rr = (wr * r).sum((1, 2)).to(f64)  # sum_yx w r^2 per plane
+        ro = (stats.wo * r).sum((1, 2)).to(f64)  # sum_yx w o r per plane
+        # columns a = (r, r z, 1, z, y, x): the normal matrix M = sum w a a^T, rhs sum w a o
+        m = torch.empty(6, 6, dtype=torch.float64)
+        m[2:, 2:] = stats.cc
+        m[0, 0] = rr.sum()
+        m[0, 1] = m[1, 0] = (rr * z).sum()
+        m[1, 1] = (rr * z * z).sum()
+        s_r = stats._plane_sums(p_rz, p_rzy, p_rzx)  # sum w r c
+        s_rz = torch.stack(
+            [
+                (p_rz * z).sum(),
+                (p_rz * z * z).sum(),
+                (p_rzy * z[:, None] * y[None, :]).sum(),
+                (p_rzx * z[:, None] * x[None, :]).sum(),
+            ]
+        )  # sum w r z c
+        m[0, 2:] = m[2:, 0] = s_r
+        m[1, 2:] = m[2:, 1] = s_rz
+        rhs = torch.cat([torch.stack([ro.sum(), (ro * z).sum()]), stats.co])
+        scale = (max(stats.soo, 1e-300) / max(float(m[0, 0]), 1e-300)) ** 0.5
+        floor = min_gain * scale
+
+        def solve(keep):
+            idx = torch.tensor(keep)
+            sol = torch.zeros(6, dtype=torch.float64)
+            sub = m[idx][:, idx]
+            try:
+                sol[idx] = torch.linalg.solve(sub, rhs[idx])
+            except RuntimeError:
+                sol[idx] = torch.linalg.lstsq(sub, rhs[idx]).solution
+            return sol
+
+        theta = solve([0, 1, 2, 3, 4, 5])
+        zmin, zmax = float(z.min()), float(z.max())
+        if min(float(theta[0] + theta[1] * zmin), float(theta[0] + theta[1] * zmax)) < floor:
+            theta = solve([0, 2, 3, 4, 5])
+        if float(theta[0]) < floor:  # constant gain at the floor: re-solve the background plane
+            theta = torch.zeros(6, dtype=torch.float64)
+            theta[0] = floor
+            sub = m[2:, 2:]
+            theta[2:] = torch.linalg.lstsq(sub, rhs[2:] - floor * m[2:, 0]).solution
+        gain = (theta[0] + theta[1] * z).reshape(-1, 1, 1)
+        bg_z = (theta[2] + theta[3] * z).reshape(-1, 1, 1)
+        bg_yx = (theta[4] * y[:, None] + theta[5] * x[None, :])[None]
+    return gain, (bg_z, bg_yx), (float(theta[0]), float(theta[2]))
 
 
 def solve_two_levels(
