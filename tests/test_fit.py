@@ -528,3 +528,30 @@ def test_a_seed_with_no_membrane_in_reach_is_named_in_a_warning(far_shell):
     fitter = Fitter(far_shell, REACH_SPACING, init, GaussianPSF(sigma_um=REACH_SIGMA), cfg)
     with pytest.warns(RuntimeWarning, match=r"cell 2: the initial surface is too far from the membranes"):
         fitter.step()
+
+
+def test_coarse_level_remesh_is_not_coarser_than_the_seeds():
+    """``target_edge_um`` scales with a coarse level's factor, but a coarse level never remeshes
+    the seeds coarser than their own tessellation (4 x the target would leave a small cell a
+    few dozen faces); the full-resolution level gets the target itself."""
+    from deltamic_core.geometry import seed_spheres
+    from deltamic_core.geometry.ops import edge_lengths
+
+    shape, spacing = (32, 32, 32), (0.5, 0.5, 0.5)
+    centre = np.array([7.9, 8.1, 7.8])
+    img = shell_image(shape, 0.5, centre, 4.0, 0.6)
+    init = seed_spheres(centre[None], [3.5], edge_um=1.2)
+    seed_edge = float(np.mean(edge_lengths(init.verts, init.faces)))
+    cfg = FitConfig(levels=(4, 1), iterations=(2, 2), target_edge_um=0.6, share_membranes=False)
+    fitter = Fitter(img, spacing, init, GaussianPSF(sigma_um=(0.6, 0.6, 0.6)), cfg)
+    fitter.step()
+    coarse = fitter.current_mesh()
+    e_coarse = float(np.mean(edge_lengths(coarse.verts, coarse.faces)))
+    # without the cap: 4 x 0.6 = 2.4 um edges, ~4x fewer faces than the seeds
+    assert e_coarse < 1.25 * seed_edge, (e_coarse, seed_edge)
+    assert len(coarse.faces) > 0.6 * len(init.faces)
+    fitter.step()
+    fitter.step()  # the first full-resolution step
+    fine = fitter.current_mesh()
+    e_fine = float(np.mean(edge_lengths(fine.verts, fine.faces)))
+    assert 0.6 * 0.75 < e_fine < 0.6 * 1.25, e_fine
