@@ -74,8 +74,13 @@ def test_per_object_fit_matches_each_object_fitted_alone():
     ).result.mesh
     assert both.n_cells == 2
     for k, c in enumerate((a, b)):
-        alone = run(
-            FitJob(image_data=_field([c]), init=InitSpec("seeds", data=(seeds[k : k + 1], np.array([1.5]))), **common)
+        alone = run(  # the crops solve a constant gain and background: the reference does too
+            FitJob(
+                image_data=_field([c]),
+                init=InitSpec("seeds", data=(seeds[k : k + 1], np.array([1.5]))),
+                config={"photometric_field": "constant"},
+                **common,
+            )
         ).result.mesh
         got, ref = cell_surface(both, k + 1), cell_surface(alone, 1)
         v_got, v_ref = float(measure(got)["volume_um3"][0]), float(measure(ref)["volume_um3"][0])
@@ -284,3 +289,31 @@ def test_isolated_objects_keep_their_seed_surfaces():
     )
     v1 = out.verts[np.unique(out.faces[(out.labels == 1).any(1)])]
     assert v1[:, 2].max() > 7.5  # cell 1 now reaches its neck, not its 1.5 um seed sphere
+
+
+def test_per_object_crops_solve_a_constant_gain_and_background(monkeypatch):
+    """The neighbours' fixed light is rendered with one gain per object, so every crop's fit
+    solves a constant gain and background even when the config asks for a gain linear in depth
+    (in a crop of a few um that gain traded the objects' z extent for brightness)."""
+    import deltamic_core.fit as fit_mod
+    from deltamic_core.fit import FitConfig
+    from deltamic_core.pipeline.objects import fit_objects
+    from deltamic_core.psf import GaussianPSF
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    class Recorder:
+        def __init__(self, data, spacing_um, mesh, psf, config, **kw):
+            seen.append(config.photometric_field)
+            raise Stop
+
+    monkeypatch.setattr(fit_mod, "Fitter", Recorder)
+    img = _field([(5.0, 5.0, 6.0), (5.0, 5.0, 20.0)])
+    seeds = seed_spheres([(5.0, 5.0, 6.0), (5.0, 5.0, 20.0)], 1.8, 2)
+    cfg = FitConfig(membrane_weight=0.0, volume_weight=1.0, photometric_field="linear")
+    with pytest.raises(Stop):
+        fit_objects(img, FIELD_SP, seeds, GaussianPSF(sigma_um=FIELD_SIGMA), cfg, contacts="none")
+    assert seen == ["constant"]

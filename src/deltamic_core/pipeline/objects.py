@@ -34,6 +34,7 @@ meshes stay in the image frame (um).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -328,6 +329,12 @@ def fit_objects(
         neighbours = True
     if contacts not in ("watershed", "regions", "none"):
         raise ValueError(f"contacts must be 'watershed', 'regions' or 'none', got {contacts!r}")
+    if fixed_mode and getattr(config, "photometric_field", "constant") != "constant":
+        # the neighbours' fixed light is rendered with one gain per object (its crop's): the
+        # crops' own gain and background are constants too. A gain linear in depth in a crop of
+        # a few um traded the objects' z extent for brightness (bench_interior, 24 nuclei:
+        # 0.057 -> 0.110 um, worst volume 6.7% -> 41%)
+        config = dataclasses.replace(config, photometric_field="constant")
     crops = plan_object_crops(init_mesh, img.shape, spacing_um, origin_um, margin_um, reach, neighbours is True)
     boxes = _cell_boxes(init_mesh)
     t0 = time.perf_counter()
