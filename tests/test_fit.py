@@ -555,3 +555,26 @@ def test_coarse_level_remesh_is_not_coarser_than_the_seeds():
     fine = fitter.current_mesh()
     e_fine = float(np.mean(edge_lengths(fine.verts, fine.faces)))
     assert 0.6 * 0.75 < e_fine < 0.6 * 1.25, e_fine
+
+
+def test_default_fine_edge_follows_the_voxels():
+    """With no target edge, a membrane fit on voxels finer than its seeds' tessellation ends on a
+    mesh of ``fine_edge_voxels`` x the smallest voxel; ``fine_edge_voxels=0`` keeps the seeds'."""
+    from deltamic_core.geometry import seed_spheres
+    from deltamic_core.geometry.ops import edge_lengths
+
+    shape, spacing = (48, 48, 48), (0.25, 0.25, 0.25)
+    centre = np.array([6.1, 5.9, 6.0])
+    img = shell_image(shape, 0.25, centre, 3.5, 0.35)
+    init = seed_spheres(centre[None], [3.0], edge_um=1.6)
+    seed_edge = float(np.mean(edge_lengths(init.verts, init.faces)))
+    edges = {}
+    for k in (4.0, 0.0):
+        cfg = FitConfig(levels=(2, 1), iterations=(1, 1), fine_edge_voxels=k, share_membranes=False)
+        fitter = Fitter(img, spacing, init, GaussianPSF(sigma_um=(0.35, 0.35, 0.35)), cfg)
+        fitter.step()
+        fitter.step()  # the first full-resolution step
+        m = fitter.current_mesh()
+        edges[k] = float(np.mean(edge_lengths(m.verts, m.faces)))
+    assert 0.75 < edges[4.0] < 1.25, edges  # 4 x 0.25 um
+    assert abs(edges[0.0] / seed_edge - 1) < 0.1, (edges, seed_edge)

@@ -241,6 +241,17 @@ class _Level:
     photo_stats: object = None  # losses.ObservedStats of observed and weight (made at the first solve)
 
 
+def _fine_edge(config, spacing_um, face_weights, frozen):
+    """``fine_edge_voxels`` x the smallest voxel (um): the coarsest edge the full-resolution
+    mesh of a membrane fit keeps when ``target_edge_um`` is None; None where it does not apply
+    (interior staining, custom face weights or frozen vertices: they need a fixed topology)."""
+    if config.target_edge_um is not None or config.fine_edge_voxels <= 0 or config.volume_weight > 0:
+        return None
+    if face_weights is not None or frozen is not None:
+        return None
+    return float(config.fine_edge_voxels) * float(min(spacing_um))
+
+
 def _checked_arguments(image, spacing_um, origin_um, init_mesh, psf, config, face_weights):
     """Check the Fitter's arguments (in this order); returns (config, spacing_um, origin_um,
     device, image ndarray, face weights or None)."""
@@ -330,6 +341,7 @@ class Fitter:
         # coarse level's remesh goes (see _level_edge_um)
         self._init_edge_um = float(np.mean(edge_lengths(init_mesh.verts, init_mesh.faces)))
         self._custom_weights = fw
+        self._fine_edge_um = _fine_edge(config, self.spacing_um, fw, frozen)
         self._voxel_weight = None
         if voxel_weight is not None:
             vw = np.asarray(voxel_weight, dtype=np.float32)
@@ -614,8 +626,9 @@ class Fitter:
             return None  # custom weights cannot follow a change of topology
         t0 = time.perf_counter()
         edge = self.config.target_edge_um
-        if edge is None:
+        if edge is None:  # the current mesh's, but no coarser than FitConfig.fine_edge_voxels
             edge = float(np.mean(edge_lengths(mesh.verts, mesh.faces)))
+            edge = min(edge, self._fine_edge_um) if self._fine_edge_um is not None else edge
         spacing, shape = rebuild_grid(self._image.shape, self.spacing_um, self.config.rebuild_voxel * edge)
         lab = label_image(mesh, shape, spacing, self.origin_um)
         ids = np.unique(lab[lab > 0])
@@ -797,6 +810,10 @@ class Fitter:
                         mesh, rebuilt = shared, True
                 if cfg.target_edge_um is not None and not rebuilt:
                     mesh = self._remesh(mesh, self._level_edge_um(f))
+                elif f == 1 and not rebuilt and self._fine_edge_um is not None:
+                    # full resolution: no coarser than FitConfig.fine_edge_voxels
+                    if float(np.mean(edge_lengths(mesh.verts, mesh.faces))) > 1.1 * self._fine_edge_um:
+                        mesh = self._remesh(mesh, self._fine_edge_um)
             self._timings["setup"] += time.perf_counter() - t0
             self._check_cancelled()
             self._shared_done = self._shared_done or share
