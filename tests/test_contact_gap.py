@@ -155,12 +155,9 @@ def test_the_rebuild_rasterises_on_voxels_of_half_the_edge(monkeypatch):
     assert rebuild_grid(shape, spacing, 0.0) == (spacing, shape)
 
 
-@pytest.mark.parametrize("axis", [0, 2])
-def test_the_merge_gap_grows_with_the_psf_along_its_axis(axis):
-    # two half balls pressed onto planes 0.2 um apart, across z (axis 0) or across x (axis 2);
-    # PSF sigma 0.26 um along z, 0.1 um laterally, merge_gap_um 0.1: "psf" zips the pair
-    # across z (0.2 um < 0.1 x 2.6) into the contact disc, not across x; "isotropic" neither
-    gap, c = 0.2, 5.1
+def _pressed_half_balls(axis, gap, c):
+    """Two balls of radius R, centres 1 um apart across ``axis``, flattened onto the planes
+    ``c -+ gap / 2``: the mesh and the area of their (flat, facing) contact disc."""
 
     def half(centre, keep_below):
         m = icosphere(tuple(centre), R, 4)
@@ -171,8 +168,17 @@ def test_the_merge_gap_grows_with_the_psf_along_its_axis(axis):
 
     lo, hi = np.array([5.2, 5.1, 5.3]), np.array([5.2, 5.1, 5.3])
     lo[axis], hi[axis] = c - 0.5, c + 0.5
-    mesh = merge_meshes([half(lo, True), half(hi, False)])
-    disc = np.pi * (R**2 - (0.5 - gap / 2) ** 2)
+    return merge_meshes([half(lo, True), half(hi, False)]), np.pi * (R**2 - (0.5 - gap / 2) ** 2)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_the_merge_gap_grows_with_the_psf_along_its_axis(axis):
+    # two half balls pressed onto planes 0.2 um apart, across z (axis 0) or across x (axis 2);
+    # PSF sigma 0.26 um along z, 0.1 um laterally, merge_gap_um 0.1: "psf" zips the pair
+    # across z (0.2 um < 0.1 x 2.6) into the contact disc, not across x; "isotropic" neither
+    gap, c = 0.2, 5.1
+
+    mesh, disc = _pressed_half_balls(axis, gap, c)
     img = np.random.default_rng(0).random((22, 42, 42))
     psf = GaussianPSF(sigma_um=(0.26, 0.1, 0.1))
     area = {}
@@ -198,17 +204,7 @@ def test_sheets_closer_than_two_psf_sigmas_along_their_normal_are_zipped(axis):
     # blurred first level's)
     gap, c = 0.4, 5.1
 
-    def half(centre, keep_below):
-        m = icosphere(tuple(centre), R, 4)
-        v = m.verts.copy()
-        cut = c - gap / 2 if keep_below else c + gap / 2
-        v[:, axis] = np.minimum(v[:, axis], cut) if keep_below else np.maximum(v[:, axis], cut)
-        return Mesh(v, m.faces)
-
-    lo, hi = np.array([5.2, 5.1, 5.3]), np.array([5.2, 5.1, 5.3])
-    lo[axis], hi[axis] = c - 0.5, c + 0.5
-    mesh = merge_meshes([half(lo, True), half(hi, False)])
-    disc = np.pi * (R**2 - (0.5 - gap / 2) ** 2)
+    mesh, disc = _pressed_half_balls(axis, gap, c)
     img = np.random.default_rng(0).random((22, 42, 42))
     psf = GaussianPSF(sigma_um=(0.26, 0.1, 0.1))
     area = {}

@@ -653,13 +653,7 @@ class Fitter:
             gapped = zip_new_contacts(gapped, wide, zip_pairs)
             self._zip_pairs |= zip_pairs
         lab = gapped
-        # touching = face-adjacent voxels of two different cells
-        pairs = set()
-        for axis in range(3):
-            a = np.moveaxis(lab, axis, 0)
-            p, q = a[1:], a[:-1]
-            sel = (p != q) & (p > 0) & (q > 0)
-            pairs.update(zip(np.minimum(p[sel], q[sel]).tolist(), np.maximum(p[sel], q[sel]).tolist()))
+        pairs = touching_pairs(lab)  # face-adjacent voxels of two different cells
         if already and again == "new":  # a rebuild only for a contact the mesh does not have yet
             both = mesh.labels[(mesh.labels > 0).all(axis=1)]
             pairs -= set(zip(both.min(axis=1).tolist(), both.max(axis=1).tolist()))
