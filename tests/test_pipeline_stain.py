@@ -240,3 +240,16 @@ def test_per_object_needs_a_filled_stain(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--per-object" in err and "--stain interior" in err
     assert not out.exists()
+
+
+def test_interior_fits_take_their_own_iterations_unless_given():
+    from deltamic_core.fit import FitConfig
+    from deltamic_core.pipeline import FitJob
+    from deltamic_core.pipeline.job import INTERIOR_ITERATIONS
+
+    interior = FitJob(stain="interior").fit_config()
+    assert tuple(interior.iterations) == INTERIOR_ITERATIONS
+    assert tuple(FitJob(stain="membrane").fit_config().iterations) == tuple(FitConfig().iterations)
+    assert FitJob(stain="interior", iterations=7).fit_config().iterations in (7, (7, 7, 7))
+    two = FitJob(stain="interior", levels=(2, 1)).fit_config()
+    assert tuple(two.levels) == (2, 1) and two.iterations == FitConfig(levels=(2, 1)).iterations
