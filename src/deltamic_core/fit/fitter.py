@@ -690,12 +690,9 @@ class Fitter:
         size; None for "isotropic"."""
         if self.config.merge_gap_axes == "isotropic":
             return None
-        sigma = getattr(self.psf, "sigma_um", None)
-        if sigma is not None:
-            s = np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=np.float64).reshape(-1)
-            if s.shape == (3,) and np.all(np.isfinite(s)) and np.all(s > 0):
-                return tuple(float(v) for v in s)
-        return tuple(float(v) for v in self.spacing_um)
+        # a Gaussian's sigma (a measured PSF's FWHM does not count here)
+        sigma = self._psf_sigma_um() if getattr(self.psf, "sigma_um", None) is not None else None
+        return sigma if sigma is not None else tuple(float(v) for v in self.spacing_um)
 
     def _set_topology(self, mesh: Mesh, index: int) -> None:
         """(Re)build everything that depends on the connectivity for level ``index``: weights,
@@ -1124,28 +1121,24 @@ class Fitter:
             g_f, (b_z, b_yx), (g, b) = solve_photometric_field(rendered, lvl.photo_stats)
             dt = rendered.dtype
             model = torch.addcmul(b_z.to(dt), g_f.to(dt), rendered) + b_yx.to(dt)
-            self._gain = g * lvl.scale
-            self._background = b * lvl.scale + lvl.offset
-            if cfg.loss == "mse":
-                return weighted_mse(model, lvl.observed, lvl.weight)
-            return poisson_nll(model, lvl.observed, lvl.weight, floor=cfg.poisson_floor)
-        if cfg.photometric == "solve" or self._photo is None:
-            if lvl.photo_stats is None:
-                lvl.photo_stats = ObservedStats(lvl.observed, lvl.weight)
-            g, b = solve_photometric(rendered, lvl.observed, lvl.weight, stats=lvl.photo_stats)
-            if cfg.photometric == "learn":
-                # initialise the learnt gain/background at their least-squares optimum
-                self._photo = torch.tensor(
-                    [math.log(g), b], dtype=torch.float64, device=self.device, requires_grad=True
-                )
-                self._photo_opt = ParamAdam([self._photo], lr=cfg.photometric_lr)
-        if cfg.photometric == "learn":
-            g_t = torch.exp(self._photo[0]).to(self.dtype)
-            b_t = self._photo[1].to(self.dtype)
-            g, b = float(g_t), float(b_t)
         else:
-            g_t, b_t = g, b
-        model = g_t * rendered + b_t
+            if cfg.photometric == "solve" or self._photo is None:
+                if lvl.photo_stats is None:
+                    lvl.photo_stats = ObservedStats(lvl.observed, lvl.weight)
+                g, b = solve_photometric(rendered, lvl.observed, lvl.weight, stats=lvl.photo_stats)
+                if cfg.photometric == "learn":
+                    # initialise the learnt gain/background at their least-squares optimum
+                    self._photo = torch.tensor(
+                        [math.log(g), b], dtype=torch.float64, device=self.device, requires_grad=True
+                    )
+                    self._photo_opt = ParamAdam([self._photo], lr=cfg.photometric_lr)
+            if cfg.photometric == "learn":
+                g_t = torch.exp(self._photo[0]).to(self.dtype)
+                b_t = self._photo[1].to(self.dtype)
+                g, b = float(g_t), float(b_t)
+            else:
+                g_t, b_t = g, b
+            model = g_t * rendered + b_t
         self._gain = g * lvl.scale
         self._background = b * lvl.scale + lvl.offset
         if cfg.loss == "mse":

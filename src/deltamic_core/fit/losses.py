@@ -251,11 +251,11 @@ class FieldStats:
             # per-plane partial sums are then converted to float64
             dt = observed.dtype if observed.dtype in (torch.float32, torch.float64) else torch.float64
             self.w = None if weight is None else w.to(dt)
-            self.wo = (w * o).to(dt)
+            wo = w * o
+            self.wo = wo.to(dt)
             wz, wzy, wzx = w.sum((1, 2)), w.sum(2), w.sum(1)  # (Z,), (Z, Y), (Z, X)
             wyx = (w.sum(0) * self.y[:, None] * self.x[None, :]).sum()
             self.cc = self._plane_moments(wz, wzy, wzx, wyx)  # sum w c_i c_j, (4, 4)
-            wo = w * o
             self.co = self._plane_sums(wo.sum((1, 2)), wo.sum(2), wo.sum(1))  # sum w o c_i, (4,)
             self.soo = float((wo * o).sum())
         self.shape = tuple(observed.shape)
