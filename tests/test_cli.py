@@ -193,6 +193,35 @@ def test_target_mesh_benchmark_reports_surface_distance(tmp_path, capsys):
     assert (out / "image.tif").is_file() and (out / "target.ply").is_file()
 
 
+def test_render_interior_stain_fills_the_cells(truth, tmp_path, capsys):
+    from deltamic_core.io import read_image
+
+    out = tmp_path / "interior.tif"
+    rc, _, _ = _run(
+        ["render", truth["mesh"], "--shape", *SHAPE, "--spacing", *SPACING, "--stain", "interior", "--out", out], capsys
+    )
+    assert rc == 0
+    image, _ = read_image(out)
+    # one unit of light per um^3 of cell: the image's integral is the cells' volume (trimesh's)
+    total = float(image.sum()) * float(np.prod(SPACING))
+    assert total == pytest.approx(truth["volumes"].sum(), rel=5e-3)
+    z, y, x = (CENTRES[0] / SPACING).round().astype(int)
+    assert image[z, y, x] > 0.8 * image.max()  # the centre is bright, not a dark hole
+
+
+def test_target_mesh_interior_stain_fits_the_image_of_that_stain(tmp_path, capsys):
+    # the target is a sphere, so the fit starts on the truth and must stay there; when the
+    # target was rendered as a membrane image and fitted as an interior it moved ~1.5 voxels
+    _sphere((4.0, 4.0, 4.0), 2.0).export(tmp_path / "ball.obj")
+    out = tmp_path / "fit"
+    argv = ["fit", "--target-mesh", tmp_path / "ball.obj", "--shape", 16, 32, 32, "--spacing", 0.5, 0.25, 0.25]
+    argv += ["--stain", "interior", "--psf", "gaussian", "--sigma", 0.3, 0.12, 0.12, "--iterations", 5]
+    rc, _, err = _run([*argv, "--quiet", "--out", out], capsys)
+    assert rc == 0, err
+    d = json.loads((out / "report.json").read_text())["surface_distance"]
+    assert d["mean_voxels"] < 0.15, d
+
+
 # ----------------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):

@@ -234,6 +234,7 @@ def cmd_render(args) -> int:
         **dict(shape=args.shape, spacing_um=args.spacing, psf=psf_spec(args), origin_um=args.origin),
         **dict(mesh_units=args.mesh_units, overwrite=args.overwrite, noise=args.noise, photons=args.photons),
         **dict(background=args.background, seed=args.seed, device=args.device, backend=args.backend),
+        stain=args.stain,
     )
     print(
         f"rendered {done['n_faces']} triangles on {tuple(args.shape)} voxels with {done['psf']} "

@@ -1008,6 +1008,7 @@ class Fitter:
             device=self.device,
             max_memory_bytes=cfg.max_memory_bytes,
             fold_aliases=cfg.fold_aliases and f == 1,
+            alias_warning=f == 1,  # a coarse level drops its aliases by design
             **extra,
         )
 

@@ -229,12 +229,12 @@ _BATCH_INIT = "in batch mode '{stem}' in these paths is replaced by each input's
 COMMANDS = {
     "render": (
         "render the fluorescence image of a mesh",
-        "Render the membrane image of a mesh through a PSF model.",
+        "Render the fluorescence image of a mesh (its membranes, its interior, or both) through a PSF model.",
         (
             ("mesh", {"metavar": "MESH"}),
             ("--shape", {"required": True}),
             ("--spacing", {"required": True, "help": "voxel size in um"}),
-            "--origin --mesh-units",
+            "--origin --mesh-units --stain",
             _PSF,
             "--noise",
             ("--photons", {"help": "expected photon count at the brightest voxel (with --noise poisson)"}),

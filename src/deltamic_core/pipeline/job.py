@@ -32,6 +32,21 @@ OPTION = {
 
 
 STAINS = ("membrane", "interior", "both")
+
+
+def stain_weights(stain: str) -> dict:
+    """The FitConfig fields of a ``--stain``: the membrane and volume weights (and, for
+    "both", the volume level solved with the gain). An image rendered with the same
+    membrane_weight and volume_weight is what a fit of that stain models."""
+    if stain not in STAINS:
+        raise InputError(f"--stain must be one of {', '.join(STAINS)}, got {stain!r}")
+    if stain == "interior":
+        return dict(membrane_weight=0.0, volume_weight=1.0)
+    if stain == "both":
+        return dict(volume_weight=0.2, volume_level="solve")
+    return {}
+
+
 # The iterations per level (4, 2, 1) of an interior-stained fit unless the user gives them.
 # Measured 2026-12-04 (benchmarks/bench_interior.py, 1 thread): 24 touching nuclei, mean
 # distance 0.057 um vs 0.073 with the membrane defaults (baseline 0.120); the bleaching
@@ -129,14 +144,10 @@ class FitJob:
                 kw[cfg_name] = getattr(self, name)
         if self.levels is not None:
             kw["levels"] = tuple(self.levels)
-        if self.stain not in STAINS:
-            raise InputError(f"--stain must be one of {', '.join(STAINS)}, got {self.stain!r}")
+        kw.update(stain_weights(self.stain))
         if self.stain == "interior":
-            kw.update(membrane_weight=0.0, volume_weight=1.0)
             if self.iterations is None and self.levels is None and "iterations" not in self.config:
                 kw["iterations"] = INTERIOR_ITERATIONS
-        elif self.stain == "both":
-            kw.update(volume_weight=0.2, volume_level="solve")
         kw.update(self.config)
         names = {f.name for f in dataclasses.fields(FitConfig)}
         unknown = sorted(k for k in kw if k not in names)

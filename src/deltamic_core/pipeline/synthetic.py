@@ -25,18 +25,26 @@ def render_mesh_image(
     seed=0,
     device="cpu",
     backend="auto",
+    membrane_weight=1.0,
+    volume_weight=0.0,
 ) -> np.ndarray:
-    """Membrane image of ``mesh`` (float32 (Z, Y, X)); with Poisson noise scaled to ``photons`` at the peak."""
+    """Image of ``mesh`` (float32 (Z, Y, X)): its membranes times ``membrane_weight`` plus its
+    cells' interiors at ``volume_weight`` per um (the fit's model of a stain, see
+    ``pipeline.job.stain_weights``); with Poisson noise scaled to ``photons`` at the peak."""
     import torch
 
+    from ..fit.fitter import volume_face_weights
     from ..render import Renderer
 
     r = Renderer(tuple(shape), tuple(spacing_um), psf, tuple(origin_um), backend=backend, device=device)
     verts = torch.as_tensor(mesh.verts, dtype=torch.float32, device=device)
     faces = torch.as_tensor(mesh.faces, dtype=torch.int64, device=device)
-    weights = torch.as_tensor(mesh.face_intensity(), dtype=torch.float32, device=device)
+    weights = torch.as_tensor(float(membrane_weight) * mesh.face_intensity(), dtype=torch.float32, device=device)
+    volume = 0.0
+    if volume_weight:
+        volume = torch.as_tensor(float(volume_weight) * volume_face_weights(mesh), dtype=torch.float32, device=device)
     with torch.no_grad():
-        img = r.render(verts, faces, weights).cpu().numpy().astype(np.float64)
+        img = r.render(verts, faces, weights, volume_weight=volume).cpu().numpy().astype(np.float64)
     # ringing of the band-limited render leaves tiny negative values: an intensity is >= 0
     img = np.clip(img, 0.0, None)
     if noise == "poisson":
@@ -66,10 +74,11 @@ def render_to_file(
     seed=0,
     device="cpu",
     backend="auto",
+    stain="membrane",
 ) -> dict:
     """``deltamic render``: the image of the mesh file ``mesh_path`` through ``psf`` (a
     :class:`~deltamic_core.pipeline.PSFSpec`) written to the TIFF ``out``, everything checked
-    first. Returns {"out", "n_faces", "psf" (its description), "seconds"}."""
+    first; ``stain`` as ``--stain`` of a fit (membrane, interior or both). Returns {"out", "n_faces", "psf" (its description), "seconds"}."""
     import time
 
     from .. import io as dio
@@ -77,6 +86,7 @@ def render_to_file(
     from ..geometry.validate import total_area
     from ..io.outdir import OutputError, check_output_file
     from .inputs import check_inside, read_mesh_file
+    from .job import stain_weights
     from .psfspec import make_psf
     from .run import check_device, check_psf_resolved
 
@@ -87,6 +97,7 @@ def render_to_file(
     except OutputError as exc:
         raise InputError(str(exc)) from None
     spacing = check_spacing(spacing_um, "--spacing")
+    stain_kw = {k: v for k, v in stain_weights(stain).items() if k in ("membrane_weight", "volume_weight")}
     check_device(device, backend)
     if background < 0 or not math.isfinite(background):
         raise InputError(f"--background must be >= 0, got {background}")
@@ -98,6 +109,7 @@ def render_to_file(
     check_psf_resolved(model, spacing)
     t0 = time.perf_counter()
     kw = dict(noise=noise, photons=photons, background=background, seed=seed, device=device, backend=backend)
+    kw.update(stain_kw)
     img = render_mesh_image(mesh, shape, spacing, model, origin_um, **kw)
     if not (np.all(np.isfinite(img)) and float(img.max()) > 0):
         raise InputError(f"the rendered image of MESH {mesh_path!r} is empty (is the mesh inside --shape, --origin?)")
@@ -225,8 +237,19 @@ def fit_target(
     psf = make_psf(job.psf, spacing)
     config = job.fit_config()
     psf_truth = psf.as_dict()
+    # the image of the stain the fit models (membrane, filled interior, or both)
     image = render_mesh_image(
-        target, shape, spacing, psf, noise=noise, photons=photons, seed=seed, device=job.device, backend=job.backend
+        target,
+        shape,
+        spacing,
+        psf,
+        noise=noise,
+        photons=photons,
+        seed=seed,
+        device=job.device,
+        backend=job.backend,
+        membrane_weight=config.membrane_weight,
+        volume_weight=config.volume_weight,
     )
     centroid, radius, vol = sphere_of_same_volume(target)
     from .run import check_edge

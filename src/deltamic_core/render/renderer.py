@@ -101,6 +101,10 @@ class Renderer:
     fold_aliases : bool
         Exact point sampling of an undersampled PSF by folding the frequencies beyond the
         grid's Nyquist frequency (see the module docstring); False drops them.
+    alias_warning : bool
+        Warn (RuntimeWarning) when ``fold_aliases=False`` drops frequencies the OTF still
+        passes. False where dropping them is the caller's design (the fitter's coarse levels
+        fit a block-averaged image, whose model need not be exact beyond the coarse Nyquist).
     max_oversampling : int
         Largest oversampling factor per axis used to find those frequencies.
 
@@ -136,6 +140,7 @@ class Renderer:
         margin_um=None,
         max_memory_bytes=None,
         fold_aliases: bool = True,
+        alias_warning: bool = True,
         max_oversampling: int = 8,
         route: str = "auto",
         real_tol: float = 1e-2,
@@ -168,6 +173,7 @@ class Renderer:
         if not isinstance(fold_aliases, bool):
             raise TypeError(f"fold_aliases must be True or False, got {fold_aliases!r}")
         self.fold_aliases = fold_aliases
+        self.alias_warning = bool(alias_warning)
         if isinstance(max_oversampling, bool) or not isinstance(max_oversampling, int) or max_oversampling < 1:
             raise ValueError(f"max_oversampling must be an integer >= 1, got {max_oversampling!r}")
         self.max_oversampling = max_oversampling
@@ -349,7 +355,7 @@ class Renderer:
 
     def _warn_band_coverage(self, edge: float, thr: float, stacklevel: int) -> None:
         """Warn when frequencies the OTF still passes (boundary value ``edge``) are dropped."""
-        if not self.fold_aliases and self._nyquist_otf > max(self.band_threshold, 1e-2):
+        if not self.fold_aliases and self.alias_warning and self._nyquist_otf > max(self.band_threshold, 1e-2):
             warnings.warn(
                 f"the PSF is undersampled by spacing_um={self.spacing_um}: |OTF| reaches "
                 f"{self._nyquist_otf:.2g} of its maximum at the Nyquist frequency; with fold_aliases=False the "
