@@ -141,12 +141,21 @@ def test_auto_seeds_for_interior_stains_and_their_command(make_napari_viewer, gu
     viewer = make_napari_viewer(show=True)
     w = gui_open_widget(viewer)
     viewer.add_image(img.astype(np.float32), name="nuclei", scale=tuple(spacing))
+
+    def shown_default_is_what_runs():
+        cfg = w.fit_config()  # what the time-lapse and the cell refits run
+        runs = " / ".join(str(cfg.iterations_for_level(i)) for i in range(len(cfg.levels)))
+        return w.iter_box.value() == 0 and w.iter_box.specialValueText() == f"default ({runs})"
+
+    assert shown_default_is_what_runs()  # membrane
     w.seed_source.setCurrentText("Auto (bright objects)")
     assert not w.seed_combo.isEnabled()
     _click(qtbot, w.seed_button)
     assert len(gui_errors) == 1 and "interior" in gui_errors[0]  # a membrane stain: said, no mesh
     assert "nuclei fit" not in viewer.layers
     w.stain_combo.setCurrentText("interior")
+    assert shown_default_is_what_runs()  # interior stains have their own counts
+    assert w.fit_config().membrane_weight == 0 and w.fit_config().volume_weight == 1  # a filled-object model
     _click(qtbot, w.seed_button)
     mesh = layer_to_mesh(viewer.layers["nuclei fit"])
     assert mesh.n_cells == 2

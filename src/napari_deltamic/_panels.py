@@ -290,8 +290,7 @@ class FitPanel(QGroupBox):
         self.iter_box = QSpinBox()
         self.iter_box.setRange(0, 100000)
         self.iter_box.setValue(0)
-        per_level = " / ".join(str(self.defaults.iterations_for_level(i)) for i in range(len(self.defaults.levels)))
-        self.iter_box.setSpecialValueText(f"default ({per_level})")
+        self.show_stain_defaults("membrane")
         self.iter_box.setToolTip("iterations per resolution level (as --iterations)")
         form.addRow("iterations", self.iter_box)
         self.levels_edit = QLineEdit(" ".join(str(f) for f in self.defaults.levels))
@@ -365,6 +364,13 @@ class FitPanel(QGroupBox):
         if device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return device
+
+    def show_stain_defaults(self, stain: str) -> None:
+        """Say in the iterations box what 'default' runs for ``stain`` (the pipeline's rule:
+        interior-stained fits have their own counts)."""
+        from deltamic_core.pipeline.job import default_iterations
+
+        self.iter_box.setSpecialValueText(f"default ({' / '.join(map(str, default_iterations(stain)))})")
 
     def fit_options(self) -> dict:
         """FitJob fields; options left at the pipeline's default are None (not set)."""

@@ -187,6 +187,7 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
         for box in (self.radius_box, self.edge_box):
             box.valueChanged.connect(self._seed_settings_changed)
         self.stain_combo.currentIndexChanged.connect(self._seed_settings_changed)
+        self.stain_combo.currentIndexChanged.connect(lambda _: self.fit_panel.show_stain_defaults(self.stain()))
         self.place_button.clicked.connect(self.place_on_image_grid)
         self.preview_button.clicked.connect(self.preview)
         self.run_button.clicked.connect(self.run_fit)
@@ -440,10 +441,12 @@ class DeltaMicWidget(ImageSourceMixin, ResultsMixin, QWidget):
 
     # ------------------------------------------------------------------ fit
     def fit_config(self):
-        """The ``deltamic_core.fit.FitConfig`` of the widget's settings (the pipeline's)."""
+        """The ``deltamic_core.fit.FitConfig`` of the widget's settings (the pipeline's), its
+        stain included (the time-lapse and the cell refits fit with it too)."""
         from deltamic_core.pipeline import FitJob, PSFSpec
 
-        return FitJob(psf=PSFSpec(learn=bool(self.learn_psf.isChecked())), **self.fit_panel.fit_options()).fit_config()
+        psf = PSFSpec(learn=bool(self.learn_psf.isChecked()))
+        return FitJob(psf=psf, stain=self.stain(), **self.fit_panel.fit_options()).fit_config()
 
     @property
     def _worker(self):

@@ -56,6 +56,17 @@ def stain_weights(stain: str) -> dict:
 INTERIOR_ITERATIONS = (20, 30, 10)
 
 
+def default_iterations(stain: str) -> tuple:
+    """The iterations per level (of the default levels) a fit of ``stain`` runs when the user
+    gives neither --iterations nor --levels."""
+    from ..fit import FitConfig
+
+    if stain == "interior":
+        return INTERIOR_ITERATIONS
+    d = FitConfig()
+    return tuple(d.iterations_for_level(i) for i in range(len(d.levels)))
+
+
 @dataclass
 class FitJob:
     """One fit: image, initial meshes, PSF, fit options, where to compute and where to write.
