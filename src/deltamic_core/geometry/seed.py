@@ -31,6 +31,45 @@ def _subdivisions_for(radius_um: float, edge_um: float) -> int:
     return int(np.clip(s, 1, 7))
 
 
+def _unit_icosahedron() -> tuple[np.ndarray, np.ndarray]:
+    """The 12 unit vertices and 20 faces (wound outward) of a regular icosahedron."""
+    phi = (1.0 + 5.0**0.5) / 2.0
+    v = np.array(
+        [p for a in (-1.0, 1.0) for b in (-phi, phi) for p in ((0.0, a, b), (a, b, 0.0), (b, 0.0, a))],
+        dtype=np.float64,
+    )  # the corners of three orthogonal golden rectangles
+    # the faces: the vertex triples at mutual distance 2 (the edge of these coordinates)
+    near = np.isclose(np.linalg.norm(v[:, None] - v[None], axis=2), 2.0)
+    faces = np.array(
+        [
+            (i, j, k)
+            for i in range(12)
+            for j in range(i + 1, 12)
+            for k in range(j + 1, 12)
+            if near[i, j] and near[j, k] and near[i, k]
+        ],
+        dtype=np.int64,
+    )
+    a, b, c = (v[faces[:, k]] for k in range(3))
+    inward = np.einsum("ij,ij->i", np.cross(b - a, c - a), a + b + c) < 0
+    faces[inward] = faces[inward][:, [0, 2, 1]]
+    return v / np.linalg.norm(v, axis=1, keepdims=True), faces
+
+
+def _split_on_sphere(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every triangle split in four at its edge midpoints, the midpoints pushed out onto the
+    unit sphere (the winding is kept)."""
+    n = len(verts)
+    key = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    edge, inverse = np.unique(key[:, 0] * n + key[:, 1], return_inverse=True)
+    mid = verts[edge // n] + verts[edge % n]
+    mid /= np.linalg.norm(mid, axis=1, keepdims=True)
+    m01, m12, m20 = n + inverse.reshape(3, -1)  # the midpoints' ids per face
+    a, b, c = faces.T
+    split = [(a, m01, m20), (b, m12, m01), (c, m20, m12), (m01, m12, m20)]
+    return np.concatenate([verts, mid]), np.concatenate([np.stack(t, axis=1) for t in split])
+
+
 def icosphere(center_um, radius_um: float, subdivisions: int = 3) -> Mesh:
     """A closed sphere mesh with outward normals (plain Mesh, no labels).
 
@@ -41,22 +80,18 @@ def icosphere(center_um, radius_um: float, subdivisions: int = 3) -> Mesh:
     radius_um : float
         Radius in micrometres (all vertices lie exactly on the sphere).
     subdivisions : int
-        Loop subdivisions of the icosahedron: 20 * 4**s triangles (s=3: 1280).
+        Midpoint subdivisions of the icosahedron, each projected onto the sphere:
+        20 * 4**s triangles (s=3: 1280).
     """
-    import trimesh
-
     c = np.asarray(check_vector3(center_um, "center_um"))
     r = _positive(radius_um, "radius_um")
     s = int(subdivisions)
     if not 0 <= s <= 8:
         raise ValueError(f"subdivisions must be in [0, 8], got {subdivisions}")
-    sphere = trimesh.creation.icosphere(subdivisions=s, radius=1.0)
-    verts = np.asarray(sphere.vertices, dtype=np.float64)
-    verts /= np.linalg.norm(verts, axis=1, keepdims=True)  # exactly on the sphere
-    faces = np.asarray(sphere.faces, dtype=np.int64)
-    # trimesh builds it outward in (x, y, z); we use the columns as (z, y, x) which mirrors it,
-    # so check rather than assume.
-    if signed_volume(verts, faces) < 0:
+    verts, faces = _unit_icosahedron()
+    for _ in range(s):
+        verts, faces = _split_on_sphere(verts, faces)
+    if signed_volume(verts, faces) < 0:  # (wound outward by construction: a check)
         faces = faces[:, [0, 2, 1]]
     return Mesh(verts * r + c, faces, None, {"kind": "icosphere", "radius_um": r, "center_um": tuple(c)})
 
