@@ -391,6 +391,15 @@ inline void gather_fused(const double (*f)[kFusedRank], int nz, int ny, int n, c
   const double(*dy)[kFusedRank] = f + 2 * nz + ny;
   const double(*gx)[kFusedRank] = f + 2 * nz + 2 * ny;
   const double(*dx)[kFusedRank] = f + 2 * nz + 2 * ny + n;
+  // the x factors copied to a local array of rows of RP: the float64 gather measured 4x faster
+  // (embryo, 0.45 M points, 1 thread: backward 3.44 -> 0.88 s CPU) than read in place from f;
+  // float32 unchanged (0.85-0.90 s)
+  alignas(64) double gxT[kMaxWindow][RP], dxT[kMaxWindow][RP];
+  for (int tx = 0; tx < n; ++tx)
+    for (int r = 0; r < RP; ++r) {
+      gxT[tx][r] = gx[tx][r];
+      dxT[tx][r] = dx[tx][r];
+    }
   double val[RP] = {}, ddz[RP] = {}, ddy[RP] = {}, ddx[RP] = {};
   for (int tz = 0; tz < nz; ++tz) {
     double a0[RP] = {}, ady[RP] = {}, a1[RP] = {};
@@ -401,8 +410,8 @@ inline void gather_fused(const double (*f)[kFusedRank], int nz, int ny, int n, c
       for (int tx = 0; tx < n; ++tx) {
         const double v = static_cast<double>(row[tx]);
         for (int r = 0; r < RP; ++r) {
-          x0[r] += gx[tx][r] * v;
-          x1[r] += dx[tx][r] * v;
+          x0[r] += gxT[tx][r] * v;
+          x1[r] += dxT[tx][r] * v;
         }
       }
       for (int r = 0; r < RP; ++r) {
