@@ -131,9 +131,9 @@ def _levels(levels):
 
 
 def _iterations(it, lv):
-    """Iterations per level (checked ``levels`` ``lv``); None: 80 at factor >= 3, 40 at 2, 50 at 1."""
+    """Iterations per level (checked ``levels`` ``lv``); None: 60 at factor >= 3, 40 at 2, 50 at 1."""
     if it is None:
-        it = tuple(50 if f == 1 else (40 if f == 2 else 80) for f in lv)
+        it = tuple(50 if f == 1 else (40 if f == 2 else 60) for f in lv)
     if isinstance(it, (list, tuple)):
         if len(it) != len(lv):
             raise ValueError(f"FitConfig.iterations has {len(it)} entries but there are {len(lv)} levels {lv}")
@@ -239,7 +239,7 @@ class FitConfig:
     ------------
     iterations : int, tuple of int or None
         Iterations per coarse-to-fine level (an int applies to every level). None (default):
-        by the level's factor, 80 at factor >= 3, 40 at factor 2 and 50 at full resolution:
+        by the level's factor, 60 at factor >= 3, 40 at factor 2 and 50 at full resolution:
         the cheap blurred coarse levels do the bulk of the shape change, but their blur
         (``coarse_blur``) limits them to about a voxel: the sub-voxel accuracy is made at full
         resolution (on the independent benchmark, ``benchmarks/bench_accuracy.py --tiny``, 10
@@ -248,6 +248,12 @@ class FitConfig:
         Factor 2 had 120: 40 cost 17-36% less CPU on the independent benchmark (agg4-fine 51 ->
         42 s, agg6-coarse 36 -> 23 s, agg8-fine 76 -> 65 s, tiny 22 -> 18 s) at about the same
         accuracy (mean distance -0.004 to +0.004 xy voxel; embryo3-fine 0.088 -> 0.092).
+        Factor >= 3 had 80: 60 cost 7% less CPU on agg4-fine (whole `deltamic fit`, 1 thread,
+        17.3 -> 16.1 s) and, on the independent benchmark (``--fit-psf gaussian``, 1 thread,
+        2026-12-05), mean distance / HD95 / worst volume / worst contact went agg4-fine 0.037 /
+        0.11 / 0.04% / 6.8% -> 0.038 / 0.11 / 0.04% / 4.6%, embryo3-fine 0.062 / 0.19 / 0.01% /
+        11.1% -> 0.063 / 0.20 / 0.01% / 7.6%, tiny-agg3 0.056 / 0.16 / 0.05% / 0.8% -> 0.057 /
+        0.16 / 0.05% / 1.6% (60 / 30 / 50: tiny-agg3's contact 2.4%, not taken).
     lr : float
         Step size of the vertex optimiser in voxels of the current level per iteration (the
         steps are Adam-normalised, so this is roughly how far the surface moves per step at

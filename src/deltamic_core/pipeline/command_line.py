@@ -113,7 +113,7 @@ OPTIONS = {
         nargs="+",
         metavar="N",
         help="iterations at every resolution level, or one count per level in the order of --levels "
-        "(default: the fitter's, 80 / 40 / 50 at factors 4 / 2 / 1, each level ending early once its "
+        "(default: the fitter's, 60 / 40 / 50 at factors 4 / 2 / 1, each level ending early once its "
         "loss stalls)",
     ),
     "--levels": dict(
