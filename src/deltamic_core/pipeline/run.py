@@ -153,8 +153,8 @@ def fit_steps(p: Prepared, holder: dict | None = None, state: dict | None = None
 
 
 def warm_up() -> None:
-    """Pay ahead of a first fit what a process pays once: the lazily imported modules (trimesh,
-    scipy's, the renderer's, finufft) and loading an already-built native kernel (never
+    """Pay ahead of a first fit what a process pays once: the lazily imported modules (scipy's,
+    the renderer's, finufft) and loading an already-built native kernel (never
     compiles: a kernel still to be built is built by the first real fit, as before). A tiny
     job (one seed in a 12^3 noise box) is prepared, and stepped twice when the kernel is
     loaded (the real-space route would build it otherwise). For front ends that can run it
